@@ -14,9 +14,11 @@ The responder's signature is a separate step so a driver can run the
     message2 = responder.write_message2(signature)
     session = responder.session()
 
-Legal calls per state are the table :data:`TRANSITIONS`; anything else raises
-:class:`~leapcore.errors.HandshakeStateError`. After any error the handshake
-is in state ``FAILED`` for good.
+Legal calls per state are the table :data:`TRANSITIONS`; a call the table
+does not allow raises :class:`~leapcore.errors.HandshakeStateError` and
+changes nothing. Any failure while writing or reading a message moves the
+handshake to ``FAILED`` for good and drops its secrets. Messages may be any
+bytes-like object.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from .primitives import (
     Encapsulator,
     RandomSource,
     Signer,
+    X25519PrivateKey,
     aead_decrypt,
     aead_encrypt,
     blake2b,
@@ -47,6 +50,7 @@ from .primitives import (
     slhdsa_verify,
     system_random,
     x25519_dh,
+    x25519_private_key,
     x25519_public,
 )
 from .transport import TransportSession
@@ -245,7 +249,7 @@ class Initiator(_Party):
         super().__init__(mode, random, trace)
         self._worker = worker_keys
         self._encapsulate = encapsulate
-        self._e: bytes | None = None
+        self._e: X25519PrivateKey | None = None
         self._ct = b""
         self._ss: bytes | None = None
         # Step 3: pre-message, the responder's static X25519 key only.
@@ -265,9 +269,8 @@ class Initiator(_Party):
 
     def _write_message1(self) -> bytes:
         sym = self._sym
-        e = self._random_bytes(32)
+        e = self._e = x25519_private_key(self._random_bytes(32))
         public_e = x25519_public(e)
-        self._e = e
         sym.mix_hash(public_e)  # 4
         sym.mix_key(x25519_dh(e, self._worker.x25519))  # 5
         tag1 = sym.encrypt_and_hash(b"")  # 6
@@ -286,7 +289,7 @@ class Initiator(_Party):
         """Steps 9-15; verify the worker's signature (post-quantum). Raises on any defect."""
         target = self._begin(Operation.READ_MESSAGE2)
         try:
-            self._read_message2(message)
+            self._read_message2(bytes(message))
         except BaseException:
             self._fail()
             raise
@@ -349,7 +352,7 @@ class Responder(_Party):
         """Steps 4-12. Returns the transcript to sign (post-quantum), ``None`` in classic mode."""
         target = self._begin(Operation.READ_MESSAGE1)
         try:
-            self._read_message1(message)
+            self._read_message1(bytes(message))
         except BaseException:
             self._fail()
             raise
@@ -365,7 +368,7 @@ class Responder(_Party):
         sym = self._sym
         public_e = message[:X25519_KEY_SIZE]
         sym.mix_hash(public_e)  # 4
-        sym.mix_key(x25519_dh(self._keypair.x25519_private, public_e))  # 5
+        sym.mix_key(x25519_dh(self._keypair.x25519_key, public_e))  # 5
         if sym.decrypt_and_hash(message[X25519_KEY_SIZE:_PREFIX]) is None:  # 6
             raise HandshakeError(
                 "message 1 failed authentication (the client holds a different worker key)"
@@ -373,10 +376,10 @@ class Responder(_Party):
         self._note("h_after_msg1_payload")
         ct = message[_PREFIX:]
         if self.mode is EncryptionMode.POST_QUANTUM:
-            self._ss = mlkem_decapsulate(self._keypair.mlkem_seed, ct)  # 7
+            self._ss = mlkem_decapsulate(self._keypair.mlkem_key, ct)  # 7
             sym.mix_hash(ct)  # 8
             self._note("h_after_mlkem_ct")
-        f = self._random_bytes(32)
+        f = x25519_private_key(self._random_bytes(32))
         public_f = x25519_public(f)
         sym.mix_hash(public_f)  # 9
         sym.mix_key(x25519_dh(f, public_e))  # 10

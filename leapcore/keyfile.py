@@ -29,7 +29,7 @@ def load_keypair(path: Path | str) -> WorkerKeyPair:
         raise KeyFileError(f"{path}: cannot read key file: {exc.strerror or exc}") from None
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting or numbers
         raise KeyFileError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise KeyFileError(f"{path}: key file must hold a JSON object")

@@ -29,9 +29,13 @@ from .primitives import (
     SLHDSA_PUBLIC_KEY_SIZE,
     SLHDSA_SECRET_KEY_SIZE,
     X25519_KEY_SIZE,
+    MLKEMPrivateKey,
     RandomSource,
+    X25519PrivateKey,
+    mlkem_private_key,
     mlkem_public_from_seed,
     system_random,
+    x25519_private_key,
     x25519_public,
 )
 from .records import b64decode_strict, b64encode, structure_strict
@@ -78,6 +82,8 @@ def _decode_fields(
     what: str,
     error: type[LeapcoreError],
 ) -> dict[str, bytes]:
+    if not isinstance(data, Mapping):
+        raise error(f"{what} must be a JSON object, got {type(data).__name__}")
     record = structure_strict({"fields": dict(data)}, _B64Record, what=what, error=error)
     missing = sorted(set(spec) - set(record.fields))
     unknown = sorted(set(record.fields) - set(spec))
@@ -140,15 +146,32 @@ class WorkerKeyPair:
     mlkem_public: bytes = attrs.field(validator=_length(MLKEM_PUBLIC_KEY_SIZE))
     slhdsa_private: bytes = attrs.field(validator=_length(SLHDSA_SECRET_KEY_SIZE))
     slhdsa_public: bytes = attrs.field(validator=_length(SLHDSA_PUBLIC_KEY_SIZE))
+    # Loaded key objects, kept so each handshake does not re-derive them from bytes.
+    _x25519_key: X25519PrivateKey = attrs.field(init=False, eq=False, repr=False)
+    _mlkem_key: MLKEMPrivateKey = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if x25519_public(self.x25519_private) != self.x25519_public:
+        x_key = x25519_private_key(self.x25519_private)
+        if x25519_public(x_key) != self.x25519_public:
             raise KeyFileError("X25519 public key does not match its private key")
-        if mlkem_public_from_seed(self.mlkem_seed) != self.mlkem_public:
+        m_key = mlkem_private_key(self.mlkem_seed)
+        if mlkem_public_from_seed(m_key) != self.mlkem_public:
             raise KeyFileError("ML-KEM-1024 public key does not match its private seed")
         # An SLH-DSA secret key is SK.seed || SK.prf || PK.seed || PK.root.
         if self.slhdsa_private[SLHDSA_PUBLIC_KEY_SIZE:] != self.slhdsa_public:
             raise KeyFileError("SLH-DSA public key does not match its private key")
+        object.__setattr__(self, "_x25519_key", x_key)
+        object.__setattr__(self, "_mlkem_key", m_key)
+
+    @property
+    def x25519_key(self) -> X25519PrivateKey:
+        """The loaded X25519 private key object."""
+        return self._x25519_key
+
+    @property
+    def mlkem_key(self) -> MLKEMPrivateKey:
+        """The loaded ML-KEM-1024 decapsulation key object."""
+        return self._mlkem_key
 
     def __repr__(self) -> str:
         return f"WorkerKeyPair(fingerprint={self.public.fingerprint!r})"

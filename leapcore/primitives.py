@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from pqcrypto.sign import slh_dsa_shake_256f as _slhdsa
 
-from .errors import BadSignature, HandshakeError, LowOrderPoint
+from .errors import BadSignature, HandshakeError, LocalError, LowOrderPoint
 
 __all__ = [
     "AEAD_TAG_SIZE",
@@ -34,20 +34,24 @@ __all__ = [
     "SLHDSA_SIGNATURE_SIZE",
     "X25519_KEY_SIZE",
     "Encapsulator",
+    "MLKEMPrivateKey",
     "RandomSource",
     "Signer",
+    "X25519PrivateKey",
     "aead_decrypt",
     "aead_encrypt",
     "blake2b",
     "hkdf2",
     "mlkem_decapsulate",
     "mlkem_encapsulate",
+    "mlkem_private_key",
     "mlkem_public_from_seed",
     "nonce_bytes",
     "slhdsa_sign",
     "slhdsa_verify",
     "system_random",
     "x25519_dh",
+    "x25519_private_key",
     "x25519_public",
 ]
 
@@ -68,6 +72,9 @@ RandomSource = Callable[[int], bytes]
 Encapsulator = Callable[[bytes], tuple[bytes, bytes]]
 #: ``sign(message)`` returns an SLH-DSA-SHAKE-256f signature of ``message``.
 Signer = Callable[[bytes], bytes]
+
+X25519PrivateKey = x25519.X25519PrivateKey
+MLKEMPrivateKey = mlkem.MLKEM1024PrivateKey
 
 _ZERO32: Final = bytes(32)
 _NONCE: Final = struct.Struct("<4xI4x")
@@ -95,9 +102,9 @@ def hkdf2(chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
     return out1, out2
 
 
-def nonce_bytes(n: int) -> bytes:
-    """The 12-byte AEAD nonce: four zero bytes, ``uint32_le(n)``, four zero bytes."""
-    return _NONCE.pack(n)
+#: ``nonce_bytes(n)``: the 12-byte AEAD nonce, four zero bytes, ``uint32_le(n)``, four zero
+#: bytes. A bound method rather than a function: it is on the per-frame hot path.
+nonce_bytes: Final = _NONCE.pack
 
 
 def aead_encrypt(key: bytes, n: int, ad: bytes, plaintext: bytes) -> bytes:
@@ -112,18 +119,26 @@ def aead_decrypt(key: bytes, n: int, ad: bytes, ciphertext: bytes) -> bytes | No
         return None
 
 
-def x25519_public(private: bytes) -> bytes:
-    return x25519.X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+def x25519_private_key(private: bytes | X25519PrivateKey) -> X25519PrivateKey:
+    """Load a raw 32-byte X25519 private key (loading also computes the public key: reuse it)."""
+    if isinstance(private, X25519PrivateKey):
+        return private
+    if len(private) != X25519_KEY_SIZE:
+        raise LocalError(f"X25519 private key must be 32 bytes, got {len(private)}")
+    return X25519PrivateKey.from_private_bytes(private)
 
 
-def x25519_dh(private: bytes, public: bytes) -> bytes:
+def x25519_public(private: bytes | X25519PrivateKey) -> bytes:
+    return x25519_private_key(private).public_key().public_bytes_raw()
+
+
+def x25519_dh(private: bytes | X25519PrivateKey, public: bytes) -> bytes:
     """X25519; a low-order peer key (all-zero shared secret) raises :class:`LowOrderPoint`."""
+    key = x25519_private_key(private)
     if len(public) != X25519_KEY_SIZE:
         raise HandshakeError(f"X25519 public key must be 32 bytes, got {len(public)}")
     try:
-        shared = x25519.X25519PrivateKey.from_private_bytes(private).exchange(
-            x25519.X25519PublicKey.from_public_bytes(public)
-        )
+        shared = key.exchange(x25519.X25519PublicKey.from_public_bytes(public))
     except ValueError:
         raise LowOrderPoint("X25519 produced an all-zero shared secret (low-order point)") from None
     if shared == _ZERO32:  # pragma: no cover - cryptography already refuses these
@@ -131,8 +146,16 @@ def x25519_dh(private: bytes, public: bytes) -> bytes:
     return shared
 
 
-def mlkem_public_from_seed(seed: bytes) -> bytes:
-    return mlkem.MLKEM1024PrivateKey.from_seed_bytes(seed).public_key().public_bytes_raw()
+def mlkem_private_key(seed: bytes | MLKEMPrivateKey) -> MLKEMPrivateKey:
+    if isinstance(seed, MLKEMPrivateKey):
+        return seed
+    if len(seed) != MLKEM_SEED_SIZE:
+        raise LocalError(f"ML-KEM-1024 seed must be {MLKEM_SEED_SIZE} bytes, got {len(seed)}")
+    return MLKEMPrivateKey.from_seed_bytes(seed)
+
+
+def mlkem_public_from_seed(seed: bytes | MLKEMPrivateKey) -> bytes:
+    return mlkem_private_key(seed).public_key().public_bytes_raw()
 
 
 def mlkem_encapsulate(encapsulation_key: bytes) -> tuple[bytes, bytes]:
@@ -145,9 +168,13 @@ def mlkem_encapsulate(encapsulation_key: bytes) -> tuple[bytes, bytes]:
     return ciphertext, shared
 
 
-def mlkem_decapsulate(seed: bytes, ciphertext: bytes) -> bytes:
+def mlkem_decapsulate(seed: bytes | MLKEMPrivateKey, ciphertext: bytes) -> bytes:
     """ML-KEM-1024 decapsulation (implicit rejection: never fails on a modified ciphertext)."""
-    return mlkem.MLKEM1024PrivateKey.from_seed_bytes(seed).decapsulate(ciphertext)
+    if len(ciphertext) != MLKEM_CIPHERTEXT_SIZE:
+        raise HandshakeError(
+            f"ML-KEM-1024 ciphertext must be {MLKEM_CIPHERTEXT_SIZE} bytes, got {len(ciphertext)}"
+        )
+    return mlkem_private_key(seed).decapsulate(ciphertext)
 
 
 def slhdsa_sign(secret_key: bytes, message: bytes) -> bytes:

@@ -27,11 +27,14 @@ from .primitives import (
     MLKEM_CIPHERTEXT_SIZE,
     X25519_KEY_SIZE,
     Encapsulator,
+    MLKEMPrivateKey,
     RandomSource,
+    X25519PrivateKey,
     mlkem_decapsulate,
     mlkem_encapsulate,
     system_random,
     x25519_dh,
+    x25519_private_key,
     x25519_public,
 )
 from .transport import TransportSession
@@ -51,12 +54,12 @@ class RekeyRequest:
 class PendingRekey:
     """The initiator's side of one rekey in flight."""
 
-    _ephemeral: bytes = attrs.field(repr=False)
+    _ephemeral: X25519PrivateKey | None = attrs.field(repr=False)
     _pq: bytes = attrs.field(repr=False)
 
     def finish(self, session: TransportSession, ack_dh_pub: bytes, *, now: float) -> None:
         """Apply the responder's ack: rotate send (old dropped) and receive (old kept 10 s)."""
-        if not self._ephemeral:
+        if self._ephemeral is None:
             raise LocalError("this rekey was already finished")
         if len(ack_dh_pub) != X25519_KEY_SIZE:
             raise RekeyError(f"rekey ack dh_pub must be 32 bytes, got {len(ack_dh_pub)}")
@@ -66,7 +69,7 @@ class PendingRekey:
             raise RekeyError(f"rekey ack: {exc}") from None
         session.rotate_send(dh, self._pq)
         session.rotate_receive(dh, self._pq, now)
-        self._ephemeral = self._pq = b""
+        self._ephemeral, self._pq = None, b""
 
 
 def start_rekey(
@@ -78,7 +81,7 @@ def start_rekey(
 ) -> tuple[PendingRekey, RekeyRequest]:
     """Make the initiator's request: a fresh ephemeral, and in post-quantum mode an
     encapsulation to the worker's *static* ML-KEM key."""
-    a = random(X25519_KEY_SIZE)
+    a = x25519_private_key(random(X25519_KEY_SIZE))
     if mode is EncryptionMode.POST_QUANTUM:
         ct, ss = encapsulate(worker_mlkem_public)
     else:
@@ -106,7 +109,7 @@ def accept_rekey(
     session: TransportSession,
     request: RekeyRequest,
     mode: EncryptionMode,
-    mlkem_seed: bytes,
+    mlkem_seed: bytes | MLKEMPrivateKey,
     *,
     now: float,
     random: RandomSource = system_random,
@@ -122,7 +125,7 @@ def accept_rekey(
             f"rekey request mlkem_ct must be {expected_ct} bytes in {mode} mode, "
             f"got {len(request.mlkem_ct)}"
         )
-    b = random(X25519_KEY_SIZE)
+    b = x25519_private_key(random(X25519_KEY_SIZE))
     try:
         dh = x25519_dh(b, request.dh_pub)
     except LowOrderPoint as exc:

@@ -142,7 +142,8 @@ class TransportSession:
         """
         if self._closed:
             raise SessionClosed("transport session is closed")
-        self._expire_previous(now)
+        if self._previous is not None:
+            self._expire_previous(now)
         if not AEAD_TAG_SIZE <= len(ciphertext) <= MAX_CIPHERTEXT:
             self.close()
             raise DecryptError(
