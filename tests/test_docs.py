@@ -30,3 +30,11 @@ def test_exit_codes_in_cli_docs_match_the_code() -> None:
     documented = {int(m) for m in re.findall(r"^\| (\d) \|", text, re.MULTILINE)}
     actual = {value for name, value in vars(common).items() if name.startswith("EXIT_")}
     assert documented == actual
+
+
+def test_getting_started_example_runs() -> None:
+    text = (DOCS / "getting-started.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.DOTALL)
+    assert blocks, "docs/getting-started.md has no python example"
+    for block in blocks:
+        exec(compile(block, "getting-started.md", "exec"), {})

@@ -1,0 +1,117 @@
+"""records.structure_strict: untrusted JSON into attrs classes, refusing anything loose."""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+
+from leapcore.errors import KeyFileError, LeapcoreError, RecordError
+from leapcore.records import b64decode_strict, b64encode, structure_strict, unstructure
+
+
+@attrs.frozen
+class Inner:
+    port: int
+
+
+@attrs.frozen
+class Record:
+    name: str
+    count: int
+    flag: bool
+    ratio: float
+    inner: Inner
+    tags: dict[str, str]
+    note: str | None = None
+
+
+GOOD = {
+    "name": "w1",
+    "count": 3,
+    "flag": True,
+    "ratio": 0.5,
+    "inner": {"port": 443},
+    "tags": {"k": "v"},
+}
+
+
+def rejects(data, pattern: str, *, error=RecordError) -> str:
+    with pytest.raises(LeapcoreError) as info:
+        structure_strict(data, Record, what="test record", error=error)
+    assert type(info.value) is error, f"{type(info.value).__name__}: {info.value}"
+    message = str(info.value)
+    assert pattern in message, message
+    return message
+
+
+def test_good_record_and_roundtrip():
+    record = structure_strict(GOOD, Record, what="test record")
+    assert record == Record("w1", 3, True, 0.5, Inner(443), {"k": "v"})
+    assert unstructure(record) == {**GOOD, "note": None}
+    assert structure_strict(unstructure(record), Record, what="test record") == record
+    # An int is a fine float; optional fields may be given or omitted.
+    assert structure_strict({**GOOD, "ratio": 2}, Record, what="x").ratio == 2.0
+    assert structure_strict({**GOOD, "note": "n"}, Record, what="x").note == "n"
+
+
+def test_unknown_field():
+    assert rejects({**GOOD, "extra": 1}, "unknown field(s) 'extra'").startswith(
+        "invalid test record: "
+    )
+    rejects({**GOOD, "inner": {"port": 1, "host": "h"}}, "inner: unknown field(s) 'host'")
+
+
+@pytest.mark.parametrize("field", ["name", "count", "flag", "ratio", "inner", "tags"])
+def test_missing_field(field):
+    rejects({k: v for k, v in GOOD.items() if k != field}, f"missing Record @ attribute {field}")
+
+
+def test_missing_nested_field():
+    rejects({**GOOD, "inner": {}}, "inner: missing Inner @ attribute port")
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "problem"),
+    [
+        ("name", 5, "name: expected str, got int"),
+        ("name", None, "name: expected str, got NoneType"),
+        ("name", b"w1", "name: expected str, got bytes"),
+        ("count", True, "count: expected int, got bool"),
+        ("count", "3", "count: expected int, got str"),
+        ("count", 3.0, "count: expected int, got float"),
+        ("flag", 1, "flag: expected bool, got int"),
+        ("flag", "true", "flag: expected bool, got str"),
+        ("ratio", True, "ratio: expected number, got bool"),
+        ("ratio", "0.5", "ratio: expected number, got str"),
+        ("inner", 443, "inner"),
+        ("inner", {"port": "443"}, "Inner @ attribute port: expected int, got str"),
+        ("tags", {"k": 1}, "mapping value @ key 'k': expected str, got int"),
+        ("tags", {1: "v"}, "mapping key @ key 1: expected str, got int"),
+        ("note", 7, "note: expected str, got int"),
+    ],
+)
+def test_mistyped_field(field, value, problem):
+    message = rejects({**GOOD, field: value}, problem)
+    assert f"attribute {field}" in message
+
+
+@pytest.mark.parametrize("data", [[], "x", None, 5, [("name", "w1")]])
+def test_not_an_object(data):
+    message = rejects(data, "test record must be a JSON object")
+    assert message == f"test record must be a JSON object, got {type(data).__name__}"
+
+
+def test_caller_chooses_the_error_class():
+    rejects({**GOOD, "count": "3"}, "count: expected int", error=KeyFileError)
+    rejects([], "must be a JSON object", error=KeyFileError)
+
+
+def test_base64_strict():
+    assert b64encode(b"\x00\xff") == "AP8="
+    assert b64decode_strict("AP8=", field="f") == b"\x00\xff"
+    assert b64decode_strict("", field="f") == b""
+    for bad in ["AP8", "AP8=\n", " AP8=", "A-8=", "A_8=", "AP8==", "é", "AP8=AP8="]:
+        with pytest.raises(LeapcoreError) as info:
+            b64decode_strict(bad, field="key")
+        assert type(info.value) is RecordError
+        assert str(info.value) == "field 'key' is not valid standard base64"
