@@ -9,9 +9,10 @@ import re
 import stat
 
 import pytest
+from helpers import expect
 
 from leapcore.atomicfile import write_atomic
-from leapcore.errors import KeyFileError, LeapcoreError, RecordError, StorageError
+from leapcore.errors import KeyFileError, RecordError, StorageError
 from leapcore.keyfile import load_keypair, save_keypair
 from leapcore.keys import KEY_FIELDS, PUBLIC_KEY_FIELDS, PublicKeyBundle, WorkerKeyPair
 from leapcore.primitives import slhdsa_sign, slhdsa_verify
@@ -28,15 +29,6 @@ FIELDS = [
 
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
-
-
-def expect(cls, pattern, fn, *args, **kw) -> LeapcoreError:
-    with pytest.raises(LeapcoreError) as info:
-        fn(*args, **kw)
-    assert type(info.value) is cls, f"{type(info.value).__name__}: {info.value}"
-    assert info.value.code == cls.code
-    assert re.search(pattern, str(info.value)), str(info.value)
-    return info.value
 
 
 @pytest.fixture

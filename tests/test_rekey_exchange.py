@@ -8,11 +8,11 @@ can be malformed. Timing policy is tested elsewhere (test_rekey_policy.py).
 from __future__ import annotations
 
 import os
-import re
 
 import pytest
+from helpers import expect
 
-from leapcore.errors import LeapcoreError, LocalError, RekeyError, SessionClosed
+from leapcore.errors import LocalError, RekeyError, SessionClosed
 from leapcore.mode import EncryptionMode
 from leapcore.primitives import x25519_dh
 from leapcore.rekey import PendingRekey, RekeyAcceptance, RekeyRequest, accept_rekey, start_rekey
@@ -30,15 +30,6 @@ def sessions() -> tuple[TransportSession, TransportSession]:
 
 def keys(session: TransportSession) -> tuple[bytes, bytes, int, int]:
     return session._send.key, session._recv.key, session.send_nonce, session.recv_nonce
-
-
-def expect(cls, pattern, fn, *args, **kw) -> LeapcoreError:
-    with pytest.raises(LeapcoreError) as info:
-        fn(*args, **kw)
-    assert type(info.value) is cls, f"{type(info.value).__name__}: {info.value}"
-    assert info.value.code == cls.code
-    assert re.search(pattern, str(info.value)), str(info.value)
-    return info.value
 
 
 @pytest.mark.parametrize("mode", MODES, ids=str)

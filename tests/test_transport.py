@@ -7,14 +7,12 @@ and close the session, after which every call raises SessionClosed.
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
+from helpers import expect
 
 from leapcore.errors import (
     DecryptError,
-    LeapcoreError,
     LocalError,
     NonceExhausted,
     PlaintextTooLarge,
@@ -44,20 +42,6 @@ CLOSED = r"^transport session is closed$"
 def pair(**kw) -> tuple[TransportSession, TransportSession]:
     """(a, b) where a sends with K1 and b receives with K1, and vice versa."""
     return TransportSession(K1, K2, **kw), TransportSession(K2, K1)
-
-
-def raised(fn, *args) -> LeapcoreError:
-    with pytest.raises(LeapcoreError) as info:
-        fn(*args)
-    return info.value
-
-
-def expect(cls, pattern, fn, *args) -> LeapcoreError:
-    exc = raised(fn, *args)
-    assert type(exc) is cls, f"{type(exc).__name__}: {exc}"
-    assert exc.code == cls.code
-    assert re.search(pattern, str(exc)), str(exc)
-    return exc
 
 
 def assert_closed(session: TransportSession) -> None:
