@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
+import typing
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import cattrs
+from cattrs.cols import list_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import LeapcoreError, RecordError
@@ -44,6 +48,32 @@ for _kind in (str, int, bool):
     _converter.register_structure_hook(_kind, _exact(_kind))
 _converter.register_structure_hook(float, _float_hook)
 
+# Containers: cattrs would turn "ab" into ["a", "b"] or call .items() on a list. Check the
+# JSON type first, then let the converter's own hook structure the elements.
+_CONTAINERS: dict[Any, type] = {list: list, dict: dict}
+
+
+def _container_hook_factory(cl: Any) -> Any:
+    kind = _CONTAINERS[typing.get_origin(cl)]
+    inner: Callable[[Any, Any], Any] = (
+        _converter.gen_structure_mapping(cl)
+        if kind is dict
+        else list_structure_factory(cl, _converter)
+    )
+
+    def hook(value: object, _type: object) -> object:
+        if type(value) is not kind:
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+        return inner(value, _type)
+
+    return hook
+
+
+_converter.register_structure_hook_factory(
+    lambda cl: typing.get_origin(cl) in _CONTAINERS, _container_hook_factory
+)
+_WHERE = re.compile(r"@ attribute (\w+)|@ key (.+)|@ index (\d+)")
+
 
 def b64encode(data: bytes) -> str:
     """Standard base64 with padding."""
@@ -58,6 +88,17 @@ def b64decode_strict(text: str, *, field: str) -> bytes:
         raise RecordError(f"field {field!r} is not valid standard base64") from None
 
 
+def _where(note: str) -> str:
+    """ "Structuring class R @ attribute x" -> "field 'x'"; likewise keys and indexes."""
+    m = _WHERE.search(note)
+    if m is None:
+        return note.removeprefix("Structuring ").strip()
+    attribute, key, index = m.groups()
+    if attribute is not None:
+        return f"field {attribute!r}"
+    return f"key {key}" if key is not None else f"item {index}"
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, ForbiddenExtraKeysError):
         return "unknown field(s) " + ", ".join(sorted(repr(k) for k in exc.extra_fields))
@@ -67,11 +108,7 @@ def _describe(exc: BaseException) -> str:
         parts = []
         for sub in exc.exceptions:
             note = getattr(sub, "__notes__", None) or []
-            where = (
-                note[0].removeprefix("Structuring class ").removeprefix("Structuring ").strip()
-                if note
-                else ""
-            )
+            where = _where(note[0]) if note else ""
             if isinstance(sub, KeyError):
                 parts.append(f"missing {where or 'field'}")
             else:

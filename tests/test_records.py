@@ -58,41 +58,42 @@ def test_unknown_field():
     assert rejects({**GOOD, "extra": 1}, "unknown field(s) 'extra'").startswith(
         "invalid test record: "
     )
-    rejects({**GOOD, "inner": {"port": 1, "host": "h"}}, "inner: unknown field(s) 'host'")
+    rejects({**GOOD, "inner": {"port": 1, "host": "h"}}, "field 'inner': unknown field(s) 'host'")
 
 
 @pytest.mark.parametrize("field", ["name", "count", "flag", "ratio", "inner", "tags"])
 def test_missing_field(field):
-    rejects({k: v for k, v in GOOD.items() if k != field}, f"missing Record @ attribute {field}")
+    rejects({k: v for k, v in GOOD.items() if k != field}, f"missing field {field!r}")
 
 
 def test_missing_nested_field():
-    rejects({**GOOD, "inner": {}}, "inner: missing Inner @ attribute port")
+    rejects({**GOOD, "inner": {}}, "field 'inner': missing field 'port'")
 
 
 @pytest.mark.parametrize(
     ("field", "value", "problem"),
     [
-        ("name", 5, "name: expected str, got int"),
-        ("name", None, "name: expected str, got NoneType"),
-        ("name", b"w1", "name: expected str, got bytes"),
-        ("count", True, "count: expected int, got bool"),
-        ("count", "3", "count: expected int, got str"),
-        ("count", 3.0, "count: expected int, got float"),
-        ("flag", 1, "flag: expected bool, got int"),
-        ("flag", "true", "flag: expected bool, got str"),
-        ("ratio", True, "ratio: expected number, got bool"),
-        ("ratio", "0.5", "ratio: expected number, got str"),
-        ("inner", 443, "inner"),
-        ("inner", {"port": "443"}, "Inner @ attribute port: expected int, got str"),
-        ("tags", {"k": 1}, "mapping value @ key 'k': expected str, got int"),
-        ("tags", {1: "v"}, "mapping key @ key 1: expected str, got int"),
-        ("note", 7, "note: expected str, got int"),
+        ("name", 5, "field 'name': expected str, got int"),
+        ("name", None, "field 'name': expected str, got NoneType"),
+        ("name", b"w1", "field 'name': expected str, got bytes"),
+        ("count", True, "field 'count': expected int, got bool"),
+        ("count", "3", "field 'count': expected int, got str"),
+        ("count", 3.0, "field 'count': expected int, got float"),
+        ("flag", 1, "field 'flag': expected bool, got int"),
+        ("flag", "true", "field 'flag': expected bool, got str"),
+        ("ratio", True, "field 'ratio': expected number, got bool"),
+        ("ratio", "0.5", "field 'ratio': expected number, got str"),
+        ("inner", 443, "field 'inner'"),
+        ("inner", {"port": "443"}, "field 'inner': field 'port': expected int, got str"),
+        ("tags", {"k": 1}, "field 'tags': key 'k': expected str, got int"),
+        ("tags", {1: "v"}, "field 'tags': key 1: expected str, got int"),
+        ("tags", ["k", "v"], "field 'tags': expected dict, got list"),
+        ("note", 7, "field 'note': expected str, got int"),
     ],
 )
 def test_mistyped_field(field, value, problem):
     message = rejects({**GOOD, field: value}, problem)
-    assert f"attribute {field}" in message
+    assert f"field {field!r}" in message
 
 
 @pytest.mark.parametrize("data", [[], "x", None, 5, [("name", "w1")]])
@@ -102,7 +103,7 @@ def test_not_an_object(data):
 
 
 def test_caller_chooses_the_error_class():
-    rejects({**GOOD, "count": "3"}, "count: expected int", error=KeyFileError)
+    rejects({**GOOD, "count": "3"}, "field 'count': expected int", error=KeyFileError)
     rejects([], "must be a JSON object", error=KeyFileError)
 
 
@@ -115,3 +116,16 @@ def test_base64_strict():
             b64decode_strict(bad, field="key")
         assert type(info.value) is RecordError
         assert str(info.value) == "field 'key' is not valid standard base64"
+
+
+@attrs.frozen
+class Listy:
+    items: list[str]
+
+
+def test_a_string_is_not_a_list():
+    with pytest.raises(RecordError, match="field 'items': expected list, got str"):
+        structure_strict({"items": "ab"}, Listy, what="test record")
+    with pytest.raises(RecordError, match="field 'items': item 1: expected str, got int"):
+        structure_strict({"items": ["a", 2]}, Listy, what="test record")
+    assert structure_strict({"items": ["a", "b"]}, Listy, what="x").items == ["a", "b"]
