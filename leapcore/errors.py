@@ -21,23 +21,36 @@ from typing import ClassVar
 
 __all__ = [
     "BadSignature",
+    "ChannelClosedError",
+    "ChannelProtocolError",
     "ConfigError",
     "DecryptError",
+    "FlowControlError",
+    "FrameTooLarge",
     "HandshakeError",
     "HandshakeStateError",
     "InvalidEncryptionMode",
+    "InvalidMessage",
     "KeyFileError",
     "LeapcoreError",
+    "LinkProtocolError",
     "LocalError",
     "LowOrderPoint",
     "MessageLengthError",
+    "MessageTooLarge",
     "NonceExhausted",
+    "OutboundQueueFull",
     "PlaintextTooLarge",
     "RecordError",
     "RekeyError",
+    "RelayViolation",
     "RemoteProtocolError",
+    "ResourceExhausted",
     "SessionClosed",
     "StorageError",
+    "StreamUsageError",
+    "UnexpectedMessage",
+    "UnexpectedStreamMessage",
 ]
 
 
@@ -125,6 +138,31 @@ class RecordError(RemoteProtocolError):
     code = "bad_record"
 
 
+class LinkProtocolError(RemoteProtocolError):
+    """A peer broke the link protocol (bad frame, bad record, message out of order).
+    The link is closed; other links are unaffected."""
+
+    code = "link_protocol_error"
+
+
+class FrameTooLarge(LinkProtocolError):
+    """A link frame declared or carried more bytes than the protocol allows."""
+
+    code = "frame_too_large"
+
+
+class UnexpectedMessage(LinkProtocolError):
+    """A link message that is not allowed in the link's current state."""
+
+    code = "unexpected_message"
+
+
+class RelayViolation(RemoteProtocolError):
+    """A channel data frame broke a relay rule; that channel alone is closed."""
+
+    code = "relay_violation"
+
+
 class HandshakeError(RemoteProtocolError):
     """A handshake message was rejected; the handshake is over."""
 
@@ -159,3 +197,61 @@ class RekeyError(RemoteProtocolError):
     """Rekey material from the peer was malformed."""
 
     code = "rekey_failed"
+
+
+# ---------------------------------------------------------------------------
+# Channel protocol (leapcore.channel_codec, leapcore.chunking, leapcore.channel_mux)
+
+
+class InvalidMessage(LocalError):
+    """A channel message built locally has an invalid field (method name, code, window)."""
+
+    code = "invalid_message"
+
+
+class MessageTooLarge(InvalidMessage):
+    """An encoded channel message exceeds the channel's max_message_size."""
+
+    code = "message_too_large"
+
+
+class StreamUsageError(LocalError):
+    """A stream action that the stream's kind, state or this side's role does not allow."""
+
+    code = "stream_usage_error"
+
+
+class ChannelClosedError(LocalError):
+    """An action on a channel endpoint that is already closed."""
+
+    code = "channel_closed"
+
+
+class OutboundQueueFull(LocalError):
+    """The channel's outbound queue is at its byte budget; drain frames_to_send first."""
+
+    code = "outbound_queue_full"
+
+
+class ChannelProtocolError(RemoteProtocolError):
+    """A channel message or frame from the peer is malformed; only its stream is affected."""
+
+    code = "channel_protocol_error"
+
+
+class UnexpectedStreamMessage(ChannelProtocolError):
+    """A channel message not allowed for its stream's kind, state or sender (or unknown id)."""
+
+    code = "unexpected_stream_message"
+
+
+class FlowControlError(ChannelProtocolError):
+    """The peer sent more byte-stream data than its window allowed, or overflowed a window."""
+
+    code = "flow_control_error"
+
+
+class ResourceExhausted(ChannelProtocolError):
+    """A reassembly or stream limit was reached; that correlation id is failed."""
+
+    code = "resource_exhausted"

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import cattrs
-from cattrs.cols import list_structure_factory
+from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from .errors import LeapcoreError, RecordError
@@ -55,8 +55,10 @@ _CONTAINERS: dict[Any, type] = {list: list, dict: dict}
 
 def _container_hook_factory(cl: Any) -> Any:
     kind = _CONTAINERS[typing.get_origin(cl)]
+    # The cols factories build a hook without registering it (gen_structure_mapping would
+    # register its result for ``cl`` and so bypass this check from then on).
     inner: Callable[[Any, Any], Any] = (
-        _converter.gen_structure_mapping(cl)
+        mapping_structure_factory(cl, _converter)
         if kind is dict
         else list_structure_factory(cl, _converter)
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import attrs
 import pytest
 
@@ -129,3 +131,23 @@ def test_a_string_is_not_a_list():
     with pytest.raises(RecordError, match="field 'items': item 1: expected str, got int"):
         structure_strict({"items": ["a", 2]}, Listy, what="test record")
     assert structure_strict({"items": ["a", "b"]}, Listy, what="x").items == ["a", "b"]
+
+
+@attrs.frozen
+class Loose:
+    data: dict[str, Any] | None = None
+
+
+@attrs.frozen
+class Strict:
+    data: dict[str, Any]
+
+
+def test_container_check_does_not_depend_on_what_was_decoded_before():
+    """Regression: decoding an optional dict once used to register a raw mapping hook that
+    bypassed the container check for every later record with the same field type."""
+    structure_strict({"data": {"a": 1}}, Loose, what="x")
+    with pytest.raises(RecordError, match="field 'data': expected dict, got list"):
+        structure_strict({"data": []}, Strict, what="x")
+    with pytest.raises(RecordError, match="expected dict, got list"):
+        structure_strict({"data": []}, Loose, what="x")
