@@ -38,3 +38,12 @@ def test_getting_started_example_runs() -> None:
     assert blocks, "docs/getting-started.md has no python example"
     for block in blocks:
         exec(compile(block, "getting-started.md", "exec"), {})
+
+
+def test_protocol_state_diagrams_are_generated_from_the_tables() -> None:
+    from leapcore.statediagram import DIAGRAMS, update_text
+
+    text = (DOCS / "protocol.md").read_text()
+    assert update_text(text) == text, "run: python -m leapcore.statediagram docs/protocol.md"
+    for name in DIAGRAMS:
+        assert f"<!-- diagram:{name} -->" in text, f"docs/protocol.md lacks diagram {name}"
