@@ -46,6 +46,10 @@ PLANS: dict[str, Plan] = {
     "transport_decrypt": Plan(),
     "key_json": Plan(json_fields=True),
     "keyfile": Plan(json_fields=True),
+    "link_stream": Plan(),
+    "link_hub": Plan(),
+    "relay": Plan(),
+    "pin_file": Plan(),
 }
 
 

@@ -16,6 +16,12 @@ harness                what is fed the bytes                       documented er
                        ``json.loads(data)``
 ``keyfile``            ``leapcore.keyfile.load_keypair`` of a      ``KeyFileError``
                        file holding ``data``
+``link_stream``        ``LinkDecoder`` (whole, and byte by byte)   ``LinkProtocolError``
+``link_hub``           ``LinkConnection(HUB).receive``             ``LinkProtocolError``
+``relay``              ``ChannelRelay.check``, 12-byte records     ``RelayViolation``
+                       (direction, correlation id, flags, size)
+``pin_file``           ``PinStore.load`` of a file holding         ``PinStoreError``
+                       ``data`` (and a verify after it)
 =====================  ==========================================  ======================
 
 (``HandshakeError`` and ``DecryptError`` are the ``RemoteProtocolError`` subclasses for network
@@ -38,6 +44,8 @@ mutation driver (``fuzz/run_mutations.py``, ``tests/test_fuzz.py``) and by hypot
 from __future__ import annotations
 
 import atexit
+import base64
+import contextlib
 import functools
 import hashlib
 import json
@@ -48,11 +56,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from leapcore.errors import DecryptError, HandshakeError, KeyFileError
+from leapcore.errors import (
+    DecryptError,
+    HandshakeError,
+    KeyFileError,
+    KeyMismatch,
+    LinkProtocolError,
+    PinStoreError,
+    RelayViolation,
+)
 from leapcore.handshake import HandshakeState, Initiator, Responder
 from leapcore.keyfile import load_keypair
 from leapcore.keys import PublicKeyBundle, WorkerKeyPair
+from leapcore.link_codec import (
+    ChannelData,
+    ClientHello,
+    Connect,
+    Heartbeat,
+    LinkDecoder,
+    OpenChannel,
+    encode_many,
+)
+from leapcore.link_state import LinkConnection, LinkRole, LinkState
 from leapcore.mode import EncryptionMode, parse_encryption_mode
+from leapcore.pinstore import PinStore
+from leapcore.relay import ChannelRelay, RelayDirection
 from leapcore.transport import TransportSession
 
 __all__ = [
@@ -64,10 +92,14 @@ __all__ = [
     "accepts",
     "check_key_json",
     "check_keyfile",
+    "check_link_hub",
+    "check_link_stream",
     "check_message1_classic",
     "check_message1_pq",
     "check_message2_classic",
     "check_message2_pq",
+    "check_pin_file",
+    "check_relay",
     "check_transport_decrypt",
     "describe",
     "fixtures",
@@ -328,6 +360,95 @@ def _keyfile(data: bytes) -> bool:
     return True
 
 
+def _link_stream(data: bytes) -> bool:
+    whole: list[object] = []
+    whole_error: LinkProtocolError | None = None
+    try:
+        whole = list(LinkDecoder().feed(data))
+    except LinkProtocolError as exc:
+        whole_error = exc
+    # Byte by byte must give the same messages and the same error (at the same point).
+    decoder, pieces = LinkDecoder(), []
+    piece_error: LinkProtocolError | None = None
+    try:
+        for i in range(len(data)):
+            decoder.receive_data(data[i : i + 1])
+            while (message := decoder.next_message()) is not None:
+                pieces.append(message)
+    except LinkProtocolError as exc:
+        piece_error = exc
+    _expect(type(whole_error) is type(piece_error), "whole and byte-by-byte errors differ")
+    if whole_error is None:
+        _expect(pieces == whole, "whole and byte-by-byte decoding differ")
+        return bool(whole)
+    _expect(pieces[: len(whole)] == whole or not whole, "messages before the error differ")
+    return False
+
+
+def _link_hub(data: bytes) -> bool:
+    hub = LinkConnection(LinkRole.HUB)
+    try:
+        messages = hub.receive(data)
+    except LinkProtocolError:
+        _expect(hub.state is LinkState.CLOSED, "a rejected link is not closed")
+        return False
+    return bool(messages)
+
+
+_RECORD = 12  # direction u8, correlation id u64, flags u8, ciphertext size u16
+
+
+def _relay(data: bytes) -> bool:
+    relay = ChannelRelay(1, max_message_size=4 * 65519)
+    checked = 0
+    for off in range(0, len(data) - _RECORD + 1, _RECORD):
+        record = data[off : off + _RECORD]
+        direction = (RelayDirection.TO_WORKER, RelayDirection.TO_CLIENT)[record[0] & 1]
+        cid = int.from_bytes(record[1:9], "big")
+        flags, size = record[9], int.from_bytes(record[10:12], "big")
+        try:
+            relay.check(direction, cid, flags, size)
+        except RelayViolation:
+            return False
+        checked += 1
+    return checked > 0
+
+
+_pin_dir: Path | None = None
+
+
+def _pin_path() -> Path:
+    global _pin_dir
+    if _pin_dir is None:
+        _pin_dir = Path(tempfile.mkdtemp(prefix="leapcore-fuzz-pins-"))
+        atexit.register(shutil.rmtree, _pin_dir, True)
+    return _pin_dir / "pins.json"
+
+
+def _pin_file(data: bytes) -> bool:
+    path = _pin_path()
+    path.write_bytes(data)
+    store = PinStore(path, hint="clear it")
+    try:
+        pins = store.load()
+    except PinStoreError as exc:
+        _expect(str(path) in str(exc), f"PinStoreError does not name the path: {exc}")
+        # A store that does not load must refuse to change too, and leave the file alone.
+        try:
+            store.verify("fuzz-worker", fixtures().modes[PQ].keypair.public)
+        except PinStoreError:
+            pass
+        else:
+            raise HarnessFailure("verify() on an unreadable store did not refuse")
+        _expect(path.read_bytes() == data, "an unreadable pin store was modified")
+        return False
+    # A loaded store accepts a verify of a worker it knows nothing of, or reports a mismatch.
+    with contextlib.suppress(KeyMismatch):
+        store.verify("fuzz-worker", fixtures().modes[PQ].keypair.public)
+    _expect(set(store.load()) >= set(pins), "a verify lost pins")
+    return True
+
+
 # ---------------------------------------------------------------------------
 # The harnesses
 
@@ -367,6 +488,26 @@ def check_keyfile(data: bytes) -> None:
     _guarded("keyfile", _keyfile, data)
 
 
+def check_link_stream(data: bytes) -> None:
+    """``LinkDecoder``: accept, or ``LinkProtocolError``; byte by byte gives the same result."""
+    _guarded("link_stream", _link_stream, data)
+
+
+def check_link_hub(data: bytes) -> None:
+    """The hub's side of a fresh link: accept, or ``LinkProtocolError`` and the link closed."""
+    _guarded("link_hub", _link_hub, data)
+
+
+def check_relay(data: bytes) -> None:
+    """``ChannelRelay.check`` over 12-byte frame records: accept, or ``RelayViolation``."""
+    _guarded("relay", _relay, data)
+
+
+def check_pin_file(data: bytes) -> None:
+    """``PinStore.load`` of a file: accept, or ``PinStoreError`` naming it, file untouched."""
+    _guarded("pin_file", _pin_file, data)
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "message1_classic": check_message1_classic,
     "message1_pq": check_message1_pq,
@@ -375,6 +516,10 @@ HARNESSES: dict[str, Callable[[bytes], None]] = {
     "transport_decrypt": check_transport_decrypt,
     "key_json": check_key_json,
     "keyfile": check_keyfile,
+    "link_stream": check_link_stream,
+    "link_hub": check_link_hub,
+    "relay": check_relay,
+    "pin_file": check_pin_file,
 }
 
 _TARGETS: dict[str, Callable[[bytes], bool]] = {
@@ -385,6 +530,10 @@ _TARGETS: dict[str, Callable[[bytes], bool]] = {
     "transport_decrypt": _transport_decrypt,
     "key_json": _key_json,
     "keyfile": _keyfile,
+    "link_stream": _link_stream,
+    "link_hub": _link_hub,
+    "relay": _relay,
+    "pin_file": _pin_file,
 }
 
 
@@ -406,4 +555,43 @@ def seeds(name: str) -> list[bytes]:
         return [fx.keypair_file, json.dumps(keypair).encode(), fx.bundle_json]
     if name == "keyfile":
         return [fx.keypair_file]
+    keys = fx.modes[PQ].keypair.public
+    first_beat = Heartbeat(1, "pq", keys.x25519, keys.mlkem, keys.slhdsa)
+    if name == "link_stream":
+        return [
+            encode_many([Connect(1, "t" * 48), first_beat, ChannelData(3, 1, 0, bytes(40))]),
+            encode_many([OpenChannel(1, "w" * 48, fx.modes[PQ].message1, 2**24)]),
+        ]
+    if name == "link_hub":
+        return [
+            encode_many([Connect(1, "t" * 48), first_beat]),
+            encode_many([ClientHello(1, "a" * 48)]),
+        ]
+    if name == "relay":
+
+        def rec(direction: int, cid: int, flags: int, size: int) -> bytes:
+            return (
+                bytes([direction])
+                + cid.to_bytes(8, "big")
+                + bytes([flags])
+                + size.to_bytes(2, "big")
+            )
+
+        return [
+            rec(0, 1, 1, 65535) + rec(0, 3, 0, 40) + rec(1, 2, 0, 16) + rec(0, 1, 0, 100),
+            rec(1, 0, 2, 0),
+        ]
+    if name == "pin_file":
+        pin = {
+            "x25519_public_key": base64.b64encode(keys.x25519).decode(),
+            "mlkem_public_key": base64.b64encode(keys.mlkem).decode(),
+            "slhdsa_public_key": base64.b64encode(keys.slhdsa).decode(),
+            "first_seen_at": "2026-11-23T16:50:00.123456Z",
+            "last_used_at": "2026-11-23T16:50:00Z",
+        }
+        return [
+            json.dumps({"pins": {"w1": pin}}, indent=2).encode(),
+            b'{"pins": {}}',
+            b'{"pins": null}',
+        ]
     raise KeyError(name)

@@ -24,6 +24,7 @@ __all__ = [
     "ChannelClosedError",
     "ChannelProtocolError",
     "ConfigError",
+    "CorruptPinStore",
     "DecryptError",
     "FlowControlError",
     "FrameTooLarge",
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidEncryptionMode",
     "InvalidMessage",
     "KeyFileError",
+    "KeyMismatch",
     "LeapcoreError",
     "LinkProtocolError",
     "LocalError",
@@ -39,7 +41,9 @@ __all__ = [
     "MessageLengthError",
     "MessageTooLarge",
     "NonceExhausted",
+    "NotFound",
     "OutboundQueueFull",
+    "PinStoreError",
     "PlaintextTooLarge",
     "RecordError",
     "RekeyError",
@@ -122,6 +126,24 @@ class KeyFileError(LocalError):
     code = "key_file_error"
 
 
+class NotFound(LocalError):
+    """The thing asked for (a pin, a worker, a key) does not exist."""
+
+    code = "not_found"
+
+
+class PinStoreError(LocalError):
+    """A pin store file cannot be read, locked or written."""
+
+    code = "pin_store_error"
+
+
+class CorruptPinStore(PinStoreError):
+    """A pin store file exists but does not parse; it is left untouched."""
+
+    code = "pin_store_corrupt"
+
+
 # ---------------------------------------------------------------------------
 # Remote: the peer's fault.
 
@@ -130,6 +152,23 @@ class RemoteProtocolError(LeapcoreError):
     """The peer sent data that violates the protocol."""
 
     code = "protocol_error"
+
+
+class KeyMismatch(RemoteProtocolError):
+    """A worker presented keys that differ from its pin: possibly an impostor.
+
+    ``str(exc)`` is ``worker <id> key mismatch — <hint>``; the fingerprints of the
+    pinned (``expected``) and presented (``actual``) keys are attributes.
+    """
+
+    code = "key_mismatch"
+
+    def __init__(self, worker_id: str, *, expected: str, actual: str, hint: str) -> None:
+        super().__init__(f"worker {worker_id} key mismatch \u2014 {hint}")
+        self.worker_id = worker_id
+        self.expected = expected
+        self.actual = actual
+        self.hint = hint
 
 
 class RecordError(RemoteProtocolError):

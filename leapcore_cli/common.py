@@ -5,10 +5,11 @@ Exit codes (stable; documented in docs/cli.md):
 ====  =========================================================
 0     success
 1     error (anything not listed below)
-2     usage: bad flags or arguments
+2     usage: bad flags, arguments or configuration
 3     not found
 4     corrupt or unreadable local state (key file, pin store)
 5     a remote peer broke the protocol (handshake, decrypt)
+6     a worker's keys do not match its pin (possible impostor)
 ====  =========================================================
 
 With ``--json``, stdout carries exactly one JSON document — the result, or
@@ -24,7 +25,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from leapcore import __version__
-from leapcore.errors import KeyFileError, LeapcoreError, RemoteProtocolError
+from leapcore.errors import (
+    ConfigError,
+    KeyFileError,
+    KeyMismatch,
+    LeapcoreError,
+    NotFound,
+    PinStoreError,
+    RemoteProtocolError,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -32,13 +41,23 @@ EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_CORRUPT_STATE = 4
 EXIT_PROTOCOL = 5
+EXIT_KEY_MISMATCH = 6
+
+#: Error class -> exit code; the first match in this order wins.
+EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
+    (KeyMismatch, EXIT_KEY_MISMATCH),
+    (NotFound, EXIT_NOT_FOUND),
+    (KeyFileError, EXIT_CORRUPT_STATE),
+    (PinStoreError, EXIT_CORRUPT_STATE),
+    (ConfigError, EXIT_USAGE),
+    (RemoteProtocolError, EXIT_PROTOCOL),
+)
 
 
 def exit_code_for(exc: LeapcoreError) -> int:
-    if isinstance(exc, KeyFileError):
-        return EXIT_CORRUPT_STATE
-    if isinstance(exc, RemoteProtocolError):
-        return EXIT_PROTOCOL
+    for cls, code in EXIT_CODES:
+        if isinstance(exc, cls):
+            return code
     return EXIT_ERROR
 
 

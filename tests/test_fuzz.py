@@ -166,6 +166,10 @@ _FAKES = {
     "transport_decrypt": ("TransportSession", "decrypt", HandshakeError("wrong family")),
     "key_json": ("WorkerKeyPair", "from_json", RecordError("not a KeyFileError")),
     "keyfile": ("load_keypair", "__call__", RecordError("not a KeyFileError")),
+    "link_stream": ("LinkDecoder", "feed", RecordError("not a LinkProtocolError")),
+    "link_hub": ("LinkConnection", "receive", RecordError("not a LinkProtocolError")),
+    "relay": ("ChannelRelay", "check", RecordError("not a RelayViolation")),
+    "pin_file": ("PinStore", "load", RecordError("not a PinStoreError")),
 }
 
 

@@ -1,0 +1,143 @@
+"""Layered configuration: defaults < config file < environment < flags given explicitly.
+
+A config file is TOML (read with the standard library's ``tomllib``) with
+flat keys; environment variables are ``<PREFIX><KEY>`` upper-cased
+(``LEAPCORE_WORKER_DATA_DIR`` → ``data_dir``); a flag overrides only when it
+was passed on the command line, so a flag's default never hides the file or
+the environment. Unknown keys in a file and unknown ``<PREFIX>`` variables
+are errors in a file (a typo should not silently do nothing) but ignored in
+the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
+is the remote CLI's default ``--worker-id``); values are checked against
+each key's type.
+
+Sans-IO except :func:`read_config_file`: the environment is passed in.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Final
+
+from .errors import ConfigError
+
+__all__ = [
+    "WORKER_ENV_PREFIX",
+    "WORKER_KEYS",
+    "layer",
+    "read_config_file",
+    "worker_settings",
+]
+
+WORKER_ENV_PREFIX: Final = "LEAPCORE_WORKER_"
+
+#: Worker settings: key -> (type, default). A file may set any of them.
+WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
+    "hub": (str, "http://127.0.0.1:4327"),
+    "registration_key": (str, ""),
+    "name": (str, ""),
+    "data_dir": (str, "."),
+    "encryption_mode": (str, "post-quantum"),
+    "labels": (str, ""),
+    "transport": (str, "websocket"),
+    "ca_file": (str, ""),
+    "log_level": (str, "info"),
+    "max_message_size": (int, 16 * 1024 * 1024),
+    "max_incomplete_chunked": (int, 4),
+}
+
+
+def read_config_file(path: Path, keys: Mapping[str, tuple[type, Any]]) -> dict[str, Any] | None:
+    """The settings in ``path``, or ``None`` when it does not exist. Bad files raise
+    :class:`ConfigError` naming the path and the problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        _check(key, value, keys, where=str(path))
+    return data
+
+
+def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where: str) -> Any:
+    spec = keys.get(key)
+    if spec is None:
+        raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(keys))})")
+    kind = spec[0]
+    if type(value) is not kind:
+        raise ConfigError(
+            f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _from_env(
+    env: Mapping[str, str], prefix: str, keys: Mapping[str, tuple[type, Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, text in env.items():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :].lower()
+        if key not in keys:
+            raise ConfigError(f"environment: unknown variable {name}")
+        kind = keys[key][0]
+        if kind is int:
+            try:
+                out[key] = int(text.strip())
+            except ValueError:
+                raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+        else:
+            out[key] = text
+    return out
+
+
+def layer(
+    keys: Mapping[str, tuple[type, Any]],
+    *,
+    file_values: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+    prefix: str,
+    flags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Merge the layers; ``flags`` holds only the flags that were passed explicitly."""
+    settings = {key: default for key, (_kind, default) in keys.items()}
+    settings.update(file_values or {})
+    settings.update(_from_env(env, prefix, keys))
+    for key, value in flags.items():
+        settings[key] = _check(key, value, keys, where="flag")
+    return settings
+
+
+def worker_settings(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    home: Path,
+    config_path: Path | None,
+) -> tuple[dict[str, Any], Path | None]:
+    """The worker's settings and the config file they came from (``None``: no file).
+
+    ``config_path`` is ``--config`` when given (it must then exist); otherwise the
+    default ``~/.config/leapcore/worker/worker.toml`` is read if it exists. The
+    returned ``data_dir`` is resolved to an absolute path (``paths.resolve_data_dir``).
+    """
+    from .paths import resolve_data_dir, worker_config_file
+
+    path = config_path if config_path is not None else worker_config_file(home)
+    file_values = read_config_file(path, WORKER_KEYS)
+    if file_values is None and config_path is not None:
+        raise ConfigError(f"{config_path}: no such config file")
+    used = path if file_values is not None else None
+    settings = layer(
+        WORKER_KEYS, file_values=file_values, env=env, prefix=WORKER_ENV_PREFIX, flags=flags
+    )
+    settings["data_dir"] = str(resolve_data_dir(settings["data_dir"], config_file=used, home=home))
+    return settings, used
