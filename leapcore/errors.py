@@ -26,6 +26,7 @@ __all__ = [
     "ConfigError",
     "CorruptPinStore",
     "DecryptError",
+    "FailedPrecondition",
     "FlowControlError",
     "FrameTooLarge",
     "HandshakeError",
@@ -43,8 +44,10 @@ __all__ = [
     "NonceExhausted",
     "NotFound",
     "OutboundQueueFull",
+    "PermissionDenied",
     "PinStoreError",
     "PlaintextTooLarge",
+    "QuotaExceeded",
     "RecordError",
     "RekeyError",
     "RelayViolation",
@@ -53,6 +56,7 @@ __all__ = [
     "SessionClosed",
     "StorageError",
     "StreamUsageError",
+    "Unauthenticated",
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
 ]
@@ -130,6 +134,30 @@ class NotFound(LocalError):
     """The thing asked for (a pin, a worker, a key) does not exist."""
 
     code = "not_found"
+
+
+class Unauthenticated(LocalError):
+    """A credential (API token, worker auth token, registration key) was not accepted."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(LocalError):
+    """The caller is authenticated but not allowed to do this."""
+
+    code = "permission_denied"
+
+
+class FailedPrecondition(LocalError):
+    """The request is valid but the state does not allow it now (e.g. too early to extend)."""
+
+    code = "failed_precondition"
+
+
+class QuotaExceeded(LocalError):
+    """A configured limit was reached (e.g. the maximum workers per user)."""
+
+    code = "quota_exceeded"
 
 
 class PinStoreError(LocalError):
