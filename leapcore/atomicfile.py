@@ -26,6 +26,9 @@ def ensure_private_dir(path: Path) -> None:
     """Create ``path`` (and missing parents) with mode 0700; existing directories are kept."""
     if path.is_dir():
         return
+    for parent in (path, *path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(parent))
     path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     # mkdir honours the umask; make the leaf exactly 0700.
     os.chmod(path, DIR_MODE)

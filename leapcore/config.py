@@ -87,7 +87,7 @@ def _from_env(
             continue
         key = name[len(prefix) :].lower()
         if key not in keys:
-            raise ConfigError(f"environment: unknown variable {name}")
+            continue  # another tool's variable (e.g. LEAPCORE_WORKER_ID): not ours to judge
         kind = keys[key][0]
         if kind is int:
             try:
@@ -131,7 +131,7 @@ def worker_settings(
     """
     from .paths import resolve_data_dir, worker_config_file
 
-    path = config_path if config_path is not None else worker_config_file(home)
+    path = config_path.absolute() if config_path is not None else worker_config_file(home)
     file_values = read_config_file(path, WORKER_KEYS)
     if file_values is None and config_path is not None:
         raise ConfigError(f"{config_path}: no such config file")

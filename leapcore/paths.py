@@ -63,7 +63,7 @@ def hub_dir_name(hub_url: str) -> str:
         host, port = parts.hostname, parts.port
     except ValueError as exc:
         raise ConfigError(f"hub URL {hub_url!r} is malformed: {exc}") from None
-    if not host:
+    if not host or host in (".", ".."):
         raise ConfigError(f"hub URL {hub_url!r} has no host")
     safe_host = _UNSAFE.sub("_", host)
     return f"{safe_host}_{port}" if port is not None else safe_host

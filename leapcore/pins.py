@@ -51,7 +51,8 @@ LAST_USED_PERSIST_INTERVAL: Final = dt.timedelta(minutes=10)
 
 _RFC3339: Final = re.compile(
     r"^(\d{4})-(\d{2})-(\d{2})[Tt](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?"
-    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))$"
+    r"(?:([Zz])|([+-])(\d{2}):(\d{2}))",
+    re.ASCII,
 )
 
 
@@ -59,17 +60,25 @@ def format_time(when: dt.datetime) -> str:
     """RFC 3339 in UTC with microseconds, e.g. ``2026-11-23T16:50:00.123456Z``."""
     if when.tzinfo is None:
         raise ValueError("timestamps must be timezone-aware")
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    # Not strftime: its %Y drops the leading zeros of years before 1000 on glibc, and the
+    # store would then write a timestamp it cannot read back.
+    u = when.astimezone(dt.UTC)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T"
+        f"{u.hour:02d}:{u.minute:02d}:{u.second:02d}.{u.microsecond:06d}Z"
+    )
 
 
 def parse_time(text: str) -> dt.datetime:
     """Parse an RFC 3339 timestamp (``Z`` or an offset; up to nanoseconds, kept to µs)."""
-    m = _RFC3339.match(text)
+    m = _RFC3339.fullmatch(text)
     if m is None:
         raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
     year, month, day, hour, minute, second, frac, zulu, sign, oh, om = m.groups()
     offset = dt.timedelta(0)
     if not zulu:
+        if int(oh) > 23 or int(om) > 59:
+            raise ValueError(f"not an RFC 3339 timestamp (bad offset): {text!r}")
         offset = dt.timedelta(hours=int(oh), minutes=int(om))
         if sign == "-":
             offset = -offset

@@ -28,6 +28,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import shlex
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,8 @@ class PinStore:
     """The pins of one client (per hub) or one worker (of its siblings).
 
     ``hint`` is the text after the dash in a mismatch error, with ``{worker_id}``
-    substituted; it names the exact command that clears the pin.
+    replaced by the shell-quoted id (other braces are left alone); it names the exact
+    command that clears the pin.
     ``clock`` returns the current UTC time (injectable for tests).
     """
 
@@ -106,6 +108,12 @@ class PinStore:
             data = json.loads(raw.decode("utf-8"))
         except (ValueError, RecursionError) as exc:
             raise corrupt(f"not valid JSON ({exc})") from None
+        # Checked here, or cattrs would say "'int' object has no attribute 'keys'".
+        entries = data.get("pins") if isinstance(data, dict) else None
+        for worker_id, entry in entries.items() if isinstance(entries, dict) else ():
+            if not isinstance(entry, dict):
+                kind = type(entry).__name__
+                raise corrupt(f"pin {worker_id!r} must be a JSON object, got {kind}")
         try:
             record = structure_strict(data, _PinFile, what="pin file")
         except RecordError as exc:
@@ -158,7 +166,7 @@ class PinStore:
                     worker_id,
                     expected=decision.pin.fingerprint,
                     actual=keys.fingerprint,
-                    hint=self.hint.format(worker_id=worker_id),
+                    hint=self.hint.replace("{worker_id}", shlex.quote(worker_id)),
                 )
             if decision.persist:
                 pins[worker_id] = decision.pin
@@ -167,6 +175,8 @@ class PinStore:
 
     def remove(self, worker_id: str) -> bool:
         """Forget ``worker_id``'s pin; False (and no write) when there was none."""
+        if worker_id not in self.load():
+            return False  # touch nothing: no directory, no lock file
         with self._locked():
             pins = self.load()
             if pins.pop(worker_id, None) is None:

@@ -16,9 +16,11 @@ import typing
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import attrs
 import cattrs
 from cattrs.cols import list_structure_factory, mapping_structure_factory
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
+from cattrs.gen import make_dict_structure_fn
 
 from .errors import LeapcoreError, RecordError
 
@@ -74,6 +76,21 @@ def _container_hook_factory(cl: Any) -> Any:
 _converter.register_structure_hook_factory(
     lambda cl: typing.get_origin(cl) in _CONTAINERS, _container_hook_factory
 )
+
+
+def _record_hook_factory(cl: Any) -> Any:
+    """attrs classes: a nested record must be a JSON object before cattrs looks inside."""
+    inner = make_dict_structure_fn(cl, _converter, _cattrs_forbid_extra_keys=True)
+
+    def hook(value: object, _type: object) -> object:
+        if type(value) is not dict:
+            raise TypeError(f"expected object, got {type(value).__name__}")
+        return inner(value, _type)
+
+    return hook
+
+
+_converter.register_structure_hook_factory(attrs.has, _record_hook_factory)
 _WHERE = re.compile(r"@ attribute (\w+)|@ key (.+)|@ index (\d+)")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def client_pin_store(args: argparse.Namespace) -> PinStore:
     """The remote CLI's pin store for the hub named by ``--hub`` / ``$LEAPCORE_HUB``."""
     hub = hub_url(args)
     path = client_pins_path(os.environ, Path.home(), hub)
-    return PinStore(path, hint=MISMATCH_HINT.format(hub=hub))
+    return PinStore(path, hint=MISMATCH_HINT.format(hub=shlex.quote(hub)))
 
 
 def build_parser() -> Parser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -43,7 +44,8 @@ def cross_worker_store(args: argparse.Namespace) -> PinStore:
     )
     data_dir = Path(settings["data_dir"])
     return PinStore(
-        cross_worker_pins_path(data_dir), hint=CROSS_WORKER_HINT.format(data_dir=data_dir)
+        cross_worker_pins_path(data_dir),
+        hint=CROSS_WORKER_HINT.format(data_dir=shlex.quote(str(data_dir))),
     )
 
 
