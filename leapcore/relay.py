@@ -22,41 +22,26 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-from .errors import LocalError, RelayViolation
+from .chunking import DEFAULT_MAX_MESSAGE_SIZE, FrameFlag, validate_max_message_size
+from .errors import RelayViolation
 
 __all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
     "FLAG_CLOSE",
     "FLAG_FINAL",
     "FLAG_MORE",
-    "MAX_MESSAGE_SIZE",
-    "MIN_MESSAGE_SIZE",
     "REASSEMBLY_SLACK",
     "ChannelRelay",
     "RelayDirection",
-    "check_max_message_size",
 ]
 
-FLAG_FINAL: Final = 0
-FLAG_MORE: Final = 1
-FLAG_CLOSE: Final = 2
+FLAG_FINAL: Final = FrameFlag.FINAL.value
+FLAG_MORE: Final = FrameFlag.MORE.value
+FLAG_CLOSE: Final = FrameFlag.CLOSE.value
 _CIPHERTEXT_LIMIT: Final = 65535
 _TAG: Final = 16
 
-MIN_MESSAGE_SIZE: Final = 65519
-MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
-DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
 #: How far past the negotiated size the hub's plaintext estimate may go.
 REASSEMBLY_SLACK: Final = 64 * 1024
-
-
-def check_max_message_size(size: int) -> int:
-    """A negotiated message size must be in 65519 .. 64 MiB."""
-    if type(size) is not int or not MIN_MESSAGE_SIZE <= size <= MAX_MESSAGE_SIZE:
-        raise LocalError(
-            f"max message size must be {MIN_MESSAGE_SIZE}..{MAX_MESSAGE_SIZE} bytes, got {size!r}"
-        )
-    return size
 
 
 class RelayDirection(enum.Enum):
@@ -79,7 +64,7 @@ class ChannelRelay:
 
     def __init__(self, channel_id: int, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
         self.channel_id = channel_id
-        self.ceiling = check_max_message_size(max_message_size) + REASSEMBLY_SLACK
+        self.ceiling = validate_max_message_size(max_message_size) + REASSEMBLY_SLACK
         self._directions = {d: _Direction() for d in RelayDirection}
 
     def in_flight(self, direction: RelayDirection) -> int:

@@ -7,16 +7,9 @@ from helpers import expect
 from hypothesis import given
 from hypothesis import strategies as st
 
-from leapcore.errors import LocalError, RelayViolation
-from leapcore.relay import (
-    DEFAULT_MAX_MESSAGE_SIZE,
-    FLAG_CLOSE,
-    FLAG_FINAL,
-    FLAG_MORE,
-    ChannelRelay,
-    RelayDirection,
-    check_max_message_size,
-)
+from leapcore.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from leapcore.errors import ConfigError, RelayViolation
+from leapcore.relay import FLAG_CLOSE, FLAG_FINAL, FLAG_MORE, ChannelRelay, RelayDirection
 
 TW, TC = RelayDirection.TO_WORKER, RelayDirection.TO_CLIENT
 FULL = 65535
@@ -89,8 +82,10 @@ def test_default_ceiling_matches_the_reference() -> None:
 
 @pytest.mark.parametrize("size", [0, 65518, 64 * 1024 * 1024 + 1, True, 1.5e6])
 def test_max_message_size_range(size: object) -> None:
-    expect(LocalError, "max message size must be 65519..67108864", check_max_message_size, size)
-    assert check_max_message_size(65519) == 65519
+    expect(
+        ConfigError, "max_message_size must be an integer in 65519..67108864", ChannelRelay, 1, size
+    )
+    assert ChannelRelay(1, 65519).ceiling == 65519 + 65536
 
 
 @given(st.lists(st.integers(0, 3 * 65519), min_size=1, max_size=5))

@@ -19,6 +19,16 @@ CORE = [
     "leapcore.records",
     "leapcore.primitives",
     "leapcore.errors",
+    "leapcore.chunking",
+    "leapcore.channel_codec",
+    "leapcore.channel_mux",
+    "leapcore.link_codec",
+    "leapcore.link_state",
+    "leapcore.relay",
+    "leapcore.backoff",
+    "leapcore.heartbeat",
+    "leapcore.pins",
+    "leapcore.paths",
 ]
 IO_FRAMEWORKS = ["trio", "anyio", "trio_websocket", "h2", "sniffio", "outcome", "h11", "wsproto"]
 

@@ -1,0 +1,213 @@
+"""Channel frames, splitting messages into chunks, and bounded reassembly (sans-IO).
+
+A channel carries :class:`ChannelFrame` objects: a correlation id, a flag
+*value* and one transport ciphertext (at most 65535 bytes, so at most 65519
+bytes of plaintext). A channel message larger than that travels as several
+chunks under one correlation id: every chunk but the last is flagged
+``MORE``, the last ``FINAL``. An empty message is one zero-length ``FINAL``
+chunk. ``CLOSE`` is a standalone frame with no data.
+
+Splitting works on plaintext (:func:`split_message`, :func:`iter_chunks`):
+encryption is the channel endpoint's job, because the transport's nonces
+follow the order in which frames are *sent*.
+
+:class:`Reassembler` is the receiving side, keyed by correlation id, with the
+limits of ``spec/behavior.md`` §5.7: at most ``max_incomplete`` (4) chunked
+messages in progress per channel, each at most ``max_message_size``; the
+running total is checked as chunks arrive, so nothing is buffered past the
+limit. A breach fails that correlation id alone, once
+(:class:`~leapcore.errors.ResourceExhausted`), and tombstones it: its later
+chunks are dropped and its ``FINAL`` chunk reaps the tombstone. Tombstones are
+capped at ``max_incomplete`` too; past both caps, chunks are dropped silently.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterator
+from typing import Final
+
+import attrs
+
+from .errors import ChannelProtocolError, ConfigError, LocalError, ResourceExhausted
+from .transport import MAX_PLAINTEXT
+
+__all__ = [
+    "DEFAULT_MAX_INCOMPLETE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "MAX_CHUNK",
+    "MAX_MAX_MESSAGE_SIZE",
+    "MIN_MAX_MESSAGE_SIZE",
+    "ChannelFrame",
+    "FrameFlag",
+    "Reassembled",
+    "Reassembler",
+    "ReassemblyFailed",
+    "chunk_count",
+    "iter_chunks",
+    "split_message",
+    "validate_max_message_size",
+]
+
+#: Plaintext bytes per chunk (one transport frame).
+MAX_CHUNK: Final = MAX_PLAINTEXT  # 65519
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+MIN_MAX_MESSAGE_SIZE: Final = MAX_CHUNK
+MAX_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+DEFAULT_MAX_INCOMPLETE: Final = 4
+
+
+class FrameFlag(enum.IntEnum):
+    """Frame flags are values, not bits. Any other value is dropped by receivers."""
+
+    FINAL = 0  # the last chunk, or the only one
+    MORE = 1  # more chunks of this message follow
+    CLOSE = 2  # the channel is closing (standalone, no data)
+
+
+@attrs.frozen
+class ChannelFrame:
+    """One frame of a channel, as the link carries it.
+
+    ``correlation_id`` is a u64 (never 0 on a data frame), ``flags`` a
+    :class:`FrameFlag` value (the raw integer, so that unknown values can be
+    carried to the receiver and dropped there), ``ciphertext`` one
+    :meth:`TransportSession.encrypt <leapcore.transport.TransportSession.encrypt>`
+    output (empty for ``CLOSE``).
+    """
+
+    correlation_id: int
+    flags: int
+    ciphertext: bytes
+
+
+def validate_max_message_size(value: object) -> int:
+    """``value`` if it is an integer in 65519 .. 67108864, else :class:`ConfigError`."""
+    if type(value) is not int or not MIN_MAX_MESSAGE_SIZE <= value <= MAX_MAX_MESSAGE_SIZE:
+        raise ConfigError(
+            "max_message_size must be an integer in "
+            f"{MIN_MAX_MESSAGE_SIZE}..{MAX_MAX_MESSAGE_SIZE}, got {value!r}"
+        )
+    return value
+
+
+def chunk_count(size: int) -> int:
+    """How many frames a message of ``size`` bytes takes (an empty message takes one)."""
+    return max(1, -(-size // MAX_CHUNK))
+
+
+def iter_chunks(message: bytes) -> Iterator[tuple[FrameFlag, bytes]]:
+    """``(flag, plaintext)`` for each chunk of ``message``, lazily, in order."""
+    view = memoryview(message)
+    last = chunk_count(len(message)) - 1
+    for i in range(last + 1):
+        piece = bytes(view[i * MAX_CHUNK : (i + 1) * MAX_CHUNK])
+        yield (FrameFlag.FINAL if i == last else FrameFlag.MORE), piece
+
+
+def split_message(message: bytes) -> list[tuple[FrameFlag, bytes]]:
+    """All chunks of ``message`` (see :func:`iter_chunks`)."""
+    return list(iter_chunks(message))
+
+
+@attrs.frozen
+class Reassembled:
+    """A complete channel message."""
+
+    correlation_id: int
+    message: bytes
+
+
+@attrs.frozen
+class ReassemblyFailed:
+    """This correlation id broke a limit (or is 0); ``error`` says which, for a person and
+    (``error.code``) for a program."""
+
+    correlation_id: int
+    error: ChannelProtocolError
+
+
+class Reassembler:
+    """Receiving side of chunking for one channel (one direction)."""
+
+    def __init__(
+        self,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
+    ) -> None:
+        self.max_message_size = validate_max_message_size(max_message_size)
+        if type(max_incomplete) is not int or max_incomplete < 1:
+            raise ConfigError(f"max_incomplete must be a positive integer, got {max_incomplete!r}")
+        self.max_incomplete = max_incomplete
+        self._partial: dict[int, bytearray] = {}
+        self._tombstones: set[int] = set()
+
+    @property
+    def incomplete(self) -> frozenset[int]:
+        """Correlation ids with a chunked message in progress."""
+        return frozenset(self._partial)
+
+    @property
+    def tombstones(self) -> frozenset[int]:
+        return frozenset(self._tombstones)
+
+    @property
+    def buffered(self) -> int:
+        """Plaintext bytes held for incomplete messages."""
+        return sum(len(b) for b in self._partial.values())
+
+    def feed(
+        self, correlation_id: int, flags: int, chunk: bytes
+    ) -> Reassembled | ReassemblyFailed | None:
+        """Take one decrypted chunk; return a complete message, a failure, or ``None``."""
+        if flags not in (FrameFlag.FINAL, FrameFlag.MORE):
+            raise LocalError(f"only FINAL and MORE frames carry chunks, got flags {flags!r}")
+        final = flags == FrameFlag.FINAL
+        cid = correlation_id
+        if cid == 0:
+            return ReassemblyFailed(
+                0, ChannelProtocolError("correlation id 0 is reserved; frame dropped")
+            )
+        if cid in self._tombstones:
+            if final:
+                self._tombstones.discard(cid)
+            return None
+        buf = self._partial.get(cid)
+        if buf is None:
+            if len(chunk) > self.max_message_size:  # only if a chunk exceeds 65519 bytes
+                return self._fail(cid, final, self._too_big(len(chunk)))
+            if final:
+                return Reassembled(cid, bytes(chunk))
+            if len(self._partial) >= self.max_incomplete:
+                return self._fail(
+                    cid,
+                    final,
+                    f"more than {self.max_incomplete} incomplete chunked messages on this channel",
+                )
+            self._partial[cid] = bytearray(chunk)
+            return None
+        total = len(buf) + len(chunk)
+        if total > self.max_message_size:
+            del self._partial[cid]
+            return self._fail(cid, final, self._too_big(total))
+        buf += chunk
+        if final:
+            del self._partial[cid]
+            return Reassembled(cid, bytes(buf))
+        return None
+
+    def discard(self, correlation_id: int) -> None:
+        """Forget any partial message and tombstone for ``correlation_id``."""
+        self._partial.pop(correlation_id, None)
+        self._tombstones.discard(correlation_id)
+
+    def _too_big(self, size: int) -> str:
+        return f"chunked message reached {size} bytes; the limit is {self.max_message_size}"
+
+    def _fail(self, cid: int, final: bool, why: str) -> ReassemblyFailed | None:
+        if final:  # nothing more of it will come: no tombstone needed
+            return ReassemblyFailed(cid, ResourceExhausted(f"correlation id {cid}: {why}"))
+        if len(self._tombstones) >= self.max_incomplete:
+            return None  # past both caps: dropped silently
+        self._tombstones.add(cid)
+        return ReassemblyFailed(cid, ResourceExhausted(f"correlation id {cid}: {why}"))
