@@ -32,12 +32,16 @@ from .errors import FrameTooLarge, LinkProtocolError, LocalError, RecordError
 from .records import b64decode_strict, b64encode, structure_strict, unstructure
 
 __all__ = [
+    "CLOSE_CODES",
     "CONTROL_TYPES",
     "KIND_CONTROL",
     "KIND_DATA",
+    "LINK_ERRORS",
     "MAX_CIPHERTEXT",
     "MAX_CONTROL_BODY",
+    "OPEN_ERRORS",
     "PROTOCOL_VERSION",
+    "WORKER_OPEN_ERRORS",
     "ChannelAccept",
     "ChannelClose",
     "ChannelData",
@@ -68,6 +72,38 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
+
+#: Why a worker refused a channel (``channel_reject``).
+WORKER_OPEN_ERRORS: Final = frozenset(
+    {
+        "invalid_max_message_size",
+        "channel_already_active",
+        "no_authenticated_user",
+        "handshake_failed",
+    }
+)
+#: Why a channel open failed, as the client hears it (``channel_refused``): the worker's
+#: reasons, relayed, or the hub's own.
+OPEN_ERRORS: Final = WORKER_OPEN_ERRORS | {"not_found", "worker_offline", "unavailable", "timeout"}
+#: Why a channel ended (``channel_close``).
+CLOSE_CODES: Final = frozenset(
+    {"closed", "relay_violation", "decrypt_failed", "link_lost", "replaced", "shutdown"}
+)
+#: Why a link ended (``error`` records).
+LINK_ERRORS: Final = frozenset(
+    {
+        "unauthenticated",
+        "permission_denied",
+        "quota_exceeded",
+        "invalid_argument",
+        "unsupported_protocol_version",
+        "link_protocol_error",
+        "frame_too_large",
+        "unexpected_message",
+        "unavailable",
+        "internal",
+    }
+)
 KIND_CONTROL: Final = 0x01
 KIND_DATA: Final = 0x02
 MAX_CIPHERTEXT: Final = 65535

@@ -14,6 +14,8 @@ Rules beyond the table, also enforced here:
 * A hello must carry :data:`~leapcore.link_codec.PROTOCOL_VERSION`.
 * A worker's first heartbeat carries its three public keys and a valid
   encryption mode; later heartbeats and every client heartbeat carry none.
+* The ``code`` of ``channel_reject``, ``channel_refused``, ``channel_close``
+  and ``error`` records comes from a fixed table (:data:`CODE_TABLES`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,11 @@ from typing import Final
 from .errors import InvalidEncryptionMode, LinkProtocolError, LocalError, UnexpectedMessage
 from .keys import PUBLIC_KEY_FIELDS
 from .link_codec import (
+    CLOSE_CODES,
+    LINK_ERRORS,
+    OPEN_ERRORS,
     PROTOCOL_VERSION,
+    WORKER_OPEN_ERRORS,
     ChannelAccept,
     ChannelClose,
     ChannelData,
@@ -173,6 +179,22 @@ LINK_TRANSITIONS: Final[dict[Key, LinkState]] = {
 }
 
 _HELLOS: Final = (Register, Connect, ClientHello)
+#: Records whose ``code`` must come from a fixed table.
+CODE_TABLES: Final[dict[type, frozenset[str]]] = {
+    ChannelReject: WORKER_OPEN_ERRORS,
+    ChannelRefused: OPEN_ERRORS,
+    ChannelClose: CLOSE_CODES,
+    ErrorMessage: LINK_ERRORS,
+}
+
+
+def _check_code(message: LinkMessage, error: type[LocalError | LinkProtocolError]) -> None:
+    table = CODE_TABLES.get(type(message))
+    if table is not None and message.code not in table:  # type: ignore[union-attr]
+        raise error(
+            f"{message.type} code {message.code!r} is not one of "  # type: ignore[union-attr]
+            f"{', '.join(sorted(table))}"
+        )
 
 
 class LinkConnection:
@@ -205,6 +227,7 @@ class LinkConnection:
     def send(self, message: LinkMessage) -> bytes:
         """The bytes of ``message``; raises :class:`LocalError` if it may not be sent now."""
         target = self._move(Direction.SEND, message)
+        _check_code(message, LocalError)
         if isinstance(message, Heartbeat):
             self._check_heartbeat(message, LocalError)
         data = encode(message)
@@ -249,6 +272,7 @@ class LinkConnection:
     # -- rules beyond the table ------------------------------------------------------
 
     def _check_received(self, message: LinkMessage) -> None:
+        _check_code(message, LinkProtocolError)
         if isinstance(message, _HELLOS):
             if message.protocol_version != PROTOCOL_VERSION:
                 raise LinkProtocolError(

@@ -256,3 +256,41 @@ def test_worker_cannot_send_a_keyless_first_heartbeat() -> None:
     assert worker.state is LinkState.AWAIT_GREETING
     worker.send(KEYED)
     expect(LocalError, "only a worker's first", worker.send, KEYED)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        ChannelReject(1, 5, "not_found", "the hub's code, not the worker's"),
+        ChannelRefused(1, "whatever", "x"),
+        ChannelClose(5, "bye", "x"),
+        ErrorMessage("oops", "x"),
+    ],
+    ids=lambda m: m.type,
+)
+def test_codes_come_from_fixed_tables(message: LinkMessage) -> None:
+    # (receiver, sender) connections in states where the record is legal.
+    ends = {
+        "channel_reject": (
+            at(LinkRole.HUB, LinkState.WORKER_ACTIVE),
+            at(LinkRole.WORKER, LinkState.WORKER_ACTIVE),
+        ),
+        "channel_refused": (
+            at(LinkRole.CLIENT, LinkState.CLIENT_ACTIVE),
+            at(LinkRole.HUB, LinkState.CLIENT_ACTIVE),
+        ),
+        "channel_close": (
+            at(LinkRole.CLIENT, LinkState.CLIENT_ACTIVE),
+            at(LinkRole.HUB, LinkState.CLIENT_ACTIVE),
+        ),
+        "error": (
+            at(LinkRole.CLIENT, LinkState.CLIENT_ACTIVE),
+            at(LinkRole.HUB, LinkState.CLIENT_ACTIVE),
+        ),
+    }
+    receiver, sender = ends[message.type]
+    pattern = f"^{message.type} code .* is not one of "
+    expect(LinkProtocolError, pattern, receiver.receive, encode(message))
+    assert receiver.state is LinkState.CLOSED
+    expect(LocalError, pattern, sender.send, message)
+    assert sender.state is LinkState.CLIENT_ACTIVE or sender.state is LinkState.WORKER_ACTIVE
