@@ -36,6 +36,7 @@ __all__ = [
     "KeyFileError",
     "KeyMismatch",
     "LeapcoreError",
+    "LinkClosed",
     "LinkProtocolError",
     "LocalError",
     "LowOrderPoint",
@@ -222,6 +223,12 @@ class UnexpectedMessage(LinkProtocolError):
     """A link message that is not allowed in the link's current state."""
 
     code = "unexpected_message"
+
+
+class LinkClosed(RemoteProtocolError):
+    """The link's connection ended or could not be made (network error, peer gone)."""
+
+    code = "link_closed"
 
 
 class RelayViolation(RemoteProtocolError):
