@@ -83,19 +83,21 @@ async def roundtrip(pipe: LinkPipe, messages: list) -> list:
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_link_roundtrip(transport: str, carrier: str, ca: trustme.CA) -> None:
     messages = [Heartbeat(1), ChannelData(7, 1, 0, bytes(range(256)) * 64), Heartbeat(2)]
-    async with running_server(carrier, ca) as (url, ca_file):
-        async with connect_link(url, transport=transport, ca_file=ca_file) as pipe:
-            assert await roundtrip(pipe, messages) == messages
-            # A large burst: more than any flow-control window, in one send.
-            bulk = [ChannelData(7, 3, 1, bytes(65535)) for _ in range(40)]
-            assert await roundtrip(pipe, bulk) == bulk
+    async with (
+        running_server(carrier, ca) as (url, ca_file),
+        connect_link(url, transport=transport, ca_file=ca_file) as pipe,
+    ):
+        assert await roundtrip(pipe, messages) == messages
+        # A large burst: more than any flow-control window, in one send.
+        bulk = [ChannelData(7, 3, 1, bytes(65535)) for _ in range(40)]
+        assert await roundtrip(pipe, bulk) == bulk
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_https_is_always_tls_and_verified(transport: str, ca: trustme.CA) -> None:
     async with running_server("tls", ca) as (url, _ca_file):
         # Without the test CA the hub's certificate is not trusted: refused, never cleartext.
-        with pytest.raises(LinkClosed, match="TLS with the hub at .* failed"):
+        with pytest.raises(LinkClosed, match=r"TLS with the hub at .* failed"):
             async with connect_link(url, transport=transport):
                 pass
     async with running_server("tcp", ca) as (url, _):
@@ -126,14 +128,13 @@ async def test_healthz_and_unknown_paths_over_http1(ca: trustme.CA) -> None:
 
 
 async def test_garbage_connection_does_not_disturb_a_live_link(ca: trustme.CA) -> None:
-    async with running_server("tcp", ca) as (url, _):
-        async with connect_link(url) as pipe:
-            address = parse_hub_url(url)
-            junk = await trio.open_tcp_stream(address.host, address.port)
-            await junk.send_all(b"\x16\x03\x01 not http at all\r\n\r\n")
-            assert (await junk.receive_some(4096)).startswith(b"HTTP/1.1 400")
-            await junk.aclose()
-            assert await roundtrip(pipe, [Heartbeat(9)]) == [Heartbeat(9)]
+    async with running_server("tcp", ca) as (url, _), connect_link(url) as pipe:
+        address = parse_hub_url(url)
+        junk = await trio.open_tcp_stream(address.host, address.port)
+        await junk.send_all(b"\x16\x03\x01 not http at all\r\n\r\n")
+        assert (await junk.receive_some(4096)).startswith(b"HTTP/1.1 400")
+        await junk.aclose()
+        assert await roundtrip(pipe, [Heartbeat(9)]) == [Heartbeat(9)]
 
 
 async def test_the_server_ending_a_link_is_seen_by_the_client(ca: trustme.CA) -> None:
@@ -141,13 +142,14 @@ async def test_the_server_ending_a_link_is_seen_by_the_client(ca: trustme.CA) ->
         await pipe.send(encode(Heartbeat(1)))
 
     for transport in TRANSPORTS:
-        async with running_server("tcp", ca, handler=close_after_one) as (url, _):
-            async with connect_link(url, transport=transport) as pipe:
-                assert LinkDecoder().feed(await pipe.receive()) == [Heartbeat(1)]
-                with pytest.raises(LinkClosed):
-                    with trio.fail_after(10):
-                        while True:
-                            await pipe.receive()
+        async with (
+            running_server("tcp", ca, handler=close_after_one) as (url, _),
+            connect_link(url, transport=transport) as pipe,
+        ):
+            assert LinkDecoder().feed(await pipe.receive()) == [Heartbeat(1)]
+            with pytest.raises(LinkClosed), trio.fail_after(10):
+                while True:
+                    await pipe.receive()
 
 
 async def test_unreachable_hub() -> None:
