@@ -29,20 +29,17 @@ transport_1k           the same with 1024-byte frames                           
 from __future__ import annotations
 
 import argparse
-import cProfile
-import gc
 import json
 import os
 import platform
-import pstats
 import secrets
-import statistics
 import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 
+from _measure import Pair, Result, fmt_time, measure, profile, run_info
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 from pqcrypto.sign import slh_dsa_shake_256f
@@ -57,50 +54,6 @@ CLASSIC, PQ = EncryptionMode.CLASSIC, EncryptionMode.POST_QUANTUM
 NOISE_NAME = b"Noise_NK_25519_ChaChaPoly_BLAKE2b"
 _NONCE = struct.Struct("<4xI4x")
 NAMES = ["pq_responder", "pq_initiator", "classic_handshake", "transport_64k", "transport_1k"]
-
-
-@dataclass(frozen=True)
-class Pair:
-    """A leapcore operation and its baseline; each call runs ``per_call`` units of work."""
-
-    name: str
-    title: str
-    leapcore: Callable[[], object]
-    baseline: Callable[[], object]
-    #: Lower is better ("time" ratio, leapcore/baseline), or higher ("throughput", base/leap).
-    kind: str
-    target: float
-    calls: int  # calls per timed sample
-    rounds: int
-    unit_bytes: int = 0  # bytes of plaintext per call (throughput benchmarks)
-
-
-@dataclass
-class Result:
-    name: str
-    title: str
-    kind: str
-    ratio: float
-    target: float
-    passed: bool
-    leapcore_median_s: float  # per call
-    baseline_median_s: float
-    rounds: int
-    calls_per_sample: int
-    #: The per-round ratios, in order (their median is ``ratio``).
-    round_ratios: list[float] = field(default_factory=list)
-    leapcore_mb_s: float | None = None
-    baseline_mb_s: float | None = None
-
-    @property
-    def spread(self) -> tuple[float, float]:
-        """The interquartile range of the per-round ratios."""
-        q = statistics.quantiles(self.round_ratios, n=4, method="inclusive")
-        return q[0], q[2]
-
-    @property
-    def target_text(self) -> str:
-        return f"{'<=' if self.kind == 'time' else '>='} {self.target:.2f}"
 
 
 # ---------------------------------------------------------------------------
@@ -299,68 +252,7 @@ def build_pairs(setup: Setup, quick: bool) -> list[Pair]:
 
 
 # ---------------------------------------------------------------------------
-# Measuring
-
-
-def _sample(fn: Callable[[], object], calls: int) -> float:
-    """Seconds per call over ``calls`` back-to-back calls, with the collector paused."""
-    gc.collect()
-    gc.disable()
-    try:
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        return (time.perf_counter() - start) / calls
-    finally:
-        gc.enable()
-
-
-def measure(pair: Pair) -> Result:
-    # Warm up both sides (imports, caches, CPU frequency).
-    for _ in range(2):
-        _sample(pair.leapcore, max(1, pair.calls // 2))
-        _sample(pair.baseline, max(1, pair.calls // 2))
-    leap_times, base_times, ratios = [], [], []
-    for i in range(pair.rounds):
-        # Alternate which side goes first, so neither always runs on a "warmer" machine.
-        if i % 2 == 0:
-            leap = _sample(pair.leapcore, pair.calls)
-            base = _sample(pair.baseline, pair.calls)
-        else:
-            base = _sample(pair.baseline, pair.calls)
-            leap = _sample(pair.leapcore, pair.calls)
-        leap_times.append(leap)
-        base_times.append(base)
-        # time: leapcore/baseline (lower is better); throughput: base time / leap time.
-        ratios.append(leap / base if pair.kind == "time" else base / leap)
-    ratio = statistics.median(ratios)
-    passed = ratio <= pair.target if pair.kind == "time" else ratio >= pair.target
-    leap_med, base_med = statistics.median(leap_times), statistics.median(base_times)
-    result = Result(
-        name=pair.name,
-        title=pair.title,
-        kind=pair.kind,
-        ratio=ratio,
-        target=pair.target,
-        passed=passed,
-        leapcore_median_s=leap_med,
-        baseline_median_s=base_med,
-        rounds=pair.rounds,
-        calls_per_sample=pair.calls,
-        round_ratios=ratios,
-    )
-    if pair.unit_bytes:
-        result.leapcore_mb_s = pair.unit_bytes / leap_med / 1e6
-        result.baseline_mb_s = pair.unit_bytes / base_med / 1e6
-    return result
-
-
-def _fmt_time(seconds: float) -> str:
-    if seconds >= 1e-1:
-        return f"{seconds * 1e3:.1f} ms"
-    if seconds >= 1e-3:
-        return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+# Reporting
 
 
 def render(results: list[Result]) -> str:
@@ -373,7 +265,7 @@ def render(results: list[Result]) -> str:
             leap = f"{r.leapcore_mb_s:,.0f} MB/s"
             base = f"{r.baseline_mb_s:,.0f} MB/s"
         else:
-            leap, base = _fmt_time(r.leapcore_median_s), _fmt_time(r.baseline_median_s)
+            leap, base = fmt_time(r.leapcore_median_s), fmt_time(r.baseline_median_s)
         verdict = "PASS" if r.passed else "MISS"
         low, high = r.spread
         iqr = f"{low:.3f}-{high:.3f}"
@@ -389,19 +281,6 @@ def render(results: list[Result]) -> str:
             f"({r.calls_per_sample} call(s) per sample)"
         )
     return "\n".join(lines)
-
-
-def profile(pairs: list[Pair], name: str) -> None:
-    """cProfile the leapcore side of one benchmark and print the top of the profile."""
-    pair = next(p for p in pairs if p.name == name)
-    profiler = cProfile.Profile()
-    profiler.enable()
-    for _ in range(max(pair.rounds, 5)):
-        for _ in range(pair.calls):
-            pair.leapcore()
-    profiler.disable()
-    stats = pstats.Stats(profiler)
-    stats.sort_stats("tottime").print_stats(15)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -427,12 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     results = [measure(pair) for pair in pairs]
     if args.json:
         report = {
-            "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-            "python": platform.python_version(),
-            "machine": platform.machine(),
-            "cpus": os.cpu_count(),
-            "quick": args.quick,
-            "seconds": round(time.time() - started, 1),
+            **run_info(args.quick, started),
             "results": [
                 {**asdict(r), "target_text": r.target_text, "iqr": list(r.spread)} for r in results
             ],

@@ -50,6 +50,9 @@ PLANS: dict[str, Plan] = {
     "link_hub": Plan(),
     "relay": Plan(),
     "pin_file": Plan(),
+    "channel_message": Plan(),
+    "reassembly": Plan(),
+    "channel_endpoint": Plan(),
 }
 
 

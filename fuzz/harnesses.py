@@ -22,6 +22,15 @@ harness                what is fed the bytes                       documented er
                        (direction, correlation id, flags, size)
 ``pin_file``           ``PinStore.load`` of a file holding         ``PinStoreError``
                        ``data`` (and a verify after it)
+``channel_message``    ``channel_codec.decode`` (accepted: it      ``ChannelProtocolError``
+                       re-encodes to the same bytes)
+``reassembly``         ``Reassembler.feed``, 4-byte records        ``ReassemblyFailed``
+                       (correlation id, flags, chunk length)       results; ``LocalError``
+                                                                   for flags 2 and 3
+``channel_endpoint``   ``ChannelEndpoint.receive_frame``           none: only documented
+                       (responder), records (flags, correlation    events; a decrypt
+                       id, length, plaintext) encrypted by the     failure ends the channel
+                       peer, plus raw garbage frames               with one CLOSE frame
 =====================  ==========================================  ======================
 
 (``HandshakeError`` and ``DecryptError`` are the ``RemoteProtocolError`` subclasses for network
@@ -51,19 +60,68 @@ import hashlib
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
+import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from leapcore import channel_mux
+from leapcore.channel_codec import (
+    MAX_BYTES_DATA,
+    MAX_ERROR_MESSAGE,
+    MAX_WINDOW,
+    BytesAccept,
+    BytesData,
+    BytesEof,
+    BytesOpen,
+    BytesReset,
+    Cancel,
+    ErrorReply,
+    Message,
+    RekeyAck,
+    RekeyReject,
+    RekeyRequest,
+    Request,
+    Response,
+    StreamEnd,
+    StreamItem,
+    StreamRequest,
+    WindowUpdate,
+)
+from leapcore.channel_codec import decode as channel_decode
+from leapcore.channel_codec import encode as channel_encode
+from leapcore.channel_mux import (
+    CLOSE_CORRELATION_ID,
+    BytesReceived,
+    ByteStreamRequested,
+    ChannelClosed,
+    ChannelEndpoint,
+    ProtocolViolation,
+    RekeyCompleted,
+    RequestReceived,
+    StreamRequested,
+)
+from leapcore.chunking import (
+    MAX_CHUNK,
+    ChannelFrame,
+    FrameFlag,
+    Reassembled,
+    Reassembler,
+    ReassemblyFailed,
+)
 from leapcore.errors import (
+    ChannelClosedError,
+    ChannelProtocolError,
     DecryptError,
     HandshakeError,
     KeyFileError,
     KeyMismatch,
     LinkProtocolError,
+    LocalError,
     PinStoreError,
     RelayViolation,
+    ResourceExhausted,
 )
 from leapcore.handshake import HandshakeState, Initiator, Responder
 from leapcore.keyfile import load_keypair
@@ -80,8 +138,9 @@ from leapcore.link_codec import (
 from leapcore.link_state import LinkConnection, LinkRole, LinkState
 from leapcore.mode import EncryptionMode, parse_encryption_mode
 from leapcore.pinstore import PinStore
+from leapcore.primitives import MLKEM_CIPHERTEXT_SIZE
 from leapcore.relay import ChannelRelay, RelayDirection
-from leapcore.transport import TransportSession
+from leapcore.transport import MAX_PLAINTEXT, TransportSession
 
 __all__ = [
     "HARNESSES",
@@ -90,6 +149,8 @@ __all__ = [
     "HarnessFailure",
     "ModeFixture",
     "accepts",
+    "check_channel_endpoint",
+    "check_channel_message",
     "check_key_json",
     "check_keyfile",
     "check_link_hub",
@@ -99,6 +160,7 @@ __all__ = [
     "check_message2_classic",
     "check_message2_pq",
     "check_pin_file",
+    "check_reassembly",
     "check_relay",
     "check_transport_decrypt",
     "describe",
@@ -449,6 +511,290 @@ def _pin_file(data: bytes) -> bool:
     return True
 
 
+# -- channel protocol -----------------------------------------------------------
+
+
+def _channel_message(data: bytes) -> bool:
+    try:
+        message = channel_decode(data)
+    except ChannelProtocolError:
+        return False
+    # Decoding is canonical: one message, one encoding. encode() refusing what decode()
+    # accepted (InvalidMessage) is as much a failure as different bytes.
+    again = channel_encode(message)
+    _expect(again == data, f"{type(message).__name__} re-encodes to different bytes")
+    _expect(channel_decode(again) == message, "the re-encoded message decodes differently")
+    return True
+
+
+#: reassembly: the harness's Reassembler limits (two full chunks; the default 4 sequences).
+REASSEMBLY_MAX_MESSAGE = 2 * MAX_CHUNK
+REASSEMBLY_MAX_INCOMPLETE = 4
+_CHUNK_RECORD = 4  # correlation id (low 3 bits), flags (low 2 bits), chunk length u16
+
+
+class _ReassemblyModel:
+    """What protocol.md section 4.2 says a Reassembler does, written out plainly."""
+
+    def __init__(self) -> None:
+        self.partial: dict[int, list[bytes]] = {}
+        self.tombstones: set[int] = set()
+
+    def feed(self, cid: int, final: bool, chunk: bytes) -> tuple[str, bytes | None]:
+        """("message", bytes), ("failed" | "reserved" | "none", None): what ``feed`` returns."""
+        if cid == 0:
+            return "reserved", None
+        if cid in self.tombstones:
+            if final:
+                self.tombstones.discard(cid)
+            return "none", None
+        parts = self.partial.get(cid)
+        if parts is None:
+            if final:
+                return "message", chunk
+            if len(self.partial) >= REASSEMBLY_MAX_INCOMPLETE:
+                return self._breach(cid, final)
+            self.partial[cid] = [chunk]
+            return "none", None
+        if sum(map(len, parts)) + len(chunk) > REASSEMBLY_MAX_MESSAGE:
+            del self.partial[cid]
+            return self._breach(cid, final)
+        parts.append(chunk)
+        if final:
+            del self.partial[cid]
+            return "message", b"".join(parts)
+        return "none", None
+
+    def _breach(self, cid: int, final: bool) -> tuple[str, bytes | None]:
+        if final:
+            return "failed", None
+        if len(self.tombstones) >= REASSEMBLY_MAX_INCOMPLETE:
+            return "none", None  # past both caps: dropped silently
+        self.tombstones.add(cid)
+        return "failed", None
+
+
+def _reassembly(data: bytes) -> bool:
+    reassembler = Reassembler(REASSEMBLY_MAX_MESSAGE, REASSEMBLY_MAX_INCOMPLETE)
+    model = _ReassemblyModel()
+    records = messages = rejected = 0
+    for index, off in enumerate(range(0, len(data) - _CHUNK_RECORD + 1, _CHUNK_RECORD)):
+        cid, flags = data[off] & 7, data[off + 1] & 3
+        chunk = bytes([index & 0xFF]) * int.from_bytes(data[off + 2 : off + 4], "big")
+        records += 1
+        before = (reassembler.incomplete, reassembler.tombstones, reassembler.buffered)
+        try:
+            result = reassembler.feed(cid, flags, chunk)
+        except LocalError:
+            # Only FINAL and MORE carry chunks; the refusal changes nothing.
+            _expect(flags not in (FrameFlag.FINAL, FrameFlag.MORE), f"flags {flags} refused")
+            after = (reassembler.incomplete, reassembler.tombstones, reassembler.buffered)
+            _expect(after == before, "a refused feed changed the reassembler")
+            rejected += 1
+            continue
+        _expect(flags in (FrameFlag.FINAL, FrameFlag.MORE), f"flags {flags} were accepted")
+        outcome, message = model.feed(cid, flags == FrameFlag.FINAL, chunk)
+        if outcome == "message":
+            _expect(isinstance(result, Reassembled), f"expected a message, got {result!r}")
+            assert isinstance(result, Reassembled)
+            _expect(result.correlation_id == cid, "a message under the wrong correlation id")
+            _expect(result.message == message, "the reassembled message differs from its chunks")
+            _expect(len(result.message) <= REASSEMBLY_MAX_MESSAGE, "a message over the limit")
+            messages += 1
+        elif outcome == "none":
+            _expect(result is None, f"expected nothing, got {result!r}")
+        else:
+            _expect(isinstance(result, ReassemblyFailed), f"expected a failure, got {result!r}")
+            assert isinstance(result, ReassemblyFailed)
+            _expect(result.correlation_id == cid, "a failure under the wrong correlation id")
+            if outcome == "reserved":
+                _expect(type(result.error) is ChannelProtocolError, f"id 0: {result.error!r}")
+            else:
+                _expect(isinstance(result.error, ResourceExhausted), f"{result.error!r}")
+                _expect(result.error.code == "resource_exhausted", "wrong code for a breach")
+            rejected += 1
+        # The bounds of section 4.2, and the model's state.
+        _expect(reassembler.incomplete == frozenset(model.partial), "live sequences differ")
+        _expect(reassembler.tombstones == frozenset(model.tombstones), "tombstones differ")
+        held = sum(len(b) for parts in model.partial.values() for b in parts)
+        _expect(reassembler.buffered == held, "buffered bytes differ")
+        _expect(len(reassembler.incomplete) <= REASSEMBLY_MAX_INCOMPLETE, "too many sequences")
+        _expect(len(reassembler.tombstones) <= REASSEMBLY_MAX_INCOMPLETE, "too many tombstones")
+        _expect(held <= REASSEMBLY_MAX_INCOMPLETE * REASSEMBLY_MAX_MESSAGE, "over the bound")
+    return messages > 0 and rejected == 0
+
+
+#: channel_endpoint: every frame arrives at this time. The endpoint is made at 0, so the
+#: first rekey request meets the 3000 s minimum interval (accepted) and a second does not.
+ENDPOINT_NOW = 3000.0
+#: The receive window the endpoint's application grants: small, so data past it is common.
+ENDPOINT_WINDOW = 64
+#: A record: flags u8, correlation id u8, length u16, then that many bytes (or what is left).
+#: Flags bit 7: send the bytes as a raw, unencrypted frame; bit 6: a local action instead of
+#: a frame (correlation id % 4: send_request, start_stream, open_byte_stream, ping); the low
+#: six bits are the frame's flags value (0 FINAL, 1 MORE, 2 CLOSE, others unknown).
+_RAW, _ACTION, _FLAG_BITS = 0x80, 0x40, 0x3F
+_VIOLATION_CODES = frozenset(
+    {
+        "channel_protocol_error",
+        "unexpected_stream_message",
+        "flow_control_error",
+        "resource_exhausted",
+    }
+)
+_CLOSE_CODES = frozenset(
+    {
+        "closed_by_peer",
+        "decrypt_failed",
+        "nonce_exhausted",
+        "rekey_failed",
+        "rekey_expired",
+        "outbound_overflow",
+    }
+)
+_EVENT_TYPES: tuple[type, ...] = typing.get_args(channel_mux.Event)
+_CLOSE_FRAME = ChannelFrame(CLOSE_CORRELATION_ID, FrameFlag.CLOSE, b"")
+
+
+def _endpoint_records(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    off = 0
+    while off + 4 <= len(data):
+        size = int.from_bytes(data[off + 2 : off + 4], "big")
+        yield data[off], data[off + 1], data[off + 4 : off + 4 + size]
+        off += 4 + size
+
+
+class _EndpointRun:
+    """A responder endpoint, the peer's session toward it, and what the run has seen."""
+
+    def __init__(self) -> None:
+        fx = fixtures()
+        self.endpoint = ChannelEndpoint(
+            TransportSession(fx.send_key, fx.recv_key), role="responder", mode=CLASSIC, now=0.0
+        )
+        # The peer (the initiator): encrypts toward the endpoint, reads what it sends back.
+        self.peer = TransportSession(fx.recv_key, fx.send_key)
+        self.peer_reassembler = Reassembler()
+        self.peer_reads = True  # until a rekey ack: then the endpoint sends under a new key
+        self.violations = 0
+        self.closed_code: str | None = None
+
+    def act(self, selector: int, payload: bytes) -> None:
+        """A local action of the responder's application (each one is valid when open)."""
+        ep, which = self.endpoint, selector % 4
+        if which == 0:
+            ep.send_request("fuzz", payload)
+        elif which == 1:
+            ep.start_stream("fuzz", payload)
+        elif which == 2:
+            ep.open_byte_stream("fuzz", payload, window=ENDPOINT_WINDOW)
+        else:
+            ep.ping()
+        self.drain()
+
+    def receive(self, frame: ChannelFrame) -> list[object]:
+        events: list[object] = list(self.endpoint.receive_frame(frame, ENDPOINT_NOW))
+        for i, event in enumerate(events):
+            _expect(isinstance(event, _EVENT_TYPES), f"undocumented event {event!r}")
+            if isinstance(event, ChannelClosed):
+                _expect(i == len(events) - 1, "events after ChannelClosed")
+                _expect(event.code in _CLOSE_CODES, f"undocumented close code {event.code!r}")
+                _expect(self.closed_code is None, "a second ChannelClosed")
+                _expect(self.endpoint.closed, "ChannelClosed, but the endpoint is open")
+                self.closed_code = event.code
+                # Everything queued is dropped; a CLOSE frame goes out unless the peer closed.
+                expected = [] if event.code == "closed_by_peer" else [_CLOSE_FRAME]
+                _expect(self.endpoint.frames_to_send() == expected, "wrong frames after close")
+                return events
+            if isinstance(event, RekeyCompleted):
+                continue
+            cid = getattr(event, "correlation_id", None)
+            _expect(cid == frame.correlation_id, f"{event!r} for a frame on id {cid}")
+            if isinstance(event, ProtocolViolation):
+                _expect(event.code in _VIOLATION_CODES, f"undocumented code {event.code!r}")
+                self.violations += 1
+            else:
+                self.react(event)
+        _expect(not self.endpoint.closed, "the endpoint closed without a ChannelClosed event")
+        if frame.flags not in (FrameFlag.FINAL, FrameFlag.MORE, FrameFlag.CLOSE):
+            codes = [e.code for e in events if isinstance(e, ProtocolViolation)]
+            _expect(codes == ["channel_protocol_error"], f"unknown flags gave {events!r}")
+        self.drain()
+        return events
+
+    def react(self, event: object) -> None:
+        """The application answers what it is asked, so that streams go further."""
+        ep = self.endpoint
+        match event:
+            case RequestReceived(cid, _method, payload) if len(payload) % 2 == 0:
+                ep.send_response(cid, payload[:8])
+            case StreamRequested(cid, _method, payload):
+                ep.send_stream_item(cid, b"item")
+                if len(payload) % 2 == 0:
+                    ep.end_stream(cid)
+            case ByteStreamRequested(cid, _method, payload):
+                if len(payload) % 2 == 0:
+                    ep.accept_byte_stream(cid, window=ENDPOINT_WINDOW)
+                else:
+                    ep.send_error(cid, "refused", "odd payload")
+            case BytesReceived(cid, data):
+                ep.consume(cid, len(data))
+
+    def drain(self) -> None:
+        for frame in self.endpoint.frames_to_send():
+            _expect(frame.flags in (FrameFlag.FINAL, FrameFlag.MORE), f"sent {frame!r}")
+            _expect(frame.correlation_id != 0, "sent a frame on correlation id 0")
+            _expect(16 <= len(frame.ciphertext) <= 65535, "sent a ciphertext of a bad size")
+            if not self.peer_reads:
+                continue
+            # Whatever the endpoint sends, the peer can decrypt, reassemble and decode.
+            plaintext = self.peer.decrypt(frame.ciphertext, ENDPOINT_NOW)
+            result = self.peer_reassembler.feed(frame.correlation_id, frame.flags, plaintext)
+            _expect(not isinstance(result, ReassemblyFailed), f"sent {result!r}")
+            message = channel_decode(result.message) if isinstance(result, Reassembled) else None
+            if isinstance(message, RekeyAck):
+                self.peer_reads = False  # the endpoint's send key rotates after its ack
+
+    def frame(self, flags: int, cid: int, body: bytes) -> ChannelFrame:
+        value = flags & _FLAG_BITS
+        if flags & _RAW or value == FrameFlag.CLOSE:
+            return ChannelFrame(cid, value, body)  # not encrypted (a CLOSE is never decrypted)
+        return ChannelFrame(cid, value, self.peer.encrypt(body[:MAX_PLAINTEXT]))
+
+
+def _channel_endpoint(data: bytes) -> bool:
+    run = _EndpointRun()
+    records = 0
+    for flags, cid, body in _endpoint_records(data):
+        records += 1
+        if flags & _ACTION and not flags & _RAW:
+            run.act(cid, body)
+            continue
+        frame = run.frame(flags, cid, body)
+        events = run.receive(frame)
+        if frame.flags == FrameFlag.CLOSE:
+            _expect(run.closed_code == "closed_by_peer", f"CLOSE frame gave {events!r}")
+        elif flags & _RAW:
+            _expect(run.closed_code == "decrypt_failed", f"a raw frame gave {events!r}")
+        if run.closed_code is not None:
+            break
+    accepted = records > 0 and run.closed_code is None and run.violations == 0
+    if run.closed_code is None:
+        # Garbage at the end: the channel ends, with exactly one CLOSE frame queued.
+        events = run.receive(ChannelFrame(1, FrameFlag.FINAL, bytes(32)))
+        _expect(run.closed_code == "decrypt_failed", f"garbage gave {events!r}")
+    # A closed endpoint is inert: frames give no events, actions are refused.
+    _expect(run.endpoint.receive_frame(run.frame(0, 1, b"\x07"), ENDPOINT_NOW) == [], "events")
+    _expect(run.endpoint.frames_to_send() == [], "frames after the close")
+    try:
+        run.endpoint.send_request("fuzz")
+    except ChannelClosedError:
+        pass
+    else:
+        raise HarnessFailure("a closed endpoint took a request")
+    return accepted
+
+
 # ---------------------------------------------------------------------------
 # The harnesses
 
@@ -508,6 +854,23 @@ def check_pin_file(data: bytes) -> None:
     _guarded("pin_file", _pin_file, data)
 
 
+def check_channel_message(data: bytes) -> None:
+    """``channel_codec.decode``: accept (and re-encode to the same bytes), or
+    ``ChannelProtocolError``."""
+    _guarded("channel_message", _channel_message, data)
+
+
+def check_reassembly(data: bytes) -> None:
+    """``Reassembler.feed`` over 4-byte chunk records: the documented results, the bounds."""
+    _guarded("reassembly", _reassembly, data)
+
+
+def check_channel_endpoint(data: bytes) -> None:
+    """A responder ``ChannelEndpoint`` fed encrypted records and garbage: documented events
+    only, nothing raised; a decrypt failure ends the channel with one CLOSE frame."""
+    _guarded("channel_endpoint", _channel_endpoint, data)
+
+
 HARNESSES: dict[str, Callable[[bytes], None]] = {
     "message1_classic": check_message1_classic,
     "message1_pq": check_message1_pq,
@@ -520,6 +883,9 @@ HARNESSES: dict[str, Callable[[bytes], None]] = {
     "link_hub": check_link_hub,
     "relay": check_relay,
     "pin_file": check_pin_file,
+    "channel_message": check_channel_message,
+    "reassembly": check_reassembly,
+    "channel_endpoint": check_channel_endpoint,
 }
 
 _TARGETS: dict[str, Callable[[bytes], bool]] = {
@@ -534,6 +900,9 @@ _TARGETS: dict[str, Callable[[bytes], bool]] = {
     "link_hub": _link_hub,
     "relay": _relay,
     "pin_file": _pin_file,
+    "channel_message": _channel_message,
+    "reassembly": _reassembly,
+    "channel_endpoint": _channel_endpoint,
 }
 
 
@@ -594,4 +963,116 @@ def seeds(name: str) -> list[bytes]:
             b'{"pins": {}}',
             b'{"pins": null}',
         ]
+    if name == "channel_message":
+        return [channel_encode(m) for m in _channel_messages()]
+    if name == "reassembly":
+        return _reassembly_seeds()
+    if name == "channel_endpoint":
+        return _endpoint_seeds()
     raise KeyError(name)
+
+
+def _channel_messages() -> list[Message]:
+    """One message of every kind, with the boundary sizes of section 4.3."""
+    dh = fixtures().modes[CLASSIC].keypair.x25519_public
+    return [
+        Request("ping"),
+        Request("echo", b"payload"),
+        Request("a" + "z0_.-" * 12 + "abc", bytes(100)),  # a 64-byte method
+        Response(),
+        Response(b"\x00" * 300),
+        ErrorReply("not_found", "n\u00f6"),
+        ErrorReply("x" * 64, "\u00e9" * (MAX_ERROR_MESSAGE // 2)),
+        StreamRequest("watch.files", b"x"),
+        StreamItem(b"item"),
+        StreamEnd(),
+        Cancel(),
+        BytesOpen(262144, "tcp-forward", b"host:22"),
+        BytesAccept(1),
+        BytesData(b"\x01"),
+        BytesData(b"\xa5" * MAX_BYTES_DATA),
+        WindowUpdate(MAX_WINDOW),
+        BytesEof(),
+        BytesReset("reset", ""),
+        RekeyRequest(dh, b""),
+        RekeyRequest(dh, bytes(range(256)) * (MLKEM_CIPHERTEXT_SIZE // 256) + bytes(32)),
+        RekeyAck(dh),
+        RekeyReject(0),
+        RekeyReject(MAX_WINDOW),
+    ]
+
+
+def _chunk_record(cid: int, flags: int, size: int) -> bytes:
+    return bytes([cid, flags]) + size.to_bytes(2, "big")
+
+
+def _reassembly_seeds() -> list[bytes]:
+    r = _chunk_record
+    more, final = FrameFlag.MORE, FrameFlag.FINAL
+    return [
+        # Two interleaved chunked messages, single-frame messages between their chunks.
+        r(1, more, 100) + r(3, final, 5) + r(2, more, 0) + r(1, final, 1) + r(2, final, 7),
+        # A message of exactly max_message_size: two full chunks.
+        r(5, more, MAX_CHUNK) + r(5, final, MAX_CHUNK),
+        # Four sequences in progress at once (the limit), then all finished.
+        b"".join(r(c, more, 10) for c in (1, 2, 3, 4))
+        + b"".join(r(c, final, 1) for c in (4, 3, 2, 1)),
+        r(7, final, 0),
+    ]
+
+
+def _endpoint_record(flags: int, cid: int, body: bytes | Message) -> bytes:
+    raw = body if isinstance(body, bytes) else channel_encode(body)
+    return bytes([flags, cid]) + len(raw).to_bytes(2, "big") + raw
+
+
+def _endpoint_seeds() -> list[bytes]:
+    rec = _endpoint_record
+    dh = fixtures().modes[CLASSIC].keypair.x25519_public
+    blob = channel_encode(Request("blob", bytes(100)))
+    return [
+        # RPCs from the peer: a ping (answered by the endpoint), an answered and a cancelled
+        # request, and a request in three chunks.
+        rec(0, 1, Request("ping"))
+        + rec(0, 3, Request("echo", b"hi"))
+        + rec(0, 5, Request("echo", b"odd"))
+        + rec(0, 5, Cancel())
+        + rec(1, 7, blob[:40])
+        + rec(1, 7, blob[40:80])
+        + rec(0, 7, blob[80:]),
+        # Streams the peer opens: server streams, an accepted and a refused byte stream.
+        rec(0, 1, StreamRequest("watch", b""))
+        + rec(0, 3, StreamRequest("tail", b"x"))
+        + rec(0, 3, Cancel())
+        + rec(0, 5, BytesOpen(4096, "pipe", b""))
+        + rec(0, 5, BytesData(b"abc"))
+        + rec(0, 5, WindowUpdate(100))
+        + rec(0, 5, WindowUpdate(MAX_WINDOW - 4096 - 100))  # the credit at its maximum
+        + rec(0, 5, BytesData(b"\x00" * (ENDPOINT_WINDOW - 3)))  # the window, to the byte
+        + rec(0, 5, BytesEof())
+        + rec(0, 7, BytesOpen(10, "pipe", b"z")),
+        # Streams the endpoint opens (ids 2, 4, 6, 8, 10), answered by the peer.
+        rec(_ACTION, 0, b"q")
+        + rec(_ACTION, 1, b"")
+        + rec(_ACTION, 2, b"")
+        + rec(_ACTION, 3, b"")
+        + rec(0, 2, Response(b"r"))
+        + rec(0, 4, StreamItem(b"i"))
+        + rec(0, 4, StreamEnd())
+        + rec(0, 6, BytesAccept(1000))
+        + rec(0, 6, BytesData(b"d"))
+        + rec(0, 6, BytesReset("done", ""))
+        + rec(0, 8, Response())
+        + rec(_ACTION, 0, b"")
+        + rec(0, 10, ErrorReply("not_found", "no such thing")),
+        # Four chunked requests in progress at once (the reassembly limit), a single-frame
+        # request between their chunks (as MORE, it would be a fifth), then their ends.
+        b"".join(rec(1, c, blob[:50]) for c in (1, 3, 5, 7))
+        + rec(0, 9, Request("echo", b""))
+        + b"".join(rec(0, c, blob[50:]) for c in (7, 5, 3, 1)),
+        # A rekey (accepted: the minimum interval has passed), a second one (rejected), and
+        # traffic under the old key (the previous receive key is still in its grace window).
+        rec(0, 1, RekeyRequest(dh, b""))
+        + rec(0, 3, RekeyRequest(dh, b""))
+        + rec(0, 5, Request("echo", b"")),
+    ]

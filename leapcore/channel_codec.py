@@ -34,6 +34,7 @@ How big a whole message may be (``max_message_size``) is the caller's limit.
 from __future__ import annotations
 
 import enum
+import functools
 import re
 import struct
 from typing import Final
@@ -291,9 +292,27 @@ def _check_bytes(value: object, what: str) -> bytes:
 # Encoding
 
 
-def _method_field(method: str) -> bytes:
+@functools.lru_cache(maxsize=512)
+def _method_field_cached(method: str) -> bytes:
     raw = check_method(method).encode("ascii")
     return bytes([len(raw)]) + raw
+
+
+def _method_field(method: str) -> bytes:
+    """``len || name``; valid names are cached (a channel uses few, on every request)."""
+    if not isinstance(method, str):
+        check_method(method)
+    return _method_field_cached(method)
+
+
+@functools.lru_cache(maxsize=512)
+def _method_from_wire(raw: bytes) -> str:
+    """A received method name, checked once per distinct name (errors are not cached)."""
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", "replace")
+    return check_method(text, ChannelProtocolError)
 
 
 def _error_fields(code: str, message: str) -> bytes:
@@ -362,14 +381,14 @@ class _Reader:
 
     def __init__(self, name: str, data: bytes) -> None:
         self.name = name
-        self.data = data
-        self.pos = 0
+        self.data = data  # the whole message: the body starts after the kind byte
+        self.pos = 1
 
     def take(self, n: int, what: str) -> bytes:
         end = self.pos + n
         if end > len(self.data):
             raise ChannelProtocolError(
-                f"{self.name} body too short: {what} needs {n} bytes at offset {self.pos}, "
+                f"{self.name} body too short: {what} needs {n} bytes at offset {self.pos - 1}, "
                 f"{len(self.data) - self.pos} left"
             )
         out = self.data[self.pos : end]
@@ -402,8 +421,15 @@ class _Reader:
             ) from None
 
     def method(self) -> str:
-        text = self.text(self.u8("method length"), "method")
-        return check_method(text, ChannelProtocolError)
+        length = self.u8("method length")
+        start = self.pos
+        raw = self.take(length, "method")
+        try:
+            return _method_from_wire(bytes(raw))
+        except ChannelProtocolError:
+            self.pos = start
+            text = self.text(length, "method")  # the precise error for bad UTF-8, if that
+            return check_method(text, ChannelProtocolError)
 
     def error_fields(self) -> tuple[str, str]:
         code = self.text(self.u8("code length"), "code")
@@ -423,15 +449,17 @@ class _Reader:
             )
 
 
+_KINDS: Final = {kind.value: kind for kind in MessageKind}
+
+
 def decode(plaintext: bytes) -> Message:
     """Parse one complete channel message (strict; see the module docstring)."""
     if not plaintext:
         raise ChannelProtocolError("empty channel message: the kind byte is missing")
-    try:
-        kind = MessageKind(plaintext[0])
-    except ValueError:
-        raise ChannelProtocolError(f"unknown channel message kind 0x{plaintext[0]:02x}") from None
-    r = _Reader(kind.name, plaintext[1:])
+    kind = _KINDS.get(plaintext[0])
+    if kind is None:
+        raise ChannelProtocolError(f"unknown channel message kind 0x{plaintext[0]:02x}")
+    r = _Reader(kind.name, plaintext)
     message: Message
     match kind:
         case MessageKind.REQUEST:
@@ -458,6 +486,11 @@ def decode(plaintext: bytes) -> Message:
             data = r.rest()
             if not data:
                 raise ChannelProtocolError("BYTES_DATA body too short: it carries no data")
+            if len(data) > MAX_BYTES_DATA:
+                raise ChannelProtocolError(
+                    f"BYTES_DATA body too long: {len(data)} bytes of data, at most "
+                    f"{MAX_BYTES_DATA} (one frame)"
+                )
             message = BytesData(data)
         case MessageKind.WINDOW_UPDATE:
             increment = r.u32("increment")

@@ -87,7 +87,7 @@ from .errors import (
     StreamUsageError,
     UnexpectedStreamMessage,
 )
-from .mode import EncryptionMode
+from .mode import EncryptionMode, parse_encryption_mode
 from .primitives import (
     MLKEM_PUBLIC_KEY_SIZE,
     Encapsulator,
@@ -567,7 +567,7 @@ class ChannelEndpoint:
         session: TransportSession,
         *,
         role: Role | str,
-        mode: EncryptionMode,
+        mode: EncryptionMode | str,
         now: float,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
@@ -581,9 +581,7 @@ class ChannelEndpoint:
     ) -> None:
         self.session = session
         self.role = _role(role)
-        if not isinstance(mode, EncryptionMode):
-            raise ConfigError(f"mode must be an EncryptionMode, got {mode!r}")
-        self.mode = mode
+        self.mode = parse_encryption_mode(mode)
         self.max_message_size = validate_max_message_size(max_message_size)
         if type(max_streams) is not int or max_streams < 1:
             raise ConfigError(f"max_streams must be a positive integer, got {max_streams!r}")
@@ -1138,7 +1136,10 @@ class ChannelEndpoint:
                 break
             else:
                 break
-            piece = entry.data[entry.offset : entry.offset + MAX_CHUNK]
+            if entry.offset == 0 and len(entry.data) <= MAX_CHUNK:
+                piece: bytes | memoryview = entry.data
+            else:  # a chunk of a long message: no copy, the cipher reads the view
+                piece = memoryview(entry.data)[entry.offset : entry.offset + MAX_CHUNK]
             entry.offset += len(piece)
             final = entry.offset >= len(entry.data)
             try:

@@ -98,6 +98,9 @@ def chunk_count(size: int) -> int:
 
 def iter_chunks(message: bytes) -> Iterator[tuple[FrameFlag, bytes]]:
     """``(flag, plaintext)`` for each chunk of ``message``, lazily, in order."""
+    if len(message) <= MAX_CHUNK:
+        yield FrameFlag.FINAL, bytes(message)  # no copy when message is already bytes
+        return
     view = memoryview(message)
     last = chunk_count(len(message)) - 1
     for i in range(last + 1):
@@ -139,7 +142,8 @@ class Reassembler:
         if type(max_incomplete) is not int or max_incomplete < 1:
             raise ConfigError(f"max_incomplete must be a positive integer, got {max_incomplete!r}")
         self.max_incomplete = max_incomplete
-        self._partial: dict[int, bytearray] = {}
+        self._partial: dict[int, list[bytes]] = {}
+        self._sizes: dict[int, int] = {}  # running total of each incomplete message
         self._tombstones: set[int] = set()
 
     @property
@@ -154,7 +158,7 @@ class Reassembler:
     @property
     def buffered(self) -> int:
         """Plaintext bytes held for incomplete messages."""
-        return sum(len(b) for b in self._partial.values())
+        return sum(self._sizes.values())
 
     def feed(
         self, correlation_id: int, flags: int, chunk: bytes
@@ -172,8 +176,8 @@ class Reassembler:
             if final:
                 self._tombstones.discard(cid)
             return None
-        buf = self._partial.get(cid)
-        if buf is None:
+        parts = self._partial.get(cid)
+        if parts is None:
             if len(chunk) > self.max_message_size:  # only if a chunk exceeds 65519 bytes
                 return self._fail(cid, final, self._too_big(len(chunk)))
             if final:
@@ -184,21 +188,24 @@ class Reassembler:
                     final,
                     f"more than {self.max_incomplete} incomplete chunked messages on this channel",
                 )
-            self._partial[cid] = bytearray(chunk)
+            self._partial[cid] = [chunk]
+            self._sizes[cid] = len(chunk)
             return None
-        total = len(buf) + len(chunk)
+        total = self._sizes[cid] + len(chunk)
         if total > self.max_message_size:
-            del self._partial[cid]
+            del self._partial[cid], self._sizes[cid]
             return self._fail(cid, final, self._too_big(total))
-        buf += chunk
+        parts.append(chunk)
         if final:
-            del self._partial[cid]
-            return Reassembled(cid, bytes(buf))
+            del self._partial[cid], self._sizes[cid]
+            return Reassembled(cid, b"".join(parts))  # the one copy of the message
+        self._sizes[cid] = total
         return None
 
     def discard(self, correlation_id: int) -> None:
         """Forget any partial message and tombstone for ``correlation_id``."""
         self._partial.pop(correlation_id, None)
+        self._sizes.pop(correlation_id, None)
         self._tombstones.discard(correlation_id)
 
     def _too_big(self, size: int) -> str:

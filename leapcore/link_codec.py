@@ -551,6 +551,14 @@ class LinkDecoder:
         if len(buf) < end:
             return None
         kind = buf[_LENGTH.size]
+        if kind == KIND_DATA and _DATA_HEADER.size < length <= 1 + _MAX_DATA_BODY:
+            # The hot path: header unpacked in place, the ciphertext copied once.
+            start = _LENGTH.size + 1
+            channel_id, correlation_id, flags = _DATA_HEADER.unpack_from(buf, start)
+            with memoryview(buf) as view:
+                ciphertext = bytes(view[start + _DATA_HEADER.size : end])
+            del buf[:end]
+            return ChannelData(channel_id, correlation_id, flags, ciphertext)
         body = bytes(buf[_LENGTH.size + 1 : end])
         del buf[:end]
         if kind == KIND_DATA:

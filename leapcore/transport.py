@@ -61,7 +61,7 @@ class CipherState:
     def key(self) -> bytes:
         return self._key
 
-    def encrypt(self, plaintext: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
         if len(plaintext) > MAX_PLAINTEXT:
             raise PlaintextTooLarge(
                 f"transport plaintext is {len(plaintext)} bytes; the limit is {MAX_PLAINTEXT}"
@@ -127,7 +127,7 @@ class TransportSession:
 
     # -- data ---------------------------------------------------------------
 
-    def encrypt(self, plaintext: bytes) -> bytes:
+    def encrypt(self, plaintext: bytes | memoryview) -> bytes:
         """Encrypt one frame (at most 65519 bytes of plaintext; empty is allowed)."""
         if self._closed:
             raise SessionClosed("transport session is closed")

@@ -49,6 +49,7 @@ from leapcore.chunking import ChannelFrame, FrameFlag
 from leapcore.errors import (
     ChannelClosedError,
     ConfigError,
+    InvalidEncryptionMode,
     InvalidMessage,
     LeapcoreError,
     MessageTooLarge,
@@ -834,7 +835,6 @@ def test_size_and_budget_limits():
     ("kw", "pattern"),
     [
         ({"role": "client"}, r"role must be 'initiator' or 'responder'"),
-        ({"mode": "classic"}, r"mode must be an EncryptionMode"),
         ({"max_message_size": 10}, r"max_message_size must be an integer in 65519..67108864"),
         ({"max_streams": 0}, r"max_streams must be a positive integer"),
         ({"max_outbound_bytes": 100}, r"max_outbound_bytes must be an integer >= max_message_size"),
@@ -850,6 +850,21 @@ def test_configuration_is_validated(kw, pattern):
     args = {"role": "initiator", "mode": CLASSIC, "now": 0.0, **kw}
     session = TransportSession(os.urandom(32), os.urandom(32))
     expect(ConfigError, pattern, ChannelEndpoint, session, **args)
+
+
+def test_mode_names_are_accepted_like_everywhere_else():
+    session = TransportSession(os.urandom(32), os.urandom(32))
+    endpoint = ChannelEndpoint(session, role="initiator", mode=" Classic ", now=0.0)
+    assert endpoint.mode is CLASSIC
+    expect(
+        InvalidEncryptionMode,
+        "unknown encryption mode 'quantum'",
+        ChannelEndpoint,
+        session,
+        role="initiator",
+        mode="quantum",
+        now=0.0,
+    )
 
 
 def test_only_leapcore_errors_escape_local_calls():

@@ -23,8 +23,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fuzz pack
 
 from fuzz import driver, harnesses
 from fuzz.harnesses import HARNESSES, HarnessFailure
+from leapcore import channel_codec
+from leapcore.channel_codec import MAX_BYTES_DATA
 from leapcore.errors import (
     BadSignature,
+    ChannelProtocolError,
     DecryptError,
     HandshakeError,
     KeyFileError,
@@ -73,7 +76,9 @@ def test_campaigns_are_deterministic() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_mutation_campaign(name: str) -> None:
-    stats = driver.run_campaign(name, seed=0, count=COUNT)
+    inputs = driver.campaign_inputs(name, seed=0, count=COUNT)
+    label = f"run_campaign({name!r}, seed=0, count={COUNT})"
+    stats = driver.run_inputs(name, inputs, label=label)
     print(stats)
     assert stats.accepted >= 1 and stats.rejected >= COUNT // 2, stats
 
@@ -132,6 +137,32 @@ def test_hypothesis_key_objects(name: str, obj: dict[str, object]) -> None:
     HARNESSES[name](json.dumps(obj).encode())
 
 
+_records = st.lists(
+    st.tuples(
+        st.sampled_from([0, 0, 0, 1, 1, 2, 3, 0x40, 0x41, 0x42, 0x43, 0x80]),  # flags
+        st.integers(0, 12),  # correlation id
+        st.binary(max_size=48) | st.sampled_from(harnesses.seeds("channel_message")[:12]),
+    ),
+    max_size=12,
+)
+
+
+@fuzz_settings
+@given(records=_records)
+def test_hypothesis_endpoint_records(records: list[tuple[int, int, bytes]]) -> None:
+    # Whole records: frames of plausible messages (and of junk) under small ids, local
+    # actions, CLOSE and raw frames, in any order.
+    data = b"".join(bytes([f, c]) + len(b).to_bytes(2, "big") + b for f, c, b in records)
+    harnesses.check_channel_endpoint(data)
+
+
+@fuzz_settings
+@given(records=st.lists(st.tuples(st.integers(0, 7), st.integers(0, 3), st.integers(0, 70000))))
+def test_hypothesis_reassembly_records(records: list[tuple[int, int, int]]) -> None:
+    data = b"".join(bytes([c, f]) + min(n, 65535).to_bytes(2, "big") for c, f, n in records)
+    harnesses.check_reassembly(data)
+
+
 # ---------------------------------------------------------------------------
 # Every harness can fail
 
@@ -170,6 +201,9 @@ _FAKES = {
     "link_hub": ("LinkConnection", "receive", RecordError("not a LinkProtocolError")),
     "relay": ("ChannelRelay", "check", RecordError("not a RelayViolation")),
     "pin_file": ("PinStore", "load", RecordError("not a PinStoreError")),
+    "channel_message": ("channel_decode", "__call__", RecordError("not a ChannelProtocolError")),
+    "reassembly": ("Reassembler", "feed", RecordError("not a documented result")),
+    "channel_endpoint": ("ChannelEndpoint", "receive_frame", RecordError("nothing may raise")),
 }
 
 
@@ -211,3 +245,15 @@ def test_keyfile_json_limits_raise_key_file_error(text: bytes) -> None:
 def test_from_json_rejects_non_objects(cls: type, obj: object) -> None:
     with pytest.raises(KeyFileError, match="JSON object"):
         cls.from_json(obj)
+
+
+# ---------------------------------------------------------------------------
+# A defect the channel_message harness found, fixed: BYTES_DATA over one frame was accepted.
+
+
+@pytest.mark.parametrize("size", [MAX_BYTES_DATA + 1, 2 * MAX_BYTES_DATA])
+def test_decode_refuses_bytes_data_over_one_frame(size: int) -> None:
+    data = b"\x0a" + bytes(size)
+    with pytest.raises(ChannelProtocolError):
+        channel_codec.decode(data)
+    harnesses.check_channel_message(data)
