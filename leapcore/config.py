@@ -10,21 +10,30 @@ the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
 is the remote CLI's default ``--worker-id``); values are checked against
 each key's type.
 
+The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
+``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
+prefix ``LEAPCORE_HUB_``) follow the same rules; the hub's values are also
+range-checked, naming the layer a bad value came from.
+
 Sans-IO except :func:`read_config_file`: the environment is passed in.
 """
 
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
 from .errors import ConfigError
 
 __all__ = [
+    "HUB_ENV_PREFIX",
+    "HUB_KEYS",
+    "LOG_LEVELS",
     "WORKER_ENV_PREFIX",
     "WORKER_KEYS",
+    "hub_settings",
     "layer",
     "read_config_file",
     "worker_settings",
@@ -45,6 +54,34 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "log_level": (str, "info"),
     "max_message_size": (int, 16 * 1024 * 1024),
     "max_incomplete_chunked": (int, 4),
+}
+
+HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
+
+#: Hub settings: key -> (type, default). A file may set any of them.
+HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
+    "listen": (str, "127.0.0.1:4327"),
+    "listen_unix": (str, ""),
+    "data_dir": (str, "."),
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
+    "max_workers_per_user": (int, 64),
+    "max_message_size": (int, 16 * 1024 * 1024),
+    "log_level": (str, "info"),
+}
+
+LOG_LEVELS: Final = ("debug", "info", "warn", "error")
+#: The negotiated channel message size range (design: 65519 bytes … 64 MiB).
+_MESSAGE_SIZE_RANGE: Final = (65519, 64 * 1024 * 1024)
+
+#: Hub values checked beyond their type: key -> (accepts the value?, what is required).
+_HUB_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "max_workers_per_user": (lambda v: v >= 0, "must be >= 0 (0 = unlimited)"),
+    "max_message_size": (
+        lambda v: _MESSAGE_SIZE_RANGE[0] <= v <= _MESSAGE_SIZE_RANGE[1],
+        f"must be between {_MESSAGE_SIZE_RANGE[0]} and {_MESSAGE_SIZE_RANGE[1]}",
+    ),
+    "log_level": (lambda v: v in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
 }
 
 
@@ -116,6 +153,17 @@ def layer(
     return settings
 
 
+def _read_named_file(
+    config_path: Path | None, default_path: Path, keys: Mapping[str, tuple[type, Any]]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """``--config`` (which must exist) or the default file (read only if it exists)."""
+    path = config_path.absolute() if config_path is not None else default_path
+    file_values = read_config_file(path, keys)
+    if file_values is None and config_path is not None:
+        raise ConfigError(f"{config_path}: no such config file")
+    return file_values, (path if file_values is not None else None)
+
+
 def worker_settings(
     *,
     flags: Mapping[str, Any],
@@ -131,13 +179,54 @@ def worker_settings(
     """
     from .paths import resolve_data_dir, worker_config_file
 
-    path = config_path.absolute() if config_path is not None else worker_config_file(home)
-    file_values = read_config_file(path, WORKER_KEYS)
-    if file_values is None and config_path is not None:
-        raise ConfigError(f"{config_path}: no such config file")
-    used = path if file_values is not None else None
+    file_values, used = _read_named_file(config_path, worker_config_file(home), WORKER_KEYS)
     settings = layer(
         WORKER_KEYS, file_values=file_values, env=env, prefix=WORKER_ENV_PREFIX, flags=flags
     )
     settings["data_dir"] = str(resolve_data_dir(settings["data_dir"], config_file=used, home=home))
+    return settings, used
+
+
+def _check_hub_values(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    for key, value in values.items():
+        check = _HUB_CHECKS.get(key)
+        if check is not None and not check[0](value):
+            raise ConfigError(f"{where(key)}: setting {key!r} {check[1]}, got {value!r}")
+
+
+def hub_settings(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    home: Path,
+    config_path: Path | None,
+) -> tuple[dict[str, Any], Path | None]:
+    """The hub's settings and the config file they came from (``None``: no file).
+
+    Exactly :func:`worker_settings`' rules with :data:`HUB_KEYS`, the prefix
+    ``LEAPCORE_HUB_`` and the default file ``~/.config/leapcore/hub/hub.toml``; a
+    relative ``data_dir`` resolves against the config file's directory, else against
+    ``~/.config/leapcore/hub``. Values are also range-checked (``max_workers_per_user``
+    >= 0, ``max_message_size`` within 65519 … 64 MiB, ``log_level`` one of
+    :data:`LOG_LEVELS`, ``tls_cert`` and ``tls_key`` together);
+    the :class:`ConfigError` names the file, the environment variable or the flag.
+    """
+    from .paths import hub_config_dir, hub_config_file, resolve_data_dir
+
+    file_values, used = _read_named_file(config_path, hub_config_file(home), HUB_KEYS)
+    if file_values is not None:
+        _check_hub_values(file_values, lambda _key: str(used))
+    _check_hub_values(
+        _from_env(env, HUB_ENV_PREFIX, HUB_KEYS),
+        lambda key: f"environment: {HUB_ENV_PREFIX}{key.upper()}",
+    )
+    settings = layer(HUB_KEYS, file_values=file_values, env=env, prefix=HUB_ENV_PREFIX, flags=flags)
+    _check_hub_values(flags, lambda key: f"flag --{key.replace('_', '-')}")
+    if bool(settings["tls_cert"]) != bool(settings["tls_key"]):
+        raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
+    settings["data_dir"] = str(
+        resolve_data_dir(
+            settings["data_dir"], config_file=used, home=home, default_dir=hub_config_dir(home)
+        )
+    )
     return settings, used

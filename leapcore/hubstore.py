@@ -29,16 +29,18 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import os
 import secrets
 import sqlite3
 import string
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
+from .atomicfile import ensure_private_dir
 from .errors import (
     FailedPrecondition,
     LocalError,
@@ -207,50 +209,175 @@ _WORKER_COLUMNS: Final = (
 )
 
 
+class _Rows:
+    """A cursor whose SQLite errors are :class:`StorageError` (see :class:`_Db`)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, db: _Db) -> None:
+        self._cursor = cursor
+        self._db = db
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._db.error(exc) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._db.error(exc) from None
+
+
+class _Db:
+    """The SQLite connection, raising :class:`StorageError` naming the file instead of
+    ``sqlite3`` errors (a locked, read-only, full or damaged database), so callers handle
+    one hierarchy. Programming errors (bad SQL, wrong bindings) are not converted."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self.context = "cannot open the hub database"
+
+    def error(self, exc: sqlite3.DatabaseError) -> StorageError:
+        if isinstance(exc, sqlite3.ProgrammingError):
+            raise exc
+        return StorageError(f"{self.path}: {self.context}: {exc}")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
+        try:
+            return _Rows(self._conn.execute(sql, args), self)
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
 class SQLiteHubStore:
     """The hub's state in one SQLite file (WAL). One instance per thread."""
 
-    def __init__(self, path: Path | str, *, max_workers_per_user: int = 64) -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_workers_per_user: int = 64,
+        create: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        """Open (and migrate) the database at ``path``.
+
+        With ``create`` (the default) a missing database is made: its directory with mode
+        0700 when missing, the file itself with mode 0600 (SQLite gives the ``-wal`` and
+        ``-shm`` files the database's mode). Without it, a missing file is a
+        :class:`StorageError` and nothing is created. A file that is not SQLite, or an
+        SQLite database of another application, is refused untouched. ``timeout`` is how
+        long a write waits for another connection's write lock (then :class:`StorageError`,
+        "database is locked"); every SQLite failure is a :class:`StorageError`.
+        """
         if max_workers_per_user < 0:
             raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
         self.path = Path(path)
         self.max_workers_per_user = max_workers_per_user
+        if create:
+            self._create_private_file()
+        elif not self.path.exists():
+            raise StorageError(f"{self.path}: no hub database")
         try:
-            self._db = sqlite3.connect(self.path, timeout=10.0, isolation_level=None)
+            # mode=rw: never let SQLite create the file (with its default 0644) itself.
+            uri = self.path.absolute().as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: cannot open the hub database: {exc}") from None
+        self._db = _Db(conn, self.path)
+        try:
+            self._check_application()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{self.path}: cannot open the hub database: {exc}") from None
+        except BaseException:
+            self._db.close()
+            raise
+        self._db.context = "hub database error"
+
+    def _create_private_file(self) -> None:
+        try:
+            ensure_private_dir(self.path.parent)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StorageError(
+                f"{self.path}: cannot create the hub database: {exc.strerror or exc}"
+            ) from None
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        finally:
+            os.close(fd)
+
+    def _check_application(self) -> None:
+        """Refuse, before changing anything, an SQLite database that some other program
+        made or that a newer leapcore migrated."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        self._refuse_newer(version)
+        if version == 0:
+            (tables,) = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise StorageError(
+                    f"{self.path}: an SQLite database, but not a leapcore hub database"
+                )
 
     def close(self) -> None:
         self._db.close()
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction, taken with the write lock up front (BEGIN IMMEDIATE)."""
+    def _tx(self) -> Iterator[_Db]:
+        """One write transaction, taken with the write lock up front (BEGIN IMMEDIATE).
+
+        Whatever fails (the body, or COMMIT itself), the transaction is rolled back so the
+        connection stays usable; a failing rollback never hides the original error.
+        """
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield self._db
+            self._db.execute("COMMIT")
         except BaseException:
-            self._db.execute("ROLLBACK")
+            if self._db.in_transaction:  # SQLite may already have rolled back by itself
+                with suppress(StorageError):
+                    self._db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
 
     def _migrate(self) -> None:
+        # Opening an up-to-date database must not wait for the write lock (the running hub
+        # may hold it): only a migration takes it, and then checks the version again.
+        version = self.schema_version
+        self._refuse_newer(version)
+        if version == SCHEMA_VERSION:
+            return
         with self._tx() as db:
             (version,) = db.execute("PRAGMA user_version").fetchone()
-            if version > SCHEMA_VERSION:
-                raise StorageError(
-                    f"{self.path}: database schema {version} is newer than this leapcore "
-                    f"({SCHEMA_VERSION}); upgrade leapcore"
-                )
+            self._refuse_newer(version)
             for number in range(version, SCHEMA_VERSION):
                 for statement in _MIGRATIONS[number].split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: database schema {version} is newer than this leapcore "
+                f"({SCHEMA_VERSION}); upgrade leapcore"
+            )
 
     @property
     def schema_version(self) -> int:
@@ -275,7 +402,7 @@ class SQLiteHubStore:
             token = self._insert_token(db, user.id, now_ms)
         return user, token
 
-    def _insert_token(self, db: sqlite3.Connection, user_id: str, now_ms: int) -> str:
+    def _insert_token(self, db: _Db, user_id: str, now_ms: int) -> str:
         token = new_id()
         db.execute(
             "INSERT INTO api_tokens (id, user_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
@@ -283,11 +410,12 @@ class SQLiteHubStore:
         )
         return token
 
-    def _user_by_ref(self, db: sqlite3.Connection, ref: str) -> User:
+    def _user_by_ref(self, db: _Db, ref: str) -> User:
+        # An id wins over a name: a user may be named like another user's id.
         row = db.execute(
             "SELECT id, name, created_at, is_admin FROM users "
-            "WHERE (id = ? OR name = ?) AND deleted_at IS NULL",
-            (ref, ref),
+            "WHERE (id = ? OR name = ?) AND deleted_at IS NULL ORDER BY id = ? DESC LIMIT 1",
+            (ref, ref, ref),
         ).fetchone()
         if row is None:
             raise NotFound(f"no user {ref!r}")
@@ -317,6 +445,18 @@ class SQLiteHubStore:
             (user.id,),
         ).fetchall()
         return [ApiToken(*r) for r in rows]
+
+    def find_token(self, token: str) -> ApiToken:
+        """The record of an API token, given the token itself (revoked ones included);
+        touches nothing (unlike :meth:`authenticate_user`)."""
+        row = self._db.execute(
+            "SELECT id, user_id, created_at, revoked_at, last_used_at FROM api_tokens "
+            "WHERE token_hash = ?",
+            (_digest(token),),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no API token matches")
+        return ApiToken(*row)
 
     def revoke_token(self, token_id: str, now_ms: int) -> None:
         with self._tx() as db:

@@ -10,6 +10,9 @@ Pure functions: the environment and the home directory are arguments.
 * Worker: default config dir ``~/.config/leapcore/worker``, config file
   ``worker.toml`` in it; the data dir is resolved by :func:`resolve_data_dir`;
   sibling pins live in ``<data dir>/cross_worker_pins.json``.
+* Hub: default config dir ``~/.config/leapcore/hub``, config file ``hub.toml`` in
+  it; the data dir follows the worker's rule (:func:`resolve_data_dir` with
+  ``default_dir=hub_config_dir(home)``) and holds the database ``hub.db``.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ __all__ = [
     "client_config_dir",
     "client_pins_path",
     "cross_worker_pins_path",
+    "hub_config_dir",
+    "hub_config_file",
+    "hub_database_path",
     "hub_dir_name",
     "resolve_data_dir",
     "worker_config_dir",
@@ -81,20 +87,37 @@ def worker_config_file(home: Path) -> Path:
     return worker_config_dir(home) / "worker.toml"
 
 
-def resolve_data_dir(value: str, *, config_file: Path | None, home: Path) -> Path:
-    """Resolve a worker ``data_dir`` setting.
+def hub_config_dir(home: Path) -> Path:
+    return home / ".config" / "leapcore" / "hub"
+
+
+def hub_config_file(home: Path) -> Path:
+    return hub_config_dir(home) / "hub.toml"
+
+
+def hub_database_path(data_dir: Path) -> Path:
+    return data_dir / "hub.db"
+
+
+def resolve_data_dir(
+    value: str, *, config_file: Path | None, home: Path, default_dir: Path | None = None
+) -> Path:
+    """Resolve a worker's (or the hub's) ``data_dir`` setting.
 
     ``~`` and ``~/…`` expand to ``home``; an absolute path is used as it is; a
     relative one (the default is ``.``) is taken relative to the directory of the
-    config file when one exists (``config_file``), else to the default worker config
-    directory.
+    config file when one exists (``config_file``), else to ``default_dir`` (default:
+    the worker's config directory; the hub passes :func:`hub_config_dir`).
     """
     if value == "~" or value.startswith("~/"):
         return home / value[2:]
     path = Path(value)
     if path.is_absolute():
         return path
-    base = config_file.parent if config_file is not None else worker_config_dir(home)
+    if config_file is not None:
+        base = config_file.parent
+    else:
+        base = default_dir if default_dir is not None else worker_config_dir(home)
     return base / path
 
 

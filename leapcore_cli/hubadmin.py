@@ -1,0 +1,502 @@
+"""``leapcore-hub admin …``: users, API tokens, workers and registration keys, offline.
+
+Works directly on the hub's SQLite database (``<data dir>/hub.db``) through
+:class:`~leapcore.hubstore.SQLiteHubStore`, whether or not the hub runs (the
+database is in WAL mode). This module parses, calls the store and prints;
+every rule lives in the store. The data dir comes from :func:`leapcore.config.hub_settings`
+(``--data-dir`` > ``$LEAPCORE_HUB_DATA_DIR`` > the config file > the default).
+
+JSON schema (``--json``; stable, documented in docs/cli.md):
+
+* ``user create`` / ``user token-create`` → ``{"user": USER, "token": SECRET, "token_id": ID}``
+* ``user list`` → ``{"users": [USER, …]}``; ``user token-list`` →
+  ``{"user": USER, "tokens": [TOKEN, …]}``; ``user token-revoke`` → ``{"revoked": ID}``
+* ``worker list`` → ``{"workers": [WORKER, …]}``; ``worker get`` → ``{"worker": WORKER}``;
+  ``worker deregister`` → ``{"deregistered": ID}``
+* ``reg-key list`` → ``{"keys": [KEY, …]}``; ``reg-key revoke`` → ``{"revoked": ID}``;
+  ``reg-key purge-expired`` → ``{"purged": N}``
+
+Times are RFC 3339 UTC with milliseconds and omitted when absent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from leapcore.config import hub_settings
+from leapcore.errors import StorageError
+from leapcore.hubstore import ApiToken, RegistrationKey, SQLiteHubStore, User, Worker, WorkerStatus
+from leapcore.paths import hub_database_path
+
+from .common import EXIT_OK, Parser, emit_json
+
+STATUS_CHOICES = ("active", "deregistering", "deleted", "all")
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# -- time and text ---------------------------------------------------------------------------
+
+
+def now_ms() -> int:
+    """The real clock, in milliseconds since the Unix epoch."""
+    return time.time_ns() // 1_000_000
+
+
+def _utc(ms: int) -> dt.datetime:
+    seconds, millis = divmod(ms, 1000)
+    base = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(seconds=seconds)
+    return base.replace(microsecond=millis * 1000)
+
+
+def json_time(ms: int) -> str:
+    """``YYYY-MM-DDTHH:MM:SS.mmmZ`` (UTC)."""
+    u = _utc(ms)
+    return (
+        f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}"
+        f".{u.microsecond // 1000:03d}Z"
+    )
+
+
+def human_time(ms: int | None, absent: str = "-") -> str:
+    """``YYYY-MM-DD HH:MM:SSZ`` (UTC), or ``absent``."""
+    if ms is None:
+        return absent
+    return json_time(ms)[:19].replace("T", " ") + "Z"
+
+
+def safe(text: str) -> str:
+    """``text`` with control and other non-printable characters escaped: names and labels
+    come from workers, and must not drive the administrator's terminal."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
+def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+# -- JSON shapes -----------------------------------------------------------------------------
+
+
+def _put_time(doc: dict[str, Any], key: str, ms: int | None) -> None:
+    if ms is not None:
+        doc[key] = json_time(ms)
+
+
+def user_json(user: User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "is_admin": user.is_admin,
+        "created_at": json_time(user.created_at),
+    }
+
+
+def token_json(token: ApiToken) -> dict[str, Any]:
+    doc: dict[str, Any] = {"id": token.id, "user_id": token.user_id}
+    _put_time(doc, "created_at", token.created_at)
+    _put_time(doc, "last_used_at", token.last_used_at)
+    _put_time(doc, "revoked_at", token.revoked_at)
+    return doc
+
+
+def worker_json(worker: Worker) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "id": worker.id,
+        "name": worker.name,
+        "version": worker.version,
+        "owner_id": worker.owner_id,
+        "owner_name": worker.owner_name,
+        "status": worker.status.value,
+        "auto_registered": worker.auto_registered,
+        "labels": dict(worker.labels),
+    }
+    _put_time(doc, "created_at", worker.created_at)
+    _put_time(doc, "last_seen_at", worker.last_seen_at)
+    if worker.encryption_mode is not None:
+        doc["encryption_mode"] = worker.encryption_mode.value
+    if worker.keys is not None:
+        doc["fingerprint"] = worker.keys.fingerprint
+    return doc
+
+
+def key_json(key: RegistrationKey) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "created_by": key.created_by,
+        "creator_name": key.creator_name,
+        "created_at": json_time(key.created_at),
+        "expires_at": json_time(key.expires_at),
+    }
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
+def open_store(args: argparse.Namespace, *, create: bool = False) -> SQLiteHubStore:
+    """The hub's database, found exactly as the hub finds it; only ``user create`` may
+    make a new one (so a mistyped ``--data-dir`` does not silently start an empty hub)."""
+    flags = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+    settings, _ = hub_settings(
+        flags=flags, env=os.environ, home=Path.home(), config_path=args.config
+    )
+    path = hub_database_path(Path(settings["data_dir"]))
+    if not create and not path.exists():
+        raise StorageError(
+            f"{path}: no hub database here (check --data-dir / --config; "
+            "`leapcore-hub admin user create NAME --admin` creates one)"
+        )
+    return SQLiteHubStore(
+        path, max_workers_per_user=settings["max_workers_per_user"], create=create
+    )
+
+
+def _require_id(args: argparse.Namespace) -> str:
+    value: str | None = args.id
+    if not value:
+        args.parser_error("--id is required")
+    assert value is not None
+    return value
+
+
+# -- users and tokens ------------------------------------------------------------------------
+
+_TOKEN_ONCE = """\
+The token is shown only this once: the hub keeps nothing but a digest of it, so
+store it now (e.g. in a password manager). If it is lost, make another and revoke
+this one:
+  leapcore-hub admin user token-create {name}
+  leapcore-hub admin user token-revoke --id {token_id}"""
+
+
+def _print_token(user: User, token: str, token_id: str) -> None:
+    print(f"API token  {token}")
+    print(f"token id   {token_id}")
+    print()
+    print(_TOKEN_ONCE.format(name=shlex.quote(safe(user.name)), token_id=token_id))
+
+
+def user_create(args: argparse.Namespace) -> int:
+    store = open_store(args, create=True)
+    user, token = store.create_user(args.name, now_ms(), is_admin=args.admin)
+    token_id = store.find_token(token).id
+    if args.json:
+        emit_json({"user": user_json(user), "token": token, "token_id": token_id})
+        return EXIT_OK
+    role = "administrator" if user.is_admin else "user"
+    print(f"created {role} {safe(user.name)} (id {user.id})")
+    _print_token(user, token, token_id)
+    return EXIT_OK
+
+
+def user_list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    users = store.list_users()
+    if args.json:
+        emit_json({"users": [user_json(u) for u in users]})
+    elif not users:
+        print(f"no users in {store.path}")
+    else:
+        _table(
+            ("ID", "NAME", "ADMIN", "CREATED"),
+            [
+                (u.id, safe(u.name), "yes" if u.is_admin else "no", human_time(u.created_at))
+                for u in users
+            ],
+        )
+    return EXIT_OK
+
+
+def token_create(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    user = store.get_user(args.user)
+    token = store.create_token(user.id, now_ms())
+    token_id = store.find_token(token).id
+    if args.json:
+        emit_json({"user": user_json(user), "token": token, "token_id": token_id})
+        return EXIT_OK
+    print(f"new API token for {safe(user.name)} (id {user.id})")
+    _print_token(user, token, token_id)
+    return EXIT_OK
+
+
+def token_list(args: argparse.Namespace) -> int:
+    store = open_store(args)
+    user = store.get_user(args.user)
+    tokens = store.list_tokens(user.id)
+    if args.json:
+        emit_json({"user": user_json(user), "tokens": [token_json(t) for t in tokens]})
+    elif not tokens:
+        print(f"{safe(user.name)} has no API tokens")
+    else:
+        _table(
+            ("TOKEN ID", "CREATED", "LAST USED", "REVOKED"),
+            [
+                (
+                    t.id,
+                    human_time(t.created_at),
+                    human_time(t.last_used_at, "never"),
+                    human_time(t.revoked_at),
+                )
+                for t in tokens
+            ],
+        )
+    return EXIT_OK
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    token_id = _require_id(args)
+    open_store(args).revoke_token(token_id, now_ms())
+    if args.json:
+        emit_json({"revoked": token_id})
+    else:
+        print(f"revoked API token {token_id}")
+    return EXIT_OK
+
+
+# -- workers ---------------------------------------------------------------------------------
+
+
+def _status_filter(args: argparse.Namespace) -> WorkerStatus | None:
+    text = args.status.strip().lower()
+    if text in ("", "all"):
+        return None
+    try:
+        return WorkerStatus(text)
+    except ValueError:
+        args.parser_error(
+            f"unknown worker status: {args.status} (use: {', '.join(STATUS_CHOICES)})"
+        )
+        raise  # pragma: no cover - parser_error exits
+
+
+def worker_list(args: argparse.Namespace) -> int:
+    status = _status_filter(args)
+    store = open_store(args)
+    owner_id = store.get_user(args.user).id if args.user else None
+    workers = store.list_workers(owner_id=owner_id, status=status)
+    if args.json:
+        emit_json({"workers": [worker_json(w) for w in workers]})
+    elif not workers:
+        which = status.value if status is not None else "known"
+        print(f"no {which} workers" + (f" owned by {safe(args.user)}" if args.user else ""))
+    else:
+        _table(
+            ("ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST SEEN"),
+            [
+                (
+                    w.id,
+                    safe(w.name) + (" (auto)" if w.auto_registered else ""),
+                    safe(w.owner_name),
+                    w.status.value,
+                    human_time(w.created_at),
+                    human_time(w.last_seen_at, "never"),
+                )
+                for w in workers
+            ],
+        )
+    return EXIT_OK
+
+
+def worker_get(args: argparse.Namespace) -> int:
+    worker_id = _require_id(args)
+    w = open_store(args).get_worker(worker_id)
+    if args.json:
+        emit_json({"worker": worker_json(w)})
+        return EXIT_OK
+    labels = ", ".join(f"{safe(k)}={safe(v)}" for k, v in sorted(w.labels.items()))
+    fields = (
+        ("id", w.id),
+        ("name", safe(w.name)),
+        ("version", safe(w.version)),
+        ("owner", f"{safe(w.owner_name)} (id {w.owner_id})"),
+        ("status", w.status.value),
+        ("auto-registered", "yes" if w.auto_registered else "no"),
+        ("created", human_time(w.created_at)),
+        ("last seen", human_time(w.last_seen_at, "never")),
+        ("encryption", w.encryption_mode.value if w.encryption_mode else "unknown"),
+        ("fingerprint", w.keys.fingerprint if w.keys else "unknown (no keys reported yet)"),
+        ("labels", labels or "none"),
+    )
+    for name, value in fields:
+        print(f"{name:<16} {value}")
+    return EXIT_OK
+
+
+def worker_deregister(args: argparse.Namespace) -> int:
+    worker_id = _require_id(args)
+    open_store(args).deregister_worker(worker_id, now_ms(), requested_by=None)
+    if args.json:
+        emit_json({"deregistered": worker_id})
+    else:
+        print(
+            f"worker {worker_id} is now deregistering: it is told when it next connects, "
+            "and deleted once it acknowledges"
+        )
+    return EXIT_OK
+
+
+# -- registration keys -----------------------------------------------------------------------
+
+
+def key_list(args: argparse.Namespace) -> int:
+    now = now_ms()
+    keys = open_store(args).list_registration_keys(now, include_expired=args.include_expired)
+    if args.json:
+        emit_json({"keys": [key_json(k) for k in keys]})
+    elif not keys:
+        print("no registration keys" if args.include_expired else "no live registration keys")
+    else:
+        _table(
+            ("ID", "CREATED BY", "CREATED", "EXPIRES", "STATE"),
+            [
+                (
+                    k.id,
+                    safe(k.creator_name) or k.created_by,
+                    human_time(k.created_at),
+                    human_time(k.expires_at),
+                    "live" if k.expires_at > now else "expired",
+                )
+                for k in keys
+            ],
+        )
+    return EXIT_OK
+
+
+def key_revoke(args: argparse.Namespace) -> int:
+    key_id = _require_id(args)
+    open_store(args).revoke_registration_key(key_id, now_ms())
+    if args.json:
+        emit_json({"revoked": key_id})
+    else:
+        print(f"revoked registration key {key_id}")
+    return EXIT_OK
+
+
+def key_purge(args: argparse.Namespace) -> int:
+    purged = open_store(args).purge_expired_registration_keys(now_ms())
+    if args.json:
+        emit_json({"purged": purged})
+    else:
+        print(f"purged {purged} expired or revoked registration key{'s' if purged != 1 else ''}")
+    return EXIT_OK
+
+
+# -- the parser ------------------------------------------------------------------------------
+
+
+def _common_flags(parser: argparse.ArgumentParser) -> None:
+    """``--data-dir``, ``--config`` and ``--json``, accepted at every level (``admin --json
+    user list`` and ``admin user list --json`` alike): SUPPRESS keeps a level that was not
+    given from overwriting one that was."""
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        default=argparse.SUPPRESS,
+        help="the hub's data directory, holding hub.db (default: $LEAPCORE_HUB_DATA_DIR, then "
+        "the config file's data_dir, then ~/.config/leapcore/hub)",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="hub config file (default: ~/.config/leapcore/hub/hub.toml if it exists)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print one JSON document on stdout (for scripts)",
+    )
+
+
+def _verb(
+    group: Any,
+    name: str,
+    text: str,
+    handler: Handler,
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = group.add_parser(name, help=text, description=text)
+    _common_flags(parser)
+    parser.set_defaults(handler=handler, parser_error=parser.error)
+    return parser
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``admin`` and its verbs under ``leapcore-hub``'s subcommands."""
+    admin = sub.add_parser(
+        "admin",
+        help="manage users, API tokens, workers and registration keys (offline)",
+        description="Manage the hub's users, API tokens, workers and registration keys. "
+        "Works directly on the hub's database, whether or not the hub is running.",
+    )
+    _common_flags(admin)
+    admin.set_defaults(data_dir=None, config=None, json=False)
+    groups = admin.add_subparsers(dest="group", metavar="GROUP", required=True, parser_class=Parser)
+
+    users = groups.add_parser("user", help="users and their API tokens")
+    _common_flags(users)
+    verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+    p = _verb(
+        verbs, "create", "create a user and print its first API token (shown once)", user_create
+    )
+    p.add_argument("name", metavar="NAME", help="the user's name (1-64 printable characters)")
+    p.add_argument("--admin", action="store_true", help="make the user an administrator")
+    _verb(verbs, "list", "list the users", user_list)
+    p = _verb(verbs, "token-create", "make another API token for a user (shown once)", token_create)
+    p.add_argument("user", metavar="NAME_OR_ID", help="the user's name or id")
+    p = _verb(
+        verbs, "token-list", "list a user's API tokens (ids and times; never secrets)", token_list
+    )
+    p.add_argument("user", metavar="NAME_OR_ID", help="the user's name or id")
+    p = _verb(verbs, "token-revoke", "revoke an API token", token_revoke)
+    p.add_argument("--id", metavar="TOKEN_ID", help="the token's id (from token-list)")
+
+    workers = groups.add_parser("worker", help="registered workers")
+    _common_flags(workers)
+    verbs = workers.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+    p = _verb(verbs, "list", "list workers (oldest first)", worker_list)
+    p.add_argument(
+        "--status",
+        default="active",
+        metavar="STATUS",
+        help=f"one of {', '.join(STATUS_CHOICES)} (default: active)",
+    )
+    p.add_argument("--user", metavar="NAME_OR_ID", help="only this user's workers")
+    p = _verb(verbs, "get", "show one worker, whatever its status", worker_get)
+    p.add_argument("--id", metavar="ID", help="the worker's id")
+    p = _verb(
+        verbs,
+        "deregister",
+        "deregister an active worker (any owner's, the auto-registered one included)",
+        worker_deregister,
+    )
+    p.add_argument("--id", metavar="ID", help="the worker's id")
+
+    keys = groups.add_parser(
+        "reg-key",
+        help="registration keys (there is no create: a signed-in user mints them)",
+    )
+    _common_flags(keys)
+    verbs = keys.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+    p = _verb(verbs, "list", "list registration keys, newest first", key_list)
+    p.add_argument(
+        "--include-expired",
+        action="store_true",
+        help="also list expired, consumed and revoked keys (default: live keys only)",
+    )
+    p = _verb(verbs, "revoke", "expire a registration key now", key_revoke)
+    p.add_argument("--id", metavar="ID", help="the key's id (from list)")
+    _verb(verbs, "purge-expired", "delete expired, consumed and revoked keys", key_purge)
