@@ -11,6 +11,7 @@ directory is on ``sys.path`` when it runs).
 
 from __future__ import annotations
 
+import argparse
 import cProfile
 import gc
 import os
@@ -171,3 +172,16 @@ def run_info(quick: bool, started: float) -> dict[str, object]:
         "quick": quick,
         "seconds": round(time.time() - started, 1),
     }
+
+
+def make_parser(doc: str, names: list[str]) -> argparse.ArgumentParser:
+    """The command line every benchmark script takes."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
+    parser.add_argument(
+        "--only", action="append", choices=names, help="run only this benchmark (repeatable)"
+    )
+    parser.add_argument("--profile", choices=names, help="cProfile the leapcore side of one")
+    return parser

@@ -28,7 +28,6 @@ transport_1k           the same with 1024-byte frames                           
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -39,7 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 
-from _measure import Pair, Result, fmt_time, measure, profile, run_info
+from _measure import Pair, Result, fmt_time, make_parser, measure, profile, run_info
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 from pqcrypto.sign import slh_dsa_shake_256f
@@ -284,15 +283,7 @@ def render(results: list[Result]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
-    parser.add_argument(
-        "--only", action="append", choices=NAMES, help="run only this benchmark (repeatable)"
-    )
-    parser.add_argument("--profile", choices=NAMES, help="cProfile the leapcore side of one")
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__ or "", NAMES).parse_args(argv)
 
     setup = Setup()
     setup.check_noise_interop()

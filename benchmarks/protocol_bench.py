@@ -36,7 +36,6 @@ analysis of the misses: docs/benchmarks.md.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -46,7 +45,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
-from _measure import Pair, Result, fmt_time, measure, profile, run_info
+from _measure import Pair, Result, fmt_time, make_parser, measure, profile, run_info
 
 from leapcore.channel_codec import Request, decode, encode
 from leapcore.channel_mux import ChannelEndpoint, RequestReceived
@@ -379,15 +378,7 @@ def to_json(outcome: Outcome) -> dict[str, object]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="fewer rounds (a smoke run)")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
-    parser.add_argument(
-        "--only", action="append", choices=NAMES, help="run only this benchmark (repeatable)"
-    )
-    parser.add_argument("--profile", choices=NAMES, help="cProfile the leapcore side of one")
-    args = parser.parse_args(argv)
+    args = make_parser(__doc__ or "", NAMES).parse_args(argv)
 
     specs = build_specs(args.quick)
     if args.profile:
