@@ -60,6 +60,7 @@ __all__ = [
     "Unauthenticated",
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
+    "UnsupportedProtocolVersion",
 ]
 
 
@@ -217,6 +218,12 @@ class FrameTooLarge(LinkProtocolError):
     """A link frame declared or carried more bytes than the protocol allows."""
 
     code = "frame_too_large"
+
+
+class UnsupportedProtocolVersion(LinkProtocolError):
+    """A hello named a link protocol version this side does not speak."""
+
+    code = "unsupported_protocol_version"
 
 
 class UnexpectedMessage(LinkProtocolError):

@@ -24,7 +24,13 @@ import enum
 from collections.abc import Iterable
 from typing import Final
 
-from .errors import InvalidEncryptionMode, LinkProtocolError, LocalError, UnexpectedMessage
+from .errors import (
+    InvalidEncryptionMode,
+    LinkProtocolError,
+    LocalError,
+    UnexpectedMessage,
+    UnsupportedProtocolVersion,
+)
 from .keys import PUBLIC_KEY_FIELDS
 from .link_codec import (
     CLOSE_CODES,
@@ -275,7 +281,7 @@ class LinkConnection:
         _check_code(message, LinkProtocolError)
         if isinstance(message, _HELLOS):
             if message.protocol_version != PROTOCOL_VERSION:
-                raise LinkProtocolError(
+                raise UnsupportedProtocolVersion(
                     f"unsupported protocol version {message.protocol_version}; "
                     f"this hub speaks {PROTOCOL_VERSION}"
                 )

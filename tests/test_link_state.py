@@ -7,7 +7,12 @@ import itertools
 import pytest
 from helpers import expect
 
-from leapcore.errors import LinkProtocolError, LocalError, UnexpectedMessage
+from leapcore.errors import (
+    LinkProtocolError,
+    LocalError,
+    UnexpectedMessage,
+    UnsupportedProtocolVersion,
+)
 from leapcore.link_codec import (
     CONTROL_TYPES,
     ChannelAccept,
@@ -181,7 +186,7 @@ def test_an_error_record_closes_from_any_live_state() -> None:
 def test_hub_refuses_other_protocol_versions(hello: LinkMessage) -> None:
     hub = LinkConnection(LinkRole.HUB)
     expect(
-        LinkProtocolError,
+        UnsupportedProtocolVersion,
         r"^unsupported protocol version \d+; this hub speaks 1$",
         hub.receive,
         encode(hello),
