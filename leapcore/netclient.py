@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +28,8 @@ from .trioutil import single_exception
 __all__ = ["TRANSPORTS", "connect_link", "tls_context"]
 
 TRANSPORTS: Final = ("websocket", "h2")
+#: Seconds a graceful close of the link may take when the block ends normally.
+CLOSE_TIMEOUT: Final = 5.0
 
 
 def tls_context(ca_file: str | None = None) -> ssl.SSLContext:
@@ -85,6 +88,10 @@ async def _connected(
         try:
             yield pipe
         finally:
-            with trio.CancelScope(shield=True):
+            # A graceful close needs this nursery's reader; when the block is left by a
+            # cancellation that reader is cancelled too, so close at once instead of
+            # waiting (shielded) for a close handshake that can never complete.
+            cancelled = trio.current_effective_deadline() == -math.inf
+            with trio.move_on_after(0 if cancelled else CLOSE_TIMEOUT, shield=True):
                 await pipe.aclose()
             nursery.cancel_scope.cancel()

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import shlex
+import signal
+import socket
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from leapcore.config import worker_settings
+import trio
+
+from leapcore.config import LOG_LEVELS, worker_settings
+from leapcore.errors import ConfigError
 from leapcore.paths import cross_worker_pins_path
 from leapcore.pinstore import PinStore
+from leapcore.workerd import Worker, WorkerExit, parse_labels, run_until_signal
+from leapcore.workerstate import StartupAction
 
 from . import pincmd
-from .common import Parser, make_parser, not_yet, run
+from .common import EXIT_OK, Parser, make_parser, run
 
 CROSS_WORKER_HINT = (
     "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
@@ -49,15 +58,114 @@ def cross_worker_store(args: argparse.Namespace) -> PinStore:
     )
 
 
+#: ``run`` flag -> setting key (only flags given explicitly override file and environment).
+RUN_FLAGS = (
+    "hub",
+    "registration_key",
+    "name",
+    "data_dir",
+    "encryption_mode",
+    "labels",
+    "transport",
+    "ca_file",
+    "log_level",
+)
+EXIT_MESSAGES = {
+    WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; local state "
+    "({path}) deleted",
+    WorkerExit.WIPED: "leapcore-worker: the hub rejected this worker's credentials (it was "
+    "deleted or deregistered); local state ({path}) deleted",
+}
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
+
+
+def _run_flags(parser: argparse.ArgumentParser) -> None:
+    """The daemon's flags; SUPPRESS so that an absent flag never hides file or environment."""
+    add = parser.add_argument
+    hide = argparse.SUPPRESS
+    add("--hub", metavar="URL", default=hide, help="the hub's URL (http://, https:// or unix:)")
+    add(
+        "--registration-key",
+        metavar="KEY",
+        default=hide,
+        help="register with this key first (only for an unregistered worker; never saved)",
+    )
+    add("--name", metavar="NAME", default=hide, help="the worker's name (default: the hostname)")
+    add("--data-dir", metavar="DIR", default=hide, help="where state.json lives")
+    add(
+        "--encryption-mode",
+        metavar="MODE",
+        default=hide,
+        help="classic or post-quantum (the default)",
+    )
+    add("--labels", metavar="K=V,...", default=hide, help="labels shown to the owner")
+    add("--transport", metavar="NAME", default=hide, help="websocket (default) or h2")
+    add("--ca-file", metavar="FILE", default=hide, help="trust only this CA for https:// hubs")
+    add("--log-level", metavar="LEVEL", default=hide, help="debug, info (default), warn, error")
+    add(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=hide,
+        help="worker config file (default: ~/.config/leapcore/worker/worker.toml if it exists)",
+    )
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """``leapcore-worker run``: settings, startup checks, then the daemon until it ends."""
+    flags = {key: getattr(args, key) for key in RUN_FLAGS if hasattr(args, key)}
+    settings, _ = worker_settings(
+        flags=flags, env=os.environ, home=Path.home(), config_path=getattr(args, "config", None)
+    )
+    if not settings["hub"].strip():
+        raise ConfigError("hub URL is required")
+    if settings["log_level"] not in LOG_LEVELS:
+        raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
+    level = _LOG_LEVELS.get(settings["log_level"], logging.ERROR)
+    logging.basicConfig(
+        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    data_dir = Path(settings["data_dir"])
+    worker = Worker(
+        data_dir,
+        hub_url=settings["hub"],
+        name=settings["name"] or socket.gethostname(),
+        transport=settings["transport"],
+        ca_file=settings["ca_file"] or None,
+        labels=parse_labels(settings["labels"]),
+        encryption_mode=settings["encryption_mode"],
+        registration_key=settings["registration_key"] or None,
+    )
+    action = worker.prepare()
+
+    async def start() -> WorkerExit:
+        if action is StartupAction.REGISTER:
+            await worker.register()
+        return await worker.run()
+
+    result = trio.run(run_until_signal, start, (signal.SIGINT, signal.SIGTERM), worker.stop)
+    message = EXIT_MESSAGES.get(result)
+    if message is not None:
+        print(message.format(path=data_dir / "state.json"), file=sys.stderr)
+    return EXIT_OK
+
+
 def build_parser() -> Parser:
     parser = make_parser(
         "leapcore-worker",
         "Run a leapcore worker: dial out to a hub, keep the link open and answer "
         "end-to-end encrypted channels from the worker's owner.",
     )
+    _run_flags(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    run_parser = sub.add_parser("run", help="run the worker (the default; not implemented yet)")
-    run_parser.set_defaults(handler=not_yet("leapcore-worker run"))
+    run_parser = sub.add_parser(
+        "run",
+        help="run the worker (the default)",
+        description="Register if needed, then keep a link to the hub until stopped "
+        "(SIGINT/SIGTERM), deregistered or rejected.",
+    )
+    _run_flags(run_parser)
+    run_parser.set_defaults(handler=run_worker)
     pins = sub.add_parser(
         "cross-worker-pins",
         help="the sibling workers' keys this worker trusts (TOFU pins)",
@@ -75,7 +183,7 @@ def build_parser() -> Parser:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handler = getattr(args, "handler", None) or not_yet("leapcore-worker run")
+    handler = getattr(args, "handler", None) or run_worker
     result: int = handler(args)
     return result
 

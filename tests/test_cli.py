@@ -54,7 +54,7 @@ def test_unknown_flag_is_a_usage_error(name: str) -> None:
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize(("name", "verb"), [("leapcore-hub", "serve"), ("leapcore-worker", "run")])
+@pytest.mark.parametrize(("name", "verb"), [("leapcore-hub", "serve")])
 def test_daemons_say_not_yet(name: str, verb: str) -> None:
     proc = run(name, verb)
     assert proc.returncode == 1

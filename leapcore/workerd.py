@@ -1,0 +1,567 @@
+"""The worker daemon (trio): register once, then keep one link to the hub.
+
+:class:`Worker` drives the sans-IO cores: :mod:`leapcore.workerstate` (the
+identity on disk and the startup table), :mod:`leapcore.link_state` (the
+worker's link state machine), :mod:`leapcore.backoff` (retry delays and the
+decision after each attempt) and :mod:`leapcore.heartbeat` (idle heartbeats,
+the greeting watchdog, latency). Time comes from ``now`` and ``trio.sleep``,
+so a ``trio.testing.MockClock`` drives it; jitter from the injected
+``uniform``.
+
+One connection attempt (:meth:`Worker.run`):
+
+1. dial; send ``connect`` and, straight after, the keyed first heartbeat;
+2. wait for ``worker_greeting`` (10 s, else the attempt ends and the worker
+   reconnects);
+3. then read, answer and send heartbeats until the link ends. Every outbound
+   frame after the first two goes through one queue; enqueueing it counts as
+   traffic for the idle-heartbeat schedule.
+
+``go_away`` records the hub's delay (waited exactly once after the drop);
+``deregister`` is acknowledged, ``state.json`` is deleted and :meth:`run`
+returns :attr:`WorkerExit.DEREGISTERED`; an ``error`` record with code
+``unauthenticated`` before the greeting means the token was rejected: the
+state is wiped and :meth:`run` returns :attr:`WorkerExit.WIPED`. Everything
+else ends the attempt and is retried with backoff.
+
+Channels are not served yet: a ``channel_request`` is refused with
+``channel_reject`` code ``handshake_failed`` (the worker did not accept
+message 1), so the client hears a prompt refusal instead of the hub's
+timeout; channel frames and closes are ignored.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from ._version import __version__
+from .backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
+from .errors import ConfigError, LinkClosed, LinkProtocolError, LocalError
+from .heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
+from .link_codec import (
+    PROTOCOL_VERSION,
+    ChannelReject,
+    ChannelRequest,
+    Connect,
+    Deregister,
+    DeregisterAck,
+    ErrorMessage,
+    GoAway,
+    Heartbeat,
+    HeartbeatAck,
+    LinkMessage,
+    Register,
+    Registered,
+    WorkerGreeting,
+)
+from .link_state import LinkConnection, LinkRole
+from .mode import parse_encryption_mode
+from .netclient import TRANSPORTS, connect_link
+from .netpipe import LinkPipe, parse_hub_url
+from .workerstate import (
+    UNREGISTERED,
+    StartupAction,
+    WorkerState,
+    ensure_keys,
+    load_state,
+    save_state,
+    startup_action,
+    wipe_state,
+)
+
+__all__ = [
+    "PERMANENT_REGISTRATION_CODES",
+    "RegistrationRejected",
+    "Worker",
+    "WorkerExit",
+    "parse_labels",
+    "run_until_signal",
+]
+
+log = logging.getLogger("leapcore.worker")
+
+#: Hub error codes that end registration for good (everything else is retried).
+PERMANENT_REGISTRATION_CODES: Final = frozenset(
+    {"unauthenticated", "invalid_argument", "permission_denied"}
+)
+#: Seconds one registration attempt may take before it counts as a transient failure.
+REGISTER_TIMEOUT: Final = 30.0
+#: Seconds allowed to flush the deregister ack before the link is torn down.
+FLUSH_TIMEOUT: Final = 5.0
+#: Seconds a graceful stop may take before the daemon is cancelled outright.
+STOP_TIMEOUT: Final = 10.0
+#: Frames the outbound queue holds before a sender waits.
+QUEUE_SIZE: Final = 256
+#: What a refused channel_request says (channels are not served by this version).
+CHANNEL_REJECT_CODE: Final = "handshake_failed"
+CHANNEL_REJECT_MESSAGE: Final = "this worker does not serve channels yet"
+
+Dial = Callable[[], AbstractAsyncContextManager[LinkPipe]]
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (white space around items ignored; empty text: no labels)."""
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"labels: {item!r} is not key=value")
+        if key in labels:
+            raise ConfigError(f"labels: {key!r} is given twice")
+        labels[key] = value.strip()
+    return labels
+
+
+class RegistrationRejected(LocalError):
+    """The hub refused the registration key for good (``registration rejected: <code>: <msg>``).
+
+    ``hub_code`` is the hub's error code (``unauthenticated``, ``invalid_argument`` or
+    ``permission_denied``).
+    """
+
+    code = "registration_rejected"
+
+    def __init__(self, hub_code: str, message: str) -> None:
+        super().__init__(f"registration rejected: {hub_code}: {message}")
+        self.hub_code = hub_code
+
+
+class _Transient(Exception):
+    """An attempt failed in a way that is retried (never escapes this module)."""
+
+
+class WorkerExit(enum.Enum):
+    """Why :meth:`Worker.run` returned."""
+
+    #: :meth:`Worker.stop` was called.
+    STOPPED = "stopped"
+    #: The hub deregistered the worker: acknowledged, ``state.json`` deleted.
+    DEREGISTERED = "deregistered"
+    #: The hub rejected the auth token at connect: ``state.json`` deleted.
+    WIPED = "wiped"
+
+
+class _MessageReader:
+    """Whole, checked messages from a pipe through one :class:`LinkConnection`."""
+
+    def __init__(self, pipe: LinkPipe, conn: LinkConnection) -> None:
+        self._pipe = pipe
+        self._conn = conn
+
+    async def next(self) -> LinkMessage:
+        while True:
+            message = self._conn.next_message()
+            if message is not None:
+                return message
+            self._conn.receive_data(await self._pipe.receive())
+
+
+@attrs.define
+class _Attempt:
+    """One connection attempt's state (a fresh one per dial)."""
+
+    pipe: LinkPipe
+    conn: LinkConnection
+    schedule: HeartbeatSchedule
+    watchdog: GreetingWatchdog
+    meter: LatencyMeter
+    queue_in: trio.MemorySendChannel[bytes]
+    queue_out: trio.MemoryReceiveChannel[bytes]
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    greeted: trio.Event = attrs.Factory(trio.Event)
+    writer_done: trio.Event = attrs.Factory(trio.Event)
+    result: Outcome | WorkerExit | None = None
+
+    def finish(self, result: Outcome | WorkerExit) -> None:
+        if self.result is None:
+            self.result = result
+        self.scope.cancel()
+
+
+class Worker:
+    """A worker's daemon: registration, then the connect loop (see the module docstring).
+
+    ``dial`` replaces the network (tests pass an in-memory pipe); by default it is
+    :func:`~leapcore.netclient.connect_link` to ``hub_url`` with ``transport`` and
+    ``ca_file``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        hub_url: str,
+        name: str,
+        transport: str = "websocket",
+        ca_file: str | None = None,
+        version: str = __version__,
+        labels: Mapping[str, str] | None = None,
+        encryption_mode: str = "post-quantum",
+        registration_key: str | None = None,
+        uniform: Callable[[], float] = system_uniform,
+        now: Callable[[], float] = trio.current_time,
+        dial: Dial | None = None,
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
+        if dial is None:
+            parse_hub_url(hub_url)  # a bad URL is a configuration error, before any dial
+        self.data_dir = Path(data_dir)
+        self.hub_url = hub_url
+        self.name = name
+        self.transport = transport
+        self.ca_file = ca_file
+        self.version = version
+        self.labels = dict(labels or {})
+        self.encryption_mode = str(parse_encryption_mode(encryption_mode))
+        self.registration_key = registration_key or None
+        self._uniform = uniform
+        self._now = now
+        self._dial = dial if dial is not None else self._dial_hub
+        self.state: WorkerState | None = None
+        self.policy = ReconnectPolicy(Backoff(uniform=uniform))
+        #: The greeting of the current link (None while not connected).
+        self.greeting: WorkerGreeting | None = None
+        #: Connection attempts made by :meth:`run` so far.
+        self.attempts = 0
+        self._attempt: _Attempt | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._register_scope: trio.CancelScope | None = None
+        self._stopped = False
+
+    # -- status ---------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """True while a link is up and the hub has greeted the worker."""
+        return self._attempt is not None and self._attempt.greeted.is_set()
+
+    @property
+    def latency(self) -> float | None:
+        """The last heartbeat round trip (seconds) on the current link, if measured."""
+        return self._attempt.meter.last if self._attempt is not None else None
+
+    # -- startup --------------------------------------------------------------------
+
+    def prepare(self) -> StartupAction:
+        """Startup (behavior.md §3.3): load state, make and save keys, apply the table.
+
+        The two refusals raise :class:`~leapcore.errors.ConfigError` with the messages of
+        :mod:`leapcore.workerstate`; the key is not consumed.
+        """
+        state = ensure_keys(self.data_dir, load_state(self.data_dir))
+        self.state = state
+        return startup_action(state, self.registration_key)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
+        """:meth:`prepare`, :meth:`register` if needed, then :meth:`run`."""
+        if self.prepare() is StartupAction.REGISTER and await self.register() is None:
+            return WorkerExit.STOPPED
+        return await self.run(task_status=task_status)
+
+    # -- registration ----------------------------------------------------------------
+
+    async def register(self) -> WorkerState | None:
+        """Consume the registration key; retried with backoff until it succeeds or is
+        refused for good (:class:`RegistrationRejected`). The key is never saved.
+
+        Returns the saved state, or ``None`` if :meth:`stop` was called first.
+        """
+        if not self.registration_key:
+            raise ConfigError("registration key is required")
+        if self.state is None or self.state.keys is None:
+            self.state = ensure_keys(self.data_dir, load_state(self.data_dir))
+        backoff = Backoff(uniform=self._uniform)
+        registered: Registered | None = None
+        with trio.CancelScope() as scope:
+            self._register_scope = scope
+            if self._stopped:
+                scope.cancel()
+            while registered is None:
+                try:
+                    registered = await self._register_once(self.registration_key)
+                except _Transient as exc:
+                    delay = backoff.next()
+                    log.warning("registration failed: %s; retrying in %.1fs", exc, delay)
+                    await trio.sleep(delay)
+        self._register_scope = None
+        if registered is None:
+            return None  # stop() was called
+        state = attrs.evolve(
+            self.state, worker_id=registered.worker_id, auth_token=registered.auth_token
+        )
+        path = save_state(self.data_dir, state)
+        self.state = state
+        log.info("registered as %s; credentials saved to %s", state.worker_id, path)
+        return state
+
+    async def _register_once(self, key: str) -> Registered:
+        conn = LinkConnection(LinkRole.WORKER)
+        try:
+            with trio.fail_after(REGISTER_TIMEOUT):
+                async with self._dial() as pipe:
+                    message = Register(PROTOCOL_VERSION, key, self.name, self.version, self.labels)
+                    await pipe.send(conn.send(message))
+                    answer = await _MessageReader(pipe, conn).next()
+        except (LinkClosed, LinkProtocolError, OSError, trio.TooSlowError) as exc:
+            raise _Transient(str(exc) or type(exc).__name__) from None
+        if isinstance(answer, ErrorMessage):
+            if answer.code in PERMANENT_REGISTRATION_CODES:
+                raise RegistrationRejected(answer.code, answer.message)
+            raise _Transient(f"{answer.code}: {answer.message}")
+        assert isinstance(answer, Registered)  # the state machine allows nothing else
+        return answer
+
+    # -- the connect loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End :meth:`run` gracefully (it returns :attr:`WorkerExit.STOPPED`).
+
+        A live link is closed cleanly (the hub sees the end at once); a backoff wait
+        or a registration in progress is cancelled.
+        """
+        self._stopped = True
+        if self._attempt is not None:
+            self._attempt.finish(WorkerExit.STOPPED)
+        elif self._run_scope is not None:
+            self._run_scope.cancel()
+        if self._register_scope is not None:
+            self._register_scope.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
+        """Connect and reconnect until stopped, deregistered or wiped (behavior.md §1.3)."""
+        if self.state is None:
+            self.state = load_state(self.data_dir)
+        if not self.state.registered or self.state.keys is None:
+            raise ConfigError(UNREGISTERED)
+        with trio.CancelScope() as scope:
+            self._run_scope = scope
+            if self._stopped:
+                scope.cancel()
+            task_status.started()
+            while not self._stopped:
+                started = self._now()
+                self.attempts += 1
+                result = await self._connect_once()
+                if isinstance(result, WorkerExit):
+                    return result
+                decision = self.policy.after_attempt(started, self._now(), result)
+                if decision.action is ReconnectAction.WIPE_AND_EXIT:
+                    wipe_state(self.data_dir)
+                    log.warning("the hub rejected this worker's auth token; local state wiped")
+                    return WorkerExit.WIPED
+                if decision.action is not ReconnectAction.RETRY or self._stopped:
+                    break
+                log.info("disconnected; reconnecting in %.1fs", decision.delay)
+                await trio.sleep(decision.delay)
+        self._run_scope = None
+        return WorkerExit.STOPPED
+
+    @asynccontextmanager
+    async def _dial_hub(self) -> AsyncIterator[LinkPipe]:
+        async with connect_link(self.hub_url, transport=self.transport, ca_file=self.ca_file) as p:
+            yield p
+
+    async def _connect_once(self) -> Outcome | WorkerExit:
+        try:
+            async with self._dial() as pipe:
+                return await self._serve_link(pipe)
+        except (LinkClosed, LinkProtocolError, OSError) as exc:
+            log.info("link ended: %s", exc)
+            return Outcome.TRANSIENT
+        finally:
+            self._attempt = None
+            self.greeting = None
+
+    async def _serve_link(self, pipe: LinkPipe) -> Outcome | WorkerExit:
+        state = self.state
+        assert state is not None and state.keys is not None
+        conn = LinkConnection(LinkRole.WORKER)
+        connected_at = self._now()
+        queue_in, queue_out = trio.open_memory_channel[bytes](QUEUE_SIZE)
+        attempt = _Attempt(
+            pipe,
+            conn,
+            HeartbeatSchedule(connected_at),
+            GreetingWatchdog(connected_at),
+            LatencyMeter(),
+            queue_in,
+            queue_out,
+        )
+        self._attempt = attempt
+        public = state.keys.public
+        first = Heartbeat(
+            attempt.meter.probe(connected_at),
+            encryption_mode=self.encryption_mode,
+            public_key=public.x25519,
+            mlkem_public_key=public.mlkem,
+            slhdsa_public_key=public.slhdsa,
+        )
+        # Written directly, before the queue exists (behavior.md §2.1).
+        try:
+            await pipe.send(conn.send(Connect(PROTOCOL_VERSION, state.auth_token)))
+            await pipe.send(conn.send(first))
+        except LinkClosed:
+            # The hub may have refused the connect and closed: read once for its reason.
+            with trio.move_on_after(FLUSH_TIMEOUT):
+                answer = await _MessageReader(pipe, conn).next()
+                if isinstance(answer, ErrorMessage):
+                    result = await self._handle(attempt, answer)
+                    if result is not None:
+                        return result
+            raise
+        attempt.schedule.on_sent(self._now())
+        with attempt.scope:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, attempt)
+                nursery.start_soon(self._reader, attempt)
+                nursery.start_soon(self._heartbeats, attempt)
+                nursery.start_soon(self._watchdog, attempt)
+        return attempt.result if attempt.result is not None else Outcome.TRANSIENT
+
+    async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
+        """The one way out after the first two frames; enqueueing counts as traffic."""
+        if attempt.result is not None:
+            return  # the attempt is ending; the link may already be closed
+        data = attempt.conn.send(message)
+        try:
+            await attempt.queue_in.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        attempt.schedule.on_sent(self._now())
+
+    async def _writer(self, attempt: _Attempt) -> None:
+        try:
+            async with attempt.queue_out:
+                async for data in attempt.queue_out:
+                    await attempt.pipe.send(data)
+        except LinkClosed as exc:
+            log.info("link ended while sending: %s", exc)
+            attempt.finish(Outcome.TRANSIENT)
+        finally:
+            attempt.writer_done.set()
+
+    async def _watchdog(self, attempt: _Attempt) -> None:
+        deadline = attempt.watchdog.deadline()
+        assert deadline is not None
+        with trio.move_on_at(deadline):
+            await attempt.greeted.wait()
+        if attempt.watchdog.expired(self._now()):
+            log.warning(
+                "no greeting from the hub within %ss; reconnecting", GreetingWatchdog.TIMEOUT
+            )
+            attempt.finish(Outcome.TRANSIENT)
+
+    async def _heartbeats(self, attempt: _Attempt) -> None:
+        schedule = attempt.schedule
+        while True:
+            await trio.sleep_until(schedule.next_deadline())
+            now = self._now()
+            if schedule.poll(now):
+                await self._enqueue(attempt, Heartbeat(attempt.meter.probe(now)))
+
+    async def _reader(self, attempt: _Attempt) -> None:
+        reader = _MessageReader(attempt.pipe, attempt.conn)
+        try:
+            while True:
+                message = await reader.next()
+                result = await self._handle(attempt, message)
+                if result is not None:
+                    attempt.finish(result)
+                    return
+        except (LinkClosed, LinkProtocolError) as exc:
+            log.info("link ended: %s", exc)
+            attempt.finish(Outcome.TRANSIENT)
+
+    async def _handle(self, attempt: _Attempt, message: LinkMessage) -> Outcome | WorkerExit | None:
+        if isinstance(message, WorkerGreeting):
+            attempt.watchdog.on_greeting()
+            attempt.greeted.set()
+            self.greeting = message
+            log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
+        elif isinstance(message, HeartbeatAck):
+            attempt.meter.on_echo(message.seq, self._now())
+        elif isinstance(message, GoAway):
+            log.info(
+                "hub going away (%s); reconnect in %ss", message.reason, message.reconnect_delay
+            )
+            self.policy.hub_requested_delay(message.reconnect_delay)
+        elif isinstance(message, Deregister):
+            return await self._deregistered(attempt, message)
+        elif isinstance(message, ChannelRequest):
+            reject = ChannelReject(
+                message.request_id,
+                message.channel_id,
+                CHANNEL_REJECT_CODE,
+                CHANNEL_REJECT_MESSAGE,
+            )
+            await self._enqueue(attempt, reject)
+        elif isinstance(message, ErrorMessage):
+            log.warning("hub error: %s: %s", message.code, message.message)
+            if message.code == "unauthenticated" and not attempt.greeted.is_set():
+                return Outcome.TOKEN_REJECTED
+            return Outcome.TRANSIENT
+        # channel_close and channel data: no channels are served yet.
+        return None
+
+    async def _deregistered(self, attempt: _Attempt, message: Deregister) -> WorkerExit:
+        log.warning("deregistered by the hub: %s", message.reason)
+        await self._enqueue(attempt, DeregisterAck(message.request_id))
+        await attempt.queue_in.aclose()  # the writer drains the ack, then stops
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await attempt.writer_done.wait()
+        wipe_state(self.data_dir)
+        return WorkerExit.DEREGISTERED
+
+
+async def _cancel_after(scope: trio.CancelScope, seconds: float) -> None:
+    await trio.sleep(seconds)
+    scope.cancel()
+
+
+async def run_until_signal(
+    start: Callable[[], Awaitable[WorkerExit]],
+    signals: tuple[int, ...],
+    stop: Callable[[], None] | None = None,
+) -> WorkerExit:
+    """Run ``start()`` until it returns or one of ``signals`` arrives.
+
+    The first signal calls ``stop()`` (a graceful stop) and allows it
+    :data:`STOP_TIMEOUT` seconds; a second signal, the timeout, or a signal when no
+    ``stop`` was given cancels ``start()`` outright. A stopped run is ``STOPPED``.
+    """
+    result = WorkerExit.STOPPED
+    with trio.open_signal_receiver(*signals) as receiver:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                graceful = stop
+                async for signum in receiver:
+                    log.info("signal %d: stopping", signum)
+                    if graceful is None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    graceful()
+                    graceful = None  # a second signal, or a stop that hangs, cancels outright
+                    nursery.start_soon(_cancel_after, nursery.cancel_scope, STOP_TIMEOUT)
+
+            async def main() -> None:
+                nonlocal result
+                result = await start()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(main)
+    return result
