@@ -14,6 +14,8 @@ registry of worker links. The first frame of a link says what it is:
   serve ``hub_request`` calls (:mod:`leapcore.hubrpc`). Channel opening is
   not implemented yet: ``open_channel`` is refused with ``unavailable``.
 
+``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hubmetrics`).
+
 Each link has one writer task fed by a bounded queue, and one reader that
 never waits for the writer: everything it answers is queued without
 blocking, and a peer that lets its queue fill up is disconnected. A bad or
@@ -47,6 +49,7 @@ from .errors import (
     Unauthenticated,
 )
 from .heartbeat import Liveness
+from .hubmetrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .hubrpc import RequestError, call
 from .hubstore import Notification, SQLiteHubStore, User, Worker
 from .keys import PublicKeyBundle
@@ -186,7 +189,10 @@ class Hub:
         self._request_ids = itertools.count(1)
         self._closing = False
         self._serve_scope: trio.CancelScope | None = None
-        self.server = LinkServer(self._on_link, routes={"/healthz": _healthz})
+        #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
+        self.metrics = HubMetrics()
+        self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
+        self.server = LinkServer(self._on_link, routes=self._routes)
 
     # -- what hubrpc needs ------------------------------------------------------------
 
@@ -222,9 +228,7 @@ class Hub:
         Returns after :meth:`shutdown`. The store is closed when it returns.
         """
         if ssl_context is not None:
-            self.server = LinkServer(
-                self._on_link, routes={"/healthz": _healthz}, ssl_context=ssl_context
-            )
+            self.server = LinkServer(self._on_link, routes=self._routes, ssl_context=ssl_context)
         try:
             with trio.CancelScope() as scope:
                 self._serve_scope = scope
@@ -305,6 +309,7 @@ class Hub:
             return
         except LinkProtocolError as exc:
             log.info("%s: %s", link.name, exc)
+            self.metrics.frame_rejected(exc.code)
             link.fail(exc.code, str(exc))
         except LeapcoreError as exc:  # the store failed, or a bug: this link alone ends
             log.error("%s: %s: %s", link.name, type(exc).__name__, exc)
@@ -329,6 +334,7 @@ class Hub:
         if isinstance(message, ClientHello):
             return self._client_hello(link, message)
         if isinstance(message, OpenChannel):
+            self.metrics.channel_open("unavailable")
             link.enqueue(
                 ChannelRefused(message.request_id, "unavailable", "channels are not supported yet")
             )
@@ -351,16 +357,21 @@ class Hub:
                 now_ms=self.now_ms(),
             )
         except StorageError:
+            self.metrics.registration("error")
             raise
         except Unauthenticated as exc:
+            self.metrics.registration("rejected")
             link.fail("unauthenticated", str(exc))
             return True
         except QuotaExceeded as exc:
+            self.metrics.registration("quota")
             link.fail("quota_exceeded", str(exc))
             return True
         except LocalError as exc:
+            self.metrics.registration("rejected")
             link.fail("invalid_argument", str(exc))
             return True
+        self.metrics.registration("ok")
         log.info("worker %s registered for %s", worker.id, worker.owner_name)
         link.enqueue(Registered(worker.id, token))
         return True
@@ -461,6 +472,17 @@ class Hub:
             )
             return
         link.enqueue(HubResponse(request.request_id, result=result))
+
+    # -- metrics -------------------------------------------------------------------------------
+
+    def _metrics_route(self) -> HttpResponse:
+        links = list(self._links)
+        snapshot = Snapshot(
+            workers_online=len(self._workers),
+            worker_links=sum(1 for link in links if link.worker is not None),
+            client_links=sum(1 for link in links if link.user is not None),
+        )
+        return 200, CONTENT_TYPE, self.metrics.render(snapshot)
 
 
 def _healthz() -> HttpResponse:

@@ -1,0 +1,126 @@
+"""The hub's Prometheus metrics, served at ``GET /metrics`` in the text format.
+
+Each :class:`HubMetrics` owns its own ``CollectorRegistry`` (never the process-wide
+default one), so several hubs in one process, and tests, keep separate figures.
+
+The gauges (workers online, links by kind, channels) are set from the hub's live
+state just before each scrape (:meth:`HubMetrics.render` takes a
+:class:`Snapshot`), so they can never drift from what the hub holds; the
+counters are incremented where the events happen. Every known label value is
+created at start-up so its series reads 0 rather than being absent.
+
+Names (all prefixed ``leapcore_hub_``):
+
+* ``workers_online`` (gauge): workers holding a greeted link;
+* ``links{kind}`` (gauge, ``worker`` or ``client``): authenticated links;
+* ``channels`` (gauge): open channels (0 until channels exist);
+* ``relayed_bytes_total`` (counter): channel bytes relayed (0 until channels exist);
+* ``frames_rejected_total{reason}`` (counter): links ended by a bad frame, by the
+  error code sent back (``link_protocol_error``, ``frame_too_large``,
+  ``unsupported_protocol_version``, ``unexpected_message``, ``relay_violation``);
+* ``registrations_total{outcome}`` (counter): ``register`` requests by outcome
+  (``ok``, ``rejected``, ``quota``, ``error`` when the store failed);
+* ``channel_opens_total{result}`` (counter): ``open_channel`` requests by result
+  (only ``unavailable`` so far: channels are refused).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import attrs
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.exposition import generate_latest
+
+__all__ = [
+    "CONTENT_TYPE",
+    "LINK_KINDS",
+    "OPEN_RESULTS",
+    "REGISTRATION_OUTCOMES",
+    "REJECT_REASONS",
+    "HubMetrics",
+    "Snapshot",
+]
+
+#: The classic Prometheus text format, which ``generate_latest`` writes. Spelled out:
+#: newer prometheus-client releases name version 1.0.0 in ``CONTENT_TYPE_LATEST``.
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+PREFIX: Final = "leapcore_hub"
+LINK_KINDS: Final = ("worker", "client")
+REJECT_REASONS: Final = (
+    "link_protocol_error",
+    "frame_too_large",
+    "unsupported_protocol_version",
+    "unexpected_message",
+    "relay_violation",
+)
+REGISTRATION_OUTCOMES: Final = ("ok", "rejected", "quota", "error")
+OPEN_RESULTS: Final = ("unavailable",)
+
+
+@attrs.frozen
+class Snapshot:
+    """The hub's live state at scrape time."""
+
+    workers_online: int
+    worker_links: int
+    client_links: int
+    channels: int = 0
+
+
+class HubMetrics:
+    """One hub's metrics in a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        reg = self.registry
+        self.workers_online = Gauge(
+            f"{PREFIX}_workers_online", "Workers holding a greeted link.", registry=reg
+        )
+        self.links = Gauge(
+            f"{PREFIX}_links", "Authenticated links by kind.", ["kind"], registry=reg
+        )
+        self.channels = Gauge(f"{PREFIX}_channels", "Open channels.", registry=reg)
+        self.relayed_bytes = Counter(
+            f"{PREFIX}_relayed_bytes", "Channel bytes relayed between peers.", registry=reg
+        )
+        self.frames_rejected = Counter(
+            f"{PREFIX}_frames_rejected",
+            "Links ended by a bad frame, by the error code sent back.",
+            ["reason"],
+            registry=reg,
+        )
+        self.registrations = Counter(
+            f"{PREFIX}_registrations", "Worker registrations by outcome.", ["outcome"], registry=reg
+        )
+        self.channel_opens = Counter(
+            f"{PREFIX}_channel_opens",
+            "open_channel requests (each carries handshake message 1) by result.",
+            ["result"],
+            registry=reg,
+        )
+        for kind in LINK_KINDS:
+            self.links.labels(kind=kind)
+        for reason in REJECT_REASONS:
+            self.frames_rejected.labels(reason=reason)
+        for outcome in REGISTRATION_OUTCOMES:
+            self.registrations.labels(outcome=outcome)
+        for result in OPEN_RESULTS:
+            self.channel_opens.labels(result=result)
+
+    def frame_rejected(self, reason: str) -> None:
+        self.frames_rejected.labels(reason=reason).inc()
+
+    def registration(self, outcome: str) -> None:
+        self.registrations.labels(outcome=outcome).inc()
+
+    def channel_open(self, result: str) -> None:
+        self.channel_opens.labels(result=result).inc()
+
+    def render(self, snapshot: Snapshot) -> bytes:
+        """Set the gauges from ``snapshot`` and return the text exposition."""
+        self.workers_online.set(snapshot.workers_online)
+        self.links.labels(kind="worker").set(snapshot.worker_links)
+        self.links.labels(kind="client").set(snapshot.client_links)
+        self.channels.set(snapshot.channels)
+        return generate_latest(self.registry)
