@@ -186,6 +186,8 @@ class Hub:
         self._links: set[_Link] = set()
         #: Worker id -> its live link ("online" means being in here).
         self._workers: dict[str, _Link] = {}
+        #: owner id -> ids of that owner's workers holding a link (for the per-user cap).
+        self._online_by_owner: dict[str, set[str]] = {}
         self._request_ids = itertools.count(1)
         self._closing = False
         self._serve_scope: trio.CancelScope | None = None
@@ -277,6 +279,11 @@ class Hub:
             self._links.discard(link)
             if link.worker is not None and self._workers.get(link.worker.id) is link:
                 del self._workers[link.worker.id]
+                owned = self._online_by_owner.get(link.worker.owner_id)
+                if owned is not None:
+                    owned.discard(link.worker.id)
+                    if not owned:
+                        del self._online_by_owner[link.worker.owner_id]
                 log.info("worker %s is offline", link.worker.id)
 
     async def _serve_link(self, link: _Link) -> None:
@@ -388,11 +395,8 @@ class Hub:
             link.fail("unauthenticated", "invalid auth token")
             return True
         cap = self.store.max_workers_per_user
-        live = sum(
-            1
-            for w, other in self._workers.items()
-            if w != worker.id and other.worker and other.worker.owner_id == worker.owner_id
-        )
+        owned = self._online_by_owner.get(worker.owner_id, set())
+        live = len(owned) - (worker.id in owned)  # a reconnect replaces its own slot
         if cap and live >= cap:
             link.fail(
                 "quota_exceeded",
@@ -405,6 +409,7 @@ class Hub:
         link.enqueue(WorkerGreeting(worker.id, worker.owner_id, worker.owner_name))
         old = self._workers.get(worker.id)
         self._workers[worker.id] = link
+        self._online_by_owner.setdefault(worker.owner_id, set()).add(worker.id)
         if old is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
             old.scope.cancel()
