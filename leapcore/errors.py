@@ -31,6 +31,7 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeStateError",
+    "HubRequestFailed",
     "InvalidEncryptionMode",
     "InvalidMessage",
     "KeyFileError",
@@ -230,6 +231,18 @@ class UnexpectedMessage(LinkProtocolError):
     """A link message that is not allowed in the link's current state."""
 
     code = "unexpected_message"
+
+
+class HubRequestFailed(RemoteProtocolError):
+    """The hub answered a request with an error that has no more specific class here
+    (``internal``, ``unavailable``, ``invalid_argument`` or a code this version does not
+    know); the hub's code is the ``hub_code`` attribute."""
+
+    code = "hub_request_failed"
+
+    def __init__(self, hub_code: str, message: str) -> None:
+        super().__init__(f"{hub_code}: {message}")
+        self.hub_code = hub_code
 
 
 class LinkClosed(RemoteProtocolError):

@@ -4,7 +4,8 @@ Pure functions: the environment and the home directory are arguments.
 
 * Client config dir: ``$LEAPCORE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/leapcore``,
   else ``~/.config/leapcore``. Per hub: ``<config dir>/<hub host>/`` holds
-  ``pins.json`` (and the hub credentials).
+  ``pins.json``; the hub credentials saved by ``leapcore remote login`` are
+  ``<config dir>/<hub host>.json``.
 * Hub host: the URL's host, plus ``_<port>`` when a port is given; for a
   ``unix:`` URL the whole URL with ``/``, ``\\`` and ``:`` replaced by ``_``.
 * Worker: default config dir ``~/.config/leapcore/worker``, config file
@@ -29,6 +30,7 @@ __all__ = [
     "CLIENT_CONFIG_ENV",
     "DEFAULT_HUB_URL",
     "client_config_dir",
+    "client_credentials_path",
     "client_pins_path",
     "cross_worker_pins_path",
     "hub_config_dir",
@@ -77,6 +79,11 @@ def hub_dir_name(hub_url: str) -> str:
 
 def client_pins_path(env: Mapping[str, str], home: Path, hub_url: str) -> Path:
     return client_config_dir(env, home) / hub_dir_name(hub_url) / "pins.json"
+
+
+def client_credentials_path(env: Mapping[str, str], home: Path, hub_url: str) -> Path:
+    """Where ``leapcore remote login`` keeps the API token for ``hub_url``."""
+    return client_config_dir(env, home) / f"{hub_dir_name(hub_url)}.json"
 
 
 def worker_config_dir(home: Path) -> Path:

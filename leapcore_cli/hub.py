@@ -1,12 +1,209 @@
-"""``leapcore-hub``: the relay workers dial out to."""
+"""``leapcore-hub``: the relay workers dial out to (``serve``, the default) and ``admin``.
+
+``serve`` reads the hub settings (:func:`leapcore.config.hub_settings`: flags given >
+``LEAPCORE_HUB_*`` > the config file > defaults), opens ``<data dir>/hub.db`` — creating it
+when missing, with a note on stderr, since a new hub must be able to start; users are then
+added with ``leapcore-hub admin user create`` — prints ``leapcore-hub listening on URL`` per
+listener on stdout, and runs until SIGINT/SIGTERM, which calls :meth:`Hub.shutdown`
+(``go_away`` to every link) and exits 0 within :data:`STOP_TIMEOUT` seconds.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import logging
+import os
+import signal
+import ssl
+import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import trio
+
+from leapcore.config import hub_settings
+from leapcore.errors import ConfigError, LocalError
+from leapcore.hub import Hub
+from leapcore.paths import hub_database_path
+from leapcore.trioutil import single_exception
 
 from . import hubadmin
-from .common import Parser, make_parser, not_yet, run
+from .common import EXIT_OK, Parser, make_parser, run
+
+#: ``serve`` flag -> setting key (only flags given explicitly override file and environment).
+SERVE_FLAGS: Final = ("listen", "listen_unix", "data_dir", "tls_cert", "tls_key", "log_level")
+#: Destination prefix of the flags given before any subcommand (``leapcore-hub --listen …``).
+TOP: Final = "top_"
+#: Seconds the hub may take to stop after the first signal before it is cancelled outright.
+STOP_TIMEOUT: Final = 10.0
+_LOG_LEVELS: Final = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warn": logging.WARNING,
+    "error": logging.ERROR,
+}
+
+log = logging.getLogger("leapcore.hub")
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); port 0 picks a free one."""
+    host, sep, port_text = text.strip().rpartition(":")
+    if not sep or not host:
+        raise ConfigError(f"listen address {text!r} must be HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(f"listen address {text!r}: port must be a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"listen address {text!r}: port must be 0-65535")
+    return host, port
+
+
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load TLS certificate {cert!r} / key {key!r}: {exc}") from None
+    return context
+
+
+def _url(scheme: str, bound: tuple[str, int]) -> str:
+    host, port = bound[0], bound[1]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+async def serve_until_signal(
+    hub: Hub,
+    *,
+    host: str,
+    port: int,
+    unix_path: str | None,
+    ssl_context: ssl.SSLContext | None,
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """Serve until a signal: the first one shuts the hub down gracefully (go-away to every
+    link) with :data:`STOP_TIMEOUT` seconds to finish; a second one cancels outright."""
+    with trio.open_signal_receiver(*signals) as receiver:
+        async with trio.open_nursery() as nursery:
+
+            async def run_hub(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await hub.serve(
+                    host=host,
+                    port=port,
+                    unix_path=unix_path,
+                    ssl_context=ssl_context,
+                    task_status=task_status,
+                )
+                # serve returns after shutdown: stop watching for signals.
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                first = True
+                async for signum in receiver:
+                    if not first:
+                        nursery.cancel_scope.cancel()
+                        return
+                    first = False
+                    log.info("signal %d: shutting down", signum)
+                    nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
+                    nursery.start_soon(hub.shutdown)
+
+            bound = await nursery.start(run_hub)
+            scheme = "https" if ssl_context is not None else "http"
+            print(f"leapcore-hub listening on {_url(scheme, bound)}", flush=True)
+            if unix_path:
+                print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
+            nursery.start_soon(watch)
+
+
+def serve(args: argparse.Namespace) -> int:
+    """``leapcore-hub serve``: settings, the database, then the hub until a signal."""
+    given = {
+        key: getattr(args, key, getattr(args, TOP + key, None))
+        for key in (*SERVE_FLAGS, "config")
+        if hasattr(args, key) or hasattr(args, TOP + key)
+    }
+    config = given.pop("config", None)
+    settings, _ = hub_settings(flags=given, env=os.environ, home=Path.home(), config_path=config)
+    host, port = parse_listen(settings["listen"])
+    logging.basicConfig(
+        level=_LOG_LEVELS.get(settings["log_level"], logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    ssl_context = (
+        server_tls_context(settings["tls_cert"], settings["tls_key"])
+        if settings["tls_cert"]
+        else None
+    )
+    db = hub_database_path(Path(settings["data_dir"]))
+    created = not db.exists()
+    hub = Hub(db, max_workers_per_user=settings["max_workers_per_user"])
+    if created:
+        print(
+            f"leapcore-hub: created a new, empty hub database {db}; add a user with "
+            f"`leapcore-hub admin user create NAME --admin --data-dir {db.parent}`",
+            file=sys.stderr,
+            flush=True,
+        )
+    unix_path = settings["listen_unix"] or None
+    try:
+        with single_exception():
+            trio.run(
+                functools.partial(
+                    serve_until_signal,
+                    hub,
+                    host=host,
+                    port=port,
+                    unix_path=unix_path,
+                    ssl_context=ssl_context,
+                )
+            )
+    except OSError as exc:
+        where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
+        raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    print("leapcore-hub: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
+def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    """The daemon's flags; SUPPRESS so that an absent flag never hides file or environment.
+    Before any subcommand their destinations carry ``prefix``: ``admin`` has flags of the same
+    names, and must not silently take (or drop) a ``--data-dir`` meant for ``serve``."""
+    hide = argparse.SUPPRESS
+
+    def add(flag: str, **kw: Any) -> None:
+        parser.add_argument(flag, dest=prefix + flag[2:].replace("-", "_"), **kw)
+
+    add(
+        "--listen",
+        metavar="HOST:PORT",
+        default=hide,
+        help="TCP address to listen on (default 127.0.0.1:4327; port 0 picks a free port)",
+    )
+    add("--listen-unix", metavar="PATH", default=hide, help="also listen on this Unix socket")
+    add(
+        "--data-dir",
+        metavar="DIR",
+        default=hide,
+        help="the directory holding hub.db (created if missing)",
+    )
+    add("--tls-cert", metavar="FILE", default=hide, help="PEM certificate chain (with --tls-key)")
+    add("--tls-key", metavar="FILE", default=hide, help="PEM private key (with --tls-cert)")
+    add("--log-level", metavar="LEVEL", default=hide, help="debug, info (default), warn, error")
+    add(
+        "--config",
+        metavar="FILE",
+        type=Path,
+        default=hide,
+        help="hub config file (default: ~/.config/leapcore/hub/hub.toml if it exists)",
+    )
 
 
 def build_parser() -> Parser:
@@ -15,14 +212,28 @@ def build_parser() -> Parser:
         "Run a leapcore hub: the relay that workers dial out to and clients reach them "
         "through. It routes end-to-end encrypted channels and never sees their content.",
     )
+    _serve_flags(parser, TOP)
+    parser.set_defaults(top_error=parser.error)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    sub.add_parser("serve", help="run the hub (the default; not implemented yet)")
+    serve_parser = sub.add_parser(
+        "serve",
+        help="run the hub (the default)",
+        description="Listen for workers and clients until SIGINT/SIGTERM, then tell every "
+        "link to come back later and exit.",
+    )
+    _serve_flags(serve_parser)
+    serve_parser.set_defaults(handler=serve)
     hubadmin.add_parser(sub)
     return parser
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    handler = getattr(args, "handler", None) or not_yet("leapcore-hub serve")
+    handler: Any = getattr(args, "handler", None) or serve
+    if handler is not serve:
+        early = sorted(k[len(TOP) :] for k in vars(args) if k.startswith(TOP) and k != "top_error")
+        if early:
+            flags = ", ".join("--" + k.replace("_", "-") for k in early)
+            args.top_error(f"{flags} before {args.command!r} applies to serve only; give it after")
     result: int = handler(args)
     return result
 

@@ -54,13 +54,6 @@ def test_unknown_flag_is_a_usage_error(name: str) -> None:
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize(("name", "verb"), [("leapcore-hub", "serve")])
-def test_daemons_say_not_yet(name: str, verb: str) -> None:
-    proc = run(name, verb)
-    assert proc.returncode == 1
-    assert f"{name} {verb}: not implemented yet" in proc.stderr
-
-
 def test_demo_human_output(tmp_path: Path) -> None:
     proc = run("leapcore", "demo", "--data-dir", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,255 @@
+"""A client of the hub itself (trio): sign in with an API token and make ``hub_request`` calls.
+
+::
+
+    async with hub_session("http://127.0.0.1:4327", token) as hub:
+        workers = await hub.list_workers()
+
+:func:`hub_session` dials the hub (:func:`~leapcore.netclient.connect_link`), sends
+``client_hello`` and waits for the ``client_greeting``; :meth:`HubSession.call` sends one
+``hub_request`` and waits for its ``hub_response``. One reader task matches responses to
+calls by ``request_id``, so calls may be made from several tasks at once (at most
+:data:`MAX_PENDING` outstanding).
+
+An error answer raises the matching leapcore error (:data:`ERROR_CLASSES`; any other code is
+:class:`~leapcore.errors.HubRequestFailed`). A link that ends, a ``go_away`` or an ``error``
+record from the hub fails every outstanding and later call with
+:class:`~leapcore.errors.LinkClosed` (or the error the record names). No trio exception group
+escapes the ``async with`` block when a single thing went wrong.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, Final
+
+import trio
+
+from .errors import (
+    FailedPrecondition,
+    HubRequestFailed,
+    LeapcoreError,
+    LinkClosed,
+    LinkProtocolError,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    Unauthenticated,
+)
+from .link_codec import (
+    PROTOCOL_VERSION,
+    ClientGreeting,
+    ClientHello,
+    ErrorMessage,
+    GoAway,
+    HubRequest,
+    HubResponse,
+    LinkMessage,
+)
+from .link_state import LinkConnection, LinkRole
+from .netclient import connect_link
+from .netpipe import LinkPipe
+from .trioutil import single_exception
+
+__all__ = [
+    "CALL_TIMEOUT",
+    "ERROR_CLASSES",
+    "GREETING_TIMEOUT",
+    "MAX_PENDING",
+    "HubSession",
+    "hub_error",
+    "hub_session",
+]
+
+log = logging.getLogger(__name__)
+
+#: Seconds the hub has to greet a new client link.
+GREETING_TIMEOUT: Final = 10.0
+#: Seconds a call waits for its answer by default.
+CALL_TIMEOUT: Final = 30.0
+#: Calls that may be outstanding at once; more wait for a free slot.
+MAX_PENDING: Final = 64
+
+#: Hub error codes (``hub_response`` and ``error`` records) -> the error raised.
+ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
+    "unauthenticated": Unauthenticated,
+    "not_found": NotFound,
+    "failed_precondition": FailedPrecondition,
+    "permission_denied": PermissionDenied,
+    "quota_exceeded": QuotaExceeded,
+}
+
+
+def hub_error(code: str, message: str) -> LeapcoreError:
+    """The leapcore error for a hub error ``code``."""
+    cls = ERROR_CLASSES.get(code)
+    if cls is None:
+        return HubRequestFailed(code, message)
+    return cls(message)
+
+
+class _Pending:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.result: dict[str, Any] | None = None
+        self.error: LeapcoreError | None = None
+
+
+class HubSession:
+    """A signed-in client link; made by :func:`hub_session`."""
+
+    def __init__(self, pipe: LinkPipe, conn: LinkConnection, greeting: ClientGreeting) -> None:
+        self._pipe = pipe
+        self._conn = conn
+        self._send_lock = trio.Lock()
+        self._slots = trio.Semaphore(MAX_PENDING)
+        self._ids = itertools.count(1)
+        self._last_id = 0
+        self._pending: dict[int, _Pending] = {}
+        self._failure: LeapcoreError | None = None
+        #: The signed-in user, as the hub greeted it.
+        self.user_id = greeting.user_id
+        self.user_name = greeting.user_name
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def call(
+        self, method: str, *, timeout: float = CALL_TIMEOUT, **params: Any
+    ) -> dict[str, Any]:
+        """Send ``method(params)`` and return the ``result`` object; raises on an error answer,
+        a closed link, or no answer within ``timeout`` seconds (:class:`LinkClosed`)."""
+        async with self._slots:
+            if self._failure is not None:
+                raise self._failure
+            request_id = next(self._ids)
+            self._last_id = request_id
+            pending = _Pending()
+            self._pending[request_id] = pending
+            try:
+                data = self._conn.send(HubRequest(request_id, method, dict(params)))
+                async with self._send_lock:
+                    await self._pipe.send(data)
+                with trio.move_on_after(timeout) as waited:
+                    await pending.done.wait()
+                if waited.cancelled_caught:
+                    raise LinkClosed(f"the hub did not answer {method} within {timeout:g}s")
+            finally:
+                self._pending.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    async def list_workers(self) -> list[dict[str, Any]]:
+        """The signed-in user's active workers (``workers.list``)."""
+        result = await self.call("workers.list")
+        workers: list[dict[str, Any]] = result["workers"]
+        return workers
+
+    async def create_registration_key(self) -> dict[str, Any]:
+        """``{"registration_key", "expires_at"}`` (ms since the epoch): ``regkey.create``."""
+        return await self.call("regkey.create")
+
+    async def extend_registration_key(self, key: str) -> int:
+        """The key's new expiry (ms); :class:`FailedPrecondition` while 2 min or more remain."""
+        expires_at: int = (await self.call("regkey.extend", registration_key=key))["expires_at"]
+        return expires_at
+
+    async def revoke_registration_key(self, key: str) -> None:
+        await self.call("regkey.revoke", registration_key=key)
+
+    async def registration_key_state(self, key: str) -> str:
+        """``live``, ``expired`` or ``consumed`` (a worker registered with it)."""
+        state: str = (await self.call("regkey.state", registration_key=key))["state"]
+        return state
+
+    async def deregister_worker(self, worker_id: str) -> dict[str, Any]:
+        """``{"worker_id", "status": "deregistering", "notified": bool}``."""
+        return await self.call("worker.deregister", worker_id=worker_id)
+
+    # -- the reader ------------------------------------------------------------------------
+
+    def _fail(self, error: LeapcoreError) -> None:
+        if self._failure is None:
+            self._failure = error
+        for pending in self._pending.values():
+            if not pending.done.is_set():
+                pending.error = self._failure
+                pending.done.set()
+
+    async def _reader(self) -> None:
+        """Deliver responses until the link ends; never raises (failures fail the calls)."""
+        try:
+            while True:
+                while (message := self._conn.next_message()) is not None:
+                    self._handle(message)
+                self._conn.receive_data(await self._pipe.receive())
+        except LeapcoreError as exc:
+            self._fail(exc)
+        finally:
+            self._fail(LinkClosed("the link to the hub is closed"))
+
+    def _handle(self, message: LinkMessage) -> None:
+        if isinstance(message, HubResponse):
+            pending = self._pending.get(message.request_id)
+            if pending is None:
+                if 0 < message.request_id <= self._last_id:
+                    return  # an answer to a call that gave up waiting
+                raise LinkProtocolError(f"hub_response for unknown request {message.request_id}")
+            if message.error_code is not None:
+                pending.error = hub_error(message.error_code, message.error_message or "")
+            elif message.result is None:
+                pending.error = LinkProtocolError("hub_response carries neither result nor error")
+            else:
+                pending.result = message.result
+            pending.done.set()
+        elif isinstance(message, GoAway):
+            log.info("the hub is going away: %s", message.reason)
+            raise LinkClosed(f"the hub is going away: {message.reason}")
+        elif isinstance(message, ErrorMessage):
+            raise hub_error(message.code, message.message)
+        # heartbeat_ack and channel traffic: nothing to do for hub calls.
+
+
+async def _greeting(pipe: LinkPipe, conn: LinkConnection) -> ClientGreeting:
+    with trio.move_on_after(GREETING_TIMEOUT):
+        while True:
+            conn.receive_data(await pipe.receive())
+            message = conn.next_message()
+            if message is None:
+                continue
+            if isinstance(message, ClientGreeting):
+                return message
+            if isinstance(message, ErrorMessage):
+                raise hub_error(message.code, message.message)
+            raise LinkProtocolError(f"expected client_greeting, got {message.type}")
+    raise LinkClosed(f"the hub did not greet within {GREETING_TIMEOUT:g}s")
+
+
+@asynccontextmanager
+async def hub_session(
+    url: str,
+    token: str,
+    *,
+    transport: str = "websocket",
+    ca_file: str | None = None,
+) -> AsyncIterator[HubSession]:
+    """Sign in to the hub at ``url`` with the API ``token``; the link closes with the block.
+
+    A refused token raises :class:`~leapcore.errors.Unauthenticated`; a hub that cannot be
+    reached, :class:`~leapcore.errors.LinkClosed`.
+    """
+    with single_exception():
+        async with connect_link(url, transport=transport, ca_file=ca_file) as pipe:
+            conn = LinkConnection(LinkRole.CLIENT)
+            await pipe.send(conn.send(ClientHello(PROTOCOL_VERSION, token)))
+            session = HubSession(pipe, conn, await _greeting(pipe, conn))
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(session._reader)
+                try:
+                    yield session
+                finally:
+                    nursery.cancel_scope.cancel()

@@ -1,0 +1,321 @@
+"""``leapcore-hub serve`` and the ``leapcore remote`` hub verbs, as real processes on loopback.
+
+Every wait is a bounded loop on a condition (an output line, a file, a process exit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from leapcore.errors import FailedPrecondition
+from leapcore_cli import remote
+
+T = TypeVar("T")
+TIMEOUT = 20.0
+
+
+def _script(name: str) -> str:
+    path = Path(sys.executable).with_name(name)
+    found = str(path) if path.exists() else shutil.which(name)
+    assert found, f"console script {name} is not installed"
+    return found
+
+
+def wait_for(condition: Callable[[], T | None], what: str, timeout: float = TIMEOUT) -> T:
+    """Poll ``condition`` until it is true-ish; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Proc:
+    """A background process whose stdout and stderr go to files."""
+
+    def __init__(self, env: dict[str, str], out: Path, *args: str) -> None:
+        self.out, self.err = out.with_suffix(".out"), out.with_suffix(".err")
+        with self.out.open("wb") as stdout, self.err.open("wb") as stderr:
+            self.popen = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=env)
+
+    def stdout(self) -> str:
+        return self.out.read_text()
+
+    def stderr(self) -> str:
+        return self.err.read_text()
+
+    def line(self, prefix: str) -> str:
+        def find() -> str | None:
+            for line in self.stdout().splitlines():
+                if line.startswith(prefix):
+                    return line
+            assert self.popen.poll() is None, f"exited: {self.stdout()} {self.stderr()}"
+            return None
+
+        return wait_for(find, f"a line starting {prefix!r}")
+
+    def wait(self, timeout: float = TIMEOUT) -> int:
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+            self.popen.wait(10)
+
+
+class Env:
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.config = tmp / "client"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LEAPCORE_")}
+        self.env["HOME"] = str(tmp)
+        self.env["LEAPCORE_CONFIG_DIR"] = str(self.config)
+        self.procs: list[Proc] = []
+        self.hub_dir = tmp / "hub"
+        self.url = ""
+        self.token = ""
+        self.hub: Proc | None = None
+
+    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        env = {**self.env, **extra}
+        return subprocess.run(
+            [_script(args[0]), *args[1:]],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            check=False,
+            env=env,
+        )
+
+    def remote(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return self.run("leapcore", "remote", *args, LEAPCORE_HUB=self.url)
+
+    def json(self, *args: str) -> Any:
+        proc = self.remote(*args, "--json")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        return json.loads(proc.stdout)
+
+    def start(self, name: str, *args: str, **extra: str) -> Proc:
+        proc = Proc({**self.env, **extra}, self.tmp / name, _script(args[0]), *args[1:])
+        self.procs.append(proc)
+        return proc
+
+    def start_hub(self) -> Proc:
+        created = self.run("leapcore-hub", "admin", "user", "create", "alice", "--json",
+                           "--data-dir", str(self.hub_dir))  # fmt: skip
+        assert created.returncode == 0, created.stderr
+        self.token = json.loads(created.stdout)["token"]
+        hub = self.start(
+            "hub", "leapcore-hub", "serve", "--listen", "127.0.0.1:0",
+            "--data-dir", str(self.hub_dir),
+        )  # fmt: skip
+        self.url = hub.line("leapcore-hub listening on ").split()[-1]
+        assert self.url.startswith("http://127.0.0.1:")
+        self.hub = hub
+        return hub
+
+    def login(self) -> None:
+        proc = self.remote("login", "--token", self.token)
+        assert proc.returncode == 0, proc.stderr
+        assert "logged in to" in proc.stdout
+
+    def start_worker(self, name: str, key: str) -> Proc:
+        return self.start(
+            name, "leapcore-worker", "run", "--hub", self.url, "--registration-key", key,
+            "--data-dir", str(self.tmp / name), "--name", name,
+        )  # fmt: skip
+
+    def workers(self) -> dict[str, dict[str, Any]]:
+        return {w["name"]: w for w in self.json("worker", "list")["workers"]}
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> Iterator[Env]:
+    e = Env(tmp_path)
+    try:
+        yield e
+    finally:
+        for proc in e.procs:
+            proc.kill()
+
+
+def _healthz(url: str) -> bytes:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    return reply
+
+
+def test_serve_login_register_list_and_deregister(env: Env) -> None:
+    env.start_hub()
+    assert _healthz(env.url).endswith(b"\r\n\r\nok\n")
+
+    env.login()
+    creds = env.config / f"127.0.0.1_{env.url.rsplit(':', 1)[1]}.json"
+    assert json.loads(creds.read_text()) == {"hub": env.url, "token": env.token}
+    assert stat.S_IMODE(creds.stat().st_mode) == 0o600
+    assert stat.S_IMODE(creds.parent.stat().st_mode) == 0o700
+    assert env.json("worker", "list") == {"workers": []}
+
+    minted = env.json("worker", "reg-key", "create", "--no-wait")
+    key = minted["registration_key"]
+    assert minted["command"] == shlex.join(
+        ["leapcore-worker", "--hub", env.url, "--registration-key", key]
+    )
+    worker = env.start_worker("box", key)
+    box = wait_for(
+        lambda: env.workers().get("box", {}).get("online") and env.workers()["box"],
+        "the worker to be online",
+    )
+    assert box["encryption_mode"] == "post-quantum"
+    assert box["last_seen_at"].endswith("Z")
+    table = env.remote("worker", "list")
+    assert table.returncode == 0
+    assert table.stdout.split("\n")[0].split() == ["NAME", "ID", "STATE", "LAST", "SEEN", "MODE"]
+    assert table.stdout.split("\n")[1].split()[:3] == ["box", box["id"], "online"]
+
+    gone = env.json("worker", "deregister", "--worker-id", box["id"])
+    assert gone == {"worker_id": box["id"], "status": "deregistering", "notified": True}
+    assert worker.wait() == 0
+    assert "deregistered by the hub" in worker.stderr()
+    assert env.json("worker", "list") == {"workers": []}
+
+    # Deregistering it again: not found (exit 3), via LEAPCORE_WORKER_ID.
+    again = env.run("leapcore", "remote", "worker", "deregister", "--json",
+                    LEAPCORE_HUB=env.url, LEAPCORE_WORKER_ID=box["id"])  # fmt: skip
+    assert again.returncode == 3
+    assert json.loads(again.stdout)["error"]["code"] == "not_found"
+
+
+def test_reg_key_waits_for_a_worker_then_hub_stops_gracefully(env: Env) -> None:
+    hub = env.start_hub()
+    creator = env.start(
+        "creator", "leapcore", "remote", "worker", "reg-key", "create",
+        "--hub", env.url, "--token", env.token, "--poll-interval", "0.05",
+    )  # fmt: skip
+    command = shlex.split(creator.line("  leapcore-worker "))
+    assert command[:3] == ["leapcore-worker", "--hub", env.url]
+    worker = env.start_worker("box", command[4])
+    assert creator.wait() == 0, creator.stderr()
+    assert "a worker registered with the key (state: consumed)" in creator.stdout()
+
+    env.login()
+    wait_for(lambda: env.workers().get("box", {}).get("online"), "the worker to be online")
+    hub.popen.send_signal(signal.SIGTERM)
+    assert hub.wait() == 0, hub.stderr()
+    # The worker heard the go-away and keeps trying to reconnect.
+    wait_for(lambda: "hub going away" in worker.stderr(), "the worker to log the go-away")
+    assert worker.popen.poll() is None
+
+
+def test_interrupted_reg_key_is_revoked(env: Env) -> None:
+    env.start_hub()
+    env.login()
+    creator = env.start(
+        "creator", "leapcore", "remote", "worker", "reg-key", "create", "--hub", env.url,
+        "--poll-interval", "0.05",
+    )  # fmt: skip
+    key = creator.line("registration key ").split()[-1]
+    creator.popen.send_signal(signal.SIGINT)
+    assert creator.wait() == 130
+    assert "interrupted: registration key revoked" in creator.stderr()
+    # The key no longer registers anyone.
+    listed = env.run("leapcore-hub", "admin", "reg-key", "list", "--json",
+                     "--data-dir", str(env.hub_dir))  # fmt: skip
+    assert json.loads(listed.stdout) == {"keys": []}
+    worker = env.start_worker("late", key)
+    assert worker.wait() == 1
+    assert "registration rejected: unauthenticated" in worker.stderr()
+
+
+def test_errors(env: Env) -> None:
+    # No hub listening: the link cannot be made (exit 5).
+    env.url = "http://127.0.0.1:9"
+    proc = env.remote("login", "--token", "x", "--json")
+    assert proc.returncode == 5
+    assert json.loads(proc.stdout)["error"]["code"] == "link_closed"
+    # No token anywhere: a usage error that says how to log in.
+    proc = env.remote("worker", "list")
+    assert proc.returncode == 2
+    assert "leapcore remote login" in proc.stderr
+
+    env.start_hub()
+    proc = env.remote("login", "--token", "not-a-token")
+    assert proc.returncode == 1
+    assert proc.stderr == "error: invalid API token\n"
+    assert not env.config.exists()
+    proc = env.run("leapcore", "remote", "worker", "list", "--json", LEAPCORE_HUB=env.url,
+                   LEAPCORE_TOKEN="wrong")  # fmt: skip
+    assert proc.returncode == 1
+    assert json.loads(proc.stdout)["error"]["code"] == "unauthenticated"
+
+
+def test_serve_bad_settings_are_usage_errors(env: Env) -> None:
+    for listen in ("nonsense", "127.0.0.1:99999", "127.0.0.1:http"):
+        proc = env.run("leapcore-hub", "serve", "--listen", listen, "--data-dir", str(env.hub_dir))
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.startswith("error: listen address")
+    proc = env.run("leapcore-hub", "--tls-cert", "x.pem", "--data-dir", str(env.hub_dir))
+    assert proc.returncode == 2
+    assert "'tls_cert' and 'tls_key' must be given together" in proc.stderr
+    assert not env.hub_dir.exists()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = env.run(
+            "leapcore-hub", "--listen", f"127.0.0.1:{port}", "--data-dir", str(env.hub_dir)
+        )
+    assert proc.returncode == 1
+    assert proc.stderr.endswith(
+        f"error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+    )
+
+
+class FakeSession:
+    """States in order; ``extend`` refused once (as when clocks differ), then granted."""
+
+    def __init__(self, states: list[str]) -> None:
+        self.states = states
+        self.extends: list[str] = []
+
+    async def registration_key_state(self, key: str) -> str:
+        return self.states.pop(0)
+
+    async def extend_registration_key(self, key: str) -> int:
+        self.extends.append(key)
+        if len(self.extends) == 1:
+            raise FailedPrecondition("extension not allowed yet")
+        return remote._now_ms() + 5 * 60 * 1000
+
+
+async def test_waiting_extends_the_key_only_near_its_expiry() -> None:
+    far = remote._now_ms() + 4 * 60 * 1000
+    session = FakeSession(["live", "live", "consumed"])
+    assert await remote.wait_until_used(session, "k", far, 0.0) == "consumed"  # type: ignore[arg-type]
+    assert session.extends == []
+    near = remote._now_ms() + 60 * 1000
+    session = FakeSession(["live", "live", "live", "expired"])
+    assert await remote.wait_until_used(session, "k", near, 0.0) == "expired"  # type: ignore[arg-type]
+    # Refused once, then granted: the new expiry is far again, so no third extension.
+    assert session.extends == ["k", "k"]
