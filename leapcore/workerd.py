@@ -240,6 +240,8 @@ class Worker:
         self._run_scope: trio.CancelScope | None = None
         self._register_scope: trio.CancelScope | None = None
         self._stopped = False
+        #: Set, then replaced, each time a link is greeted (see :meth:`wait_online`).
+        self._greeting_event = trio.Event()
 
     # -- status ---------------------------------------------------------------------
 
@@ -247,6 +249,12 @@ class Worker:
     def online(self) -> bool:
         """True while a link is up and the hub has greeted the worker."""
         return self._attempt is not None and self._attempt.greeted.is_set()
+
+    async def wait_online(self) -> None:
+        """Return once the hub has greeted the worker: now if it is online, else on the next
+        greeting (of this link or a later one)."""
+        while not self.online:
+            await self._greeting_event.wait()
 
     @property
     def latency(self) -> float | None:
@@ -490,6 +498,8 @@ class Worker:
             attempt.watchdog.on_greeting()
             attempt.greeted.set()
             self.greeting = message
+            self._greeting_event.set()
+            self._greeting_event = trio.Event()
             log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
         elif isinstance(message, HeartbeatAck):
             attempt.meter.on_echo(message.seq, self._now())
