@@ -125,8 +125,11 @@ async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: objec
     data = tmp_path / "data"
     save_state(data, WorkerState("w-1", "tok-1", generated_keypair))  # type: ignore[arg-type]
 
+    greeted = trio.Event()
+
     async def script(link: HubLink, n: int) -> None:
         await link.handshake()
+        greeted.set()
         await link.drain()
 
     with trio.fail_after(40):
@@ -138,9 +141,7 @@ async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: objec
                 env=_env(tmp_path),
                 stderr=subprocess.PIPE,
             )
-            while not hub.links or not hub.log:
-                assert process.poll() is None, "the worker exited early"
-                await trio.sleep(0.05)
+            await greeted.wait()  # the worker is connected and greeted
             process.send_signal(signal.SIGTERM)
             code = await process.wait()
             nursery.cancel_scope.cancel()
