@@ -372,7 +372,7 @@ class Worker:
                     return WorkerExit.WIPED
                 if decision.action is not ReconnectAction.RETRY or self._stopped:
                     break
-                log.info("disconnected; reconnecting in %.1fs", decision.delay)
+                log.info("disconnected; reconnecting in %.3fs", decision.delay)
                 await trio.sleep(decision.delay)
         self._run_scope = None
         return WorkerExit.STOPPED
