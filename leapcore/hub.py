@@ -11,15 +11,28 @@ registry of worker links. The first frame of a link says what it is:
   closes the older one), record heartbeats, deliver pending deregister
   notifications; 10 s without any inbound message ends the link;
 * ``client_hello``: authenticate the user, answer ``client_greeting``, then
-  serve ``hub_request`` calls (:mod:`leapcore.hubrpc`). Channel opening is
-  not implemented yet: ``open_channel`` is refused with ``unavailable``.
+  serve ``hub_request`` calls (:mod:`leapcore.hubrpc`) and channel opens.
+
+**Channels.** A client (or a worker, towards a sibling worker of the same
+owner) sends ``open_channel``; the hub checks ownership, assigns a hub-wide
+``channel_id`` and forwards ``channel_request`` to the worker's link, then
+relays ``channel_accept`` / ``channel_reject`` as ``channel_opened`` /
+``channel_refused`` (or ``timeout`` after :data:`OPEN_TIMEOUT`). A live
+channel relays data frames both ways after the relay rules and the credit
+rule (:mod:`leapcore.relay`); a violation closes that channel alone. When a
+link ends, its channels are closed towards their other ends.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hubmetrics`).
 
-Each link has one writer task fed by a bounded queue, and one reader that
-never waits for the writer: everything it answers is queued without
-blocking, and a peer that lets its queue fill up is disconnected. A bad or
-out-of-order frame closes only its own link, after an ``error`` record.
+Each link has one writer task and one reader that never waits for the writer:
+everything the reader answers or relays is queued without blocking. Control
+records go to a queue bounded by frame count (:data:`SEND_QUEUE`; a peer that
+lets it fill up is disconnected) and are written first; data frames wait in
+one queue per channel, bounded by that channel's credit
+(:data:`~leapcore.link_codec.CHANNEL_CREDIT` bytes per direction), and the
+writer takes them round-robin across channels. A slow reader thus stalls
+only the senders of its own channels. A bad or out-of-order frame closes only
+its own link, after an ``error`` record.
 
 Store calls are small synchronous SQLite statements made on the event loop
 thread: ``SQLiteHubStore`` holds one connection that may only be used from the
@@ -33,28 +46,39 @@ import logging
 import math
 import ssl
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import trio
 
+from .chunking import DEFAULT_MAX_MESSAGE_SIZE, MAX_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE
 from .errors import (
     LeapcoreError,
     LinkClosed,
     LinkProtocolError,
     LocalError,
+    NotFound,
     QuotaExceeded,
+    RelayViolation,
     StorageError,
     Unauthenticated,
 )
 from .heartbeat import Liveness
 from .hubmetrics import CONTENT_TYPE, HubMetrics, Snapshot
-from .hubrpc import RequestError, call
-from .hubstore import Notification, SQLiteHubStore, User, Worker
+from .hubrpc import WORKER_METHODS, RequestError, call
+from .hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 from .keys import PublicKeyBundle
 from .link_codec import (
+    ChannelAccept,
+    ChannelClose,
+    ChannelCredit,
+    ChannelData,
+    ChannelOpened,
     ChannelRefused,
+    ChannelReject,
+    ChannelRequest,
     ClientGreeting,
     ClientHello,
     Connect,
@@ -77,13 +101,30 @@ from .link_state import LinkConnection, LinkRole, LinkState
 from .mode import EncryptionMode, parse_encryption_mode
 from .netpipe import LinkPipe
 from .netserver import HttpResponse, LinkServer
+from .relay import ChannelRelay, RelayDirection
 
-__all__ = ["FIRST_FRAME_TIMEOUT", "GO_AWAY_DELAY", "SEND_QUEUE", "SHUTDOWN_BUDGET", "Hub"]
+__all__ = [
+    "FIRST_FRAME_TIMEOUT",
+    "GO_AWAY_DELAY",
+    "HUB_MAX_MESSAGE_SIZE",
+    "MAX_PENDING_OPENS",
+    "OPEN_TIMEOUT",
+    "SEND_QUEUE",
+    "SHUTDOWN_BUDGET",
+    "Hub",
+]
 
 log = logging.getLogger(__name__)
 
-#: Frames queued per link before the peer counts as not reading (and is disconnected).
+#: Control records queued per link before the peer counts as not reading (and is
+#: disconnected). Data frames are bounded by channel credit instead.
 SEND_QUEUE: Final = 256
+#: The largest channel message size the hub forwards (``Hub(max_message_size=...)``).
+HUB_MAX_MESSAGE_SIZE: Final = DEFAULT_MAX_MESSAGE_SIZE
+#: Seconds a worker has to answer a ``channel_request``.
+OPEN_TIMEOUT: Final = 30.0
+#: Channel opens one link may have waiting for their worker at once.
+MAX_PENDING_OPENS: Final = 64
 #: Seconds a new link has to send its first frame.
 FIRST_FRAME_TIMEOUT: Final = 10.0
 #: Seconds to flush a closing link's queued frames.
@@ -94,32 +135,126 @@ GO_AWAY_DELAY: Final = 10
 SHUTDOWN_BUDGET: Final = 2.0
 
 
-class _Link:
-    """One live link: its state machine, its outbound queue and who is on the other end."""
+_TO_WORKER: Final = RelayDirection.TO_WORKER
+_TO_CLIENT: Final = RelayDirection.TO_CLIENT
+_DIRECTION_LABELS: Final = {_TO_WORKER: "to_worker", _TO_CLIENT: "to_client"}
+#: Why a link's channels close towards their other ends, and what they are told.
+_END_MESSAGES: Final = {
+    "link_lost": "the other end's link to the hub was lost",
+    "replaced": "the worker connected again; its older link was closed",
+    "shutdown": "hub is shutting down",
+}
 
-    def __init__(self, pipe: LinkPipe, transport: str) -> None:
+
+class _Flow:
+    """One channel's frames waiting for one destination link's writer (one direction)."""
+
+    __slots__ = ("channel", "direction", "frames", "queued", "scheduled")
+
+    def __init__(self, channel: _Channel, direction: RelayDirection) -> None:
+        self.channel = channel
+        self.direction = direction
+        #: (encoded frame, credit cost); a trailing ``channel_close`` costs 0.
+        self.frames: deque[tuple[bytes, int]] = deque()
+        #: Credit-counted bytes waiting here or being written (at most CHANNEL_CREDIT).
+        self.queued = 0
+        #: Whether the flow is in its destination's round-robin ring.
+        self.scheduled = False
+
+
+class _Channel:
+    """A live channel: its two links, its relay state and one flow each way."""
+
+    def __init__(self, channel_id: int, opener: _Link, worker: _Link, size: int) -> None:
+        self.id = channel_id
+        #: The client (or sibling worker) that opened it; it sends TO_WORKER.
+        self.opener = opener
+        self.worker = worker
+        self.relay = ChannelRelay(channel_id, size)
+        self.live = True
+        self.flows = {d: _Flow(self, d) for d in RelayDirection}
+
+    def sender(self, direction: RelayDirection) -> _Link:
+        return self.opener if direction is _TO_WORKER else self.worker
+
+    def receiver(self, direction: RelayDirection) -> _Link:
+        return self.worker if direction is _TO_WORKER else self.opener
+
+    def other(self, link: _Link) -> _Link:
+        return self.worker if link is self.opener else self.opener
+
+    def toward(self, link: _Link) -> _Flow:
+        """The flow whose frames go to ``link``."""
+        return self.flows[_TO_WORKER if link is self.worker else _TO_CLIENT]
+
+
+class _Pending:
+    """An open forwarded to a worker, waiting for its accept or reject."""
+
+    def __init__(
+        self,
+        request_id: int,
+        channel_id: int,
+        opener: _Link,
+        opener_request_id: int,
+        worker: _Link,
+        size: int,
+    ) -> None:
+        self.request_id = request_id
+        self.channel_id = channel_id
+        self.opener = opener
+        self.opener_request_id = opener_request_id
+        self.worker = worker
+        self.size = size
+        self.settled = trio.Event()
+
+
+class _Link:
+    """One live link: its state machine, its outbound queues and who is on the other end."""
+
+    def __init__(
+        self,
+        pipe: LinkPipe,
+        transport: str,
+        on_written: Callable[[_Flow, int], None] | None = None,
+    ) -> None:
         self.pipe = pipe
         self.transport = transport
         self.conn = LinkConnection(LinkRole.HUB)
-        self._send, self._queue = trio.open_memory_channel[bytes | trio.Event](SEND_QUEUE)
+        self._on_written = on_written
+        #: Control records (and flush markers), written before any data.
+        self._control: deque[bytes | trio.Event] = deque()
+        #: Flows with frames waiting, served round-robin.
+        self._ready: deque[_Flow] = deque()
+        self._wake = trio.Event()
+        self._idle = False
+        self._closed = False
         self.scope = trio.CancelScope()
         self.writer_done = trio.Event()
+        self.nursery: trio.Nursery | None = None
         self.worker: Worker | None = None
         self.user: User | None = None
         self.mode: EncryptionMode | None = None
         self.liveness: Liveness | None = None
         #: Deregister request id -> notification id, awaiting the worker's ack.
         self.deregs: dict[int, str] = {}
+        #: Live channels this link is an end of, by id.
+        self.channels: dict[int, _Channel] = {}
+        #: Opens this link asked for, waiting for their worker (by the hub's request id).
+        self.opens: dict[int, _Pending] = {}
+        #: Opens waiting for this (worker) link's answer (by the hub's request id).
+        self.requests: dict[int, _Pending] = {}
 
     def _put(self, item: bytes | trio.Event) -> bool:
-        try:
-            self._send.send_nowait(item)
-        except trio.WouldBlock:
+        if self._closed:
+            return False
+        # An idle writer takes the first item at once: it holds one frame, like a hand-off.
+        if len(self._control) >= SEND_QUEUE + self._idle:
             log.warning("link %s: peer is not reading; closing the link", self.name)
             self.scope.cancel()
             return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return False
+        self._control.append(item)
+        self._wake.set()
         return True
 
     @property
@@ -131,12 +266,34 @@ class _Link:
         return f"({self.transport})"
 
     def enqueue(self, message: LinkMessage) -> bool:
-        """Queue ``message`` without waiting; False if it could not be (link closing)."""
+        """Queue a control record without waiting; False if it could not be (link closing)."""
         try:
             data = self.conn.send(message)
         except LocalError:
             return False
         return self._put(data)
+
+    def enqueue_data(self, flow: _Flow, message: ChannelData | ChannelClose, cost: int) -> bool:
+        """Queue ``message`` behind ``flow``'s frames (bounded by the channel's credit)."""
+        if self._closed:
+            return False
+        try:
+            data = self.conn.send(message)
+        except LocalError:
+            return False
+        flow.frames.append((data, cost))
+        flow.queued += cost
+        if not flow.scheduled:
+            flow.scheduled = True
+            self._ready.append(flow)
+        self._wake.set()
+        return True
+
+    def enqueue_close(self, flow: _Flow, message: ChannelClose) -> bool:
+        """Queue a ``channel_close``: after the channel's frames still waiting, if any."""
+        if flow.frames:
+            return self.enqueue_data(flow, message, 0)
+        return self.enqueue(message)
 
     def fail(self, code: str, message: str) -> None:
         """Queue an ``error`` record; the link ends after it."""
@@ -147,26 +304,54 @@ class _Link:
             self._put(encode(record))
 
     async def flushed(self) -> None:
-        """Wait until everything queued so far was handed to the transport."""
+        """Wait until every control record queued so far was handed to the transport."""
         event = trio.Event()
         if self._put(event):
             await event.wait()
 
     async def writer(self) -> None:
         try:
-            async with self._queue:
-                async for item in self._queue:
+            while True:
+                if self._control:
+                    item = self._control.popleft()
                     if isinstance(item, trio.Event):
                         item.set()
                     else:
                         await self.pipe.send(item)
+                elif self._ready:
+                    flow = self._ready.popleft()
+                    if not flow.frames:
+                        flow.scheduled = False
+                        continue
+                    data, cost = flow.frames.popleft()
+                    if flow.frames:
+                        self._ready.append(flow)  # round-robin: to the back of the ring
+                    else:
+                        flow.scheduled = False
+                    try:
+                        await self.pipe.send(data)
+                    finally:
+                        flow.queued -= cost
+                    if self._on_written is not None:
+                        self._on_written(flow, cost)
+                elif self._closed:
+                    return
+                else:
+                    self._wake = trio.Event()
+                    self._idle = True
+                    try:
+                        await self._wake.wait()
+                    finally:
+                        self._idle = False
         except LinkClosed:
             self.scope.cancel()
         finally:
             self.writer_done.set()
 
     def close_queue(self) -> None:
-        self._send.close()
+        """Accept nothing more; the writer ends once everything queued was written."""
+        self._closed = True
+        self._wake.set()
 
 
 class Hub:
@@ -177,10 +362,18 @@ class Hub:
         store_path: Path | str,
         *,
         max_workers_per_user: int = 64,
+        max_message_size: int = HUB_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
+        if not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE:
+            raise ValueError(
+                f"max_message_size must be within {MIN_MAX_MESSAGE_SIZE} .. "
+                f"{MAX_MAX_MESSAGE_SIZE}, got {max_message_size}"
+            )
         self.store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
+        #: The largest message size forwarded in a ``channel_request``.
+        self.max_message_size = max_message_size
         self._clock = clock
         self._wall_clock = wall_clock
         self._links: set[_Link] = set()
@@ -189,6 +382,12 @@ class Hub:
         #: owner id -> ids of that owner's workers holding a link (for the per-user cap).
         self._online_by_owner: dict[str, set[str]] = {}
         self._request_ids = itertools.count(1)
+        #: Channel ids: hub-wide, from 1, never reused while the hub runs.
+        self._channel_ids = itertools.count(1)
+        #: Live channels by id.
+        self._channels: dict[int, _Channel] = {}
+        #: Opens waiting for their worker, by the hub's request id.
+        self._opens: dict[int, _Pending] = {}
         self._closing = False
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
@@ -213,6 +412,17 @@ class Hub:
         if link is None:
             return False
         return self._send_deregister(link, note)
+
+    @property
+    def open_channels(self) -> int:
+        return len(self._channels)
+
+    def channel_buffered(self, channel_id: int) -> int:
+        """Credit-counted bytes the hub holds for a live channel, both directions."""
+        channel = self._channels.get(channel_id)
+        if channel is None:
+            return 0
+        return sum(flow.queued for flow in channel.flows.values())
 
     # -- serving --------------------------------------------------------------------------
 
@@ -243,8 +453,10 @@ class Hub:
             self.store.close()
 
     async def shutdown(self) -> None:
-        """Tell every peer to come back in 10 s (2 s budget in all), then close every link."""
+        """Close every channel, tell every peer to come back in 10 s (2 s budget in all),
+        then close every link."""
         self._closing = True
+        self._close_everything()
         links = list(self._links)
         with trio.move_on_after(SHUTDOWN_BUDGET):
             async with trio.open_nursery() as nursery:
@@ -259,16 +471,18 @@ class Hub:
     # -- one link ---------------------------------------------------------------------------
 
     async def _on_link(self, pipe: LinkPipe, transport: str) -> None:
-        link = _Link(pipe, transport)
+        link = _Link(pipe, transport, self._written)
         if self._closing:
             link.fail("unavailable", "hub is shutting down")
         self._links.add(link)
         try:
             async with trio.open_nursery() as nursery:
+                link.nursery = nursery
                 nursery.start_soon(link.writer)
                 if not self._closing:
                     with link.scope:
                         await self._serve_link(link)
+                self._drop_link(link, "link_lost")
                 link.close_queue()
                 with trio.move_on_after(FLUSH_TIMEOUT):
                     await link.writer_done.wait()
@@ -276,6 +490,7 @@ class Hub:
         except Exception:  # a bug must cost one link, never the hub
             log.exception("link %s: internal error", link.name)
         finally:
+            self._drop_link(link, "link_lost")
             self._links.discard(link)
             if link.worker is not None and self._workers.get(link.worker.id) is link:
                 del self._workers[link.worker.id]
@@ -327,6 +542,9 @@ class Hub:
 
     def _dispatch(self, link: _Link, message: LinkMessage) -> bool:
         """Handle one message; True when the link should end."""
+        if isinstance(message, ChannelData):
+            self._data(link, message)
+            return False
         if isinstance(message, Heartbeat):
             return self._heartbeat(link, message)
         if isinstance(message, HubRequest):
@@ -341,15 +559,20 @@ class Hub:
         if isinstance(message, ClientHello):
             return self._client_hello(link, message)
         if isinstance(message, OpenChannel):
-            self.metrics.channel_open("unavailable")
-            link.enqueue(
-                ChannelRefused(message.request_id, "unavailable", "channels are not supported yet")
-            )
+            self._open_channel(link, message)
+            return False
+        if isinstance(message, ChannelAccept):
+            self._channel_accept(link, message)
+            return False
+        if isinstance(message, ChannelReject):
+            self._channel_reject(link, message)
+            return False
+        if isinstance(message, ChannelClose):
+            self._channel_close(link, message)
             return False
         if isinstance(message, ErrorMessage):
             log.info("%s closed the link: %s: %s", link.name, message.code, message.message)
             return True
-        # Channel traffic (data, accept, reject, close): no channels exist yet.
         return False
 
     # -- registration -----------------------------------------------------------------------
@@ -412,6 +635,7 @@ class Hub:
         self._online_by_owner.setdefault(worker.owner_id, set()).add(worker.id)
         if old is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
+            self._drop_link(old, "replaced")
             old.scope.cancel()
         log.info("worker %s is online (%s)", worker.id, link.transport)
         for note in self.store.pending_notifications(worker.id):
@@ -467,9 +691,23 @@ class Hub:
         return False
 
     def _hub_request(self, link: _Link, request: HubRequest) -> None:
-        assert link.user is not None
+        if link.worker is not None:
+            # A worker asks as its owner, and only about its siblings.
+            if request.method not in WORKER_METHODS:
+                link.enqueue(
+                    HubResponse(
+                        request.request_id,
+                        error_code="permission_denied",
+                        error_message=f"method {request.method!r} is not available to workers",
+                    )
+                )
+                return
+            user = User(link.worker.owner_id, link.worker.owner_name, 0)
+        else:
+            assert link.user is not None
+            user = link.user
         try:
-            result = call(self, link.user, request.method, request.params)
+            result = call(self, user, request.method, request.params)
         except RequestError as exc:
             log.info("%s: %s failed: %s", link.name, request.method, exc.message)
             link.enqueue(
@@ -477,6 +715,236 @@ class Hub:
             )
             return
         link.enqueue(HubResponse(request.request_id, result=result))
+
+    # -- channels: opening -----------------------------------------------------------------
+
+    def _open_channel(self, link: _Link, message: OpenChannel) -> None:
+        def refuse(code: str, text: str, result: str | None = None) -> None:
+            self.metrics.channel_open(result or code)
+            log.info("%s: open_channel to %s refused: %s", link.name, message.worker_id, text)
+            link.enqueue(ChannelRefused(message.request_id, code, text))
+
+        size = message.max_message_size
+        if not MIN_MAX_MESSAGE_SIZE <= size <= MAX_MAX_MESSAGE_SIZE:
+            refuse(
+                "invalid_max_message_size",
+                f"max_message_size {size} is outside "
+                f"{MIN_MAX_MESSAGE_SIZE} .. {MAX_MAX_MESSAGE_SIZE}",
+            )
+            return
+        if self._closing:
+            refuse("unavailable", "hub is shutting down")
+            return
+        if len(link.opens) >= MAX_PENDING_OPENS:
+            refuse("unavailable", f"too many channel opens pending (at most {MAX_PENDING_OPENS})")
+            return
+        if link.worker is not None:  # a worker opening a channel to a sibling
+            owner_id, own_id = link.worker.owner_id, link.worker.id
+        else:
+            assert link.user is not None
+            owner_id, own_id = link.user.id, None
+        try:
+            target: Worker | None = self.store.get_worker(message.worker_id)
+        except NotFound:
+            target = None
+        if target is None or target.status is not WorkerStatus.ACTIVE or target.id == own_id:
+            refuse("not_found", "worker not found")
+            return
+        if target.owner_id != owner_id:
+            # Exactly what an unknown id gets: a stranger cannot probe which ids exist.
+            refuse("not_found", "worker not found", result="not_owner")
+            return
+        destination = self._workers.get(target.id)
+        if destination is None or link.nursery is None:
+            refuse("worker_offline", "worker is offline")
+            return
+        pending = _Pending(
+            next(self._request_ids),
+            next(self._channel_ids),
+            link,
+            message.request_id,
+            destination,
+            min(size, self.max_message_size),
+        )
+        request = ChannelRequest(
+            pending.request_id, pending.channel_id, owner_id, message.message1, pending.size
+        )
+        if not destination.enqueue(request):
+            refuse("worker_offline", "worker is offline")
+            return
+        self._opens[pending.request_id] = pending
+        link.opens[pending.request_id] = pending
+        destination.requests[pending.request_id] = pending
+        link.nursery.start_soon(self._open_timer, pending)
+
+    async def _open_timer(self, pending: _Pending) -> None:
+        with trio.move_on_after(OPEN_TIMEOUT):
+            await pending.settled.wait()
+            return
+        if self._opens.get(pending.request_id) is not pending:
+            return
+        self._settle(pending)
+        self.metrics.channel_open("timeout")
+        log.info("%s did not answer channel %d's open", pending.worker.name, pending.channel_id)
+        pending.opener.enqueue(
+            ChannelRefused(
+                pending.opener_request_id,
+                "timeout",
+                f"worker did not answer the open within {OPEN_TIMEOUT:g} s",
+            )
+        )
+        pending.worker.enqueue(ChannelClose(pending.channel_id, "closed", "channel open timed out"))
+
+    def _settle(self, pending: _Pending) -> None:
+        self._opens.pop(pending.request_id, None)
+        pending.opener.opens.pop(pending.request_id, None)
+        pending.worker.requests.pop(pending.request_id, None)
+        pending.settled.set()
+
+    def _answered(self, link: _Link, request_id: int, channel_id: int) -> _Pending | None:
+        """The open a worker's answer settles, or None (unknown: late, or not this link's)."""
+        pending = link.requests.get(request_id)
+        if pending is None or pending.channel_id != channel_id:
+            log.debug(
+                "%s answered unknown open (request %d, channel %d); ignored",
+                link.name,
+                request_id,
+                channel_id,
+            )
+            return None
+        self._settle(pending)
+        return pending
+
+    def _channel_accept(self, link: _Link, message: ChannelAccept) -> None:
+        pending = self._answered(link, message.request_id, message.channel_id)
+        if pending is None:
+            return
+        size = message.max_message_size
+        if not MIN_MAX_MESSAGE_SIZE <= size <= pending.size:
+            self.metrics.channel_open("invalid_accept")
+            log.info("%s accepted with max_message_size %d > %d", link.name, size, pending.size)
+            pending.opener.enqueue(
+                ChannelRefused(
+                    pending.opener_request_id,
+                    "handshake_failed",
+                    "worker answered an invalid max_message_size",
+                )
+            )
+            link.enqueue(
+                ChannelClose(
+                    pending.channel_id,
+                    "closed",
+                    f"max_message_size {size} is outside {MIN_MAX_MESSAGE_SIZE} .. {pending.size}",
+                )
+            )
+            return
+        channel = _Channel(pending.channel_id, pending.opener, link, size)
+        opened = ChannelOpened(pending.opener_request_id, channel.id, message.message2, size)
+        if not pending.opener.enqueue(opened):
+            link.enqueue(ChannelClose(channel.id, "link_lost", _END_MESSAGES["link_lost"]))
+            return
+        self.metrics.channel_open("opened")
+        self._channels[channel.id] = channel
+        channel.opener.channels[channel.id] = channel
+        link.channels[channel.id] = channel
+        log.debug("channel %d open: %s <-> %s", channel.id, channel.opener.name, link.name)
+
+    def _channel_reject(self, link: _Link, message: ChannelReject) -> None:
+        pending = self._answered(link, message.request_id, message.channel_id)
+        if pending is None:
+            return
+        self.metrics.channel_open("rejected")
+        pending.opener.enqueue(
+            ChannelRefused(
+                pending.opener_request_id,
+                message.code,
+                f"worker rejected channel: {message.message}",
+            )
+        )
+
+    # -- channels: relaying and closing ------------------------------------------------------
+
+    def _data(self, link: _Link, frame: ChannelData) -> None:
+        channel = link.channels.get(frame.channel_id)
+        if channel is None:
+            self.metrics.frame_dropped()
+            log.debug("%s: data for unknown channel %d dropped", link.name, frame.channel_id)
+            return
+        direction = _TO_WORKER if link is channel.opener else _TO_CLIENT
+        size = len(frame.ciphertext)
+        try:
+            ends = channel.relay.check(direction, frame.correlation_id, frame.flags, size)
+            cost = channel.relay.charge(direction, frame.flags, size)
+        except RelayViolation as exc:
+            self.metrics.frame_rejected("relay_violation")
+            log.info("%s: %s", link.name, exc)
+            self._close_channel(channel, "relay_violation", str(exc), (link, channel.other(link)))
+            return
+        channel.receiver(direction).enqueue_data(channel.flows[direction], frame, cost)
+        if ends:  # a CLOSE frame, forwarded: the channel is over at the hub
+            self._forget(channel)
+
+    def _written(self, flow: _Flow, cost: int) -> None:
+        """A destination's writer handed one of ``flow``'s frames to its transport."""
+        channel = flow.channel
+        if cost:
+            self.metrics.relayed(_DIRECTION_LABELS[flow.direction], cost)
+        if not channel.live:
+            return
+        grant = channel.relay.delivered(flow.direction, cost, queue_empty=not flow.frames)
+        if grant:
+            channel.sender(flow.direction).enqueue(ChannelCredit(channel.id, grant))
+
+    def _channel_close(self, link: _Link, message: ChannelClose) -> None:
+        channel = link.channels.get(message.channel_id)
+        if channel is None:
+            log.debug("%s: channel_close for unknown channel %d", link.name, message.channel_id)
+            return
+        self._close_channel(channel, message.code, message.message, (channel.other(link),))
+
+    def _forget(self, channel: _Channel) -> None:
+        channel.live = False
+        self._channels.pop(channel.id, None)
+        channel.opener.channels.pop(channel.id, None)
+        channel.worker.channels.pop(channel.id, None)
+
+    def _close_channel(
+        self, channel: _Channel, code: str, message: str, ends: Iterable[_Link]
+    ) -> None:
+        """Forget ``channel`` and tell ``ends``, each after the frames still queued to it."""
+        if not channel.live:
+            return
+        self._forget(channel)
+        for end in ends:
+            end.enqueue_close(channel.toward(end), ChannelClose(channel.id, code, message))
+
+    def _drop_link(self, link: _Link, code: str) -> None:
+        """``link`` is ending: close its channels and opens towards their other ends."""
+        text = _END_MESSAGES[code]
+        for channel in list(link.channels.values()):
+            self._close_channel(channel, code, text, (channel.other(link),))
+        for pending in list(link.opens.values()):  # its opens: the worker may stop waiting
+            self._settle(pending)
+            pending.worker.enqueue(ChannelClose(pending.channel_id, code, text))
+        for pending in list(link.requests.values()):  # opens waiting for this worker
+            self._settle(pending)
+            self.metrics.channel_open("worker_offline")
+            pending.opener.enqueue(
+                ChannelRefused(pending.opener_request_id, "worker_offline", "worker went offline")
+            )
+
+    def _close_everything(self) -> None:
+        """Hub shutdown: every channel closes both ways, every pending open is refused."""
+        text = _END_MESSAGES["shutdown"]
+        for channel in list(self._channels.values()):
+            self._close_channel(channel, "shutdown", text, (channel.opener, channel.worker))
+        for pending in list(self._opens.values()):
+            self._settle(pending)
+            self.metrics.channel_open("unavailable")
+            pending.opener.enqueue(
+                ChannelRefused(pending.opener_request_id, "unavailable", "hub is shutting down")
+            )
+            pending.worker.enqueue(ChannelClose(pending.channel_id, "shutdown", text))
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -486,6 +954,7 @@ class Hub:
             workers_online=len(self._workers),
             worker_links=sum(1 for link in links if link.worker is not None),
             client_links=sum(1 for link in links if link.user is not None),
+            channels=len(self._channels),
         )
         return 200, CONTENT_TYPE, self.metrics.render(snapshot)
 

@@ -13,15 +13,21 @@ Names (all prefixed ``leapcore_hub_``):
 
 * ``workers_online`` (gauge): workers holding a greeted link;
 * ``links{kind}`` (gauge, ``worker`` or ``client``): authenticated links;
-* ``channels`` (gauge): open channels (0 until channels exist);
-* ``relayed_bytes_total`` (counter): channel bytes relayed (0 until channels exist);
+* ``channels`` (gauge): open (relaying) channels;
+* ``relayed_bytes_total{direction}`` (counter): channel ciphertext bytes written to
+  the other end, ``to_worker`` (from the opener) or ``to_client`` (from the worker);
 * ``frames_rejected_total{reason}`` (counter): links ended by a bad frame, by the
   error code sent back (``link_protocol_error``, ``frame_too_large``,
-  ``unsupported_protocol_version``, ``unexpected_message``, ``relay_violation``);
+  ``unsupported_protocol_version``, ``unexpected_message``), and channels closed by a
+  data frame that broke a relay or credit rule (``relay_violation``);
+* ``frames_dropped_total`` (counter): data frames for an unknown channel, or one the
+  sender is not part of (dropped, never forwarded);
 * ``registrations_total{outcome}`` (counter): ``register`` requests by outcome
   (``ok``, ``rejected``, ``quota``, ``error`` when the store failed);
-* ``channel_opens_total{result}`` (counter): ``open_channel`` requests by result
-  (only ``unavailable`` so far: channels are refused).
+* ``channel_opens_total{result}`` (counter): ``open_channel`` requests by result:
+  ``opened``, ``rejected`` (by the worker), ``invalid_accept`` (the worker's answer
+  was refused), ``not_found``, ``not_owner`` (told ``not_found``),
+  ``worker_offline``, ``invalid_max_message_size``, ``unavailable``, ``timeout``.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ __all__ = [
     "OPEN_RESULTS",
     "REGISTRATION_OUTCOMES",
     "REJECT_REASONS",
+    "RELAY_DIRECTIONS",
     "HubMetrics",
     "Snapshot",
 ]
@@ -55,7 +62,18 @@ REJECT_REASONS: Final = (
     "relay_violation",
 )
 REGISTRATION_OUTCOMES: Final = ("ok", "rejected", "quota", "error")
-OPEN_RESULTS: Final = ("unavailable",)
+OPEN_RESULTS: Final = (
+    "opened",
+    "rejected",
+    "invalid_accept",
+    "not_found",
+    "not_owner",
+    "worker_offline",
+    "invalid_max_message_size",
+    "unavailable",
+    "timeout",
+)
+RELAY_DIRECTIONS: Final = ("to_worker", "to_client")
 
 
 @attrs.frozen
@@ -82,11 +100,19 @@ class HubMetrics:
         )
         self.channels = Gauge(f"{PREFIX}_channels", "Open channels.", registry=reg)
         self.relayed_bytes = Counter(
-            f"{PREFIX}_relayed_bytes", "Channel bytes relayed between peers.", registry=reg
+            f"{PREFIX}_relayed_bytes",
+            "Channel ciphertext bytes relayed between peers, by direction.",
+            ["direction"],
+            registry=reg,
+        )
+        self.frames_dropped = Counter(
+            f"{PREFIX}_frames_dropped",
+            "Data frames for an unknown channel or one the sender is not part of.",
+            registry=reg,
         )
         self.frames_rejected = Counter(
             f"{PREFIX}_frames_rejected",
-            "Links ended by a bad frame, by the error code sent back.",
+            "Links ended by a bad frame, and channels closed by a relay violation, by code.",
             ["reason"],
             registry=reg,
         )
@@ -107,6 +133,8 @@ class HubMetrics:
             self.registrations.labels(outcome=outcome)
         for result in OPEN_RESULTS:
             self.channel_opens.labels(result=result)
+        for direction in RELAY_DIRECTIONS:
+            self.relayed_bytes.labels(direction=direction)
 
     def frame_rejected(self, reason: str) -> None:
         self.frames_rejected.labels(reason=reason).inc()
@@ -116,6 +144,12 @@ class HubMetrics:
 
     def channel_open(self, result: str) -> None:
         self.channel_opens.labels(result=result).inc()
+
+    def relayed(self, direction: str, size: int) -> None:
+        self.relayed_bytes.labels(direction=direction).inc(size)
+
+    def frame_dropped(self) -> None:
+        self.frames_dropped.inc()
 
     def render(self, snapshot: Snapshot) -> bytes:
         """Set the gauges from ``snapshot`` and return the text exposition."""

@@ -25,9 +25,10 @@ from .errors import (
     StorageError,
     Unauthenticated,
 )
-from .hubstore import Notification, SQLiteHubStore, User, Worker
+from .hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
+from .records import b64encode
 
-__all__ = ["METHODS", "RequestError", "call"]
+__all__ = ["METHODS", "WORKER_METHODS", "RequestError", "call"]
 
 
 class RequestError(Exception):
@@ -134,6 +135,26 @@ def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -
     }
 
 
+def _worker_keys(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    worker_id: str = _params(params, worker_id=str)["worker_id"]
+    try:
+        worker = hub.store.get_worker(worker_id)
+    except NotFound:
+        worker = None
+    if worker is None or worker.owner_id != user.id or worker.status is not WorkerStatus.ACTIVE:
+        # Missing, foreign and deregistered workers are indistinguishable.
+        raise RequestError("not_found", "worker not found")
+    if worker.keys is None or worker.encryption_mode is None:
+        raise RequestError("failed_precondition", "worker has not reported its keys yet")
+    return {
+        "worker_id": worker.id,
+        "encryption_mode": worker.encryption_mode.value,
+        "public_key": b64encode(worker.keys.x25519),
+        "mlkem_public_key": b64encode(worker.keys.mlkem),
+        "slhdsa_public_key": b64encode(worker.keys.slhdsa),
+    }
+
+
 #: Method name -> implementation.
 METHODS: Final[dict[str, Method]] = {
     "workers.list": _workers_list,
@@ -142,7 +163,10 @@ METHODS: Final[dict[str, Method]] = {
     "regkey.revoke": _regkey_revoke,
     "regkey.state": _regkey_state,
     "worker.deregister": _worker_deregister,
+    "worker.keys": _worker_keys,
 }
+#: The methods a worker may call on its own link, acting as its owner.
+WORKER_METHODS: Final = frozenset({"workers.list", "worker.keys"})
 
 #: Store errors -> hub_response error codes (first match wins, so subclasses come first).
 _ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (

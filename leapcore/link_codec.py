@@ -32,6 +32,7 @@ from .errors import FrameTooLarge, LinkProtocolError, LocalError, RecordError
 from .records import b64decode_strict, b64encode, structure_strict, unstructure
 
 __all__ = [
+    "CHANNEL_CREDIT",
     "CLOSE_CODES",
     "CONTROL_TYPES",
     "KIND_CONTROL",
@@ -44,6 +45,7 @@ __all__ = [
     "WORKER_OPEN_ERRORS",
     "ChannelAccept",
     "ChannelClose",
+    "ChannelCredit",
     "ChannelData",
     "ChannelOpened",
     "ChannelRefused",
@@ -79,6 +81,7 @@ WORKER_OPEN_ERRORS: Final = frozenset(
         "invalid_max_message_size",
         "channel_already_active",
         "no_authenticated_user",
+        "permission_denied",
         "handshake_failed",
     }
 )
@@ -116,6 +119,9 @@ _MAX_DATA_BODY: Final = _DATA_HEADER.size + MAX_CIPHERTEXT
 #: The largest ``length`` a frame may declare (kind byte included).
 MAX_FRAME_LENGTH: Final = 1 + max(MAX_CONTROL_BODY, _MAX_DATA_BODY)
 _U64: Final = 2**64 - 1
+#: Bytes of ciphertext each sending end of a channel may have in the hub at once: the
+#: credit it starts with, per channel and direction (``channel_credit`` returns it).
+CHANNEL_CREDIT: Final = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -313,6 +319,21 @@ class ChannelClose(ControlMessage):
     message: str
 
 
+@attrs.frozen
+class ChannelCredit(ControlMessage):
+    """Hub -> peer: ``credit`` more bytes of ciphertext may be sent on ``channel_id``.
+
+    Each sending end starts a channel with :data:`CHANNEL_CREDIT` bytes; every data frame
+    it sends costs its ciphertext's length (CLOSE frames cost nothing). The hub returns
+    credit once the frames were written to the other end's link. ``credit`` is > 0.
+    """
+
+    type: ClassVar[str] = "channel_credit"
+
+    channel_id: int
+    credit: int
+
+
 # -- hub control ---------------------------------------------------------------
 
 
@@ -396,6 +417,7 @@ CONTROL_TYPES: Final[dict[str, type[ControlMessage]]] = {
         ChannelOpened,
         ChannelRefused,
         ChannelClose,
+        ChannelCredit,
         GoAway,
         Deregister,
         DeregisterAck,

@@ -14,6 +14,7 @@ Rules beyond the table, also enforced here:
 * A hello must carry :data:`~leapcore.link_codec.PROTOCOL_VERSION`.
 * A worker's first heartbeat carries its three public keys and a valid
   encryption mode; later heartbeats and every client heartbeat carry none.
+* A ``channel_credit`` grants a positive amount.
 * The ``code`` of ``channel_reject``, ``channel_refused``, ``channel_close``
   and ``error`` records comes from a fixed table (:data:`CODE_TABLES`).
 """
@@ -40,6 +41,7 @@ from .link_codec import (
     WORKER_OPEN_ERRORS,
     ChannelAccept,
     ChannelClose,
+    ChannelCredit,
     ChannelData,
     ChannelOpened,
     ChannelRefused,
@@ -101,22 +103,37 @@ S, R = Direction.SEND, Direction.RECEIVE
 W, C, H = LinkRole.WORKER, LinkRole.CLIENT, LinkRole.HUB
 St = LinkState
 
-#: Messages that flow on an established worker link, worker -> hub and hub -> worker.
+#: Messages that flow on an established worker link, worker -> hub and hub -> worker. A
+#: worker may also open channels to its sibling workers and ask the hub about them.
 _WORKER_UP: Final = (
     Heartbeat,
     ChannelAccept,
     ChannelReject,
     ChannelClose,
     DeregisterAck,
+    OpenChannel,
+    HubRequest,
     ChannelData,
 )
-_WORKER_DOWN: Final = (HeartbeatAck, ChannelRequest, ChannelClose, GoAway, Deregister, ChannelData)
+_WORKER_DOWN: Final = (
+    HeartbeatAck,
+    ChannelRequest,
+    ChannelOpened,
+    ChannelRefused,
+    ChannelCredit,
+    ChannelClose,
+    GoAway,
+    Deregister,
+    HubResponse,
+    ChannelData,
+)
 #: Messages that flow on an established client link, client -> hub and hub -> client.
 _CLIENT_UP: Final = (Heartbeat, OpenChannel, ChannelClose, HubRequest, ChannelData)
 _CLIENT_DOWN: Final = (
     HeartbeatAck,
     ChannelOpened,
     ChannelRefused,
+    ChannelCredit,
     ChannelClose,
     HubResponse,
     GoAway,
@@ -203,6 +220,11 @@ def _check_code(message: LinkMessage, error: type[LocalError | LinkProtocolError
         )
 
 
+def _check_credit(message: LinkMessage, error: type[LocalError | LinkProtocolError]) -> None:
+    if isinstance(message, ChannelCredit) and message.credit == 0:
+        raise error("channel_credit must grant a positive credit")
+
+
 class LinkConnection:
     """One end of one link: encodes what it sends, decodes and checks what it receives."""
 
@@ -234,6 +256,7 @@ class LinkConnection:
         """The bytes of ``message``; raises :class:`LocalError` if it may not be sent now."""
         target = self._move(Direction.SEND, message)
         _check_code(message, LocalError)
+        _check_credit(message, LocalError)
         if isinstance(message, Heartbeat):
             self._check_heartbeat(message, LocalError)
         data = encode(message)
@@ -279,6 +302,7 @@ class LinkConnection:
 
     def _check_received(self, message: LinkMessage) -> None:
         _check_code(message, LinkProtocolError)
+        _check_credit(message, LinkProtocolError)
         if isinstance(message, _HELLOS):
             if message.protocol_version != PROTOCOL_VERSION:
                 raise UnsupportedProtocolVersion(

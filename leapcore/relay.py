@@ -13,6 +13,15 @@ for its channel and direction before forwarding it:
 * a sequence's estimated plaintext, sum(ciphertext - 16), stays within the
   negotiated message size + 64 KiB.
 
+It also keeps each direction's **credit** (:meth:`ChannelRelay.charge`,
+:meth:`ChannelRelay.delivered`): a sending end starts with
+:data:`~leapcore.link_codec.CHANNEL_CREDIT` bytes; each FINAL or MORE frame costs
+its ciphertext's length (CLOSE costs nothing) and a frame beyond the credit
+left is a violation. Credit comes back once the hub wrote the frames to the other
+end, announced in batches: when a quarter of :data:`CHANNEL_CREDIT` is pending, or
+when that direction's queue runs empty. So the hub holds at most
+:data:`CHANNEL_CREDIT` bytes per channel and direction.
+
 A violation raises :class:`~leapcore.errors.RelayViolation` for that channel
 alone: the hub closes that channel (both ends) and nothing else.
 """
@@ -24,8 +33,10 @@ from typing import Final
 
 from .chunking import DEFAULT_MAX_MESSAGE_SIZE, FrameFlag, validate_max_message_size
 from .errors import RelayViolation
+from .link_codec import CHANNEL_CREDIT
 
 __all__ = [
+    "CREDIT_BATCH",
     "FLAG_CLOSE",
     "FLAG_FINAL",
     "FLAG_MORE",
@@ -42,6 +53,8 @@ _TAG: Final = 16
 
 #: How far past the negotiated size the hub's plaintext estimate may go.
 REASSEMBLY_SLACK: Final = 64 * 1024
+#: Returned credit is announced once this much is pending (or the queue ran empty).
+CREDIT_BATCH: Final = CHANNEL_CREDIT // 4
 
 
 class RelayDirection(enum.Enum):
@@ -50,11 +63,13 @@ class RelayDirection(enum.Enum):
 
 
 class _Direction:
-    __slots__ = ("estimate", "in_flight")
+    __slots__ = ("credit", "estimate", "in_flight", "unannounced")
 
-    def __init__(self) -> None:
+    def __init__(self, credit: int) -> None:
         self.in_flight = 0  # correlation id of the open chunked sequence; 0 = none
         self.estimate = 0
+        self.credit = credit  # bytes the sender may still send
+        self.unannounced = 0  # delivered bytes not yet given back with channel_credit
 
 
 class ChannelRelay:
@@ -62,14 +77,54 @@ class ChannelRelay:
 
     __slots__ = ("_directions", "ceiling", "channel_id")
 
-    def __init__(self, channel_id: int, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE) -> None:
+    def __init__(
+        self,
+        channel_id: int,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        *,
+        credit: int = CHANNEL_CREDIT,
+    ) -> None:
         self.channel_id = channel_id
         self.ceiling = validate_max_message_size(max_message_size) + REASSEMBLY_SLACK
-        self._directions = {d: _Direction() for d in RelayDirection}
+        self._directions = {d: _Direction(credit) for d in RelayDirection}
 
     def in_flight(self, direction: RelayDirection) -> int:
         """The correlation id of the chunked message in flight that way (0: none)."""
         return self._directions[direction].in_flight
+
+    def credit(self, direction: RelayDirection) -> int:
+        """The bytes the sender that way may still send before credit comes back."""
+        return self._directions[direction].credit
+
+    def charge(self, direction: RelayDirection, flags: int, ciphertext_size: int) -> int:
+        """Spend the sender's credit on one frame (checked with :meth:`check` first); the cost.
+
+        A frame costs its ciphertext's length, a CLOSE frame nothing. More than the credit
+        left is a :class:`~leapcore.errors.RelayViolation` (and nothing is spent).
+        """
+        cost = 0 if flags == FLAG_CLOSE else ciphertext_size
+        state = self._directions[direction]
+        if cost > state.credit:
+            raise RelayViolation(
+                f"channel {self.channel_id}: a {cost}-byte frame exceeds the sender's credit "
+                f"of {state.credit} bytes"
+            )
+        state.credit -= cost
+        return cost
+
+    def delivered(self, direction: RelayDirection, cost: int, *, queue_empty: bool) -> int:
+        """``cost`` bytes went out to the receiver; the credit to announce now (0: not yet).
+
+        Announced credit is the sender's again. A batch goes out once
+        :data:`CREDIT_BATCH` bytes are pending, or when the queue that way ran empty.
+        """
+        state = self._directions[direction]
+        state.unannounced += cost
+        if state.unannounced >= CREDIT_BATCH or (queue_empty and state.unannounced):
+            grant, state.unannounced = state.unannounced, 0
+            state.credit += grant
+            return grant
+        return 0
 
     def check(
         self, direction: RelayDirection, correlation_id: int, flags: int, ciphertext_size: int

@@ -396,9 +396,9 @@ async def test_client_requests(tmp_path: Path) -> None:
             # The link survived every refusal.
             await client.send(Heartbeat(3))
             assert await client.recv() == HeartbeatAck(3)
-            await client.send(OpenChannel(4, mine, b"m1", 65519))
+            await client.send(OpenChannel(4, offline, b"m1", 65519))
             refused = await client.recv()
-            assert refused.type == "channel_refused" and refused.code == "unavailable"  # type: ignore[attr-defined]
+            assert refused.type == "channel_refused" and refused.code == "worker_offline"  # type: ignore[attr-defined]
         assert env.store.get_worker(offline).status is WorkerStatus.ACTIVE
 
 

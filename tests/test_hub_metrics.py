@@ -106,7 +106,11 @@ def test_registry_is_per_instance_and_every_series_starts_at_zero() -> None:
     for reason in ("link_protocol_error", "unexpected_message", "relay_violation"):
         assert value(two, "frames_rejected_total", reason=reason) == 0
     assert value(two, "channel_opens_total", result="unavailable") == 0
-    assert value(two, "channels") == 0 and value(two, "relayed_bytes_total") == 0
+    assert value(two, "channels") == 0 and value(two, "frames_dropped_total") == 0
+    for direction in ("to_worker", "to_client"):
+        assert value(two, "relayed_bytes_total", direction=direction) == 0
+    for result in ("opened", "rejected", "not_found", "not_owner", "worker_offline", "timeout"):
+        assert value(two, "channel_opens_total", result=result) == 0
 
 
 async def test_metrics_over_http1_and_h2_agree(tmp_path: Path) -> None:
@@ -158,11 +162,12 @@ async def test_values_follow_workers_registrations_and_garbage(tmp_path: Path) -
             assert value(online, "workers_online") == 1
             assert value(online, "links", kind="worker") == 1
             assert value(online, "links", kind="client") == 1
-            await client.send(OpenChannel(4, worker_id, b"m1", 65519))
+            await client.send(OpenChannel(4, "no-such-worker", b"m1", 65519))
             refused = await client.recv()
             assert refused.type == "channel_refused"
             opened = await scrape(env)
-            assert value(opened, "channel_opens_total", result="unavailable") == 1
+            assert value(opened, "channel_opens_total", result="not_found") == 1
+            assert value(opened, "channel_opens_total", result="opened") == 0
             assert value(opened, "channels") == 0
         await wait_until(lambda: not env.hub.is_online(worker_id))
         await wait_until(lambda: not env.hub._links)
@@ -185,4 +190,6 @@ async def test_values_follow_workers_registrations_and_garbage(tmp_path: Path) -
         for code in junk.values():
             assert value(garbage, "frames_rejected_total", reason=code) == 1, code
         assert value(garbage, "frames_rejected_total", reason="relay_violation") == 0
-        assert value(garbage, "relayed_bytes_total") == 0
+        for direction in ("to_worker", "to_client"):
+            assert value(garbage, "relayed_bytes_total", direction=direction) == 0
+        assert value(garbage, "frames_dropped_total") == 0

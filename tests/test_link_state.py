@@ -17,6 +17,7 @@ from leapcore.link_codec import (
     CONTROL_TYPES,
     ChannelAccept,
     ChannelClose,
+    ChannelCredit,
     ChannelData,
     ChannelOpened,
     ChannelRefused,
@@ -74,6 +75,7 @@ SAMPLES: dict[str, LinkMessage] = {
         ChannelOpened(1, 5, bytes(48), 2**24),
         ChannelRefused(1, "not_found", "no such worker"),
         ChannelClose(5, "closed", "bye"),
+        ChannelCredit(5, 65536),
         GoAway(10, "hub is shutting down"),
         Deregister(3, "worker deregistered by owner"),
         DeregisterAck(3),
@@ -299,3 +301,32 @@ def test_codes_come_from_fixed_tables(message: LinkMessage) -> None:
     assert receiver.state is LinkState.CLOSED
     expect(LocalError, pattern, sender.send, message)
     assert sender.state is LinkState.CLIENT_ACTIVE or sender.state is LinkState.WORKER_ACTIVE
+
+
+def test_channel_credit_grants_a_positive_amount() -> None:
+    from leapcore.link_codec import ChannelCredit
+
+    hub = at(LinkRole.HUB, LinkState.CLIENT_ACTIVE)
+    expect(
+        LocalError, "^channel_credit must grant a positive credit$", hub.send, ChannelCredit(1, 0)
+    )
+    assert hub.state is LinkState.CLIENT_ACTIVE
+    client = at(LinkRole.CLIENT, LinkState.CLIENT_ACTIVE)
+    expect(LinkProtocolError, "positive credit", client.receive, encode(ChannelCredit(1, 0)))
+    assert client.state is LinkState.CLOSED
+    worker = at(LinkRole.WORKER, LinkState.WORKER_ACTIVE)
+    assert worker.receive(encode(ChannelCredit(3, 7))) == [ChannelCredit(3, 7)]
+
+
+def test_workers_may_open_sibling_channels_and_query_the_hub() -> None:
+    worker = at(LinkRole.WORKER, LinkState.WORKER_ACTIVE)
+    hub = at(LinkRole.HUB, LinkState.WORKER_ACTIVE)
+    for up in (OpenChannel(1, "w2", bytes(48), 2**24), HubRequest(2, "worker.keys", {})):
+        assert hub.receive(worker.send(up)) == [up]
+    for down in (
+        ChannelOpened(1, 5, bytes(48), 2**24),
+        ChannelRefused(1, "not_found", "worker not found"),
+        HubResponse(2, {"worker_id": "w2"}),
+    ):
+        assert worker.receive(hub.send(down)) == [down]
+    assert worker.state is hub.state is LinkState.WORKER_ACTIVE

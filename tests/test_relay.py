@@ -99,3 +99,50 @@ def test_messages_chunked_like_a_sender_always_pass(sizes: list[int]) -> None:
             flags = FLAG_MORE if i < len(chunks) - 1 else FLAG_FINAL
             r.check(TW, cid, flags, plain + 16)
         assert r.in_flight(TW) == 0
+
+
+# -- credit ---------------------------------------------------------------------------------
+
+
+def test_credit_is_spent_per_direction_and_close_is_free() -> None:
+    r = ChannelRelay(4, credit=100)
+    assert r.charge(TW, FLAG_FINAL, 60) == 60
+    assert r.charge(TW, FLAG_MORE, 40) == 40
+    assert r.credit(TW) == 0 and r.credit(TC) == 100
+    assert r.charge(TW, FLAG_CLOSE, 0) == 0
+    expect(
+        RelayViolation,
+        r"^channel 4: a 1-byte frame exceeds the sender's credit of 0 bytes$",
+        r.charge,
+        TW,
+        FLAG_FINAL,
+        1,
+    )
+    assert r.credit(TW) == 0  # a refused frame spends nothing
+    assert r.charge(TC, FLAG_FINAL, 100) == 100
+
+
+def test_default_credit_is_the_link_constant() -> None:
+    from leapcore.link_codec import CHANNEL_CREDIT
+
+    r = ChannelRelay(1)
+    assert r.credit(TW) == r.credit(TC) == CHANNEL_CREDIT == 1024 * 1024
+    r.charge(TW, FLAG_FINAL, CHANNEL_CREDIT)
+    expect(RelayViolation, "exceeds the sender's credit", r.charge, TW, FLAG_FINAL, 1)
+
+
+def test_delivered_credit_is_announced_in_batches() -> None:
+    from leapcore.relay import CREDIT_BATCH
+
+    r = ChannelRelay(1)
+    r.charge(TC, FLAG_FINAL, FULL)
+    r.charge(TC, FLAG_FINAL, FULL)
+    # More is queued: small deliveries wait until a batch is due.
+    assert r.delivered(TC, 100, queue_empty=False) == 0
+    assert r.delivered(TC, CREDIT_BATCH - 101, queue_empty=False) == 0
+    assert r.delivered(TC, 1, queue_empty=False) == CREDIT_BATCH
+    # The queue ran empty: whatever is pending goes out at once.
+    assert r.delivered(TC, 5, queue_empty=True) == 5
+    assert r.delivered(TC, 0, queue_empty=True) == 0
+    assert r.credit(TC) == 1024 * 1024 - 2 * FULL + CREDIT_BATCH + 5
+    assert r.credit(TW) == 1024 * 1024
