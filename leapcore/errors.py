@@ -22,6 +22,8 @@ from typing import ClassVar
 __all__ = [
     "BadSignature",
     "ChannelClosedError",
+    "ChannelLost",
+    "ChannelOpenFailed",
     "ChannelProtocolError",
     "ConfigError",
     "CorruptPinStore",
@@ -53,15 +55,19 @@ __all__ = [
     "RecordError",
     "RekeyError",
     "RelayViolation",
+    "RemoteCallError",
     "RemoteProtocolError",
     "ResourceExhausted",
     "SessionClosed",
+    "SigningPoolBroken",
+    "SigningPoolClosed",
     "StorageError",
     "StreamUsageError",
     "Unauthenticated",
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
     "UnsupportedProtocolVersion",
+    "WorkerOffline",
 ]
 
 
@@ -251,6 +257,50 @@ class LinkClosed(RemoteProtocolError):
     code = "link_closed"
 
 
+class ChannelOpenFailed(RemoteProtocolError):
+    """A channel could not be opened: the hub or the worker refused it, or it timed out.
+    ``reason`` is the link protocol's open error code (``timeout``, ``handshake_failed``,
+    ``unavailable``, ...)."""
+
+    code = "channel_open_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class WorkerOffline(ChannelOpenFailed):
+    """The worker exists but holds no link to the hub right now."""
+
+    code = "worker_offline"
+
+    def __init__(self, message: str) -> None:
+        super().__init__("worker_offline", message)
+
+
+class ChannelLost(RemoteProtocolError):
+    """The channel ended under a call: the peer or the hub closed it, or the link went.
+    ``reason`` is the close code (``link_lost``, ``closed_by_peer``, ``decrypt_failed``, ...)."""
+
+    code = "channel_lost"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+
+class RemoteCallError(RemoteProtocolError):
+    """The worker answered a call with an error; its code is ``remote_code`` (for example
+    ``permission_denied``, ``not_found``, ``unimplemented``, ``internal``)."""
+
+    code = "remote_error"
+
+    def __init__(self, remote_code: str, message: str) -> None:
+        super().__init__(f"{remote_code}: {message}" if message else remote_code)
+        self.remote_code = remote_code
+        self.remote_message = message
+
+
 class RelayViolation(RemoteProtocolError):
     """A channel data frame broke a relay rule; that channel alone is closed."""
 
@@ -319,6 +369,19 @@ class ChannelClosedError(LocalError):
     """An action on a channel endpoint that is already closed."""
 
     code = "channel_closed"
+
+
+class SigningPoolClosed(LocalError):
+    """``SigningPool.sign`` was called on a pool that is not open (not yet entered,
+    or closed); callers still waiting when the pool closes get it too."""
+
+    code = "signing_pool_closed"
+
+
+class SigningPoolBroken(LocalError):
+    """A signing process died twice in a row while computing the same signature."""
+
+    code = "signing_pool_broken"
 
 
 class OutboundQueueFull(LocalError):

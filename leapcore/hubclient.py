@@ -23,11 +23,13 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
 import trio
 
+from .channel import Channel, ChannelTable
+from .chunking import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import (
     FailedPrecondition,
     HubRequestFailed,
@@ -41,6 +43,9 @@ from .errors import (
 )
 from .link_codec import (
     PROTOCOL_VERSION,
+    ChannelClose,
+    ChannelOpened,
+    ChannelRefused,
     ClientGreeting,
     ClientHello,
     ErrorMessage,
@@ -48,10 +53,13 @@ from .link_codec import (
     HubRequest,
     HubResponse,
     LinkMessage,
+    OpenChannel,
 )
 from .link_state import LinkConnection, LinkRole
 from .netclient import connect_link
 from .netpipe import LinkPipe
+from .opener import OPEN_TIMEOUT, open_channel
+from .pinstore import PinStore
 from .trioutil import single_exception
 
 __all__ = [
@@ -98,10 +106,25 @@ class _Pending:
         self.error: LeapcoreError | None = None
 
 
+class _PendingOpen:
+    def __init__(self) -> None:
+        self.done = trio.Event()
+        self.answer: ChannelOpened | ChannelRefused | None = None
+        self.error: LeapcoreError | None = None
+
+
 class HubSession:
     """A signed-in client link; made by :func:`hub_session`."""
 
-    def __init__(self, pipe: LinkPipe, conn: LinkConnection, greeting: ClientGreeting) -> None:
+    def __init__(
+        self,
+        pipe: LinkPipe,
+        conn: LinkConnection,
+        greeting: ClientGreeting,
+        *,
+        url: str = "",
+        pins: PinStore | None = None,
+    ) -> None:
         self._pipe = pipe
         self._conn = conn
         self._send_lock = trio.Lock()
@@ -109,7 +132,15 @@ class HubSession:
         self._ids = itertools.count(1)
         self._last_id = 0
         self._pending: dict[int, _Pending] = {}
+        self._opens: dict[int, _PendingOpen] = {}
+        self._orphans: list[int] = []
         self._failure: LeapcoreError | None = None
+        #: The channels open on this link, by channel id.
+        self.channels = ChannelTable()
+        #: The hub's URL, as dialled.
+        self.url = url
+        #: Where worker keys are pinned (``None``: no pinning).
+        self.pins = pins
         #: The signed-in user, as the hub greeted it.
         self.user_id = greeting.user_id
         self.user_name = greeting.user_name
@@ -142,6 +173,54 @@ class HubSession:
             raise pending.error
         assert pending.result is not None
         return pending.result
+
+    async def send(self, message: LinkMessage) -> None:
+        """Write one message to the hub (the link's one writer: sends take turns)."""
+        if self._failure is not None:
+            raise self._failure
+        data = self._conn.send(message)
+        async with self._send_lock:
+            await self._pipe.send(data)
+
+    async def request_open(
+        self, worker_id: str, message1: bytes, max_message_size: int
+    ) -> ChannelOpened | ChannelRefused:
+        """Send ``open_channel`` and wait for the hub's answer (see :mod:`leapcore.opener`)."""
+        async with self._slots:
+            if self._failure is not None:
+                raise self._failure
+            request_id = next(self._ids)
+            self._last_id = request_id
+            pending = _PendingOpen()
+            self._opens[request_id] = pending
+            try:
+                await self.send(OpenChannel(request_id, worker_id, message1, max_message_size))
+                await pending.done.wait()
+            finally:
+                self._opens.pop(request_id, None)
+        if pending.error is not None:
+            raise pending.error
+        assert pending.answer is not None
+        return pending.answer
+
+    def open_channel(
+        self,
+        worker_id: str,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        timeout: float = OPEN_TIMEOUT,
+    ) -> AbstractAsyncContextManager[Channel]:
+        """``async with hub.open_channel(worker_id) as ch:`` an end-to-end encrypted channel,
+        its worker's keys checked against this session's pin store first (see
+        :func:`leapcore.opener.open_channel`)."""
+        return open_channel(
+            self, worker_id, pins=self.pins, max_message_size=max_message_size, timeout=timeout
+        )
+
+    async def worker_keys(self, worker_id: str) -> dict[str, Any]:
+        """``{"worker_id", "encryption_mode", "public_key", ...}`` as the hub reports them
+        (untrusted until checked against a pin)."""
+        return await self.call("worker.keys", worker_id=worker_id)
 
     async def list_workers(self) -> list[dict[str, Any]]:
         """The signed-in user's active workers (``workers.list``)."""
@@ -179,6 +258,11 @@ class HubSession:
             if not pending.done.is_set():
                 pending.error = self._failure
                 pending.done.set()
+        for opening in self._opens.values():
+            if not opening.done.is_set():
+                opening.error = self._failure
+                opening.done.set()
+        self.channels.close_all("link_lost", f"the link to the hub ended: {self._failure}")
 
     async def _reader(self) -> None:
         """Deliver responses until the link ends; never raises (failures fail the calls)."""
@@ -186,6 +270,9 @@ class HubSession:
             while True:
                 while (message := self._conn.next_message()) is not None:
                     self._handle(message)
+                while self._orphans:  # opened after its caller gave up: close it
+                    orphan = self._orphans.pop()
+                    await self.send(ChannelClose(orphan, "closed", "the open was abandoned"))
                 self._conn.receive_data(await self._pipe.receive())
         except LeapcoreError as exc:
             self._fail(exc)
@@ -206,6 +293,18 @@ class HubSession:
             else:
                 pending.result = message.result
             pending.done.set()
+        elif isinstance(message, (ChannelOpened, ChannelRefused)):
+            opening = self._opens.get(message.request_id)
+            if opening is None:
+                if 0 < message.request_id <= self._last_id:
+                    if isinstance(message, ChannelOpened):  # gave up waiting: close it
+                        self._orphans.append(message.channel_id)
+                    return
+                raise LinkProtocolError(f"{message.type} for unknown request {message.request_id}")
+            opening.answer = message
+            opening.done.set()
+        elif self.channels.deliver(message):
+            pass
         elif isinstance(message, GoAway):
             log.info("the hub is going away: %s", message.reason)
             raise LinkClosed(f"the hub is going away: {message.reason}")
@@ -236,9 +335,12 @@ async def hub_session(
     *,
     transport: str = "websocket",
     ca_file: str | None = None,
+    pins: PinStore | None = None,
 ) -> AsyncIterator[HubSession]:
     """Sign in to the hub at ``url`` with the API ``token``; the link closes with the block.
 
+    ``pins`` is the TOFU store :meth:`HubSession.open_channel` checks worker keys against
+    (``None``: no pinning; :func:`leapcore.connect` uses the per-hub default store).
     A refused token raises :class:`~leapcore.errors.Unauthenticated`; a hub that cannot be
     reached, :class:`~leapcore.errors.LinkClosed`.
     """
@@ -246,7 +348,8 @@ async def hub_session(
         async with connect_link(url, transport=transport, ca_file=ca_file) as pipe:
             conn = LinkConnection(LinkRole.CLIENT)
             await pipe.send(conn.send(ClientHello(PROTOCOL_VERSION, token)))
-            session = HubSession(pipe, conn, await _greeting(pipe, conn))
+            greeting = await _greeting(pipe, conn)
+            session = HubSession(pipe, conn, greeting, url=url, pins=pins)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session._reader)
                 try:

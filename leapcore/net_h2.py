@@ -165,6 +165,7 @@ class H2StreamPipe:
         self._readable.set()
 
     async def receive(self) -> bytes:
+        await trio.lowlevel.checkpoint()  # a receive is a checkpoint even with data ready
         while not self._inbound:
             if self._ended is not None:
                 raise LinkClosed(f"link closed: {self._ended}")

@@ -24,16 +24,20 @@ returns :attr:`WorkerExit.DEREGISTERED`; an ``error`` record with code
 state is wiped and :meth:`run` returns :attr:`WorkerExit.WIPED`. Everything
 else ends the attempt and is retried with backoff.
 
-Channels are not served yet: a ``channel_request`` is refused with
-``channel_reject`` code ``handshake_failed`` (the worker did not accept
-message 1), so the client hears a prompt refusal instead of the hub's
-timeout; channel frames and closes are ignored.
+Channels: once greeted, a :class:`~leapcore.workerchannels.ChannelServer` answers every
+``channel_request`` (checks, then the responder handshake with its signature computed by
+the signing pool, each open in its own task) and routes channel traffic; the services a
+channel offers are the :class:`~leapcore.channel.Services` table given to the worker
+(:func:`~leapcore.services.default_services`: ``info``; ``ping`` is built in). When the
+link ends, every channel on it ends.
 """
 
 from __future__ import annotations
 
 import enum
+import itertools
 import logging
+import shlex
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -44,11 +48,15 @@ import trio
 
 from ._version import __version__
 from .backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
+from .channel import Channel, ChannelTable, Services
+from .chunking import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import ConfigError, LinkClosed, LinkProtocolError, LocalError
 from .heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
+from .hubclient import hub_error
 from .link_codec import (
     PROTOCOL_VERSION,
-    ChannelReject,
+    ChannelOpened,
+    ChannelRefused,
     ChannelRequest,
     Connect,
     Deregister,
@@ -57,7 +65,10 @@ from .link_codec import (
     GoAway,
     Heartbeat,
     HeartbeatAck,
+    HubRequest,
+    HubResponse,
     LinkMessage,
+    OpenChannel,
     Register,
     Registered,
     WorkerGreeting,
@@ -66,6 +77,13 @@ from .link_state import LinkConnection, LinkRole
 from .mode import parse_encryption_mode
 from .netclient import TRANSPORTS, connect_link
 from .netpipe import LinkPipe, parse_hub_url
+from .opener import OPEN_TIMEOUT, open_channel
+from .paths import cross_worker_pins_path
+from .pinstore import PinStore
+from .services import default_services
+from .signpool import InlineSigner, OnDemandSigner, Signer
+from .trioutil import single_exception
+from .workerchannels import ChannelServer
 from .workerstate import (
     UNREGISTERED,
     StartupAction,
@@ -98,11 +116,15 @@ REGISTER_TIMEOUT: Final = 30.0
 FLUSH_TIMEOUT: Final = 5.0
 #: Seconds a graceful stop may take before the daemon is cancelled outright.
 STOP_TIMEOUT: Final = 10.0
+#: Seconds a worker's own hub request may take.
+HUB_CALL_TIMEOUT: Final = 30.0
+#: How a cross-worker key mismatch says to clear the pin.
+CROSS_WORKER_HINT: Final = (
+    "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
+    "--data-dir {data_dir} --target-worker-id={{worker_id}}`"
+)
 #: Frames the outbound queue holds before a sender waits.
 QUEUE_SIZE: Final = 256
-#: What a refused channel_request says (channels are not served by this version).
-CHANNEL_REJECT_CODE: Final = "handshake_failed"
-CHANNEL_REJECT_MESSAGE: Final = "this worker does not serve channels yet"
 
 Dial = Callable[[], AbstractAsyncContextManager[LinkPipe]]
 
@@ -183,11 +205,83 @@ class _Attempt:
     greeted: trio.Event = attrs.Factory(trio.Event)
     writer_done: trio.Event = attrs.Factory(trio.Event)
     result: Outcome | WorkerExit | None = None
+    nursery: trio.Nursery | None = None
+    channels: ChannelServer | None = None
+    hub: _HubCalls | None = None
 
     def finish(self, result: Outcome | WorkerExit) -> None:
         if self.result is None:
             self.result = result
         self.scope.cancel()
+
+
+class _HubCalls:
+    """A worker link's own requests to the hub (cross-worker channels): ``hub_request`` for
+    ``worker.keys`` and ``open_channel`` to a sibling. Implements
+    :class:`~leapcore.opener.OpenerLink`."""
+
+    def __init__(self, worker: Worker, attempt: _Attempt, channels: ChannelTable) -> None:
+        self._worker = worker
+        self._attempt = attempt
+        self.channels = channels
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list[LinkMessage]] = {}
+        self._events: dict[int, trio.Event] = {}
+
+    async def send(self, message: LinkMessage) -> None:
+        if self._attempt.result is not None:
+            raise LinkClosed("the link to the hub is closed")
+        await self._worker._enqueue(self._attempt, message)
+
+    async def _ask(self, request_id: int, message: LinkMessage, timeout: float) -> LinkMessage:
+        event = self._events[request_id] = trio.Event()
+        self._waiting[request_id] = []
+        try:
+            await self.send(message)
+            with trio.move_on_after(timeout):
+                await event.wait()
+            answers = self._waiting[request_id]
+        finally:
+            self._events.pop(request_id, None)
+            self._waiting.pop(request_id, None)
+        if not answers:
+            if self._attempt.result is not None:
+                raise LinkClosed("the link to the hub ended")
+            raise LinkClosed(f"the hub did not answer within {timeout:g}s")
+        return answers[0]
+
+    async def call(
+        self, method: str, *, timeout: float = HUB_CALL_TIMEOUT, **params: Any
+    ) -> dict[str, Any]:
+        request_id = next(self._ids)
+        answer = await self._ask(request_id, HubRequest(request_id, method, params), timeout)
+        assert isinstance(answer, HubResponse)
+        if answer.error_code is not None:
+            raise hub_error(answer.error_code, answer.error_message or "")
+        if answer.result is None:
+            raise LinkProtocolError("hub_response carries neither result nor error")
+        return answer.result
+
+    async def request_open(
+        self, worker_id: str, message1: bytes, max_message_size: int
+    ) -> ChannelOpened | ChannelRefused:
+        request_id = next(self._ids)
+        request = OpenChannel(request_id, worker_id, message1, max_message_size)
+        answer = await self._ask(request_id, request, OPEN_TIMEOUT)
+        assert isinstance(answer, (ChannelOpened, ChannelRefused))
+        return answer
+
+    def answer(self, message: HubResponse | ChannelOpened | ChannelRefused) -> None:
+        event = self._events.get(message.request_id)
+        if event is None:
+            log.debug("unmatched %s %d", message.type, message.request_id)
+            return
+        self._waiting[message.request_id].append(message)
+        event.set()
+
+    def fail(self) -> None:
+        for event in self._events.values():
+            event.set()
 
 
 class Worker:
@@ -213,6 +307,9 @@ class Worker:
         uniform: Callable[[], float] = system_uniform,
         now: Callable[[], float] = trio.current_time,
         dial: Dial | None = None,
+        signer: Signer | None = None,
+        services: Services | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -230,6 +327,11 @@ class Worker:
         self._uniform = uniform
         self._now = now
         self._dial = dial if dial is not None else self._dial_hub
+        #: Computes handshake signatures (``None``: :meth:`run` opens a process pool).
+        self.signer = signer
+        #: The methods channels offer (default: :func:`~leapcore.services.default_services`).
+        self.services = services if services is not None else default_services(self)
+        self.max_message_size = max_message_size
         self.state: WorkerState | None = None
         self.policy = ReconnectPolicy(Backoff(uniform=uniform))
         #: The greeting of the current link (None while not connected).
@@ -255,6 +357,25 @@ class Worker:
         greeting (of this link or a later one)."""
         while not self.online:
             await self._greeting_event.wait()
+
+    def open_channel(
+        self, worker_id: str, *, timeout: float = OPEN_TIMEOUT
+    ) -> AbstractAsyncContextManager[Channel]:
+        """``async with worker.open_channel(sibling_id) as ch:`` a channel to another worker
+        of the same owner, through the hub, its keys pinned in ``cross_worker_pins.json``.
+        Raises :class:`~leapcore.errors.LinkClosed` while the worker is offline."""
+        attempt = self._attempt
+        if attempt is None or attempt.hub is None:
+            raise LinkClosed("the worker is not connected to the hub")
+        return open_channel(attempt.hub, worker_id, pins=self.cross_worker_pins, timeout=timeout)
+
+    @property
+    def cross_worker_pins(self) -> PinStore:
+        """This worker's pins of its siblings (``<data-dir>/cross_worker_pins.json``)."""
+        return PinStore(
+            cross_worker_pins_path(self.data_dir),
+            hint=CROSS_WORKER_HINT.format(data_dir=shlex.quote(str(self.data_dir))),
+        )
 
     @property
     def latency(self) -> float | None:
@@ -349,7 +470,22 @@ class Worker:
             self._register_scope.cancel()
 
     async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
-        """Connect and reconnect until stopped, deregistered or wiped (behavior.md §1.3)."""
+        """Connect and reconnect until stopped, deregistered or wiped (behavior.md §1.3).
+
+        A post-quantum worker without an injected ``signer`` signs handshakes in a
+        :class:`~leapcore.signpool.SigningPool` of processes, started at the first open
+        (:class:`~leapcore.signpool.OnDemandSigner`) and closed when this call returns.
+        """
+        if self.signer is None and self.encryption_mode == "post-quantum":
+            async with OnDemandSigner() as pool:
+                self.signer = pool
+                try:
+                    return await self._run(task_status=task_status)
+                finally:
+                    self.signer = None
+        return await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status: Any) -> WorkerExit:
         if self.state is None:
             self.state = load_state(self.data_dir)
         if not self.state.registered or self.state.keys is None:
@@ -433,10 +569,15 @@ class Worker:
         attempt.schedule.on_sent(self._now())
         with attempt.scope:
             async with trio.open_nursery() as nursery:
+                attempt.nursery = nursery
                 nursery.start_soon(self._writer, attempt)
                 nursery.start_soon(self._reader, attempt)
                 nursery.start_soon(self._heartbeats, attempt)
                 nursery.start_soon(self._watchdog, attempt)
+        if attempt.channels is not None:
+            attempt.channels.close_all("link_lost", "the link to the hub ended")
+        if attempt.hub is not None:
+            attempt.hub.fail()
         return attempt.result if attempt.result is not None else Outcome.TRANSIENT
 
     async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
@@ -463,7 +604,8 @@ class Worker:
 
     async def _watchdog(self, attempt: _Attempt) -> None:
         deadline = attempt.watchdog.deadline()
-        assert deadline is not None
+        if deadline is None:  # the greeting was read before this task first ran
+            return
         with trio.move_on_at(deadline):
             await attempt.greeted.wait()
         if attempt.watchdog.expired(self._now()):
@@ -501,6 +643,20 @@ class Worker:
             self._greeting_event.set()
             self._greeting_event = trio.Event()
             log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
+            if attempt.channels is None and attempt.nursery is not None:
+                assert self.state is not None and self.state.keys is not None
+                attempt.channels = ChannelServer(
+                    keypair=self.state.keys,
+                    mode=self.encryption_mode,
+                    owner_id=message.owner_id,
+                    send=lambda m: self._enqueue(attempt, m),
+                    signer=self.signer if self.signer is not None else InlineSigner(),
+                    services=self.services,
+                    nursery=attempt.nursery,
+                    max_message_size=self.max_message_size,
+                    clock=self._now,
+                )
+                attempt.hub = _HubCalls(self, attempt, attempt.channels.channels)
         elif isinstance(message, HeartbeatAck):
             attempt.meter.on_echo(message.seq, self._now())
         elif isinstance(message, GoAway):
@@ -511,19 +667,18 @@ class Worker:
         elif isinstance(message, Deregister):
             return await self._deregistered(attempt, message)
         elif isinstance(message, ChannelRequest):
-            reject = ChannelReject(
-                message.request_id,
-                message.channel_id,
-                CHANNEL_REJECT_CODE,
-                CHANNEL_REJECT_MESSAGE,
-            )
-            await self._enqueue(attempt, reject)
+            assert attempt.channels is not None  # requests come after the greeting
+            await attempt.channels.handle_request(message)
         elif isinstance(message, ErrorMessage):
             log.warning("hub error: %s: %s", message.code, message.message)
             if message.code == "unauthenticated" and not attempt.greeted.is_set():
                 return Outcome.TOKEN_REJECTED
             return Outcome.TRANSIENT
-        # channel_close and channel data: no channels are served yet.
+        elif isinstance(message, (HubResponse, ChannelOpened, ChannelRefused)):
+            if attempt.hub is not None:
+                attempt.hub.answer(message)
+        elif attempt.channels is not None:
+            attempt.channels.channels.deliver(message)  # channel data, credit, close
         return None
 
     async def _deregistered(self, attempt: _Attempt, message: Deregister) -> WorkerExit:
@@ -553,7 +708,7 @@ async def run_until_signal(
     ``stop`` was given cancels ``start()`` outright. A stopped run is ``STOPPED``.
     """
     result = WorkerExit.STOPPED
-    with trio.open_signal_receiver(*signals) as receiver:
+    with single_exception(), trio.open_signal_receiver(*signals) as receiver:
         async with trio.open_nursery() as nursery:
 
             async def watch() -> None:

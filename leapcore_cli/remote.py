@@ -4,7 +4,10 @@ Hub verbs (they sign in to the hub with an API token; see docs/cli.md):
 
 * ``remote login`` checks a token against the hub and saves ``{"hub", "token"}`` in
   ``<config dir>/<hub host>.json`` (0600 in a 0700 directory);
-* ``remote worker list``, ``remote worker reg-key create``, ``remote worker deregister``.
+* ``remote worker list``, ``remote worker reg-key create``, ``remote worker deregister``;
+* ``remote worker info`` and ``remote worker ping`` open an end-to-end channel to a worker
+  (its keys checked against this client's pin for it first: a mismatch exits 6, never
+  prompts).
 
 JSON schema (``--json``; stable):
 
@@ -14,6 +17,12 @@ JSON schema (``--json``; stable):
 * ``worker reg-key create`` → ``{"registration_key", "expires_at", "command"}`` printed as
   soon as the key exists (the wait's outcome is the exit status, with a line on stderr)
 * ``worker deregister`` → ``{"worker_id", "status": "deregistering", "notified"}``
+* ``worker info`` → ``{"worker_id", "fingerprint", "info": {"name", "worker_id", "version",
+  "commit", "os", "arch", "python", "encryption_mode", "labels", "capabilities"}}``
+* ``worker ping`` → ``{"worker_id", "count", "rtt_ms": [...], "min_ms", "median_ms",
+  "max_ms"}`` (milliseconds, 3 decimals)
+* a key mismatch → ``{"error": {"code": "key_mismatch", "message", "expected_fingerprint",
+  "presented_fingerprint"}}`` (exit 6)
 """
 
 from __future__ import annotations
@@ -24,25 +33,33 @@ import json
 import os
 import shlex
 import signal
+import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from pathlib import Path
 from typing import Any, Final
 
 import trio
 
-from leapcore.atomicfile import write_atomic
-from leapcore.errors import FailedPrecondition, KeyFileError, LeapcoreError
+from leapcore.client import default_pin_store, load_token, save_credentials
+from leapcore.errors import FailedPrecondition, KeyMismatch, LeapcoreError, RemoteProtocolError
 from leapcore.hubclient import HubSession, hub_session
 from leapcore.hubstore import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.netclient import TRANSPORTS
-from leapcore.paths import client_credentials_path, client_pins_path
 from leapcore.pinstore import PinStore
 from leapcore.trioutil import single_exception
 
 from . import demo, pincmd
-from .common import EXIT_ERROR, EXIT_OK, Parser, emit_json, exit_code_for, make_parser, run
+from .common import (
+    EXIT_ERROR,
+    EXIT_KEY_MISMATCH,
+    EXIT_OK,
+    Parser,
+    emit_json,
+    exit_code_for,
+    make_parser,
+    run,
+)
 from .hubadmin import human_time, json_time, safe
 
 #: Exit status of ``reg-key create`` when interrupted (the key is revoked first).
@@ -51,10 +68,8 @@ EXIT_INTERRUPTED: Final = 130
 POLL_INTERVAL: Final = 2.0
 #: Seconds the revocation of an interrupted ``reg-key create`` may take.
 REVOKE_TIMEOUT: Final = 5.0
-
-MISMATCH_HINT = (
-    "clear with `leapcore remote worker pins remove --hub {hub} --worker-id={{worker_id}}`"
-)
+#: Round trips ``worker ping`` makes by default.
+PING_COUNT: Final = 4
 
 
 def _hub_flag(parser: argparse.ArgumentParser) -> None:
@@ -71,39 +86,10 @@ def hub_url(args: argparse.Namespace) -> str:
 
 def client_pin_store(args: argparse.Namespace) -> PinStore:
     """The remote CLI's pin store for the hub named by ``--hub`` / ``$LEAPCORE_HUB``."""
-    hub = hub_url(args)
-    path = client_pins_path(os.environ, Path.home(), hub)
-    return PinStore(path, hint=MISMATCH_HINT.format(hub=shlex.quote(hub)))
+    return default_pin_store(hub_url(args))
 
 
 # -- hub credentials -------------------------------------------------------------------------
-
-
-def credentials_path(hub: str) -> Path:
-    return client_credentials_path(os.environ, Path.home(), hub)
-
-
-def save_credentials(hub: str, token: str) -> Path:
-    path = credentials_path(hub)
-    write_atomic(path, (json.dumps({"hub": hub, "token": token}, indent=2) + "\n").encode())
-    return path
-
-
-def load_token(hub: str) -> str | None:
-    """The token ``remote login`` saved for ``hub``, or ``None`` when there is none."""
-    path = credentials_path(hub)
-    try:
-        data = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read credentials: {exc.strerror or exc}") from None
-    except ValueError:
-        raise KeyFileError(f"{path}: credentials file is not valid JSON") from None
-    token = data.get("token") if isinstance(data, dict) else None
-    if not isinstance(token, str) or not token:
-        raise KeyFileError(f"{path}: credentials file has no token")
-    return token
 
 
 def api_token(args: argparse.Namespace, hub: str) -> str:
@@ -132,15 +118,22 @@ def _session_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -
 
 
 def _with_session(
-    args: argparse.Namespace, body: Callable[[HubSession], Awaitable[int]], token: str | None = None
+    args: argparse.Namespace,
+    body: Callable[[HubSession], Awaitable[int]],
+    token: str | None = None,
+    *,
+    pins: bool = False,
 ) -> int:
+    """Sign in and run ``body``; with ``pins``, the session checks worker keys against this
+    client's pin store for the hub (:func:`client_pin_store`) when it opens channels."""
     hub = hub_url(args)
     secret = token if token is not None else api_token(args, hub)
+    store = client_pin_store(args) if pins else None
 
     async def main() -> int:
         with single_exception():
             async with hub_session(
-                hub, secret, transport=args.transport, ca_file=args.ca_file
+                hub, secret, transport=args.transport, ca_file=args.ca_file, pins=store
             ) as session:
                 return await body(session)
 
@@ -210,11 +203,16 @@ def worker_list(args: argparse.Namespace) -> int:
     return _with_session(args, body)
 
 
-def worker_deregister(args: argparse.Namespace) -> int:
+def _worker_id(args: argparse.Namespace) -> str:
     worker_id: str | None = args.worker_id or os.environ.get("LEAPCORE_WORKER_ID")
     if not worker_id:
         args.parser_error("--worker-id is required (or set LEAPCORE_WORKER_ID)")
     assert worker_id is not None
+    return worker_id
+
+
+def worker_deregister(args: argparse.Namespace) -> int:
+    worker_id = _worker_id(args)
 
     async def body(session: HubSession) -> int:
         result = await session.deregister_worker(worker_id)
@@ -227,6 +225,145 @@ def worker_deregister(args: argparse.Namespace) -> int:
         return EXIT_OK
 
     return _with_session(args, body)
+
+
+# -- channels: info and ping ------------------------------------------------------------------
+
+
+def info_lines(worker_id: str, fingerprint: str, info: dict[str, Any]) -> list[str]:
+    """``worker info``'s human output: aligned ``key: value`` lines."""
+    labels = info.get("labels") or {}
+    rows: list[tuple[str, str]] = [("worker_id", worker_id), ("fingerprint", fingerprint)]
+    for key in ("name", "version", "commit", "os", "arch", "python", "encryption_mode"):
+        value = info.get(key)
+        rows.append((key, "-" if value is None else safe(str(value))))
+    rows.append(("labels", ", ".join(f"{safe(k)}={safe(v)}" for k, v in labels.items()) or "-"))
+    rows.append(("capabilities", ", ".join(safe(c) for c in info.get("capabilities", [])) or "-"))
+    known = {key for key, _ in rows}
+    rows += [(safe(k), safe(json.dumps(v))) for k, v in sorted(info.items()) if k not in known]
+    width = max(len(key) for key, _ in rows) + 1
+    return [f"{key + ':':<{width}} {value}" for key, value in rows]
+
+
+def ping_summary(worker_id: str, rtts: list[float]) -> dict[str, Any]:
+    """``worker ping``'s JSON document, from round trips in seconds."""
+    ms = [round(rtt * 1000, 3) for rtt in rtts]
+    return {
+        "worker_id": worker_id,
+        "count": len(ms),
+        "rtt_ms": ms,
+        "min_ms": min(ms),
+        "median_ms": round(statistics.median(ms), 3),
+        "max_ms": max(ms),
+    }
+
+
+def summary_line(doc: dict[str, Any]) -> str:
+    return (
+        f"{doc['count']} round trips: min/median/max = "
+        f"{doc['min_ms']:.3f}/{doc['median_ms']:.3f}/{doc['max_ms']:.3f} ms"
+    )
+
+
+async def fetch_info(session: HubSession, worker_id: str) -> tuple[str, dict[str, Any]]:
+    """(fingerprint of the pinned keys, the worker's ``info`` document) over a new channel."""
+    async with session.open_channel(worker_id) as channel:
+        raw = await channel.call("info")
+    try:
+        info = json.loads(raw)
+    except ValueError:
+        raise RemoteProtocolError(f"worker {worker_id} answered info with invalid JSON") from None
+    if not isinstance(info, dict):
+        raise RemoteProtocolError(f"worker {worker_id} answered info with a non-object")
+    return await _fingerprint(session, worker_id), info
+
+
+async def _fingerprint(session: HubSession, worker_id: str) -> str:
+    pin = session.pins.get(worker_id) if session.pins is not None else None
+    if pin is not None:
+        return pin.fingerprint
+    from leapcore.keys import PublicKeyBundle
+
+    keys = await session.worker_keys(worker_id)
+    fields = ("public_key", "mlkem_public_key", "slhdsa_public_key")
+    return PublicKeyBundle.from_json({k: keys[k] for k in fields}).fingerprint
+
+
+async def measure_pings(
+    session: HubSession, worker_id: str, count: int, each: Callable[[int, float], None]
+) -> list[float]:
+    """``count`` end-to-end Ping round trips (seconds) on one new channel; ``each(seq, rtt)``
+    is called after every one."""
+    rtts: list[float] = []
+    async with session.open_channel(worker_id) as channel:
+        for seq in range(1, count + 1):
+            start = time.perf_counter()
+            await channel.ping()
+            rtts.append(time.perf_counter() - start)
+            each(seq, rtts[-1])
+    return rtts
+
+
+def _channel_verb(args: argparse.Namespace, body: Callable[[HubSession], Awaitable[int]]) -> int:
+    """:func:`_with_session` with pinning, and a key mismatch reported in full (exit 6)."""
+    try:
+        return _with_session(args, body, pins=True)
+    except KeyMismatch as exc:
+        if args.json:
+            emit_json(
+                {
+                    "error": {
+                        "code": exc.code,
+                        "message": exc.message,
+                        "expected_fingerprint": exc.expected,
+                        "presented_fingerprint": exc.actual,
+                    }
+                }
+            )
+        print(exc.message, file=sys.stderr)
+        print(
+            f"pinned fingerprint {exc.expected}, presented fingerprint {exc.actual}",
+            file=sys.stderr,
+        )
+        return EXIT_KEY_MISMATCH
+
+
+def worker_info(args: argparse.Namespace) -> int:
+    worker_id = _worker_id(args)
+
+    async def body(session: HubSession) -> int:
+        fingerprint, info = await fetch_info(session, worker_id)
+        if args.json:
+            emit_json({"worker_id": worker_id, "fingerprint": fingerprint, "info": info})
+        else:
+            for line in info_lines(worker_id, fingerprint, info):
+                print(line)
+        return EXIT_OK
+
+    return _channel_verb(args, body)
+
+
+def worker_ping(args: argparse.Namespace) -> int:
+    worker_id = _worker_id(args)
+    count: int = args.count
+    if count < 1:
+        args.parser_error("--count must be at least 1")
+
+    def each(seq: int, rtt: float) -> None:
+        if not args.json:
+            print(f"seq={seq} rtt={rtt * 1000:.3f} ms", flush=True)
+
+    async def body(session: HubSession) -> int:
+        if not args.json:
+            print(f"ping worker {worker_id}: {count} end-to-end round trips", flush=True)
+        doc = ping_summary(worker_id, await measure_pings(session, worker_id, count, each))
+        if args.json:
+            emit_json(doc)
+        else:
+            print(summary_line(doc))
+        return EXIT_OK
+
+    return _channel_verb(args, body)
 
 
 # -- registration keys ---------------------------------------------------------------------------
@@ -363,6 +500,37 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
     )
     p.set_defaults(handler=worker_deregister, parser_error=p.error)
+
+    p = worker_sub.add_parser(
+        "info",
+        help="open an end-to-end channel and show the worker's info and fingerprint",
+        description="Open an end-to-end encrypted channel to the worker (its keys checked "
+        "against this client's pin first; pinned on first use) and print its info document.",
+    )
+    _session_flags(p)
+    p.add_argument(
+        "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
+    )
+    p.set_defaults(handler=worker_info, parser_error=p.error)
+
+    p = worker_sub.add_parser(
+        "ping",
+        help="time end-to-end round trips to a worker",
+        description="Open an end-to-end encrypted channel to the worker (keys checked "
+        "against the pin first) and time N Ping round trips through it.",
+    )
+    _session_flags(p)
+    p.add_argument(
+        "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
+    )
+    p.add_argument(
+        "--count",
+        type=int,
+        default=PING_COUNT,
+        metavar="N",
+        help=f"round trips to make (default {PING_COUNT})",
+    )
+    p.set_defaults(handler=worker_ping, parser_error=p.error)
 
     keys = worker_sub.add_parser("reg-key", help="registration keys, to add a worker")
     key_sub = keys.add_subparsers(

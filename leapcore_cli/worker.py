@@ -18,16 +18,11 @@ from leapcore.config import LOG_LEVELS, worker_settings
 from leapcore.errors import ConfigError
 from leapcore.paths import cross_worker_pins_path
 from leapcore.pinstore import PinStore
-from leapcore.workerd import Worker, WorkerExit, parse_labels, run_until_signal
+from leapcore.workerd import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels, run_until_signal
 from leapcore.workerstate import StartupAction
 
 from . import pincmd
 from .common import EXIT_OK, Parser, make_parser, run
-
-CROSS_WORKER_HINT = (
-    "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
-    "--data-dir {data_dir} --target-worker-id={{worker_id}}`"
-)
 
 
 def _location_flags(parser: argparse.ArgumentParser) -> None:

@@ -38,6 +38,7 @@ from leapcore.link_codec import (
 from leapcore.link_state import LinkConnection, LinkRole, LinkState
 from leapcore.netpipe import LinkPipe
 from leapcore.netserver import LinkServer
+from leapcore.signpool import InlineSigner
 from leapcore.workerd import RegistrationRejected, Worker, WorkerExit
 from leapcore.workerstate import STATE_FILE, WorkerState, load_state, save_state
 
@@ -170,6 +171,7 @@ def make_worker(data_dir: Path, hub: FakeHub, **kw: object) -> Worker:
         version="9.9",
         labels={"site": "lab"},
         uniform=kw.pop("uniform", Recorder()),  # type: ignore[arg-type]
+        signer=kw.pop("signer", InlineSigner()),  # no process pool under a MockClock
         dial=hub.dial,
         **kw,  # type: ignore[arg-type]
     )

@@ -1,0 +1,174 @@
+"""The responder's side of channels on a worker's link (trio).
+
+:class:`ChannelServer` answers each ``channel_request`` the hub forwards, checking, in the
+order of ``spec/behavior.md`` §5.4 and before any cryptography:
+
+1. the channel id is not already active (``channel_already_active``);
+2. the hub named a user (``no_authenticated_user``) and that user is the worker's owner
+   as the hub's greeting named it (``permission_denied``: a hub or raw link cannot open a
+   channel for anyone else);
+3. the hub's ``max_message_size`` is within [65519, 64 MiB] (``invalid_max_message_size``).
+
+Then the responder handshake runs; its SLH-DSA signature (post-quantum mode, ~125 ms of
+CPU) is computed by the injected :class:`~leapcore.signpool.Signer` -- a process pool in
+the daemon -- so a burst of opens never stalls the event loop. The duplicate check is
+repeated after the handshake. The answer is ``channel_accept`` with
+``min(hub, worker)`` as the message size, or ``channel_reject`` with the code. Each open
+runs in its own task, so the link's reader never waits for a handshake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+import trio
+
+from .channel import Channel, ChannelTable, Services
+from .channel_mux import ChannelEndpoint
+from .chunking import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
+from .errors import LeapcoreError
+from .handshake import Responder
+from .keys import WorkerKeyPair
+from .link_codec import ChannelAccept, ChannelReject, ChannelRequest, LinkMessage
+from .mode import EncryptionMode, parse_encryption_mode
+from .signpool import Signer
+from .transport import TransportSession
+
+__all__ = ["MAX_OPENING", "ChannelServer"]
+
+log = logging.getLogger("leapcore.worker")
+
+#: Handshakes in progress at once; more are refused at once (the hub retries nothing).
+MAX_OPENING: Final = 64
+
+Send = Callable[[LinkMessage], Awaitable[None]]
+
+
+class ChannelServer:
+    """The channels of one worker link (a fresh one per connection attempt)."""
+
+    def __init__(
+        self,
+        *,
+        keypair: WorkerKeyPair,
+        mode: EncryptionMode | str,
+        owner_id: str,
+        send: Send,
+        signer: Signer,
+        services: Services,
+        nursery: trio.Nursery,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self.keypair = keypair
+        self.mode = parse_encryption_mode(mode)
+        self.owner_id = owner_id
+        self.channels = ChannelTable()
+        self._send = send
+        self._signer = signer
+        self._services = services
+        self._nursery = nursery
+        self._max_message_size = validate_max_message_size(max_message_size)
+        self._clock = clock
+        self._opening: set[int] = set()
+        #: Channels opened on this link so far.
+        self.opened = 0
+
+    def _active(self, channel_id: int) -> bool:
+        return channel_id in self.channels.channels or channel_id in self._opening
+
+    def _refusal(self, request: ChannelRequest) -> tuple[str, str] | None:
+        if self._active(request.channel_id):
+            return "channel_already_active", "channel id already active"
+        if not request.user_id:
+            return "no_authenticated_user", "no authenticated user id"
+        if request.user_id != self.owner_id:
+            return "permission_denied", "only the worker owner may open channels"
+        try:
+            validate_max_message_size(request.max_message_size)
+        except LeapcoreError as exc:
+            return "invalid_max_message_size", f"invalid hub max_message_size: {exc}"
+        if len(self._opening) >= MAX_OPENING:
+            return "handshake_failed", "too many channel opens in progress"
+        return None
+
+    async def handle_request(self, request: ChannelRequest) -> None:
+        """Called by the link reader; refusals go out at once, handshakes in their own task."""
+        refusal = self._refusal(request)
+        if refusal is not None:
+            code, message = refusal
+            log.info("channel %d refused: %s", request.channel_id, message)
+            await self._send(ChannelReject(request.request_id, request.channel_id, code, message))
+            return
+        self._opening.add(request.channel_id)
+        self._nursery.start_soon(self._open, request)
+
+    async def _open(self, request: ChannelRequest) -> None:
+        try:
+            try:
+                message2, session = await self._handshake(request.message1)
+            except LeapcoreError as exc:
+                log.info("channel %d: handshake failed: %s", request.channel_id, exc)
+                await self._send(
+                    ChannelReject(
+                        request.request_id,
+                        request.channel_id,
+                        "handshake_failed",
+                        f"handshake failed: {exc}",
+                    )
+                )
+                return
+            if request.channel_id in self.channels.channels:  # repeated after the handshake
+                await self._send(
+                    ChannelReject(
+                        request.request_id,
+                        request.channel_id,
+                        "channel_already_active",
+                        "channel id already active",
+                    )
+                )
+                return
+            size = min(request.max_message_size, self._max_message_size)
+            endpoint = ChannelEndpoint(
+                session,
+                role="responder",
+                mode=self.mode,
+                now=self._clock(),
+                max_message_size=size,
+                mlkem_private=self.keypair.mlkem_key
+                if self.mode is EncryptionMode.POST_QUANTUM
+                else None,
+            )
+            channel = Channel(
+                endpoint,
+                channel_id=request.channel_id,
+                send=self._send,
+                clock=self._clock,
+                services=self._services,
+                user_id=request.user_id,
+                owner_id=self.owner_id,
+            )
+            self.channels.add(channel)
+            self.opened += 1
+        finally:
+            self._opening.discard(request.channel_id)
+        await self._send(ChannelAccept(request.request_id, request.channel_id, message2, size))
+        log.info("channel %d open", request.channel_id)
+        try:
+            await channel.run()
+        finally:
+            self.channels.discard(channel)
+
+    async def _handshake(self, message1: bytes) -> tuple[bytes, TransportSession]:
+        responder = Responder(self.keypair, self.mode)
+        transcript = responder.read_message1(message1)
+        signature = None
+        if transcript is not None:
+            signature = await self._signer.sign(self.keypair.slhdsa_private, transcript)
+        message2 = responder.write_message2(signature)
+        return message2, responder.session()
+
+    def close_all(self, code: str, message: str) -> None:
+        self.channels.close_all(code, message)
