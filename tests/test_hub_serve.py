@@ -1,169 +1,21 @@
 """``leapcore-hub serve`` and the ``leapcore remote`` hub verbs, as real processes on loopback.
 
-Every wait is a bounded loop on a condition (an output line, a file, a process exit).
+Every wait is a bounded loop on a condition (an output line, a file, a process exit); the
+process harness is in ``procs.py`` (shared with ``test_e2e_link.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any, TypeVar
 
-import pytest
+from procs import Env, _healthz, env_fixture, wait_for  # noqa: F401 (env_fixture: the fixture)
 
 from leapcore.errors import FailedPrecondition
 from leapcore_cli import remote
-
-T = TypeVar("T")
-TIMEOUT = 20.0
-
-
-def _script(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    found = str(path) if path.exists() else shutil.which(name)
-    assert found, f"console script {name} is not installed"
-    return found
-
-
-def wait_for(condition: Callable[[], T | None], what: str, timeout: float = TIMEOUT) -> T:
-    """Poll ``condition`` until it is true-ish; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.02)
-
-
-class Proc:
-    """A background process whose stdout and stderr go to files."""
-
-    def __init__(self, env: dict[str, str], out: Path, *args: str) -> None:
-        self.out, self.err = out.with_suffix(".out"), out.with_suffix(".err")
-        with self.out.open("wb") as stdout, self.err.open("wb") as stderr:
-            self.popen = subprocess.Popen(args, stdout=stdout, stderr=stderr, env=env)
-
-    def stdout(self) -> str:
-        return self.out.read_text()
-
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def line(self, prefix: str) -> str:
-        def find() -> str | None:
-            for line in self.stdout().splitlines():
-                if line.startswith(prefix):
-                    return line
-            assert self.popen.poll() is None, f"exited: {self.stdout()} {self.stderr()}"
-            return None
-
-        return wait_for(find, f"a line starting {prefix!r}")
-
-    def wait(self, timeout: float = TIMEOUT) -> int:
-        return self.popen.wait(timeout)
-
-    def kill(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.kill()
-            self.popen.wait(10)
-
-
-class Env:
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.config = tmp / "client"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("LEAPCORE_")}
-        self.env["HOME"] = str(tmp)
-        self.env["LEAPCORE_CONFIG_DIR"] = str(self.config)
-        self.procs: list[Proc] = []
-        self.hub_dir = tmp / "hub"
-        self.url = ""
-        self.token = ""
-        self.hub: Proc | None = None
-
-    def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        env = {**self.env, **extra}
-        return subprocess.run(
-            [_script(args[0]), *args[1:]],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            check=False,
-            env=env,
-        )
-
-    def remote(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return self.run("leapcore", "remote", *args, LEAPCORE_HUB=self.url)
-
-    def json(self, *args: str) -> Any:
-        proc = self.remote(*args, "--json")
-        assert proc.returncode == 0, proc.stderr + proc.stdout
-        return json.loads(proc.stdout)
-
-    def start(self, name: str, *args: str, **extra: str) -> Proc:
-        proc = Proc({**self.env, **extra}, self.tmp / name, _script(args[0]), *args[1:])
-        self.procs.append(proc)
-        return proc
-
-    def start_hub(self) -> Proc:
-        created = self.run("leapcore-hub", "admin", "user", "create", "alice", "--json",
-                           "--data-dir", str(self.hub_dir))  # fmt: skip
-        assert created.returncode == 0, created.stderr
-        self.token = json.loads(created.stdout)["token"]
-        hub = self.start(
-            "hub", "leapcore-hub", "serve", "--listen", "127.0.0.1:0",
-            "--data-dir", str(self.hub_dir),
-        )  # fmt: skip
-        self.url = hub.line("leapcore-hub listening on ").split()[-1]
-        assert self.url.startswith("http://127.0.0.1:")
-        self.hub = hub
-        return hub
-
-    def login(self) -> None:
-        proc = self.remote("login", "--token", self.token)
-        assert proc.returncode == 0, proc.stderr
-        assert "logged in to" in proc.stdout
-
-    def start_worker(self, name: str, key: str) -> Proc:
-        return self.start(
-            name, "leapcore-worker", "run", "--hub", self.url, "--registration-key", key,
-            "--data-dir", str(self.tmp / name), "--name", name,
-        )  # fmt: skip
-
-    def workers(self) -> dict[str, dict[str, Any]]:
-        return {w["name"]: w for w in self.json("worker", "list")["workers"]}
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> Iterator[Env]:
-    e = Env(tmp_path)
-    try:
-        yield e
-    finally:
-        for proc in e.procs:
-            proc.kill()
-
-
-def _healthz(url: str) -> bytes:
-    host, port = url.removeprefix("http://").rsplit(":", 1)
-    with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        reply = b""
-        while chunk := sock.recv(4096):
-            reply += chunk
-    return reply
 
 
 def test_serve_login_register_list_and_deregister(env: Env) -> None:
