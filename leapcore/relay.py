@@ -5,8 +5,8 @@ ciphertext's size. :class:`ChannelRelay` checks each frame against the rules
 for its channel and direction before forwarding it:
 
 * flags are 0 (FINAL), 1 (MORE) or 2 (CLOSE); a CLOSE frame has no ciphertext;
-* a FINAL or MORE frame has a non-zero correlation id and at most 65535 bytes
-  of ciphertext;
+* a FINAL or MORE frame has a non-zero correlation id and 16 (the tag) to 65535
+  bytes of ciphertext;
 * at most one chunked message is in flight per channel and direction: a MORE
   frame with another correlation id while a sequence is open is refused
   (single-frame FINAL messages of other ids may pass between its chunks);
@@ -141,6 +141,13 @@ class ChannelRelay:
             raise RelayViolation(f"channel {self.channel_id}: unknown flags value {flags}")
         if correlation_id == 0:
             raise RelayViolation(f"channel {self.channel_id}: correlation id 0 is reserved")
+        if ciphertext_size < _TAG:
+            # Every sealed frame carries at least its 16-byte tag; shorter ones are not
+            # ciphertext, and (costing almost no credit) could pile up at the hub.
+            raise RelayViolation(
+                f"channel {self.channel_id}: a {ciphertext_size}-byte frame is shorter than "
+                f"the {_TAG}-byte tag every sealed frame carries"
+            )
         if ciphertext_size > _CIPHERTEXT_LIMIT:
             raise RelayViolation(
                 f"channel {self.channel_id}: ciphertext of {ciphertext_size} bytes exceeds "

@@ -182,17 +182,20 @@ async def test_open_then_data_both_ways(tmp_path: Path) -> None:
         # Credit comes back once the frames were written to the worker's link.
         assert await credits_until(client, channel, FULL + 116) == FULL + 116
         # Worker -> client.
-        back = [ChannelData(channel, 9, 0, bytes(range(256)) * 4), ChannelData(channel, 10, 0, b"")]
+        back = [
+            ChannelData(channel, 9, 0, bytes(range(256)) * 4),
+            ChannelData(channel, 10, 0, bytes(16)),
+        ]
         for frame in back:
             await worker.send(frame)
         assert await recv_data(client, 2) == back
-        assert await credits_until(worker, channel, 1024) == 1024
+        assert await credits_until(worker, channel, 1040) == 1040
 
         metrics = await scrape(env)
         assert value(metrics, "channels") == 1
         assert value(metrics, "channel_opens_total", result="opened") == 1
         assert value(metrics, "relayed_bytes_total", direction="to_worker") == FULL + 116
-        assert value(metrics, "relayed_bytes_total", direction="to_client") == 1024
+        assert value(metrics, "relayed_bytes_total", direction="to_client") == 1040
 
         # A second open gets a fresh id.
         second = await open_channel(client, worker, worker_id, 8)
@@ -273,7 +276,7 @@ async def test_credit_exactly_spent_then_one_byte_more(tmp_path: Path) -> None:
             await client.send(frame)
         await wait_until(lambda: env.hub.channel_buffered(first) == CHANNEL_CREDIT)
         # Exactly the credit: nothing closed. One more byte: that channel alone closes.
-        await client.send(ChannelData(first, 99, 0, b"!"))
+        await client.send(ChannelData(first, 99, 0, b"!" * 16))
         close = await recv(client)
         assert isinstance(close, ChannelClose) and close.channel_id == first
         assert close.code == "relay_violation"
@@ -484,8 +487,8 @@ async def test_relay_violation_closes_one_channel(
                     break
             assert message.channel_id == bad and message.code == "relay_violation"
             assert text in message.message
-        await client.send(ChannelData(good, 1, 0, b"still here"))
-        assert await recv_data(worker, 1) == [ChannelData(good, 1, 0, b"still here")]
+        await client.send(ChannelData(good, 1, 0, b"still here" * 2))
+        assert await recv_data(worker, 1) == [ChannelData(good, 1, 0, b"still here" * 2)]
         assert env.hub.open_channels == 1
 
 

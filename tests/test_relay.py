@@ -146,3 +146,11 @@ def test_delivered_credit_is_announced_in_batches() -> None:
     assert r.delivered(TC, 0, queue_empty=True) == 0
     assert r.credit(TC) == 1024 * 1024 - 2 * FULL + CREDIT_BATCH + 5
     assert r.credit(TW) == 1024 * 1024
+
+
+@pytest.mark.parametrize("size", [0, 1, 15])
+def test_a_frame_shorter_than_the_tag_is_refused(size: int) -> None:
+    relay = ChannelRelay(1)
+    with pytest.raises(RelayViolation, match="shorter than the 16-byte tag"):
+        relay.check(RelayDirection.TO_WORKER, 1, FLAG_FINAL, size)
+    assert relay.check(RelayDirection.TO_WORKER, 1, FLAG_FINAL, 16) is False
