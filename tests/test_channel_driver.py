@@ -306,3 +306,30 @@ async def test_byte_stream_passes_trios_stream_conformance_checks(
         with trio.fail_after(20):
             await trio.testing.check_half_closeable_stream(stream_maker, None)
         nursery.cancel_scope.cancel()
+
+
+async def test_rekey_mid_transfer_loses_no_byte(
+    generated_keypair: WorkerKeyPair, mock_clock: trio.testing.MockClock
+) -> None:
+    """A byte stream runs while the fake clock jumps past the key age several times: the
+    rekeys happen between frames of the transfer, and every byte arrives in order."""
+    timings = RekeyTimings(max_age=60.0, min_interval=50.0, hard_ceiling=70.0, idle_check=5.0)
+    async with running(_pair(generated_keypair, "post-quantum", timings=timings)) as wire:
+        stream = await wire.client.open_byte_stream("echo-bytes")
+        payload = bytes(range(251)) * 40_000  # ~10 MiB, not a multiple of any frame size
+        received = bytearray()
+
+        async def send() -> None:
+            view = memoryview(payload)
+            for offset in range(0, len(payload), 256 * 1024):
+                await stream.send_all(view[offset : offset + 256 * 1024])
+                mock_clock.jump(5)  # ~200 s of fake time over the transfer
+            await stream.send_eof()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            while data := await stream.receive_some():
+                received += data
+        assert received == payload
+        assert wire.client.rekeys >= 3
+        assert wire.worker.rekeys == wire.client.rekeys
