@@ -365,13 +365,18 @@ class Hub:
         max_message_size: int = HUB_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
+        store: SQLiteHubStore | None = None,
     ) -> None:
+        """``store`` replaces the store opened at ``store_path`` (solo mode passes one that
+        protects its own worker); the hub closes it when :meth:`serve` returns."""
         if not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE:
             raise ValueError(
                 f"max_message_size must be within {MIN_MAX_MESSAGE_SIZE} .. "
                 f"{MAX_MAX_MESSAGE_SIZE}, got {max_message_size}"
             )
-        self.store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
+        if store is None:
+            store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
+        self.store = store
         #: The largest message size forwarded in a ``channel_request``.
         self.max_message_size = max_message_size
         self._clock = clock

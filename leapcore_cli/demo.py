@@ -1,99 +1,154 @@
-"""``leapcore demo``: a worker identity and two real handshakes, in one process.
+"""``leapcore demo``: a solo hub (hub + its own worker) in this process, and a real session.
 
-Until the hub exists this is the README's main command: it generates a worker
-keypair (saved like a worker would, mode 0600), runs a post-quantum and a
-classic handshake between an in-process client and worker, and round-trips a
-message through each session.
+It starts :class:`leapcore.solo.SoloHub` on a free loopback port (data in a temporary
+directory unless ``--data-dir``), then, as a client over the network, lists the workers,
+shows the worker's fingerprint, times end-to-end pings through an encrypted channel and
+fetches the worker's ``info``. Then it keeps the hub running until Ctrl-C (the solo user's
+token is saved as the local credential, so ``leapcore remote … --hub URL`` works from
+another terminal), or stops at once with ``--once``.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from leapcore import EncryptionMode, Initiator, Responder, WorkerKeyPair
-from leapcore.keyfile import load_keypair, save_keypair
+import trio
+
+from leapcore.hubclient import hub_session
+from leapcore.pinstore import PinStore
+from leapcore.solo import SoloHub
+from leapcore.trioutil import single_exception
 
 from .common import EXIT_OK, emit_json
+
+#: Round trips the demo times.
+DEMO_PINGS = 5
 
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser(
         "demo",
-        help="generate a worker identity and run post-quantum and classic handshakes",
+        help="start a solo hub with its own worker and show a real end-to-end session",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "--data-dir",
         type=Path,
-        help="keep the worker identity in DIR/worker-identity.json "
+        help="keep the solo hub's data (hub.db, solo-worker/) in DIR "
         "(default: a temporary directory, removed afterwards)",
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="stop after the showcase instead of serving on"
+    )
+    parser.add_argument(
+        "--classic", action="store_true", help="use the classic (X25519-only) handshake"
     )
     parser.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     parser.set_defaults(handler=run_demo)
 
 
-def _handshake(keypair: WorkerKeyPair, mode: EncryptionMode) -> dict[str, Any]:
-    t0 = time.perf_counter()
-    client = Initiator(keypair.public, mode)
-    message1 = client.write_message1()
-    t1 = time.perf_counter()
-    worker = Responder(keypair, mode)
-    worker.read_message1(message1)
-    message2 = worker.write_message2()  # signs in-line in post-quantum mode
-    worker_session = worker.session()
-    t2 = time.perf_counter()
-    client.read_message2(message2)
-    client_session = client.session()
-    t3 = time.perf_counter()
+def _say(args: argparse.Namespace, text: str = "") -> None:
+    if not args.json:
+        print(text, flush=True)
 
-    request = b"ping from the client"
-    received = worker_session.decrypt(client_session.encrypt(request), now=time.monotonic())
-    reply = client_session.decrypt(worker_session.encrypt(b"pong: " + received), time.monotonic())
+
+async def _showcase(args: argparse.Namespace, solo: SoloHub, pins: PinStore) -> dict[str, Any]:
+    from . import remote  # the output formats of `leapcore remote`
+
+    url, ident = solo.url, solo.identity
+    wid = ident.worker_id
+    _say(args, f"leapcore demo: a solo hub at {url}, with its own worker\n")
+    async with hub_session(url, ident.token, pins=pins) as session:
+        _say(args, f"$ leapcore remote worker list --hub {url}")
+        workers = await session.list_workers()
+        for w in workers:
+            state = "online" if w["online"] else "offline"
+            _say(args, f"  {w['name']}  {w['id']}  {state}  {w.get('encryption_mode') or '-'}")
+        _say(args, f"\nworker fingerprint  {solo.fingerprint}  (pinned on first use)\n")
+
+        _say(args, f"$ leapcore remote worker ping --hub {url} --worker-id {wid}")
+
+        def each(seq: int, rtt: float) -> None:
+            _say(args, f"  seq={seq} rtt={rtt * 1000:.3f} ms")
+
+        rtts = await remote.measure_pings(session, wid, DEMO_PINGS, each)
+        ping = remote.ping_summary(wid, rtts)
+        _say(args, "  " + remote.summary_line(ping))
+
+        _say(args, f"\n$ leapcore remote worker info --hub {url} --worker-id {wid}")
+        fingerprint, info = await remote.fetch_info(session, wid)
+        for line in remote.info_lines(wid, fingerprint, info):
+            _say(args, "  " + line)
     return {
-        "mode": str(mode),
-        "message1_bytes": len(message1),
-        "message2_bytes": len(message2),
-        "client_ms": round((t1 - t0 + t3 - t2) * 1000, 2),
-        "worker_ms": round((t2 - t1) * 1000, 2),
-        "round_trip": reply.decode(),
+        "hub": url,
+        "worker": {"id": wid, "name": ident.worker_name, "fingerprint": fingerprint},
+        "workers": [remote.remote_worker_json(w) for w in workers],
+        "ping": ping,
+        "info": info,
     }
+
+
+async def _demo(args: argparse.Namespace, solo: SoloHub, pins: PinStore) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    nursery.start_soon(solo.shutdown)
+                    nursery.cancel_scope.deadline = trio.current_time() + 10
+                    return
+
+            async def run_solo(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await solo.run(host="127.0.0.1", port=0, task_status=task_status)
+                nursery.cancel_scope.cancel()  # the hub stopped: so does the demo
+
+            nursery.start_soon(watch)
+            await nursery.start(run_solo)
+            await solo.ready.wait()
+            document = await _showcase(args, solo, pins)
+            if args.json:
+                emit_json(document)
+                sys.stdout.flush()
+            if args.once:
+                await solo.shutdown()
+                nursery.cancel_scope.cancel()
+                return document
+            print(
+                f"\nThe hub keeps running. From another terminal:\n"
+                f"  leapcore remote worker list --hub {solo.url}\n"
+                f"  leapcore remote worker ping --hub {solo.url} "
+                f"--worker-id {solo.identity.worker_id}\n"
+                f"  leapcore remote worker info --hub {solo.url} "
+                f"--worker-id {solo.identity.worker_id}\n"
+                f"(the API token is saved in {solo.credentials})\n"
+                "Press Ctrl-C to stop.",
+                file=sys.stderr if args.json else sys.stdout,
+                flush=True,
+            )
+    return document
 
 
 def run_demo(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="leapcore-demo-") as tmp:
-        data_dir = args.data_dir if args.data_dir is not None else Path(tmp)
-        path = data_dir / "worker-identity.json"
-        keypair = WorkerKeyPair.generate()
-        save_keypair(path, keypair)
-        keypair = load_keypair(path)  # what a restarted worker would do
-        results = [_handshake(keypair, m) for m in EncryptionMode]
-        identity_file = str(path) if args.data_dir is not None else None
-        document = {
-            "worker": {"fingerprint": keypair.public.fingerprint, "identity_file": identity_file},
-            "handshakes": results,
-        }
-    if args.json:
-        emit_json(document)
-        return EXIT_OK
-    out = sys.stdout
-    out.write("leapcore demo: one worker identity, two end-to-end handshakes\n\n")
-    where = identity_file or "a temporary directory (removed)"
-    out.write(f"  worker identity  saved to {where}, mode 0600\n")
-    out.write(f"  fingerprint      {keypair.public.fingerprint}\n\n")
-    out.write(f"  {'mode':<13} {'msg1':>6} {'msg2':>7} {'client':>9} {'worker':>9}  round trip\n")
-    for r in results:
-        out.write(
-            f"  {r['mode']:<13} {r['message1_bytes']:>5}B {r['message2_bytes']:>6}B "
-            f"{r['client_ms']:>7.2f}ms {r['worker_ms']:>7.2f}ms  {r['round_trip']!r}\n"
+        data_dir = args.data_dir if args.data_dir is not None else Path(tmp) / "hub"
+        solo = SoloHub(
+            data_dir,
+            encryption_mode="classic" if args.classic else "post-quantum",
+            save_credential=not args.once,
         )
-    out.write(
-        "\nThe worker's time in post-quantum mode is almost all one SLH-DSA signature.\n"
-        "Next: the hub and worker daemons (leapcore-hub, leapcore-worker) are coming.\n"
-    )
+        # The demo's own client pins in the demo's directory; other terminals use theirs.
+        pins = PinStore(Path(tmp) / "demo-pins.json", hint="clear {worker_id}")
+        with single_exception():
+            trio.run(_demo, args, solo, pins)
+        if solo.credentials is not None and args.data_dir is None:
+            solo.credentials.unlink(missing_ok=True)  # the hub and its token are gone
+    if not args.json:
+        print("\nleapcore demo: stopped", flush=True)
     return EXIT_OK

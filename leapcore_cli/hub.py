@@ -6,6 +6,12 @@ when missing, with a note on stderr, since a new hub must be able to start; user
 added with ``leapcore-hub admin user create`` — prints ``leapcore-hub listening on URL`` per
 listener on stdout, and runs until SIGINT/SIGTERM, which calls :meth:`Hub.shutdown`
 (``go_away`` to every link) and exits 0 within :data:`STOP_TIMEOUT` seconds.
+
+``serve --solo`` (or ``leapcore-hub --solo``) runs the hub and its own auto-registered worker
+in this one process (:class:`leapcore.solo.SoloHub`): the user ``solo`` and the worker are
+made on the first start and reused later; the user's API token is saved as the local
+credential for the hub's URL, and ``solo worker NAME (ID) online; fingerprint WORDS`` follows
+the ``listening`` line once the worker is online.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from leapcore.config import hub_settings
 from leapcore.errors import ConfigError, LocalError
 from leapcore.hub import Hub
 from leapcore.paths import hub_database_path
+from leapcore.solo import SoloHub
 from leapcore.trioutil import single_exception
 
 from . import hubadmin
@@ -34,6 +41,8 @@ from .common import EXIT_OK, Parser, make_parser, run
 
 #: ``serve`` flag -> setting key (only flags given explicitly override file and environment).
 SERVE_FLAGS: Final = ("listen", "listen_unix", "data_dir", "tls_cert", "tls_key", "log_level")
+#: Solo-mode flags (not hub settings: flags only).
+SOLO_FLAGS: Final = ("solo", "solo_name", "solo_encryption_mode")
 #: Destination prefix of the flags given before any subcommand (``leapcore-hub --listen …``).
 TOP: Final = "top_"
 #: Seconds the hub may take to stop after the first signal before it is cancelled outright.
@@ -122,8 +131,66 @@ async def serve_until_signal(
             nursery.start_soon(watch)
 
 
+async def solo_until_signal(
+    solo: SoloHub,
+    *,
+    host: str,
+    port: int,
+    unix_path: str | None,
+    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+) -> None:
+    """:func:`serve_until_signal` for a solo hub: the first signal stops the worker, then the
+    hub, with :data:`STOP_TIMEOUT` seconds to finish; a second one cancels outright."""
+    with trio.open_signal_receiver(*signals) as receiver:
+        async with trio.open_nursery() as nursery:
+
+            async def run_solo(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+                await solo.run(host=host, port=port, unix_path=unix_path, task_status=task_status)
+                nursery.cancel_scope.cancel()
+
+            async def watch() -> None:
+                first = True
+                async for signum in receiver:
+                    if not first:
+                        nursery.cancel_scope.cancel()
+                        return
+                    first = False
+                    log.info("signal %d: shutting down", signum)
+                    nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
+                    nursery.start_soon(solo.shutdown)
+
+            nursery.start_soon(watch)
+            url = await nursery.start(run_solo)
+            print(f"leapcore-hub listening on {url}", flush=True)
+            if unix_path:
+                print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
+            if solo.credentials is not None:
+                print(
+                    f"leapcore-hub: solo user {solo.identity.user_name!r}: API token saved in "
+                    f"{solo.credentials} (for `leapcore remote ... --hub {url}`)",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            await solo.ready.wait()
+            ident = solo.identity
+            print(
+                f"solo worker {ident.worker_name} ({ident.worker_id}) online; "
+                f"fingerprint {solo.fingerprint}",
+                flush=True,
+            )
+
+
+def _flag(args: argparse.Namespace, key: str) -> Any:
+    return getattr(args, key, getattr(args, TOP + key, None))
+
+
 def serve(args: argparse.Namespace) -> int:
     """``leapcore-hub serve``: settings, the database, then the hub until a signal."""
+    if _flag(args, "solo"):
+        return serve_solo(args)
+    for key in SOLO_FLAGS[1:]:
+        if _flag(args, key) is not None:
+            raise ConfigError(f"--{key.replace('_', '-')} needs --solo")
     given = {
         key: getattr(args, key, getattr(args, TOP + key, None))
         for key in (*SERVE_FLAGS, "config")
@@ -172,6 +239,52 @@ def serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def serve_solo(args: argparse.Namespace) -> int:
+    """``leapcore-hub --solo``: the hub and its own worker in this process, until a signal."""
+    given = {
+        key: _flag(args, key)
+        for key in (*SERVE_FLAGS, "config")
+        if hasattr(args, key) or hasattr(args, TOP + key)
+    }
+    config = given.pop("config", None)
+    settings, _ = hub_settings(flags=given, env=os.environ, home=Path.home(), config_path=config)
+    if settings["tls_cert"] or settings["tls_key"]:
+        raise ConfigError("--solo serves plain HTTP on loopback: drop --tls-cert / --tls-key")
+    host, port = parse_listen(settings["listen"])
+    logging.basicConfig(
+        level=_LOG_LEVELS.get(settings["log_level"], logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    solo = SoloHub(
+        Path(settings["data_dir"]),
+        name=_flag(args, "solo_name"),
+        encryption_mode=_flag(args, "solo_encryption_mode") or "post-quantum",
+        max_workers_per_user=settings["max_workers_per_user"],
+    )
+    ident = solo.identity
+    if ident.registered:
+        print(
+            f"leapcore-hub: solo mode: registered worker {ident.worker_name} "
+            f"({ident.worker_id}) for user {ident.user_name!r} in {solo.data_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
+    unix_path = settings["listen_unix"] or None
+    try:
+        with single_exception():
+            trio.run(
+                functools.partial(
+                    solo_until_signal, solo, host=host, port=port, unix_path=unix_path
+                )
+            )
+    except OSError as exc:
+        where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
+        raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
+    print("leapcore-hub: stopped", file=sys.stderr)
+    return EXIT_OK
+
+
 def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """The daemon's flags; SUPPRESS so that an absent flag never hides file or environment.
     Before any subcommand their destinations carry ``prefix``: ``admin`` has flags of the same
@@ -203,6 +316,26 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         type=Path,
         default=hide,
         help="hub config file (default: ~/.config/leapcore/hub/hub.toml if it exists)",
+    )
+    add(
+        "--solo",
+        action="store_true",
+        default=hide,
+        help="also run an auto-registered worker in this process, for user 'solo' (a "
+        "one-machine setup; its token is saved for `leapcore remote`)",
+    )
+    add(
+        "--solo-name",
+        metavar="NAME",
+        default=hide,
+        help="the solo worker's name on its first start (default: the host name)",
+    )
+    add(
+        "--solo-encryption-mode",
+        metavar="MODE",
+        choices=("post-quantum", "classic"),
+        default=hide,
+        help="the solo worker's handshake: post-quantum (default) or classic",
     )
 
 

@@ -45,6 +45,7 @@ from leapcore.client import default_pin_store, load_token, save_credentials
 from leapcore.errors import FailedPrecondition, KeyMismatch, LeapcoreError, RemoteProtocolError
 from leapcore.hubclient import HubSession, hub_session
 from leapcore.hubstore import REG_KEY_EXTEND_WINDOW_MS
+from leapcore.keys import PublicKeyBundle
 from leapcore.netclient import TRANSPORTS
 from leapcore.pinstore import PinStore
 from leapcore.trioutil import single_exception
@@ -282,8 +283,6 @@ async def _fingerprint(session: HubSession, worker_id: str) -> str:
     pin = session.pins.get(worker_id) if session.pins is not None else None
     if pin is not None:
         return pin.fingerprint
-    from leapcore.keys import PublicKeyBundle
-
     keys = await session.worker_keys(worker_id)
     fields = ("public_key", "mlkem_public_key", "slhdsa_public_key")
     return PublicKeyBundle.from_json({k: keys[k] for k in fields}).fingerprint
@@ -350,12 +349,13 @@ def worker_ping(args: argparse.Namespace) -> int:
         args.parser_error("--count must be at least 1")
 
     def each(seq: int, rtt: float) -> None:
-        if not args.json:
-            print(f"seq={seq} rtt={rtt * 1000:.3f} ms", flush=True)
+        if args.json:
+            return
+        if seq == 1:  # the channel is open (and the keys matched their pin)
+            print(f"ping worker {worker_id}: {count} end-to-end round trips", flush=True)
+        print(f"seq={seq} rtt={rtt * 1000:.3f} ms", flush=True)
 
     async def body(session: HubSession) -> int:
-        if not args.json:
-            print(f"ping worker {worker_id}: {count} end-to-end round trips", flush=True)
         doc = ping_summary(worker_id, await measure_pings(session, worker_id, count, each))
         if args.json:
             emit_json(doc)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +11,6 @@ from pathlib import Path
 import pytest
 
 import leapcore
-from leapcore.keyfile import load_keypair
 
 SCRIPTS = ["leapcore", "leapcore-hub", "leapcore-worker"]
 
@@ -54,32 +51,11 @@ def test_unknown_flag_is_a_usage_error(name: str) -> None:
     assert proc.stdout == ""
 
 
-def test_demo_human_output(tmp_path: Path) -> None:
-    proc = run("leapcore", "demo", "--data-dir", str(tmp_path / "demo"))
-    assert proc.returncode == 0, proc.stderr
-    identity = tmp_path / "demo" / "worker-identity.json"
-    keypair = load_keypair(identity)
-    assert f"fingerprint      {keypair.public.fingerprint}" in proc.stdout
-    lines = [line.split() for line in proc.stdout.splitlines()]
-    rows = {row[0]: row for row in lines if row and row[0] in ("classic", "post-quantum")}
-    assert rows["classic"][1:3] == ["48B", "48B"]
-    assert rows["post-quantum"][1:3] == ["1616B", "49904B"]
-    assert proc.stdout.count("'pong: ping from the client'") == 2
-    assert stat.S_IMODE(os.stat(identity).st_mode) == 0o600
-    assert stat.S_IMODE(os.stat(identity.parent).st_mode) == 0o700
-
-
-def test_demo_json_is_one_document() -> None:
-    proc = run("leapcore", "demo", "--json")
-    assert proc.returncode == 0, proc.stderr
-    doc = json.loads(proc.stdout)
-    assert set(doc) == {"worker", "handshakes"}
-    assert doc["worker"]["identity_file"] is None
-    assert len(doc["worker"]["fingerprint"]) == 19
-    modes = {h["mode"]: h for h in doc["handshakes"]}
-    assert set(modes) == {"classic", "post-quantum"}
-    assert modes["post-quantum"]["message2_bytes"] == 49904
-    assert all(h["round_trip"] == "pong: ping from the client" for h in doc["handshakes"])
+def test_demo_once_is_documented_in_help() -> None:
+    # The full demo (a solo hub and a real session) runs in test_remote_channels_cli.py.
+    proc = run("leapcore", "demo", "--help")
+    assert proc.returncode == 0
+    assert "--once" in proc.stdout
 
 
 def test_json_usage_error_goes_to_stdout_as_a_document() -> None:
@@ -93,10 +69,8 @@ def test_json_usage_error_goes_to_stdout_as_a_document() -> None:
 def test_demo_refuses_an_unwritable_data_dir(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    proc = run("leapcore", "demo", "--data-dir", str(blocker / "sub"))
+    proc = run("leapcore", "demo", "--once", "--data-dir", str(blocker / "sub"))
     assert proc.returncode == 1
-    assert (
-        proc.stderr
-        == f"error: {blocker / 'sub'}/worker-identity.json: cannot write: Not a directory\n"
-    )
+    assert proc.stderr.startswith("error: ")
+    assert str(blocker / "sub") in proc.stderr
     assert blocker.read_text() == "not a directory"
