@@ -25,8 +25,10 @@ from leapcore.errors import (
 from leapcore.hub import Hub
 from leapcore.hubclient import HubSession
 from leapcore.keys import WorkerKeyPair
+from leapcore.link_codec import ChannelReject, ChannelRequest, LinkMessage
 from leapcore.pinstore import PinStore
 from leapcore.signpool import InlineSigner
+from leapcore.workerchannels import ChannelServer
 from leapcore.workerd import Worker
 from leapcore.workerstate import WorkerState, save_state
 
@@ -55,6 +57,7 @@ class Env:
         mode: str = "classic",
         owner_token: str | None = None,
         services: Callable[[Services], None] | None = None,
+        transport: str = "websocket",
     ) -> Worker:
         user = self.hub.store.authenticate_user(owner_token or self.token, now_ms())
         _, key = self.hub.store.mint_registration_key(user.id, now_ms())
@@ -70,6 +73,7 @@ class Env:
             encryption_mode=mode,
             signer=InlineSigner(),
             labels={"site": "lab"},
+            transport=transport,
         )
         if services is not None:
             services(daemon.services)  # an embedding application adds its methods
@@ -106,8 +110,9 @@ def _id(worker: Worker) -> str:
     return worker.greeting.worker_id
 
 
+@pytest.mark.parametrize("transport", ["websocket", "h2"])
 async def test_open_call_info_stream_and_bytes(
-    tmp_path: Path, generated_keypair: WorkerKeyPair
+    tmp_path: Path, generated_keypair: WorkerKeyPair, transport: str
 ) -> None:
     async with environment(tmp_path) as env:
 
@@ -127,9 +132,13 @@ async def test_open_call_info_stream_and_bytes(
         async def echo(ctx: CallContext, payload: bytes) -> bytes:
             return payload
 
-        worker = await env.start_worker("box", generated_keypair, services=add_methods)
+        worker = await env.start_worker(
+            "box", generated_keypair, services=add_methods, transport=transport
+        )
         wid = _id(worker)
-        async with leapcore.connect(env.url, token=env.token, pins=env.pins()) as hub:
+        async with leapcore.connect(
+            env.url, token=env.token, pins=env.pins(), transport=transport
+        ) as hub:
             assert [w["id"] for w in await hub.list_workers()] == [wid]
             async with hub.open_channel(wid) as ch:
                 info = json.loads(await ch.call("info"))
@@ -286,3 +295,38 @@ async def test_cross_worker_channel_between_siblings(
         with pytest.raises(NotFound):  # a worker cannot open a channel to itself
             async with a.open_channel(_id(a)):
                 pass
+
+
+async def test_a_forged_user_is_refused_by_the_worker(generated_keypair: WorkerKeyPair) -> None:
+    """The worker checks the hub-supplied user itself: a raw link (or a lying hub) naming
+    someone other than the owner, or no one, is refused before any cryptography."""
+    sent: list[LinkMessage] = []
+
+    async def send(message: LinkMessage) -> None:
+        sent.append(message)
+
+    async with trio.open_nursery() as nursery:
+        server = ChannelServer(
+            keypair=generated_keypair,
+            mode="classic",
+            owner_id="u-owner",
+            send=send,
+            signer=InlineSigner(),
+            services=Services(),
+            nursery=nursery,
+        )
+        size = 16 * 1024 * 1024
+        await server.handle_request(ChannelRequest(1, 5, "u-mallory", b"\0" * 48, size))
+        await server.handle_request(ChannelRequest(2, 6, "", b"\0" * 48, size))
+        await server.handle_request(ChannelRequest(3, 7, "u-owner", b"\0" * 48, 12))
+    assert sent == [
+        ChannelReject(1, 5, "permission_denied", "only the worker owner may open channels"),
+        ChannelReject(2, 6, "no_authenticated_user", "no authenticated user id"),
+        ChannelReject(
+            3,
+            7,
+            "invalid_max_message_size",
+            sent[2].message if isinstance(sent[2], ChannelReject) else "",
+        ),
+    ]
+    assert server.opened == 0
