@@ -122,17 +122,22 @@ async def open_channel(
     """Open a verified channel to ``worker_id`` (see the module docstring); it is closed
     when the block ends. ``pins=None`` skips pinning (tests and one-off tools only)."""
     validate_max_message_size(max_message_size)
+    deadline = trio.current_time() + timeout  # the whole open, first ping included
     with single_exception():
-        channel = await _open(link, worker_id, pins, max_message_size, timeout, clock, services)
+        channel = await _open(
+            link, worker_id, pins, max_message_size, deadline, timeout, clock, services
+        )
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(channel.run)
                 try:
-                    with trio.move_on_after(min(VERIFY_TIMEOUT, timeout)) as verify:
+                    verify_by = min(trio.current_time() + VERIFY_TIMEOUT, deadline)
+                    with trio.move_on_at(verify_by) as verify:
                         await channel.ping()
                     if verify.cancelled_caught:
                         raise ChannelOpenFailed(
-                            "timeout", f"no answer to the first ping within {VERIFY_TIMEOUT:g}s"
+                            "timeout",
+                            f"no answer to the first ping within {min(VERIFY_TIMEOUT, timeout):g}s",
                         )
                     yield channel
                 finally:
@@ -149,11 +154,12 @@ async def _open(
     worker_id: str,
     pins: PinStore | None,
     max_message_size: int,
+    deadline: float,
     timeout: float,
     clock: Callable[[], float],
     services: Services | None,
 ) -> Channel:
-    with trio.move_on_after(timeout) as waited:
+    with trio.move_on_at(deadline) as waited:
         found = await fetch_worker_keys(link, worker_id)
         if pins is not None:
             pins.verify(worker_id, found.keys)  # KeyMismatch: nothing was sent to the worker

@@ -73,6 +73,7 @@ def info_document(worker: Worker) -> dict[str, Any]:
 def default_services(worker: Worker) -> Services:
     """A table with ``info`` for ``worker``; add more methods to it before running."""
     services = Services()
+    build_commit()  # a git subprocess, once, at start-up: never inside a channel call
 
     async def info(ctx: CallContext, payload: bytes) -> bytes:
         return json.dumps(info_document(worker), sort_keys=True).encode()

@@ -105,7 +105,9 @@ def api_token(args: argparse.Namespace, hub: str) -> str:
     return token
 
 
-def _session_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -> None:
+def _session_flags(
+    parser: argparse.ArgumentParser, *, json_flag: bool = True, worker_id: bool = False
+) -> None:
     _hub_flag(parser)
     parser.add_argument(
         "--token", metavar="TOKEN", help="API token (default: $LEAPCORE_TOKEN, then `login`'s)"
@@ -116,6 +118,10 @@ def _session_flags(parser: argparse.ArgumentParser, *, json_flag: bool = True) -
     parser.add_argument("--ca-file", metavar="FILE", help="trust only this CA for an https:// hub")
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print one JSON document")
+    if worker_id:
+        parser.add_argument(
+            "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
+        )
 
 
 def _with_session(
@@ -495,10 +501,7 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         description="Deregister a worker: the hub tells it now if it is online, else when it "
         "next connects; it then deletes its local state and exits.",
     )
-    _session_flags(p)
-    p.add_argument(
-        "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
-    )
+    _session_flags(p, worker_id=True)
     p.set_defaults(handler=worker_deregister, parser_error=p.error)
 
     p = worker_sub.add_parser(
@@ -507,10 +510,7 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         description="Open an end-to-end encrypted channel to the worker (its keys checked "
         "against this client's pin first; pinned on first use) and print its info document.",
     )
-    _session_flags(p)
-    p.add_argument(
-        "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
-    )
+    _session_flags(p, worker_id=True)
     p.set_defaults(handler=worker_info, parser_error=p.error)
 
     p = worker_sub.add_parser(
@@ -519,10 +519,7 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         description="Open an end-to-end encrypted channel to the worker (keys checked "
         "against the pin first) and time N Ping round trips through it.",
     )
-    _session_flags(p)
-    p.add_argument(
-        "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
-    )
+    _session_flags(p, worker_id=True)
     p.add_argument(
         "--count",
         type=int,

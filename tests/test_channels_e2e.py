@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 
 import attrs
@@ -88,7 +88,9 @@ class Env:
         while self.hub.store.get_worker(worker_id).keys is None:
             await trio.sleep(0.01)
 
-    def session(self, pins: PinStore | None = None, token: str | None = None) -> object:
+    def session(
+        self, pins: PinStore | None = None, token: str | None = None
+    ) -> AbstractAsyncContextManager[HubSession]:
         return leapcore.connect(
             self.url, token=token or self.token, pins=pins if pins is not None else self.pins()
         )
@@ -165,11 +167,9 @@ async def test_open_call_info_stream_and_bytes(
 async def test_post_quantum_channel(tmp_path: Path, generated_keypair: WorkerKeyPair) -> None:
     async with environment(tmp_path) as env:
         worker = await env.start_worker("pq", generated_keypair, mode="post-quantum")
-        async with env.session() as hub:  # type: ignore[attr-defined]
-            assert isinstance(hub, HubSession)
-            async with hub.open_channel(_id(worker)) as ch:
-                await ch.ping()
-                assert json.loads(await ch.call("info"))["encryption_mode"] == "post-quantum"
+        async with env.session() as hub, hub.open_channel(_id(worker)) as ch:
+            await ch.ping()
+            assert json.loads(await ch.call("info"))["encryption_mode"] == "post-quantum"
 
 
 async def test_refusals_and_strangers(tmp_path: Path, generated_keypair: WorkerKeyPair) -> None:
