@@ -8,7 +8,9 @@ the environment. Unknown keys in a file and unknown ``<PREFIX>`` variables
 are errors in a file (a typo should not silently do nothing) but ignored in
 the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
 is the remote CLI's default ``--worker-id``); values are checked against
-each key's type.
+each key's type. A list setting (the worker's ``services``) is a TOML array of
+strings, or comma-separated in the environment (blank items dropped); like every
+setting, a later layer replaces it whole.
 
 The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
 ``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
@@ -54,6 +56,9 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "log_level": (str, "info"),
     "max_message_size": (int, 16 * 1024 * 1024),
     "max_incomplete_chunked": (int, 4),
+    # MODULE:CALLABLE installers of extra channel methods (TOML list; comma-separated in the
+    # environment).
+    "services": (list, []),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -112,6 +117,13 @@ def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where:
         raise ConfigError(
             f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
         )
+    if isinstance(value, list):
+        for item in value:
+            if type(item) is not str:
+                raise ConfigError(
+                    f"{where}: setting {key!r} must be a list of strings, got an item of type "
+                    f"{type(item).__name__}"
+                )
     return value
 
 
@@ -131,9 +143,16 @@ def _from_env(
                 out[key] = int(text.strip())
             except ValueError:
                 raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+        elif kind is list:
+            out[key] = [item.strip() for item in text.split(",") if item.strip()]
         else:
             out[key] = text
     return out
+
+
+def _copy(default: Any) -> Any:
+    """A default as a settings value (a list default is copied, never shared)."""
+    return list(default) if isinstance(default, list) else default
 
 
 def layer(
@@ -145,7 +164,7 @@ def layer(
     flags: Mapping[str, Any],
 ) -> dict[str, Any]:
     """Merge the layers; ``flags`` holds only the flags that were passed explicitly."""
-    settings = {key: default for key, (_kind, default) in keys.items()}
+    settings = {key: _copy(default) for key, (_kind, default) in keys.items()}
     settings.update(file_values or {})
     settings.update(_from_env(env, prefix, keys))
     for key, value in flags.items():

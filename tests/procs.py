@@ -23,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,6 +31,8 @@ import attrs
 import pytest
 
 T = TypeVar("T")
+#: This directory: test-only modules (``e2e_services``) that subprocesses import.
+TESTS_DIR = Path(__file__).resolve().parent
 TIMEOUT = 20.0
 #: What the worker logs before each reconnect wait (the delay, to the millisecond).
 RECONNECT = re.compile(r"disconnected; reconnecting in (\d+\.\d{3})s")
@@ -268,16 +270,31 @@ class Env:
     def worker_dir(self, name: str) -> Path:
         return self.tmp / name
 
-    def start_worker(self, name: str, key: str | None = None, *, data: str | None = None) -> Proc:
+    def start_worker(
+        self,
+        name: str,
+        key: str | None = None,
+        *,
+        data: str | None = None,
+        flags: Sequence[str] = (),
+        **extra: str,
+    ) -> Proc:
         """``leapcore-worker run`` with its data in ``tmp/NAME`` (or ``tmp/DATA``: another
-        worker's directory); with ``key``, it registers first."""
+        worker's directory); with ``key``, it registers first. ``flags`` are added to the
+        command line, ``extra`` to its environment."""
         data_dir = self.worker_dir(data or name)
         args = ["--hub", self.url, "--data-dir", str(data_dir), "--name", name]
         if key is not None:
             args += ["--registration-key", key]
-        proc = self.start(name, "leapcore-worker", "run", *args, *self.client_flags())
+        args += [*self.client_flags(), *flags]
+        proc = self.start(name, "leapcore-worker", "run", *args, **extra)
         self.worker_procs[name] = proc
         return proc
+
+    def tests_on_path(self) -> str:
+        """A ``PYTHONPATH`` value: this directory first, then the environment's own."""
+        inherited = self.env.get("PYTHONPATH")
+        return os.pathsep.join([str(TESTS_DIR), *([inherited] if inherited else [])])
 
     def workers(self) -> dict[str, dict[str, Any]]:
         """``remote worker list``, by worker name."""
