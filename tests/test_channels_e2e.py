@@ -4,6 +4,7 @@ loopback sockets. The hub relays ciphertext only; pins are checked before messag
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,9 +13,10 @@ from pathlib import Path
 import attrs
 import pytest
 import trio
+import trio.testing
 
 import leapcore
-from leapcore.channel import ByteStream, CallContext, Services
+from leapcore.channel import ByteStream, CallContext, Channel, Services
 from leapcore.errors import (
     ChannelOpenFailed,
     KeyMismatch,
@@ -27,6 +29,7 @@ from leapcore.hubclient import HubSession
 from leapcore.keys import WorkerKeyPair
 from leapcore.link_codec import ChannelReject, ChannelRequest, LinkMessage
 from leapcore.pinstore import PinStore
+from leapcore.rekey_policy import DEFAULT_TIMINGS
 from leapcore.signpool import InlineSigner
 from leapcore.workerchannels import ChannelServer
 from leapcore.workerd import Worker
@@ -97,10 +100,10 @@ class Env:
 
 
 @asynccontextmanager
-async def environment(tmp_path: Path) -> AsyncIterator[Env]:
+async def environment(tmp_path: Path, timeout: float = 60) -> AsyncIterator[Env]:
     hub = Hub(tmp_path / "hub.db")
     _, token = hub.store.create_user("alice", now_ms())
-    with trio.fail_after(60):
+    with trio.fail_after(timeout):
         async with trio.open_nursery() as nursery:
             host, port = await nursery.start(hub.serve)
             yield Env(tmp_path, hub, f"http://{host}:{port}", token, nursery)
@@ -330,3 +333,151 @@ async def test_a_forged_user_is_refused_by_the_worker(generated_keypair: WorkerK
         ),
     ]
     assert server.opened == 0
+
+
+# -- a rekey forced by a fake clock, through the real hub ------------------------------------
+
+#: One fake-clock step: long enough (>= 5 s) that the worker's idle heartbeat is due after it,
+#: short enough (< Liveness.TIMEOUT, 10 s) that the hub keeps the worker link.
+STEP = 8.0
+#: Two rekeys take two key ages (2 x 3600 s) of steps; this is a generous ceiling.
+MAX_STEPS = int(3 * DEFAULT_TIMINGS.max_age / STEP)
+
+
+async def _until(what: str, condition: Callable[[], bool], real_seconds: float = 10.0) -> None:
+    """Wait for ``condition`` while the fake clock stands still (rate 0: trio timeouts never
+    fire, so the limit is on the wall clock)."""
+    give_up = time.monotonic() + real_seconds
+    while not condition():
+        if time.monotonic() > give_up:
+            raise AssertionError(f"no {what} within {real_seconds}s of real time")
+        await trio.lowlevel.checkpoint()
+
+
+@asynccontextmanager
+async def _wall_clock_limit(seconds: float) -> AsyncIterator[None]:
+    """Fail the block after ``seconds`` of real time (the mock clock runs trio's timeouts)."""
+    done = threading.Event()
+
+    async def watch() -> None:
+        if not await trio.to_thread.run_sync(done.wait, seconds, abandon_on_cancel=True):
+            raise AssertionError(f"stalled: still running after {seconds}s of real time")
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(watch)
+        try:
+            yield
+        finally:
+            done.set()
+
+
+def _worker_channel(worker: Worker, channel_id: int) -> Channel:
+    attempt = worker._attempt  # the worker keeps its channels per link, privately
+    assert attempt is not None and attempt.channels is not None
+    return attempt.channels.channels.channels[channel_id]
+
+
+@pytest.mark.parametrize("transport", ["websocket", "h2"])
+async def test_rekey_through_the_hub_mid_transfer_loses_no_byte(
+    tmp_path: Path,
+    generated_keypair: WorkerKeyPair,
+    mock_clock: trio.testing.MockClock,
+    transport: str,
+) -> None:
+    """The default rekey policy, a real hub and real sockets: a fake clock walks past the 1 h
+    key age twice while a byte stream echoes ~10 MiB through the hub. Each step is short
+    enough for the hub's liveness check and waits until the hub has heard from the worker at
+    the new time. Both rekeys happen mid-transfer, every byte comes back in order, and the
+    links and the channel are still up afterwards."""
+    mock_clock.rate = 1  # real time while things start (they poll with trio.sleep)
+    async with environment(tmp_path, timeout=60 + MAX_STEPS * STEP) as env:
+
+        async def echo_bytes(ctx: CallContext, payload: bytes, stream: ByteStream) -> None:
+            while data := await stream.receive_some():
+                await stream.send_all(data)
+
+        async def echo(ctx: CallContext, payload: bytes) -> bytes:
+            return payload
+
+        def add_methods(services: Services) -> None:
+            services.add_byte_stream("echo-bytes", echo_bytes)
+            services.add_rpc("echo", echo)
+
+        worker = await env.start_worker(
+            "box", generated_keypair, services=add_methods, transport=transport
+        )
+        wid = _id(worker)
+        hub_link = env.hub._workers[wid]  # the hub's end of the worker's link
+
+        def heard_since(t: float) -> Callable[[], bool]:
+            def heard() -> bool:
+                assert env.hub._workers.get(wid) is hub_link, "the worker link was replaced"
+                assert hub_link.liveness is not None
+                return hub_link.liveness.last_received >= t
+
+            return heard
+
+        async with leapcore.connect(
+            env.url, token=env.token, pins=env.pins(), transport=transport
+        ) as hub:
+            key_since = trio.current_time()  # no later than the channel's first keys
+            async with hub.open_channel(wid) as ch:
+                far = _worker_channel(worker, ch.channel_id)
+
+                def timers_run_at(t: float) -> Callable[[], bool]:
+                    return lambda: (d := ch.endpoint.next_deadline()) is None or d > t
+
+                stream = await ch.open_byte_stream("echo-bytes")
+                payload = bytes(range(251)) * 40_000  # ~10 MiB, not a multiple of a frame
+                view = memoryview(payload)
+                sent = 0
+                received = bytearray()
+                at_rekey: list[int] = []  # bytes echoed back when each rekey completed
+
+                async def receive() -> None:
+                    while data := await stream.receive_some():
+                        received.extend(data)
+
+                async with _wall_clock_limit(30), trio.open_nursery() as nursery:
+                    nursery.start_soon(receive)
+                    mock_clock.rate = 0  # from here on, time moves only by the jumps below
+                    for _ in range(MAX_STEPS):
+                        if ch.rekeys >= 2:
+                            break
+                        now = trio.current_time()
+                        # Small pieces while the keys are young; a full window on the step(s)
+                        # that make the client ask, so data is in flight both ways then.
+                        due = now + STEP >= key_since + DEFAULT_TIMINGS.max_age
+                        piece = view[sent : sent + (256 * 1024 if due else 8192)]
+                        await stream.send_all(piece)
+                        sent += len(piece)
+                        # The hub has heard from the worker at this time (the echo, or the
+                        # idle heartbeat a step makes due): the next step stays inside its
+                        # liveness timeout.
+                        await _until("word from the worker", heard_since(now))
+                        mock_clock.jump(STEP)
+                        now = trio.current_time()
+                        # The client's pump ran every timer due at the new time ...
+                        await _until("rekey timer", timers_run_at(now))
+                        # ... and a rekey it asked for is answered before time moves again.
+                        await _until("rekey answer", lambda: not ch.endpoint.rekey_in_flight)
+                        if ch.rekeys > len(at_rekey):
+                            assert far.rekeys == ch.rekeys
+                            at_rekey.append(len(received))
+                            key_since = now
+                            # What the client sealed under the old key reaches the worker
+                            # before that key's grace window there can run out.
+                            await ch.ping()
+                    mock_clock.rate = 1
+                    assert ch.rekeys >= 2, f"{ch.rekeys} rekeys in {MAX_STEPS} steps"
+                    await stream.send_all(view[sent:])
+                    await stream.send_eof()
+                assert received == payload
+                assert ch.rekeys == far.rekeys == len(at_rekey) >= 2
+                assert all(0 < n < len(payload) for n in at_rekey), at_rekey  # mid-transfer
+                # The same links throughout, and the channel still works.
+                assert worker.attempts == 1 and worker.online
+                assert env.hub.is_online(wid) and env.hub._workers[wid] is hub_link
+                await ch.ping()
+                assert await ch.call("echo", b"after") == b"after"
+                assert [w["id"] for w in await hub.list_workers()] == [wid]
