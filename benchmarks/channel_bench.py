@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/channel_bench.py [--quick] [--json] [--check] [--only NAME]
     .venv/bin/python benchmarks/channel_bench.py --only bulk_16m --profile-dir /tmp/prof
+    .venv/bin/python benchmarks/channel_bench.py --transport h2
 
 Three processes on each side, the same layout: this process is the client; a hub process and a
 worker process (two workers, ``pq`` and ``classic``, sharing one ``SigningPool(2)``) for
 leapcore; a plain trio TCP relay process and an echo/sink server process for the baselines.
-All on loopback, over leapcore's default transport (WebSocket) for the hub path.
+All on loopback, over leapcore's default transport (WebSocket) for the hub path, or
+HTTP/2 with ``--transport h2`` (the worker's and the client's links alike).
 
 ==============  ===========================================================  ==============
 benchmark       leapcore / baseline                                          target
@@ -133,13 +135,19 @@ async def _hub(conn: Connection, tmp: Path) -> None:
 
 
 def worker_main(
-    conn: Connection, url: str, workers: dict[str, dict[str, str]], profile_dir: str | None
+    conn: Connection,
+    url: str,
+    workers: dict[str, dict[str, str]],
+    transport: str,
+    profile_dir: str | None,
 ) -> None:
     with profiled(profile_dir, "worker"):
-        trio.run(_workers, conn, url, workers)
+        trio.run(_workers, conn, url, workers, transport)
 
 
-async def _workers(conn: Connection, url: str, workers: dict[str, dict[str, str]]) -> None:
+async def _workers(
+    conn: Connection, url: str, workers: dict[str, dict[str, str]], transport: str
+) -> None:
     from leapcore.channel import CallContext
     from leapcore.signpool import SigningPool
     from leapcore.workerd import Worker
@@ -154,7 +162,14 @@ async def _workers(conn: Connection, url: str, workers: dict[str, dict[str, str]
         daemons = []
         for name, info in workers.items():
             mode = "post-quantum" if name == "pq" else "classic"
-            daemon = Worker(info["data"], hub_url=url, name=name, encryption_mode=mode, signer=pool)
+            daemon = Worker(
+                info["data"],
+                hub_url=url,
+                name=name,
+                encryption_mode=mode,
+                signer=pool,
+                transport=transport,
+            )
             daemon.services.add_rpc("sink", sink)
             daemon.services.add_rpc("echo", echo)
             nursery.start_soon(daemon.run)
@@ -372,7 +387,10 @@ def mb_s(seconds_per_byte: float) -> str:
 
 
 class Bench:
-    def __init__(self, setup: dict[str, Any], ports: dict[str, int], quick: bool) -> None:
+    def __init__(
+        self, setup: dict[str, Any], ports: dict[str, int], quick: bool, transport: str
+    ) -> None:
+        self.transport = transport
         self.url = setup["url"]
         self.token = setup["token"]
         self.workers = setup["workers"]
@@ -395,7 +413,9 @@ class Bench:
 
         self.slh_key = WorkerKeyPair.generate().slhdsa_private
         results = []
-        async with leapcore.connect(self.url, token=self.token, pins=None) as session:
+        async with leapcore.connect(
+            self.url, token=self.token, pins=None, transport=self.transport
+        ) as session:
             self.session = session
             for name in NAMES:
                 if name in only:
@@ -565,6 +585,12 @@ def main() -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if any target is missed")
     parser.add_argument("--only", action="append", choices=NAMES, help="run only this one")
     parser.add_argument("--profile-dir", help="write hub/worker/client cProfile stats here")
+    parser.add_argument(
+        "--transport",
+        choices=["websocket", "h2"],
+        default="websocket",
+        help="the links' transport (default: websocket)",
+    )
     args = parser.parse_args()
     only = args.only or NAMES
     started = time.time()
@@ -586,7 +612,7 @@ def main() -> int:
             hub_conn, hub_pid = start(hub_main, tmp, args.profile_dir)
             setup = hub_conn.recv()
             worker_conn, worker_pid = start(
-                worker_main, setup["url"], setup["workers"], args.profile_dir
+                worker_main, setup["url"], setup["workers"], args.transport, args.profile_dir
             )
             assert worker_conn.recv() == "online"
             server_conn, server_pid = start(server_main, key)
@@ -600,10 +626,12 @@ def main() -> int:
             }
             print(
                 f"channel_bench: Python {platform.python_version()}, {os.cpu_count()} CPUs, "
-                f"{'quick' if args.quick else 'full'} run",
+                f"{'quick' if args.quick else 'full'} run, {args.transport} links",
                 flush=True,
             )
-            bench = Bench(setup, {"echo": relay_echo, "sink": relay_sink}, args.quick)
+            bench = Bench(
+                setup, {"echo": relay_echo, "sink": relay_sink}, args.quick, args.transport
+            )
             with profiled(args.profile_dir, "client"):
                 results = trio.run(bench.run, only)
         finally:

@@ -23,7 +23,7 @@ import inspect
 import logging
 import math
 import operator
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final
 
@@ -80,6 +80,8 @@ MAX_STREAM_BACKLOG: Final = 1024
 _BATCH: Final = 8
 
 Send = Callable[[LinkMessage], Awaitable[None]]
+#: Writes several messages at once, in order (one transport write where the link can).
+SendMany = Callable[[Sequence[LinkMessage]], Awaitable[None]]
 
 
 class ServiceError(Exception):
@@ -361,6 +363,7 @@ class Channel:
         *,
         channel_id: int,
         send: Send,
+        send_many: SendMany | None = None,
         clock: Callable[[], float] = trio.current_time,
         services: Services | None = None,
         user_id: str = "",
@@ -373,6 +376,7 @@ class Channel:
         self.user_id = user_id
         self.owner_id = owner_id
         self._send = send
+        self._send_many = send_many or self._send_each
         self._clock = clock
         self._services = services
         self._credit = CHANNEL_CREDIT
@@ -557,17 +561,25 @@ class Channel:
                     self._room.set()
                     self._room = trio.Event()
             if self._frames:
-                frame = self._frames[0]
-                cost = 0 if frame.flags == FrameFlag.CLOSE else len(frame.ciphertext)
-                if cost <= self._credit:
+                # Every frame the credit allows goes out in one write (one transport message).
+                batch: list[LinkMessage] = []
+                closing = False
+                while self._frames and not closing:
+                    frame = self._frames[0]
+                    closing = frame.flags == FrameFlag.CLOSE
+                    cost = 0 if closing else len(frame.ciphertext)
+                    if cost > self._credit:
+                        break
                     self._frames.popleft()
                     self._credit -= cost
-                    await self._send(
+                    batch.append(
                         ChannelData(
                             self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext
                         )
                     )
-                    if frame.flags == FrameFlag.CLOSE:
+                if batch:
+                    await self._send_many(batch)
+                    if closing:
                         return
                     continue
             elif endpoint.closed and self._error is not None:
@@ -578,6 +590,10 @@ class Channel:
                 await self._wakeup.wait()
             if deadline is not None and self._clock() >= deadline:
                 self._handle(endpoint.poll(self._clock()))
+
+    async def _send_each(self, messages: Sequence[LinkMessage]) -> None:
+        for message in messages:
+            await self._send(message)
 
     async def _submit(self, action: Callable[[], int | None]) -> Any:
         """Run an endpoint action, waiting for outbound room while its queue is full."""

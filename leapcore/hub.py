@@ -99,7 +99,7 @@ from .link_codec import (
 )
 from .link_state import LinkConnection, LinkRole, LinkState
 from .mode import EncryptionMode, parse_encryption_mode
-from .netpipe import LinkPipe
+from .netpipe import WRITE_BATCH, LinkPipe
 from .netserver import HttpResponse, LinkServer
 from .relay import ChannelRelay, RelayDirection
 
@@ -310,39 +310,58 @@ class _Link:
             await event.wait()
 
     async def writer(self) -> None:
+        """The link's one writer: control records first, then the channels' frames in turn,
+        joined into one transport write up to :data:`~leapcore.netpipe.WRITE_BATCH`."""
         try:
             while True:
-                if self._control:
-                    item = self._control.popleft()
-                    if isinstance(item, trio.Event):
-                        item.set()
+                batch: list[bytes] = []
+                size = 0
+                written: list[tuple[_Flow, int]] = []
+                flushed: list[trio.Event] = []
+                while size < WRITE_BATCH:
+                    if self._control:
+                        item = self._control.popleft()
+                        if isinstance(item, trio.Event):
+                            flushed.append(item)  # set once what came before it is written
+                        else:
+                            batch.append(item)
+                            size += len(item)
+                    elif self._ready:
+                        flow = self._ready.popleft()
+                        if not flow.frames:
+                            flow.scheduled = False
+                            continue
+                        data, cost = flow.frames.popleft()
+                        if flow.frames:
+                            self._ready.append(flow)  # round-robin: to the back of the ring
+                        else:
+                            flow.scheduled = False
+                        batch.append(data)
+                        size += len(data)
+                        written.append((flow, cost))
                     else:
-                        await self.pipe.send(item)
-                elif self._ready:
-                    flow = self._ready.popleft()
-                    if not flow.frames:
-                        flow.scheduled = False
-                        continue
-                    data, cost = flow.frames.popleft()
-                    if flow.frames:
-                        self._ready.append(flow)  # round-robin: to the back of the ring
-                    else:
-                        flow.scheduled = False
+                        break
+                if batch:
                     try:
-                        await self.pipe.send(data)
+                        await self.pipe.send(batch[0] if len(batch) == 1 else b"".join(batch))
                     finally:
-                        flow.queued -= cost
+                        for flow, cost in written:
+                            flow.queued -= cost
                     if self._on_written is not None:
-                        self._on_written(flow, cost)
-                elif self._closed:
+                        for flow, cost in written:
+                            self._on_written(flow, cost)
+                for event in flushed:
+                    event.set()
+                if batch or flushed:
+                    continue
+                if self._closed:
                     return
-                else:
-                    self._wake = trio.Event()
-                    self._idle = True
-                    try:
-                        await self._wake.wait()
-                    finally:
-                        self._idle = False
+                self._wake = trio.Event()
+                self._idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._idle = False
         except LinkClosed:
             self.scope.cancel()
         finally:
@@ -509,29 +528,30 @@ class Hub:
     async def _serve_link(self, link: _Link) -> None:
         first_deadline = self._clock() + FIRST_FRAME_TIMEOUT
         try:
-            while True:
-                if link.liveness is not None:
-                    deadline = link.liveness.deadline()
-                elif link.conn.state is LinkState.START:
-                    deadline = first_deadline
-                else:
-                    deadline = math.inf
-                with trio.move_on_after(max(0.0, deadline - self._clock())) as waited:
+            # One scope for the whole loop, its deadline moved as messages arrive (a scope
+            # per receive costs more than relaying a small frame).
+            with trio.CancelScope() as waiting:
+                while True:
+                    if link.liveness is not None:
+                        deadline = link.liveness.deadline()
+                    elif link.conn.state is LinkState.START:
+                        deadline = first_deadline
+                    else:
+                        deadline = math.inf
+                    waiting.deadline = trio.current_time() + max(0.0, deadline - self._clock())
                     data = await link.pipe.receive()
-                if waited.cancelled_caught:
-                    if link.liveness is not None:
-                        log.info(
-                            "%s: idle timeout: no messages from worker in %gs",
-                            link.name,
-                            link.liveness.timeout,
-                        )
-                    return
-                link.conn.receive_data(data)
-                while (message := link.conn.next_message()) is not None:
-                    if link.liveness is not None:
-                        link.liveness.on_received(self._clock())
-                    if self._dispatch(link, message):
-                        return
+                    link.conn.receive_data(data)
+                    while (message := link.conn.next_message()) is not None:
+                        if link.liveness is not None:
+                            link.liveness.on_received(self._clock())
+                        if self._dispatch(link, message):
+                            return
+            if waiting.cancelled_caught and link.liveness is not None:
+                log.info(
+                    "%s: idle timeout: no messages from worker in %gs",
+                    link.name,
+                    link.liveness.timeout,
+                )
         except LinkClosed:
             return
         except LinkProtocolError as exc:
@@ -896,7 +916,7 @@ class Hub:
             self.metrics.relayed(_DIRECTION_LABELS[flow.direction], cost)
         if not channel.live:
             return
-        grant = channel.relay.delivered(flow.direction, cost, queue_empty=not flow.frames)
+        grant = channel.relay.delivered(flow.direction, cost)
         if grant:
             channel.sender(flow.direction).enqueue(ChannelCredit(channel.id, grant))
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
@@ -179,6 +179,14 @@ class HubSession:
         if self._failure is not None:
             raise self._failure
         data = self._conn.send(message)
+        async with self._send_lock:
+            await self._pipe.send(data)
+
+    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
+        """Write several messages in one transport write, in order."""
+        if self._failure is not None:
+            raise self._failure
+        data = b"".join([self._conn.send(message) for message in messages])
         async with self._send_lock:
             await self._pipe.send(data)
 

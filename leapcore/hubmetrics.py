@@ -133,8 +133,8 @@ class HubMetrics:
             self.registrations.labels(outcome=outcome)
         for result in OPEN_RESULTS:
             self.channel_opens.labels(result=result)
-        for direction in RELAY_DIRECTIONS:
-            self.relayed_bytes.labels(direction=direction)
+        # Counted per relayed frame: the labelled children are looked up once, here.
+        self._relayed = {d: self.relayed_bytes.labels(direction=d) for d in RELAY_DIRECTIONS}
 
     def frame_rejected(self, reason: str) -> None:
         self.frames_rejected.labels(reason=reason).inc()
@@ -146,7 +146,7 @@ class HubMetrics:
         self.channel_opens.labels(result=result).inc()
 
     def relayed(self, direction: str, size: int) -> None:
-        self.relayed_bytes.labels(direction=direction).inc(size)
+        self._relayed[direction].inc(size)
 
     def frame_dropped(self) -> None:
         self.frames_dropped.inc()

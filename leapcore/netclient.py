@@ -9,17 +9,15 @@ from contextlib import asynccontextmanager
 from typing import Final
 
 import trio
-from trio_websocket import HandshakeError, wrap_client_stream
 
 from .errors import ConfigError, LinkClosed
 from .net_h2 import open_h2_link
+from .net_ws import open_websocket
 from .netpipe import (
+    HANDSHAKE_TIMEOUT,
     LINK_PATH,
-    MAX_WS_MESSAGE,
-    RECEIVE_BUFFER,
     HubAddress,
     LinkPipe,
-    WebSocketPipe,
     open_stream,
     parse_hub_url,
 )
@@ -67,18 +65,18 @@ async def _connected(
         if transport == "websocket":
             stream = await open_stream(address, ssl_context=context, alpn=["http/1.1"])
             try:
-                ws = await wrap_client_stream(
-                    nursery,
-                    stream,  # type: ignore[arg-type]
-                    address.host,
-                    LINK_PATH,
-                    max_message_size=MAX_WS_MESSAGE,
-                    receive_buffer_size=RECEIVE_BUFFER,
+                pipe: LinkPipe = await open_websocket(
+                    stream,
+                    host=address.host,
+                    port=address.port,
+                    tls=address.tls,
+                    path=LINK_PATH,
+                    timeout=HANDSHAKE_TIMEOUT,
                 )
-            except (HandshakeError, trio.BrokenResourceError, OSError) as exc:
+            except (LinkClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 await trio.aclose_forcefully(stream)
-                raise LinkClosed(f"WebSocket handshake with {url} failed: {exc}") from None
-            pipe: LinkPipe = WebSocketPipe(ws)
+                why = str(exc).removeprefix("WebSocket handshake failed: ")
+                raise LinkClosed(f"WebSocket handshake with {url} failed: {why}") from None
         else:
             stream = await open_stream(address, ssl_context=context, alpn=["h2"])
             authority = address.host if not address.port else f"{address.host}:{address.port}"

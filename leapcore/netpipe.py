@@ -3,8 +3,8 @@
 A :class:`LinkPipe` moves chunks of link bytes (``leapcore.link_codec`` frames;
 the decoder does not care how they are split). Two carriers implement it:
 
-* :class:`WebSocketPipe` — a WebSocket connection (trio-websocket); each
-  ``send`` is one binary message;
+* :class:`~leapcore.net_ws.WebSocketPipe` (:mod:`leapcore.net_ws`) — a WebSocket
+  connection (binary messages; boundaries mean nothing);
 * ``H2StreamPipe`` (:mod:`leapcore.net_h2`) — one long-lived HTTP/2 stream.
 
 Either runs over TCP, TLS or a Unix socket. :func:`open_stream` dials a hub URL
@@ -18,31 +18,25 @@ from typing import Final, Protocol
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from .errors import ConfigError, LinkClosed
 
 __all__ = [
     "LINK_PATH",
-    "RECEIVE_BUFFER",
+    "WRITE_BATCH",
     "HubAddress",
     "LinkPipe",
     "PrefixedStream",
-    "WebSocketPipe",
     "open_stream",
     "parse_hub_url",
 ]
 
 #: The HTTP path of the link endpoint (WebSocket upgrade, or the HTTP/2 stream).
 LINK_PATH: Final = "/link"
-#: trio-websocket's receive buffer: its 4 KiB default caps bulk throughput at a third.
-RECEIVE_BUFFER: Final = 64 * 1024
+#: Link messages queued together are joined into one transport write up to about this size.
+WRITE_BATCH: Final = 256 * 1024
 #: Seconds allowed for a TLS handshake, either side.
 HANDSHAKE_TIMEOUT: Final = 30.0
-#: Bytes per WebSocket message sent (a pipe carries bytes; message boundaries mean nothing).
-SEND_CHUNK: Final = 64 * 1024
-#: Largest WebSocket message accepted.
-MAX_WS_MESSAGE: Final = 256 * 1024
 
 
 class LinkPipe(Protocol):
@@ -55,32 +49,6 @@ class LinkPipe(Protocol):
         ...
 
     async def aclose(self) -> None: ...
-
-
-class WebSocketPipe:
-    """A link carried by a WebSocket connection (binary messages)."""
-
-    def __init__(self, ws: WebSocketConnection) -> None:
-        self._ws = ws
-
-    async def send(self, data: bytes) -> None:
-        try:
-            for start in range(0, len(data), SEND_CHUNK):
-                await self._ws.send_message(data[start : start + SEND_CHUNK])
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise LinkClosed(f"link closed while sending: {exc}") from None
-
-    async def receive(self) -> bytes:
-        try:
-            message = await self._ws.get_message()
-        except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-            raise LinkClosed(f"link closed: {exc}") from None
-        if isinstance(message, str):
-            raise LinkClosed("link carried a text WebSocket message; only binary is allowed")
-        return bytes(message)
-
-    async def aclose(self) -> None:
-        await self._ws.aclose()
 
 
 class PrefixedStream(trio.abc.Stream):

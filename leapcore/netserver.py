@@ -20,17 +20,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Final
 
 import trio
-from trio_websocket import wrap_server_stream
 
-from .netpipe import (
-    HANDSHAKE_TIMEOUT,
-    LINK_PATH,
-    MAX_WS_MESSAGE,
-    RECEIVE_BUFFER,
-    LinkPipe,
-    PrefixedStream,
-    WebSocketPipe,
-)
+from .net_ws import accept_websocket
+from .netpipe import HANDSHAKE_TIMEOUT, LINK_PATH, LinkPipe, PrefixedStream
 
 __all__ = ["H2_PREFACE", "HttpResponse", "LinkServer", "Route"]
 
@@ -106,25 +98,19 @@ class LinkServer:
         method, path, headers = request
         upgrade = headers.get("upgrade", "").lower() == "websocket"
         if path == LINK_PATH and upgrade:
-            await self._serve_websocket(PrefixedStream(stream, head))
+            await self._serve_websocket(stream, head)
             return
         status, content_type, body = self.route(method, path)
         await _respond_http1(stream, status, content_type, body)
 
-    async def _serve_websocket(self, stream: trio.abc.Stream) -> None:
-        async with trio.open_nursery() as nursery:
-            request = await wrap_server_stream(
-                nursery,
-                stream,
-                max_message_size=MAX_WS_MESSAGE,
-                receive_buffer_size=RECEIVE_BUFFER,
-            )
-            ws = await request.accept()
-            try:
-                await self.on_link(WebSocketPipe(ws), "websocket")
-            finally:
-                await ws.aclose()
-                nursery.cancel_scope.cancel()
+    async def _serve_websocket(self, stream: trio.abc.Stream, head: bytes) -> None:
+        pipe = await accept_websocket(stream, head)
+        if pipe is None:
+            return  # refused: the handshake's error response was written
+        try:
+            await self.on_link(pipe, "websocket")
+        finally:
+            await pipe.aclose()
 
     async def _serve_h2(self, stream: trio.abc.Stream, prefix: bytes) -> None:
         from .net_h2 import serve_h2

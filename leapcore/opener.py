@@ -21,7 +21,7 @@ with the small :class:`OpenerLink` surface: the client's
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Final, Protocol
 
@@ -70,6 +70,8 @@ class OpenerLink(Protocol):
     async def call(self, method: str, *, timeout: float = ..., **params: Any) -> dict[str, Any]: ...
 
     async def send(self, message: LinkMessage) -> None: ...
+
+    async def send_many(self, messages: Sequence[LinkMessage]) -> None: ...
 
     async def request_open(
         self, worker_id: str, message1: bytes, max_message_size: int
@@ -184,6 +186,7 @@ async def _open(
             endpoint,
             channel_id=answer.channel_id,
             send=link.send,
+            send_many=link.send_many,
             clock=clock,
             services=services,
             worker_id=worker_id,

@@ -18,9 +18,11 @@ It also keeps each direction's **credit** (:meth:`ChannelRelay.charge`,
 :data:`~leapcore.link_codec.CHANNEL_CREDIT` bytes; each FINAL or MORE frame costs
 its ciphertext's length (CLOSE costs nothing) and a frame beyond the credit
 left is a violation. Credit comes back once the hub wrote the frames to the other
-end, announced in batches: when a quarter of :data:`CHANNEL_CREDIT` is pending, or
-when that direction's queue runs empty. So the hub holds at most
-:data:`CHANNEL_CREDIT` bytes per channel and direction.
+end, announced in batches of :data:`CREDIT_BATCH` (a quarter of :data:`CHANNEL_CREDIT`):
+small messages cost no extra record each. A sender never waits on credit the hub is
+holding back, because a batch plus the largest frame fit in the credit: once everything
+it sent was written, less than a batch is unannounced and more than a frame is left.
+So the hub holds at most :data:`CHANNEL_CREDIT` bytes per channel and direction.
 
 A violation raises :class:`~leapcore.errors.RelayViolation` for that channel
 alone: the hub closes that channel (both ends) and nothing else.
@@ -53,8 +55,11 @@ _TAG: Final = 16
 
 #: How far past the negotiated size the hub's plaintext estimate may go.
 REASSEMBLY_SLACK: Final = 64 * 1024
-#: Returned credit is announced once this much is pending (or the queue ran empty).
+#: Returned credit is announced once this much is pending.
 CREDIT_BATCH: Final = CHANNEL_CREDIT // 4
+# A sender whose frames were all written has CHANNEL_CREDIT - (< CREDIT_BATCH) left: room
+# for the largest frame, so holding back less than a batch can never stall it
+# (tests/test_relay.py checks CREDIT_BATCH + 65535 <= CHANNEL_CREDIT).
 
 
 class RelayDirection(enum.Enum):
@@ -112,15 +117,15 @@ class ChannelRelay:
         state.credit -= cost
         return cost
 
-    def delivered(self, direction: RelayDirection, cost: int, *, queue_empty: bool) -> int:
+    def delivered(self, direction: RelayDirection, cost: int) -> int:
         """``cost`` bytes went out to the receiver; the credit to announce now (0: not yet).
 
         Announced credit is the sender's again. A batch goes out once
-        :data:`CREDIT_BATCH` bytes are pending, or when the queue that way ran empty.
+        :data:`CREDIT_BATCH` bytes are pending.
         """
         state = self._directions[direction]
         state.unannounced += cost
-        if state.unannounced >= CREDIT_BATCH or (queue_empty and state.unannounced):
+        if state.unannounced >= CREDIT_BATCH:
             grant, state.unannounced = state.unannounced, 0
             state.credit += grant
             return grant

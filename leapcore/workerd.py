@@ -38,7 +38,7 @@ import enum
 import itertools
 import logging
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -76,7 +76,7 @@ from .link_codec import (
 from .link_state import LinkConnection, LinkRole
 from .mode import parse_encryption_mode
 from .netclient import TRANSPORTS, connect_link
-from .netpipe import LinkPipe, parse_hub_url
+from .netpipe import WRITE_BATCH, LinkPipe, parse_hub_url
 from .opener import OPEN_TIMEOUT, open_channel
 from .paths import cross_worker_pins_path
 from .pinstore import PinStore
@@ -232,6 +232,10 @@ class _HubCalls:
         if self._attempt.result is not None:
             raise LinkClosed("the link to the hub is closed")
         await self._worker._enqueue(self._attempt, message)
+
+    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
+        for message in messages:  # the link's writer joins what is queued into one write
+            await self.send(message)
 
     async def _ask(self, request_id: int, message: LinkMessage, timeout: float) -> LinkMessage:
         event = self._events[request_id] = trio.Event()
@@ -595,7 +599,16 @@ class Worker:
         try:
             async with attempt.queue_out:
                 async for data in attempt.queue_out:
-                    await attempt.pipe.send(data)
+                    # Whatever else is queued goes in the same transport write.
+                    batch, size = [data], len(data)
+                    while size < WRITE_BATCH:
+                        try:
+                            more = attempt.queue_out.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        batch.append(more)
+                        size += len(more)
+                    await attempt.pipe.send(data if len(batch) == 1 else b"".join(batch))
         except LinkClosed as exc:
             log.info("link ended while sending: %s", exc)
             attempt.finish(Outcome.TRANSIENT)

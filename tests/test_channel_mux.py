@@ -900,4 +900,4 @@ def test_channel_modules_do_not_import_io_frameworks():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     loaded = set(json.loads(out.stdout))
-    assert not loaded & {"trio", "anyio", "trio_websocket", "h2", "sniffio", "socket", "asyncio"}
+    assert not loaded & {"trio", "anyio", "websockets", "h2", "sniffio", "socket", "asyncio"}

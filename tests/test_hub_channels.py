@@ -39,6 +39,7 @@ from leapcore.link_codec import (
     OpenChannel,
 )
 from leapcore.netpipe import LinkPipe
+from leapcore.relay import CREDIT_BATCH
 
 FULL = 65535
 SIZE = 16 * 1024 * 1024
@@ -70,7 +71,19 @@ async def credits_until(peer: Peer, channel_id: int, total: int) -> int:
     while got < total:
         message = await recv(peer)
         assert isinstance(message, ChannelCredit) and message.channel_id == channel_id, message
-        assert 0 < message.credit <= total - got
+        assert CREDIT_BATCH <= message.credit <= total - got
+        got += message.credit
+    return got
+
+
+async def credits_past(peer: Peer, channel_id: int, minimum: int) -> int:
+    """Read ``channel_credit`` records (each at least a batch) until more than ``minimum``
+    bytes came back; the total."""
+    got = 0
+    while got <= minimum:
+        message = await recv(peer)
+        assert isinstance(message, ChannelCredit) and message.channel_id == channel_id, message
+        assert message.credit >= CREDIT_BATCH
         got += message.credit
     return got
 
@@ -179,8 +192,13 @@ async def test_open_then_data_both_ways(tmp_path: Path) -> None:
         for frame in frames:
             await client.send(frame)
         assert await recv_data(worker, 3) == frames
-        # Credit comes back once the frames were written to the worker's link.
-        assert await credits_until(client, channel, FULL + 116) == FULL + 116
+        # Credit comes back once the frames were written to the worker's link, in batches:
+        # those 65 651 bytes are less than one, three more full frames make one due.
+        more = [ChannelData(channel, 11 + i, 0, bytes([i]) * FULL) for i in range(3)]
+        for frame in more:
+            await client.send(frame)
+        assert await recv_data(worker, 3) == more
+        assert await credits_until(client, channel, 4 * FULL + 116) == 4 * FULL + 116
         # Worker -> client.
         back = [
             ChannelData(channel, 9, 0, bytes(range(256)) * 4),
@@ -189,12 +207,13 @@ async def test_open_then_data_both_ways(tmp_path: Path) -> None:
         for frame in back:
             await worker.send(frame)
         assert await recv_data(client, 2) == back
-        assert await credits_until(worker, channel, 1040) == 1040
+        # Written (the credit for those few bytes waits for a batch).
+        await wait_until(lambda: env.hub.channel_buffered(channel) == 0)
 
         metrics = await scrape(env)
         assert value(metrics, "channels") == 1
         assert value(metrics, "channel_opens_total", result="opened") == 1
-        assert value(metrics, "relayed_bytes_total", direction="to_worker") == FULL + 116
+        assert value(metrics, "relayed_bytes_total", direction="to_worker") == 4 * FULL + 116
         assert value(metrics, "relayed_bytes_total", direction="to_client") == 1040
 
         # A second open gets a fresh id.
@@ -326,13 +345,14 @@ async def test_a_reader_that_does_not_read_stalls_only_its_channels(tmp_path: Pa
             # The same worker's channel to a reading client is not held back.
             await worker.send(ChannelData(fast, 1, 0, b"f" * 64))
             assert await recv_data(other, 1) == [ChannelData(fast, 1, 0, b"f" * 64)]
-            assert await credits_until(worker, fast, 64) == 64
             assert env.hub.channel_buffered(channel) == CHANNEL_CREDIT
             # The reader catches up: its frames arrive and the credit comes back.
             held.open.set()
             frames = await recv_data(slow, sent)
             assert sum(len(f.ciphertext) for f in frames) == CHANNEL_CREDIT
-            assert await credits_until(worker, channel, CHANNEL_CREDIT) == CHANNEL_CREDIT
+            # Everything was written: all but less than a batch is announced back.
+            back = await credits_past(worker, channel, CHANNEL_CREDIT - CREDIT_BATCH)
+            assert CHANNEL_CREDIT - CREDIT_BATCH < back <= CHANNEL_CREDIT
             assert env.hub.channel_buffered(channel) == 0
             await worker.send(ChannelData(channel, 1000, 0, b"more" * 4))
             assert await recv_data(slow, 1) == [ChannelData(channel, 1000, 0, b"more" * 4)]
@@ -682,14 +702,46 @@ async def test_writer_sends_control_first_then_channels_in_turn() -> None:
     assert flow_a.queued == 6 and flow_b.queued == 10
     link.close_queue()
     await link.writer()  # drains everything, then ends
+    # All of it was queued: one transport write, in this order.
     assert pipe.sent == [
-        encode(HeartbeatAck(1)),
-        encode(ChannelData(1, 1, 0, b"a")),
-        encode(ChannelData(2, 1, 0, b"b" * 10)),
-        encode(ChannelData(1, 2, 0, b"aa")),
-        encode(close),
-        encode(ChannelData(1, 3, 0, b"aaa")),
+        b"".join(
+            [
+                encode(HeartbeatAck(1)),
+                encode(ChannelData(1, 1, 0, b"a")),
+                encode(ChannelData(2, 1, 0, b"b" * 10)),
+                encode(ChannelData(1, 2, 0, b"aa")),
+                encode(close),
+                encode(ChannelData(1, 3, 0, b"aaa")),
+            ]
+        )
     ]
     assert written == [(1, 1), (2, 10), (1, 2), (2, 0), (1, 3)]
     assert flow_a.queued == flow_b.queued == 0
     assert not link.enqueue(HeartbeatAck(2))  # closed: nothing more is accepted
+
+
+async def test_writer_joins_queued_frames_up_to_a_batch() -> None:
+    """Queued frames go out in as few writes as the batch size allows, each frame whole and
+    in order, and every frame's credit is reported once it was written."""
+    from leapcore.hub import _Channel
+    from leapcore.link_codec import encode
+    from leapcore.link_state import LinkState
+    from leapcore.netpipe import WRITE_BATCH
+    from leapcore.relay import RelayDirection
+
+    written: list[int] = []
+    pipe = Recorder()
+    link = _Link(pipe, "test", lambda flow, cost: written.append(cost))
+    link.conn.state = LinkState.CLIENT_ACTIVE
+    flow = _Channel(1, link, link, SIZE).flows[RelayDirection.TO_CLIENT]
+    frames = [ChannelData(1, i + 1, 0, bytes([i]) * FULL) for i in range(6)]
+    for frame in frames:
+        assert link.enqueue_data(flow, frame, FULL)
+    link.close_queue()
+    await link.writer()
+    encoded = [encode(frame) for frame in frames]
+    per_write = -(-WRITE_BATCH // len(encoded[0]))  # frames until a write reaches the batch
+    assert per_write == 4
+    assert pipe.sent == [b"".join(encoded[:per_write]), b"".join(encoded[per_write:])]
+    assert written == [FULL] * 6
+    assert flow.queued == 0

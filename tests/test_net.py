@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import ssl
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
 import pytest
 import trio
 import trustme
+from test_hub import wait_until
+from websockets.client import ClientProtocol
+from websockets.frames import Close, Frame, Opcode
+from websockets.protocol import OPEN
+from websockets.uri import parse_uri
 
 from leapcore.errors import ConfigError, LinkClosed
 from leapcore.link_codec import ChannelData, Heartbeat, LinkDecoder, encode, encode_many
+from leapcore.net_ws import MAX_WS_MESSAGE
 from leapcore.netclient import connect_link
 from leapcore.netpipe import LinkPipe, parse_hub_url
 from leapcore.netserver import LinkServer
@@ -183,3 +190,164 @@ async def test_unknown_transport() -> None:
     with pytest.raises(ConfigError, match="unknown transport 'quic'"):
         async with connect_link("http://127.0.0.1:1", transport="quic"):
             pass
+
+
+# -- WebSocket framing from a hand-driven peer -------------------------------------------------
+
+
+class RawWebSocket:
+    """A WebSocket client driven by hand (``websockets``' sans-IO protocol over a trio
+    stream), so a test can send what leapcore's own client never would."""
+
+    def __init__(self, stream: trio.abc.Stream, protocol: ClientProtocol) -> None:
+        self.stream = stream
+        self.protocol = protocol
+
+    @classmethod
+    async def open(cls, url: str) -> RawWebSocket:
+        address = parse_hub_url(url)
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        protocol = ClientProtocol(
+            parse_uri(f"ws://{address.host}:{address.port}/link"), max_size=None
+        )
+        protocol.send_request(protocol.connect())
+        raw = cls(stream, protocol)
+        await raw.flush()
+        while protocol.state is not OPEN:
+            protocol.receive_data(await stream.receive_some(65536))
+            protocol.events_received()
+        return raw
+
+    async def flush(self) -> None:
+        for data in self.protocol.data_to_send():
+            if data:
+                await self.stream.send_all(data)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """Frames from the server until the connection ends."""
+        while True:
+            data = await self.stream.receive_some(65536)
+            if not data:
+                self.protocol.receive_eof()
+                return
+            self.protocol.receive_data(data)
+            for event in self.protocol.events_received():
+                assert isinstance(event, Frame)
+                yield event
+            await self.flush()
+
+
+async def _server_sees(url: str, ending: list[str], send: Callable[[ClientProtocol], None]) -> int:
+    """Open a raw WebSocket, let ``send`` queue frames, return the server's close code."""
+    raw = await RawWebSocket.open(url)
+    send(raw.protocol)
+    await raw.flush()
+    with trio.fail_after(10):
+        async for frame in raw.frames():
+            if frame.opcode is Opcode.CLOSE:
+                code = Close.parse(frame.data).code
+                await raw.stream.aclose()
+                return code
+    raise AssertionError(f"the server never sent a close frame (saw {ending})")
+
+
+@asynccontextmanager
+async def recording_server(ca: trustme.CA) -> AsyncIterator[tuple[str, list[bytes], list[str]]]:
+    """A server whose links record the bytes they receive and how they ended."""
+    got: list[bytes] = []
+    ending: list[str] = []
+
+    async def record(pipe: LinkPipe, transport: str) -> None:
+        try:
+            while True:
+                got.append(await pipe.receive())
+        except LinkClosed as exc:
+            ending.append(str(exc))
+
+    async with running_server("tcp", ca, handler=record) as (url, _):
+        yield url, got, ending
+
+
+async def test_websocket_fragments_are_bytes_and_pings_are_answered(ca: trustme.CA) -> None:
+    async with recording_server(ca) as (url, got, ending):
+        raw = await RawWebSocket.open(url)
+        raw.protocol.send_binary(b"one-", fin=False)
+        raw.protocol.send_continuation(b"two-", fin=False)
+        raw.protocol.send_ping(b"are you there")
+        raw.protocol.send_continuation(b"three", fin=True)
+        await raw.flush()
+        with trio.fail_after(10):
+            async for frame in raw.frames():
+                if frame.opcode is Opcode.PONG:
+                    assert frame.data == b"are you there"
+                    break
+        await wait_until(lambda: b"".join(got) == b"one-two-three")
+        raw.protocol.send_close(1000)
+        await raw.flush()
+        with trio.fail_after(10):
+            async for _frame in raw.frames():
+                pass
+        await wait_until(lambda: ending)
+        assert ending == ["link closed: the peer closed the WebSocket with code 1000"]
+
+
+@pytest.mark.parametrize(
+    ("send", "code", "why"),
+    [
+        (lambda p: p.send_text(b"hello"), 1003, "only binary is allowed"),
+        (lambda p: p.send_binary(bytes(MAX_WS_MESSAGE + 1)), 1009, "bad WebSocket data"),
+        (
+            lambda p: (
+                p.send_binary(bytes(MAX_WS_MESSAGE // 2), fin=False),
+                p.send_continuation(bytes(MAX_WS_MESSAGE // 2 + 1), fin=True),
+            ),
+            1009,
+            "bad WebSocket data",
+        ),
+    ],
+    ids=["text", "oversized-frame", "oversized-message"],
+)
+async def test_bad_websocket_input_ends_only_that_link(
+    ca: trustme.CA, send: Callable[[ClientProtocol], None], code: int, why: str
+) -> None:
+    async with recording_server(ca) as (url, got, ending), connect_link(url) as live:
+        assert await _server_sees(url, ending, send) == code
+        await wait_until(lambda: ending)
+        assert why in ending[0]
+        # Nothing past the limit reached the link (a byte pipe: an earlier fragment may have).
+        assert sum(map(len, got)) <= MAX_WS_MESSAGE // 2
+        # Another link on the same server is unaffected.
+        before = len(got)
+        await live.send(encode(Heartbeat(5)))
+        await wait_until(lambda: len(got) > before)
+        assert LinkDecoder().feed(got[before]) == [Heartbeat(5)]
+
+
+async def test_a_bad_websocket_handshake_is_refused(ca: trustme.CA) -> None:
+    async with running_server("tcp", ca) as (url, _):
+        address = parse_hub_url(url)
+        stream = await trio.open_tcp_stream(address.host, address.port)
+        await stream.send_all(
+            b"GET /link HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+        )
+        answer = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some(4096):
+                answer += chunk
+        assert answer.startswith(b"HTTP/1.1 400 ")
+        assert b"Sec-WebSocket-Key" in answer
+
+
+async def test_a_websocket_client_reaching_a_plain_http_server(ca: trustme.CA) -> None:
+    async def not_a_hub(stream: trio.SocketStream) -> None:
+        await stream.receive_some(4096)
+        await stream.send_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+        await stream.aclose()
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, not_a_hub, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        with pytest.raises(LinkClosed, match=r"WebSocket handshake with .* failed: .*404"):
+            async with connect_link(f"http://127.0.0.1:{port}"):
+                pass
+        nursery.cancel_scope.cancel()

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from leapcore.chunking import DEFAULT_MAX_MESSAGE_SIZE
 from leapcore.errors import ConfigError, RelayViolation
+from leapcore.link_codec import CHANNEL_CREDIT
 from leapcore.relay import FLAG_CLOSE, FLAG_FINAL, FLAG_MORE, ChannelRelay, RelayDirection
 
 TW, TC = RelayDirection.TO_WORKER, RelayDirection.TO_CLIENT
@@ -123,7 +124,6 @@ def test_credit_is_spent_per_direction_and_close_is_free() -> None:
 
 
 def test_default_credit_is_the_link_constant() -> None:
-    from leapcore.link_codec import CHANNEL_CREDIT
 
     r = ChannelRelay(1)
     assert r.credit(TW) == r.credit(TC) == CHANNEL_CREDIT == 1024 * 1024
@@ -137,14 +137,13 @@ def test_delivered_credit_is_announced_in_batches() -> None:
     r = ChannelRelay(1)
     r.charge(TC, FLAG_FINAL, FULL)
     r.charge(TC, FLAG_FINAL, FULL)
-    # More is queued: small deliveries wait until a batch is due.
-    assert r.delivered(TC, 100, queue_empty=False) == 0
-    assert r.delivered(TC, CREDIT_BATCH - 101, queue_empty=False) == 0
-    assert r.delivered(TC, 1, queue_empty=False) == CREDIT_BATCH
-    # The queue ran empty: whatever is pending goes out at once.
-    assert r.delivered(TC, 5, queue_empty=True) == 5
-    assert r.delivered(TC, 0, queue_empty=True) == 0
-    assert r.credit(TC) == 1024 * 1024 - 2 * FULL + CREDIT_BATCH + 5
+    # Small deliveries wait until a batch is due, whether or not more is queued.
+    assert r.delivered(TC, 100) == 0
+    assert r.delivered(TC, CREDIT_BATCH - 101) == 0
+    assert r.delivered(TC, 1) == CREDIT_BATCH
+    assert r.delivered(TC, 5) == 0
+    assert r.delivered(TC, 0) == 0
+    assert r.credit(TC) == 1024 * 1024 - 2 * FULL + CREDIT_BATCH
     assert r.credit(TW) == 1024 * 1024
 
 
@@ -154,3 +153,20 @@ def test_a_frame_shorter_than_the_tag_is_refused(size: int) -> None:
     with pytest.raises(RelayViolation, match="shorter than the 16-byte tag"):
         relay.check(RelayDirection.TO_WORKER, 1, FLAG_FINAL, size)
     assert relay.check(RelayDirection.TO_WORKER, 1, FLAG_FINAL, 16) is False
+
+
+@given(st.lists(st.integers(min_value=16, max_value=FULL), min_size=1, max_size=200))
+def test_a_sender_whose_frames_were_written_always_has_room_for_the_next(
+    sizes: list[int],
+) -> None:
+    """Credit held back below a batch never stalls a sender: after every frame it sent was
+    written (and whatever batches were due announced), the largest frame still fits."""
+    from leapcore.relay import CREDIT_BATCH
+
+    assert CREDIT_BATCH + FULL <= CHANNEL_CREDIT
+    r = ChannelRelay(1)
+    for size in sizes:
+        assert r.credit(TW) >= FULL
+        r.charge(TW, FLAG_FINAL, size)
+        r.delivered(TW, size)
+    assert r.credit(TW) >= FULL

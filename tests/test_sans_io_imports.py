@@ -30,7 +30,7 @@ CORE = [
     "leapcore.pins",
     "leapcore.paths",
 ]
-IO_FRAMEWORKS = ["trio", "anyio", "trio_websocket", "h2", "sniffio", "outcome", "h11", "wsproto"]
+IO_FRAMEWORKS = ["trio", "anyio", "websockets", "h2", "sniffio", "outcome", "h11"]
 
 
 def _modules_after(imports: list[str]) -> set[str]:
