@@ -383,6 +383,8 @@ class Channel:
         self._frames: collections.deque[ChannelFrame] = collections.deque()
         self._wakeup = trio.Event()
         self._room = trio.Event()
+        self._deadline_moved = trio.Event()
+        self._timer_deadline: float | None = None
         self._calls: dict[int, _Call] = {}
         self._streams: dict[int, _StreamInbox] = {}
         self._byte_streams: dict[int, ByteStream] = {}
@@ -541,6 +543,7 @@ class Channel:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                nursery.start_soon(self._timer)
                 task_status.started()
                 await self._pump()
                 nursery.cancel_scope.cancel()
@@ -584,12 +587,24 @@ class Channel:
                     continue
             elif endpoint.closed and self._error is not None:
                 return
-            deadline = endpoint.next_deadline()
+            if endpoint.next_deadline() != self._timer_deadline:
+                self._deadline_moved.set()
             self._wakeup = trio.Event()
+            await self._wakeup.wait()
+
+    async def _timer(self) -> None:
+        """Runs the endpoint's timers (rekey). A task of its own, so that the pump waits on
+        nothing but its wakeup: no cancel scope per message sent. The pump tells it when
+        the deadline moved; a deadline that passes is polled, and the pump kicked."""
+        endpoint = self.endpoint
+        while True:
+            deadline = self._timer_deadline = endpoint.next_deadline()
+            self._deadline_moved = trio.Event()
             with trio.move_on_at(math.inf if deadline is None else deadline):
-                await self._wakeup.wait()
+                await self._deadline_moved.wait()
             if deadline is not None and self._clock() >= deadline:
                 self._handle(endpoint.poll(self._clock()))
+                self._kick()
 
     async def _send_each(self, messages: Sequence[LinkMessage]) -> None:
         for message in messages:

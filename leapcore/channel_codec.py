@@ -37,6 +37,7 @@ import enum
 import functools
 import re
 import struct
+from collections.abc import Sequence
 from typing import Final
 
 import attrs
@@ -71,6 +72,7 @@ __all__ = [
     "StreamRequest",
     "WindowUpdate",
     "decode",
+    "decode_chunks",
     "encode",
     "kind_of",
 ]
@@ -374,18 +376,30 @@ def encode(message: Message) -> bytes:
 # Decoding
 
 
+class _JoinFirst(Exception):
+    """A field reaches past the first chunk: decode the joined message instead."""
+
+
 class _Reader:
-    """Reads fields off one message body; every shortfall is a ChannelProtocolError."""
+    """Reads fields off one message body; every shortfall is a ChannelProtocolError.
 
-    __slots__ = ("data", "name", "pos")
+    ``tail``: the message's further chunks when it came chunked. Fields are read from the
+    first chunk; :meth:`rest` joins the remainder of it with the tail (the one copy of a
+    large payload). A field that does not fit in the first chunk raises :class:`_JoinFirst`.
+    """
 
-    def __init__(self, name: str, data: bytes) -> None:
+    __slots__ = ("data", "name", "pos", "tail")
+
+    def __init__(self, name: str, data: bytes, tail: Sequence[bytes] = ()) -> None:
         self.name = name
-        self.data = data  # the whole message: the body starts after the kind byte
+        self.data = data  # the whole message (or its first chunk): the body starts at 1
         self.pos = 1
+        self.tail = tail
 
     def take(self, n: int, what: str) -> bytes:
         end = self.pos + n
+        if end > len(self.data) and self.tail:
+            raise _JoinFirst
         if end > len(self.data):
             raise ChannelProtocolError(
                 f"{self.name} body too short: {what} needs {n} bytes at offset {self.pos - 1}, "
@@ -407,7 +421,11 @@ class _Reader:
         return value
 
     def rest(self) -> bytes:
-        out = self.data[self.pos :]
+        if self.tail:
+            out = b"".join([memoryview(self.data)[self.pos :], *self.tail])
+            self.tail = ()
+        else:
+            out = self.data[self.pos :]
         self.pos = len(self.data)
         return out
 
@@ -442,6 +460,8 @@ class _Reader:
         return code, self.text(length, "message")
 
     def end(self) -> None:
+        if self.tail:
+            raise _JoinFirst
         extra = len(self.data) - self.pos
         if extra:
             raise ChannelProtocolError(
@@ -452,14 +472,32 @@ class _Reader:
 _KINDS: Final = {kind.value: kind for kind in MessageKind}
 
 
+def decode_chunks(chunks: Sequence[bytes]) -> Message:
+    """:func:`decode` of ``b"".join(chunks)``, the same result or error, but a large payload
+    is copied once (from the chunks), not joined and then sliced."""
+    if len(chunks) == 1:
+        return decode(chunks[0])
+    first = next((i for i, chunk in enumerate(chunks) if chunk), None)
+    if first is None:
+        return decode(b"")
+    try:
+        return _decode(chunks[first], chunks[first + 1 :])
+    except _JoinFirst:
+        return decode(b"".join(chunks))
+
+
 def decode(plaintext: bytes) -> Message:
     """Parse one complete channel message (strict; see the module docstring)."""
+    return _decode(plaintext, ())
+
+
+def _decode(plaintext: bytes, tail: Sequence[bytes]) -> Message:
     if not plaintext:
         raise ChannelProtocolError("empty channel message: the kind byte is missing")
     kind = _KINDS.get(plaintext[0])
     if kind is None:
         raise ChannelProtocolError(f"unknown channel message kind 0x{plaintext[0]:02x}")
-    r = _Reader(kind.name, plaintext)
+    r = _Reader(kind.name, plaintext, tail)
     message: Message
     match kind:
         case MessageKind.REQUEST:

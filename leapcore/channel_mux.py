@@ -59,7 +59,7 @@ from .channel_codec import (
     StreamRequest,
     WindowUpdate,
     check_window,
-    decode,
+    decode_chunks,
     encode,
     kind_of,
 )
@@ -704,15 +704,16 @@ class ChannelEndpoint:
             return
         result = self._reassembler.feed(cid, flags, plaintext)
         if isinstance(result, Reassembled):
-            self._dispatch(cid, result.message)
+            self._dispatch(cid, result.chunks)
         elif result is not None:
             self._violation(cid, result.error, reply=cid != 0)
 
-    def _dispatch(self, cid: int, plaintext: bytes) -> None:
+    def _dispatch(self, cid: int, chunks: tuple[bytes, ...]) -> None:
         try:
-            message = decode(plaintext)
+            message = decode_chunks(chunks)
         except ChannelProtocolError as exc:
-            if plaintext and plaintext[0] in _REKEY_KINDS:
+            first = next((chunk[0] for chunk in chunks if chunk), None)
+            if first in _REKEY_KINDS:
                 self._fatal(RekeyError.code, f"malformed rekey message: {exc}")
             else:
                 self._violation(cid, exc, reply=True)

@@ -115,10 +115,16 @@ def split_message(message: bytes) -> list[tuple[FrameFlag, bytes]]:
 
 @attrs.frozen
 class Reassembled:
-    """A complete channel message."""
+    """A complete channel message, as the chunks it arrived in: decoding takes the chunks
+    (:func:`~leapcore.channel_codec.decode_chunks`), so a large message is copied once."""
 
     correlation_id: int
-    message: bytes
+    chunks: tuple[bytes, ...]
+
+    @property
+    def message(self) -> bytes:
+        """The whole message (joined now: a copy for a chunked one)."""
+        return self.chunks[0] if len(self.chunks) == 1 else b"".join(self.chunks)
 
 
 @attrs.frozen
@@ -181,7 +187,7 @@ class Reassembler:
             if len(chunk) > self.max_message_size:  # only if a chunk exceeds 65519 bytes
                 return self._fail(cid, final, self._too_big(len(chunk)))
             if final:
-                return Reassembled(cid, bytes(chunk))
+                return Reassembled(cid, (bytes(chunk),))
             if len(self._partial) >= self.max_incomplete:
                 return self._fail(
                     cid,
@@ -198,7 +204,7 @@ class Reassembler:
         parts.append(chunk)
         if final:
             del self._partial[cid], self._sizes[cid]
-            return Reassembled(cid, b"".join(parts))  # the one copy of the message
+            return Reassembled(cid, tuple(parts))
         self._sizes[cid] = total
         return None
 

@@ -39,7 +39,7 @@ __all__ = [
 #: Seconds :meth:`WebSocketPipe.aclose` waits for the peer's answer to its close frame.
 CLOSE_TIMEOUT: Final = 5.0
 #: Bytes read from the transport at once.
-RECEIVE_BUFFER: Final = 64 * 1024
+RECEIVE_BUFFER: Final = 256 * 1024
 #: Bytes per WebSocket message sent (a pipe carries bytes; message boundaries mean nothing).
 SEND_CHUNK: Final = 256 * 1024
 #: Largest WebSocket frame or message accepted.

@@ -221,3 +221,25 @@ def test_encode_errors(message, pattern):
 
 def test_encode_refuses_other_objects():
     expect(InvalidMessage, r"not a channel message: str", cc.encode, "hello")  # type: ignore[arg-type]
+
+
+def _outcome(decode_fn, arg):
+    try:
+        return decode_fn(arg)
+    except ChannelProtocolError as exc:
+        return ("error", str(exc))
+
+
+@given(
+    st.one_of(
+        messages.map(cc.encode),
+        st.builds(lambda k, b: bytes([k]) + b, st.integers(0, 0x13), st.binary(max_size=600)),
+    ),
+    st.lists(st.integers(0, 2100), max_size=6),
+)
+def test_decoding_the_chunks_equals_decoding_the_joined_message(data, cuts):
+    """Any split — empty chunks, a header cut in two, a hostile first chunk of one byte —
+    decodes exactly as the joined message does: the same message or the same error."""
+    points = sorted(min(c, len(data)) for c in cuts)
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    assert _outcome(cc.decode_chunks, chunks) == _outcome(cc.decode, data)
