@@ -412,11 +412,21 @@ class Channel:
         """A data frame from the hub for this channel."""
         if self._error is not None:
             return
-        events = self.endpoint.receive_frame(
+        endpoint = self.endpoint
+        events = endpoint.receive_frame(
             ChannelFrame(frame.correlation_id, frame.flags, frame.ciphertext), self._clock()
         )
         self._handle(events)
-        self._kick()
+        # Wake the pump only when it has work: an answer to send, an end, a moved deadline
+        # (a received answer, e.g. a pong, usually leaves it nothing to do).
+        if (
+            endpoint.has_outbound
+            or self._frames
+            or endpoint.closed
+            or self._error is not None
+            or endpoint.next_deadline() != self._timer_deadline
+        ):
+            self._kick()
 
     def add_credit(self, credit: int) -> None:
         self._credit += credit

@@ -60,7 +60,7 @@ from .netclient import connect_link
 from .netpipe import LinkPipe
 from .opener import OPEN_TIMEOUT, open_channel
 from .pinstore import PinStore
-from .trioutil import single_exception
+from .trioutil import WriteLock, single_exception
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -127,7 +127,7 @@ class HubSession:
     ) -> None:
         self._pipe = pipe
         self._conn = conn
-        self._send_lock = trio.Lock()
+        self._send_lock = WriteLock()
         self._slots = trio.Semaphore(MAX_PENDING)
         self._ids = itertools.count(1)
         self._last_id = 0

@@ -28,6 +28,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from .errors import LinkClosed
+from .trioutil import WriteLock
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -54,7 +55,7 @@ class WebSocketPipe:
     def __init__(self, stream: trio.abc.Stream, protocol: Protocol) -> None:
         self._stream = stream
         self._protocol = protocol
-        self._write_lock = trio.Lock()
+        self._write_lock = WriteLock()
         self._owed: list[bytes] = []  # protocol output taken by the reader, not yet written
         self._chunks: collections.deque[bytes] = collections.deque()
         self._reading = False

@@ -590,7 +590,10 @@ class Worker:
             return  # the attempt is ending; the link may already be closed
         data = attempt.conn.send(message)
         try:
-            await attempt.queue_in.send(data)
+            try:  # room in the queue: no pass through the scheduler (one per message)
+                attempt.queue_in.send_nowait(data)
+            except trio.WouldBlock:
+                await attempt.queue_in.send(data)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return
         attempt.schedule.on_sent(self._now())

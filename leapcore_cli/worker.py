@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import logging
 import os
 import shlex
 import signal
 import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import trio
 
-from leapcore.channel import Services
 from leapcore.config import LOG_LEVELS, worker_settings
 from leapcore.errors import ConfigError
 from leapcore.paths import cross_worker_pins_path
 from leapcore.pinstore import PinStore
+from leapcore.services import install_services
 from leapcore.workerd import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels, run_until_signal
 from leapcore.workerstate import StartupAction
 
@@ -77,87 +74,6 @@ EXIT_MESSAGES = {
     "deleted or deregistered); local state ({path}) deleted",
 }
 _LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
-log = logging.getLogger("leapcore.worker")
-
-#: An installer named by ``--services MODULE:CALLABLE``: it adds methods to the table.
-Installer = Callable[[Services, Worker], Any]
-
-
-def _dotted(text: str) -> bool:
-    return all(part.isidentifier() for part in text.split("."))
-
-
-def resolve_installer(spec: str) -> Installer:
-    """The callable ``spec`` (``MODULE:CALLABLE``, each part a dotted name) names: the module is
-    imported, the attribute looked up. Every failure is a :class:`ConfigError` that says which
-    step failed for which spec (the traceback only in the debug log)."""
-    module_name, sep, attr = spec.strip().partition(":")
-    if not sep or not _dotted(module_name) or not _dotted(attr):
-        raise ConfigError(
-            f"services: {spec!r} is not MODULE:CALLABLE (for example mypkg.methods:install)"
-        )
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing and (module_name == missing or module_name.startswith(missing + ".")):
-            raise ConfigError(
-                f"services: no module named {missing!r} (from {spec!r}); is its directory "
-                "on PYTHONPATH?"
-            ) from None
-        log.debug("importing %s failed", module_name, exc_info=True)
-        raise ConfigError(
-            f"services: importing {module_name!r} (from {spec!r}) failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    except Exception as exc:
-        log.debug("importing %s failed", module_name, exc_info=True)
-        raise ConfigError(
-            f"services: importing {module_name!r} (from {spec!r}) failed: "
-            f"{type(exc).__name__}: {exc}"
-        ) from None
-    target: Any = module
-    for part in attr.split("."):
-        try:
-            target = getattr(target, part)
-        except AttributeError:
-            raise ConfigError(
-                f"services: module {module_name!r} has no attribute {attr!r} (from {spec!r})"
-            ) from None
-    if not callable(target):
-        raise ConfigError(
-            f"services: {spec!r} is not callable (it is {type(target).__name__}); name a "
-            "function taking (services, worker)"
-        )
-    installer: Installer = target
-    return installer
-
-
-def install_services(specs: Sequence[str], worker: Worker) -> None:
-    """Call each installer in ``specs``, in order, with ``(worker.services, worker)``."""
-    services = worker.services
-    for spec in specs:
-        installer = resolve_installer(spec)
-        before = _methods(services)
-        try:
-            result = installer(services, worker)
-        except Exception as exc:
-            log.debug("%s failed", spec, exc_info=True)
-            raise ConfigError(f"services: {spec} failed: {type(exc).__name__}: {exc}") from None
-        if inspect.isawaitable(result):
-            close = getattr(result, "close", None)
-            if close is not None:
-                close()  # never awaited: no "coroutine was never awaited" warning
-            raise ConfigError(
-                f"services: {spec} returned an awaitable; it must be a plain (not async) "
-                "function that registers methods and returns"
-            )
-        added = sorted(_methods(services) - before)
-        log.info("services: %s added %s", spec, ", ".join(added) or "no methods")
-
-
-def _methods(services: Services) -> set[str]:
-    return {*services.rpcs, *services.streams, *services.byte_streams}
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:

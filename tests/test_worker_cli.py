@@ -272,9 +272,9 @@ def test_services_are_installed_before_startup_checks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     lines = proc.stderr.splitlines()
-    assert lines[0].endswith("INFO leapcore.worker: services: good_methods:install added hello")
+    assert lines[0].endswith("INFO leapcore.services: services: good_methods:install added hello")
     assert lines[1].endswith(
-        "INFO leapcore.worker: services: good_methods:Holder.install added no methods"
+        "INFO leapcore.services: services: good_methods:Holder.install added no methods"
     )
     assert lines[2:] == [f"error: {UNREGISTERED}"]
 
