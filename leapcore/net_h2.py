@@ -37,7 +37,9 @@ __all__ = ["H2StreamPipe", "open_h2_link", "serve_h2"]
 
 #: Per-stream receive window we advertise (and the connection's).
 WINDOW: Final = 1024 * 1024
-_READ: Final = 64 * 1024
+_READ: Final = 256 * 1024
+#: Largest DATA frame we accept (the peer splits its writes at this).
+MAX_FRAME: Final = 512 * 1024
 
 
 def _headers(raw: Iterable[Any] | None) -> dict[str, str]:
@@ -65,7 +67,13 @@ class _H2Connection:
     def start(self, nursery: trio.Nursery) -> None:
         """Queue the connection preface and settings; start the writer in ``nursery``."""
         self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW})
+        self.conn.update_settings(
+            {
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: WINDOW,
+                # Let the peer send a link batch as one DATA frame, not sixteen 16 KiB ones.
+                h2.settings.SettingCodes.MAX_FRAME_SIZE: MAX_FRAME,
+            }
+        )
         self.conn.increment_flow_control_window(WINDOW)
         nursery.start_soon(self._writer)
         self.flush()

@@ -42,9 +42,10 @@ CLOSE_TIMEOUT: Final = 5.0
 #: Bytes read from the transport at once.
 RECEIVE_BUFFER: Final = 256 * 1024
 #: Bytes per WebSocket message sent (a pipe carries bytes; message boundaries mean nothing).
-SEND_CHUNK: Final = 256 * 1024
+#: Above :data:`~leapcore.netpipe.WRITE_BATCH` plus one frame, so a joined batch is one message.
+SEND_CHUNK: Final = 512 * 1024
 #: Largest WebSocket frame or message accepted.
-MAX_WS_MESSAGE: Final = 256 * 1024
+MAX_WS_MESSAGE: Final = 512 * 1024
 
 _DATA: Final = (Opcode.BINARY, Opcode.CONT)
 
