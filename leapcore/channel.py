@@ -61,6 +61,7 @@ from .errors import (
     StreamUsageError,
 )
 from .link_codec import CHANNEL_CREDIT, ChannelClose, ChannelCredit, ChannelData, LinkMessage
+from .netpipe import WRITE_BATCH
 
 __all__ = [
     "MAX_STREAM_BACKLOG",
@@ -574,10 +575,12 @@ class Channel:
                     self._room.set()
                     self._room = trio.Event()
             if self._frames:
-                # Every frame the credit allows goes out in one write (one transport message).
+                # The frames the credit allows go out in one write (one transport message),
+                # up to about WRITE_BATCH bytes.
                 batch: list[LinkMessage] = []
                 closing = False
-                while self._frames and not closing:
+                size = 0
+                while self._frames and not closing and size < WRITE_BATCH:
                     frame = self._frames[0]
                     closing = frame.flags == FrameFlag.CLOSE
                     cost = 0 if closing else len(frame.ciphertext)
@@ -585,6 +588,7 @@ class Channel:
                         break
                     self._frames.popleft()
                     self._credit -= cost
+                    size += cost
                     batch.append(
                         ChannelData(
                             self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext

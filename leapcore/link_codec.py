@@ -538,7 +538,7 @@ class LinkDecoder:
         """Bytes received but not yet returned as messages."""
         return len(self._buffer)
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if self._error is not None:
             raise self._error
         self._buffer += data

@@ -265,7 +265,7 @@ class LinkConnection:
 
     # -- receiving --------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         self._decoder.receive_data(data)
 
     def next_message(self) -> LinkMessage | None:

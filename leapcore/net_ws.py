@@ -58,7 +58,7 @@ class WebSocketPipe:
         self._protocol = protocol
         self._write_lock = WriteLock()
         self._owed: list[bytes] = []  # protocol output taken by the reader, not yet written
-        self._chunks: collections.deque[bytes] = collections.deque()
+        self._chunks: collections.deque[bytes | bytearray] = collections.deque()
         self._reading = False
         self._eof = False
         self._failure: str | None = None
@@ -94,7 +94,7 @@ class WebSocketPipe:
 
     # -- receiving (the link's one reader) -------------------------------------------------
 
-    async def receive(self) -> bytes:
+    async def receive(self) -> bytes | bytearray:
         """The next chunk of link bytes (never empty); :class:`LinkClosed` once the peer is
         gone, sent a close frame, a text message or a bad frame."""
         while not self._chunks:
@@ -142,7 +142,9 @@ class WebSocketPipe:
                 self._protocol.fail(1003, "only binary messages are allowed")
                 self._done.set()
             elif event.opcode in _DATA and event.data and self._failure is None:
-                self._chunks.append(bytes(event.data))
+                # As parsed (bytes, or a fresh bytearray nobody else holds): no extra copy.
+                data = event.data
+                self._chunks.append(bytes(data) if isinstance(data, memoryview) else data)
 
     def _why(self, doing: str) -> str:
         if self._failure is not None:

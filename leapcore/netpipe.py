@@ -44,7 +44,7 @@ class LinkPipe(Protocol):
 
     async def send(self, data: bytes) -> None: ...
 
-    async def receive(self) -> bytes:
+    async def receive(self) -> bytes | bytearray:
         """The next chunk (never empty); :class:`LinkClosed` once the peer is gone."""
         ...
 
