@@ -83,6 +83,8 @@ _BATCH: Final = 8
 Send = Callable[[LinkMessage], Awaitable[None]]
 #: Writes several messages at once, in order (one transport write where the link can).
 SendMany = Callable[[Sequence[LinkMessage]], Awaitable[None]]
+#: Queues one message for the link's writer if it has room now; False (nothing queued) if not.
+SendNowait = Callable[[LinkMessage], bool]
 
 
 class ServiceError(Exception):
@@ -365,6 +367,7 @@ class Channel:
         channel_id: int,
         send: Send,
         send_many: SendMany | None = None,
+        send_nowait: SendNowait | None = None,
         clock: Callable[[], float] = trio.current_time,
         services: Services | None = None,
         user_id: str = "",
@@ -378,6 +381,8 @@ class Channel:
         self.owner_id = owner_id
         self._send = send
         self._send_many = send_many or self._send_each
+        self._send_nowait = send_nowait
+        self._pump_sending = False
         self._clock = clock
         self._services = services
         self._credit = CHANNEL_CREDIT
@@ -418,6 +423,8 @@ class Channel:
             ChannelFrame(frame.correlation_id, frame.flags, frame.ciphertext), self._clock()
         )
         self._handle(events)
+        if endpoint.has_outbound and self._send_nowait is not None:
+            self._send_without_waiting(self._send_nowait)
         # Wake the pump only when it has work: an answer to send, an end, a moved deadline
         # (a received answer, e.g. a pong, usually leaves it nothing to do).
         if (
@@ -428,6 +435,30 @@ class Channel:
             or endpoint.next_deadline() != self._timer_deadline
         ):
             self._kick()
+
+    def _send_without_waiting(self, send_nowait: SendNowait) -> None:
+        """Hand what the endpoint has to send (a pong, an answer, a window update) straight
+        to the link's queue when it has room, sparing a pass through the pump. Only when
+        the pump holds no frames and is not sending: frames must leave in order."""
+        if self._frames or self._pump_sending or self._stop_sending:
+            return
+        self._frames.extend(self.endpoint.frames_to_send(_BATCH))
+        self._room.set()
+        self._room = trio.Event()
+        while self._frames:
+            frame = self._frames[0]
+            if frame.flags == FrameFlag.CLOSE:
+                return  # the pump sends the last frame and ends
+            cost = len(frame.ciphertext)
+            if cost > self._credit:
+                return
+            message = ChannelData(
+                self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext
+            )
+            if not send_nowait(message):
+                return
+            self._frames.popleft()
+            self._credit -= cost
 
     def add_credit(self, credit: int) -> None:
         self._credit += credit
@@ -595,7 +626,11 @@ class Channel:
                         )
                     )
                 if batch:
-                    await self._send_many(batch)
+                    self._pump_sending = True
+                    try:
+                        await self._send_many(batch)
+                    finally:
+                        self._pump_sending = False
                     if closing:
                         return
                     continue

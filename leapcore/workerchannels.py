@@ -25,7 +25,7 @@ from typing import Final
 
 import trio
 
-from .channel import Channel, ChannelTable, Services
+from .channel import Channel, ChannelTable, SendNowait, Services
 from .channel_mux import ChannelEndpoint
 from .chunking import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
 from .errors import LeapcoreError
@@ -57,6 +57,7 @@ class ChannelServer:
         owner_id: str,
         send: Send,
         signer: Signer,
+        send_nowait: SendNowait | None = None,
         services: Services,
         nursery: trio.Nursery,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -67,6 +68,7 @@ class ChannelServer:
         self.owner_id = owner_id
         self.channels = ChannelTable()
         self._send = send
+        self._send_nowait = send_nowait
         self._signer = signer
         self._services = services
         self._nursery = nursery
@@ -145,6 +147,7 @@ class ChannelServer:
                 endpoint,
                 channel_id=request.channel_id,
                 send=self._send,
+                send_nowait=self._send_nowait,
                 clock=self._clock,
                 services=self._services,
                 user_id=request.user_id,

@@ -584,6 +584,19 @@ class Worker:
             attempt.hub.fail()
         return attempt.result if attempt.result is not None else Outcome.TRANSIENT
 
+    def _enqueue_nowait(self, attempt: _Attempt, message: LinkMessage) -> bool:
+        """:meth:`_enqueue` if the queue has room now; False (nothing queued) if it has not."""
+        if attempt.result is not None:
+            return True  # the attempt is ending: dropped, as _enqueue drops it
+        try:
+            attempt.queue_in.send_nowait(attempt.conn.send(message))
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True
+        attempt.schedule.on_sent(self._now())
+        return True
+
     async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
         """The one way out after the first two frames; enqueueing counts as traffic."""
         if attempt.result is not None:
@@ -666,6 +679,7 @@ class Worker:
                     mode=self.encryption_mode,
                     owner_id=message.owner_id,
                     send=lambda m: self._enqueue(attempt, m),
+                    send_nowait=lambda m: self._enqueue_nowait(attempt, m),
                     signer=self.signer if self.signer is not None else InlineSigner(),
                     services=self.services,
                     nursery=attempt.nursery,

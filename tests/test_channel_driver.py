@@ -8,7 +8,8 @@ frame. Real handshakes, real ciphers; classic mode unless the test is about reke
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+import math
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
@@ -104,6 +105,7 @@ def _pair(
     user_id: str = OWNER,
     timings: RekeyTimings | None = None,
     max_message_size: int = 16 * 1024 * 1024,
+    worker_send_nowait: Callable[[LinkMessage], bool] | None = None,
 ) -> Wire:
     initiator = Initiator(keypair.public, mode)
     responder = Responder(keypair, mode)
@@ -138,6 +140,7 @@ def _pair(
         ),
         channel_id=7,
         send=wire.to_client,
+        send_nowait=worker_send_nowait,
         services=_services(),
         user_id=user_id,
         owner_id=OWNER,
@@ -333,3 +336,64 @@ async def test_rekey_mid_transfer_loses_no_byte(
         assert received == payload
         assert wire.client.rekeys >= 3
         assert wire.worker.rekeys == wire.client.rekeys
+
+
+async def test_frames_handed_over_without_waiting_keep_their_order(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    """The worker hands answers straight to its link queue when it has room (a refusal falls
+    back to the pump). Both paths feed one ordered queue; every frame is sealed with the next
+    nonce, so any reordering would fail decryption and end the channel."""
+    queue: trio.MemorySendChannel[ChannelData]
+    queue, arrivals = trio.open_memory_channel[ChannelData](math.inf)
+    offered = taken = 0
+
+    def send_nowait(message: LinkMessage) -> bool:
+        nonlocal offered, taken
+        offered += 1
+        if offered % 3 == 0:
+            return False  # "no room": the pump must send it, after what went before
+        assert isinstance(message, ChannelData)
+        taken += 1
+        queue.send_nowait(message)
+        return True
+
+    wire = _pair(generated_keypair, "classic", worker_send_nowait=send_nowait)
+
+    async def to_client(message: LinkMessage) -> None:
+        assert isinstance(message, ChannelData)
+        await trio.lowlevel.checkpoint()
+        queue.send_nowait(message)
+
+    async def deliver() -> None:
+        async for message in arrivals:
+            await trio.lowlevel.checkpoint()
+            wire.client.feed(message)
+            wire.worker.add_credit(len(message.ciphertext))
+
+    wire.to_client = to_client  # type: ignore[method-assign]
+    wire.worker._send = to_client  # the pump's path, through the same queue
+    async with trio.open_nursery() as outer:
+        outer.start_soon(deliver)
+        async with running(wire) as w:
+            ch = w.client
+            payload = bytes(range(256)) * 1024
+
+            async def calls(n: int) -> None:
+                for i in range(n):
+                    await ch.ping()
+                    assert await ch.call("echo", payload[: 1 + i * 97]) == payload[: 1 + i * 97]
+
+            async with trio.open_nursery() as nursery:
+                for n in (40, 40, 40):
+                    nursery.start_soon(calls, n)
+                stream = await ch.open_byte_stream("echo-bytes")
+                await stream.send_all(payload)
+                await stream.send_eof()
+                got = bytearray()
+                while chunk := await stream.receive_some():
+                    got += chunk
+                assert got == payload
+            assert not ch.closed and not w.worker.closed
+            assert taken > 50 and offered - taken > 20  # both paths carried traffic
+        outer.cancel_scope.cancel()
