@@ -442,23 +442,35 @@ class Channel:
         the pump holds no frames and is not sending: frames must leave in order."""
         if self._frames or self._pump_sending or self._stop_sending:
             return
-        self._frames.extend(self.endpoint.frames_to_send(_BATCH))
-        self._room.set()
-        self._room = trio.Event()
+        self._refill()
         while self._frames:
-            frame = self._frames[0]
-            if frame.flags == FrameFlag.CLOSE:
-                return  # the pump sends the last frame and ends
-            cost = len(frame.ciphertext)
-            if cost > self._credit:
-                return
-            message = ChannelData(
-                self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext
-            )
+            head = self._head()
+            if head is None or head[0].flags == FrameFlag.CLOSE:
+                return  # no credit yet, or the last frame: the pump sends it and ends
+            message, cost = head
             if not send_nowait(message):
                 return
-            self._frames.popleft()
-            self._credit -= cost
+            self._pop(cost)
+
+    def _refill(self) -> None:
+        """Seal the next frames to send (in nonce order); blocked submitters get room."""
+        self._frames.extend(self.endpoint.frames_to_send(_BATCH))
+        if self._frames:
+            self._room.set()
+            self._room = trio.Event()
+
+    def _head(self) -> tuple[ChannelData, int] | None:
+        """The next frame as a link message and its credit cost, if the credit allows it."""
+        frame = self._frames[0]
+        cost = 0 if frame.flags == FrameFlag.CLOSE else len(frame.ciphertext)
+        if cost > self._credit:
+            return None
+        message = ChannelData(self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext)
+        return message, cost
+
+    def _pop(self, cost: int) -> None:
+        self._frames.popleft()
+        self._credit -= cost
 
     def add_credit(self, credit: int) -> None:
         self._credit += credit
@@ -601,10 +613,7 @@ class Channel:
             if self._stop_sending:
                 return
             if not self._frames:
-                self._frames.extend(endpoint.frames_to_send(_BATCH))
-                if self._frames:
-                    self._room.set()
-                    self._room = trio.Event()
+                self._refill()
             if self._frames:
                 # The frames the credit allows go out in one write (one transport message),
                 # up to about WRITE_BATCH bytes.
@@ -612,19 +621,14 @@ class Channel:
                 closing = False
                 size = 0
                 while self._frames and not closing and size < WRITE_BATCH:
-                    frame = self._frames[0]
-                    closing = frame.flags == FrameFlag.CLOSE
-                    cost = 0 if closing else len(frame.ciphertext)
-                    if cost > self._credit:
+                    head = self._head()
+                    if head is None:
                         break
-                    self._frames.popleft()
-                    self._credit -= cost
+                    message, cost = head
+                    closing = message.flags == FrameFlag.CLOSE
+                    self._pop(cost)
                     size += cost
-                    batch.append(
-                        ChannelData(
-                            self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext
-                        )
-                    )
+                    batch.append(message)
                 if batch:
                     self._pump_sending = True
                     try:

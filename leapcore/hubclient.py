@@ -176,14 +176,10 @@ class HubSession:
 
     async def send(self, message: LinkMessage) -> None:
         """Write one message to the hub (the link's one writer: sends take turns)."""
-        if self._failure is not None:
-            raise self._failure
-        data = self._conn.send(message)
-        async with self._send_lock:
-            await self._pipe.send(data)
+        await self.send_many((message,))
 
     async def send_many(self, messages: Sequence[LinkMessage]) -> None:
-        """Write several messages in one transport write, in order."""
+        """Write several messages in one transport write, in order (sends take turns)."""
         if self._failure is not None:
             raise self._failure
         data = b"".join([self._conn.send(message) for message in messages])

@@ -588,28 +588,32 @@ class Worker:
         """:meth:`_enqueue` if the queue has room now; False (nothing queued) if it has not."""
         if attempt.result is not None:
             return True  # the attempt is ending: dropped, as _enqueue drops it
-        try:
-            attempt.queue_in.send_nowait(attempt.conn.send(message))
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return True
-        attempt.schedule.on_sent(self._now())
-        return True
+        return self._put_nowait(attempt, attempt.conn.send(message))
 
     async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
         """The one way out after the first two frames; enqueueing counts as traffic."""
         if attempt.result is not None:
             return  # the attempt is ending; the link may already be closed
         data = attempt.conn.send(message)
+        if self._put_nowait(attempt, data):
+            return  # there was room: no pass through the scheduler (one per message)
         try:
-            try:  # room in the queue: no pass through the scheduler (one per message)
-                attempt.queue_in.send_nowait(data)
-            except trio.WouldBlock:
-                await attempt.queue_in.send(data)
+            await attempt.queue_in.send(data)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             return
         attempt.schedule.on_sent(self._now())
+
+    def _put_nowait(self, attempt: _Attempt, data: bytes) -> bool:
+        """Queue ``data`` if there is room; True unless it would have to wait (a closed
+        queue drops it: the attempt is ending)."""
+        try:
+            attempt.queue_in.send_nowait(data)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True
+        attempt.schedule.on_sent(self._now())
+        return True
 
     async def _writer(self, attempt: _Attempt) -> None:
         try:

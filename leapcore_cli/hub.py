@@ -23,7 +23,7 @@ import os
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -87,6 +87,22 @@ def _url(scheme: str, bound: tuple[str, int]) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
+async def _stop_on_signals(
+    receiver: AsyncIterator[int], nursery: trio.Nursery, shutdown: Callable[[], Awaitable[None]]
+) -> None:
+    """The first signal starts ``shutdown`` with :data:`STOP_TIMEOUT` seconds for the whole
+    nursery to finish; a second one cancels it outright."""
+    first = True
+    async for signum in receiver:
+        if not first:
+            nursery.cancel_scope.cancel()
+            return
+        first = False
+        log.info("signal %d: shutting down", signum)
+        nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
+        nursery.start_soon(shutdown)
+
+
 async def serve_until_signal(
     hub: Hub,
     *,
@@ -112,23 +128,12 @@ async def serve_until_signal(
                 # serve returns after shutdown: stop watching for signals.
                 nursery.cancel_scope.cancel()
 
-            async def watch() -> None:
-                first = True
-                async for signum in receiver:
-                    if not first:
-                        nursery.cancel_scope.cancel()
-                        return
-                    first = False
-                    log.info("signal %d: shutting down", signum)
-                    nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
-                    nursery.start_soon(hub.shutdown)
-
             bound = await nursery.start(run_hub)
             scheme = "https" if ssl_context is not None else "http"
             print(f"leapcore-hub listening on {_url(scheme, bound)}", flush=True)
             if unix_path:
                 print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
-            nursery.start_soon(watch)
+            nursery.start_soon(_stop_on_signals, receiver, nursery, hub.shutdown)
 
 
 async def solo_until_signal(
@@ -148,18 +153,7 @@ async def solo_until_signal(
                 await solo.run(host=host, port=port, unix_path=unix_path, task_status=task_status)
                 nursery.cancel_scope.cancel()
 
-            async def watch() -> None:
-                first = True
-                async for signum in receiver:
-                    if not first:
-                        nursery.cancel_scope.cancel()
-                        return
-                    first = False
-                    log.info("signal %d: shutting down", signum)
-                    nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
-                    nursery.start_soon(solo.shutdown)
-
-            nursery.start_soon(watch)
+            nursery.start_soon(_stop_on_signals, receiver, nursery, solo.shutdown)
             url = await nursery.start(run_solo)
             print(f"leapcore-hub listening on {url}", flush=True)
             if unix_path:

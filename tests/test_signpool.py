@@ -148,6 +148,13 @@ async def test_cancelled_signs_do_not_break_the_pool(generated_keypair: WorkerKe
                 await trio.sleep(0.01)
 
 
+async def submitted(pool: SigningPool, n: int) -> None:
+    """Wait until ``n`` jobs hold a slot: each was submitted to the executor as it took it."""
+    with trio.fail_after(10):
+        while pool._slots.value != pool.max_outstanding - n:
+            await trio.sleep(0.001)
+
+
 async def test_closed_pool(generated_keypair: WorkerKeyPair) -> None:
     key = generated_keypair.slhdsa_private
     pool = SigningPool(processes=1)
@@ -164,7 +171,7 @@ async def test_closed_pool(generated_keypair: WorkerKeyPair) -> None:
     async with pool, trio.open_nursery() as nursery:
         for i in range(4):
             nursery.start_soon(sign, i)
-        await trio.sleep(0.05)
+        await submitted(pool, 4)
         await pool.aclose()  # while the four are in flight
     assert pool.pids == frozenset()
     assert len(outcomes) == 4
@@ -215,7 +222,7 @@ async def test_killed_child_is_recovered(generated_keypair: WorkerKeyPair) -> No
         async with trio.open_nursery() as nursery:
             for i in range(3):
                 nursery.start_soon(sign, i)
-            await trio.sleep(0.05)  # the children are signing
+            await submitted(pool, 3)  # handed to the children
             os.kill(min(before), signal.SIGKILL)
         for i, signature in results.items():
             slhdsa_verify(public, b"m%d" % i, signature)
