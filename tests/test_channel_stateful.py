@@ -21,7 +21,6 @@ import functools
 import os
 
 import attrs
-from conftest import load_vector
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -31,6 +30,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from vectorkit import load_vector
 
 from leapcore.channel_mux import (
     BytesReceived,
