@@ -53,6 +53,8 @@ PLANS: dict[str, Plan] = {
     "channel_message": Plan(),
     "reassembly": Plan(),
     "channel_endpoint": Plan(),
+    "h2_server": Plan(),
+    "ws_server": Plan(),
 }
 
 

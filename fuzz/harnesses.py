@@ -31,6 +31,9 @@ harness                what is fed the bytes                       documented er
                        (responder), records (flags, correlation    events; a decrypt
                        id, length, plaintext) encrypted by the     failure ends the channel
                        peer, plus raw garbage frames               with one CLOSE frame
+``h2_server``          ``LinkServer.handle`` (in memory, MockClock) none: served or ended,
+                       after the HTTP/2 preface                    no error log, no hang
+``ws_server``          the same after a WebSocket upgrade          the same
 =====================  ==========================================  ======================
 
 (``HandshakeError`` and ``DecryptError`` are the ``RemoteProtocolError`` subclasses for network
@@ -58,6 +61,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import logging
 import shutil
 import tempfile
 import typing
@@ -65,6 +69,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import trio
+import trio.testing
 
 from leapcore import channel_mux
 from leapcore.channel_codec import (
@@ -117,6 +124,7 @@ from leapcore.errors import (
     HandshakeError,
     KeyFileError,
     KeyMismatch,
+    LinkClosed,
     LinkProtocolError,
     LocalError,
     PinStoreError,
@@ -137,10 +145,12 @@ from leapcore.link_codec import (
 )
 from leapcore.link_state import LinkConnection, LinkRole, LinkState
 from leapcore.mode import EncryptionMode, parse_encryption_mode
+from leapcore.netserver import H2_PREFACE, LinkServer
 from leapcore.pinstore import PinStore
 from leapcore.primitives import MLKEM_CIPHERTEXT_SIZE
 from leapcore.relay import ChannelRelay, RelayDirection
 from leapcore.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.trioutil import single_exception
 
 __all__ = [
     "HARNESSES",
@@ -151,6 +161,7 @@ __all__ = [
     "accepts",
     "check_channel_endpoint",
     "check_channel_message",
+    "check_h2_server",
     "check_key_json",
     "check_keyfile",
     "check_link_hub",
@@ -163,6 +174,7 @@ __all__ = [
     "check_reassembly",
     "check_relay",
     "check_transport_decrypt",
+    "check_ws_server",
     "describe",
     "fixtures",
     "make_initiator",
@@ -554,9 +566,14 @@ class _ReassemblyModel:
                 return "message", chunk
             if len(self.partial) >= REASSEMBLY_MAX_INCOMPLETE:
                 return self._breach(cid, final)
+            if self.held() + len(chunk) > REASSEMBLY_MAX_MESSAGE:  # the budget: all together
+                return self._breach(cid, final)
             self.partial[cid] = [chunk]
             return "none", None
         if sum(map(len, parts)) + len(chunk) > REASSEMBLY_MAX_MESSAGE:
+            del self.partial[cid]
+            return self._breach(cid, final)
+        if not final and self.held() + len(chunk) > REASSEMBLY_MAX_MESSAGE:
             del self.partial[cid]
             return self._breach(cid, final)
         parts.append(chunk)
@@ -564,6 +581,9 @@ class _ReassemblyModel:
             del self.partial[cid]
             return "message", b"".join(parts)
         return "none", None
+
+    def held(self) -> int:
+        return sum(len(chunk) for parts in self.partial.values() for chunk in parts)
 
     def _breach(self, cid: int, final: bool) -> tuple[str, bytes | None]:
         if final:
@@ -969,6 +989,10 @@ def seeds(name: str) -> list[bytes]:
         return _reassembly_seeds()
     if name == "channel_endpoint":
         return _endpoint_seeds()
+    if name == "h2_server":
+        return _h2_seeds()
+    if name == "ws_server":
+        return _ws_seeds()
     raise KeyError(name)
 
 
@@ -1075,4 +1099,175 @@ def _endpoint_seeds() -> list[bytes]:
         rec(0, 1, RekeyRequest(dh, b""))
         + rec(0, 3, RekeyRequest(dh, b""))
         + rec(0, 5, Request("echo", b"")),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The network listener: a real LinkServer over an in-memory stream (trio, MockClock).
+#
+# ``h2_server``: the HTTP/2 preface, then ``data``; ``ws_server``: a valid WebSocket
+# upgrade request for ``/link``, then ``data``. Then the peer's side is shut (EOF) while
+# everything the server writes is read. Contract: ``LinkServer.handle`` serves the
+# connection or ends it, with at most one log line about it and never an error record
+# (a traceback means a bug); it returns within 60 s of mock time (no hang). Accepted: a
+# route was answered or the link received bytes; rejected: it was not.
+
+_NET_LOGGER = "leapcore.netserver"
+_WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
+_WS_REQUEST = (
+    "GET /link HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    f"Sec-WebSocket-Key: {_WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+).encode()
+
+
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+def _served_route(answer: bytes) -> bool:
+    return b"ok\n" in answer
+
+
+def _serve_bytes(first: bytes, data: bytes) -> tuple[bool, bytes]:
+    """Run one connection carrying ``first + data``; (the link got bytes, server output)."""
+    got: list[bytes] = []
+
+    async def on_link(pipe: Any, transport: str, peer: str) -> None:
+        with contextlib.suppress(LinkClosed):
+            while True:
+                chunk = await pipe.receive()
+                got.append(bytes(chunk))
+                await pipe.send(bytes(chunk))
+
+    def route() -> tuple[int, str, bytes]:
+        return 200, "text/plain", b"ok\n"
+
+    answer = bytearray()
+    records = _Records()
+    logger = logging.getLogger(_NET_LOGGER)
+    logger.addHandler(records)
+    old_level = logger.level
+    logger.setLevel(logging.DEBUG)
+
+    async def run() -> bool:
+        server = LinkServer(on_link, routes={"/healthz": route})
+        server_end, client_end = trio.testing.memory_stream_pair()
+        finished = False
+        with trio.move_on_after(60):
+            async with trio.open_nursery() as nursery:
+
+                async def serve() -> None:
+                    nonlocal finished
+                    await server.handle(server_end)
+                    finished = True
+
+                async def drain() -> None:
+                    with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                        while chunk := await client_end.receive_some(65536):
+                            answer.extend(chunk)
+
+                nursery.start_soon(serve)
+                nursery.start_soon(drain)
+                with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                    await client_end.send_all(first + data)
+                    await client_end.send_eof()
+        return finished
+
+    try:
+        with single_exception():  # a bug surfaces as itself, not as a trio group
+            finished = trio.run(run, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        logger.removeHandler(records)
+        logger.setLevel(old_level)
+    _expect(finished, "the server did not end the connection within 60 s after EOF (a hang)")
+    bad = [r for r in records.records if r.levelno >= logging.ERROR or r.exc_info]
+    _expect(not bad, f"internal error serving the connection: {[r.getMessage() for r in bad]}")
+    closed = [r for r in records.records if "closed:" in r.getMessage()]
+    _expect(len(closed) <= 1, f"more than one line for one connection: {closed}")
+    return bool(got), bytes(answer)
+
+
+def _h2_server(data: bytes) -> bool:
+    linked, answer = _serve_bytes(H2_PREFACE, data)
+    return linked or _served_route(answer)
+
+
+def _ws_server(data: bytes) -> bool:
+    linked, _answer = _serve_bytes(_WS_REQUEST, data)
+    return linked
+
+
+def check_h2_server(data: bytes) -> None:
+    """A LinkServer given the HTTP/2 preface then ``data``: served or ended, never raised,
+    logged an error or hung."""
+    _guarded("h2_server", _h2_server, data)
+
+
+def check_ws_server(data: bytes) -> None:
+    """A LinkServer given a WebSocket upgrade then ``data`` (frames): the same contract."""
+    _guarded("ws_server", _ws_server, data)
+
+
+HARNESSES["h2_server"] = check_h2_server
+HARNESSES["ws_server"] = check_ws_server
+_TARGETS["h2_server"] = _h2_server
+_TARGETS["ws_server"] = _ws_server
+
+
+def _h2_frame(kind: int, flags: int, stream_id: int, payload: bytes) -> bytes:
+    return (
+        len(payload).to_bytes(3, "big")
+        + bytes([kind, flags])
+        + stream_id.to_bytes(4, "big")
+        + payload
+    )
+
+
+def _h2_seeds() -> list[bytes]:
+    import hpack
+
+    def block(*pairs: tuple[str, str]) -> bytes:
+        return bytes(hpack.Encoder().encode(list(pairs)))
+
+    get = block((":method", "GET"), (":path", "/healthz"), (":scheme", "http"), (":authority", "x"))
+    post = block((":method", "POST"), (":path", "/link"), (":scheme", "http"), (":authority", "x"))
+    settings = _h2_frame(0x4, 0, 0, b"")
+    ack = _h2_frame(0x4, 0x1, 0, b"")
+    link_bytes = encode_many([Heartbeat(1)])
+    return [
+        settings + _h2_frame(0x1, 0x5, 1, get),  # HEADERS, END_STREAM | END_HEADERS
+        settings + ack + _h2_frame(0x1, 0x4, 1, post) + _h2_frame(0x0, 0, 1, link_bytes),
+        settings
+        + _h2_frame(0x1, 0x1, 1, get[:3])  # a header block split over CONTINUATION
+        + _h2_frame(0x9, 0x4, 1, get[3:])
+        + _h2_frame(0x6, 0, 0, b"12345678")  # PING
+        + _h2_frame(0x8, 0, 1, (100).to_bytes(4, "big")),  # WINDOW_UPDATE
+    ]
+
+
+def _ws_frame(first: int, payload: bytes) -> bytes:
+    """A masked client frame (mask key zero: the payload is sent as is)."""
+    size = len(payload)
+    if size < 126:
+        length = bytes([0x80 | size])
+    elif size < 65536:
+        length = bytes([0x80 | 126]) + size.to_bytes(2, "big")
+    else:
+        length = bytes([0x80 | 127]) + size.to_bytes(8, "big")
+    return bytes([first]) + length + bytes(4) + payload
+
+
+def _ws_seeds() -> list[bytes]:
+    link_bytes = encode_many([Heartbeat(1)])
+    return [
+        _ws_frame(0x82, link_bytes),  # FIN | BINARY
+        _ws_frame(0x89, b"ping")
+        + _ws_frame(0x02, link_bytes[:3])
+        + _ws_frame(0x80, link_bytes[3:]),
+        _ws_frame(0x82, link_bytes) + _ws_frame(0x8A, b"unsolicited pong"),
     ]

@@ -13,6 +13,18 @@ reader at the other end throttles this channel alone. The same task runs the rek
 The client side calls :meth:`Channel.call`, :meth:`Channel.stream` and
 :meth:`Channel.open_byte_stream`; the worker side answers with the handlers registered in
 a :class:`Services` table, each request in its own task.
+
+**Deadlines.** A call (and :meth:`Channel.ping`), the first item (or end) of a server
+stream and the acceptance of a byte stream each wait at most ``timeout`` seconds
+(:data:`CALL_TIMEOUT`, 30 s, by default; ``timeout=None`` waits for ever), so a frame lost
+or misrouted on the way never hangs the caller: it gets
+:class:`~leapcore.errors.DeadlineExceeded` and what it waited for is cancelled (a late
+answer is dropped). Later stream items and byte-stream reads have no deadline.
+
+**Worker-side bounds.** ``max_held_bytes`` bounds the request payloads a channel holds for
+its running handlers (a request that would pass it, while another is being served, is
+answered ``resource_exhausted``); the endpoint's reassembly gets what is left of the
+budget (see :class:`~leapcore.channel_mux.ChannelEndpoint`).
 """
 
 from __future__ import annotations
@@ -55,6 +67,8 @@ from .chunking import ChannelFrame, FrameFlag
 from .errors import (
     ChannelClosedError,
     ChannelLost,
+    ConfigError,
+    DeadlineExceeded,
     LeapcoreError,
     OutboundQueueFull,
     RemoteCallError,
@@ -64,6 +78,7 @@ from .link_codec import CHANNEL_CREDIT, ChannelClose, ChannelCredit, ChannelData
 from .netpipe import WRITE_BATCH
 
 __all__ = [
+    "CALL_TIMEOUT",
     "MAX_STREAM_BACKLOG",
     "ByteStream",
     "CallContext",
@@ -75,6 +90,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Seconds a call, a ping, a stream's first item or a byte stream's acceptance waits for the
+#: peer by default (``timeout=``; ``None``: no deadline).
+CALL_TIMEOUT: Final = 30.0
 #: Server-stream items received and not yet consumed before the stream is cancelled.
 MAX_STREAM_BACKLOG: Final = 1024
 #: Frames encrypted ahead of the link at once (they must then go out in order).
@@ -373,7 +391,20 @@ class Channel:
         user_id: str = "",
         owner_id: str = "",
         worker_id: str = "",
+        max_held_bytes: int | None = None,
     ) -> None:
+        if max_held_bytes is not None:
+            if type(max_held_bytes) is not int or max_held_bytes < endpoint.max_message_size:
+                raise ConfigError(
+                    "max_held_bytes must be an integer >= the channel's max_message_size "
+                    f"({endpoint.max_message_size}), got {max_held_bytes!r}"
+                )
+            endpoint.reassembly_budget = max_held_bytes
+        #: Bytes of reassembly and request payloads this channel may hold (None: unbounded
+        #: here; the endpoint's own limits still apply).
+        self.max_held_bytes = max_held_bytes
+        #: Request payloads held by running handlers, by correlation id.
+        self._held: dict[int, int] = {}
         self.endpoint = endpoint
         self.channel_id = channel_id
         self.worker_id = worker_id
@@ -681,63 +712,110 @@ class Channel:
 
     # -- the caller's side ---------------------------------------------------------------------
 
-    async def call(self, method: str, payload: bytes = b"") -> bytes:
+    def _timed_out(self, what: str, timeout: float | None) -> DeadlineExceeded:
+        peer = f"worker {self.worker_id}" if self.worker_id else f"channel {self.channel_id}"
+        return DeadlineExceeded(f"{what}: no answer from {peer} within {timeout:g}s")
+
+    async def call(
+        self, method: str, payload: bytes = b"", *, timeout: float | None = CALL_TIMEOUT
+    ) -> bytes:
         """Call ``method`` and return its answer; :class:`RemoteCallError` if the worker
-        answered with an error, :class:`ChannelLost` if the channel ended meanwhile."""
+        answered with an error, :class:`ChannelLost` if the channel ended meanwhile,
+        :class:`DeadlineExceeded` (the call cancelled) if no answer came within ``timeout``
+        seconds (``None``: no deadline)."""
         call = _Call()
-        cid: int = await self._submit(lambda: self.endpoint.send_request(method, payload))
-        self._calls[cid] = call
-        try:
-            await call.done.wait()
-        except trio.Cancelled:
-            if self._calls.pop(cid, None) is not None and self._error is None:
-                self.endpoint.cancel(cid)
-                self._kick()
-            raise
+        with _deadline(timeout) as waited:
+            cid: int = await self._submit(lambda: self.endpoint.send_request(method, payload))
+            self._calls[cid] = call
+            try:
+                await call.done.wait()
+            except trio.Cancelled:
+                if self._calls.pop(cid, None) is not None and self._error is None:
+                    self.endpoint.cancel(cid)
+                    self._kick()
+                raise
+        if not call.done.is_set():
+            assert waited.cancelled_caught
+            raise self._timed_out(method, timeout)
         if call.error is not None:
             raise call.error
         return call.payload
 
-    async def ping(self) -> None:
-        """One end-to-end round trip (the worker's endpoint answers it itself)."""
-        await self.call(PING_METHOD)
+    async def ping(self, *, timeout: float | None = CALL_TIMEOUT) -> None:
+        """One end-to-end round trip (the worker's endpoint answers it itself), within
+        ``timeout`` seconds (:class:`DeadlineExceeded`)."""
+        await self.call(PING_METHOD, timeout=timeout)
 
     @asynccontextmanager
     async def stream(
-        self, method: str, payload: bytes = b""
+        self, method: str, payload: bytes = b"", *, timeout: float | None = CALL_TIMEOUT
     ) -> AsyncIterator[AsyncIterator[bytes]]:
         """Open a server stream: ``async with ch.stream("logs") as items: async for item in
-        items: ...``. Leaving the block early cancels the stream."""
+        items: ...``. Leaving the block early cancels the stream. The first item (or the
+        end) must come within ``timeout`` seconds, else :class:`DeadlineExceeded` and the
+        stream is cancelled; later items have no deadline."""
         inbox = _StreamInbox()
-        cid: int = await self._submit(lambda: self.endpoint.start_stream(method, payload))
+        with _deadline(timeout) as waited:
+            cid: int = await self._submit(lambda: self.endpoint.start_stream(method, payload))
+        if waited.cancelled_caught:
+            raise self._timed_out(method, timeout)
         self._streams[cid] = inbox
 
         async def items() -> AsyncIterator[bytes]:
+            first = True
             while True:
                 while inbox.items:
+                    first = False
                     yield inbox.items.popleft()
                 if inbox.error is not None:
                     raise inbox.error
                 if inbox.ended:
                     return
-                await inbox.changed.wait()
+                if first:
+                    with _deadline(timeout) as first_wait:
+                        await inbox.changed.wait()
+                    if first_wait.cancelled_caught and not (
+                        inbox.items or inbox.ended or inbox.error
+                    ):
+                        self._give_up_stream(cid)
+                        raise self._timed_out(method, timeout)
+                else:
+                    await inbox.changed.wait()
 
         try:
             yield items()
         finally:
-            if self._streams.pop(cid, None) is not None and self._error is None:
-                with suppress(LeapcoreError):
-                    self.endpoint.cancel(cid)
-                self._kick()
+            self._give_up_stream(cid)
 
-    async def open_byte_stream(self, method: str, payload: bytes = b"") -> ByteStream:
-        """Open a byte stream to ``method``; returns once the worker accepted it."""
+    def _give_up_stream(self, cid: int) -> None:
+        if self._streams.pop(cid, None) is not None and self._error is None:
+            with suppress(LeapcoreError):
+                self.endpoint.cancel(cid)
+            self._kick()
+
+    async def open_byte_stream(
+        self, method: str, payload: bytes = b"", *, timeout: float | None = CALL_TIMEOUT
+    ) -> ByteStream:
+        """Open a byte stream to ``method``; returns once the worker accepted it (within
+        ``timeout`` seconds, else :class:`DeadlineExceeded` and the stream is reset)."""
         opening = _Call()
-        cid: int = await self._submit(lambda: self.endpoint.open_byte_stream(method, payload))
-        stream = ByteStream(self, cid)
-        self._byte_streams[cid] = stream
-        self._opening[cid] = opening
-        await opening.done.wait()
+        with _deadline(timeout) as waited:
+            cid: int = await self._submit(lambda: self.endpoint.open_byte_stream(method, payload))
+            stream = ByteStream(self, cid)
+            self._byte_streams[cid] = stream
+            self._opening[cid] = opening
+            try:
+                await opening.done.wait()
+            except trio.Cancelled:
+                if self._opening.pop(cid, None) is not None and self._error is None:
+                    with suppress(LeapcoreError):
+                        self.endpoint.reset(cid, "cancelled", "the opener gave up")
+                    self._kick()
+                self._byte_streams.pop(cid, None)
+                raise
+        if not opening.done.is_set():
+            assert waited.cancelled_caught
+            raise self._timed_out(method, timeout)
         if opening.error is not None:
             self._byte_streams.pop(cid, None)
             raise opening.error
@@ -753,6 +831,28 @@ class Channel:
         await self.finished.wait()
 
     # -- the worker's side ---------------------------------------------------------------------
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes this channel holds for the peer: incomplete chunked messages and the
+        request payloads of running handlers."""
+        return sum(self._held.values()) + self.endpoint.reassembly_buffered
+
+    def _hold(self, cid: int, size: int) -> bool:
+        """Count a request payload against :attr:`max_held_bytes`; False if it does not fit
+        (one request always fits when nothing else is held)."""
+        if self.max_held_bytes is None:
+            return True
+        held = sum(self._held.values())
+        if held and held + self.endpoint.reassembly_buffered + size > self.max_held_bytes:
+            return False
+        self._held[cid] = size
+        self.endpoint.reassembly_budget = self.max_held_bytes - held - size
+        return True
+
+    def _release(self, cid: int) -> None:
+        if self._held.pop(cid, None) is not None and self.max_held_bytes is not None:
+            self.endpoint.reassembly_budget = self.max_held_bytes - sum(self._held.values())
 
     def _serve(self, event: RequestReceived | StreamRequested | ByteStreamRequested) -> None:
         cid, method = event.correlation_id, event.method
@@ -773,6 +873,21 @@ class Channel:
         assert services is not None
         if not ctx.is_owner and method not in services.public:
             self.endpoint.send_error(cid, "permission_denied", "only the worker owner may use this")
+            return
+        if not self._hold(cid, len(event.payload)):
+            log.info(
+                "channel %d: %s refused: the channel holds %d bytes, its budget is %d",
+                self.channel_id,
+                method,
+                self.held_bytes,
+                self.max_held_bytes,
+            )
+            self.endpoint.send_error(
+                cid,
+                "resource_exhausted",
+                f"the channel's memory budget ({self.max_held_bytes} bytes) is in use; "
+                "retry when earlier requests have finished",
+            )
             return
         scope = trio.CancelScope()
         self._handlers[cid] = scope
@@ -828,6 +943,7 @@ class Channel:
                     self._answer_error(cid, "internal", "internal error")
         finally:
             self._handlers.pop(cid, None)
+            self._release(cid)
 
     def _answer_error(self, cid: int, code: str, message: str) -> None:
         if self._error is not None:
@@ -840,6 +956,15 @@ class Channel:
             except LeapcoreError:
                 return
         self._kick()
+
+
+def _deadline(timeout: float | None) -> trio.CancelScope:
+    """A scope that gives up after ``timeout`` seconds (``None``: never)."""
+    if timeout is None:
+        return trio.CancelScope()
+    if not timeout >= 0:
+        raise StreamUsageError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+    return trio.move_on_after(timeout)
 
 
 @asynccontextmanager

@@ -556,7 +556,9 @@ class ChannelEndpoint:
 
     ``worker_mlkem_public`` (initiator) and ``mlkem_private`` (responder: the 64-byte seed
     or the key object) are the rekey material; both are needed in post-quantum mode only.
-    Bounds: reassembly (``max_message_size``, ``max_incomplete``), streams the peer may
+    Bounds: reassembly (``max_message_size``, ``max_incomplete``, and
+    ``max_reassembly_bytes`` for all incomplete messages together, default
+    ``max_message_size``; :attr:`reassembly_budget` changes it), streams the peer may
     have open at once (``max_streams``), bytes of application messages waiting to be sent
     (``max_outbound_bytes``, default twice ``max_message_size``) and of frames the
     endpoint queues itself (:data:`CONTROL_RESERVE`).
@@ -573,6 +575,7 @@ class ChannelEndpoint:
         max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
         max_streams: int = DEFAULT_MAX_STREAMS,
         max_outbound_bytes: int | None = None,
+        max_reassembly_bytes: int | None = None,
         worker_mlkem_public: bytes | None = None,
         mlkem_private: bytes | MLKEMPrivateKey | None = None,
         rekey_timings: RekeyTimings = DEFAULT_TIMINGS,
@@ -611,7 +614,9 @@ class ChannelEndpoint:
         self._encapsulate = encapsulate
         self._now = now
 
-        self._reassembler = Reassembler(self.max_message_size, max_incomplete)
+        self._reassembler = Reassembler(
+            self.max_message_size, max_incomplete, max_buffered=max_reassembly_bytes
+        )
         self._streams: dict[int, _Stream] = {}
         self._ended: collections.OrderedDict[int, _Ended] = collections.OrderedDict()
         self._peer_streams = 0
@@ -669,6 +674,21 @@ class ChannelEndpoint:
     def outbound_bytes(self) -> int:
         """Plaintext bytes waiting in the outbound queue."""
         return self._app_bytes + self._auto_bytes
+
+    @property
+    def reassembly_buffered(self) -> int:
+        """Plaintext bytes held for the peer's incomplete chunked messages."""
+        return self._reassembler.buffered
+
+    @property
+    def reassembly_budget(self) -> int:
+        """Bytes the peer's incomplete chunked messages may hold together (settable: a
+        chunk that would pass it fails its correlation id with ``resource_exhausted``)."""
+        return self._reassembler.budget
+
+    @reassembly_budget.setter
+    def reassembly_budget(self, value: int) -> None:
+        self._reassembler.budget = max(0, value)
 
     @property
     def has_outbound(self) -> bool:

@@ -12,13 +12,16 @@ encryption is the channel endpoint's job, because the transport's nonces
 follow the order in which frames are *sent*.
 
 :class:`Reassembler` is the receiving side, keyed by correlation id, with the
-limits of ``spec/behavior.md`` §5.7: at most ``max_incomplete`` (4) chunked
-messages in progress per channel, each at most ``max_message_size``; the
-running total is checked as chunks arrive, so nothing is buffered past the
-limit. A breach fails that correlation id alone, once
-(:class:`~leapcore.errors.ResourceExhausted`), and tombstones it: its later
-chunks are dropped and its ``FINAL`` chunk reaps the tombstone. Tombstones are
-capped at ``max_incomplete`` too; past both caps, chunks are dropped silently.
+limits of ``spec/behavior.md`` §5.7: at most ``max_incomplete``
+(:data:`DEFAULT_MAX_INCOMPLETE`, 4) chunked messages in progress per channel, each at
+most ``max_message_size``, and all of them together at most ``max_buffered`` bytes
+(:attr:`Reassembler.budget`, ``max_message_size`` by default; the worker's channel driver
+lowers it by what its handlers hold, see :mod:`leapcore.channel`); the running totals are
+checked as chunks arrive, so nothing is buffered past a limit. A breach fails that
+correlation id alone, once (:class:`~leapcore.errors.ResourceExhausted`), and
+tombstones it: its later chunks are dropped and its ``FINAL`` chunk reaps the
+tombstone. Tombstones are capped at ``max_incomplete`` too; past both caps, chunks
+are dropped silently.
 """
 
 from __future__ import annotations
@@ -143,13 +146,22 @@ class Reassembler:
         self,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
+        max_buffered: int | None = None,
     ) -> None:
         self.max_message_size = validate_max_message_size(max_message_size)
         if type(max_incomplete) is not int or max_incomplete < 1:
             raise ConfigError(f"max_incomplete must be a positive integer, got {max_incomplete!r}")
         self.max_incomplete = max_incomplete
+        if max_buffered is None:
+            max_buffered = self.max_message_size
+        if type(max_buffered) is not int or max_buffered < 0:
+            raise ConfigError(f"max_buffered must be an integer >= 0, got {max_buffered!r}")
+        #: Bytes all incomplete messages together may hold now (the driver may change it;
+        #: a lower budget fails the chunk that would pass it, not what is already held).
+        self.budget = max_buffered
         self._partial: dict[int, list[bytes]] = {}
         self._sizes: dict[int, int] = {}  # running total of each incomplete message
+        self._buffered = 0  # their sum
         self._tombstones: set[int] = set()
 
     @property
@@ -164,7 +176,7 @@ class Reassembler:
     @property
     def buffered(self) -> int:
         """Plaintext bytes held for incomplete messages."""
-        return sum(self._sizes.values())
+        return self._buffered
 
     def feed(
         self, correlation_id: int, flags: int, chunk: bytes
@@ -194,25 +206,42 @@ class Reassembler:
                     final,
                     f"more than {self.max_incomplete} incomplete chunked messages on this channel",
                 )
+            if self._buffered + len(chunk) > self.budget:
+                return self._fail(cid, final, self._over_budget(len(chunk)))
             self._partial[cid] = [chunk]
             self._sizes[cid] = len(chunk)
+            self._buffered += len(chunk)
             return None
         total = self._sizes[cid] + len(chunk)
         if total > self.max_message_size:
-            del self._partial[cid], self._sizes[cid]
+            self._forget(cid)
             return self._fail(cid, final, self._too_big(total))
+        if not final and self._buffered + len(chunk) > self.budget:
+            self._forget(cid)
+            return self._fail(cid, final, self._over_budget(len(chunk)))
         parts.append(chunk)
         if final:
-            del self._partial[cid], self._sizes[cid]
+            self._forget(cid)
             return Reassembled(cid, tuple(parts))
         self._sizes[cid] = total
+        self._buffered += len(chunk)
         return None
+
+    def _forget(self, cid: int) -> None:
+        del self._partial[cid]
+        self._buffered -= self._sizes.pop(cid)
 
     def discard(self, correlation_id: int) -> None:
         """Forget any partial message and tombstone for ``correlation_id``."""
-        self._partial.pop(correlation_id, None)
-        self._sizes.pop(correlation_id, None)
+        if correlation_id in self._partial:
+            self._forget(correlation_id)
         self._tombstones.discard(correlation_id)
+
+    def _over_budget(self, size: int) -> str:
+        return (
+            f"{size} more bytes would pass the channel's reassembly budget "
+            f"({self._buffered} of {self.budget} bytes held)"
+        )
 
     def _too_big(self, size: int) -> str:
         return f"chunked message reached {size} bytes; the limit is {self.max_message_size}"

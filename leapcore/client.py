@@ -32,7 +32,7 @@ from typing import Final
 
 from .atomicfile import write_atomic
 from .errors import ConfigError, KeyFileError
-from .hubclient import HubSession, hub_session
+from .hubclient import KEEPALIVE_INTERVAL, HubSession, hub_session
 from .paths import client_credentials_path, client_pins_path
 from .pinstore import PinStore
 
@@ -102,9 +102,12 @@ async def connect(
     transport: str = "websocket",
     ca_file: str | None = None,
     pins: PinStore | _Default | None = _DEFAULT,
+    keepalive: float | None = KEEPALIVE_INTERVAL,
 ) -> AsyncIterator[HubSession]:
     """Sign in to the hub; yields a :class:`~leapcore.hubclient.HubSession` (see the module
-    docstring). Raises :class:`~leapcore.errors.ConfigError` when no token is found."""
+    docstring). Raises :class:`~leapcore.errors.ConfigError` when no token is found.
+    ``keepalive`` is the busy session's heartbeat interval in seconds
+    (:data:`~leapcore.hubclient.KEEPALIVE_INTERVAL`; ``None``: never)."""
     secret = token or os.environ.get("LEAPCORE_TOKEN") or load_token(hub_url)
     if not secret:
         raise ConfigError(
@@ -113,6 +116,6 @@ async def connect(
         )
     store = default_pin_store(hub_url) if isinstance(pins, _Default) else pins
     async with hub_session(
-        hub_url, secret, transport=transport, ca_file=ca_file, pins=store
+        hub_url, secret, transport=transport, ca_file=ca_file, pins=store, keepalive=keepalive
     ) as session:
         yield session

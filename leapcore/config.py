@@ -12,22 +12,32 @@ each key's type. A list setting (the worker's ``services``) is a TOML array of
 strings, or comma-separated in the environment (blank items dropped); like every
 setting, a later layer replaces it whole.
 
+A ``float`` setting also takes an integer (``client_idle_timeout = 300``).
+
 The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
 ``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
 prefix ``LEAPCORE_HUB_``) follow the same rules; the hub's values are also
-range-checked, naming the layer a bad value came from.
+range-checked, naming the layer a bad value came from. The hub's budgets
+(:class:`~leapcore.hublimits.HubLimits`: idle time, links, channels, queue bytes,
+registration keys, check intervals) are hub settings of the same names, checked against
+:data:`~leapcore.hublimits.LIMIT_RANGES`.
 
 Sans-IO except :func:`read_config_file`: the environment is passed in.
 """
 
 from __future__ import annotations
 
+import functools
+import math
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final
 
+import attrs
+
 from .errors import ConfigError
+from .hublimits import LIMIT_RANGES, HubLimits, check_limit, describe
 
 __all__ = [
     "HUB_ENV_PREFIX",
@@ -56,6 +66,10 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "log_level": (str, "info"),
     "max_message_size": (int, 16 * 1024 * 1024),
     "max_incomplete_chunked": (int, 4),
+    # Channels open on the worker's link at once; bytes held per channel (0: twice
+    # max_message_size). See leapcore.workerchannels.
+    "max_channels": (int, 256),
+    "max_channel_bytes": (int, 0),
     # MODULE:CALLABLE installers of extra channel methods (TOML list; comma-separated in the
     # environment).
     "services": (list, []),
@@ -73,11 +87,21 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "max_workers_per_user": (int, 64),
     "max_message_size": (int, 16 * 1024 * 1024),
     "log_level": (str, "info"),
+    # The budgets of leapcore.hublimits.HubLimits, under the same names.
+    **{
+        name: (kind, attrs.fields_dict(HubLimits)[name].default)
+        for name, (kind, _low, _high) in LIMIT_RANGES.items()
+    },
 }
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")
 #: The negotiated channel message size range (design: 65519 bytes … 64 MiB).
 _MESSAGE_SIZE_RANGE: Final = (65519, 64 * 1024 * 1024)
+
+
+def _limit_ok(name: str, value: Any) -> bool:
+    return check_limit(name, value) is None
+
 
 #: Hub values checked beyond their type: key -> (accepts the value?, what is required).
 _HUB_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
@@ -87,6 +111,13 @@ _HUB_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
         f"must be between {_MESSAGE_SIZE_RANGE[0]} and {_MESSAGE_SIZE_RANGE[1]}",
     ),
     "log_level": (lambda v: v in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
+    **{
+        name: (
+            functools.partial(_limit_ok, name),
+            f"must be between {describe(low)} and {describe(high)}",
+        )
+        for name, (kind, low, high) in LIMIT_RANGES.items()
+    },
 }
 
 
@@ -113,6 +144,8 @@ def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where:
     if spec is None:
         raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(keys))})")
     kind = spec[0]
+    if kind is float and type(value) is int:
+        value = float(value)
     if type(value) is not kind:
         raise ConfigError(
             f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
@@ -143,6 +176,13 @@ def _from_env(
                 out[key] = int(text.strip())
             except ValueError:
                 raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+        elif kind is float:
+            try:
+                out[key] = float(text.strip())
+            except ValueError:
+                raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
+            if not math.isfinite(out[key]):
+                raise ConfigError(f"environment: {name} must be a finite number, got {text!r}")
         elif kind is list:
             out[key] = [item.strip() for item in text.split(",") if item.strip()]
         else:

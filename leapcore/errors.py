@@ -27,6 +27,7 @@ __all__ = [
     "ChannelProtocolError",
     "ConfigError",
     "CorruptPinStore",
+    "DeadlineExceeded",
     "DecryptError",
     "FailedPrecondition",
     "FlowControlError",
@@ -287,6 +288,15 @@ class ChannelLost(RemoteProtocolError):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(f"{reason}: {message}")
         self.reason = reason
+
+
+class DeadlineExceeded(RemoteProtocolError):
+    """A call, ping, stream, byte-stream open, hub request or channel open through the hub got
+    no answer within its deadline (``timeout=``, 30 s by default): a frame was lost or
+    misrouted, or the peer is stuck. Not a protocol violation; the operation may be retried.
+    What the caller gave up on is cancelled (a late answer is dropped)."""
+
+    code = "deadline_exceeded"
 
 
 class RemoteCallError(RemoteProtocolError):

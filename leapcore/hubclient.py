@@ -11,6 +11,17 @@
 calls by ``request_id``, so calls may be made from several tasks at once (at most
 :data:`MAX_PENDING` outstanding).
 
+Every call has a deadline (``timeout=``, :data:`CALL_TIMEOUT` by default, as do
+:meth:`HubSession.request_open` and the channel operations of :mod:`leapcore.channel`):
+no answer in time raises :class:`~leapcore.errors.DeadlineExceeded`.
+
+**Keepalive.** The hub closes a client link that sends nothing for a while (10 min by
+default), so that an abandoned session does not live for ever. While the session is
+*busy* -- a channel open, a call or an open waiting for its answer -- and nothing else
+was sent for :data:`KEEPALIVE_INTERVAL` (30 s; ``keepalive=`` to change it, ``None`` to
+turn it off), it sends a ``heartbeat`` record. An idle session sends nothing, so the hub
+reaps one that was abandoned.
+
 An error answer raises the matching leapcore error (:data:`ERROR_CLASSES`; any other code is
 :class:`~leapcore.errors.HubRequestFailed`). A link that ends, a ``go_away`` or an ``error``
 record from the hub fails every outstanding and later call with
@@ -31,6 +42,8 @@ import trio
 from .channel import Channel, ChannelTable
 from .chunking import DEFAULT_MAX_MESSAGE_SIZE
 from .errors import (
+    ConfigError,
+    DeadlineExceeded,
     FailedPrecondition,
     HubRequestFailed,
     LeapcoreError,
@@ -50,6 +63,7 @@ from .link_codec import (
     ClientHello,
     ErrorMessage,
     GoAway,
+    Heartbeat,
     HubRequest,
     HubResponse,
     LinkMessage,
@@ -66,6 +80,7 @@ __all__ = [
     "CALL_TIMEOUT",
     "ERROR_CLASSES",
     "GREETING_TIMEOUT",
+    "KEEPALIVE_INTERVAL",
     "MAX_PENDING",
     "HubSession",
     "hub_error",
@@ -80,6 +95,8 @@ GREETING_TIMEOUT: Final = 10.0
 CALL_TIMEOUT: Final = 30.0
 #: Calls that may be outstanding at once; more wait for a free slot.
 MAX_PENDING: Final = 64
+#: Seconds without sending anything after which a busy session sends a heartbeat.
+KEEPALIVE_INTERVAL: Final = 30.0
 
 #: Hub error codes (``hub_response`` and ``error`` records) -> the error raised.
 ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
@@ -124,7 +141,15 @@ class HubSession:
         *,
         url: str = "",
         pins: PinStore | None = None,
+        keepalive: float | None = KEEPALIVE_INTERVAL,
     ) -> None:
+        if keepalive is not None and not keepalive > 0:
+            raise ConfigError(f"keepalive must be a positive number of seconds, got {keepalive!r}")
+        #: Seconds of silence after which a busy session sends a heartbeat (None: never).
+        self.keepalive = keepalive
+        #: Heartbeats sent to keep the link alive.
+        self.heartbeats_sent = 0
+        self._last_sent = trio.current_time()
         self._pipe = pipe
         self._conn = conn
         self._send_lock = WriteLock()
@@ -151,7 +176,7 @@ class HubSession:
         self, method: str, *, timeout: float = CALL_TIMEOUT, **params: Any
     ) -> dict[str, Any]:
         """Send ``method(params)`` and return the ``result`` object; raises on an error answer,
-        a closed link, or no answer within ``timeout`` seconds (:class:`LinkClosed`)."""
+        a closed link, or no answer within ``timeout`` seconds (:class:`DeadlineExceeded`)."""
         async with self._slots:
             if self._failure is not None:
                 raise self._failure
@@ -161,12 +186,11 @@ class HubSession:
             self._pending[request_id] = pending
             try:
                 data = self._conn.send(HubRequest(request_id, method, dict(params)))
-                async with self._send_lock:
-                    await self._pipe.send(data)
-                with trio.move_on_after(timeout) as waited:
+                await self._write(data)
+                with trio.move_on_after(timeout):
                     await pending.done.wait()
-                if waited.cancelled_caught:
-                    raise LinkClosed(f"the hub did not answer {method} within {timeout:g}s")
+                if not pending.done.is_set():
+                    raise DeadlineExceeded(f"the hub did not answer {method} within {timeout:g}s")
             finally:
                 self._pending.pop(request_id, None)
         if pending.error is not None:
@@ -183,13 +207,29 @@ class HubSession:
         if self._failure is not None:
             raise self._failure
         data = b"".join([self._conn.send(message) for message in messages])
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
         async with self._send_lock:
             await self._pipe.send(data)
+            self._last_sent = trio.current_time()
+
+    @property
+    def busy(self) -> bool:
+        """True while a channel is open or a call or an open waits for its answer."""
+        return bool(len(self.channels) or self._pending or self._opens)
 
     async def request_open(
-        self, worker_id: str, message1: bytes, max_message_size: int
+        self,
+        worker_id: str,
+        message1: bytes,
+        max_message_size: int,
+        *,
+        timeout: float = OPEN_TIMEOUT,
     ) -> ChannelOpened | ChannelRefused:
-        """Send ``open_channel`` and wait for the hub's answer (see :mod:`leapcore.opener`)."""
+        """Send ``open_channel`` and wait for the hub's answer (see :mod:`leapcore.opener`),
+        at most ``timeout`` seconds (:class:`DeadlineExceeded`; a late ``channel_opened`` is
+        closed)."""
         async with self._slots:
             if self._failure is not None:
                 raise self._failure
@@ -199,7 +239,13 @@ class HubSession:
             self._opens[request_id] = pending
             try:
                 await self.send(OpenChannel(request_id, worker_id, message1, max_message_size))
-                await pending.done.wait()
+                with trio.move_on_after(timeout):
+                    await pending.done.wait()
+                if not pending.done.is_set():
+                    raise DeadlineExceeded(
+                        f"the hub did not answer the open of a channel to {worker_id} within "
+                        f"{timeout:g}s"
+                    )
             finally:
                 self._opens.pop(request_id, None)
         if pending.error is not None:
@@ -252,6 +298,31 @@ class HubSession:
     async def deregister_worker(self, worker_id: str) -> dict[str, Any]:
         """``{"worker_id", "status": "deregistering", "notified": bool}``."""
         return await self.call("worker.deregister", worker_id=worker_id)
+
+    # -- keepalive -------------------------------------------------------------------------
+
+    async def _keepalive(self) -> None:
+        """Send a heartbeat when busy and silent for :attr:`keepalive` seconds (never raises)."""
+        interval = self.keepalive
+        if interval is None:
+            return
+        seq = itertools.count(1)
+        deadline = self._last_sent + interval
+        while self._failure is None:
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            if now - self._last_sent < interval:  # something else went out meanwhile
+                deadline = self._last_sent + interval
+                continue
+            if not self.busy:  # idle: let the hub reap an abandoned session
+                deadline = now + interval
+                continue
+            try:
+                await self.send(Heartbeat(next(seq)))
+            except LeapcoreError:
+                return  # the link is failing: the reader reports it
+            self.heartbeats_sent += 1
+            deadline = self._last_sent + interval
 
     # -- the reader ------------------------------------------------------------------------
 
@@ -340,22 +411,35 @@ async def hub_session(
     transport: str = "websocket",
     ca_file: str | None = None,
     pins: PinStore | None = None,
+    keepalive: float | None = KEEPALIVE_INTERVAL,
+    dial: Callable[[], AbstractAsyncContextManager[LinkPipe]] | None = None,
 ) -> AsyncIterator[HubSession]:
     """Sign in to the hub at ``url`` with the API ``token``; the link closes with the block.
+
+    ``keepalive`` is the busy session's heartbeat interval (the module docstring); ``dial``
+    replaces the network (tests pass an in-memory pipe).
 
     ``pins`` is the TOFU store :meth:`HubSession.open_channel` checks worker keys against
     (``None``: no pinning; :func:`leapcore.connect` uses the per-hub default store).
     A refused token raises :class:`~leapcore.errors.Unauthenticated`; a hub that cannot be
     reached, :class:`~leapcore.errors.LinkClosed`.
     """
+    if keepalive is not None and not keepalive > 0:
+        raise ConfigError(f"keepalive must be a positive number of seconds, got {keepalive!r}")
+    if dial is None:
+
+        def dial() -> AbstractAsyncContextManager[LinkPipe]:
+            return connect_link(url, transport=transport, ca_file=ca_file)
+
     with single_exception():
-        async with connect_link(url, transport=transport, ca_file=ca_file) as pipe:
+        async with dial() as pipe:
             conn = LinkConnection(LinkRole.CLIENT)
             await pipe.send(conn.send(ClientHello(PROTOCOL_VERSION, token)))
             greeting = await _greeting(pipe, conn)
-            session = HubSession(pipe, conn, greeting, url=url, pins=pins)
+            session = HubSession(pipe, conn, greeting, url=url, pins=pins, keepalive=keepalive)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(session._reader)
+                nursery.start_soon(session._keepalive)
                 try:
                     yield session
                 finally:

@@ -27,7 +27,15 @@ Names (all prefixed ``leapcore_hub_``):
 * ``channel_opens_total{result}`` (counter): ``open_channel`` requests by result:
   ``opened``, ``rejected`` (by the worker), ``invalid_accept`` (the worker's answer
   was refused), ``not_found``, ``not_owner`` (told ``not_found``),
-  ``worker_offline``, ``invalid_max_message_size``, ``unavailable``, ``timeout``.
+  ``worker_offline``, ``invalid_max_message_size``, ``unavailable``, ``timeout``,
+  ``quota_exceeded`` (a channel budget of :mod:`leapcore.hublimits`), ``permission_denied``
+  (asked by a deregistering worker);
+* ``sign_ins_refused_total{reason}`` (counter): sign-ins refused: ``api_token``,
+  ``worker_token``, ``registration_key`` (bad credentials), ``links_per_user``,
+  ``links_per_address`` (over a budget);
+* ``links_closed_total{reason}`` (counter): signed-in links the hub ended: ``idle`` (a
+  client silent for ``client_idle_timeout``), ``token_revoked``, ``worker_deleted``,
+  ``deregistered`` (a deregistering worker's link, after its ack or its grace).
 """
 
 from __future__ import annotations
@@ -40,11 +48,13 @@ from prometheus_client.exposition import generate_latest
 
 __all__ = [
     "CONTENT_TYPE",
+    "LINK_CLOSE_REASONS",
     "LINK_KINDS",
     "OPEN_RESULTS",
     "REGISTRATION_OUTCOMES",
     "REJECT_REASONS",
     "RELAY_DIRECTIONS",
+    "SIGN_IN_REFUSALS",
     "HubMetrics",
     "Snapshot",
 ]
@@ -72,7 +82,17 @@ OPEN_RESULTS: Final = (
     "invalid_max_message_size",
     "unavailable",
     "timeout",
+    "quota_exceeded",
+    "permission_denied",
 )
+SIGN_IN_REFUSALS: Final = (
+    "api_token",
+    "worker_token",
+    "registration_key",
+    "links_per_user",
+    "links_per_address",
+)
+LINK_CLOSE_REASONS: Final = ("idle", "token_revoked", "worker_deleted", "deregistered")
 RELAY_DIRECTIONS: Final = ("to_worker", "to_client")
 
 
@@ -125,8 +145,24 @@ class HubMetrics:
             ["result"],
             registry=reg,
         )
+        self.sign_ins_refused = Counter(
+            f"{PREFIX}_sign_ins_refused",
+            "Sign-ins refused: bad credentials, or over a link budget.",
+            ["reason"],
+            registry=reg,
+        )
+        self.links_closed = Counter(
+            f"{PREFIX}_links_closed",
+            "Signed-in links the hub ended: idle, revoked, deleted or deregistered.",
+            ["reason"],
+            registry=reg,
+        )
         for kind in LINK_KINDS:
             self.links.labels(kind=kind)
+        for reason in SIGN_IN_REFUSALS:
+            self.sign_ins_refused.labels(reason=reason)
+        for reason in LINK_CLOSE_REASONS:
+            self.links_closed.labels(reason=reason)
         for reason in REJECT_REASONS:
             self.frames_rejected.labels(reason=reason)
         for outcome in REGISTRATION_OUTCOMES:
@@ -144,6 +180,12 @@ class HubMetrics:
 
     def channel_open(self, result: str) -> None:
         self.channel_opens.labels(result=result).inc()
+
+    def sign_in_refused(self, reason: str) -> None:
+        self.sign_ins_refused.labels(reason=reason).inc()
+
+    def link_closed(self, reason: str) -> None:
+        self.links_closed.labels(reason=reason).inc()
 
     def relayed(self, direction: str, size: int) -> None:
         self._relayed[direction].inc(size)

@@ -25,6 +25,7 @@ from .errors import (
     StorageError,
     Unauthenticated,
 )
+from .hublimits import HubLimits
 from .hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 from .records import b64encode
 
@@ -44,6 +45,7 @@ class HubContext(Protocol):
     """What a method needs from the hub."""
 
     store: SQLiteHubStore
+    limits: HubLimits
 
     def now_ms(self) -> int: ...
 
@@ -96,7 +98,9 @@ def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dic
 
 def _regkey_create(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
     _params(params)
-    record, key = hub.store.mint_registration_key(user.id, hub.now_ms())
+    record, key = hub.store.mint_registration_key(
+        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys
+    )
     return {"registration_key": key, "expires_at": record.expires_at}
 
 

@@ -21,6 +21,10 @@ Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
   ``deleted`` (the worker acknowledged, or was told on reconnect). A deleted
   worker's token no longer authenticates.
 
+* A user's live registration keys may be capped (``mint_registration_key(max_live=)``);
+  :meth:`SQLiteHubStore.live_token_ids` and :meth:`SQLiteHubStore.worker_statuses` answer,
+  in one query per batch, what a running hub polls to make revocation take effect at once.
+
 Time is passed in as ``now_ms`` (milliseconds since the Unix epoch, UTC).
 """
 
@@ -33,7 +37,7 @@ import os
 import secrets
 import sqlite3
 import string
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -72,6 +76,21 @@ ID_LENGTH: Final = 48
 REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
 REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
 DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+
+
+#: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
+BATCH: Final = 500
+
+
+def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == BATCH:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def new_id() -> str:
@@ -469,6 +488,10 @@ class SQLiteHubStore:
 
     def authenticate_user(self, token: str, now_ms: int) -> User:
         """The user an API token belongs to; :class:`Unauthenticated` otherwise."""
+        return self.authenticate_client(token, now_ms)[0]
+
+    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str]:
+        """:meth:`authenticate_user`, and the token's id (for :meth:`live_token_ids`)."""
         with self._tx() as db:
             row = db.execute(
                 "SELECT u.id, u.name, u.created_at, u.is_admin, t.id FROM api_tokens t "
@@ -479,15 +502,47 @@ class SQLiteHubStore:
             if row is None:
                 raise Unauthenticated("invalid API token")
             db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms, row[4]))
-        return User(row[0], row[1], row[2], bool(row[3]))
+        return User(row[0], row[1], row[2], bool(row[3])), row[4]
+
+    def live_token_ids(self, token_ids: Iterable[str]) -> set[str]:
+        """Those of ``token_ids`` that still authenticate: not revoked, user not deleted.
+
+        One query per :data:`BATCH` ids (a hub asks about all its client links at once)."""
+        live: set[str] = set()
+        for chunk in _chunks(token_ids):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT t.id FROM api_tokens t JOIN users u ON u.id = t.user_id "
+                f"WHERE t.id IN ({marks}) AND t.revoked_at IS NULL AND u.deleted_at IS NULL",
+                chunk,
+            ).fetchall()
+            live.update(r[0] for r in rows)
+        return live
 
     # -- registration keys ----------------------------------------------------------------
 
-    def mint_registration_key(self, user_id: str, now_ms: int) -> tuple[RegistrationKey, str]:
-        """A new key for ``user_id``, valid 5 minutes; the key itself is returned once."""
+    def mint_registration_key(
+        self, user_id: str, now_ms: int, *, max_live: int = 0
+    ) -> tuple[RegistrationKey, str]:
+        """A new key for ``user_id``, valid 5 minutes; the key itself is returned once.
+
+        ``max_live`` (0: no cap) caps the user's unexpired keys: one more is
+        :class:`QuotaExceeded` and nothing is written."""
         key = new_id()
         with self._tx() as db:
             user = self._user_by_ref(db, user_id)
+            if max_live:
+                (live,) = db.execute(
+                    "SELECT COUNT(*) FROM registration_keys "
+                    "WHERE created_by = ? AND expires_at > ?",
+                    (user.id, now_ms),
+                ).fetchone()
+                if live >= max_live:
+                    raise QuotaExceeded(
+                        f"this account already has {live} live registration keys, which is the "
+                        "configured maximum (max_live_registration_keys); use or revoke one, or "
+                        "wait until one expires"
+                    )
             record = RegistrationKey(
                 new_id(), user.id, user.name, now_ms, now_ms + REG_KEY_LIFETIME_MS
             )
@@ -575,6 +630,8 @@ class SQLiteHubStore:
         return [RegistrationKey(*r) for r in self._db.execute(query, args).fetchall()]
 
     def purge_expired_registration_keys(self, now_ms: int) -> int:
+        """Delete the keys expired (used or revoked) at ``now_ms``; how many were deleted.
+        The hub passes ``now`` minus its retention, so recent ones stay visible a while."""
         with self._tx() as db:
             return int(
                 db.execute(
@@ -794,6 +851,46 @@ class SQLiteHubStore:
                     "UPDATE workers SET status = ?, deleted_at = ? WHERE id = ?",
                     (WorkerStatus.DELETED.value, now_ms, row[0]),
                 )
+
+    def worker_statuses(self, worker_ids: Iterable[str]) -> dict[str, WorkerStatus]:
+        """The status of each of ``worker_ids`` that exists (a missing id is left out).
+
+        One query per :data:`BATCH` ids (a hub asks about all its worker links at once)."""
+        out: dict[str, WorkerStatus] = {}
+        for chunk in _chunks(worker_ids):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT id, status FROM workers WHERE id IN ({marks})", chunk
+            ).fetchall()
+            out.update((r[0], WorkerStatus(r[1])) for r in rows)
+        return out
+
+    def deregistration_notice(self, worker_id: str, now_ms: int) -> Notification:
+        """The deregister notification a DEREGISTERING worker is still to acknowledge.
+
+        Whatever its attempt count (a notification marked ``failed`` after
+        :data:`MAX_NOTIFICATION_ATTEMPTS` is still the one to deliver): the latest one not
+        delivered, or a new one when there is none (a worker deregistered by an older
+        release). :class:`FailedPrecondition` when the worker is not deregistering."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if row is None or row[0] != WorkerStatus.DEREGISTERING.value:
+                raise FailedPrecondition(f"worker {worker_id} is not deregistering")
+            found = db.execute(
+                "SELECT id, worker_id, kind, reason, attempts FROM notifications "
+                "WHERE worker_id = ? AND kind = 'deregister' AND status != 'delivered' "
+                "ORDER BY created_at DESC, id LIMIT 1",
+                (worker_id,),
+            ).fetchone()
+            if found is not None:
+                return Notification(*found)
+            note = Notification(new_id(), worker_id, "deregister", "worker deregistered", 0)
+            db.execute(
+                "INSERT INTO notifications (id, worker_id, kind, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (note.id, worker_id, note.kind, note.reason, now_ms),
+            )
+        return note
 
     def is_owner(self, worker_id: str, user_id: str) -> bool:
         row = self._db.execute(

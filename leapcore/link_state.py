@@ -91,6 +91,9 @@ class LinkState(enum.Enum):
     WORKER_ACTIVE = "worker-active"
     #: Client side, or the hub's side of a client link.
     CLIENT_ACTIVE = "client-active"
+    #: A deregistering worker's link: the hub answered its connect with ``deregister``
+    #: instead of a greeting; only heartbeats and the acknowledgement may follow.
+    WORKER_RETIRING = "worker-retiring"
     CLOSED = "closed"
 
 
@@ -152,7 +155,7 @@ def _stay(
 def _errors_close() -> dict[Key, LinkState]:
     """An error record, either way, from any live state, closes the link."""
     live = {
-        W: (St.START, St.REGISTERING, St.AWAIT_GREETING, St.WORKER_ACTIVE),
+        W: (St.START, St.REGISTERING, St.AWAIT_GREETING, St.WORKER_ACTIVE, St.WORKER_RETIRING),
         C: (St.START, St.AWAIT_GREETING, St.CLIENT_ACTIVE),
         H: (
             St.START,
@@ -161,6 +164,7 @@ def _errors_close() -> dict[Key, LinkState]:
             St.AUTHENTICATING_CLIENT,
             St.WORKER_ACTIVE,
             St.CLIENT_ACTIVE,
+            St.WORKER_RETIRING,
         ),
     }
     return {
@@ -181,6 +185,11 @@ LINK_TRANSITIONS: Final[dict[Key, LinkState]] = {
     (W, St.AWAIT_GREETING, R, WorkerGreeting.type): St.WORKER_ACTIVE,
     **_stay(W, St.WORKER_ACTIVE, S, _WORKER_UP),
     **_stay(W, St.WORKER_ACTIVE, R, _WORKER_DOWN),
+    # A deregistering worker is never greeted again: it is told to go, and acknowledges.
+    (W, St.AWAIT_GREETING, R, Deregister.type): St.WORKER_RETIRING,
+    (W, St.WORKER_RETIRING, S, Heartbeat.type): St.WORKER_RETIRING,
+    (W, St.WORKER_RETIRING, R, HeartbeatAck.type): St.WORKER_RETIRING,
+    (W, St.WORKER_RETIRING, S, DeregisterAck.type): St.CLOSED,
     # Client side.
     (C, St.START, S, ClientHello.type): St.AWAIT_GREETING,
     (C, St.AWAIT_GREETING, R, ClientGreeting.type): St.CLIENT_ACTIVE,
@@ -192,6 +201,10 @@ LINK_TRANSITIONS: Final[dict[Key, LinkState]] = {
     (H, St.START, R, Connect.type): St.AUTHENTICATING_WORKER,
     (H, St.AUTHENTICATING_WORKER, R, Heartbeat.type): St.AUTHENTICATING_WORKER,
     (H, St.AUTHENTICATING_WORKER, S, WorkerGreeting.type): St.WORKER_ACTIVE,
+    (H, St.AUTHENTICATING_WORKER, S, Deregister.type): St.WORKER_RETIRING,
+    (H, St.WORKER_RETIRING, R, Heartbeat.type): St.WORKER_RETIRING,
+    (H, St.WORKER_RETIRING, S, HeartbeatAck.type): St.WORKER_RETIRING,
+    (H, St.WORKER_RETIRING, R, DeregisterAck.type): St.CLOSED,
     (H, St.START, R, ClientHello.type): St.AUTHENTICATING_CLIENT,
     (H, St.AUTHENTICATING_CLIENT, S, ClientGreeting.type): St.CLIENT_ACTIVE,
     **_stay(H, St.WORKER_ACTIVE, R, _WORKER_UP),

@@ -10,6 +10,8 @@ error ends the link (:class:`~leapcore.errors.LinkClosed`).
 There is no reader task: the link's reader calls :meth:`~WebSocketPipe.receive`, the link's one
 writer calls :meth:`~WebSocketPipe.send`. Control replies the protocol owes the peer (a pong, a
 close answer) are written by whichever of the two gets there first; a lock keeps writes whole.
+While the writer is blocked (the peer does not read), pongs owed are coalesced: at most one is
+held, the latest ping's, so a ping flood from a peer that does not read holds O(1) memory.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ SEND_CHUNK: Final = 512 * 1024
 MAX_WS_MESSAGE: Final = 512 * 1024
 
 _DATA: Final = (Opcode.BINARY, Opcode.CONT)
+#: First byte of a serialized pong frame (FIN, opcode 0xA), masked or not.
+_PONG_HEAD: Final = 0x8A
 
 
 class WebSocketPipe:
@@ -58,6 +62,7 @@ class WebSocketPipe:
         self._protocol = protocol
         self._write_lock = WriteLock()
         self._owed: list[bytes] = []  # protocol output taken by the reader, not yet written
+        self._owed_pong = -1  # index in _owed of the one pong held there (-1: none)
         self._chunks: collections.deque[bytes | bytearray] = collections.deque()
         self._reading = False
         self._eof = False
@@ -83,6 +88,7 @@ class WebSocketPipe:
         async with self._write_lock:
             writes = [*self._owed, *self._protocol.data_to_send()]
             self._owed.clear()
+            self._owed_pong = -1
             try:
                 for data in writes:
                     if data:
@@ -123,7 +129,7 @@ class WebSocketPipe:
         self.take(protocol.events_received())
         # A pong, a close answer, a failure's close frame: written now unless the writer
         # holds the transport (then its next write takes them first): the reader never waits.
-        self._owed.extend(protocol.data_to_send())
+        self._owe(protocol.data_to_send())
         if self._owed and not self._write_lock.locked():
             try:
                 await self._flush()
@@ -131,6 +137,22 @@ class WebSocketPipe:
                 self._eof = True
         if self._eof or protocol.state is CLOSED or protocol.close_rcvd is not None:
             self._done.set()
+
+    def _owe(self, writes: list[bytes]) -> None:
+        """Hold protocol output for the next write; a pong replaces the one already held
+        (in its place), so at most one pong waits however many pings arrive."""
+        for data in writes:
+            if data and data[0] == _PONG_HEAD:
+                if self._owed_pong >= 0:
+                    self._owed[self._owed_pong] = data
+                    continue
+                self._owed_pong = len(self._owed)
+            self._owed.append(data)
+
+    @property
+    def owed_bytes(self) -> int:
+        """Bytes of protocol output (pongs, a close) waiting for the transport."""
+        return sum(map(len, self._owed))
 
     def take(self, events: Sequence[object]) -> None:
         """Keep the payload of data frames among ``events``; a text frame fails the link."""

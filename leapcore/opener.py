@@ -13,7 +13,9 @@
    :class:`~leapcore.errors.HandshakeError`) and start the channel's pump;
 5. round-trip a Ping inside the channel (10 s) before handing the channel out.
 
-The whole open is bounded by :data:`OPEN_TIMEOUT` (30 s). The link it runs on is anything
+The whole open is bounded by :data:`OPEN_TIMEOUT` (30 s, ``timeout=``): past it the open
+raises :class:`~leapcore.errors.DeadlineExceeded` (a hub's own ``timeout`` refusal stays
+:class:`~leapcore.errors.ChannelOpenFailed`). The link it runs on is anything
 with the small :class:`OpenerLink` surface: the client's
 :class:`~leapcore.hubclient.HubSession`, or a worker's own link (cross-worker channels).
 """
@@ -32,6 +34,7 @@ from .channel_mux import ChannelEndpoint
 from .chunking import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
 from .errors import (
     ChannelOpenFailed,
+    DeadlineExceeded,
     LeapcoreError,
     LinkProtocolError,
     NotFound,
@@ -135,11 +138,11 @@ async def open_channel(
                 try:
                     verify_by = min(trio.current_time() + VERIFY_TIMEOUT, deadline)
                     with trio.move_on_at(verify_by) as verify:
-                        await channel.ping()
+                        await channel.ping(timeout=None)  # bounded by verify_by
                     if verify.cancelled_caught:
-                        raise ChannelOpenFailed(
-                            "timeout",
-                            f"no answer to the first ping within {min(VERIFY_TIMEOUT, timeout):g}s",
+                        raise DeadlineExceeded(
+                            f"worker {worker_id} did not answer the first ping within "
+                            f"{min(VERIFY_TIMEOUT, timeout):g}s"
                         )
                     yield channel
                 finally:
@@ -195,4 +198,4 @@ async def _open(
         log.debug("channel %d to %s open (%s)", answer.channel_id, worker_id, found.mode)
         return channel
     assert waited.cancelled_caught
-    raise ChannelOpenFailed("timeout", f"the channel did not open within {timeout:g}s")
+    raise DeadlineExceeded(f"the channel to {worker_id} did not open within {timeout:g}s")

@@ -40,7 +40,8 @@ from ._version import __version__
 from .atomicfile import write_atomic
 from .client import save_credentials
 from .errors import FailedPrecondition, LeapcoreError, LocalError, NotFound, Unauthenticated
-from .hub import Hub
+from .hub import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
+from .hublimits import HubLimits
 from .hubstore import Notification, SQLiteHubStore, WorkerStatus
 from .paths import hub_database_path
 from .signpool import Signer
@@ -219,13 +220,21 @@ class SoloHub:
         max_workers_per_user: int = 64,
         signer: Signer | None = None,
         save_credential: bool = True,
+        limits: HubLimits = DEFAULT_LIMITS,
+        max_message_size: int = HUB_MAX_MESSAGE_SIZE,
     ) -> None:
         self.data_dir = Path(data_dir)
         db = hub_database_path(self.data_dir)
         #: True when this start created the hub database.
         self.created_database = not db.exists()
         store = SoloHubStore(db, max_workers_per_user=max_workers_per_user)
-        self.hub = Hub(db, max_workers_per_user=max_workers_per_user, store=store)
+        self.hub = Hub(
+            db,
+            max_workers_per_user=max_workers_per_user,
+            store=store,
+            limits=limits,
+            max_message_size=max_message_size,
+        )
         try:
             self.identity = prepare_solo(store, self.data_dir, name=name)
         except BaseException:

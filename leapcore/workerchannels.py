@@ -7,7 +7,18 @@ order of ``spec/behavior.md`` §5.4 and before any cryptography:
 2. the hub named a user (``no_authenticated_user``) and that user is the worker's owner
    as the hub's greeting named it (``permission_denied``: a hub or raw link cannot open a
    channel for anyone else);
-3. the hub's ``max_message_size`` is within [65519, 64 MiB] (``invalid_max_message_size``).
+3. the hub's ``max_message_size`` is within [65519, 64 MiB] (``invalid_max_message_size``);
+4. the link has fewer than ``max_channels`` channels open or opening
+   (:data:`MAX_CHANNELS`, 256) and fewer than :data:`MAX_OPENING` (64) handshakes in
+   progress (``resource_exhausted``).
+
+Each channel is bounded: at most ``max_incomplete`` unfinished chunked messages
+(:data:`~leapcore.chunking.DEFAULT_MAX_INCOMPLETE`, 4; more fail their correlation id
+with ``resource_exhausted``) and at most ``max_channel_bytes`` bytes held for the client --
+incomplete chunked messages plus the request payloads of running handlers (default
+:data:`CHANNEL_BYTES_FACTOR` times the worker's ``max_message_size``: 32 MiB at 16 MiB);
+past it a chunked message fails, or a request is answered ``resource_exhausted``. Other
+channels are unaffected.
 
 Then the responder handshake runs; its SLH-DSA signature (post-quantum mode, ~125 ms of
 CPU) is computed by the injected :class:`~leapcore.signpool.Signer` -- a process pool in
@@ -27,8 +38,8 @@ import trio
 
 from .channel import Channel, ChannelTable, SendNowait, Services
 from .channel_mux import ChannelEndpoint
-from .chunking import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
-from .errors import LeapcoreError
+from .chunking import DEFAULT_MAX_INCOMPLETE, DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
+from .errors import ConfigError, LeapcoreError
 from .handshake import Responder
 from .keys import WorkerKeyPair
 from .link_codec import ChannelAccept, ChannelReject, ChannelRequest, LinkMessage
@@ -36,14 +47,26 @@ from .mode import EncryptionMode, parse_encryption_mode
 from .signpool import Signer
 from .transport import TransportSession
 
-__all__ = ["MAX_OPENING", "ChannelServer"]
+__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_CHANNELS", "MAX_OPENING", "ChannelServer"]
 
 log = logging.getLogger("leapcore.worker")
 
 #: Handshakes in progress at once; more are refused at once (the hub retries nothing).
 MAX_OPENING: Final = 64
+#: Channels open (or opening) on one worker link by default; more are refused.
+MAX_CHANNELS: Final = 256
+#: The default per-channel byte budget, as a multiple of the worker's max_message_size.
+CHANNEL_BYTES_FACTOR: Final = 2
 
 Send = Callable[[LinkMessage], Awaitable[None]]
+
+
+def check_bounds(**bounds: object) -> None:
+    """Each of ``bounds`` (a worker's channel budgets, by setting name) must be a positive
+    integer; :class:`ConfigError` naming the first that is not."""
+    for name, value in bounds.items():
+        if type(value) is not int or value < 1:
+            raise ConfigError(f"{name} must be a positive integer, got {value!r}")
 
 
 class ChannelServer:
@@ -62,6 +85,9 @@ class ChannelServer:
         nursery: trio.Nursery,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = trio.current_time,
+        max_channels: int = MAX_CHANNELS,
+        max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
+        max_channel_bytes: int | None = None,
     ) -> None:
         self.keypair = keypair
         self.mode = parse_encryption_mode(mode)
@@ -73,6 +99,17 @@ class ChannelServer:
         self._services = services
         self._nursery = nursery
         self._max_message_size = validate_max_message_size(max_message_size)
+        check_bounds(max_channels=max_channels, max_incomplete_chunked=max_incomplete)
+        if max_channel_bytes is None:
+            max_channel_bytes = CHANNEL_BYTES_FACTOR * self._max_message_size
+        if type(max_channel_bytes) is not int or max_channel_bytes < self._max_message_size:
+            raise ConfigError(
+                f"max_channel_bytes must be an integer >= max_message_size "
+                f"({self._max_message_size}), got {max_channel_bytes!r}"
+            )
+        self.max_channels = max_channels
+        self.max_incomplete = max_incomplete
+        self.max_channel_bytes = max_channel_bytes
         self._clock = clock
         self._opening: set[int] = set()
         #: Channels opened on this link so far.
@@ -92,8 +129,14 @@ class ChannelServer:
             validate_max_message_size(request.max_message_size)
         except LeapcoreError as exc:
             return "invalid_max_message_size", f"invalid hub max_message_size: {exc}"
+        if len(self.channels) + len(self._opening) >= self.max_channels:
+            return (
+                "resource_exhausted",
+                f"the worker has {self.max_channels} channels open on this link; the limit is "
+                f"{self.max_channels}",
+            )
         if len(self._opening) >= MAX_OPENING:
-            return "handshake_failed", "too many channel opens in progress"
+            return "resource_exhausted", "too many channel opens in progress"
         return None
 
     async def handle_request(self, request: ChannelRequest) -> None:
@@ -139,6 +182,7 @@ class ChannelServer:
                 mode=self.mode,
                 now=self._clock(),
                 max_message_size=size,
+                max_incomplete=self.max_incomplete,
                 mlkem_private=self.keypair.mlkem_key
                 if self.mode is EncryptionMode.POST_QUANTUM
                 else None,
@@ -152,6 +196,7 @@ class ChannelServer:
                 services=self._services,
                 user_id=request.user_id,
                 owner_id=self.owner_id,
+                max_held_bytes=self.max_channel_bytes,
             )
             self.channels.add(channel)
             self.opened += 1

@@ -29,7 +29,16 @@ Channels: once greeted, a :class:`~leapcore.workerchannels.ChannelServer` answer
 the signing pool, each open in its own task) and routes channel traffic; the services a
 channel offers are the :class:`~leapcore.channel.Services` table given to the worker
 (:func:`~leapcore.services.default_services`: ``info``; ``ping`` is built in). When the
-link ends, every channel on it ends.
+link ends, every channel on it ends. The channels are bounded (see
+:mod:`leapcore.workerchannels`): ``max_channels`` per link
+(:data:`~leapcore.workerchannels.MAX_CHANNELS`, 256), ``max_incomplete_chunked``
+unfinished chunked messages per channel (4) and ``max_channel_bytes`` held per channel
+(default twice ``max_message_size``).
+
+The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's field limits
+(:mod:`leapcore.link_codec`: names 128 characters, versions 64, at most 16 labels of
+64-character keys and 256-character values, all printable): the constructor raises
+:class:`~leapcore.errors.ConfigError` otherwise.
 """
 
 from __future__ import annotations
@@ -49,8 +58,8 @@ import trio
 from ._version import __version__
 from .backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
 from .channel import Channel, ChannelTable, Services
-from .chunking import DEFAULT_MAX_MESSAGE_SIZE
-from .errors import ConfigError, LinkClosed, LinkProtocolError, LocalError
+from .chunking import DEFAULT_MAX_INCOMPLETE, DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
+from .errors import ConfigError, DeadlineExceeded, LinkClosed, LinkProtocolError, LocalError
 from .heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
 from .hubclient import hub_error
 from .link_codec import (
@@ -72,6 +81,7 @@ from .link_codec import (
     Register,
     Registered,
     WorkerGreeting,
+    check_fields,
 )
 from .link_state import LinkConnection, LinkRole
 from .mode import parse_encryption_mode
@@ -83,7 +93,7 @@ from .pinstore import PinStore
 from .services import default_services
 from .signpool import InlineSigner, OnDemandSigner, Signer
 from .trioutil import single_exception
-from .workerchannels import ChannelServer
+from .workerchannels import MAX_CHANNELS, ChannelServer, check_bounds
 from .workerstate import (
     UNREGISTERED,
     StartupAction,
@@ -251,7 +261,7 @@ class _HubCalls:
         if not answers:
             if self._attempt.result is not None:
                 raise LinkClosed("the link to the hub ended")
-            raise LinkClosed(f"the hub did not answer within {timeout:g}s")
+            raise DeadlineExceeded(f"the hub did not answer within {timeout:g}s")
         return answers[0]
 
     async def call(
@@ -314,6 +324,9 @@ class Worker:
         signer: Signer | None = None,
         services: Services | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_channels: int = MAX_CHANNELS,
+        max_incomplete_chunked: int = DEFAULT_MAX_INCOMPLETE,
+        max_channel_bytes: int | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -326,6 +339,7 @@ class Worker:
         self.ca_file = ca_file
         self.version = version
         self.labels = dict(labels or {})
+        check_fields(Register(PROTOCOL_VERSION, "", name, version, self.labels), error=ConfigError)
         self.encryption_mode = str(parse_encryption_mode(encryption_mode))
         self.registration_key = registration_key or None
         self._uniform = uniform
@@ -335,7 +349,21 @@ class Worker:
         self.signer = signer
         #: The methods channels offer (default: :func:`~leapcore.services.default_services`).
         self.services = services if services is not None else default_services(self)
-        self.max_message_size = max_message_size
+        self.max_message_size = validate_max_message_size(max_message_size)
+        check_bounds(max_channels=max_channels, max_incomplete_chunked=max_incomplete_chunked)
+        if max_channel_bytes is not None and (
+            type(max_channel_bytes) is not int or max_channel_bytes < max_message_size
+        ):
+            raise ConfigError(
+                f"max_channel_bytes must be an integer >= max_message_size ({max_message_size}), "
+                f"got {max_channel_bytes!r}"
+            )
+        #: Channels open or opening on one link (more are refused ``resource_exhausted``).
+        self.max_channels = max_channels
+        #: Unfinished chunked messages per channel.
+        self.max_incomplete_chunked = max_incomplete_chunked
+        #: Bytes held per channel (None: twice ``max_message_size``).
+        self.max_channel_bytes = max_channel_bytes
         self.state: WorkerState | None = None
         self.policy = ReconnectPolicy(Backoff(uniform=uniform))
         #: The greeting of the current link (None while not connected).
@@ -689,6 +717,9 @@ class Worker:
                     nursery=attempt.nursery,
                     max_message_size=self.max_message_size,
                     clock=self._now,
+                    max_channels=self.max_channels,
+                    max_incomplete=self.max_incomplete_chunked,
+                    max_channel_bytes=self.max_channel_bytes,
                 )
                 attempt.hub = _HubCalls(self, attempt, attempt.channels.channels)
         elif isinstance(message, HeartbeatAck):

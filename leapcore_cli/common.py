@@ -10,6 +10,7 @@ Exit codes (stable; documented in docs/cli.md):
 4     corrupt or unreadable local state (key file, pin store)
 5     a remote peer broke the protocol (handshake, decrypt)
 6     a worker's keys do not match its pin (possible impostor)
+7     the hub or a worker did not answer in time (retry later)
 ====  =========================================================
 
 With ``--json``, stdout carries exactly one JSON document — the result, or
@@ -27,6 +28,7 @@ from typing import Any, NoReturn
 from leapcore import __version__
 from leapcore.errors import (
     ConfigError,
+    DeadlineExceeded,
     KeyFileError,
     KeyMismatch,
     LeapcoreError,
@@ -42,6 +44,7 @@ EXIT_NOT_FOUND = 3
 EXIT_CORRUPT_STATE = 4
 EXIT_PROTOCOL = 5
 EXIT_KEY_MISMATCH = 6
+EXIT_TIMEOUT = 7
 
 #: Error class -> exit code; the first match in this order wins.
 EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
@@ -50,6 +53,7 @@ EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
     (KeyFileError, EXIT_CORRUPT_STATE),
     (PinStoreError, EXIT_CORRUPT_STATE),
     (ConfigError, EXIT_USAGE),
+    (DeadlineExceeded, EXIT_TIMEOUT),
     (RemoteProtocolError, EXIT_PROTOCOL),
 )
 

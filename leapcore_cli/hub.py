@@ -32,6 +32,7 @@ import trio
 from leapcore.config import hub_settings
 from leapcore.errors import ConfigError, LocalError
 from leapcore.hub import Hub
+from leapcore.hublimits import LIMIT_RANGES, HubLimits, describe
 from leapcore.paths import hub_database_path
 from leapcore.solo import SoloHub
 from leapcore.trioutil import single_exception
@@ -39,8 +40,38 @@ from leapcore.trioutil import single_exception
 from . import hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
 
+#: Flags of the hub's budgets (:class:`leapcore.hublimits.HubLimits`): setting -> help.
+LIMIT_FLAGS: Final = {
+    "client_idle_timeout": "seconds a client link may send nothing before it is closed",
+    "max_links_per_user": "signed-in client links per user",
+    "max_links_per_address": "signed-in links per peer IP address",
+    "max_channels_per_link": "channels (live or opening) one link may have opened",
+    "max_channels_per_user": "channels (live or opening) one user's links may have opened",
+    "max_channels_per_worker": "channels (live or opening) one worker may serve",
+    "max_pending_opens_per_worker": "channel opens waiting for one worker at once",
+    "max_link_queue_bytes": "bytes of control records queued for one link",
+    "max_live_registration_keys": "unexpired registration keys per user",
+    "registration_key_retention": "seconds an expired registration key is kept",
+    "purge_interval": "seconds between purges of expired registration keys",
+    "revocation_check_interval": "seconds between checks for revoked tokens and workers",
+    "deregister_grace": "seconds a deregistering worker has to acknowledge",
+    "handshake_timeout": "seconds from accept to a signed-in-ready link (TLS, HTTP, upgrade)",
+    "max_connections_per_address": "live connections from one IP address, signed in or not",
+    "max_header_list_size": "bytes of an HTTP request head / HTTP/2 header list",
+    "max_concurrent_streams": "HTTP/2 streams open at once on one connection",
+    "max_pending_output": "bytes an HTTP/2 connection may hold to send to a peer not reading",
+}
 #: ``serve`` flag -> setting key (only flags given explicitly override file and environment).
-SERVE_FLAGS: Final = ("listen", "listen_unix", "data_dir", "tls_cert", "tls_key", "log_level")
+SERVE_FLAGS: Final = (
+    "listen",
+    "listen_unix",
+    "data_dir",
+    "tls_cert",
+    "tls_key",
+    "log_level",
+    "max_message_size",
+    *LIMIT_FLAGS,
+)
 #: Solo-mode flags (not hub settings: flags only).
 SOLO_FLAGS: Final = ("solo", "solo_name", "solo_encryption_mode")
 #: Destination prefix of the flags given before any subcommand (``leapcore-hub --listen …``).
@@ -205,7 +236,12 @@ def serve(args: argparse.Namespace) -> int:
     )
     db = hub_database_path(Path(settings["data_dir"]))
     created = not db.exists()
-    hub = Hub(db, max_workers_per_user=settings["max_workers_per_user"])
+    hub = Hub(
+        db,
+        max_workers_per_user=settings["max_workers_per_user"],
+        max_message_size=settings["max_message_size"],
+        limits=HubLimits.from_settings(settings),
+    )
     if created:
         print(
             f"leapcore-hub: created a new, empty hub database {db}; add a user with "
@@ -255,6 +291,8 @@ def serve_solo(args: argparse.Namespace) -> int:
         name=_flag(args, "solo_name"),
         encryption_mode=_flag(args, "solo_encryption_mode") or "post-quantum",
         max_workers_per_user=settings["max_workers_per_user"],
+        max_message_size=settings["max_message_size"],
+        limits=HubLimits.from_settings(settings),
     )
     ident = solo.identity
     if ident.registered:
@@ -304,6 +342,24 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     add("--tls-cert", metavar="FILE", default=hide, help="PEM certificate chain (with --tls-key)")
     add("--tls-key", metavar="FILE", default=hide, help="PEM private key (with --tls-cert)")
     add("--log-level", metavar="LEVEL", default=hide, help="debug, info (default), warn, error")
+    add(
+        "--max-message-size",
+        metavar="BYTES",
+        type=int,
+        default=hide,
+        help="largest channel message forwarded, 65519 .. 67108864 (default 16777216)",
+    )
+    defaults = HubLimits()
+    for key, text in LIMIT_FLAGS.items():
+        kind, low, high = LIMIT_RANGES[key]
+        add(
+            "--" + key.replace("_", "-"),
+            metavar="SECONDS" if kind is float else "N",
+            type=kind,
+            default=hide,
+            help=f"{text} (default {describe(getattr(defaults, key))}; "
+            f"{describe(low)} .. {describe(high)})",
+        )
     add(
         "--config",
         metavar="FILE",

@@ -41,6 +41,7 @@ from typing import Any, Final
 
 import trio
 
+from leapcore.channel import CALL_TIMEOUT
 from leapcore.client import default_pin_store, load_token, save_credentials
 from leapcore.errors import FailedPrecondition, KeyMismatch, LeapcoreError, RemoteProtocolError
 from leapcore.hubclient import HubSession, hub_session
@@ -55,6 +56,7 @@ from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
     EXIT_OK,
+    EXIT_TIMEOUT,
     Parser,
     emit_json,
     exit_code_for,
@@ -122,6 +124,24 @@ def _session_flags(
         parser.add_argument(
             "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
         )
+
+
+def _timeout_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=CALL_TIMEOUT,
+        metavar="SECONDS",
+        help=f"give up on the channel open, or on any answer, after this long "
+        f"(default {CALL_TIMEOUT:g}; exit {EXIT_TIMEOUT})",
+    )
+
+
+def _timeout(args: argparse.Namespace) -> float:
+    timeout: float = args.timeout
+    if not 0 < timeout <= 3600:
+        args.parser_error("--timeout must be more than 0 and at most 3600 seconds")
+    return timeout
 
 
 def _with_session(
@@ -272,10 +292,13 @@ def summary_line(doc: dict[str, Any]) -> str:
     )
 
 
-async def fetch_info(session: HubSession, worker_id: str) -> tuple[str, dict[str, Any]]:
-    """(fingerprint of the pinned keys, the worker's ``info`` document) over a new channel."""
-    async with session.open_channel(worker_id) as channel:
-        raw = await channel.call("info")
+async def fetch_info(
+    session: HubSession, worker_id: str, *, timeout: float = CALL_TIMEOUT
+) -> tuple[str, dict[str, Any]]:
+    """(fingerprint of the pinned keys, the worker's ``info`` document) over a new channel;
+    the open and the call each have ``timeout`` seconds (:class:`DeadlineExceeded`)."""
+    async with session.open_channel(worker_id, timeout=timeout) as channel:
+        raw = await channel.call("info", timeout=timeout)
     try:
         info = json.loads(raw)
     except ValueError:
@@ -295,15 +318,20 @@ async def _fingerprint(session: HubSession, worker_id: str) -> str:
 
 
 async def measure_pings(
-    session: HubSession, worker_id: str, count: int, each: Callable[[int, float], None]
+    session: HubSession,
+    worker_id: str,
+    count: int,
+    each: Callable[[int, float], None],
+    *,
+    timeout: float = CALL_TIMEOUT,
 ) -> list[float]:
     """``count`` end-to-end Ping round trips (seconds) on one new channel; ``each(seq, rtt)``
-    is called after every one."""
+    is called after every one. The open and each Ping have ``timeout`` seconds."""
     rtts: list[float] = []
-    async with session.open_channel(worker_id) as channel:
+    async with session.open_channel(worker_id, timeout=timeout) as channel:
         for seq in range(1, count + 1):
             start = time.perf_counter()
-            await channel.ping()
+            await channel.ping(timeout=timeout)
             rtts.append(time.perf_counter() - start)
             each(seq, rtts[-1])
     return rtts
@@ -337,7 +365,7 @@ def worker_info(args: argparse.Namespace) -> int:
     worker_id = _worker_id(args)
 
     async def body(session: HubSession) -> int:
-        fingerprint, info = await fetch_info(session, worker_id)
+        fingerprint, info = await fetch_info(session, worker_id, timeout=_timeout(args))
         if args.json:
             emit_json({"worker_id": worker_id, "fingerprint": fingerprint, "info": info})
         else:
@@ -362,7 +390,8 @@ def worker_ping(args: argparse.Namespace) -> int:
         print(f"seq={seq} rtt={rtt * 1000:.3f} ms", flush=True)
 
     async def body(session: HubSession) -> int:
-        doc = ping_summary(worker_id, await measure_pings(session, worker_id, count, each))
+        rtts = await measure_pings(session, worker_id, count, each, timeout=_timeout(args))
+        doc = ping_summary(worker_id, rtts)
         if args.json:
             emit_json(doc)
         else:
@@ -511,6 +540,7 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         "against this client's pin first; pinned on first use) and print its info document.",
     )
     _session_flags(p, worker_id=True)
+    _timeout_flag(p)
     p.set_defaults(handler=worker_info, parser_error=p.error)
 
     p = worker_sub.add_parser(
@@ -520,6 +550,7 @@ def _add_hub_verbs(worker_sub: Any) -> None:
         "against the pin first) and time N Ping round trips through it.",
     )
     _session_flags(p, worker_id=True)
+    _timeout_flag(p)
     p.add_argument(
         "--count",
         type=int,

@@ -140,6 +140,10 @@ def run_worker(args: argparse.Namespace) -> int:
         labels=parse_labels(settings["labels"]),
         encryption_mode=settings["encryption_mode"],
         registration_key=settings["registration_key"] or None,
+        max_message_size=settings["max_message_size"],
+        max_incomplete_chunked=settings["max_incomplete_chunked"],
+        max_channels=settings["max_channels"],
+        max_channel_bytes=settings["max_channel_bytes"] or None,
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()

@@ -8,10 +8,12 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from leapcore.link_codec import CONTROL_TYPES, ChannelData, LinkMessage
+from leapcore.link_codec import _PRINTABLE_FIELDS, CONTROL_TYPES, ChannelData, LinkMessage
 
 U64 = st.integers(0, 2**64 - 1)
 TEXT = st.text(max_size=24)
+#: Names, ids, versions and labels must be printable (link_codec's field limits).
+PRINTABLE = st.text(max_size=24).filter(str.isprintable)
 JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT
 JSON = st.recursive(
     JSON_LEAF,
@@ -20,28 +22,28 @@ JSON = st.recursive(
 )
 
 
-def _for_type(tp: Any) -> st.SearchStrategy[Any]:
+def _for_type(tp: Any, name: str = "") -> st.SearchStrategy[Any]:
     if tp is int:
         return U64
     if tp is str:
-        return TEXT
+        return PRINTABLE if name in _PRINTABLE_FIELDS else TEXT
     if tp is bytes:
         return st.binary(max_size=64)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is dict and args == (str, str):
-        return st.dictionaries(TEXT, TEXT, max_size=3)
+        return st.dictionaries(PRINTABLE.filter(bool), PRINTABLE, max_size=3)
     if origin is dict:
         return st.dictionaries(TEXT, JSON, max_size=3)
     if type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
-        return st.none() | _for_type(inner)
+        return st.none() | _for_type(inner, name)
     raise NotImplementedError(tp)
 
 
 def control_messages(cls: type) -> st.SearchStrategy[Any]:
     hints = typing.get_type_hints(cls)
-    return st.builds(cls, **{f.name: _for_type(hints[f.name]) for f in attrs.fields(cls)})
+    return st.builds(cls, **{f.name: _for_type(hints[f.name], f.name) for f in attrs.fields(cls)})
 
 
 DATA = st.builds(

@@ -17,6 +17,7 @@ import trio
 import trio.testing
 
 from leapcore.channel import (
+    CALL_TIMEOUT,
     MAX_STREAM_BACKLOG,
     ByteStream,
     CallContext,
@@ -25,7 +26,13 @@ from leapcore.channel import (
     Services,
 )
 from leapcore.channel_mux import ChannelEndpoint
-from leapcore.errors import ChannelClosedError, ChannelLost, RemoteCallError, StreamUsageError
+from leapcore.errors import (
+    ChannelClosedError,
+    ChannelLost,
+    DeadlineExceeded,
+    RemoteCallError,
+    StreamUsageError,
+)
 from leapcore.handshake import Initiator, Responder
 from leapcore.keys import WorkerKeyPair
 from leapcore.link_codec import CHANNEL_CREDIT, ChannelData, LinkMessage
@@ -58,6 +65,17 @@ def _services() -> Services:
         await trio.sleep_forever()
         raise AssertionError
 
+    @services.stream("stall")
+    async def stall(ctx: CallContext, payload: bytes) -> AsyncIterator[bytes]:
+        await trio.sleep_forever()
+        yield b""
+
+    @services.stream("slow")
+    async def slow(ctx: CallContext, payload: bytes) -> AsyncIterator[bytes]:
+        yield b"first"
+        await trio.sleep(3600)  # later items have no deadline
+        yield b"second"
+
     @services.stream("count")
     async def count(ctx: CallContext, payload: bytes) -> AsyncIterator[bytes]:
         for i in range(int(payload)):
@@ -80,12 +98,18 @@ class Wire:
         self.hold_credit = False
         self.held = 0
         self.sent_by_client = 0
+        #: While set, frames to the worker are kept here instead of delivered (a lost frame;
+        #: feed them later to play a late one).
+        self.lost: list[ChannelData] | None = None
 
     async def to_worker(self, message: LinkMessage) -> None:
         assert isinstance(message, ChannelData)
         self.sent_by_client += len(message.ciphertext)
         await trio.lowlevel.checkpoint()
-        self.worker.feed(message)
+        if self.lost is not None:
+            self.lost.append(message)
+        else:
+            self.worker.feed(message)
         if self.hold_credit:
             self.held += len(message.ciphertext)
         else:
@@ -397,3 +421,102 @@ async def test_frames_handed_over_without_waiting_keep_their_order(
             assert not ch.closed and not w.worker.closed
             assert taken > 50 and offered - taken > 20  # both paths carried traffic
         outer.cancel_scope.cancel()
+
+
+# ---------------------------------------------------------------------------
+# Deadlines: a lost frame surfaces as DeadlineExceeded, never a hang (MockClock)
+
+
+async def test_a_lost_request_or_ping_times_out_and_the_channel_carries_on(
+    generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(_pair(generated_keypair, "classic")) as wire:
+        ch = wire.client
+        wire.lost = []
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match=r"echo: no answer from channel 7 within 30s"):
+            await ch.call("echo", b"x")
+        assert trio.current_time() - start == pytest.approx(CALL_TIMEOUT)
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match=r"within 2\.5s"):
+            await ch.ping(timeout=2.5)
+        assert trio.current_time() - start == pytest.approx(2.5)
+        assert ch._calls == {}  # nothing left waiting
+        late, wire.lost = wire.lost, None
+        # The lost frames (the request, its CANCEL, the ping and its CANCEL) arrive late:
+        # the worker answers nothing that is still awaited and the channel is fine.
+        for frame in late:
+            wire.worker.feed(frame)
+        assert await ch.call("echo", b"after") == b"after"
+        await ch.ping()
+        assert not ch.closed and not wire.worker.closed
+
+
+async def test_a_late_answer_after_the_deadline_is_dropped(
+    generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(_pair(generated_keypair, "classic")) as wire:
+        ch = wire.client
+        answers: list[ChannelData] = []
+        deliver = wire.to_client
+
+        async def hold(message: LinkMessage) -> None:
+            assert isinstance(message, ChannelData)
+            answers.append(message)
+
+        wire.worker._send = hold  # the worker's pump writes through _send (no send_many given)
+        with pytest.raises(DeadlineExceeded):
+            await ch.call("echo", b"late", timeout=1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert answers  # the worker did answer; the answer was only late
+        for message in answers:
+            await deliver(message)
+        wire.worker._send = deliver
+        assert await ch.call("echo", b"on time") == b"on time"
+
+
+async def test_timeout_none_waits_past_the_default(
+    generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(_pair(generated_keypair, "classic")) as wire:
+        with trio.move_on_after(10 * CALL_TIMEOUT) as waited:
+            await wire.client.call("hang", timeout=None)
+        assert waited.cancelled_caught
+        with pytest.raises(StreamUsageError, match="timeout must be"):
+            await wire.client.call("echo", timeout=-1)
+
+
+async def test_a_stream_whose_first_item_never_comes_times_out_and_is_cancelled(
+    generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(_pair(generated_keypair, "classic")) as wire:
+        start = trio.current_time()
+        with pytest.raises(DeadlineExceeded, match="stall"):
+            async with wire.client.stream("stall", timeout=5) as items:
+                async for _ in items:
+                    raise AssertionError("no item was sent")
+        assert trio.current_time() - start == pytest.approx(5)
+        await wire.client.ping()  # the CANCEL went out before this ping's answer came back
+        await trio.testing.wait_all_tasks_blocked()
+        assert wire.worker._handlers == {}  # the worker's handler was cancelled
+        # Only the first item has a deadline: later ones may take as long as they take.
+        async with wire.client.stream("slow", timeout=5) as items:
+            assert [item async for item in items] == [b"first", b"second"]
+        assert trio.current_time() - start > 3600
+
+
+async def test_a_byte_stream_never_accepted_times_out_and_is_reset(
+    generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running(_pair(generated_keypair, "classic")) as wire:
+        wire.lost = []
+        with pytest.raises(DeadlineExceeded, match="echo-bytes"):
+            await wire.client.open_byte_stream("echo-bytes", timeout=3)
+        assert wire.client._byte_streams == {} and wire.client._opening == {}
+        assert wire.client.endpoint.streams == {}  # reset locally: nothing is left open
+        late, wire.lost = wire.lost, None
+        for frame in late:  # BYTES_OPEN and its BYTES_RESET, late (frames are never reordered)
+            wire.worker.feed(frame)
+        stream = await wire.client.open_byte_stream("echo-bytes")
+        await stream.send_all(b"abc")
+        assert await stream.receive_some() == b"abc"

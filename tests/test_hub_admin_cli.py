@@ -471,7 +471,10 @@ def test_settings_precedence(hub: Hub) -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ('colour = "red"\n', "unknown setting 'colour' (known: data_dir, listen, "),
+        (
+            'colour = "red"\n',
+            "unknown setting 'colour' (known: client_idle_timeout, data_dir, deregister_grace, ",
+        ),
         ("max_workers_per_user = '64'\n", "setting 'max_workers_per_user' must be int, got str"),
         ("data_dir = \n", "not valid TOML: "),
     ],

@@ -11,6 +11,8 @@ from helpers import expect
 
 from leapcore.config import HUB_KEYS, hub_settings
 from leapcore.errors import ConfigError
+from leapcore.hub import Hub
+from leapcore.hublimits import HubLimits
 from leapcore.paths import hub_config_dir, hub_config_file, hub_database_path, resolve_data_dir
 
 HOME = Path("/home/ada")
@@ -56,6 +58,24 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
         "log_level": "info",
+        "client_idle_timeout": 600.0,
+        "max_links_per_user": 32,
+        "max_links_per_address": 256,
+        "max_channels_per_link": 256,
+        "max_channels_per_user": 1024,
+        "max_channels_per_worker": 256,
+        "max_pending_opens_per_worker": 64,
+        "max_link_queue_bytes": 4194304,
+        "max_live_registration_keys": 16,
+        "registration_key_retention": 86400.0,
+        "purge_interval": 3600.0,
+        "revocation_check_interval": 0.5,
+        "deregister_grace": 10.0,
+        "handshake_timeout": 10.0,
+        "max_connections_per_address": 128,
+        "max_header_list_size": 16384,
+        "max_concurrent_streams": 100,
+        "max_pending_output": 1048576,
     }
     settings, used = hub_settings(flags={}, env={}, home=tmp_path, config_path=None)
     assert used is None
@@ -117,7 +137,11 @@ def test_explicit_config_must_exist(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "problem"),
     [
-        ("colour = 'red'\n", "unknown setting 'colour' (known: data_dir, listen, listen_unix, "),
+        (
+            "colour = 'red'\n",
+            "unknown setting 'colour' (known: client_idle_timeout, data_dir, deregister_grace, "
+            "handshake_timeout, listen, ",
+        ),
         ("max_workers_per_user = '3'\n", "setting 'max_workers_per_user' must be int, got str"),
         ("max_workers_per_user = -1\n", "setting 'max_workers_per_user' must be >= 0"),
         ("max_message_size = 65518\n", "setting 'max_message_size' must be between 65519 and"),
@@ -184,3 +208,26 @@ def test_bad_values_elsewhere_name_their_source(tmp_path: Path) -> None:
         config_path=None,
     )
     assert (ok["tls_cert"], ok["tls_key"]) == ("/etc/hub.pem", "/etc/hub.key")
+
+
+def test_listener_budgets_are_hub_settings_that_reach_the_listener(tmp_path: Path) -> None:
+    """The listener's budgets are set like the hub's own: in hub.toml, and the Hub hands
+    them to its LinkServer."""
+    config = tmp_path / "hub.toml"
+    config.write_text("handshake_timeout = 3\nmax_connections_per_address = 7\n")
+    settings, used = hub_settings(flags={}, env={}, home=tmp_path, config_path=config)
+    assert used == config
+    limits = HubLimits.from_settings(settings)
+    hub = Hub(tmp_path / "hub.db", limits=limits)
+    try:
+        assert hub.server.limits.handshake_timeout == 3
+        assert hub.server.limits.max_connections_per_address == 7
+    finally:
+        hub.store.close()
+    with pytest.raises(ConfigError, match="max_pending_output"):
+        hub_settings(
+            flags={},
+            env={"LEAPCORE_HUB_MAX_PENDING_OUTPUT": "1000"},
+            home=tmp_path,
+            config_path=None,
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import struct
 
 import pytest
@@ -11,17 +12,29 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from linkgen import MESSAGES
 
-from leapcore.errors import FrameTooLarge, LinkProtocolError, LocalError
+from leapcore.errors import ConfigError, FrameTooLarge, LinkProtocolError, LocalError
 from leapcore.link_codec import (
     CONTROL_TYPES,
     MAX_CONTROL_BODY,
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_PARAMS,
+    MAX_SECRET,
+    MAX_TEXT,
+    MAX_VERSION,
     ChannelAccept,
+    ChannelClose,
     ChannelData,
+    ChannelReject,
     Heartbeat,
     HubRequest,
+    HubResponse,
     LinkDecoder,
     LinkMessage,
     Register,
+    check_fields,
     encode,
     encode_many,
 )
@@ -187,10 +200,127 @@ def test_encode_refuses_what_cannot_be_sent() -> None:
     expect(LocalError, "exceeds 65535", encode, ChannelData(1, 1, 0, bytes(65536)))
     expect(LocalError, "64 bits", encode, ChannelData(2**64, 1, 0, b""))
     expect(LocalError, "one byte", encode, ChannelData(1, 1, 256, b""))
-    big = HubRequest(1, "m", {"x": "y" * MAX_CONTROL_BODY})
+    big = HubResponse(1, {"x": "y" * MAX_CONTROL_BODY})
     expect(LocalError, "exceeds 131072", encode, big)
     expect(LocalError, "not a link message", encode, object())  # type: ignore[arg-type]
 
 
 def test_every_record_type_is_distinct() -> None:
     assert len(CONTROL_TYPES) == len({c.__name__ for c in CONTROL_TYPES.values()}) == 22
+
+
+# ---------------------------------------------------------------------------
+# Field limits on untrusted strings
+
+
+def _register(**fields: object) -> dict[str, object]:
+    record: dict[str, object] = {
+        "type": "register",
+        "protocol_version": 1,
+        "registration_key": "k" * 48,
+        "name": "box",
+        "version": "1.0",
+        "labels": {"site": "lab"},
+    }
+    record.update(fields)
+    return record
+
+
+LIMIT_BREACHES = [
+    ("register.name", _register(name="n" * (MAX_NAME + 1))),
+    ("register.name", _register(name="n" * 70_000)),
+    ("register.name", _register(name="box\x1b[2J")),
+    ("register.version", _register(version="v" * (MAX_VERSION + 1))),
+    ("register.version", _register(version="1.0\n")),
+    ("register.registration_key", _register(registration_key="k" * (MAX_SECRET + 1))),
+    ("register.labels", _register(labels={f"k{i}": "v" for i in range(MAX_LABELS + 1)})),
+    ("register.labels", _register(labels={"k" * (MAX_LABEL_KEY + 1): "v"})),
+    ("register.labels", _register(labels={"": "v"})),
+    ("register.labels", _register(labels={"k": "v" * (MAX_LABEL_VALUE + 1)})),
+    ("register.labels", _register(labels={"k": "a\tb"})),
+    (
+        "worker_greeting.owner_name",
+        {"type": "worker_greeting", "worker_id": "w", "owner_id": "u", "owner_name": "a" * 129},
+    ),
+    (
+        "worker_greeting.worker_id",
+        {"type": "worker_greeting", "worker_id": "w" * 129, "owner_id": "u", "owner_name": "a"},
+    ),
+    (
+        "client_greeting.user_name",
+        {"type": "client_greeting", "user_id": "u", "user_name": "a\x00"},
+    ),
+    (
+        "channel_reject.code",
+        {
+            "type": "channel_reject",
+            "request_id": 1,
+            "channel_id": 1,
+            "code": "c" * 65,
+            "message": "",
+        },
+    ),
+    (
+        "channel_close.message",
+        {"type": "channel_close", "channel_id": 1, "code": "closed", "message": "m" * 1025},
+    ),
+    ("go_away.reason", {"type": "go_away", "reconnect_delay": 1, "reason": "r" * 1025}),
+    ("error.message", {"type": "error", "code": "internal", "message": "m" * 5000}),
+    (
+        "hub_response.error_code",
+        {"type": "hub_response", "request_id": 1, "error_code": "e" * 65, "error_message": ""},
+    ),
+    ("hub_request.method", {"type": "hub_request", "request_id": 1, "method": "m" * 129}),
+    (
+        "hub_request.params",
+        {"type": "hub_request", "request_id": 1, "method": "m", "params": {"x": "y" * MAX_PARAMS}},
+    ),
+    (
+        "heartbeat.encryption_mode",
+        {"type": "heartbeat", "seq": 1, "encryption_mode": "p" * 65},
+    ),
+]
+
+
+@pytest.mark.parametrize(("where", "record"), LIMIT_BREACHES)
+def test_a_field_over_its_limit_is_a_link_protocol_error_naming_it(
+    where: str, record: dict[str, object]
+) -> None:
+    exc = expect(LinkProtocolError, re.escape(where), decode_all, control(record))
+    assert len(str(exc)) < 300  # the message names the field, it does not echo the value
+
+
+def test_fields_at_their_limits_are_accepted() -> None:
+    record = _register(
+        name="n" * MAX_NAME,
+        version="v" * MAX_VERSION,
+        registration_key="k" * MAX_SECRET,
+        labels={f"{i:0{MAX_LABEL_KEY}d}": "v" * MAX_LABEL_VALUE for i in range(MAX_LABELS)},
+    )
+    (message,) = decode_all(control(record))
+    assert isinstance(message, Register) and len(message.labels) == MAX_LABELS
+    params = {"x": "y" * (MAX_PARAMS - len('{"x":""}'))}
+    (request,) = decode_all(
+        control({"type": "hub_request", "request_id": 1, "method": "m" * 128, "params": params})
+    )
+    assert isinstance(request, HubRequest) and request.params == params
+    assert decode_all(encode(message)) == [message]
+
+
+def test_encode_refuses_identifiers_over_their_limits_and_clips_free_text() -> None:
+    expect(LocalError, "register.name", encode, Register(1, "k", "n" * 129, "1", {}))
+    expect(LocalError, "register.labels", encode, Register(1, "k", "n", "1", {"": "v"}))
+    expect(LocalError, "hub_request.params", encode, HubRequest(1, "m", {"x": "y" * MAX_PARAMS}))
+    expect(LocalError, "channel_reject.code", encode, ChannelReject(1, 1, "c" * 65, ""))
+    # Free text is cut to MAX_TEXT characters, never refused: an error about a peer's
+    # input can always be sent.
+    (close,) = decode_all(encode(ChannelClose(1, "closed", "m" * 5000)))
+    assert isinstance(close, ChannelClose) and close.message == "m" * MAX_TEXT
+    (answer,) = decode_all(encode(HubResponse(1, None, "internal", "é" * 3000)))
+    assert isinstance(answer, HubResponse) and answer.error_message == "é" * MAX_TEXT
+
+
+def test_check_fields_takes_the_error_class() -> None:
+    message = Register(1, "k", "n" * 129, "1", {})
+    expect(ConfigError, "register.name", check_fields, message, error=ConfigError)
+    check_fields(Register(1, "k", "box", "1", {"site": "lab"}))

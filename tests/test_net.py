@@ -29,7 +29,7 @@ TRANSPORTS = ["websocket", "h2"]
 CARRIERS = ["tcp", "tls", "unix"]
 
 
-async def echo(pipe: LinkPipe, transport: str) -> None:
+async def echo(pipe: LinkPipe, transport: str, peer: str = "") -> None:
     """Echo every chunk back; prefix nothing, so the client sees its own frames."""
     try:
         while True:
@@ -145,7 +145,7 @@ async def test_garbage_connection_does_not_disturb_a_live_link(ca: trustme.CA) -
 
 
 async def test_the_server_ending_a_link_is_seen_by_the_client(ca: trustme.CA) -> None:
-    async def close_after_one(pipe: LinkPipe, transport: str) -> None:
+    async def close_after_one(pipe: LinkPipe, transport: str, peer: str) -> None:
         await pipe.send(encode(Heartbeat(1)))
 
     for transport in TRANSPORTS:
@@ -257,7 +257,7 @@ async def recording_server(ca: trustme.CA) -> AsyncIterator[tuple[str, list[byte
     got: list[bytes] = []
     ending: list[str] = []
 
-    async def record(pipe: LinkPipe, transport: str) -> None:
+    async def record(pipe: LinkPipe, transport: str, peer: str) -> None:
         try:
             while True:
                 got.append(await pipe.receive())

@@ -29,6 +29,9 @@ CORE = [
     "leapcore.heartbeat",
     "leapcore.pins",
     "leapcore.paths",
+    "leapcore.ratelimit",
+    "leapcore.hublimits",
+    "leapcore.serverlimits",
 ]
 IO_FRAMEWORKS = ["trio", "anyio", "websockets", "h2", "sniffio", "outcome", "h11"]
 

@@ -130,7 +130,7 @@ class FakeHub:
         self.dial_times: list[float] = []
         self.log: list[tuple[float, LinkMessage]] = []
 
-    async def on_link(self, pipe: LinkPipe, transport: str = "memory") -> None:
+    async def on_link(self, pipe: LinkPipe, transport: str = "memory", peer: str = "") -> None:
         link = HubLink(pipe, self)
         n = len(self.links)
         self.links.append(link)

@@ -1,0 +1,69 @@
+"""The listener's budgets: what one peer can make a :class:`~leapcore.netserver.LinkServer` hold.
+
+Values only (no I/O), so that the hub's configuration (:mod:`leapcore.hublimits`) can name
+and check them without importing the listener. What each one does is described in
+:mod:`leapcore.netserver`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Final
+
+import attrs
+
+__all__ = [
+    "ACCEPT_BACKOFF_INITIAL",
+    "ACCEPT_BACKOFF_MAX",
+    "HANDSHAKE_TIMEOUT",
+    "MAX_CONCURRENT_STREAMS",
+    "MAX_CONNECTIONS_PER_ADDRESS",
+    "MAX_HEADER_LIST_SIZE",
+    "MAX_PENDING_OUTPUT",
+    "ServerLimits",
+]
+
+#: Seconds from accept to a link (TLS, HTTP/1 head or HTTP/2 preface, upgrade or link stream).
+HANDSHAKE_TIMEOUT: Final = 10.0
+#: Live connections from one IP address (Unix-socket peers: one address, "unix").
+MAX_CONNECTIONS_PER_ADDRESS: Final = 128
+#: Bytes of an HTTP/1 request head; HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE.
+MAX_HEADER_LIST_SIZE: Final = 16 * 1024
+#: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
+MAX_CONCURRENT_STREAMS: Final = 100
+#: Bytes an HTTP/2 connection may hold to send before it is closed (the peer is not reading).
+MAX_PENDING_OUTPUT: Final = 1024 * 1024
+#: First wait after accept fails for lack of descriptors or memory; doubles while it persists.
+ACCEPT_BACKOFF_INITIAL: Final = 0.005
+#: Longest wait between accept attempts while descriptors or memory are short.
+ACCEPT_BACKOFF_MAX: Final = 1.0
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be positive, got {value!r}")
+
+
+def _at_least(minimum: int) -> Callable[[object, attrs.Attribute[Any], int], None]:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+        if value < minimum:
+            raise ValueError(f"{attribute.name} must be at least {minimum}, got {value!r}")
+
+    return check
+
+
+@attrs.frozen
+class ServerLimits:
+    """What one peer can make a listener hold (:mod:`leapcore.netserver` says what each does)."""
+
+    handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
+    max_connections_per_address: int = attrs.field(
+        default=MAX_CONNECTIONS_PER_ADDRESS, validator=_at_least(1)
+    )
+    max_header_list_size: int = attrs.field(default=MAX_HEADER_LIST_SIZE, validator=_at_least(1024))
+    max_concurrent_streams: int = attrs.field(
+        default=MAX_CONCURRENT_STREAMS, validator=_at_least(1)
+    )
+    max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_at_least(65536))
+    accept_backoff_initial: float = attrs.field(default=ACCEPT_BACKOFF_INITIAL, validator=_positive)
+    accept_backoff_max: float = attrs.field(default=ACCEPT_BACKOFF_MAX, validator=_positive)
