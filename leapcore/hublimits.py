@@ -39,7 +39,8 @@ exceeded:
 The listener's budgets (:class:`leapcore.netserver.ServerLimits`, defaults and effects in
 :mod:`leapcore.netserver`) are hub settings too, under the same names, so that an operator
 sets every budget in one place: ``handshake_timeout``, ``max_connections_per_address``,
-``max_header_list_size``, ``max_concurrent_streams`` and ``max_pending_output``
+``max_header_list_size``, ``max_concurrent_streams``, ``max_pending_output`` and
+``max_control_frames``
 (:meth:`HubLimits.server_limits` hands them to the listener).
 
 Sans-IO: values only.
@@ -56,6 +57,7 @@ from .serverlimits import (
     HANDSHAKE_TIMEOUT,
     MAX_CONCURRENT_STREAMS,
     MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_CONTROL_FRAMES,
     MAX_HEADER_LIST_SIZE,
     MAX_PENDING_OUTPUT,
     ServerLimits,
@@ -130,6 +132,7 @@ LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
     "max_header_list_size": (int, 1024, 1024 * 1024),
     "max_concurrent_streams": (int, 1, 10_000),
     "max_pending_output": (int, 64 * 1024, 256 * 1024 * 1024),
+    "max_control_frames": (int, 1, 1_000_000),
 }
 #: The fields of :class:`HubLimits` that configure the listener.
 SERVER_FIELDS: Final = (
@@ -138,6 +141,7 @@ SERVER_FIELDS: Final = (
     "max_header_list_size",
     "max_concurrent_streams",
     "max_pending_output",
+    "max_control_frames",
 )
 
 
@@ -195,6 +199,7 @@ class HubLimits:
     max_header_list_size: int = attrs.field(default=MAX_HEADER_LIST_SIZE, validator=_validate)
     max_concurrent_streams: int = attrs.field(default=MAX_CONCURRENT_STREAMS, validator=_validate)
     max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_validate)
+    max_control_frames: int = attrs.field(default=MAX_CONTROL_FRAMES, validator=_validate)
 
     def server_limits(self) -> ServerLimits:
         """The listener's budgets among these."""

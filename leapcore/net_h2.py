@@ -43,6 +43,7 @@ import trio
 
 from .errors import LinkClosed, LinkProtocolError
 from .netpipe import LINK_PATH
+from .serverlimits import FrameBudget
 
 if TYPE_CHECKING:
     from .netserver import LinkServer
@@ -56,6 +57,13 @@ _READ: Final = 256 * 1024
 MAX_FRAME: Final = 512 * 1024
 
 _PREFACE_LENGTH: Final = 24
+#: Events of the frames counted against a server connection's control budget.
+_CONTROL_EVENTS: Final = (
+    h2.events.PingReceived,
+    h2.events.RemoteSettingsChanged,
+    h2.events.StreamReset,
+    h2.events.PriorityUpdated,
+)
 _HEADERS: Final = 0x1
 _PUSH_PROMISE: Final = 0x5
 _CONTINUATION: Final = 0x9
@@ -143,6 +151,9 @@ class _H2Connection:
         self.send_chunk = None if max_pending_output is None else max_pending_output // 4
         self._guard = guard
         self.closed = False
+        #: What the peer sent past a budget, found while dispatching (the reader ends
+        #: the connection for it after the batch).
+        self.violation: str | None = None
         #: Why the connection failed (a protocol violation, a budget), if it did.
         self.failure: LinkProtocolError | LinkClosed | None = None
         #: Cancelled when a budget is exceeded (set by the side that runs the connection).
@@ -239,9 +250,7 @@ class _H2Connection:
                 if self._guard is not None:
                     violation = self._guard.feed(data)
                     if violation is not None:
-                        self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-                        self.failure = LinkProtocolError(f"HTTP/2: the peer sent {violation}")
-                        await self.drain()
+                        await self._calm_down(violation)
                         break
                 try:
                     events = self.conn.receive_data(data)
@@ -251,12 +260,22 @@ class _H2Connection:
                     break
                 for event in events:
                     self.dispatch(event)
+                if self.violation is not None:
+                    await self._calm_down(self.violation)
+                    break
                 self.after_events()
                 self.flush()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
             self._end_all("HTTP/2 connection closed")
+
+    async def _calm_down(self, violation: str) -> None:
+        """End the connection for ``violation`` (what the peer sent): GOAWAY
+        ENHANCE_YOUR_CALM, flushed within the drain timeout."""
+        self.conn.close_connection(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+        self.failure = LinkProtocolError(f"HTTP/2: the peer sent {violation}")
+        await self.drain()
 
     def after_events(self) -> None:
         """Called after each batch of events (the server sends route bodies here)."""
@@ -388,6 +407,8 @@ class _H2Server(_H2Connection):
         #: Route bodies waiting for flow-control window, by stream id.
         self._bodies: dict[int, memoryview] = {}
         self._body_budget = limits.max_pending_output // 2
+        #: Control frames the peer may send per second.
+        self.control = FrameBudget(limits.max_control_frames)
         #: Set when a request arrives or a route answer makes progress (the idle clock).
         self.activity = trio.Event()
         self.link_opened = False
@@ -409,6 +430,15 @@ class _H2Server(_H2Connection):
         return len(self._bodies)
 
     def dispatch(self, event: h2.events.Event) -> None:
+        if (
+            isinstance(event, _CONTROL_EVENTS)
+            and self.violation is None
+            and not self.control.spend(trio.current_time())
+        ):
+            self.violation = (
+                f"more than {self.control.limit} control frames (PING, SETTINGS, "
+                "RST_STREAM, PRIORITY) in a second (max_control_frames)"
+            )
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
         else:

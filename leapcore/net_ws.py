@@ -30,6 +30,7 @@ from websockets.server import ServerProtocol
 from websockets.uri import parse_uri
 
 from .errors import LinkClosed
+from .serverlimits import FrameBudget
 from .trioutil import WriteLock
 
 __all__ = [
@@ -50,6 +51,8 @@ SEND_CHUNK: Final = 512 * 1024
 MAX_WS_MESSAGE: Final = 512 * 1024
 
 _DATA: Final = (Opcode.BINARY, Opcode.CONT)
+#: Frames counted against the peer's control budget.
+_CONTROL: Final = (Opcode.PING, Opcode.PONG)
 #: First byte of a serialized pong frame (FIN, opcode 0xA), masked or not.
 _PONG_HEAD: Final = 0x8A
 
@@ -57,9 +60,17 @@ _PONG_HEAD: Final = 0x8A
 class WebSocketPipe:
     """A :class:`~leapcore.netpipe.LinkPipe` over an open WebSocket connection."""
 
-    def __init__(self, stream: trio.abc.Stream, protocol: Protocol) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.Stream,
+        protocol: Protocol,
+        *,
+        max_control_frames: int | None = None,
+    ) -> None:
         self._stream = stream
         self._protocol = protocol
+        #: Pings and pongs the peer may send per second (``None``: no limit; the server's).
+        self._control = None if max_control_frames is None else FrameBudget(max_control_frames)
         self._write_lock = WriteLock()
         self._owed: list[bytes] = []  # protocol output taken by the reader, not yet written
         self._owed_pong = -1  # index in _owed of the one pong held there (-1: none)
@@ -156,6 +167,17 @@ class WebSocketPipe:
 
     def take(self, events: Sequence[object]) -> None:
         """Keep the payload of data frames among ``events``; a text frame fails the link."""
+        control = self._control
+        if control is not None and self._failure is None:
+            frames = sum(1 for e in events if isinstance(e, Frame) and e.opcode in _CONTROL)
+            if not control.spend(trio.current_time(), frames):
+                self._failure = (
+                    f"link closed: the peer sent more than {control.limit} WebSocket pings "
+                    "and pongs in a second (max_control_frames)"
+                )
+                self._protocol.fail(1008, "too many control frames")
+                self._done.set()
+                return
         for event in events:
             if not isinstance(event, Frame):
                 continue
@@ -254,15 +276,18 @@ async def open_websocket(
     return pipe
 
 
-async def accept_websocket(stream: trio.abc.Stream, head: bytes) -> WebSocketPipe | None:
+async def accept_websocket(
+    stream: trio.abc.Stream, head: bytes, *, max_control_frames: int | None = None
+) -> WebSocketPipe | None:
     """The server's side of the handshake, given the request ``head`` already read from
     ``stream``: the open pipe, or ``None`` when the request was refused (the refusal, e.g.
-    400 for a missing ``Sec-WebSocket-Key``, was written)."""
+    400 for a missing ``Sec-WebSocket-Key``, was written). ``max_control_frames``: pings
+    and pongs the peer may send per second before its link is closed (1008)."""
     protocol = ServerProtocol(max_size=MAX_WS_MESSAGE)
     protocol.receive_data(head)
     events = protocol.events_received()
     requests = [e for e in events if isinstance(e, Request)]
-    pipe = WebSocketPipe(stream, protocol)
+    pipe = WebSocketPipe(stream, protocol, max_control_frames=max_control_frames)
     if not requests:
         await pipe._flush()
         return None

@@ -40,6 +40,11 @@ Budgets (:class:`ServerLimits`, ``LinkServer(..., limits=ServerLimits(...))``):
   data). Link data waits below half of it; a connection whose peer lets it fill (a PING
   or SETTINGS flood from a peer that does not read) is closed. Route answers waiting
   for flow-control window share half of it; one more is refused (``REFUSED_STREAM``).
+* ``max_control_frames`` (:data:`MAX_CONTROL_FRAMES`, 100 a second): control frames one
+  connection may send — WebSocket pings and pongs, HTTP/2 PING, SETTINGS, RST_STREAM and
+  PRIORITY. Each costs the hub a parse and often an answer whether or not the peer reads
+  them, so a flood of them is CPU taken from every other connection; one more in a
+  second ends that connection (WebSocket close 1008, HTTP/2 GOAWAY ENHANCE_YOUR_CALM).
 * accept back-off (:data:`ACCEPT_BACKOFF_INITIAL` 5 ms, :data:`ACCEPT_BACKOFF_MAX` 1 s):
   when ``accept`` fails with EMFILE, ENFILE, ENOBUFS or ENOMEM the listener waits,
   doubling the wait while the error persists, back to the start on the next success;
@@ -71,6 +76,7 @@ from .serverlimits import (
     HANDSHAKE_TIMEOUT,
     MAX_CONCURRENT_STREAMS,
     MAX_CONNECTIONS_PER_ADDRESS,
+    MAX_CONTROL_FRAMES,
     MAX_HEADER_LIST_SIZE,
     MAX_PENDING_OUTPUT,
     ServerLimits,
@@ -83,6 +89,7 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_CONCURRENT_STREAMS",
     "MAX_CONNECTIONS_PER_ADDRESS",
+    "MAX_CONTROL_FRAMES",
     "MAX_HEADER_LIST_SIZE",
     "MAX_PENDING_OUTPUT",
     "HttpResponse",
@@ -284,7 +291,9 @@ class LinkServer:
     ) -> WebSocketPipe | None:
         pipe = None
         with trio.CancelScope(deadline=deadline) as scope:
-            pipe = await accept_websocket(stream, head)
+            pipe = await accept_websocket(
+                stream, head, max_control_frames=self.limits.max_control_frames
+            )
         if scope.cancelled_caught:
             raise trio.TooSlowError(
                 f"WebSocket upgrade not done within {self.limits.handshake_timeout:g} s "

@@ -1,8 +1,8 @@
 """The listener's budgets: what one peer can make a :class:`~leapcore.netserver.LinkServer` hold.
 
-Values only (no I/O), so that the hub's configuration (:mod:`leapcore.hublimits`) can name
-and check them without importing the listener. What each one does is described in
-:mod:`leapcore.netserver`.
+Values and one counter (:class:`FrameBudget`), no I/O, so that the hub's configuration
+(:mod:`leapcore.hublimits`) can name and check them without importing the listener. What
+each one does is described in :mod:`leapcore.netserver`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,10 @@ __all__ = [
     "HANDSHAKE_TIMEOUT",
     "MAX_CONCURRENT_STREAMS",
     "MAX_CONNECTIONS_PER_ADDRESS",
+    "MAX_CONTROL_FRAMES",
     "MAX_HEADER_LIST_SIZE",
     "MAX_PENDING_OUTPUT",
+    "FrameBudget",
     "ServerLimits",
 ]
 
@@ -33,6 +35,9 @@ MAX_HEADER_LIST_SIZE: Final = 16 * 1024
 MAX_CONCURRENT_STREAMS: Final = 100
 #: Bytes an HTTP/2 connection may hold to send before it is closed (the peer is not reading).
 MAX_PENDING_OUTPUT: Final = 1024 * 1024
+#: Control frames (WebSocket ping/pong; HTTP/2 PING, SETTINGS, RST_STREAM, PRIORITY) one
+#: connection may send per second.
+MAX_CONTROL_FRAMES: Final = 100
 #: First wait after accept fails for lack of descriptors or memory; doubles while it persists.
 ACCEPT_BACKOFF_INITIAL: Final = 0.005
 #: Longest wait between accept attempts while descriptors or memory are short.
@@ -65,5 +70,30 @@ class ServerLimits:
         default=MAX_CONCURRENT_STREAMS, validator=_at_least(1)
     )
     max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_at_least(65536))
+    max_control_frames: int = attrs.field(default=MAX_CONTROL_FRAMES, validator=_at_least(1))
     accept_backoff_initial: float = attrs.field(default=ACCEPT_BACKOFF_INITIAL, validator=_positive)
     accept_backoff_max: float = attrs.field(default=ACCEPT_BACKOFF_MAX, validator=_positive)
+
+
+class FrameBudget:
+    """At most ``limit`` events (a connection's control frames) per fixed window of
+    ``window`` seconds; time is the ``now`` argument."""
+
+    __slots__ = ("_count", "_start", "limit", "window")
+
+    def __init__(self, limit: int, window: float = 1.0) -> None:
+        if limit < 1 or window <= 0:
+            raise ValueError("limit must be >= 1 and window > 0")
+        self.limit = limit
+        self.window = window
+        self._start = -float("inf")
+        self._count = 0
+
+    def spend(self, now: float, n: int = 1) -> bool:
+        """Count ``n`` events at ``now``; False once this window holds more than ``limit``."""
+        if n <= 0:
+            return True
+        if now >= self._start + self.window:
+            self._start, self._count = now, 0
+        self._count += n
+        return self._count <= self.limit

@@ -60,6 +60,7 @@ LIMIT_FLAGS: Final = {
     "max_header_list_size": "bytes of an HTTP request head / HTTP/2 header list",
     "max_concurrent_streams": "HTTP/2 streams open at once on one connection",
     "max_pending_output": "bytes an HTTP/2 connection may hold to send to a peer not reading",
+    "max_control_frames": "control frames (pings, resets, ...) one connection may send a second",
 }
 #: ``serve`` flag -> setting key (only flags given explicitly override file and environment).
 SERVE_FLAGS: Final = (

@@ -39,9 +39,12 @@ from leapcore.net_ws import WebSocketPipe, accept_websocket
 from leapcore.netclient import connect_link
 from leapcore.netpipe import LinkPipe
 from leapcore.netserver import H2_PREFACE, LinkServer, ServerLimits
+from leapcore.serverlimits import FrameBudget
 from leapcore.trioutil import single_exception
 
 LOG = "leapcore.netserver"
+#: Limits whose control-frame rate budget never interferes (for the memory-bound cases).
+UNMETERED = ServerLimits(max_control_frames=10**9)
 
 
 async def echo(pipe: LinkPipe, transport: str, peer: str) -> None:
@@ -316,7 +319,8 @@ async def test_h2_control_flood_from_a_non_reader_is_closed(
     # Every PING and SETTINGS frame makes h2 queue an acknowledgement: a peer that never
     # reads must not make the server hold them without limit.
     caplog.set_level(logging.INFO)
-    async with serving(sndbuf=4096) as served:
+    # The control-frame rate budget would end this sooner: this case is about memory.
+    async with serving(UNMETERED, sndbuf=4096) as served:
         peer = await H2Peer.open(served, rcvbuf=4096)
         await peer.send()
         frame = PingFrame(0) if kind == "ping" else SettingsFrame(0)
@@ -554,7 +558,7 @@ async def test_websocket_ping_flood_from_a_non_reader(caplog: pytest.LogCaptureF
                     pongs = sum(1 for data in pipe._owed if data[:1] == b"\x8a")
                     owed.append((pongs, pipe.owed_bytes))
 
-    async with serving(handler=push_and_watch, sndbuf=4096) as served:
+    async with serving(UNMETERED, handler=push_and_watch, sndbuf=4096) as served:
         raw = await RawWebSocket.open(served, rcvbuf=4096)
         for n in range(20_000):  # ~2.6 MB of pongs owed to a peer that never reads
             raw.protocol.send_ping(n.to_bytes(4, "big") * 30)
@@ -705,3 +709,114 @@ def test_limits_are_validated() -> None:
     ):
         with pytest.raises(ValueError):
             ServerLimits(**bad)
+
+
+@pytest.mark.parametrize("kind", ["ping", "settings", "rst_stream"])
+async def test_h2_control_frames_past_the_rate_budget_end_the_connection(
+    kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A peer that reads everything but sends control frames faster than
+    ``max_control_frames`` a second is told ENHANCE_YOUR_CALM and cut off."""
+    caplog.set_level(logging.INFO)
+    async with serving(ServerLimits(max_control_frames=50)) as served:
+        peer = await H2Peer.open(served)
+        for n in range(51):
+            if kind == "ping":
+                peer.conn.ping(n.to_bytes(8, "big"))
+            elif kind == "settings":
+                peer.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
+            else:
+                peer.get(2 * n + 1)
+                peer.conn.reset_stream(2 * n + 1)
+        await peer.send()
+        await peer.read_until(lambda _: peer.goaway() is not None)
+        goaway = peer.goaway()
+        assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        await wait_until(lambda: not served.server.connections)
+        assert_one_quiet_line(caplog, "max_control_frames")
+        await peer.stream.aclose()
+        await assert_serving(served)
+
+
+async def test_h2_control_frames_within_the_rate_budget_are_answered(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """The budget is per second: the client's SETTINGS and 49 PINGs (50 control frames),
+    then 49 PINGs a second for four more seconds, are all answered."""
+    # Time moves only by the jumps below, or after a second of real idleness (so a lost
+    # answer fails the case's deadline instead of hanging it).
+    mock_clock.autojump_threshold = 1.0
+    async with serving(ServerLimits(max_control_frames=50)) as served:
+        peer = await H2Peer.open(served)
+        for second in range(5):
+            for n in range(49):
+                peer.conn.ping((second * 100 + n).to_bytes(8, "big"))
+            await peer.send()
+            acks = 49 * (second + 1)
+            await peer.read_until(
+                lambda events, acks=acks: (
+                    sum(isinstance(e, h2.events.PingAckReceived) for e in events) >= acks
+                )
+            )
+            mock_clock.jump(1.0)
+        assert peer.goaway() is None
+        await peer.stream.aclose()
+
+
+async def test_websocket_control_frames_past_the_rate_budget_close_the_link(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Pings past ``max_control_frames`` in a second close that link with 1008; others go on."""
+    caplog.set_level(logging.INFO)
+    async with (
+        serving(ServerLimits(max_control_frames=50)) as served,
+        connect_link(served.url) as live,
+    ):
+        raw = await RawWebSocket.open(served)
+        for n in range(51):
+            raw.protocol.send_ping(n.to_bytes(4, "big"))
+        await raw.stream.send_all(b"".join(raw.protocol.data_to_send()))
+        assert await raw.close_code() == 1008
+        await live.send(encode(Heartbeat(4)))
+        with trio.fail_after(10):
+            assert LinkDecoder().feed(await live.receive()) == [Heartbeat(4)]
+        await assert_serving(served)
+
+
+async def test_websocket_pings_within_the_rate_budget_are_answered(
+    mock_clock: trio.testing.MockClock,
+) -> None:
+    """50 pings a second for five seconds: each second's last ping is answered (pongs owed
+    together may be coalesced, as RFC 6455 allows) and the link stays open."""
+    # Time moves only by the jumps below, or after a second of real idleness (so a lost
+    # answer fails the case's deadline instead of hanging it).
+    mock_clock.autojump_threshold = 1.0
+    async with serving(ServerLimits(max_control_frames=50)) as served:
+        raw = await RawWebSocket.open(served)
+        for second in range(5):
+            for n in range(50):
+                raw.protocol.send_ping((second * 100 + n).to_bytes(4, "big"))
+            await raw.stream.send_all(b"".join(raw.protocol.data_to_send()))
+            last = (second * 100 + 49).to_bytes(4, "big")
+            answered = False
+            with trio.fail_after(10):
+                while not answered:
+                    data = await raw.stream.receive_some(65536)
+                    assert data, "the server closed the link"
+                    raw.protocol.receive_data(data)
+                    answered = any(
+                        isinstance(e, Frame) and e.opcode is Opcode.PONG and e.data == last
+                        for e in raw.protocol.events_received()
+                    )
+            mock_clock.jump(1.0)
+        assert raw.protocol.state is OPEN
+        await raw.stream.aclose()
+
+
+def test_frame_budget_counts_per_window() -> None:
+    budget = FrameBudget(3, window=1.0)
+    assert [budget.spend(10.0) for _ in range(4)] == [True, True, True, False]
+    assert budget.spend(11.0, 3) and not budget.spend(11.5)
+    assert budget.spend(12.0, 0) and budget.spend(12.0)
+    with pytest.raises(ValueError):
+        FrameBudget(0)
