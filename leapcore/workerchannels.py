@@ -17,8 +17,12 @@ Each channel is bounded: at most ``max_incomplete`` unfinished chunked messages
 with ``resource_exhausted``) and at most ``max_channel_bytes`` bytes held for the client --
 incomplete chunked messages plus the request payloads of running handlers (default
 :data:`CHANNEL_BYTES_FACTOR` times the worker's ``max_message_size``: 32 MiB at 16 MiB);
-past it a chunked message fails, or a request is answered ``resource_exhausted``. Other
-channels are unaffected.
+past it a chunked message fails, or a request is answered ``resource_exhausted``. The
+streams the client may have open on one channel are ``max_channel_bytes`` divided by a
+byte stream's receive window (:data:`~leapcore.channel_mux.DEFAULT_WINDOW`, 256 KiB):
+128 by default, at least :data:`MIN_STREAMS`; one more is refused
+``resource_exhausted``. So what byte streams may have in flight towards the worker is
+bounded by the same budget. Other channels are unaffected.
 
 Then the responder handshake runs; its SLH-DSA signature (post-quantum mode, ~125 ms of
 CPU) is computed by the injected :class:`~leapcore.signpool.Signer` -- a process pool in
@@ -37,7 +41,7 @@ from typing import Final
 import trio
 
 from .channel import Channel, ChannelTable, SendNowait, Services
-from .channel_mux import ChannelEndpoint
+from .channel_mux import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, ChannelEndpoint
 from .chunking import DEFAULT_MAX_INCOMPLETE, DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
 from .errors import ConfigError, LeapcoreError
 from .handshake import Responder
@@ -47,7 +51,7 @@ from .mode import EncryptionMode, parse_encryption_mode
 from .signpool import Signer
 from .transport import TransportSession
 
-__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_CHANNELS", "MAX_OPENING", "ChannelServer"]
+__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_CHANNELS", "MAX_OPENING", "MIN_STREAMS", "ChannelServer"]
 
 log = logging.getLogger("leapcore.worker")
 
@@ -57,6 +61,8 @@ MAX_OPENING: Final = 64
 MAX_CHANNELS: Final = 256
 #: The default per-channel byte budget, as a multiple of the worker's max_message_size.
 CHANNEL_BYTES_FACTOR: Final = 2
+#: The fewest streams a channel may have open at once, however small ``max_channel_bytes``.
+MIN_STREAMS: Final = 16
 
 Send = Callable[[LinkMessage], Awaitable[None]]
 
@@ -110,6 +116,12 @@ class ChannelServer:
         self.max_channels = max_channels
         self.max_incomplete = max_incomplete
         self.max_channel_bytes = max_channel_bytes
+        #: Streams the client may have open at once on one channel: each byte stream's
+        #: receive window is credit the client may fill, so their windows together stay
+        #: within about ``max_channel_bytes`` (at least :data:`MIN_STREAMS`).
+        self.max_streams = min(
+            DEFAULT_MAX_STREAMS, max(MIN_STREAMS, max_channel_bytes // DEFAULT_WINDOW)
+        )
         self._clock = clock
         self._opening: set[int] = set()
         #: Channels opened on this link so far.
@@ -183,6 +195,7 @@ class ChannelServer:
                 now=self._clock(),
                 max_message_size=size,
                 max_incomplete=self.max_incomplete,
+                max_streams=self.max_streams,
                 mlkem_private=self.keypair.mlkem_key
                 if self.mode is EncryptionMode.POST_QUANTUM
                 else None,

@@ -18,13 +18,14 @@ from test_workerd import HubLink, hub_running, make_worker
 
 from leapcore.channel import CallContext, Channel, Services
 from leapcore.channel_mux import (
+    DEFAULT_WINDOW,
     ChannelEndpoint,
     ErrorReceived,
     Event,
     ProtocolViolation,
     ResponseReceived,
 )
-from leapcore.chunking import ChannelFrame, FrameFlag
+from leapcore.chunking import DEFAULT_MAX_MESSAGE_SIZE, ChannelFrame, FrameFlag
 from leapcore.errors import ConfigError
 from leapcore.handshake import Initiator
 from leapcore.keys import WorkerKeyPair
@@ -39,6 +40,7 @@ from leapcore.link_codec import (
     HeartbeatAck,
     LinkMessage,
 )
+from leapcore.workerchannels import CHANNEL_BYTES_FACTOR, MIN_STREAMS, ChannelServer
 from leapcore.workerd import Worker, WorkerExit
 from leapcore.workerstate import WorkerState, save_state
 
@@ -139,6 +141,12 @@ def worker_channels(worker: Worker) -> dict[int, Channel]:
     attempt = worker._attempt
     assert attempt is not None and attempt.channels is not None
     return attempt.channels.channels.channels
+
+
+def worker_server(worker: Worker) -> ChannelServer:
+    attempt = worker._attempt
+    assert attempt is not None and attempt.channels is not None
+    return attempt.channels
 
 
 def services() -> Services:
@@ -339,3 +347,51 @@ def test_bad_bounds_and_fields_are_configuration_errors(classic_dir: Path) -> No
     ):
         with pytest.raises(ConfigError):
             Worker(classic_dir, **{**base, **bad})  # type: ignore[arg-type]
+
+
+async def test_streams_per_channel_follow_the_channel_budget(
+    classic_dir: Path, generated_keypair: WorkerKeyPair, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A channel may have max_channel_bytes / 256 KiB streams open (at least MIN_STREAMS):
+    what byte streams' windows let a client send stays within the same budget. One more
+    request is refused; the channel and its neighbour go on."""
+    worker: Worker
+
+    async def script(link: HubLink, n: int) -> None:
+        await link.handshake()
+        client = await open_client(link, generated_keypair, 100)
+        bystander = await open_client(link, generated_keypair, 101)
+        assert client.endpoint is not None
+        assert worker_server(worker).max_streams == MIN_STREAMS
+        held = [client.endpoint.send_request("hold", b"x") for _ in range(MIN_STREAMS)]
+        await client.flush()
+        await trio.testing.wait_all_tasks_blocked()
+        refused = client.endpoint.send_request("hold", b"x")
+        await client.flush()
+        (error,) = await channel_events(link, client)
+        assert isinstance(error, ErrorReceived)
+        assert (error.correlation_id, error.code) == (refused, "resource_exhausted")
+        await ping(link, bystander)
+        await trio.sleep(3600)  # the handlers finish
+        answers: list[Event] = []
+        while len(answers) < MIN_STREAMS:
+            answers += await channel_events(link, client)
+        assert {e.correlation_id for e in answers} == set(held)
+        await ping(link, client)
+        await link.send(Deregister(1, "done"))
+        await link.drain()
+
+    async with hub_running(script) as hub:
+        worker = make_worker(
+            classic_dir,
+            hub,
+            encryption_mode="classic",
+            max_message_size=SIZE,
+            max_channel_bytes=SIZE,
+            services=services(),
+        )
+        assert await worker.run() is WorkerExit.DEREGISTERED
+
+
+def test_the_default_budget_allows_128_streams_per_channel() -> None:
+    assert DEFAULT_WINDOW * 128 == CHANNEL_BYTES_FACTOR * DEFAULT_MAX_MESSAGE_SIZE
