@@ -301,8 +301,10 @@ class Env:
         return {w["name"]: w for w in self.json("worker", "list")["workers"]}
 
     def wait_online(self, *names: str, timeout: float = TIMEOUT) -> dict[str, dict[str, Any]]:
-        """Wait until every named worker is listed online; returns the listing. A worker
-        process of that name that exits meanwhile fails the wait at once."""
+        """Wait until every named worker is listed online with its encryption mode (the hub
+        publishes a worker at its connect and records the mode from the heartbeat that
+        follows, so for a moment a worker can be online with no mode yet); returns the
+        listing. A worker process of that name that exits meanwhile fails the wait at once."""
 
         def online() -> dict[str, dict[str, Any]] | None:
             for name in names:
@@ -310,7 +312,9 @@ class Env:
                 if proc is not None and proc.popen.poll() is not None:
                     raise AssertionError(f"worker {name} exited: {proc.stderr()}")
             listed = self.workers()
-            if all(listed.get(n, {}).get("online") for n in names):
+            if all(
+                listed.get(n, {}).get("online") and "encryption_mode" in listed[n] for n in names
+            ):
                 return listed
             return None
 
