@@ -24,10 +24,13 @@ and every ``purge_interval``).
 batched query each) which of its links' API tokens are still live and what its workers'
 statuses are, because the admin CLI or another hub may change them: a revoked token's (or
 deleted user's) links and a deleted worker's link get ``error`` ``unauthenticated`` and
-close. A DEREGISTERING worker's link is *retired*: greeted (when it connects), sent its
-``deregister`` every time whatever the notification's attempt count, never published,
-counted or routed to, its channels closed and its requests and opens refused
-``permission_denied``; it ends after its ``deregister_ack`` or ``deregister_grace``.
+close. A DEREGISTERING worker's link is *retired*: when it connects, its ``connect`` is
+answered with its ``deregister`` instead of a greeting (link state ``worker-retiring``: it
+may only heartbeat and acknowledge), every time whatever the notification's attempt count;
+a worker deregistered while online is sent it on its live link, whose requests and opens
+are then refused ``permission_denied``. A retired link is never published, counted or
+routed to (a newer one for the same worker replaces it) and ends after its
+``deregister_ack`` or ``deregister_grace``.
 
 **Logs.** Link log lines name the peer (``ip:port``). Failed sign-ins (bad API token, bad
 worker token, refused registration key) are logged at WARNING with the peer's address and
@@ -126,7 +129,6 @@ from .ratelimit import LogRateLimiter
 from .relay import ChannelRelay, RelayDirection
 
 __all__ = [
-    "FIRST_FRAME_TIMEOUT",
     "GO_AWAY_DELAY",
     "HUB_MAX_MESSAGE_SIZE",
     "MAX_PENDING_OPENS",
@@ -147,8 +149,6 @@ HUB_MAX_MESSAGE_SIZE: Final = DEFAULT_MAX_MESSAGE_SIZE
 OPEN_TIMEOUT: Final = 30.0
 #: Channel opens one link may have waiting for their worker at once.
 MAX_PENDING_OPENS: Final = 64
-#: Seconds a new link has to send its first frame.
-FIRST_FRAME_TIMEOUT: Final = 10.0
 #: Seconds to flush a closing link's queued frames.
 FLUSH_TIMEOUT: Final = 2.0
 #: What workers are told to wait before reconnecting when the hub stops.
@@ -286,7 +286,7 @@ class _Link:
         self.token_id: str | None = None
         #: The address this signed-in link counts against (``max_links_per_address``).
         self.address: str | None = None
-        #: A deregistering worker: greeted, never published, ends after its ack.
+        #: A deregistering worker's link: never published, ends after its ack (or grace).
         self.retired = False
         #: When the link must end whatever it sends (a retired worker's grace), or inf.
         self.hard_deadline = math.inf
@@ -498,6 +498,8 @@ class Hub:
         self._workers: dict[str, _Link] = {}
         #: owner id -> ids of that owner's workers holding a link (for the per-user cap).
         self._online_by_owner: dict[str, set[str]] = {}
+        #: Worker id -> the link it connected with while deregistering (at most one each).
+        self._retiring: dict[str, _Link] = {}
         self._request_ids = itertools.count(1)
         #: Channel ids: hub-wide, from 1, never reused while the hub runs.
         self._channel_ids = itertools.count(1)
@@ -695,6 +697,8 @@ class Hub:
             self._signed_out(link)
             if self._unpublish(link):
                 log.info("%s is offline", link.name)
+            if link.worker is not None and self._retiring.get(link.worker.id) is link:
+                del self._retiring[link.worker.id]
 
     def _unpublish(self, link: _Link) -> bool:
         """Take a worker's link out of the live registry; True if it was the published one."""
@@ -709,7 +713,7 @@ class Hub:
         return True
 
     async def _serve_link(self, link: _Link) -> None:
-        first_deadline = self._clock() + FIRST_FRAME_TIMEOUT
+        first_deadline = self._clock() + self.limits.signin_timeout
         try:
             # One scope for the whole loop, its deadline moved as messages arrive (a scope
             # per receive costs more than relaying a small frame).
@@ -888,6 +892,10 @@ class Hub:
             self._unpublish(old)
             self._drop_link(old, "deregistered")
             old.scope.cancel()
+        older = self._retiring.get(worker.id)
+        if older is not None:  # one retiring link per worker: the newest replaces it
+            older.scope.cancel()
+        self._retiring[worker.id] = link
         log.info("%s connected while deregistering; sending its deregister", link.name)
         self._retire(link, self.store.deregistration_notice(worker.id, self.now_ms()))
         return False

@@ -6,6 +6,9 @@ field has a documented default (the module constants below) and an accepted rang
 ``leapcore-hub serve`` flags) uses under the same names. What happens when each is
 exceeded:
 
+* ``signin_timeout`` (:data:`SIGNIN_TIMEOUT`, 10 s): a new link must send its first record
+  (``register``, ``connect`` or ``client_hello``) within this long of becoming a link, or
+  it is closed. (The listener's ``handshake_timeout`` bounds the time before that.)
 * ``client_idle_timeout`` (:data:`CLIENT_IDLE_TIMEOUT`, 600 s, at least 60 s): a client
   link that sends nothing (a heartbeat counts) for that long is closed with an ``error``
   record ``unavailable``.
@@ -13,7 +16,9 @@ exceeded:
   links; one more is refused with ``error`` ``quota_exceeded``.
 * ``max_links_per_address`` (:data:`MAX_LINKS_PER_ADDRESS`, 256): signed-in links (client
   and worker) from one IP address; one more is refused with ``error`` ``quota_exceeded``.
-  Unix-socket peers are not counted (they are local).
+  Unix-socket peers are not counted (they are local). Every link is also a connection, so
+  the listener's ``max_connections_per_address`` (128 by default) applies first: raise both
+  for many users behind one NAT address.
 * ``max_channels_per_link`` (:data:`MAX_CHANNELS_PER_LINK`, 256), ``max_channels_per_user``
   (:data:`MAX_CHANNELS_PER_USER`, 1024), ``max_channels_per_worker``
   (:data:`MAX_CHANNELS_PER_WORKER`, 256): channels opened by one link, opened by one user's
@@ -79,9 +84,12 @@ __all__ = [
     "REGISTRATION_KEY_RETENTION",
     "REVOCATION_CHECK_INTERVAL",
     "SERVER_FIELDS",
+    "SIGNIN_TIMEOUT",
     "HubLimits",
 ]
 
+#: Seconds a new link has to send its first record (sign in, connect or register).
+SIGNIN_TIMEOUT: Final = 10.0
 #: Seconds a client link may send nothing before it is closed.
 CLIENT_IDLE_TIMEOUT: Final = 600.0
 #: Signed-in client links per user.
@@ -112,6 +120,7 @@ DEREGISTER_GRACE: Final = 10.0
 #: Field -> (type, minimum, maximum), both bounds inclusive. A ``float`` field takes an
 #: ``int`` too; an ``int`` field only an ``int``.
 LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
+    "signin_timeout": (float, 1.0, 600.0),
     "client_idle_timeout": (float, 60.0, 7 * 24 * 3600.0),
     "max_links_per_user": (int, 1, 1_000_000),
     "max_links_per_address": (int, 1, 1_000_000),
@@ -171,6 +180,7 @@ def _validate(instance: Any, attribute: Any, value: Any) -> None:
 class HubLimits:
     """The hub's budgets (see the module docstring for each one's default and effect)."""
 
+    signin_timeout: float = attrs.field(default=SIGNIN_TIMEOUT, validator=_validate)
     client_idle_timeout: float = attrs.field(default=CLIENT_IDLE_TIMEOUT, validator=_validate)
     max_links_per_user: int = attrs.field(default=MAX_LINKS_PER_USER, validator=_validate)
     max_links_per_address: int = attrs.field(default=MAX_LINKS_PER_ADDRESS, validator=_validate)

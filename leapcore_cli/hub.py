@@ -20,6 +20,7 @@ import argparse
 import functools
 import logging
 import os
+import resource
 import signal
 import ssl
 import sys
@@ -42,6 +43,7 @@ from .common import EXIT_OK, Parser, make_parser, run
 
 #: Flags of the hub's budgets (:class:`leapcore.hublimits.HubLimits`): setting -> help.
 LIMIT_FLAGS: Final = {
+    "signin_timeout": "seconds a new link has to send its first record (sign in)",
     "client_idle_timeout": "seconds a client link may send nothing before it is closed",
     "max_links_per_user": "signed-in client links per user",
     "max_links_per_address": "signed-in links per peer IP address",
@@ -77,6 +79,8 @@ SERVE_FLAGS: Final = (
 SOLO_FLAGS: Final = ("solo", "solo_name", "solo_encryption_mode")
 #: Destination prefix of the flags given before any subcommand (``leapcore-hub --listen …``).
 TOP: Final = "top_"
+#: The open-file limit asked for when the hard limit is unlimited.
+DESCRIPTOR_CEILING: Final = 1 << 20
 #: Seconds the hub may take to stop after the first signal before it is cancelled outright.
 STOP_TIMEOUT: Final = 10.0
 _LOG_LEVELS: Final = {
@@ -210,6 +214,29 @@ def _flag(args: argparse.Namespace, key: str) -> Any:
     return getattr(args, key, getattr(args, TOP + key, None))
 
 
+def raise_descriptor_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit (a hub holds one
+    descriptor per connection; many systems start daemons at 1024). Returns (before,
+    after); unchanged where it cannot be raised."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = DESCRIPTOR_CEILING if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft, soft
+        return soft, target
+    return soft, soft
+
+
+def _log_descriptor_limit() -> None:
+    before, after = raise_descriptor_limit()
+    if after != before:
+        logging.getLogger("leapcore.hub").info(
+            "open-file limit raised from %d to %d (the hard limit)", before, after
+        )
+
+
 def serve(args: argparse.Namespace) -> int:
     """``leapcore-hub serve``: settings, the database, then the hub until a signal."""
     if _flag(args, "solo"):
@@ -235,6 +262,7 @@ def serve(args: argparse.Namespace) -> int:
         if settings["tls_cert"]
         else None
     )
+    _log_descriptor_limit()
     db = hub_database_path(Path(settings["data_dir"]))
     created = not db.exists()
     hub = Hub(
@@ -287,6 +315,7 @@ def serve_solo(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    _log_descriptor_limit()
     solo = SoloHub(
         Path(settings["data_dir"]),
         name=_flag(args, "solo_name"),

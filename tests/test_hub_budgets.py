@@ -433,3 +433,19 @@ async def test_an_answer_too_large_for_one_record_is_an_error_not_silence(
         assert response.error_code == "resource_exhausted"
         assert "too large" in (response.error_message or "")
         await alive(client)
+
+
+async def test_the_sign_in_time_is_a_setting(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A link that sends no first record within ``signin_timeout`` is closed; one that
+    signs in within it is not."""
+    async with running_hub(tmp_path, limits=HubLimits(signin_timeout=3)) as env:
+        async with connect_link(env.url) as pipe:
+            silent = Peer(pipe, LinkRole.CLIENT)
+            start = trio.current_time()
+            assert await silent.until_closed() == []
+            assert trio.current_time() - start == pytest.approx(3.0, abs=0.01)
+        async with env.client() as client:  # signed in well within it
+            await trio.sleep(5)
+            await alive(client)

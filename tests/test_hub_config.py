@@ -58,6 +58,7 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
         "log_level": "info",
+        "signin_timeout": 10.0,
         "client_idle_timeout": 600.0,
         "max_links_per_user": 32,
         "max_links_per_address": 256,

@@ -383,3 +383,24 @@ async def test_the_revocation_check_is_one_batched_query(tmp_path: Path) -> None
             await wait_until(lambda: len(calls) >= 2)
             assert set(calls) == {2}  # three links, two distinct tokens, one query
         await hub.shutdown()
+
+
+async def test_a_deregistering_workers_newest_link_replaces_its_older_one(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """However many times a deregistering worker's token connects, the hub keeps one
+    retiring link for it: each new one ends the one before."""
+    async with running_hub(tmp_path) as env:
+        worker_id, token = await env.register()
+        env.store.deregister_worker(worker_id, now_ms(), requested_by=env.user_id)
+        async with env.link(LinkRole.WORKER) as first:
+            await first.send(Connect(1, token))
+            assert isinstance(await recv(first), Deregister)
+            async with env.link(LinkRole.WORKER) as second:
+                await second.send(Connect(1, token))
+                assert isinstance(await recv(second), Deregister)
+                start = trio.current_time()
+                assert await until_closed(first, 5) == []  # replaced at once
+                assert trio.current_time() - start < 1
+                retiring = [x for x in env.hub._links if x.worker is not None]
+                assert len(retiring) == 1 and retiring[0].retired

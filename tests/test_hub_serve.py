@@ -7,12 +7,23 @@ process harness is in ``procs.py`` (shared with ``test_e2e_link.py``).
 from __future__ import annotations
 
 import json
+import os
+import resource
 import shlex
 import signal
 import socket
 import stat
+import subprocess
+from pathlib import Path
 
-from procs import Env, _healthz, env_fixture, wait_for  # noqa: F401 (env_fixture: the fixture)
+import pytest
+from procs import (  # noqa: F401 (env_fixture: the fixture)
+    Env,
+    _healthz,
+    _script,
+    env_fixture,
+    wait_for,
+)
 
 from leapcore.errors import FailedPrecondition
 from leapcore_cli import remote
@@ -171,3 +182,35 @@ async def test_waiting_extends_the_key_only_near_its_expiry() -> None:
     assert await remote.wait_until_used(session, "k", near, 0.0) == "expired"  # type: ignore[arg-type]
     # Refused once, then granted: the new expiry is far again, so no third extension.
     assert session.extends == ["k", "k"]
+
+
+def test_serve_raises_its_open_file_limit_to_the_hard_limit(tmp_path: Path) -> None:
+    """Started with a soft limit of 256 open files (as many systems start daemons), the hub
+    raises it to the hard limit: a connection flood meets the budgets, not EMFILE."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"the hard open-file limit here is {hard}: nothing to raise")
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+
+    hub = subprocess.Popen(
+        [_script("leapcore-hub"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=low_limit,
+        env={**os.environ, "HOME": str(tmp_path)},
+    )
+
+    def open_files_limit() -> int | None:
+        limits = Path(f"/proc/{hub.pid}/limits").read_text()
+        row = next(r for r in limits.splitlines() if r.startswith("Max open files"))
+        return int(row.split()[3]) if int(row.split()[3]) > 256 else None
+
+    try:
+        raised = wait_for(open_files_limit, "the hub to raise its open-file limit")
+    finally:
+        hub.send_signal(signal.SIGTERM)
+        _, err = hub.communicate(timeout=20)
+    assert f"open-file limit raised from 256 to {raised}" in err, err
