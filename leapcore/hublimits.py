@@ -44,8 +44,8 @@ exceeded:
 The listener's budgets (:class:`leapcore.netserver.ServerLimits`, defaults and effects in
 :mod:`leapcore.netserver`) are hub settings too, under the same names, so that an operator
 sets every budget in one place: ``handshake_timeout``, ``max_connections_per_address``,
-``max_header_list_size``, ``max_concurrent_streams``, ``max_pending_output`` and
-``max_control_frames``
+``max_header_list_size``, ``max_concurrent_streams``, ``max_pending_output``,
+``max_control_frames`` and ``max_pending_connections``
 (:meth:`HubLimits.server_limits` hands them to the listener).
 
 Sans-IO: values only.
@@ -64,6 +64,7 @@ from .serverlimits import (
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_CONTROL_FRAMES,
     MAX_HEADER_LIST_SIZE,
+    MAX_PENDING_CONNECTIONS,
     MAX_PENDING_OUTPUT,
     ServerLimits,
 )
@@ -142,6 +143,7 @@ LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
     "max_concurrent_streams": (int, 1, 10_000),
     "max_pending_output": (int, 64 * 1024, 256 * 1024 * 1024),
     "max_control_frames": (int, 1, 1_000_000),
+    "max_pending_connections": (int, 1, 1_000_000),
 }
 #: The fields of :class:`HubLimits` that configure the listener.
 SERVER_FIELDS: Final = (
@@ -151,6 +153,7 @@ SERVER_FIELDS: Final = (
     "max_concurrent_streams",
     "max_pending_output",
     "max_control_frames",
+    "max_pending_connections",
 )
 
 
@@ -210,6 +213,7 @@ class HubLimits:
     max_concurrent_streams: int = attrs.field(default=MAX_CONCURRENT_STREAMS, validator=_validate)
     max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_validate)
     max_control_frames: int = attrs.field(default=MAX_CONTROL_FRAMES, validator=_validate)
+    max_pending_connections: int = attrs.field(default=MAX_PENDING_CONNECTIONS, validator=_validate)
 
     def server_limits(self) -> ServerLimits:
         """The listener's budgets among these."""

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Final
 
 import h2.config
@@ -57,12 +57,20 @@ _READ: Final = 256 * 1024
 MAX_FRAME: Final = 512 * 1024
 
 _PREFACE_LENGTH: Final = 24
-#: Events of the frames counted against a server connection's control budget.
+#: Events of the frames counted against a server connection's control budget (and, see
+#: :meth:`_H2Server.dispatch`, SETTINGS ACKs beyond those of our own SETTINGS and DATA
+#: frames that carry no data). Every PING ACK counts: the server sends no PING. Not
+#: WINDOW_UPDATE: a bulk transfer legitimately sends hundreds a second.
 _CONTROL_EVENTS: Final = (
     h2.events.PingReceived,
+    h2.events.PingAckReceived,
     h2.events.RemoteSettingsChanged,
     h2.events.StreamReset,
     h2.events.PriorityUpdated,
+)
+#: The control frames, as the budget's violation names them.
+_CONTROL_KINDS: Final = (
+    "PING, PING ACK, SETTINGS, SETTINGS ACK, RST_STREAM, PRIORITY, DATA without data"
 )
 _HEADERS: Final = 0x1
 _PUSH_PROMISE: Final = 0x5
@@ -151,6 +159,8 @@ class _H2Connection:
         self.send_chunk = None if max_pending_output is None else max_pending_output // 4
         self._guard = guard
         self.closed = False
+        #: Our SETTINGS frames not yet acknowledged by the peer.
+        self.settings_unacked = 0
         #: What the peer sent past a budget, found while dispatching (the reader ends
         #: the connection for it after the batch).
         self.violation: str | None = None
@@ -175,6 +185,7 @@ class _H2Connection:
         """Queue the connection preface and settings; start the writer in ``nursery``."""
         self.conn.initiate_connection()
         self.conn.update_settings(self.settings())
+        self.settings_unacked = 2  # the two SETTINGS frames just queued
         # Accept frames as large as we advertise at once: h2 raises its frame limit only
         # when the peer's SETTINGS ACK is processed, and checks a whole read against the
         # limit it had before that read, so an ACK and a large DATA frame arriving in one
@@ -283,7 +294,9 @@ class _H2Connection:
     def dispatch(self, event: h2.events.Event) -> None:
         if isinstance(event, h2.events.DataReceived):
             pipe = self.pipes.get(event.stream_id or 0)
-            if pipe is None:
+            if pipe is None or not event.data:
+                # Nothing for the application (no link stream, or a frame without data,
+                # perhaps padded): credit its window back now, queue nothing.
                 with contextlib.suppress(h2.exceptions.ProtocolError):
                     self.conn.acknowledge_received_data(
                         event.flow_controlled_length or 0, event.stream_id or 0
@@ -322,21 +335,21 @@ class H2StreamPipe:
 
     async def receive(self) -> bytes:
         await trio.lowlevel.checkpoint()  # a receive is a checkpoint even with data ready
-        while not self._inbound:
-            if self._ended is not None:
-                raise LinkClosed(f"link closed: {self._ended}")
-            self._readable = trio.Event()
-            await self._readable.wait()
-        data, flow_length = self._inbound.popleft()
         owner = self._owner
-        if not owner.closed:
-            # Credit the window back only now that the application took the data.
-            with contextlib.suppress(h2.exceptions.ProtocolError):
-                owner.conn.acknowledge_received_data(flow_length, self.stream_id)
-            owner.flush()
-        if not data:
-            return await self.receive()
-        return data
+        while True:  # a loop, never recursion: any number of empty chunks in a row
+            while not self._inbound:
+                if self._ended is not None:
+                    raise LinkClosed(f"link closed: {self._ended}")
+                self._readable = trio.Event()
+                await self._readable.wait()
+            data, flow_length = self._inbound.popleft()
+            if not owner.closed:
+                # Credit the window back only now that the application took the data.
+                with contextlib.suppress(h2.exceptions.ProtocolError):
+                    owner.conn.acknowledge_received_data(flow_length, self.stream_id)
+                owner.flush()
+            if data:
+                return data
 
     async def send(self, data: bytes) -> None:
         owner = self._owner
@@ -386,7 +399,12 @@ class _H2Server(_H2Connection):
     """The server's connection: at most one link stream, plus route answers."""
 
     def __init__(
-        self, stream: trio.abc.Stream, server: LinkServer, peer: str, nursery: trio.Nursery
+        self,
+        stream: trio.abc.Stream,
+        server: LinkServer,
+        peer: str,
+        nursery: trio.Nursery,
+        on_link_opened: Callable[[], None] | None = None,
     ) -> None:
         limits = server.limits
         super().__init__(
@@ -412,6 +430,7 @@ class _H2Server(_H2Connection):
         #: Set when a request arrives or a route answer makes progress (the idle clock).
         self.activity = trio.Event()
         self.link_opened = False
+        self._on_link_opened = on_link_opened
 
     def start(self, nursery: trio.Nursery) -> None:
         super().start(nursery)
@@ -430,14 +449,16 @@ class _H2Server(_H2Connection):
         return len(self._bodies)
 
     def dispatch(self, event: h2.events.Event) -> None:
-        if (
-            isinstance(event, _CONTROL_EVENTS)
-            and self.violation is None
-            and not self.control.spend(trio.current_time())
-        ):
+        control = isinstance(event, _CONTROL_EVENTS) or (
+            isinstance(event, h2.events.DataReceived) and not event.data
+        )
+        if isinstance(event, h2.events.SettingsAcknowledged):
+            control = self.settings_unacked <= 0  # unsolicited
+            self.settings_unacked -= 1
+        if control and self.violation is None and not self.control.spend(trio.current_time()):
             self.violation = (
-                f"more than {self.control.limit} control frames (PING, SETTINGS, "
-                "RST_STREAM, PRIORITY) in a second (max_control_frames)"
+                f"more than {self.control.limit} control frames ({_CONTROL_KINDS}) "
+                "in a second (max_control_frames)"
             )
         if isinstance(event, h2.events.RequestReceived):
             self._on_request(event)
@@ -459,6 +480,8 @@ class _H2Server(_H2Connection):
             pipe = H2StreamPipe(self, stream_id)
             self.pipes[stream_id] = pipe
             self.link_opened = True
+            if self._on_link_opened is not None:
+                self._on_link_opened()
             self.nursery.start_soon(self._run_link, pipe)
             return
         status, content_type, body = self.server.route(method, path)
@@ -511,12 +534,18 @@ class _H2Server(_H2Connection):
 
 
 async def serve_h2(
-    stream: trio.abc.Stream, server: LinkServer, *, peer: str = "local", deadline: float = math.inf
+    stream: trio.abc.Stream,
+    server: LinkServer,
+    *,
+    peer: str = "local",
+    deadline: float = math.inf,
+    on_link_opened: Callable[[], None] | None = None,
 ) -> None:
     """Serve one HTTP/2 connection: at most one link stream, plus plain GET routes.
 
-    Until the link stream opens, the connection must make progress by ``deadline``; each
-    route request (or answer progress) moves it to ``handshake_timeout`` from then. Raises
+    ``on_link_opened()`` is called when the link stream opens. Until then, the connection
+    must make progress by ``deadline``; each route request (or answer progress) moves it
+    to ``handshake_timeout`` from then. Raises
     :class:`~leapcore.errors.LinkProtocolError` for an HTTP/2 violation,
     :class:`~leapcore.errors.LinkClosed` for a peer that does not read and
     :class:`trio.TooSlowError` when the deadline passes.
@@ -524,7 +553,7 @@ async def serve_h2(
     timeout = server.limits.handshake_timeout
     timed_out = False
     async with trio.open_nursery() as nursery:
-        h2c = _H2Server(stream, server, peer, nursery)
+        h2c = _H2Server(stream, server, peer, nursery, on_link_opened)
         h2c.scope = nursery.cancel_scope
         h2c.start(nursery)
 

@@ -27,8 +27,16 @@ Budgets (:class:`ServerLimits`, ``LinkServer(..., limits=ServerLimits(...))``):
   when it runs out; one that only asks for routes is closed once that long has passed
   since its last request or response progress. An HTTP/1 route answer is written within it.
 * ``max_connections_per_address`` (:data:`MAX_CONNECTIONS_PER_ADDRESS`, 128): live
-  connections from one IP (all Unix-socket peers count as one address, ``"unix"``),
-  signed in or not. One more is answered ``503`` (cleartext) and closed at once.
+  connections from one address, signed in or not: an IPv4 peer by its address, an IPv6
+  peer by its /64 prefix (one host's share: a /64 is what one site is given), an
+  IPv4-mapped IPv6 peer as its IPv4 address; all Unix-socket peers count as one address,
+  ``"unix"``. One more is answered ``503`` (cleartext) and closed at once.
+* ``max_pending_connections`` (:data:`MAX_PENDING_CONNECTIONS`, 512): connections from all
+  addresses together that are not yet a link — in the TLS handshake, the HTTP/1 head or
+  HTTP/2 preface, the WebSocket upgrade or before the HTTP/2 link stream, or serving only
+  routes. One more is answered ``503`` (cleartext) and closed at once, with one warning
+  per episode; connections that are links already are never affected (so descriptors
+  left for links cannot all be taken by peers that never sign in).
 * ``max_header_list_size`` (:data:`MAX_HEADER_LIST_SIZE`, 16 KiB): an HTTP/1 request
   head, and the HTTP/2 ``SETTINGS_MAX_HEADER_LIST_SIZE`` advertised and enforced (a
   longer header block, however it is split into CONTINUATION frames, ends the
@@ -41,10 +49,12 @@ Budgets (:class:`ServerLimits`, ``LinkServer(..., limits=ServerLimits(...))``):
   or SETTINGS flood from a peer that does not read) is closed. Route answers waiting
   for flow-control window share half of it; one more is refused (``REFUSED_STREAM``).
 * ``max_control_frames`` (:data:`MAX_CONTROL_FRAMES`, 100 a second): control frames one
-  connection may send — WebSocket pings and pongs, HTTP/2 PING, SETTINGS, RST_STREAM and
-  PRIORITY. Each costs the hub a parse and often an answer whether or not the peer reads
-  them, so a flood of them is CPU taken from every other connection; one more in a
-  second ends that connection (WebSocket close 1008, HTTP/2 GOAWAY ENHANCE_YOUR_CALM).
+  connection may send — WebSocket pings and pongs; HTTP/2 PING, PING with ACK, SETTINGS,
+  SETTINGS with ACK, RST_STREAM, PRIORITY, and DATA frames that carry no data (padded or
+  not). WINDOW_UPDATE is not counted: a bulk transfer sends many a second. Each costs
+  the hub a parse and often an answer whether or not the peer reads them, so a flood of
+  them is CPU taken from every other connection; one more in a second ends that
+  connection (WebSocket close 1008, HTTP/2 GOAWAY ENHANCE_YOUR_CALM).
 * accept back-off (:data:`ACCEPT_BACKOFF_INITIAL` 5 ms, :data:`ACCEPT_BACKOFF_MAX` 1 s):
   when ``accept`` fails with EMFILE, ENFILE, ENOBUFS or ENOMEM the listener waits,
   doubling the wait while the error persists, back to the start on the next success;
@@ -57,6 +67,7 @@ latest ping's): see :mod:`leapcore.net_ws`.
 from __future__ import annotations
 
 import errno
+import ipaddress
 import logging
 import socket
 import ssl
@@ -78,6 +89,7 @@ from .serverlimits import (
     MAX_CONNECTIONS_PER_ADDRESS,
     MAX_CONTROL_FRAMES,
     MAX_HEADER_LIST_SIZE,
+    MAX_PENDING_CONNECTIONS,
     MAX_PENDING_OUTPUT,
     ServerLimits,
 )
@@ -91,6 +103,7 @@ __all__ = [
     "MAX_CONNECTIONS_PER_ADDRESS",
     "MAX_CONTROL_FRAMES",
     "MAX_HEADER_LIST_SIZE",
+    "MAX_PENDING_CONNECTIONS",
     "MAX_PENDING_OUTPUT",
     "HttpResponse",
     "LinkServer",
@@ -136,20 +149,35 @@ _PEER_ERRORS: Final = (
 )
 
 
+def address_key(host: str) -> str:
+    """The key an IP address is counted under for the per-address cap: an IPv4 address
+    itself, an IPv6 address's /64 prefix (``"2001:db8:1:2::/64"``), an IPv4-mapped IPv6
+    address as its IPv4 address. Anything else (not an IP address) is its own key."""
+    try:
+        ip = ipaddress.ip_address(host.partition("%")[0])  # without a zone index
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 def peer_address(stream: trio.abc.Stream) -> tuple[str, str]:
     """``(address, peer)`` of an accepted stream: the key counted against the per-address
-    cap, and the ``peer`` handed to ``on_link`` (``"ip:port"``, ``"[ip]:port"``,
-    ``"unix"``; ``"local"`` for a stream that is not a socket). ``OSError`` if the peer
-    is already gone."""
+    cap (:func:`address_key`), and the ``peer`` handed to ``on_link`` (``"ip:port"``,
+    ``"[ip]:port"``, ``"unix"``; ``"local"`` for a stream that is not a socket).
+    ``OSError`` if the peer is already gone."""
     if not isinstance(stream, trio.SocketStream):
         return "local", "local"
     sock = stream.socket
     if sock.family == socket.AF_INET:
         host, port = sock.getpeername()[:2]
-        return host, f"{host}:{port}"
+        return address_key(host), f"{host}:{port}"
     if sock.family == socket.AF_INET6:
         host, port = sock.getpeername()[:2]
-        return host, f"[{host}]:{port}"
+        return address_key(host), f"[{host}]:{port}"
     return "unix", "unix"
 
 
@@ -192,6 +220,9 @@ class LinkServer:
         #: Live connections per address (the per-address cap).
         self.connections: dict[str, int] = {}
         self._capped: set[str] = set()  # addresses at the cap, logged once per episode
+        #: Connections accepted that are not yet a link (the pending cap).
+        self.pending = 0
+        self._pending_capped = False  # at the pending cap: logged once per episode
 
     def route(self, method: str, path: str) -> HttpResponse:
         handler = self.routes.get(path)
@@ -211,25 +242,62 @@ class LinkServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
             return
+        limits = self.limits
         count = self.connections.get(address, 0)
-        if count >= self.limits.max_connections_per_address:
-            await self._refuse(stream, address, peer)
+        if count >= limits.max_connections_per_address:
+            if address not in self._capped:
+                self._capped.add(address)
+                log.warning(
+                    "connection from %s refused: %d connections from %s already "
+                    "(max_connections_per_address); further refusals are not logged until "
+                    "one ends",
+                    peer,
+                    limits.max_connections_per_address,
+                    address,
+                )
+            await self._refuse(stream)
+            return
+        if self.pending >= limits.max_pending_connections:
+            if not self._pending_capped:
+                self._pending_capped = True
+                log.warning(
+                    "connection from %s refused: %d connections not yet links already "
+                    "(max_pending_connections); further refusals are not logged until one "
+                    "becomes a link or ends",
+                    peer,
+                    limits.max_pending_connections,
+                )
+            await self._refuse(stream)
             return
         self.connections[address] = count + 1
+        self.pending += 1
+        pending = True
+
+        def linked() -> None:  # this connection is a link now: no longer pending
+            nonlocal pending
+            if pending:
+                pending = False
+                self.pending -= 1
+                if self.pending < limits.max_pending_connections:
+                    self._pending_capped = False
+
         try:
-            await self._handle_guarded(stream, peer)
+            await self._handle_guarded(stream, peer, linked)
         finally:
+            linked()
             left = self.connections[address] - 1
             if left:
                 self.connections[address] = left
             else:
                 del self.connections[address]
-            if left < self.limits.max_connections_per_address:
+            if left < limits.max_connections_per_address:
                 self._capped.discard(address)
 
-    async def _handle_guarded(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _handle_guarded(
+        self, stream: trio.abc.Stream, peer: str, linked: Callable[[], None]
+    ) -> None:
         try:
-            await self._handle(stream, peer)
+            await self._handle(stream, peer, linked)
         except Exception as exc:
             leaves = _leaves(exc)
             if all(isinstance(leaf, _PEER_ERRORS) for leaf in leaves):
@@ -240,16 +308,8 @@ class LinkServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _refuse(self, stream: trio.abc.Stream, address: str, peer: str) -> None:
-        if address not in self._capped:
-            self._capped.add(address)
-            log.warning(
-                "connection from %s refused: %d connections from %s already "
-                "(max_connections_per_address); further refusals are not logged until one ends",
-                peer,
-                self.limits.max_connections_per_address,
-                address,
-            )
+    async def _refuse(self, stream: trio.abc.Stream) -> None:
+        """Answer ``503`` (cleartext; bounded) and close: a connection over a cap."""
         try:
             if self.ssl_context is None:
                 with trio.move_on_after(_REFUSE_WRITE):
@@ -262,7 +322,7 @@ class LinkServer:
             with trio.CancelScope(shield=True):
                 await trio.aclose_forcefully(stream)
 
-    async def _handle(self, stream: trio.abc.Stream, peer: str) -> None:
+    async def _handle(self, stream: trio.abc.Stream, peer: str, linked: Callable[[], None]) -> None:
         deadline = trio.current_time() + self.limits.handshake_timeout
         with trio.CancelScope(deadline=deadline) as scope:
             link = await self._until_link(stream, deadline)
@@ -276,11 +336,18 @@ class LinkServer:
         if kind == "h2":
             from .net_h2 import serve_h2
 
-            await serve_h2(PrefixedStream(carrier, head), self, peer=peer, deadline=deadline)
+            await serve_h2(
+                PrefixedStream(carrier, head),
+                self,
+                peer=peer,
+                deadline=deadline,
+                on_link_opened=linked,
+            )
             return
         pipe = await self._upgrade(carrier, head, deadline)
         if pipe is None:
             return
+        linked()
         try:
             await self.on_link(pipe, "websocket", peer)
         finally:
@@ -394,6 +461,14 @@ async def _read_head(stream: trio.abc.Stream, limit: int) -> bytes:
     while True:
         if len(buf) >= len(H2_PREFACE) and buf.startswith(H2_PREFACE):
             return buf
+        if buf and len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
+            # A preface cut short (its first part, "PRI * HTTP/2.0\r\n\r\n", ends like an
+            # HTTP/1 head): wait for the rest.
+            chunk = await stream.receive_some(4096)
+            if not chunk:
+                return buf
+            buf += chunk
+            continue
         if buf.startswith(TLS_RECORD):
             return buf  # a TLS client on a cleartext listener: refuse at once
         end = buf.find(b"\r\n\r\n")

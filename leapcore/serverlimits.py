@@ -20,6 +20,7 @@ __all__ = [
     "MAX_CONNECTIONS_PER_ADDRESS",
     "MAX_CONTROL_FRAMES",
     "MAX_HEADER_LIST_SIZE",
+    "MAX_PENDING_CONNECTIONS",
     "MAX_PENDING_OUTPUT",
     "FrameBudget",
     "ServerLimits",
@@ -27,16 +28,20 @@ __all__ = [
 
 #: Seconds from accept to a link (TLS, HTTP/1 head or HTTP/2 preface, upgrade or link stream).
 HANDSHAKE_TIMEOUT: Final = 10.0
-#: Live connections from one IP address (Unix-socket peers: one address, "unix").
+#: Live connections from one IP address (an IPv6 peer counts by its /64 prefix; Unix-socket
+#: peers: one address, "unix").
 MAX_CONNECTIONS_PER_ADDRESS: Final = 128
+#: Connections accepted that are not yet a link (TLS, HTTP head, upgrade or link stream, or
+#: serving only routes), from all addresses together.
+MAX_PENDING_CONNECTIONS: Final = 512
 #: Bytes of an HTTP/1 request head; HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE.
 MAX_HEADER_LIST_SIZE: Final = 16 * 1024
 #: HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS.
 MAX_CONCURRENT_STREAMS: Final = 100
 #: Bytes an HTTP/2 connection may hold to send before it is closed (the peer is not reading).
 MAX_PENDING_OUTPUT: Final = 1024 * 1024
-#: Control frames (WebSocket ping/pong; HTTP/2 PING, SETTINGS, RST_STREAM, PRIORITY) one
-#: connection may send per second.
+#: Control frames (WebSocket ping/pong; HTTP/2 PING and PING ACK, SETTINGS and SETTINGS ACK,
+#: RST_STREAM, PRIORITY, DATA without data) one connection may send per second.
 MAX_CONTROL_FRAMES: Final = 100
 #: First wait after accept fails for lack of descriptors or memory; doubles while it persists.
 ACCEPT_BACKOFF_INITIAL: Final = 0.005
@@ -64,6 +69,9 @@ class ServerLimits:
     handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_positive)
     max_connections_per_address: int = attrs.field(
         default=MAX_CONNECTIONS_PER_ADDRESS, validator=_at_least(1)
+    )
+    max_pending_connections: int = attrs.field(
+        default=MAX_PENDING_CONNECTIONS, validator=_at_least(1)
     )
     max_header_list_size: int = attrs.field(default=MAX_HEADER_LIST_SIZE, validator=_at_least(1024))
     max_concurrent_streams: int = attrs.field(

@@ -63,6 +63,7 @@ LIMIT_FLAGS: Final = {
     "max_concurrent_streams": "HTTP/2 streams open at once on one connection",
     "max_pending_output": "bytes an HTTP/2 connection may hold to send to a peer not reading",
     "max_control_frames": "control frames (pings, resets, ...) one connection may send a second",
+    "max_pending_connections": "connections, from all addresses, not yet a link (signing in)",
 }
 #: ``serve`` flag -> setting key (only flags given explicitly override file and environment).
 SERVE_FLAGS: Final = (

@@ -78,6 +78,7 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "max_concurrent_streams": 100,
         "max_pending_output": 1048576,
         "max_control_frames": 100,
+        "max_pending_connections": 512,
     }
     settings, used = hub_settings(flags={}, env={}, home=tmp_path, config_path=None)
     assert used is None

@@ -38,7 +38,7 @@ from leapcore.net_h2 import FrameGuard
 from leapcore.net_ws import WebSocketPipe, accept_websocket
 from leapcore.netclient import connect_link
 from leapcore.netpipe import LinkPipe
-from leapcore.netserver import H2_PREFACE, LinkServer, ServerLimits
+from leapcore.netserver import H2_PREFACE, LinkServer, ServerLimits, address_key
 from leapcore.serverlimits import FrameBudget
 from leapcore.trioutil import single_exception
 
@@ -202,6 +202,57 @@ def assert_one_quiet_line(caplog: pytest.LogCaptureFixture, *needles: str) -> No
 
 
 # -- HTTP/2 ----------------------------------------------------------------------------------
+
+LINK_REQUEST = [(":method", "POST"), (":path", "/link"), (":scheme", "http"), (":authority", "x")]
+
+
+@pytest.mark.parametrize("limits", [UNMETERED, None], ids=["unmetered", "default-budget"])
+async def test_h2_empty_data_frames_on_the_link_stream(
+    limits: ServerLimits | None, caplog: pytest.LogCaptureFixture
+) -> None:
+    """5000 empty DATA frames on the link stream, then link bytes: the link echoes them
+    (unmetered) or the control budget ends the connection with one quiet line. (Each empty
+    frame used to cost the link's reader one level of recursion: RecursionError, logged
+    as an internal error with its traceback.)"""
+    caplog.set_level(logging.INFO)
+    async with serving(limits) as served:
+        peer = await H2Peer.open(served)
+        peer.conn.send_headers(1, LINK_REQUEST)
+        for _ in range(5000):
+            peer.conn.send_data(1, b"")
+        payload = encode(Heartbeat(9))
+        peer.conn.send_data(1, payload)
+        await peer.send()
+        if limits is UNMETERED:
+            await peer.read_until(lambda _: len(peer.body(1)) >= len(payload))
+            assert peer.body(1) == payload and peer.goaway() is None
+        else:
+            await peer.read_until(lambda _: peer.goaway() is not None)
+            goaway = peer.goaway()
+            assert goaway is not None
+            assert goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+            await wait_until(lambda: not served.server.connections)
+            assert_one_quiet_line(caplog, "max_control_frames")
+        await peer.stream.aclose()
+        await assert_serving(served)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_h2_preface_split_after_its_blank_line_is_http2() -> None:
+    """The preface's first 18 bytes ("PRI * HTTP/2.0\r\n\r\n") end like an HTTP/1 head:
+    sent alone, the listener must wait for the rest (it used to answer 400)."""
+    async with serving() as served:
+        peer = await H2Peer.open(served)
+        peer.get(1)
+        data = peer.conn.data_to_send()
+        cut = H2_PREFACE.index(b"\r\n\r\n") + 4
+        await peer.stream.send_all(data[:cut])
+        # The server has read the first part and waits for more (nothing else can run).
+        await trio.testing.wait_all_tasks_blocked()
+        await peer.stream.send_all(data[cut:])
+        await peer.read_until(lambda _: peer.ended(1))
+        assert peer.body(1) == b"ok\n"
+        await peer.stream.aclose()
 
 
 async def test_h2_window_zero_then_get_waits_for_window(caplog: pytest.LogCaptureFixture) -> None:
@@ -646,6 +697,66 @@ async def test_one_connection_over_the_per_address_cap_is_refused(
         await assert_serving(served)
 
 
+def test_address_key_groups_ipv6_by_its_64_prefix() -> None:
+    assert address_key("192.0.2.7") == "192.0.2.7"
+    assert address_key("192.0.2.8") == "192.0.2.8"  # IPv4: each address its own
+    one = address_key("2001:db8:1:2::1")
+    assert one == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:2:ffff:ffff:ffff:ffff") == one
+    assert address_key("2001:DB8:1:2:0:0:0:abcd") == one
+    assert address_key("2001:db8:1:3::1") != one  # the next /64
+    assert address_key("fe80::1%eth0") == address_key("fe80::2") == "fe80::/64"
+    assert address_key("::ffff:192.0.2.7") == "192.0.2.7"  # IPv4-mapped: as IPv4
+    assert address_key("unix") == "unix"
+
+
+async def _refused(served: Served) -> bytes:
+    """Connect and read until the server closes: what it answered."""
+    stream = await trio.open_tcp_stream(served.host, served.port)
+    answer = b""
+    with trio.fail_after(10):
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    await stream.aclose()
+    return answer
+
+
+async def test_connections_not_yet_links_past_the_pending_cap_are_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with serving(ServerLimits(max_pending_connections=3)) as served:
+        server = served.server
+        async with (
+            connect_link(served.url, transport="h2") as h2_link,
+            connect_link(served.url, transport="websocket") as ws_link,
+        ):
+            await wait_until(lambda: server.pending == 0)  # links are not pending
+            idle = []
+            for _ in range(3):
+                stream = await trio.open_tcp_stream(served.host, served.port)
+                await stream.send_all(H2_PREFACE)  # and never a link stream
+                idle.append(stream)
+            await wait_until(lambda: server.pending == 3)
+            for _ in range(3):
+                answer = await _refused(served)
+                assert answer.startswith(b"HTTP/1.1 503 Service Unavailable\r\n"), answer
+            warnings = [r for r in caplog.records if "max_pending_connections" in r.getMessage()]
+            assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+            assert server.pending == 3 and server.connections["127.0.0.1"] == 5
+            for n, link in enumerate((h2_link, ws_link)):  # the links go on
+                await link.send(encode(Heartbeat(n)))
+                with trio.fail_after(10):
+                    assert LinkDecoder().feed(await link.receive()) == [Heartbeat(n)]
+            for stream in idle:
+                await stream.aclose()
+            await wait_until(lambda: server.pending == 0)
+            ok = await http1_get(served)
+            assert ok.startswith(b"HTTP/1.1 200 OK")
+        await assert_serving(served)
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
 class ScriptedListener(trio.abc.Listener[trio.abc.Stream]):
     """accept() follows a script: ``"emfile"`` raises EMFILE, ``"ok"`` returns a stream
     (closed at once); then it waits for ever. Records the (mock) time of every call."""
@@ -701,9 +812,11 @@ def test_limits_are_validated() -> None:
     assert ServerLimits().handshake_timeout == 10.0
     assert ServerLimits().max_connections_per_address == 128
     assert ServerLimits().max_pending_output == 1024 * 1024
+    assert ServerLimits().max_pending_connections == 512
     for bad in (
         {"handshake_timeout": 0},
         {"max_connections_per_address": 0},
+        {"max_pending_connections": 0},
         {"max_pending_output": 1000},
         {"max_header_list_size": 10},
     ):
@@ -711,7 +824,9 @@ def test_limits_are_validated() -> None:
             ServerLimits(**bad)
 
 
-@pytest.mark.parametrize("kind", ["ping", "settings", "rst_stream"])
+@pytest.mark.parametrize(
+    "kind", ["ping", "settings", "rst_stream", "ping_ack", "settings_ack", "empty_data"]
+)
 async def test_h2_control_frames_past_the_rate_budget_end_the_connection(
     kind: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -720,15 +835,24 @@ async def test_h2_control_frames_past_the_rate_budget_end_the_connection(
     caplog.set_level(logging.INFO)
     async with serving(ServerLimits(max_control_frames=50)) as served:
         peer = await H2Peer.open(served)
+        raw = b""  # frames h2's client side would not send: unsolicited acknowledgements
+        if kind == "empty_data":
+            peer.conn.send_headers(1, LINK_REQUEST)
         for n in range(51):
             if kind == "ping":
                 peer.conn.ping(n.to_bytes(8, "big"))
             elif kind == "settings":
                 peer.conn.update_settings({h2.settings.SettingCodes.ENABLE_PUSH: 0})
-            else:
+            elif kind == "rst_stream":
                 peer.get(2 * n + 1)
                 peer.conn.reset_stream(2 * n + 1)
-        await peer.send()
+            elif kind == "ping_ack":
+                raw += PingFrame(0, opaque_data=n.to_bytes(8, "big"), flags=["ACK"]).serialize()
+            elif kind == "settings_ack":
+                raw += SettingsFrame(0, flags=["ACK"]).serialize()
+            else:
+                peer.conn.send_data(1, b"")
+        await peer.send(raw)
         await peer.read_until(lambda _: peer.goaway() is not None)
         goaway = peer.goaway()
         assert goaway is not None and goaway.error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
