@@ -24,7 +24,10 @@ import pytest
 from e2e_client import REQUEST_OVERHEAD, payload
 from procs import H2, TESTS_DIR, WEBSOCKET, Env, Setup, env_fixture  # noqa: F401 (the fixture)
 
+import leapcore
 from leapcore.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from leapcore.errors import MessageTooLarge
+from leapcore.pinstore import PinStore
 
 CLIENT = TESTS_DIR / "e2e_client.py"
 SERVICES = ("--services", "e2e_services:install")
@@ -123,3 +126,23 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         assert proc.popen.poll() is None, proc.stderr()
         assert "Traceback" not in proc.stderr()
         assert " ERROR " not in proc.stderr()
+
+
+async def test_a_hub_configured_for_one_mebibyte_refuses_two_end_to_end(env: Env) -> None:
+    """``leapcore-hub serve`` with ``max_message_size`` = 1 MiB (from its environment): a
+    channel through it negotiates 1 MiB, a 2 MiB request is refused before it is sent, and
+    the channel goes on. (The setting used to be read and then dropped.)"""
+    env.env["LEAPCORE_HUB_MAX_MESSAGE_SIZE"] = str(1 << 20)
+    env.start_hub()
+    env.login()
+    env.start_worker("box", env.reg_key(), flags=["--encryption-mode", "classic"])
+    worker_id = env.wait_online("box")["box"]["id"]
+    pins = PinStore(env.tmp / "pins.json", hint="clear {worker_id}")
+    async with (
+        leapcore.connect(env.url, token=env.token, pins=pins) as hub,
+        hub.open_channel(worker_id) as channel,
+    ):
+        assert channel.endpoint.max_message_size == 1 << 20
+        with pytest.raises(MessageTooLarge):
+            await channel.call("info", bytes(2 << 20))
+        assert json.loads(await channel.call("info"))["name"] == "box"
