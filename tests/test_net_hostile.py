@@ -27,6 +27,7 @@ import trio
 import trio.testing
 from hyperframe.frame import ContinuationFrame, HeadersFrame, PingFrame, SettingsFrame
 from test_hub import wait_until
+from test_net import echo, healthz
 from websockets.client import ClientProtocol
 from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import OPEN
@@ -45,18 +46,6 @@ from leapcore.trioutil import single_exception
 LOG = "leapcore.netserver"
 #: Limits whose control-frame rate budget never interferes (for the memory-bound cases).
 UNMETERED = ServerLimits(max_control_frames=10**9)
-
-
-async def echo(pipe: LinkPipe, transport: str, peer: str) -> None:
-    try:
-        while True:
-            await pipe.send(await pipe.receive())
-    except LinkClosed:
-        pass
-
-
-def healthz() -> tuple[int, str, bytes]:
-    return 200, "text/plain; charset=utf-8", b"ok\n"
 
 
 @dataclass
@@ -102,6 +91,16 @@ async def http1_get(served: Served, path: str = "/healthz") -> bytes:
     return out
 
 
+async def dial(served: Served, rcvbuf: int | None = None) -> trio.SocketStream:
+    """A TCP connection to ``served``; ``rcvbuf`` shrinks its receive buffer (so a peer
+    that does not read is felt at once)."""
+    sock = trio.socket.socket()
+    if rcvbuf is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    await sock.connect((served.host, served.port))
+    return trio.SocketStream(sock)
+
+
 class H2Peer:
     """An HTTP/2 client driven by hand: h2's client side plus raw bytes."""
 
@@ -116,11 +115,7 @@ class H2Peer:
 
     @classmethod
     async def open(cls, served: Served, *, rcvbuf: int | None = None) -> H2Peer:
-        sock = trio.socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        await sock.connect((served.host, served.port))
-        return cls(trio.SocketStream(sock))
+        return cls(await dial(served, rcvbuf))
 
     async def send(self, extra: bytes = b"") -> None:
         await self.stream.send_all(self.conn.data_to_send() + extra)
@@ -517,11 +512,7 @@ class RawWebSocket:
 
     @classmethod
     async def open(cls, served: Served, *, rcvbuf: int | None = None) -> RawWebSocket:
-        sock = trio.socket.socket()
-        if rcvbuf is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        await sock.connect((served.host, served.port))
-        stream = trio.SocketStream(sock)
+        stream = await dial(served, rcvbuf)
         protocol = ClientProtocol(parse_uri(f"ws://{served.host}:{served.port}/link"))
         protocol.send_request(protocol.connect())
         raw = cls(stream, protocol)

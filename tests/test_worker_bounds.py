@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
-from test_workerd import HubLink, hub_running, make_worker
+from test_workerd import FakeHub, HubLink, hub_running, make_worker
 
 from leapcore.channel import CallContext, Channel, Services
 from leapcore.channel_mux import (
@@ -137,16 +137,26 @@ async def ping(link: HubLink, client: Client) -> None:
     assert events == [ResponseReceived(cid, b"")]
 
 
-def worker_channels(worker: Worker) -> dict[int, Channel]:
-    attempt = worker._attempt
-    assert attempt is not None and attempt.channels is not None
-    return attempt.channels.channels.channels
-
-
 def worker_server(worker: Worker) -> ChannelServer:
     attempt = worker._attempt
     assert attempt is not None and attempt.channels is not None
     return attempt.channels
+
+
+def worker_channels(worker: Worker) -> dict[int, Channel]:
+    return worker_server(worker).channels.channels
+
+
+def budget_worker(classic_dir: Path, hub: FakeHub) -> Worker:
+    """A classic worker whose channels hold at most SIZE bytes, serving :func:`services`."""
+    return make_worker(
+        classic_dir,
+        hub,
+        encryption_mode="classic",
+        max_message_size=SIZE,
+        max_channel_bytes=SIZE,
+        services=services(),
+    )
 
 
 def services() -> Services:
@@ -321,14 +331,7 @@ async def test_requests_held_by_handlers_count_against_the_channel_budget(
         await link.drain()
 
     async with hub_running(script) as hub:
-        worker = make_worker(
-            classic_dir,
-            hub,
-            encryption_mode="classic",
-            max_message_size=SIZE,
-            max_channel_bytes=SIZE,
-            services=services(),
-        )
+        worker = budget_worker(classic_dir, hub)
         assert await worker.run() is WorkerExit.DEREGISTERED
 
 
@@ -382,14 +385,7 @@ async def test_streams_per_channel_follow_the_channel_budget(
         await link.drain()
 
     async with hub_running(script) as hub:
-        worker = make_worker(
-            classic_dir,
-            hub,
-            encryption_mode="classic",
-            max_message_size=SIZE,
-            max_channel_bytes=SIZE,
-            services=services(),
-        )
+        worker = budget_worker(classic_dir, hub)
         assert await worker.run() is WorkerExit.DEREGISTERED
 
 

@@ -412,6 +412,17 @@ def call(link: RawLink, request_id: int, method: str, **params: Any) -> HubRespo
     return answer
 
 
+def mint_key(hub: Address, source: str, token: str) -> str:
+    """A registration key minted by ``token``'s user over a short-lived link from ``source``."""
+    owner = sign_in(hub, source, token)
+    try:
+        minted = call(owner, 1, "regkey.create")
+    finally:
+        owner.close()
+    assert minted.result is not None, minted
+    return str(minted.result["registration_key"])
+
+
 def raw_record(record: dict[str, Any]) -> bytes:
     """A control frame around any JSON object: no field checks (leapcore's own encoder
     refuses to write what its decoder would refuse to read)."""

@@ -11,7 +11,7 @@ import time
 from typing import Final
 
 from hostile_arena import ATTACKER, HERE, Stage
-from hostile_attacks import call, sign_in
+from hostile_attacks import mint_key
 from procs import _script, wait_for
 
 #: ``leapcore``'s exit code for an operation that got no answer within its deadline.
@@ -23,15 +23,10 @@ DEADLINE: Final = 3.0
 def test_worker_ping_with_lost_answers_times_out(stage: Stage) -> None:
     arena = stage.arena
     token, _ = stage.new_user()
-    owner = sign_in(arena.address, ATTACKER, token)
-    try:
-        minted = call(owner, 1, "regkey.create")
-    finally:
-        owner.close()
-    assert minted.result is not None, minted
+    key = mint_key(arena.address, ATTACKER, token)
     path = f"{HERE}:{arena.tests_path}"
     flags = ["--encryption-mode", "classic", "--services", "hostile_lossy:install"]
-    arena.env.start_worker("lossy", minted.result["registration_key"], flags=flags, PYTHONPATH=path)
+    arena.env.start_worker("lossy", key, flags=flags, PYTHONPATH=path)
 
     def online() -> str | None:
         proc = arena.remote_as(token, "worker", "list", "--json")

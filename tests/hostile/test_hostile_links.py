@@ -23,6 +23,7 @@ from hostile_attacks import (
     call,
     connect_worker,
     fake_workers,
+    mint_key,
     register,
     sign_in,
     wait_stalled,
@@ -302,13 +303,8 @@ def test_seventy_kilobyte_worker_name_is_refused(stage: Stage) -> None:
     arena = stage.arena
     token, user_id = stage.new_user()
     with stage.attack():
-        owner = sign_in(arena.address, ATTACKER, token)
-        try:
-            minted = call(owner, 1, "regkey.create")
-        finally:
-            owner.close()
-        assert minted.result is not None, minted
-        answer = register(arena.address, ATTACKER, minted.result["registration_key"], "w" * 70_000)
+        key = mint_key(arena.address, ATTACKER, token)
+        answer = register(arena.address, ATTACKER, key, "w" * 70_000)
     assert not isinstance(answer, Registered), "a 70 KB worker name was registered"
     listing = arena.remote_as(token, "worker", "list", "--json")
     assert listing.returncode == 0, listing.stderr
