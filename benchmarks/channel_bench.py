@@ -110,9 +110,9 @@ def hub_main(conn: Connection, tmp: str, profile_dir: str | None) -> None:
 
 
 async def _hub(conn: Connection, tmp: Path) -> None:
-    from leapcore.hub import Hub
-    from leapcore.keys import WorkerKeyPair
-    from leapcore.workerstate import WorkerState, save_state
+    from leapcore.crypto.keys import WorkerKeyPair
+    from leapcore.hub.server import Hub
+    from leapcore.store.workerstate import WorkerState, save_state
 
     hub = Hub(tmp / "hub.db")
     user, token = hub.store.create_user("bench", _now_ms())
@@ -148,9 +148,9 @@ def worker_main(
 async def _workers(
     conn: Connection, url: str, workers: dict[str, dict[str, str]], transport: str
 ) -> None:
-    from leapcore.channel import CallContext
-    from leapcore.signpool import SigningPool
-    from leapcore.workerd import Worker
+    from leapcore.peer.channel import CallContext
+    from leapcore.worker.daemon import Worker
+    from leapcore.worker.signpool import SigningPool
 
     async def sink(ctx: CallContext, payload: bytes) -> bytes:
         return b""
@@ -401,7 +401,7 @@ class Bench:
         self.slh_key = b""
 
     def sign_once(self) -> float:
-        from leapcore.primitives import slhdsa_sign
+        from leapcore.crypto.primitives import slhdsa_sign
 
         started = time.perf_counter()
         slhdsa_sign(self.slh_key, os.urandom(64))
@@ -409,7 +409,7 @@ class Bench:
 
     async def run(self, only: list[str]) -> list[dict[str, Any]]:
         import leapcore
-        from leapcore.keys import WorkerKeyPair
+        from leapcore.crypto.keys import WorkerKeyPair
 
         self.slh_key = WorkerKeyPair.generate().slhdsa_private
         results = []

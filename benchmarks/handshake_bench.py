@@ -43,11 +43,11 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from noise.connection import Keypair, NoiseConnection
 from pqcrypto.sign import slh_dsa_shake_256f
 
-from leapcore.handshake import Initiator, Responder
-from leapcore.keys import WorkerKeyPair
-from leapcore.mode import EncryptionMode
-from leapcore.primitives import mlkem_encapsulate, system_random
-from leapcore.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.handshake import Initiator, Responder
+from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode
+from leapcore.crypto.primitives import mlkem_encapsulate, system_random
+from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
 
 CLASSIC, PQ = EncryptionMode.CLASSIC, EncryptionMode.POST_QUANTUM
 NOISE_NAME = b"Noise_NK_25519_ChaChaPoly_BLAKE2b"

@@ -5,10 +5,10 @@ and what the flood costs an honest user's channel.
     .venv/bin/python benchmarks/hub_abuse_bench.py --quick         # 2 s per side, 1 round
     .venv/bin/python benchmarks/hub_abuse_bench.py --only h2_ping --json
 
-The stage is the hostile suite's (``tests/hostile/hostile_arena.py``): one ``leapcore-hub
+The stage is the hostile suite's (``tests/e2e/hostile/hostile_arena.py``): one ``leapcore-hub
 serve`` process on loopback with the suite's budgets, two classic-mode ``leapcore-worker``
 processes, and the bystander — alice's client process with one channel open to her worker.
-The floods are the suite's (``tests/hostile/hostile_attacks.py``), sent from 127.0.0.2 and
+The floods are the suite's (``tests/e2e/hostile/hostile_attacks.py``), sent from 127.0.0.2 and
 up while the bystander makes back-to-back Ping round trips on its channel.
 
 For each flood, per round: the bystander's round trips for ``--seconds`` with no flood, and for
@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "hostile")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / "tests" / "e2e" / "hostile")]
 
 import hostile_attacks as attacks  # noqa: E402
 from hostile_arena import ATTACKER, ATTACKERS, Arena, Watch  # noqa: E402

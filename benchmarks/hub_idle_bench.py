@@ -4,7 +4,7 @@ One hub runs in its own process (multiprocessing "spawn"); simulated workers run
 other processes over real loopback WebSocket links. Each worker is registered straight in the
 hub's SQLite store during setup (no registration round trips), then connects: ``connect``
 plus the keyed first heartbeat, then idle heartbeats on the real schedule
-(:class:`leapcore.heartbeat.HeartbeatSchedule`: a check every 2 s, a heartbeat after 5 s
+(:class:`leapcore.proto.heartbeat.HeartbeatSchedule`: a check every 2 s, a heartbeat after 5 s
 without sending, so one every 6 s). Connects are spread over a ramp so heartbeat phases are
 spread the way independent workers' would be.
 
@@ -80,7 +80,7 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
     """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures."""
     import trio
 
-    from leapcore.hub import Hub
+    from leapcore.hub.server import Hub
 
     raise_fd_limit()
     dead: list[str] = []
@@ -90,7 +90,7 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
             if "idle timeout" in record.getMessage():
                 dead.append(record.getMessage())
 
-    logger = logging.getLogger("leapcore.hub")
+    logger = logging.getLogger("leapcore.hub.server")
     logger.setLevel(logging.INFO)
     logger.propagate = False
     logger.addHandler(Count())
@@ -133,10 +133,11 @@ def workers_main(url: str, tokens: list[str], ramp: float, conn: Any, deadline: 
     """Run one simulated worker per token until told to stop; report per-link timings."""
     import trio
 
+    from leapcore.crypto.keys import PUBLIC_KEY_FIELDS
     from leapcore.errors import LinkClosed, LinkProtocolError
-    from leapcore.heartbeat import HeartbeatSchedule
-    from leapcore.keys import PUBLIC_KEY_FIELDS
-    from leapcore.link_codec import (
+    from leapcore.net.dial import connect_link
+    from leapcore.proto.heartbeat import HeartbeatSchedule
+    from leapcore.proto.link_codec import (
         PROTOCOL_VERSION,
         Connect,
         ErrorMessage,
@@ -145,8 +146,7 @@ def workers_main(url: str, tokens: list[str], ramp: float, conn: Any, deadline: 
         HeartbeatAck,
         WorkerGreeting,
     )
-    from leapcore.link_state import LinkConnection, LinkRole
-    from leapcore.netclient import connect_link
+    from leapcore.proto.link_state import LinkConnection, LinkRole
 
     raise_fd_limit()
     keys = {name: os.urandom(size) for name, (_, size) in PUBLIC_KEY_FIELDS.items()}
@@ -243,7 +243,7 @@ def workers_main(url: str, tokens: list[str], ramp: float, conn: Any, deadline: 
 
 def setup_store(db: Path, links: int) -> list[str]:
     """One user and ``links`` registered workers, straight in the store; their tokens."""
-    from leapcore.hubstore import SQLiteHubStore
+    from leapcore.store.hubstore import SQLiteHubStore
 
     store = SQLiteHubStore(db, max_workers_per_user=links)
     now = int(time.time() * 1000)

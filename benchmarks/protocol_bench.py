@@ -47,13 +47,13 @@ from dataclasses import asdict, dataclass
 
 from _measure import Pair, Result, fmt_time, make_parser, measure, profile, run_info
 
-from leapcore.channel_codec import Request, decode, encode
-from leapcore.channel_mux import ChannelEndpoint, RequestReceived
-from leapcore.chunking import ChannelFrame, FrameFlag, Reassembled, Reassembler, iter_chunks
-from leapcore.link_codec import ChannelData, LinkDecoder
-from leapcore.link_codec import encode as link_encode
-from leapcore.mode import EncryptionMode
-from leapcore.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.mode import EncryptionMode
+from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.proto.channel_codec import Request, decode, encode
+from leapcore.proto.channel_mux import ChannelEndpoint, RequestReceived
+from leapcore.proto.chunking import ChannelFrame, FrameFlag, Reassembled, Reassembler, iter_chunks
+from leapcore.proto.link_codec import ChannelData, LinkDecoder
+from leapcore.proto.link_codec import encode as link_encode
 
 NAMES = ["channel_64k", "rpc_small", "link_16k"]
 

@@ -25,9 +25,9 @@ import time
 
 import trio
 
-from leapcore.keys import WorkerKeyPair
-from leapcore.primitives import slhdsa_sign
-from leapcore.signpool import SigningPool
+from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.primitives import slhdsa_sign
+from leapcore.worker.signpool import SigningPool
 
 TICK = 0.005
 

@@ -14,7 +14,7 @@ harness                what is fed the bytes                       documented er
 ``key_json``           ``WorkerKeyPair.from_json`` and             ``KeyFileError``
                        ``PublicKeyBundle.from_json`` of
                        ``json.loads(data)``
-``keyfile``            ``leapcore.keyfile.load_keypair`` of a      ``KeyFileError``
+``keyfile``            ``leapcore.store.keyfile.load_keypair`` of a      ``KeyFileError``
                        file holding ``data``
 ``link_stream``        ``LinkDecoder`` (whole, and byte by byte)   ``LinkProtocolError``
 ``link_hub``           ``LinkConnection(HUB).receive``             ``LinkProtocolError``
@@ -43,7 +43,7 @@ input; ``HandshakeError`` includes ``MessageLengthError``, ``LowOrderPoint`` and
 raises :class:`HarnessFailure` chained to the cause. Every input gets fresh objects, so one
 input never affects the next.
 
-The fixtures are the known-answer vectors ``tests/vectors/{classic,pq}_seed1.json``: the
+The fixtures are the known-answer vectors ``tests/support/vectors/{classic,pq}_seed1.json``: the
 worker keys, the injected ephemerals and ML-KEM encapsulation, and each mode's valid message 1
 and message 2 (whose bytes 48.. are a valid SLH-DSA signature). So nothing here signs, and
 every harness is deterministic. Only an input to ``message2_pq`` that passes ``tag2`` pays for
@@ -73,8 +73,29 @@ from typing import Any
 import trio
 import trio.testing
 
-from leapcore import channel_mux
-from leapcore.channel_codec import (
+from leapcore.crypto.handshake import HandshakeState, Initiator, Responder
+from leapcore.crypto.keys import PublicKeyBundle, WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode, parse_encryption_mode
+from leapcore.crypto.primitives import MLKEM_CIPHERTEXT_SIZE
+from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.errors import (
+    ChannelClosedError,
+    ChannelProtocolError,
+    DecryptError,
+    HandshakeError,
+    KeyFileError,
+    KeyMismatch,
+    LinkClosed,
+    LinkProtocolError,
+    LocalError,
+    PinStoreError,
+    RelayViolation,
+    ResourceExhausted,
+)
+from leapcore.net.listen import H2_PREFACE, LinkServer
+from leapcore.net.trioutil import single_exception
+from leapcore.proto import channel_mux
+from leapcore.proto.channel_codec import (
     MAX_BYTES_DATA,
     MAX_ERROR_MESSAGE,
     MAX_WINDOW,
@@ -96,9 +117,9 @@ from leapcore.channel_codec import (
     StreamRequest,
     WindowUpdate,
 )
-from leapcore.channel_codec import decode as channel_decode
-from leapcore.channel_codec import encode as channel_encode
-from leapcore.channel_mux import (
+from leapcore.proto.channel_codec import decode as channel_decode
+from leapcore.proto.channel_codec import encode as channel_encode
+from leapcore.proto.channel_mux import (
     CLOSE_CORRELATION_ID,
     BytesReceived,
     ByteStreamRequested,
@@ -109,7 +130,7 @@ from leapcore.channel_mux import (
     RequestReceived,
     StreamRequested,
 )
-from leapcore.chunking import (
+from leapcore.proto.chunking import (
     MAX_CHUNK,
     ChannelFrame,
     FrameFlag,
@@ -117,24 +138,7 @@ from leapcore.chunking import (
     Reassembler,
     ReassemblyFailed,
 )
-from leapcore.errors import (
-    ChannelClosedError,
-    ChannelProtocolError,
-    DecryptError,
-    HandshakeError,
-    KeyFileError,
-    KeyMismatch,
-    LinkClosed,
-    LinkProtocolError,
-    LocalError,
-    PinStoreError,
-    RelayViolation,
-    ResourceExhausted,
-)
-from leapcore.handshake import HandshakeState, Initiator, Responder
-from leapcore.keyfile import load_keypair
-from leapcore.keys import PublicKeyBundle, WorkerKeyPair
-from leapcore.link_codec import (
+from leapcore.proto.link_codec import (
     ChannelData,
     ClientHello,
     Connect,
@@ -143,14 +147,10 @@ from leapcore.link_codec import (
     OpenChannel,
     encode_many,
 )
-from leapcore.link_state import LinkConnection, LinkRole, LinkState
-from leapcore.mode import EncryptionMode, parse_encryption_mode
-from leapcore.netserver import H2_PREFACE, LinkServer
-from leapcore.pinstore import PinStore
-from leapcore.primitives import MLKEM_CIPHERTEXT_SIZE
-from leapcore.relay import ChannelRelay, RelayDirection
-from leapcore.transport import MAX_PLAINTEXT, TransportSession
-from leapcore.trioutil import single_exception
+from leapcore.proto.link_state import LinkConnection, LinkRole, LinkState
+from leapcore.proto.relay import ChannelRelay, RelayDirection
+from leapcore.store.keyfile import load_keypair
+from leapcore.store.pinstore import PinStore
 
 __all__ = [
     "HARNESSES",
@@ -181,7 +181,7 @@ __all__ = [
     "seeds",
 ]
 
-VECTOR_DIR = Path(__file__).resolve().parent.parent / "tests" / "vectors"
+VECTOR_DIR = Path(__file__).resolve().parent.parent / "tests" / "support" / "vectors"
 #: Handshake prefix ``E || tag1`` / ``F || tag2``.
 PREFIX = 48
 #: The ``dh`` of the rekey applied to the second transport session (``pq`` is empty).
@@ -1112,7 +1112,7 @@ def _endpoint_seeds() -> list[bytes]:
 # (a traceback means a bug); it returns within 60 s of mock time (no hang). Accepted: a
 # route was answered or the link received bytes; rejected: it was not.
 
-_NET_LOGGER = "leapcore.netserver"
+_NET_LOGGER = "leapcore.net.listen"
 _WS_KEY = "dGhlIHNhbXBsZSBub25jZQ=="
 _WS_REQUEST = (
     "GET /link HTTP/1.1\r\nHost: hub\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -9,30 +9,30 @@ loaded on first use, so ``import leapcore`` alone never imports trio.
 from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
+from .crypto.handshake import Initiator, Responder
+from .crypto.keys import PublicKeyBundle, WorkerKeyPair
+from .crypto.mode import EncryptionMode, parse_encryption_mode
+from .crypto.transport import TransportSession
 from .errors import LeapcoreError, LocalError, RemoteProtocolError
-from .handshake import Initiator, Responder
-from .keys import PublicKeyBundle, WorkerKeyPair
-from .mode import EncryptionMode, parse_encryption_mode
-from .transport import TransportSession
 
 _LAZY = {
-    "connect": "leapcore.client",
-    "Channel": "leapcore.channel",
-    "ByteStream": "leapcore.channel",
-    "CallContext": "leapcore.channel",
-    "ServiceError": "leapcore.channel",
-    "Services": "leapcore.channel",
-    "HubSession": "leapcore.hubclient",
-    "Worker": "leapcore.workerd",
-    "default_services": "leapcore.services",
+    "connect": "leapcore.peer.connect",
+    "Channel": "leapcore.peer.channel",
+    "ByteStream": "leapcore.peer.channel",
+    "CallContext": "leapcore.peer.channel",
+    "ServiceError": "leapcore.peer.channel",
+    "Services": "leapcore.peer.channel",
+    "HubSession": "leapcore.peer.hubsession",
+    "Worker": "leapcore.worker.daemon",
+    "default_services": "leapcore.worker.builtin_services",
 }
 
 if TYPE_CHECKING:
-    from .channel import ByteStream, CallContext, Channel, ServiceError, Services
-    from .client import connect
-    from .hubclient import HubSession
-    from .services import default_services
-    from .workerd import Worker
+    from .peer.channel import ByteStream, CallContext, Channel, ServiceError, Services
+    from .peer.connect import connect
+    from .peer.hubsession import HubSession
+    from .worker.builtin_services import default_services
+    from .worker.daemon import Worker
 
 
 def __getattr__(name: str) -> Any:

@@ -354,7 +354,7 @@ class RekeyError(RemoteProtocolError):
 
 
 # ---------------------------------------------------------------------------
-# Channel protocol (leapcore.channel_codec, leapcore.chunking, leapcore.channel_mux)
+# Channel protocol (leapcore.proto: channel_codec, chunking, channel_mux)
 
 
 class InvalidMessage(LocalError):

@@ -17,7 +17,7 @@ worker id, same keys, no re-registration. A worker whose state or hub record is 
 was deregistered by an administrator) is registered again.
 
 When the hub listens, the token is saved as the local credential for the hub's URL
-(:func:`leapcore.client.save_credentials`), so ``leapcore remote … --hub URL`` works at
+(:func:`leapcore.peer.connect.save_credentials`), so ``leapcore remote … --hub URL`` works at
 once. The solo worker cannot be deregistered by its owner (``worker.deregister`` answers
 ``failed_precondition``: :data:`PROTECTED_MESSAGE`); ``leapcore-hub admin`` still can.
 """
@@ -37,16 +37,16 @@ import attrs
 import trio
 
 from ._version import __version__
-from .atomicfile import write_atomic
-from .client import save_credentials
 from .errors import FailedPrecondition, LeapcoreError, LocalError, NotFound, Unauthenticated
-from .hub import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
-from .hublimits import HubLimits
-from .hubstore import Notification, SQLiteHubStore, WorkerStatus
-from .paths import hub_database_path
-from .signpool import Signer
-from .workerd import Worker, WorkerExit
-from .workerstate import ensure_keys, load_state, save_state
+from .hub.server import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
+from .peer.connect import save_credentials
+from .proto.hub_limits import HubLimits
+from .store.atomicfile import write_atomic
+from .store.hubstore import Notification, SQLiteHubStore, WorkerStatus
+from .store.paths import hub_database_path
+from .store.workerstate import ensure_keys, load_state, save_state
+from .worker.daemon import Worker, WorkerExit
+from .worker.signpool import Signer
 
 __all__ = [
     "PROTECTED_MESSAGE",
@@ -208,7 +208,7 @@ class SoloHub:
     """A hub and its auto-registered worker, in this process (see the module docstring).
 
     ``save_credential``: save the solo user's token for the hub's URL where
-    ``leapcore remote`` looks for it (:func:`leapcore.client.save_credentials`).
+    ``leapcore remote`` looks for it (:func:`leapcore.peer.connect.save_credentials`).
     """
 
     def __init__(

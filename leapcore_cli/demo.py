@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from leapcore.hubclient import hub_session
-from leapcore.pinstore import PinStore
+from leapcore.net.trioutil import single_exception
+from leapcore.peer.hubsession import hub_session
 from leapcore.solo import SoloHub
-from leapcore.trioutil import single_exception
+from leapcore.store.pinstore import PinStore
 
 from .common import EXIT_OK, emit_json
 

@@ -1,6 +1,6 @@
 """``leapcore-hub``: the relay workers dial out to (``serve``, the default) and ``admin``.
 
-``serve`` reads the hub settings (:func:`leapcore.config.hub_settings`: flags given >
+``serve`` reads the hub settings (:func:`leapcore.store.config.hub_settings`: flags given >
 ``LEAPCORE_HUB_*`` > the config file > defaults), opens ``<data dir>/hub.db`` — creating it
 when missing, with a note on stderr, since a new hub must be able to start; users are then
 added with ``leapcore-hub admin user create`` — prints ``leapcore-hub listening on URL`` per
@@ -30,18 +30,18 @@ from typing import Any, Final
 
 import trio
 
-from leapcore.config import hub_settings
 from leapcore.errors import ConfigError, LocalError
-from leapcore.hub import Hub
-from leapcore.hublimits import LIMIT_RANGES, HubLimits, describe
-from leapcore.paths import hub_database_path
+from leapcore.hub.server import Hub
+from leapcore.net.trioutil import single_exception
+from leapcore.proto.hub_limits import LIMIT_RANGES, HubLimits, describe
 from leapcore.solo import SoloHub
-from leapcore.trioutil import single_exception
+from leapcore.store.config import hub_settings
+from leapcore.store.paths import hub_database_path
 
 from . import hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
 
-#: Flags of the hub's budgets (:class:`leapcore.hublimits.HubLimits`): setting -> help.
+#: Flags of the hub's budgets (:class:`leapcore.proto.hub_limits.HubLimits`): setting -> help.
 LIMIT_FLAGS: Final = {
     "signin_timeout": "seconds a new link has to send its first record (sign in)",
     "client_idle_timeout": "seconds a client link may send nothing before it is closed",
@@ -91,7 +91,7 @@ _LOG_LEVELS: Final = {
     "error": logging.ERROR,
 }
 
-log = logging.getLogger("leapcore.hub")
+log = logging.getLogger("leapcore.hub.server")
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -233,7 +233,7 @@ def raise_descriptor_limit() -> tuple[int, int]:
 def _log_descriptor_limit() -> None:
     before, after = raise_descriptor_limit()
     if after != before:
-        logging.getLogger("leapcore.hub").info(
+        logging.getLogger("leapcore.hub.server").info(
             "open-file limit raised from %d to %d (the hard limit)", before, after
         )
 

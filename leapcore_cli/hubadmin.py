@@ -1,9 +1,9 @@
 """``leapcore-hub admin …``: users, API tokens, workers and registration keys, offline.
 
 Works directly on the hub's SQLite database (``<data dir>/hub.db``) through
-:class:`~leapcore.hubstore.SQLiteHubStore`, whether or not the hub runs (the
+:class:`~leapcore.store.hubstore.SQLiteHubStore`, whether or not the hub runs (the
 database is in WAL mode). This module parses, calls the store and prints;
-every rule lives in the store. The data dir comes from :func:`leapcore.config.hub_settings`
+every rule lives in the store. The data dir comes from :func:`leapcore.store.config.hub_settings`
 (``--data-dir`` > ``$LEAPCORE_HUB_DATA_DIR`` > the config file > the default).
 
 JSON schema (``--json``; stable, documented in docs/cli.md):
@@ -30,10 +30,17 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from leapcore.config import hub_settings
 from leapcore.errors import StorageError
-from leapcore.hubstore import ApiToken, RegistrationKey, SQLiteHubStore, User, Worker, WorkerStatus
-from leapcore.paths import hub_database_path
+from leapcore.store.config import hub_settings
+from leapcore.store.hubstore import (
+    ApiToken,
+    RegistrationKey,
+    SQLiteHubStore,
+    User,
+    Worker,
+    WorkerStatus,
+)
+from leapcore.store.paths import hub_database_path
 
 from .common import EXIT_OK, Parser, emit_json
 

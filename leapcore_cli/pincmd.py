@@ -22,9 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 from leapcore.errors import NotFound
-from leapcore.pins import Pin, format_time
-from leapcore.pinstore import PinStore
+from leapcore.proto.pins import Pin, format_time
 from leapcore.records import b64encode
+from leapcore.store.pinstore import PinStore
 
 from .common import EXIT_OK, emit_json
 

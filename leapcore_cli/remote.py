@@ -41,15 +41,15 @@ from typing import Any, Final
 
 import trio
 
-from leapcore.channel import CALL_TIMEOUT
-from leapcore.client import default_pin_store, load_token, save_credentials
+from leapcore.crypto.keys import PublicKeyBundle
 from leapcore.errors import FailedPrecondition, KeyMismatch, LeapcoreError, RemoteProtocolError
-from leapcore.hubclient import HubSession, hub_session
-from leapcore.hubstore import REG_KEY_EXTEND_WINDOW_MS
-from leapcore.keys import PublicKeyBundle
-from leapcore.netclient import TRANSPORTS
-from leapcore.pinstore import PinStore
-from leapcore.trioutil import single_exception
+from leapcore.net.dial import TRANSPORTS
+from leapcore.net.trioutil import single_exception
+from leapcore.peer.channel import CALL_TIMEOUT
+from leapcore.peer.connect import default_pin_store, load_token, save_credentials
+from leapcore.peer.hubsession import HubSession, hub_session
+from leapcore.store.hubstore import REG_KEY_EXTEND_WINDOW_MS
+from leapcore.store.pinstore import PinStore
 
 from . import demo, pincmd
 from .common import (

@@ -14,13 +14,19 @@ from pathlib import Path
 
 import trio
 
-from leapcore.config import LOG_LEVELS, worker_settings
 from leapcore.errors import ConfigError
-from leapcore.paths import cross_worker_pins_path
-from leapcore.pinstore import PinStore
-from leapcore.services import install_services
-from leapcore.workerd import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels, run_until_signal
-from leapcore.workerstate import StartupAction
+from leapcore.store.config import LOG_LEVELS, worker_settings
+from leapcore.store.paths import cross_worker_pins_path
+from leapcore.store.pinstore import PinStore
+from leapcore.store.workerstate import StartupAction
+from leapcore.worker.builtin_services import install_services
+from leapcore.worker.daemon import (
+    CROSS_WORKER_HINT,
+    Worker,
+    WorkerExit,
+    parse_labels,
+    run_until_signal,
+)
 
 from . import pincmd
 from .common import EXIT_OK, Parser, make_parser, run

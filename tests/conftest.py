@@ -1,6 +1,6 @@
 """Shared fixtures for the sans-IO crypto core tests.
 
-The known-answer vectors in ``tests/vectors`` come from LeapMux's own
+The known-answer vectors in ``tests/support/vectors`` come from LeapMux's own
 implementation (``spec/handshake.md`` §9); :mod:`vectorkit` wraps them (:class:`Vector`)
 and replays them without SLH-DSA signing. The fixtures here hand them to tests.
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from vectorkit import (
+from support.vectorkit import (
     ALL_VECTORS,
     PQ_VECTORS,
     Vector,
@@ -25,9 +25,9 @@ from vectorkit import (
     load_vector,
 )
 
-from leapcore.handshake import Initiator, Responder
-from leapcore.keys import WorkerKeyPair
-from leapcore.mode import EncryptionMode
+from leapcore.crypto.handshake import Initiator, Responder
+from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode
 
 # Crypto calls vary a lot in time on a loaded 2-core machine: no per-example deadlines. In CI
 # (CI=true) examples are derandomized so a run is reproducible; locally they stay random.

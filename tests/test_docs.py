@@ -45,9 +45,9 @@ def test_getting_started_example_runs() -> None:
 
 
 def test_protocol_state_diagrams_are_generated_from_the_tables() -> None:
-    from leapcore.statediagram import DIAGRAMS, update_text
+    from leapcore.proto.diagrams import DIAGRAMS, update_text
 
     text = (DOCS / "protocol.md").read_text()
-    assert update_text(text) == text, "run: python -m leapcore.statediagram docs/protocol.md"
+    assert update_text(text) == text, "run: python -m leapcore.proto.diagrams docs/protocol.md"
     for name in DIAGRAMS:
         assert f"<!-- diagram:{name} -->" in text, f"docs/protocol.md lacks diagram {name}"

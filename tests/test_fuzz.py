@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the fuzz pack
 
 from fuzz import driver, harnesses
 from fuzz.harnesses import HARNESSES, HarnessFailure
-from leapcore import channel_codec
-from leapcore.channel_codec import MAX_BYTES_DATA
+from leapcore.crypto.handshake import message1_length, message2_length
+from leapcore.crypto.keys import KEY_FIELDS, PublicKeyBundle, WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode
 from leapcore.errors import (
     BadSignature,
     ChannelProtocolError,
@@ -33,9 +34,8 @@ from leapcore.errors import (
     KeyFileError,
     RecordError,
 )
-from leapcore.handshake import message1_length, message2_length
-from leapcore.keys import KEY_FIELDS, PublicKeyBundle, WorkerKeyPair
-from leapcore.mode import EncryptionMode
+from leapcore.proto import channel_codec
+from leapcore.proto.channel_codec import MAX_BYTES_DATA
 
 NAMES = sorted(HARNESSES)
 COUNT = int(os.environ.get("LEAPCORE_FUZZ_COUNT", "5000"))

@@ -1,0 +1,1 @@
+"""Sans-IO cryptographic cores: primitives, keys, handshake, transport cipher and rekey."""

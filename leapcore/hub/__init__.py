@@ -1,0 +1,1 @@
+"""The hub daemon: accept loop, link writers, admin RPCs and metrics."""

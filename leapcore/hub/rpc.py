@@ -1,0 +1,199 @@
+"""The hub's answers to a client's ``hub_request`` calls (list workers, registration keys, …).
+
+:func:`call` runs one method for one authenticated user and returns the
+``result`` object, or raises a :class:`RequestError` carrying the
+``error_code`` and ``error_message`` of the ``hub_response``. Parameters are
+checked strictly: an unknown method, a missing, unknown or mistyped parameter
+is an ``invalid_argument`` answer, never a crash of the link.
+
+The store calls are small synchronous SQLite statements made on the caller's
+thread (see :mod:`leapcore.hub.server`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Protocol
+
+from ..errors import (
+    FailedPrecondition,
+    LeapcoreError,
+    LocalError,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    StorageError,
+    Unauthenticated,
+)
+from ..proto.hub_limits import HubLimits
+from ..records import b64encode
+from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
+
+__all__ = ["METHODS", "WORKER_METHODS", "RequestError", "call"]
+
+
+class RequestError(Exception):
+    """A ``hub_request`` failed: ``code`` and ``message`` go back in the ``hub_response``."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HubContext(Protocol):
+    """What a method needs from the hub."""
+
+    store: SQLiteHubStore
+    limits: HubLimits
+
+    def now_ms(self) -> int: ...
+
+    def is_online(self, worker_id: str) -> bool: ...
+
+    def notify_deregister(self, note: Notification) -> bool:
+        """Send ``note`` now if its worker holds a link; True when it was sent."""
+        ...
+
+
+Method = Callable[[HubContext, User, Mapping[str, Any]], dict[str, Any]]
+
+
+def _params(params: Mapping[str, Any], **spec: type) -> dict[str, Any]:
+    """Exactly the parameters in ``spec``, each of its type (``bool`` is not an ``int``)."""
+    unknown = sorted(set(params) - set(spec))
+    if unknown:
+        raise RequestError("invalid_argument", f"unknown parameter(s): {', '.join(unknown)}")
+    out = {}
+    for name, kind in spec.items():
+        if name not in params:
+            raise RequestError("invalid_argument", f"missing parameter {name!r}")
+        value = params[name]
+        if type(value) is not kind:
+            raise RequestError("invalid_argument", f"parameter {name!r} must be a {kind.__name__}")
+        out[name] = value
+    return out
+
+
+def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": worker.id,
+        "name": worker.name,
+        "version": worker.version,
+        "labels": dict(worker.labels),
+        "online": hub.is_online(worker.id),
+        "last_seen_at": worker.last_seen_at,
+        "encryption_mode": worker.encryption_mode.value if worker.encryption_mode else None,
+    }
+    if worker.keys is not None:
+        view["fingerprint"] = worker.keys.fingerprint
+    return view
+
+
+def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    _params(params)
+    workers = hub.store.list_workers(owner_id=user.id)
+    return {"workers": [_worker_view(hub, w) for w in workers]}
+
+
+def _regkey_create(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    _params(params)
+    record, key = hub.store.mint_registration_key(
+        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys
+    )
+    return {"registration_key": key, "expires_at": record.expires_at}
+
+
+def _key(params: Mapping[str, Any]) -> str:
+    key: str = _params(params, registration_key=str)["registration_key"]
+    if not key:
+        raise RequestError("invalid_argument", "registration_key is required")
+    return key
+
+
+def _regkey_extend(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    expires_at = hub.store.extend_registration_key(user.id, _key(params), hub.now_ms())
+    return {"expires_at": expires_at}
+
+
+def _regkey_revoke(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    hub.store.revoke_registration_key_by_secret(user.id, _key(params), hub.now_ms())
+    return {}
+
+
+def _regkey_state(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    return {"state": hub.store.registration_key_state(user.id, _key(params), hub.now_ms())}
+
+
+def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    worker_id: str = _params(params, worker_id=str)["worker_id"]
+    try:
+        note = hub.store.deregister_worker(worker_id, hub.now_ms(), requested_by=user.id)
+    except NotFound:
+        # Missing and foreign workers are indistinguishable.
+        raise RequestError("not_found", "worker not found") from None
+    return {
+        "worker_id": worker_id,
+        "status": "deregistering",
+        "notified": hub.notify_deregister(note),
+    }
+
+
+def _worker_keys(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    worker_id: str = _params(params, worker_id=str)["worker_id"]
+    try:
+        worker = hub.store.get_worker(worker_id)
+    except NotFound:
+        worker = None
+    if worker is None or worker.owner_id != user.id or worker.status is not WorkerStatus.ACTIVE:
+        # Missing, foreign and deregistered workers are indistinguishable.
+        raise RequestError("not_found", "worker not found")
+    if worker.keys is None or worker.encryption_mode is None:
+        raise RequestError("failed_precondition", "worker has not reported its keys yet")
+    return {
+        "worker_id": worker.id,
+        "encryption_mode": worker.encryption_mode.value,
+        "public_key": b64encode(worker.keys.x25519),
+        "mlkem_public_key": b64encode(worker.keys.mlkem),
+        "slhdsa_public_key": b64encode(worker.keys.slhdsa),
+    }
+
+
+#: Method name -> implementation.
+METHODS: Final[dict[str, Method]] = {
+    "workers.list": _workers_list,
+    "regkey.create": _regkey_create,
+    "regkey.extend": _regkey_extend,
+    "regkey.revoke": _regkey_revoke,
+    "regkey.state": _regkey_state,
+    "worker.deregister": _worker_deregister,
+    "worker.keys": _worker_keys,
+}
+#: The methods a worker may call on its own link, acting as its owner.
+WORKER_METHODS: Final = frozenset({"workers.list", "worker.keys"})
+
+#: Store errors -> hub_response error codes (first match wins, so subclasses come first).
+_ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (
+    (StorageError, "internal"),
+    (NotFound, "not_found"),
+    (FailedPrecondition, "failed_precondition"),
+    (PermissionDenied, "permission_denied"),
+    (Unauthenticated, "unauthenticated"),
+    (QuotaExceeded, "quota_exceeded"),
+    (LocalError, "invalid_argument"),
+)
+
+
+def call(hub: HubContext, user: User, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """Run ``method`` for ``user``; :class:`RequestError` when it fails."""
+    impl = METHODS.get(method)
+    if impl is None:
+        raise RequestError("invalid_argument", f"unknown method {method!r}")
+    try:
+        return impl(hub, user, params)
+    except LeapcoreError as exc:
+        for cls, code in _ERROR_CODES:
+            if isinstance(exc, cls):
+                message = "hub storage error" if code == "internal" else str(exc)
+                raise RequestError(code, message) from None
+        raise

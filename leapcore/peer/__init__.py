@@ -1,0 +1,1 @@
+"""The client side driven by trio: hub sessions, channel openers and channels."""

@@ -1,0 +1,1 @@
+"""The sans-IO protocol cores: codecs, state tables, channel multiplexing, limits and policies."""

@@ -1,0 +1,155 @@
+"""Reconnect backoff and the decision after each connection attempt (sans-IO).
+
+:class:`Backoff` is the exponential, jittered delay of ``design.md``: 1 s
+initial, doubled on the *un-jittered* base, base capped at 180 s, each wait
+uniform on ``[0.8 * base, 1.2 * base]``. :class:`ReconnectPolicy` decides,
+after a connection attempt ended, whether to stop, to wait the hub's go-away
+delay, or to back off — in the order of ``spec/behavior.md`` §1.3. Time is
+passed in; randomness is an injected ``uniform()`` returning a float in
+``[0, 1)``.
+"""
+
+from __future__ import annotations
+
+import enum
+import random as _random
+from collections.abc import Callable
+from typing import Final
+
+import attrs
+
+from ..errors import LocalError
+
+__all__ = [
+    "Backoff",
+    "Outcome",
+    "ReconnectAction",
+    "ReconnectDecision",
+    "ReconnectPolicy",
+    "system_uniform",
+]
+
+#: ``uniform()`` returns a float uniformly distributed on [0, 1).
+Uniform = Callable[[], float]
+
+_NANOSECOND: Final = 1e-9
+_sysrand = _random.SystemRandom()
+
+
+def system_uniform() -> float:
+    """The production jitter source (the OS CSPRNG)."""
+    return _sysrand.random()
+
+
+class Backoff:
+    """Exponential backoff with jitter applied after the cap."""
+
+    def __init__(
+        self,
+        initial: float = 1.0,
+        maximum: float = 180.0,
+        *,
+        multiplier: float = 2.0,
+        jitter: float = 0.2,
+        uniform: Uniform = system_uniform,
+    ) -> None:
+        if not initial > 0:
+            raise LocalError(f"backoff initial interval must be > 0, got {initial}")
+        if maximum < initial:
+            raise LocalError(f"backoff maximum {maximum} is below the initial {initial}")
+        if not 0 <= jitter < 1:
+            raise LocalError(f"backoff jitter must be in [0, 1), got {jitter}")
+        if multiplier < 1:
+            raise LocalError(f"backoff multiplier must be >= 1, got {multiplier}")
+        self.initial = initial
+        self.maximum = maximum
+        self.multiplier = multiplier
+        self.jitter = jitter
+        self._uniform = uniform
+        self.base = initial
+
+    def window(self) -> tuple[float, float]:
+        """The interval the next delay is drawn from."""
+        delta = self.jitter * self.base
+        return self.base - delta, self.base + delta
+
+    def next(self) -> float:
+        """Sample a delay from the current base, then advance the base."""
+        if self.jitter == 0:
+            delay = self.base
+        else:
+            lo, hi = self.window()
+            # Inclusive of the upper bound by one nanosecond, as the reference does.
+            delay = min(hi, lo + self._uniform() * (hi - lo + _NANOSECOND))
+        advanced = self.base * self.multiplier
+        self.base = self.maximum if advanced > self.maximum else advanced
+        return delay
+
+    def reset(self) -> None:
+        self.base = self.initial
+
+
+class Outcome(enum.Enum):
+    """How a connection attempt ended, as the driver classifies it."""
+
+    #: Stream ended, network error, hub unavailable or overloaded, malformed-message kill…
+    TRANSIENT = "transient"
+    #: The hub rejected the worker's auth token: the worker was deleted or deregistered.
+    TOKEN_REJECTED = "token-rejected"
+    #: The hub rejected the registration key (invalid, expired or consumed).
+    REGISTRATION_REJECTED = "registration-rejected"
+    #: The process is shutting down.
+    CANCELLED = "cancelled"
+
+
+class ReconnectAction(enum.Enum):
+    STOP = "stop"  # shutting down: no retry
+    WIPE_AND_EXIT = "wipe-and-exit"  # delete local state, exit 0
+    FAIL = "fail"  # permanent error: exit non-zero with the hub's message
+    RETRY = "retry"  # wait `delay`, then reconnect
+
+
+@attrs.frozen
+class ReconnectDecision:
+    action: ReconnectAction
+    delay: float = 0.0
+    #: True when the delay is the hub's go-away request (exact, no jitter).
+    hub_requested: bool = False
+
+
+#: Outcome -> the action it forces, checked before any waiting (behavior.md §1.3 steps 1-2).
+PERMANENT: Final[dict[Outcome, ReconnectAction]] = {
+    Outcome.CANCELLED: ReconnectAction.STOP,
+    Outcome.TOKEN_REJECTED: ReconnectAction.WIPE_AND_EXIT,
+    Outcome.REGISTRATION_REJECTED: ReconnectAction.FAIL,
+}
+
+
+class ReconnectPolicy:
+    """What to do after each connection attempt ends."""
+
+    #: A connection that lasted this long (from the dial) resets the backoff.
+    RESET_AFTER: Final = 30.0
+
+    def __init__(self, backoff: Backoff | None = None) -> None:
+        self.backoff = backoff if backoff is not None else Backoff()
+        self._hub_delay = 0.0
+
+    def hub_requested_delay(self, seconds: float) -> None:
+        """Record a go-away delay from the hub; a later one overwrites it; 0 means none."""
+        if seconds < 0:
+            raise LocalError(f"hub reconnect delay must be >= 0, got {seconds}")
+        self._hub_delay = seconds
+
+    def after_attempt(self, started_at: float, now: float, outcome: Outcome) -> ReconnectDecision:
+        """Decide, given when the attempt started (before dialling) and how it ended."""
+        forced = PERMANENT.get(outcome)
+        if forced is not None:
+            return ReconnectDecision(forced)
+        if self._hub_delay > 0:
+            delay, self._hub_delay = self._hub_delay, 0.0
+            self.backoff.reset()
+            return ReconnectDecision(ReconnectAction.RETRY, delay, hub_requested=True)
+        if now - started_at >= self.RESET_AFTER:
+            self.backoff.reset()
+        return ReconnectDecision(ReconnectAction.RETRY, self.backoff.next())

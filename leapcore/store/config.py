@@ -1,0 +1,291 @@
+"""Layered configuration: defaults < config file < environment < flags given explicitly.
+
+A config file is TOML (read with the standard library's ``tomllib``) with
+flat keys; environment variables are ``<PREFIX><KEY>`` upper-cased
+(``LEAPCORE_WORKER_DATA_DIR`` → ``data_dir``); a flag overrides only when it
+was passed on the command line, so a flag's default never hides the file or
+the environment. Unknown keys in a file and unknown ``<PREFIX>`` variables
+are errors in a file (a typo should not silently do nothing) but ignored in
+the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
+is the remote CLI's default ``--worker-id``); values are checked against
+each key's type. A list setting (the worker's ``services``) is a TOML array of
+strings, or comma-separated in the environment (blank items dropped); like every
+setting, a later layer replaces it whole.
+
+A ``float`` setting also takes an integer (``client_idle_timeout = 300``).
+
+The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
+``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
+prefix ``LEAPCORE_HUB_``) follow the same rules; the hub's values are also
+range-checked, naming the layer a bad value came from. The hub's budgets
+(:class:`~leapcore.proto.hub_limits.HubLimits`: idle time, links, channels, queue bytes,
+registration keys, check intervals) are hub settings of the same names, checked against
+:data:`~leapcore.proto.hub_limits.LIMIT_RANGES`.
+
+Sans-IO except :func:`read_config_file`: the environment is passed in.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ..errors import ConfigError
+from ..proto.hub_limits import LIMIT_RANGES, HubLimits, check_limit, describe
+
+__all__ = [
+    "HUB_ENV_PREFIX",
+    "HUB_KEYS",
+    "LOG_LEVELS",
+    "WORKER_ENV_PREFIX",
+    "WORKER_KEYS",
+    "hub_settings",
+    "layer",
+    "read_config_file",
+    "worker_settings",
+]
+
+WORKER_ENV_PREFIX: Final = "LEAPCORE_WORKER_"
+
+#: Worker settings: key -> (type, default). A file may set any of them.
+WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
+    "hub": (str, "http://127.0.0.1:4327"),
+    "registration_key": (str, ""),
+    "name": (str, ""),
+    "data_dir": (str, "."),
+    "encryption_mode": (str, "post-quantum"),
+    "labels": (str, ""),
+    "transport": (str, "websocket"),
+    "ca_file": (str, ""),
+    "log_level": (str, "info"),
+    "max_message_size": (int, 16 * 1024 * 1024),
+    "max_incomplete_chunked": (int, 4),
+    # Channels open on the worker's link at once; bytes held per channel (0: twice
+    # max_message_size). See leapcore.worker.channels.
+    "max_channels": (int, 256),
+    "max_channel_bytes": (int, 0),
+    # MODULE:CALLABLE installers of extra channel methods (TOML list; comma-separated in the
+    # environment).
+    "services": (list, []),
+}
+
+HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
+
+#: Hub settings: key -> (type, default). A file may set any of them.
+HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
+    "listen": (str, "127.0.0.1:4327"),
+    "listen_unix": (str, ""),
+    "data_dir": (str, "."),
+    "tls_cert": (str, ""),
+    "tls_key": (str, ""),
+    "max_workers_per_user": (int, 64),
+    "max_message_size": (int, 16 * 1024 * 1024),
+    "log_level": (str, "info"),
+    # The budgets of leapcore.proto.hub_limits.HubLimits, under the same names.
+    **{
+        name: (kind, attrs.fields_dict(HubLimits)[name].default)
+        for name, (kind, _low, _high) in LIMIT_RANGES.items()
+    },
+}
+
+LOG_LEVELS: Final = ("debug", "info", "warn", "error")
+#: The negotiated channel message size range (design: 65519 bytes … 64 MiB).
+_MESSAGE_SIZE_RANGE: Final = (65519, 64 * 1024 * 1024)
+
+
+def _limit_ok(name: str, value: Any) -> bool:
+    return check_limit(name, value) is None
+
+
+#: Hub values checked beyond their type: key -> (accepts the value?, what is required).
+_HUB_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
+    "max_workers_per_user": (lambda v: v >= 0, "must be >= 0 (0 = unlimited)"),
+    "max_message_size": (
+        lambda v: _MESSAGE_SIZE_RANGE[0] <= v <= _MESSAGE_SIZE_RANGE[1],
+        f"must be between {_MESSAGE_SIZE_RANGE[0]} and {_MESSAGE_SIZE_RANGE[1]}",
+    ),
+    "log_level": (lambda v: v in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
+    **{
+        name: (
+            functools.partial(_limit_ok, name),
+            f"must be between {describe(low)} and {describe(high)}",
+        )
+        for name, (kind, low, high) in LIMIT_RANGES.items()
+    },
+}
+
+
+def read_config_file(path: Path, keys: Mapping[str, tuple[type, Any]]) -> dict[str, Any] | None:
+    """The settings in ``path``, or ``None`` when it does not exist. Bad files raise
+    :class:`ConfigError` naming the path and the problem."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror or exc}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in data.items():
+        _check(key, value, keys, where=str(path))
+    return data
+
+
+def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where: str) -> Any:
+    spec = keys.get(key)
+    if spec is None:
+        raise ConfigError(f"{where}: unknown setting {key!r} (known: {', '.join(sorted(keys))})")
+    kind = spec[0]
+    if kind is float and type(value) is int:
+        value = float(value)
+    if type(value) is not kind:
+        raise ConfigError(
+            f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
+        )
+    if isinstance(value, list):
+        for item in value:
+            if type(item) is not str:
+                raise ConfigError(
+                    f"{where}: setting {key!r} must be a list of strings, got an item of type "
+                    f"{type(item).__name__}"
+                )
+    return value
+
+
+def _from_env(
+    env: Mapping[str, str], prefix: str, keys: Mapping[str, tuple[type, Any]]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, text in env.items():
+        if not name.startswith(prefix):
+            continue
+        key = name[len(prefix) :].lower()
+        if key not in keys:
+            continue  # another tool's variable (e.g. LEAPCORE_WORKER_ID): not ours to judge
+        kind = keys[key][0]
+        if kind is int:
+            try:
+                out[key] = int(text.strip())
+            except ValueError:
+                raise ConfigError(f"environment: {name} must be an integer, got {text!r}") from None
+        elif kind is float:
+            try:
+                out[key] = float(text.strip())
+            except ValueError:
+                raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
+            if not math.isfinite(out[key]):
+                raise ConfigError(f"environment: {name} must be a finite number, got {text!r}")
+        elif kind is list:
+            out[key] = [item.strip() for item in text.split(",") if item.strip()]
+        else:
+            out[key] = text
+    return out
+
+
+def _copy(default: Any) -> Any:
+    """A default as a settings value (a list default is copied, never shared)."""
+    return list(default) if isinstance(default, list) else default
+
+
+def layer(
+    keys: Mapping[str, tuple[type, Any]],
+    *,
+    file_values: Mapping[str, Any] | None,
+    env: Mapping[str, str],
+    prefix: str,
+    flags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Merge the layers; ``flags`` holds only the flags that were passed explicitly."""
+    settings = {key: _copy(default) for key, (_kind, default) in keys.items()}
+    settings.update(file_values or {})
+    settings.update(_from_env(env, prefix, keys))
+    for key, value in flags.items():
+        settings[key] = _check(key, value, keys, where="flag")
+    return settings
+
+
+def _read_named_file(
+    config_path: Path | None, default_path: Path, keys: Mapping[str, tuple[type, Any]]
+) -> tuple[dict[str, Any] | None, Path | None]:
+    """``--config`` (which must exist) or the default file (read only if it exists)."""
+    path = config_path.absolute() if config_path is not None else default_path
+    file_values = read_config_file(path, keys)
+    if file_values is None and config_path is not None:
+        raise ConfigError(f"{config_path}: no such config file")
+    return file_values, (path if file_values is not None else None)
+
+
+def worker_settings(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    home: Path,
+    config_path: Path | None,
+) -> tuple[dict[str, Any], Path | None]:
+    """The worker's settings and the config file they came from (``None``: no file).
+
+    ``config_path`` is ``--config`` when given (it must then exist); otherwise the
+    default ``~/.config/leapcore/worker/worker.toml`` is read if it exists. The
+    returned ``data_dir`` is resolved to an absolute path (``paths.resolve_data_dir``).
+    """
+    from .paths import resolve_data_dir, worker_config_file
+
+    file_values, used = _read_named_file(config_path, worker_config_file(home), WORKER_KEYS)
+    settings = layer(
+        WORKER_KEYS, file_values=file_values, env=env, prefix=WORKER_ENV_PREFIX, flags=flags
+    )
+    settings["data_dir"] = str(resolve_data_dir(settings["data_dir"], config_file=used, home=home))
+    return settings, used
+
+
+def _check_hub_values(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    for key, value in values.items():
+        check = _HUB_CHECKS.get(key)
+        if check is not None and not check[0](value):
+            raise ConfigError(f"{where(key)}: setting {key!r} {check[1]}, got {value!r}")
+
+
+def hub_settings(
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    home: Path,
+    config_path: Path | None,
+) -> tuple[dict[str, Any], Path | None]:
+    """The hub's settings and the config file they came from (``None``: no file).
+
+    Exactly :func:`worker_settings`' rules with :data:`HUB_KEYS`, the prefix
+    ``LEAPCORE_HUB_`` and the default file ``~/.config/leapcore/hub/hub.toml``; a
+    relative ``data_dir`` resolves against the config file's directory, else against
+    ``~/.config/leapcore/hub``. Values are also range-checked (``max_workers_per_user``
+    >= 0, ``max_message_size`` within 65519 … 64 MiB, ``log_level`` one of
+    :data:`LOG_LEVELS`, ``tls_cert`` and ``tls_key`` together);
+    the :class:`ConfigError` names the file, the environment variable or the flag.
+    """
+    from .paths import hub_config_dir, hub_config_file, resolve_data_dir
+
+    file_values, used = _read_named_file(config_path, hub_config_file(home), HUB_KEYS)
+    if file_values is not None:
+        _check_hub_values(file_values, lambda _key: str(used))
+    _check_hub_values(
+        _from_env(env, HUB_ENV_PREFIX, HUB_KEYS),
+        lambda key: f"environment: {HUB_ENV_PREFIX}{key.upper()}",
+    )
+    settings = layer(HUB_KEYS, file_values=file_values, env=env, prefix=HUB_ENV_PREFIX, flags=flags)
+    _check_hub_values(flags, lambda key: f"flag --{key.replace('_', '-')}")
+    if bool(settings["tls_cert"]) != bool(settings["tls_key"]):
+        raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
+    settings["data_dir"] = str(
+        resolve_data_dir(
+            settings["data_dir"], config_file=used, home=home, default_dir=hub_config_dir(home)
+        )
+    )
+    return settings, used

@@ -1,0 +1,904 @@
+"""The hub's persistent state: users, API tokens, registration keys, workers, notifications.
+
+:class:`SQLiteHubStore` keeps it in SQLite, WAL mode (safe for the admin CLI
+to use while the hub runs). Its public methods are the whole interface the
+hub and the admin CLI use, and nothing outside this module writes SQL, so a
+deployment that outgrows one hub can bring another implementation (e.g.
+PostgreSQL) with the same methods without touching the hub.
+
+Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
+
+* Every id and secret is 48 characters from ``[A-Za-z0-9]``. API tokens,
+  worker auth tokens and registration keys are stored as SHA-256 digests only
+  (they are high-entropy random strings, so a fast hash is enough); a token is
+  shown once, when it is made.
+* A registration key lives 5 minutes; it can be extended (to now + 5 min)
+  only when less than 2 minutes remain, and never after it expired or was
+  used. Registering consumes the key and creates the worker in one
+  transaction: of many racers exactly one wins, and a refused registration
+  (e.g. the owner is at the worker cap) consumes nothing.
+* Worker status: ``active`` → ``deregistering`` (owner or admin asked) →
+  ``deleted`` (the worker acknowledged, or was told on reconnect). A deleted
+  worker's token no longer authenticates.
+
+* A user's live registration keys may be capped (``mint_registration_key(max_live=)``);
+  :meth:`SQLiteHubStore.live_token_ids` and :meth:`SQLiteHubStore.worker_statuses` answer,
+  in one query per batch, what a running hub polls to make revocation take effect at once.
+
+Time is passed in as ``now_ms`` (milliseconds since the Unix epoch, UTC).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import os
+import secrets
+import sqlite3
+import string
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ..crypto.keys import PublicKeyBundle
+from ..crypto.mode import EncryptionMode, parse_encryption_mode
+from ..errors import (
+    FailedPrecondition,
+    LocalError,
+    NotFound,
+    PermissionDenied,
+    QuotaExceeded,
+    StorageError,
+    Unauthenticated,
+)
+from .atomicfile import ensure_private_dir
+
+__all__ = [
+    "DEFAULT_MAX_WORKERS_PER_USER",
+    "REG_KEY_EXTEND_WINDOW_MS",
+    "REG_KEY_LIFETIME_MS",
+    "SCHEMA_VERSION",
+    "ApiToken",
+    "RegistrationKey",
+    "SQLiteHubStore",
+    "User",
+    "Worker",
+    "WorkerStatus",
+    "new_id",
+]
+
+ALPHABET: Final = string.ascii_letters + string.digits
+ID_LENGTH: Final = 48
+REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
+REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
+DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+
+
+#: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
+BATCH: Final = 500
+
+
+def _chunks(items: Iterable[str]) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == BATCH:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def new_id() -> str:
+    """48 characters drawn uniformly from [A-Za-z0-9] (the OS CSPRNG)."""
+    return "".join(secrets.choice(ALPHABET) for _ in range(ID_LENGTH))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode("utf-8")).digest()
+
+
+class WorkerStatus(enum.Enum):
+    ACTIVE = "active"
+    DEREGISTERING = "deregistering"
+    DELETED = "deleted"
+
+
+@attrs.frozen
+class User:
+    id: str
+    name: str
+    created_at: int
+    is_admin: bool = False
+
+
+@attrs.frozen
+class ApiToken:
+    id: str
+    user_id: str
+    created_at: int
+    revoked_at: int | None
+    last_used_at: int | None
+
+
+@attrs.frozen
+class RegistrationKey:
+    id: str
+    created_by: str
+    creator_name: str
+    created_at: int
+    expires_at: int
+
+
+@attrs.frozen
+class Worker:
+    id: str
+    owner_id: str
+    owner_name: str
+    name: str
+    version: str
+    labels: dict[str, str]
+    status: WorkerStatus
+    auto_registered: bool
+    created_at: int
+    last_seen_at: int | None
+    keys: PublicKeyBundle | None
+    encryption_mode: EncryptionMode | None
+
+
+@attrs.frozen
+class Notification:
+    id: str
+    worker_id: str
+    kind: str
+    reason: str
+    attempts: int
+
+
+# ---------------------------------------------------------------------------
+# SQLite
+
+_MIGRATIONS: Final[Sequence[str]] = (
+    # 1: the initial schema.
+    """
+    CREATE TABLE users (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        is_admin INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    );
+    CREATE TABLE api_tokens (
+        id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER,
+        last_used_at INTEGER
+    );
+    CREATE TABLE registration_keys (
+        id TEXT PRIMARY KEY,
+        key_hash BLOB NOT NULL UNIQUE,
+        created_by TEXT NOT NULL REFERENCES users(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE workers (
+        id TEXT PRIMARY KEY,
+        owner_id TEXT NOT NULL REFERENCES users(id),
+        token_hash BLOB NOT NULL UNIQUE,
+        name TEXT NOT NULL,
+        version TEXT NOT NULL,
+        labels TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        auto_registered INTEGER NOT NULL DEFAULT 0,
+        registered_with TEXT,
+        x25519 BLOB,
+        mlkem BLOB,
+        slhdsa BLOB,
+        encryption_mode TEXT,
+        created_at INTEGER NOT NULL,
+        last_seen_at INTEGER,
+        deleted_at INTEGER
+    );
+    CREATE INDEX workers_owner ON workers(owner_id, status);
+    CREATE TABLE notifications (
+        id TEXT PRIMARY KEY,
+        worker_id TEXT NOT NULL REFERENCES workers(id),
+        kind TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'pending',
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX notifications_pending ON notifications(worker_id, status);
+    """,
+)
+SCHEMA_VERSION: Final = len(_MIGRATIONS)
+#: A queued notification is given up after this many delivery attempts.
+MAX_NOTIFICATION_ATTEMPTS: Final = 5
+
+_WORKER_COLUMNS: Final = (
+    "w.id, w.owner_id, u.name, w.name, w.version, w.labels, w.status, w.auto_registered, "
+    "w.created_at, w.last_seen_at, w.x25519, w.mlkem, w.slhdsa, w.encryption_mode"
+)
+
+
+class _Rows:
+    """A cursor whose SQLite errors are :class:`StorageError` (see :class:`_Db`)."""
+
+    def __init__(self, cursor: sqlite3.Cursor, db: _Db) -> None:
+        self._cursor = cursor
+        self._db = db
+
+    @property
+    def rowcount(self) -> int:
+        return self._cursor.rowcount
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cursor.fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise self._db.error(exc) from None
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cursor.fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise self._db.error(exc) from None
+
+
+class _Db:
+    """The SQLite connection, raising :class:`StorageError` naming the file instead of
+    ``sqlite3`` errors (a locked, read-only, full or damaged database), so callers handle
+    one hierarchy. Programming errors (bad SQL, wrong bindings) are not converted."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
+        self._conn = conn
+        self.path = path
+        self.context = "cannot open the hub database"
+
+    def error(self, exc: sqlite3.DatabaseError) -> StorageError:
+        if isinstance(exc, sqlite3.ProgrammingError):
+            raise exc
+        return StorageError(f"{self.path}: {self.context}: {exc}")
+
+    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
+        try:
+            return _Rows(self._conn.execute(sql, args), self)
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._conn.in_transaction
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class SQLiteHubStore:
+    """The hub's state in one SQLite file (WAL). One instance per thread."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_workers_per_user: int = 64,
+        create: bool = True,
+        timeout: float = 10.0,
+    ) -> None:
+        """Open (and migrate) the database at ``path``.
+
+        With ``create`` (the default) a missing database is made: its directory with mode
+        0700 when missing, the file itself with mode 0600 (SQLite gives the ``-wal`` and
+        ``-shm`` files the database's mode). Without it, a missing file is a
+        :class:`StorageError` and nothing is created. A file that is not SQLite, or an
+        SQLite database of another application, is refused untouched. ``timeout`` is how
+        long a write waits for another connection's write lock (then :class:`StorageError`,
+        "database is locked"); every SQLite failure is a :class:`StorageError`.
+        """
+        if max_workers_per_user < 0:
+            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+        self.path = Path(path)
+        self.max_workers_per_user = max_workers_per_user
+        if create:
+            self._create_private_file()
+        elif not self.path.exists():
+            raise StorageError(f"{self.path}: no hub database")
+        try:
+            # mode=rw: never let SQLite create the file (with its default 0644) itself.
+            uri = self.path.absolute().as_uri() + "?mode=rw"
+            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise StorageError(f"{self.path}: cannot open the hub database: {exc}") from None
+        self._db = _Db(conn, self.path)
+        try:
+            self._check_application()
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except BaseException:
+            self._db.close()
+            raise
+        self._db.context = "hub database error"
+
+    def _create_private_file(self) -> None:
+        try:
+            ensure_private_dir(self.path.parent)
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StorageError(
+                f"{self.path}: cannot create the hub database: {exc.strerror or exc}"
+            ) from None
+        try:
+            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
+        finally:
+            os.close(fd)
+
+    def _check_application(self) -> None:
+        """Refuse, before changing anything, an SQLite database that some other program
+        made or that a newer leapcore migrated."""
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        self._refuse_newer(version)
+        if version == 0:
+            (tables,) = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            if tables:
+                raise StorageError(
+                    f"{self.path}: an SQLite database, but not a leapcore hub database"
+                )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[_Db]:
+        """One write transaction, taken with the write lock up front (BEGIN IMMEDIATE).
+
+        Whatever fails (the body, or COMMIT itself), the transaction is rolled back so the
+        connection stays usable; a failing rollback never hides the original error.
+        """
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._db
+            self._db.execute("COMMIT")
+        except BaseException:
+            if self._db.in_transaction:  # SQLite may already have rolled back by itself
+                with suppress(StorageError):
+                    self._db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self) -> None:
+        # Opening an up-to-date database must not wait for the write lock (the running hub
+        # may hold it): only a migration takes it, and then checks the version again.
+        version = self.schema_version
+        self._refuse_newer(version)
+        if version == SCHEMA_VERSION:
+            return
+        with self._tx() as db:
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            self._refuse_newer(version)
+            for number in range(version, SCHEMA_VERSION):
+                for statement in _MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _refuse_newer(self, version: int) -> None:
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path}: database schema {version} is newer than this leapcore "
+                f"({SCHEMA_VERSION}); upgrade leapcore"
+            )
+
+    @property
+    def schema_version(self) -> int:
+        (version,) = self._db.execute("PRAGMA user_version").fetchone()
+        return int(version)
+
+    # -- users and API tokens -------------------------------------------------------
+
+    def create_user(self, name: str, now_ms: int, *, is_admin: bool = False) -> tuple[User, str]:
+        """A new user and its first API token (returned once, stored hashed)."""
+        name = name.strip()
+        if not name or len(name) > 64 or not name.isprintable():
+            raise LocalError("user name must be 1-64 printable characters")
+        user = User(new_id(), name, now_ms, is_admin)
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM users WHERE name = ?", (name,)).fetchone():
+                raise FailedPrecondition(f"a user named {name!r} already exists")
+            db.execute(
+                "INSERT INTO users (id, name, is_admin, created_at) VALUES (?, ?, ?, ?)",
+                (user.id, name, int(is_admin), now_ms),
+            )
+            token = self._insert_token(db, user.id, now_ms)
+        return user, token
+
+    def _insert_token(self, db: _Db, user_id: str, now_ms: int) -> str:
+        token = new_id()
+        db.execute(
+            "INSERT INTO api_tokens (id, user_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
+            (new_id(), user_id, _digest(token), now_ms),
+        )
+        return token
+
+    def _user_by_ref(self, db: _Db, ref: str) -> User:
+        # An id wins over a name: a user may be named like another user's id.
+        row = db.execute(
+            "SELECT id, name, created_at, is_admin FROM users "
+            "WHERE (id = ? OR name = ?) AND deleted_at IS NULL ORDER BY id = ? DESC LIMIT 1",
+            (ref, ref, ref),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"no user {ref!r}")
+        return User(row[0], row[1], row[2], bool(row[3]))
+
+    def get_user(self, ref: str) -> User:
+        """A user by id or name."""
+        return self._user_by_ref(self._db, ref)
+
+    def list_users(self) -> list[User]:
+        rows = self._db.execute(
+            "SELECT id, name, created_at, is_admin FROM users WHERE deleted_at IS NULL "
+            "ORDER BY name"
+        ).fetchall()
+        return [User(r[0], r[1], r[2], bool(r[3])) for r in rows]
+
+    def create_token(self, user_ref: str, now_ms: int) -> str:
+        with self._tx() as db:
+            user = self._user_by_ref(db, user_ref)
+            return self._insert_token(db, user.id, now_ms)
+
+    def list_tokens(self, user_ref: str) -> list[ApiToken]:
+        user = self.get_user(user_ref)
+        rows = self._db.execute(
+            "SELECT id, user_id, created_at, revoked_at, last_used_at FROM api_tokens "
+            "WHERE user_id = ? ORDER BY created_at, id",
+            (user.id,),
+        ).fetchall()
+        return [ApiToken(*r) for r in rows]
+
+    def find_token(self, token: str) -> ApiToken:
+        """The record of an API token, given the token itself (revoked ones included);
+        touches nothing (unlike :meth:`authenticate_user`)."""
+        row = self._db.execute(
+            "SELECT id, user_id, created_at, revoked_at, last_used_at FROM api_tokens "
+            "WHERE token_hash = ?",
+            (_digest(token),),
+        ).fetchone()
+        if row is None:
+            raise NotFound("no API token matches")
+        return ApiToken(*row)
+
+    def revoke_token(self, token_id: str, now_ms: int) -> None:
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+                (now_ms, token_id),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"no live API token with id {token_id!r}")
+
+    def authenticate_user(self, token: str, now_ms: int) -> User:
+        """The user an API token belongs to; :class:`Unauthenticated` otherwise."""
+        return self.authenticate_client(token, now_ms)[0]
+
+    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str]:
+        """:meth:`authenticate_user`, and the token's id (for :meth:`live_token_ids`)."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT u.id, u.name, u.created_at, u.is_admin, t.id FROM api_tokens t "
+                "JOIN users u ON u.id = t.user_id "
+                "WHERE t.token_hash = ? AND t.revoked_at IS NULL AND u.deleted_at IS NULL",
+                (_digest(token),),
+            ).fetchone()
+            if row is None:
+                raise Unauthenticated("invalid API token")
+            db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms, row[4]))
+        return User(row[0], row[1], row[2], bool(row[3])), row[4]
+
+    def live_token_ids(self, token_ids: Iterable[str]) -> set[str]:
+        """Those of ``token_ids`` that still authenticate: not revoked, user not deleted.
+
+        One query per :data:`BATCH` ids (a hub asks about all its client links at once)."""
+        live: set[str] = set()
+        for chunk in _chunks(token_ids):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT t.id FROM api_tokens t JOIN users u ON u.id = t.user_id "
+                f"WHERE t.id IN ({marks}) AND t.revoked_at IS NULL AND u.deleted_at IS NULL",
+                chunk,
+            ).fetchall()
+            live.update(r[0] for r in rows)
+        return live
+
+    # -- registration keys ----------------------------------------------------------------
+
+    def mint_registration_key(
+        self, user_id: str, now_ms: int, *, max_live: int = 0
+    ) -> tuple[RegistrationKey, str]:
+        """A new key for ``user_id``, valid 5 minutes; the key itself is returned once.
+
+        ``max_live`` (0: no cap) caps the user's unexpired keys: one more is
+        :class:`QuotaExceeded` and nothing is written."""
+        key = new_id()
+        with self._tx() as db:
+            user = self._user_by_ref(db, user_id)
+            if max_live:
+                (live,) = db.execute(
+                    "SELECT COUNT(*) FROM registration_keys "
+                    "WHERE created_by = ? AND expires_at > ?",
+                    (user.id, now_ms),
+                ).fetchone()
+                if live >= max_live:
+                    raise QuotaExceeded(
+                        f"this account already has {live} live registration keys, which is the "
+                        "configured maximum (max_live_registration_keys); use or revoke one, or "
+                        "wait until one expires"
+                    )
+            record = RegistrationKey(
+                new_id(), user.id, user.name, now_ms, now_ms + REG_KEY_LIFETIME_MS
+            )
+            db.execute(
+                "INSERT INTO registration_keys (id, key_hash, created_by, created_at, expires_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (record.id, _digest(key), user.id, now_ms, record.expires_at),
+            )
+        return record, key
+
+    def extend_registration_key(self, user_id: str, key: str, now_ms: int) -> int:
+        """Extend the caller's live key to now + 5 min; allowed only when < 2 min remain."""
+        if not key:
+            raise LocalError("registration key is required")
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, expires_at FROM registration_keys "
+                "WHERE key_hash = ? AND created_by = ?",
+                (_digest(key), user_id),
+            ).fetchone()
+            if row is None:
+                raise NotFound("registration key not found")
+            key_id, expires_at = row
+            if expires_at <= now_ms:
+                raise FailedPrecondition("registration key has expired")
+            if expires_at - now_ms >= REG_KEY_EXTEND_WINDOW_MS:
+                raise FailedPrecondition("extension not allowed yet")
+            new_expiry = now_ms + REG_KEY_LIFETIME_MS
+            db.execute(
+                "UPDATE registration_keys SET expires_at = ? WHERE id = ? AND expires_at > ?",
+                (new_expiry, key_id, now_ms),
+            )
+        return new_expiry
+
+    def revoke_registration_key(
+        self, key_id: str, now_ms: int, *, owner: str | None = None
+    ) -> None:
+        """Expire a key now (idempotent on a dead key); ``owner`` restricts to that user's keys."""
+        query = "UPDATE registration_keys SET expires_at = MIN(expires_at, ?) WHERE id = ?"
+        args: tuple[Any, ...] = (now_ms - 1000, key_id)
+        if owner is not None:
+            query += " AND created_by = ?"
+            args += (owner,)
+        with self._tx() as db:
+            if not db.execute(query, args).rowcount:
+                raise NotFound(f"registration key not found: {key_id}")
+
+    def revoke_registration_key_by_secret(self, user_id: str, key: str, now_ms: int) -> None:
+        """The owner revokes a key it holds (e.g. the CLI that minted it is interrupted)."""
+        row = self._db.execute(
+            "SELECT id FROM registration_keys WHERE key_hash = ? AND created_by = ?",
+            (_digest(key), user_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound("registration key not found")
+        self.revoke_registration_key(row[0], now_ms, owner=user_id)
+
+    def registration_key_state(self, user_id: str, key: str, now_ms: int) -> str:
+        """``live``, ``expired`` or ``consumed`` (used by a worker) for the caller's key."""
+        row = self._db.execute(
+            "SELECT id, expires_at FROM registration_keys WHERE key_hash = ? AND created_by = ?",
+            (_digest(key), user_id),
+        ).fetchone()
+        if row is None:
+            raise NotFound("registration key not found")
+        if row[1] > now_ms:
+            return "live"
+        used = self._db.execute(
+            "SELECT 1 FROM workers WHERE registered_with = ?", (row[0],)
+        ).fetchone()
+        return "consumed" if used else "expired"
+
+    def list_registration_keys(
+        self, now_ms: int, *, include_expired: bool = False
+    ) -> list[RegistrationKey]:
+        query = (
+            "SELECT k.id, k.created_by, COALESCE(u.name, ''), k.created_at, k.expires_at "
+            "FROM registration_keys k LEFT JOIN users u ON u.id = k.created_by"
+        )
+        args: tuple[Any, ...] = ()
+        if not include_expired:
+            query += " WHERE k.expires_at > ?"
+            args = (now_ms,)
+        query += " ORDER BY k.created_at DESC, k.id"
+        return [RegistrationKey(*r) for r in self._db.execute(query, args).fetchall()]
+
+    def purge_expired_registration_keys(self, now_ms: int) -> int:
+        """Delete the keys expired (used or revoked) at ``now_ms``; how many were deleted.
+        The hub passes ``now`` minus its retention, so recent ones stay visible a while."""
+        with self._tx() as db:
+            return int(
+                db.execute(
+                    "DELETE FROM registration_keys WHERE expires_at <= ?", (now_ms,)
+                ).rowcount
+            )
+
+    # -- workers --------------------------------------------------------------------------
+
+    def register_worker(
+        self,
+        key: str,
+        *,
+        name: str,
+        version: str,
+        labels: dict[str, str],
+        now_ms: int,
+        auto_registered: bool = False,
+    ) -> tuple[Worker, str]:
+        """Consume ``key`` and create the worker, atomically; returns it and its auth token."""
+        if not key:
+            raise Unauthenticated("registration key required")
+        if not any((c.isalnum() and c.isascii()) or c in "._-" for c in version):
+            raise LocalError(f"invalid worker version {version!r}")
+        token = new_id()
+        worker_id = new_id()
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id, created_by FROM registration_keys "
+                "WHERE key_hash = ? AND expires_at > ?",
+                (_digest(key), now_ms),
+            ).fetchone()
+            if row is None:
+                raise Unauthenticated("registration key invalid or already consumed")
+            key_id, owner_id = row
+            cap = self.max_workers_per_user
+            if cap:
+                (count,) = db.execute(
+                    "SELECT COUNT(*) FROM workers WHERE owner_id = ? AND status = ?",
+                    (owner_id, WorkerStatus.ACTIVE.value),
+                ).fetchone()
+                if count >= cap:
+                    raise QuotaExceeded(
+                        f"this account already has {count} workers registered, which is the "
+                        "configured maximum (max_workers_per_user); deregister one first"
+                    )
+            consumed = db.execute(
+                "UPDATE registration_keys SET expires_at = ? WHERE id = ? AND expires_at > ?",
+                (now_ms - 1000, key_id, now_ms),
+            ).rowcount
+            if not consumed:  # pragma: no cover - BEGIN IMMEDIATE serialises racers
+                raise Unauthenticated("registration key invalid or already consumed")
+            db.execute(
+                "INSERT INTO workers (id, owner_id, token_hash, name, version, labels, status, "
+                "auto_registered, registered_with, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    worker_id,
+                    owner_id,
+                    _digest(token),
+                    name,
+                    version,
+                    json.dumps(labels, sort_keys=True),
+                    WorkerStatus.ACTIVE.value,
+                    int(auto_registered),
+                    key_id,
+                    now_ms,
+                ),
+            )
+        return self.get_worker(worker_id), token
+
+    def _worker(self, row: Sequence[Any]) -> Worker:
+        keys = None
+        if row[10]:
+            keys = PublicKeyBundle(row[10], row[11], row[12])
+        return Worker(
+            id=row[0],
+            owner_id=row[1],
+            owner_name=row[2] or "",
+            name=row[3],
+            version=row[4],
+            labels=json.loads(row[5]),
+            status=WorkerStatus(row[6]),
+            auto_registered=bool(row[7]),
+            created_at=row[8],
+            last_seen_at=row[9],
+            keys=keys,
+            encryption_mode=parse_encryption_mode(row[13]) if row[13] else None,
+        )
+
+    def get_worker(self, worker_id: str) -> Worker:
+        row = self._db.execute(
+            f"SELECT {_WORKER_COLUMNS} FROM workers w LEFT JOIN users u ON u.id = w.owner_id "
+            "WHERE w.id = ?",
+            (worker_id,),
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"worker {worker_id} not found")
+        return self._worker(row)
+
+    def list_workers(
+        self, *, owner_id: str | None = None, status: WorkerStatus | None = WorkerStatus.ACTIVE
+    ) -> list[Worker]:
+        query = f"SELECT {_WORKER_COLUMNS} FROM workers w LEFT JOIN users u ON u.id = w.owner_id"
+        clauses, args = [], []
+        if owner_id is not None:
+            clauses.append("w.owner_id = ?")
+            args.append(owner_id)
+        if status is not None:
+            clauses.append("w.status = ?")
+            args.append(status.value)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY w.created_at, w.id"
+        return [self._worker(r) for r in self._db.execute(query, args).fetchall()]
+
+    def authenticate_worker(self, token: str, now_ms: int) -> Worker:
+        """The worker an auth token belongs to; deleted workers are :class:`Unauthenticated`."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT id FROM workers WHERE token_hash = ? AND status != ?",
+                (_digest(token), WorkerStatus.DELETED.value),
+            ).fetchone()
+            if row is None:
+                raise Unauthenticated("invalid auth token")
+            db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, row[0]))
+        return self.get_worker(row[0])
+
+    def record_heartbeat(
+        self,
+        worker_id: str,
+        now_ms: int,
+        *,
+        keys: PublicKeyBundle | None = None,
+        mode: EncryptionMode | None = None,
+    ) -> None:
+        """``last_seen_at`` = now; the keys and mode when the heartbeat carried them."""
+        with self._tx() as db:
+            if keys is not None:
+                db.execute(
+                    "UPDATE workers SET last_seen_at = ?, x25519 = ?, mlkem = ?, slhdsa = ?, "
+                    "encryption_mode = ? WHERE id = ?",
+                    (
+                        now_ms,
+                        keys.x25519,
+                        keys.mlkem,
+                        keys.slhdsa,
+                        (mode or EncryptionMode.POST_QUANTUM).value,
+                        worker_id,
+                    ),
+                )
+            else:
+                db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, worker_id))
+
+    def deregister_worker(
+        self, worker_id: str, now_ms: int, *, requested_by: str | None
+    ) -> Notification:
+        """``active`` → ``deregistering`` and queue the notification for the worker.
+
+        ``requested_by`` is the owner's user id, or ``None`` for an administrator (who may
+        deregister any worker, including the auto-registered one).
+        """
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT owner_id, status, auto_registered FROM workers WHERE id = ?", (worker_id,)
+            ).fetchone()
+            if (
+                row is None
+                or row[1] != WorkerStatus.ACTIVE.value
+                or (requested_by is not None and row[0] != requested_by)
+            ):
+                raise NotFound(f"worker {worker_id} not found or not active")
+            if requested_by is not None and row[2]:
+                raise FailedPrecondition("the bundled local worker cannot be deregistered")
+            db.execute(
+                "UPDATE workers SET status = ? WHERE id = ?",
+                (WorkerStatus.DEREGISTERING.value, worker_id),
+            )
+            reason = "worker deregistered by " + ("owner" if requested_by else "administrator")
+            note = Notification(new_id(), worker_id, "deregister", reason, 0)
+            db.execute(
+                "INSERT INTO notifications (id, worker_id, kind, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (note.id, worker_id, note.kind, reason, now_ms),
+            )
+        return note
+
+    def pending_notifications(self, worker_id: str) -> list[Notification]:
+        rows = self._db.execute(
+            "SELECT id, worker_id, kind, reason, attempts FROM notifications "
+            "WHERE worker_id = ? AND status = 'pending' ORDER BY created_at, id",
+            (worker_id,),
+        ).fetchall()
+        return [Notification(*r) for r in rows]
+
+    def notification_attempted(self, notification_id: str) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE notifications SET attempts = attempts + 1, status = CASE "
+                "WHEN attempts + 1 >= ? THEN 'failed' ELSE status END WHERE id = ?",
+                (MAX_NOTIFICATION_ATTEMPTS, notification_id),
+            )
+
+    def notification_delivered(self, notification_id: str, now_ms: int) -> None:
+        """The worker acknowledged: a deregister notification marks the worker deleted."""
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT worker_id, kind FROM notifications WHERE id = ?", (notification_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"notification {notification_id} not found")
+            db.execute(
+                "UPDATE notifications SET status = 'delivered' WHERE id = ?", (notification_id,)
+            )
+            if row[1] == "deregister":
+                db.execute(
+                    "UPDATE workers SET status = ?, deleted_at = ? WHERE id = ?",
+                    (WorkerStatus.DELETED.value, now_ms, row[0]),
+                )
+
+    def worker_statuses(self, worker_ids: Iterable[str]) -> dict[str, WorkerStatus]:
+        """The status of each of ``worker_ids`` that exists (a missing id is left out).
+
+        One query per :data:`BATCH` ids (a hub asks about all its worker links at once)."""
+        out: dict[str, WorkerStatus] = {}
+        for chunk in _chunks(worker_ids):
+            marks = ", ".join("?" * len(chunk))
+            rows = self._db.execute(
+                f"SELECT id, status FROM workers WHERE id IN ({marks})", chunk
+            ).fetchall()
+            out.update((r[0], WorkerStatus(r[1])) for r in rows)
+        return out
+
+    def deregistration_notice(self, worker_id: str, now_ms: int) -> Notification:
+        """The deregister notification a DEREGISTERING worker is still to acknowledge.
+
+        Whatever its attempt count (a notification marked ``failed`` after
+        :data:`MAX_NOTIFICATION_ATTEMPTS` is still the one to deliver): the latest one not
+        delivered, or a new one when there is none (a worker deregistered by an older
+        release). :class:`FailedPrecondition` when the worker is not deregistering."""
+        with self._tx() as db:
+            row = db.execute("SELECT status FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if row is None or row[0] != WorkerStatus.DEREGISTERING.value:
+                raise FailedPrecondition(f"worker {worker_id} is not deregistering")
+            found = db.execute(
+                "SELECT id, worker_id, kind, reason, attempts FROM notifications "
+                "WHERE worker_id = ? AND kind = 'deregister' AND status != 'delivered' "
+                "ORDER BY created_at DESC, id LIMIT 1",
+                (worker_id,),
+            ).fetchone()
+            if found is not None:
+                return Notification(*found)
+            note = Notification(new_id(), worker_id, "deregister", "worker deregistered", 0)
+            db.execute(
+                "INSERT INTO notifications (id, worker_id, kind, reason, created_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (note.id, worker_id, note.kind, note.reason, now_ms),
+            )
+        return note
+
+    def is_owner(self, worker_id: str, user_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM workers WHERE id = ? AND owner_id = ? AND status = ?",
+            (worker_id, user_id, WorkerStatus.ACTIVE.value),
+        ).fetchone()
+        return row is not None
+
+    def require_admin(self, user: User) -> None:
+        if not user.is_admin:
+            raise PermissionDenied("administrators only")

@@ -1,0 +1,180 @@
+"""The services a worker offers inside its channels, and what ``info`` reports.
+
+``ping`` is answered by the channel endpoint itself (any caller). :func:`default_services`
+adds ``info`` (owner only, as every method unless registered ``public=True``)::
+
+    {"name", "worker_id", "version", "commit", "os", "arch", "python",
+     "encryption_mode", "labels", "capabilities"}
+
+An embedding application adds its own methods to the table it passes to the worker::
+
+    services = default_services(worker)
+    services.add_rpc("uptime", my_uptime_handler)
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import inspect
+import json
+import logging
+import platform
+import subprocess
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigError
+from ..peer.channel import CallContext, Services
+
+if TYPE_CHECKING:
+    from .daemon import Worker
+
+__all__ = [
+    "INFO_METHOD",
+    "Installer",
+    "build_commit",
+    "default_services",
+    "info_document",
+    "install_services",
+    "load_installer",
+]
+
+log = logging.getLogger(__name__)
+
+INFO_METHOD = "info"
+
+
+@functools.cache
+def build_commit() -> str | None:
+    """The git commit leapcore runs from (a source checkout), else ``None``."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    commit = out.stdout.strip()
+    return commit or None
+
+
+def info_document(worker: Worker) -> dict[str, Any]:
+    """What ``info`` answers for ``worker`` (its capabilities: every method it serves)."""
+    greeting = worker.greeting
+    services = worker.services
+    methods = sorted({"ping", *services.rpcs, *services.streams, *services.byte_streams})
+    return {
+        "name": worker.name,
+        "worker_id": greeting.worker_id if greeting is not None else None,
+        "version": worker.version,
+        "commit": build_commit(),
+        "os": platform.system().lower(),
+        "arch": platform.machine(),
+        "python": platform.python_version(),
+        "encryption_mode": worker.encryption_mode,
+        "labels": dict(worker.labels),
+        "capabilities": methods,
+    }
+
+
+def default_services(worker: Worker) -> Services:
+    """A table with ``info`` for ``worker``; add more methods to it before running."""
+    services = Services()
+    build_commit()  # a git subprocess, once, at start-up: never inside a channel call
+
+    async def info(ctx: CallContext, payload: bytes) -> bytes:
+        return json.dumps(info_document(worker), sort_keys=True).encode()
+
+    services.add_rpc(INFO_METHOD, info)
+    return services
+
+
+# -- installers named by MODULE:CALLABLE (leapcore-worker --services) --------------------
+
+#: An installer named by ``--services MODULE:CALLABLE``: it adds methods to the table.
+Installer = Callable[[Services, "Worker"], Any]
+
+
+def _dotted(text: str) -> bool:
+    return all(part.isidentifier() for part in text.split("."))
+
+
+def load_installer(spec: str) -> Installer:
+    """The callable ``spec`` (``MODULE:CALLABLE``, each part a dotted name) names: the module is
+    imported, the attribute looked up. Every failure is a :class:`ConfigError` that says which
+    step failed for which spec (the traceback only in the debug log)."""
+    module_name, sep, attr = spec.strip().partition(":")
+    if not sep or not _dotted(module_name) or not _dotted(attr):
+        raise ConfigError(
+            f"services: {spec!r} is not MODULE:CALLABLE (for example mypkg.methods:install)"
+        )
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise ConfigError(
+                f"services: no module named {missing!r} (from {spec!r}); is its directory "
+                "on PYTHONPATH?"
+            ) from None
+        log.debug("importing %s failed", module_name, exc_info=True)
+        raise ConfigError(
+            f"services: importing {module_name!r} (from {spec!r}) failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    except Exception as exc:
+        log.debug("importing %s failed", module_name, exc_info=True)
+        raise ConfigError(
+            f"services: importing {module_name!r} (from {spec!r}) failed: "
+            f"{type(exc).__name__}: {exc}"
+        ) from None
+    target: Any = module
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(
+                f"services: module {module_name!r} has no attribute {attr!r} (from {spec!r})"
+            ) from None
+    if not callable(target):
+        raise ConfigError(
+            f"services: {spec!r} is not callable (it is {type(target).__name__}); name a "
+            "function taking (services, worker)"
+        )
+    installer: Installer = target
+    return installer
+
+
+def install_services(specs: Sequence[str], worker: Worker) -> None:
+    """Call each installer in ``specs``, in order, with ``(worker.services, worker)``."""
+    services = worker.services
+    for spec in specs:
+        installer = load_installer(spec)
+        before = _methods(services)
+        try:
+            result = installer(services, worker)
+        except Exception as exc:
+            log.debug("%s failed", spec, exc_info=True)
+            raise ConfigError(f"services: {spec} failed: {type(exc).__name__}: {exc}") from None
+        if inspect.isawaitable(result):
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()  # never awaited: no "coroutine was never awaited" warning
+            raise ConfigError(
+                f"services: {spec} returned an awaitable; it must be a plain (not async) "
+                "function that registers methods and returns"
+            )
+        added = sorted(_methods(services) - before)
+        log.info("services: %s added %s", spec, ", ".join(added) or "no methods")
+
+
+def _methods(services: Services) -> set[str]:
+    return {*services.rpcs, *services.streams, *services.byte_streams}

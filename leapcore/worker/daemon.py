@@ -1,0 +1,803 @@
+"""The worker daemon (trio): register once, then keep one link to the hub.
+
+:class:`Worker` drives the sans-IO cores: :mod:`leapcore.store.workerstate` (the
+identity on disk and the startup table), :mod:`leapcore.proto.link_state` (the
+worker's link state machine), :mod:`leapcore.proto.backoff` (retry delays and the
+decision after each attempt) and :mod:`leapcore.proto.heartbeat` (idle heartbeats,
+the greeting watchdog, latency). Time comes from ``now`` and ``trio.sleep``,
+so a ``trio.testing.MockClock`` drives it; jitter from the injected
+``uniform``.
+
+One connection attempt (:meth:`Worker.run`):
+
+1. dial; send ``connect`` and, straight after, the keyed first heartbeat;
+2. wait for ``worker_greeting`` (10 s, else the attempt ends and the worker
+   reconnects);
+3. then read, answer and send heartbeats until the link ends. Every outbound
+   frame after the first two goes through one queue; enqueueing it counts as
+   traffic for the idle-heartbeat schedule.
+
+``go_away`` records the hub's delay (waited exactly once after the drop);
+``deregister`` is acknowledged, ``state.json`` is deleted and :meth:`run`
+returns :attr:`WorkerExit.DEREGISTERED`; an ``error`` record with code
+``unauthenticated`` before the greeting means the token was rejected: the
+state is wiped and :meth:`run` returns :attr:`WorkerExit.WIPED`. Everything
+else ends the attempt and is retried with backoff.
+
+Channels: once greeted, a :class:`~leapcore.worker.channels.ChannelServer` answers every
+``channel_request`` (checks, then the responder handshake with its signature computed by
+the signing pool, each open in its own task) and routes channel traffic; the services a
+channel offers are the :class:`~leapcore.peer.channel.Services` table given to the worker
+(:func:`~leapcore.worker.builtin_services.default_services`: ``info``; ``ping`` is built in).
+When the
+link ends, every channel on it ends. The channels are bounded (see
+:mod:`leapcore.worker.channels`): ``max_channels`` per link
+(:data:`~leapcore.worker.channels.MAX_CHANNELS`, 256), ``max_incomplete_chunked``
+unfinished chunked messages per channel (4) and ``max_channel_bytes`` held per channel
+(default twice ``max_message_size``).
+
+The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's field limits
+(:mod:`leapcore.proto.link_codec`: names 128 characters, versions 64, at most 16 labels of
+64-character keys and 256-character values, all printable): the constructor raises
+:class:`~leapcore.errors.ConfigError` otherwise.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import logging
+import shlex
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+import trio
+
+from .._version import __version__
+from ..crypto.mode import parse_encryption_mode
+from ..errors import ConfigError, DeadlineExceeded, LinkClosed, LinkProtocolError, LocalError
+from ..net.dial import TRANSPORTS, connect_link
+from ..net.pipe import WRITE_BATCH, LinkPipe, parse_hub_url
+from ..net.trioutil import single_exception
+from ..peer.channel import Channel, ChannelTable, Services
+from ..peer.hubsession import hub_error
+from ..peer.opener import OPEN_TIMEOUT, open_channel
+from ..proto.backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
+from ..proto.chunking import (
+    DEFAULT_MAX_INCOMPLETE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    validate_max_message_size,
+)
+from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
+from ..proto.link_codec import (
+    PROTOCOL_VERSION,
+    ChannelOpened,
+    ChannelRefused,
+    ChannelRequest,
+    Connect,
+    Deregister,
+    DeregisterAck,
+    ErrorMessage,
+    GoAway,
+    Heartbeat,
+    HeartbeatAck,
+    HubRequest,
+    HubResponse,
+    LinkMessage,
+    OpenChannel,
+    Register,
+    Registered,
+    WorkerGreeting,
+    check_fields,
+)
+from ..proto.link_state import LinkConnection, LinkRole
+from ..store.paths import cross_worker_pins_path
+from ..store.pinstore import PinStore
+from ..store.workerstate import (
+    UNREGISTERED,
+    StartupAction,
+    WorkerState,
+    ensure_keys,
+    load_state,
+    save_state,
+    startup_action,
+    wipe_state,
+)
+from .builtin_services import default_services
+from .channels import MAX_CHANNELS, ChannelServer, check_bounds
+from .signpool import InlineSigner, OnDemandSigner, Signer
+
+__all__ = [
+    "PERMANENT_REGISTRATION_CODES",
+    "RegistrationRejected",
+    "Worker",
+    "WorkerExit",
+    "parse_labels",
+    "run_until_signal",
+]
+
+log = logging.getLogger("leapcore.worker")
+
+#: Hub error codes that end registration for good (everything else is retried).
+PERMANENT_REGISTRATION_CODES: Final = frozenset(
+    {"unauthenticated", "invalid_argument", "permission_denied"}
+)
+#: Seconds one registration attempt may take before it counts as a transient failure.
+REGISTER_TIMEOUT: Final = 30.0
+#: Seconds allowed to flush the deregister ack before the link is torn down.
+FLUSH_TIMEOUT: Final = 5.0
+#: Seconds a graceful stop may take before the daemon is cancelled outright.
+STOP_TIMEOUT: Final = 10.0
+#: Seconds a worker's own hub request may take.
+HUB_CALL_TIMEOUT: Final = 30.0
+#: How a cross-worker key mismatch says to clear the pin.
+CROSS_WORKER_HINT: Final = (
+    "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
+    "--data-dir {data_dir} --target-worker-id={{worker_id}}`"
+)
+#: Frames the outbound queue holds before a sender waits.
+QUEUE_SIZE: Final = 256
+
+Dial = Callable[[], AbstractAsyncContextManager[LinkPipe]]
+
+
+def parse_labels(text: str) -> dict[str, str]:
+    """``k=v,k2=v2`` (white space around items ignored; empty text: no labels)."""
+    labels: dict[str, str] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"labels: {item!r} is not key=value")
+        if key in labels:
+            raise ConfigError(f"labels: {key!r} is given twice")
+        labels[key] = value.strip()
+    return labels
+
+
+class RegistrationRejected(LocalError):
+    """The hub refused the registration key for good (``registration rejected: <code>: <msg>``).
+
+    ``hub_code`` is the hub's error code (``unauthenticated``, ``invalid_argument`` or
+    ``permission_denied``).
+    """
+
+    code = "registration_rejected"
+
+    def __init__(self, hub_code: str, message: str) -> None:
+        super().__init__(f"registration rejected: {hub_code}: {message}")
+        self.hub_code = hub_code
+
+
+class _Transient(Exception):
+    """An attempt failed in a way that is retried (never escapes this module)."""
+
+
+class WorkerExit(enum.Enum):
+    """Why :meth:`Worker.run` returned."""
+
+    #: :meth:`Worker.stop` was called.
+    STOPPED = "stopped"
+    #: The hub deregistered the worker: acknowledged, ``state.json`` deleted.
+    DEREGISTERED = "deregistered"
+    #: The hub rejected the auth token at connect: ``state.json`` deleted.
+    WIPED = "wiped"
+
+
+class _MessageReader:
+    """Whole, checked messages from a pipe through one :class:`LinkConnection`."""
+
+    def __init__(self, pipe: LinkPipe, conn: LinkConnection) -> None:
+        self._pipe = pipe
+        self._conn = conn
+
+    async def next(self) -> LinkMessage:
+        while True:
+            message = self._conn.next_message()
+            if message is not None:
+                return message
+            self._conn.receive_data(await self._pipe.receive())
+
+
+@attrs.define
+class _Attempt:
+    """One connection attempt's state (a fresh one per dial)."""
+
+    pipe: LinkPipe
+    conn: LinkConnection
+    schedule: HeartbeatSchedule
+    watchdog: GreetingWatchdog
+    meter: LatencyMeter
+    queue_in: trio.MemorySendChannel[bytes]
+    queue_out: trio.MemoryReceiveChannel[bytes]
+    scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
+    greeted: trio.Event = attrs.Factory(trio.Event)
+    writer_done: trio.Event = attrs.Factory(trio.Event)
+    result: Outcome | WorkerExit | None = None
+    nursery: trio.Nursery | None = None
+    channels: ChannelServer | None = None
+    hub: _HubCalls | None = None
+
+    def finish(self, result: Outcome | WorkerExit) -> None:
+        if self.result is None:
+            self.result = result
+        self.scope.cancel()
+
+
+class _HubCalls:
+    """A worker link's own requests to the hub (cross-worker channels): ``hub_request`` for
+    ``worker.keys`` and ``open_channel`` to a sibling. Implements
+    :class:`~leapcore.peer.opener.OpenerLink`."""
+
+    def __init__(self, worker: Worker, attempt: _Attempt, channels: ChannelTable) -> None:
+        self._worker = worker
+        self._attempt = attempt
+        self.channels = channels
+        self._ids = itertools.count(1)
+        self._waiting: dict[int, list[LinkMessage]] = {}
+        self._events: dict[int, trio.Event] = {}
+
+    async def send(self, message: LinkMessage) -> None:
+        if self._attempt.result is not None:
+            raise LinkClosed("the link to the hub is closed")
+        await self._worker._enqueue(self._attempt, message)
+
+    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
+        for message in messages:  # the link's writer joins what is queued into one write
+            await self.send(message)
+
+    async def _ask(self, request_id: int, message: LinkMessage, timeout: float) -> LinkMessage:
+        event = self._events[request_id] = trio.Event()
+        self._waiting[request_id] = []
+        try:
+            await self.send(message)
+            with trio.move_on_after(timeout):
+                await event.wait()
+            answers = self._waiting[request_id]
+        finally:
+            self._events.pop(request_id, None)
+            self._waiting.pop(request_id, None)
+        if not answers:
+            if self._attempt.result is not None:
+                raise LinkClosed("the link to the hub ended")
+            raise DeadlineExceeded(f"the hub did not answer within {timeout:g}s")
+        return answers[0]
+
+    async def call(
+        self, method: str, *, timeout: float = HUB_CALL_TIMEOUT, **params: Any
+    ) -> dict[str, Any]:
+        request_id = next(self._ids)
+        answer = await self._ask(request_id, HubRequest(request_id, method, params), timeout)
+        assert isinstance(answer, HubResponse)
+        if answer.error_code is not None:
+            raise hub_error(answer.error_code, answer.error_message or "")
+        if answer.result is None:
+            raise LinkProtocolError("hub_response carries neither result nor error")
+        return answer.result
+
+    async def request_open(
+        self, worker_id: str, message1: bytes, max_message_size: int
+    ) -> ChannelOpened | ChannelRefused:
+        request_id = next(self._ids)
+        request = OpenChannel(request_id, worker_id, message1, max_message_size)
+        answer = await self._ask(request_id, request, OPEN_TIMEOUT)
+        assert isinstance(answer, (ChannelOpened, ChannelRefused))
+        return answer
+
+    def answer(self, message: HubResponse | ChannelOpened | ChannelRefused) -> None:
+        event = self._events.get(message.request_id)
+        if event is None:
+            log.debug("unmatched %s %d", message.type, message.request_id)
+            return
+        self._waiting[message.request_id].append(message)
+        event.set()
+
+    def fail(self) -> None:
+        for event in self._events.values():
+            event.set()
+
+
+class Worker:
+    """A worker's daemon: registration, then the connect loop (see the module docstring).
+
+    ``dial`` replaces the network (tests pass an in-memory pipe); by default it is
+    :func:`~leapcore.net.dial.connect_link` to ``hub_url`` with ``transport`` and
+    ``ca_file``.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path | str,
+        *,
+        hub_url: str,
+        name: str,
+        transport: str = "websocket",
+        ca_file: str | None = None,
+        version: str = __version__,
+        labels: Mapping[str, str] | None = None,
+        encryption_mode: str = "post-quantum",
+        registration_key: str | None = None,
+        uniform: Callable[[], float] = system_uniform,
+        now: Callable[[], float] = trio.current_time,
+        dial: Dial | None = None,
+        signer: Signer | None = None,
+        services: Services | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        max_channels: int = MAX_CHANNELS,
+        max_incomplete_chunked: int = DEFAULT_MAX_INCOMPLETE,
+        max_channel_bytes: int | None = None,
+    ) -> None:
+        if transport not in TRANSPORTS:
+            raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
+        if dial is None:
+            parse_hub_url(hub_url)  # a bad URL is a configuration error, before any dial
+        self.data_dir = Path(data_dir)
+        self.hub_url = hub_url
+        self.name = name
+        self.transport = transport
+        self.ca_file = ca_file
+        self.version = version
+        self.labels = dict(labels or {})
+        check_fields(Register(PROTOCOL_VERSION, "", name, version, self.labels), error=ConfigError)
+        self.encryption_mode = str(parse_encryption_mode(encryption_mode))
+        self.registration_key = registration_key or None
+        self._uniform = uniform
+        self._now = now
+        self._dial = dial if dial is not None else self._dial_hub
+        #: Computes handshake signatures (``None``: :meth:`run` opens a process pool).
+        self.signer = signer
+        #: The methods channels offer
+        #: (default: :func:`~leapcore.worker.builtin_services.default_services`).
+        self.services = services if services is not None else default_services(self)
+        self.max_message_size = validate_max_message_size(max_message_size)
+        check_bounds(max_channels=max_channels, max_incomplete_chunked=max_incomplete_chunked)
+        if max_channel_bytes is not None and (
+            type(max_channel_bytes) is not int or max_channel_bytes < max_message_size
+        ):
+            raise ConfigError(
+                f"max_channel_bytes must be an integer >= max_message_size ({max_message_size}), "
+                f"got {max_channel_bytes!r}"
+            )
+        #: Channels open or opening on one link (more are refused ``resource_exhausted``).
+        self.max_channels = max_channels
+        #: Unfinished chunked messages per channel.
+        self.max_incomplete_chunked = max_incomplete_chunked
+        #: Bytes held per channel (None: twice ``max_message_size``).
+        self.max_channel_bytes = max_channel_bytes
+        self.state: WorkerState | None = None
+        self.policy = ReconnectPolicy(Backoff(uniform=uniform))
+        #: The greeting of the current link (None while not connected).
+        self.greeting: WorkerGreeting | None = None
+        #: Connection attempts made by :meth:`run` so far.
+        self.attempts = 0
+        self._attempt: _Attempt | None = None
+        self._run_scope: trio.CancelScope | None = None
+        self._register_scope: trio.CancelScope | None = None
+        self._stopped = False
+        #: Set, then replaced, each time a link is greeted (see :meth:`wait_online`).
+        self._greeting_event = trio.Event()
+
+    # -- status ---------------------------------------------------------------------
+
+    @property
+    def online(self) -> bool:
+        """True while a link is up and the hub has greeted the worker."""
+        return self._attempt is not None and self._attempt.greeted.is_set()
+
+    async def wait_online(self) -> None:
+        """Return once the hub has greeted the worker: now if it is online, else on the next
+        greeting (of this link or a later one)."""
+        while not self.online:
+            await self._greeting_event.wait()
+
+    def open_channel(
+        self, worker_id: str, *, timeout: float = OPEN_TIMEOUT
+    ) -> AbstractAsyncContextManager[Channel]:
+        """``async with worker.open_channel(sibling_id) as ch:`` a channel to another worker
+        of the same owner, through the hub, its keys pinned in ``cross_worker_pins.json``.
+        Raises :class:`~leapcore.errors.LinkClosed` while the worker is offline."""
+        attempt = self._attempt
+        if attempt is None or attempt.hub is None:
+            raise LinkClosed("the worker is not connected to the hub")
+        return open_channel(attempt.hub, worker_id, pins=self.cross_worker_pins, timeout=timeout)
+
+    @property
+    def cross_worker_pins(self) -> PinStore:
+        """This worker's pins of its siblings (``<data-dir>/cross_worker_pins.json``)."""
+        return PinStore(
+            cross_worker_pins_path(self.data_dir),
+            hint=CROSS_WORKER_HINT.format(data_dir=shlex.quote(str(self.data_dir))),
+        )
+
+    @property
+    def latency(self) -> float | None:
+        """The last heartbeat round trip (seconds) on the current link, if measured."""
+        return self._attempt.meter.last if self._attempt is not None else None
+
+    # -- startup --------------------------------------------------------------------
+
+    def prepare(self) -> StartupAction:
+        """Startup (behavior.md §3.3): load state, make and save keys, apply the table.
+
+        The two refusals raise :class:`~leapcore.errors.ConfigError` with the messages of
+        :mod:`leapcore.store.workerstate`; the key is not consumed.
+        """
+        state = ensure_keys(self.data_dir, load_state(self.data_dir))
+        self.state = state
+        return startup_action(state, self.registration_key)
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
+        """:meth:`prepare`, :meth:`register` if needed, then :meth:`run`."""
+        if self.prepare() is StartupAction.REGISTER and await self.register() is None:
+            return WorkerExit.STOPPED
+        return await self.run(task_status=task_status)
+
+    # -- registration ----------------------------------------------------------------
+
+    async def register(self) -> WorkerState | None:
+        """Consume the registration key; retried with backoff until it succeeds or is
+        refused for good (:class:`RegistrationRejected`). The key is never saved.
+
+        Returns the saved state, or ``None`` if :meth:`stop` was called first.
+        """
+        if not self.registration_key:
+            raise ConfigError("registration key is required")
+        if self.state is None or self.state.keys is None:
+            self.state = ensure_keys(self.data_dir, load_state(self.data_dir))
+        backoff = Backoff(uniform=self._uniform)
+        registered: Registered | None = None
+        with trio.CancelScope() as scope:
+            self._register_scope = scope
+            if self._stopped:
+                scope.cancel()
+            while registered is None:
+                try:
+                    registered = await self._register_once(self.registration_key)
+                except _Transient as exc:
+                    delay = backoff.next()
+                    log.warning("registration failed: %s; retrying in %.1fs", exc, delay)
+                    await trio.sleep(delay)
+        self._register_scope = None
+        if registered is None:
+            return None  # stop() was called
+        state = attrs.evolve(
+            self.state, worker_id=registered.worker_id, auth_token=registered.auth_token
+        )
+        path = save_state(self.data_dir, state)
+        self.state = state
+        log.info("registered as %s; credentials saved to %s", state.worker_id, path)
+        return state
+
+    async def _register_once(self, key: str) -> Registered:
+        conn = LinkConnection(LinkRole.WORKER)
+        try:
+            with trio.fail_after(REGISTER_TIMEOUT):
+                async with self._dial() as pipe:
+                    message = Register(PROTOCOL_VERSION, key, self.name, self.version, self.labels)
+                    await pipe.send(conn.send(message))
+                    answer = await _MessageReader(pipe, conn).next()
+        except (LinkClosed, LinkProtocolError, OSError, trio.TooSlowError) as exc:
+            raise _Transient(str(exc) or type(exc).__name__) from None
+        if isinstance(answer, ErrorMessage):
+            if answer.code in PERMANENT_REGISTRATION_CODES:
+                raise RegistrationRejected(answer.code, answer.message)
+            raise _Transient(f"{answer.code}: {answer.message}")
+        assert isinstance(answer, Registered)  # the state machine allows nothing else
+        return answer
+
+    # -- the connect loop ------------------------------------------------------------
+
+    def stop(self) -> None:
+        """End :meth:`run` gracefully (it returns :attr:`WorkerExit.STOPPED`).
+
+        A live link is closed cleanly (the hub sees the end at once); a backoff wait
+        or a registration in progress is cancelled.
+        """
+        self._stopped = True
+        if self._attempt is not None:
+            self._attempt.finish(WorkerExit.STOPPED)
+        elif self._run_scope is not None:
+            self._run_scope.cancel()
+        if self._register_scope is not None:
+            self._register_scope.cancel()
+
+    async def run(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
+        """Connect and reconnect until stopped, deregistered or wiped (behavior.md §1.3).
+
+        A post-quantum worker without an injected ``signer`` signs handshakes in a
+        :class:`~leapcore.worker.signpool.SigningPool` of processes, started at the first open
+        (:class:`~leapcore.worker.signpool.OnDemandSigner`) and closed when this call returns.
+        """
+        if self.signer is None and self.encryption_mode == "post-quantum":
+            async with OnDemandSigner() as pool:
+                self.signer = pool
+                try:
+                    return await self._run(task_status=task_status)
+                finally:
+                    self.signer = None
+        return await self._run(task_status=task_status)
+
+    async def _run(self, *, task_status: Any) -> WorkerExit:
+        if self.state is None:
+            self.state = load_state(self.data_dir)
+        if not self.state.registered or self.state.keys is None:
+            raise ConfigError(UNREGISTERED)
+        with trio.CancelScope() as scope:
+            self._run_scope = scope
+            if self._stopped:
+                scope.cancel()
+            task_status.started()
+            while not self._stopped:
+                started = self._now()
+                self.attempts += 1
+                result = await self._connect_once()
+                if isinstance(result, WorkerExit):
+                    return result
+                decision = self.policy.after_attempt(started, self._now(), result)
+                if decision.action is ReconnectAction.WIPE_AND_EXIT:
+                    wipe_state(self.data_dir)
+                    log.warning("the hub rejected this worker's auth token; local state wiped")
+                    return WorkerExit.WIPED
+                if decision.action is not ReconnectAction.RETRY or self._stopped:
+                    break
+                log.info("disconnected; reconnecting in %.3fs", decision.delay)
+                await trio.sleep(decision.delay)
+        self._run_scope = None
+        return WorkerExit.STOPPED
+
+    @asynccontextmanager
+    async def _dial_hub(self) -> AsyncIterator[LinkPipe]:
+        async with connect_link(self.hub_url, transport=self.transport, ca_file=self.ca_file) as p:
+            yield p
+
+    async def _connect_once(self) -> Outcome | WorkerExit:
+        try:
+            async with self._dial() as pipe:
+                return await self._serve_link(pipe)
+        except (LinkClosed, LinkProtocolError, OSError) as exc:
+            log.info("link ended: %s", exc)
+            return Outcome.TRANSIENT
+        finally:
+            self._attempt = None
+            self.greeting = None
+
+    async def _serve_link(self, pipe: LinkPipe) -> Outcome | WorkerExit:
+        state = self.state
+        assert state is not None and state.keys is not None
+        conn = LinkConnection(LinkRole.WORKER)
+        connected_at = self._now()
+        queue_in, queue_out = trio.open_memory_channel[bytes](QUEUE_SIZE)
+        attempt = _Attempt(
+            pipe,
+            conn,
+            HeartbeatSchedule(connected_at),
+            GreetingWatchdog(connected_at),
+            LatencyMeter(),
+            queue_in,
+            queue_out,
+        )
+        self._attempt = attempt
+        public = state.keys.public
+        first = Heartbeat(
+            attempt.meter.probe(connected_at),
+            encryption_mode=self.encryption_mode,
+            public_key=public.x25519,
+            mlkem_public_key=public.mlkem,
+            slhdsa_public_key=public.slhdsa,
+        )
+        # Written directly, before the queue exists (behavior.md §2.1).
+        try:
+            await pipe.send(conn.send(Connect(PROTOCOL_VERSION, state.auth_token)))
+            await pipe.send(conn.send(first))
+        except LinkClosed:
+            # The hub may have refused the connect and closed: read once for its reason.
+            with trio.move_on_after(FLUSH_TIMEOUT):
+                answer = await _MessageReader(pipe, conn).next()
+                if isinstance(answer, ErrorMessage):
+                    result = await self._handle(attempt, answer)
+                    if result is not None:
+                        return result
+            raise
+        attempt.schedule.on_sent(self._now())
+        with attempt.scope:
+            async with trio.open_nursery() as nursery:
+                attempt.nursery = nursery
+                nursery.start_soon(self._writer, attempt)
+                nursery.start_soon(self._reader, attempt)
+                nursery.start_soon(self._heartbeats, attempt)
+                nursery.start_soon(self._watchdog, attempt)
+        if attempt.channels is not None:
+            attempt.channels.close_all("link_lost", "the link to the hub ended")
+        if attempt.hub is not None:
+            attempt.hub.fail()
+        return attempt.result if attempt.result is not None else Outcome.TRANSIENT
+
+    def _enqueue_nowait(self, attempt: _Attempt, message: LinkMessage) -> bool:
+        """:meth:`_enqueue` if the queue has room now; False (nothing queued) if it has not."""
+        if attempt.result is not None:
+            return True  # the attempt is ending: dropped, as _enqueue drops it
+        return self._put_nowait(attempt, attempt.conn.send(message))
+
+    async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
+        """The one way out after the first two frames; enqueueing counts as traffic."""
+        if attempt.result is not None:
+            return  # the attempt is ending; the link may already be closed
+        data = attempt.conn.send(message)
+        if self._put_nowait(attempt, data):
+            return  # there was room: no pass through the scheduler (one per message)
+        try:
+            await attempt.queue_in.send(data)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return
+        attempt.schedule.on_sent(self._now())
+
+    def _put_nowait(self, attempt: _Attempt, data: bytes) -> bool:
+        """Queue ``data`` if there is room; True unless it would have to wait (a closed
+        queue drops it: the attempt is ending)."""
+        try:
+            attempt.queue_in.send_nowait(data)
+        except trio.WouldBlock:
+            return False
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            return True
+        attempt.schedule.on_sent(self._now())
+        return True
+
+    async def _writer(self, attempt: _Attempt) -> None:
+        try:
+            async with attempt.queue_out:
+                async for data in attempt.queue_out:
+                    # Whatever else is queued goes in the same transport write.
+                    batch, size = [data], len(data)
+                    while size < WRITE_BATCH:
+                        try:
+                            more = attempt.queue_out.receive_nowait()
+                        except (trio.WouldBlock, trio.EndOfChannel):
+                            break
+                        batch.append(more)
+                        size += len(more)
+                    await attempt.pipe.send(data if len(batch) == 1 else b"".join(batch))
+        except LinkClosed as exc:
+            log.info("link ended while sending: %s", exc)
+            attempt.finish(Outcome.TRANSIENT)
+        finally:
+            attempt.writer_done.set()
+
+    async def _watchdog(self, attempt: _Attempt) -> None:
+        deadline = attempt.watchdog.deadline()
+        if deadline is None:  # the greeting was read before this task first ran
+            return
+        with trio.move_on_at(deadline):
+            await attempt.greeted.wait()
+        if attempt.watchdog.expired(self._now()):
+            log.warning(
+                "no greeting from the hub within %ss; reconnecting", GreetingWatchdog.TIMEOUT
+            )
+            attempt.finish(Outcome.TRANSIENT)
+
+    async def _heartbeats(self, attempt: _Attempt) -> None:
+        schedule = attempt.schedule
+        while True:
+            await trio.sleep_until(schedule.next_deadline())
+            now = self._now()
+            if schedule.poll(now):
+                await self._enqueue(attempt, Heartbeat(attempt.meter.probe(now)))
+
+    async def _reader(self, attempt: _Attempt) -> None:
+        reader = _MessageReader(attempt.pipe, attempt.conn)
+        try:
+            while True:
+                message = await reader.next()
+                result = await self._handle(attempt, message)
+                if result is not None:
+                    attempt.finish(result)
+                    return
+        except (LinkClosed, LinkProtocolError) as exc:
+            log.info("link ended: %s", exc)
+            attempt.finish(Outcome.TRANSIENT)
+
+    async def _handle(self, attempt: _Attempt, message: LinkMessage) -> Outcome | WorkerExit | None:
+        if isinstance(message, WorkerGreeting):
+            attempt.watchdog.on_greeting()
+            attempt.greeted.set()
+            self.greeting = message
+            self._greeting_event.set()
+            self._greeting_event = trio.Event()
+            log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
+            if attempt.channels is None and attempt.nursery is not None:
+                assert self.state is not None and self.state.keys is not None
+                attempt.channels = ChannelServer(
+                    keypair=self.state.keys,
+                    mode=self.encryption_mode,
+                    owner_id=message.owner_id,
+                    send=lambda m: self._enqueue(attempt, m),
+                    send_nowait=lambda m: self._enqueue_nowait(attempt, m),
+                    signer=self.signer if self.signer is not None else InlineSigner(),
+                    services=self.services,
+                    nursery=attempt.nursery,
+                    max_message_size=self.max_message_size,
+                    clock=self._now,
+                    max_channels=self.max_channels,
+                    max_incomplete=self.max_incomplete_chunked,
+                    max_channel_bytes=self.max_channel_bytes,
+                )
+                attempt.hub = _HubCalls(self, attempt, attempt.channels.channels)
+        elif isinstance(message, HeartbeatAck):
+            attempt.meter.on_echo(message.seq, self._now())
+        elif isinstance(message, GoAway):
+            log.info(
+                "hub going away (%s); reconnect in %ss", message.reason, message.reconnect_delay
+            )
+            self.policy.hub_requested_delay(message.reconnect_delay)
+        elif isinstance(message, Deregister):
+            return await self._deregistered(attempt, message)
+        elif isinstance(message, ChannelRequest):
+            assert attempt.channels is not None  # requests come after the greeting
+            await attempt.channels.handle_request(message)
+        elif isinstance(message, ErrorMessage):
+            log.warning("hub error: %s: %s", message.code, message.message)
+            if message.code == "unauthenticated" and not attempt.greeted.is_set():
+                return Outcome.TOKEN_REJECTED
+            return Outcome.TRANSIENT
+        elif isinstance(message, (HubResponse, ChannelOpened, ChannelRefused)):
+            if attempt.hub is not None:
+                attempt.hub.answer(message)
+        elif attempt.channels is not None:
+            attempt.channels.channels.deliver(message)  # channel data, credit, close
+        return None
+
+    async def _deregistered(self, attempt: _Attempt, message: Deregister) -> WorkerExit:
+        log.warning("deregistered by the hub: %s", message.reason)
+        await self._enqueue(attempt, DeregisterAck(message.request_id))
+        await attempt.queue_in.aclose()  # the writer drains the ack, then stops
+        with trio.move_on_after(FLUSH_TIMEOUT):
+            await attempt.writer_done.wait()
+        wipe_state(self.data_dir)
+        return WorkerExit.DEREGISTERED
+
+
+async def _cancel_after(scope: trio.CancelScope, seconds: float) -> None:
+    await trio.sleep(seconds)
+    scope.cancel()
+
+
+async def run_until_signal(
+    start: Callable[[], Awaitable[WorkerExit]],
+    signals: tuple[int, ...],
+    stop: Callable[[], None] | None = None,
+) -> WorkerExit:
+    """Run ``start()`` until it returns or one of ``signals`` arrives.
+
+    The first signal calls ``stop()`` (a graceful stop) and allows it
+    :data:`STOP_TIMEOUT` seconds; a second signal, the timeout, or a signal when no
+    ``stop`` was given cancels ``start()`` outright. A stopped run is ``STOPPED``.
+    """
+    result = WorkerExit.STOPPED
+    with single_exception(), trio.open_signal_receiver(*signals) as receiver:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                graceful = stop
+                async for signum in receiver:
+                    log.info("signal %d: stopping", signum)
+                    if graceful is None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    graceful()
+                    graceful = None  # a second signal, or a stop that hangs, cancels outright
+                    nursery.start_soon(_cancel_after, nursery.cancel_scope, STOP_TIMEOUT)
+
+            async def main() -> None:
+                nonlocal result
+                result = await start()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(watch)
+            nursery.start_soon(main)
+    return result

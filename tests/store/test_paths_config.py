@@ -1,0 +1,314 @@
+"""Where files live (``leapcore.store.paths``) and how settings are layered
+(``leapcore.store.config``):
+pure functions, given an environment dict and a home directory."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from support.helpers import expect
+
+from leapcore.errors import ConfigError
+from leapcore.store.config import WORKER_KEYS, layer, read_config_file, worker_settings
+from leapcore.store.paths import (
+    DEFAULT_HUB_URL,
+    client_config_dir,
+    client_pins_path,
+    cross_worker_pins_path,
+    hub_dir_name,
+    resolve_data_dir,
+    worker_config_dir,
+    worker_config_file,
+)
+
+HOME = Path("/home/ada")
+
+# -- client config dir and per-hub directory --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({}, HOME / ".config/leapcore"),
+        ({"XDG_CONFIG_HOME": "/xdg"}, Path("/xdg/leapcore")),
+        ({"XDG_CONFIG_HOME": ""}, HOME / ".config/leapcore"),
+        ({"LEAPCORE_CONFIG_DIR": "/etc/lc", "XDG_CONFIG_HOME": "/xdg"}, Path("/etc/lc")),
+        ({"LEAPCORE_CONFIG_DIR": "rel/dir"}, Path("rel/dir")),  # verbatim, even relative
+        ({"LEAPCORE_CONFIG_DIR": "", "XDG_CONFIG_HOME": "/xdg"}, Path("/xdg/leapcore")),
+    ],
+)
+def test_client_config_dir_precedence(env: dict[str, str], expected: Path) -> None:
+    assert client_config_dir(env, HOME) == expected
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("http://127.0.0.1:4327", "127.0.0.1_4327"),
+        ("https://hub.example.com", "hub.example.com"),
+        ("https://hub.example.com:8443/some/path?x=1", "hub.example.com_8443"),
+        ("https://Hub.Example.COM", "hub.example.com"),
+        ("HTTPS://hub.example.com", "hub.example.com"),
+        ("https://user:secret@hub.example.com:443", "hub.example.com_443"),
+        ("http://h:/", "h"),  # an empty port is no port
+        ("http://[::1]:8443", "__1_8443"),
+        ("  https://hub.example.com  ", "hub.example.com"),
+        ("unix:/run/leapcore/hub.sock", "unix__run_leapcore_hub.sock"),
+        ("unix:relative.sock", "unix_relative.sock"),
+        ("unix:C:\\pipes\\hub", "unix_C__pipes_hub"),
+    ],
+)
+def test_hub_dir_name(url: str, name: str) -> None:
+    assert hub_dir_name(url) == name
+    assert "/" not in name and name not in (".", "..")
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http:///no-host", "hub URL 'http:///no-host' has no host"),
+        ("http://:8080", "hub URL 'http://:8080' has no host"),
+        ("https://", "hub URL 'https://' has no host"),
+        # "." and ".." would put pins.json beside or above the per-hub directories
+        ("http://../", "hub URL 'http://../' has no host"),
+        ("http://.:80", "hub URL 'http://.:80' has no host"),
+        ("unix:", "hub URL 'unix:' names no socket path"),
+        ("hub.example.com", "hub URL 'hub.example.com' must start with http://, https:// or unix:"),
+        ("ftp://hub", "hub URL 'ftp://hub' must start with http://, https:// or unix:"),
+        ("", "hub URL '' must start with http://, https:// or unix:"),
+        (
+            "http://h:99999",
+            "hub URL 'http://h:99999' is malformed: Port out of range 0-65535",
+        ),
+        (
+            "http://h:port",
+            "hub URL 'http://h:port' is malformed: Port could not be cast to integer value as "
+            "'port'",
+        ),
+    ],
+)
+def test_hub_dir_name_refuses_unusable_urls(url: str, message: str) -> None:
+    expect(ConfigError, f"^{re.escape(message)}$", hub_dir_name, url)
+
+
+def test_client_pins_path() -> None:
+    env = {"LEAPCORE_CONFIG_DIR": "/cfg"}
+    assert client_pins_path(env, HOME, "https://hub.example.com:8443") == Path(
+        "/cfg/hub.example.com_8443/pins.json"
+    )
+    assert client_pins_path({}, HOME, "unix:/run/hub.sock") == (
+        HOME / ".config/leapcore/unix__run_hub.sock/pins.json"
+    )
+    expect(ConfigError, "has no host", client_pins_path, env, HOME, "http:///x")
+
+
+# -- worker paths ------------------------------------------------------------------------------
+
+
+def test_worker_config_locations() -> None:
+    assert worker_config_dir(HOME) == HOME / ".config/leapcore/worker"
+    assert worker_config_file(HOME) == HOME / ".config/leapcore/worker/worker.toml"
+    assert cross_worker_pins_path(Path("/srv/w")) == Path("/srv/w/cross_worker_pins.json")
+
+
+@pytest.mark.parametrize(
+    ("value", "config_file", "expected"),
+    [
+        (".", None, HOME / ".config/leapcore/worker"),
+        ("data", None, HOME / ".config/leapcore/worker/data"),
+        (".", Path("/etc/lc/worker.toml"), Path("/etc/lc")),
+        ("data", Path("/etc/lc/worker.toml"), Path("/etc/lc/data")),
+        ("../shared", Path("/etc/lc/worker.toml"), Path("/etc/lc/../shared")),
+        ("/srv/worker", Path("/etc/lc/worker.toml"), Path("/srv/worker")),
+        ("/srv/worker", None, Path("/srv/worker")),
+        ("~", Path("/etc/lc/worker.toml"), HOME),
+        ("~/w", Path("/etc/lc/worker.toml"), HOME / "w"),
+        ("~bob/w", None, HOME / ".config/leapcore/worker/~bob/w"),  # no ~user expansion
+    ],
+)
+def test_resolve_data_dir(value: str, config_file: Path | None, expected: Path) -> None:
+    assert resolve_data_dir(value, config_file=config_file, home=HOME) == expected
+
+
+# -- layering ------------------------------------------------------------------------------------
+
+KEYS: dict[str, tuple[type, object]] = {"name": (str, "dflt"), "size": (int, 4), "hub": (str, "")}
+
+
+def test_layers_later_wins() -> None:
+    merged = layer(KEYS, file_values=None, env={}, prefix="T_", flags={})
+    assert merged == {"name": "dflt", "size": 4, "hub": ""}
+    merged = layer(KEYS, file_values={"name": "file", "size": 5}, env={}, prefix="T_", flags={})
+    assert merged == {"name": "file", "size": 5, "hub": ""}
+    env = {"T_NAME": "env", "T_SIZE": " 6 ", "OTHER": "x", "t_hub": "lowercase is not ours"}
+    merged = layer(KEYS, file_values={"name": "file", "size": 5}, env=env, prefix="T_", flags={})
+    assert merged == {"name": "env", "size": 6, "hub": ""}
+    merged = layer(
+        KEYS, file_values={"name": "file"}, env={"T_NAME": "env"}, prefix="T_", flags={"name": ""}
+    )
+    assert merged["name"] == ""  # an explicitly passed flag wins even when empty
+
+
+def test_environment_variables_of_other_tools_are_ignored() -> None:
+    # LEAPCORE_WORKER_ID is the remote CLI's --worker-id default, not a worker setting.
+    env = {"LEAPCORE_WORKER_ID": "w1", "LEAPCORE_WORKER_DATA_DIR": "/srv/w"}
+    merged = layer(WORKER_KEYS, file_values=None, env=env, prefix="LEAPCORE_WORKER_", flags={})
+    assert merged["data_dir"] == "/srv/w"
+    assert "id" not in merged
+
+
+def test_environment_integers_are_checked() -> None:
+    expect(
+        ConfigError,
+        r"^environment: T_SIZE must be an integer, got 'big'$",
+        layer,
+        KEYS,
+        file_values=None,
+        env={"T_SIZE": "big"},
+        prefix="T_",
+        flags={},
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        ({"size": "7"}, "flag: setting 'size' must be int, got str"),
+        ({"size": True}, "flag: setting 'size' must be int, got bool"),
+        ({"colour": "red"}, "flag: unknown setting 'colour' (known: hub, name, size)"),
+    ],
+)
+def test_flags_are_checked(flags: dict[str, object], message: str) -> None:
+    expect(
+        ConfigError,
+        f"^{re.escape(message)}$",
+        layer,
+        KEYS,
+        file_values=None,
+        env={},
+        prefix="T_",
+        flags=flags,
+    )
+
+
+# -- config files --------------------------------------------------------------------------------
+
+
+def test_read_config_file(tmp_path: Path) -> None:
+    assert read_config_file(tmp_path / "missing.toml", KEYS) is None
+    good = tmp_path / "good.toml"
+    good.write_text('name = "from file"\nsize = 9\n')
+    assert read_config_file(good, KEYS) == {"name": "from file", "size": 9}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("colour = 'red'\n", "unknown setting 'colour' (known: hub, name, size)"),
+        ("size = '9'\n", "setting 'size' must be int, got str"),
+        ("size = true\n", "setting 'size' must be int, got bool"),
+        ("name = 3.5\n", "setting 'name' must be str, got float"),
+        ("[name]\nx = 1\n", "setting 'name' must be str, got dict"),
+        ("name = \n", "not valid TOML: Invalid value (at line 1, column 8)"),
+        (
+            b"name = '\xff'\n",
+            "not valid TOML: 'utf-8' codec can't decode byte 0xff in position 8: "
+            "invalid start byte",
+        ),
+    ],
+)
+def test_bad_config_files_name_the_file_and_the_problem(
+    tmp_path: Path, content: str | bytes, problem: str
+) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    expect(ConfigError, f"^{re.escape(f'{path}: {problem}')}$", read_config_file, path, KEYS)
+
+
+def test_an_unreadable_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "dir.toml"
+    path.mkdir()
+    message = f"{path}: cannot read config file: Is a directory"
+    expect(ConfigError, f"^{re.escape(message)}$", read_config_file, path, KEYS)
+
+
+# -- the worker's settings -----------------------------------------------------------------------
+
+
+def test_worker_settings_without_a_config_file(tmp_path: Path) -> None:
+    settings, used = worker_settings(flags={}, env={}, home=tmp_path, config_path=None)
+    assert used is None
+    assert settings["data_dir"] == str(tmp_path / ".config/leapcore/worker")
+    assert settings["hub"] == DEFAULT_HUB_URL
+    assert {k: v for k, v in settings.items() if k != "data_dir"} == {
+        k: default for k, (_t, default) in WORKER_KEYS.items() if k != "data_dir"
+    }
+
+
+def test_worker_settings_default_file_with_a_relative_data_dir(tmp_path: Path) -> None:
+    config = tmp_path / ".config/leapcore/worker/worker.toml"
+    config.parent.mkdir(parents=True)
+    config.write_text('data_dir = "state"\nname = "box"\n')
+    settings, used = worker_settings(flags={}, env={}, home=tmp_path, config_path=None)
+    assert used == config
+    assert settings["data_dir"] == str(config.parent / "state")
+    assert settings["name"] == "box"
+
+
+def test_worker_settings_precedence_file_env_flag(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "w.toml"
+    config.parent.mkdir()
+    config.write_text('data_dir = "from-file"\n')
+    env = {"LEAPCORE_WORKER_DATA_DIR": "/from/env", "LEAPCORE_WORKER_ID": "ignored"}
+    home = tmp_path / "home"
+    settings, used = worker_settings(flags={}, env={}, home=home, config_path=config)
+    assert (settings["data_dir"], used) == (str(config.parent / "from-file"), config)
+    settings, _ = worker_settings(flags={}, env=env, home=home, config_path=config)
+    assert settings["data_dir"] == "/from/env"
+    flags = {"data_dir": "/from/flag"}
+    settings, _ = worker_settings(flags=flags, env=env, home=home, config_path=config)
+    assert settings["data_dir"] == "/from/flag"
+    # A relative value from the environment or a flag also resolves against the file's directory.
+    settings, _ = worker_settings(flags={"data_dir": "rel"}, env=env, home=home, config_path=config)
+    assert settings["data_dir"] == str(config.parent / "rel")
+
+
+def test_worker_settings_relative_config_path_gives_an_absolute_data_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    Path("conf").mkdir()
+    Path("conf/w.toml").write_text('data_dir = "d"\n')
+    settings, used = worker_settings(
+        flags={}, env={}, home=tmp_path / "home", config_path=Path("conf/w.toml")
+    )
+    assert settings["data_dir"] == str(tmp_path / "conf" / "d")
+    assert Path(settings["data_dir"]).is_absolute()
+    assert used == tmp_path / "conf" / "w.toml"
+
+
+def test_worker_settings_explicit_config_must_exist(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.toml"
+    expect(
+        ConfigError,
+        f"^{re.escape(str(missing))}: no such config file$",
+        worker_settings,
+        flags={},
+        env={},
+        home=tmp_path,
+        config_path=missing,
+    )
+
+
+def test_worker_settings_bad_environment_value(tmp_path: Path) -> None:
+    expect(
+        ConfigError,
+        r"^environment: LEAPCORE_WORKER_MAX_MESSAGE_SIZE must be an integer, got '16M'$",
+        worker_settings,
+        flags={},
+        env={"LEAPCORE_WORKER_MAX_MESSAGE_SIZE": "16M"},
+        home=tmp_path,
+        config_path=None,
+    )

@@ -1,0 +1,255 @@
+"""leapcore.worker.signpool: SLH-DSA signing in worker processes, off the event loop.
+
+Every signature costs ~125-200 ms of CPU on this 2-core machine, so the tests sign as little
+as they can and reuse the session keypair.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+
+import pytest
+import trio
+
+from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.primitives import SLHDSA_SIGNATURE_SIZE, slhdsa_sign, slhdsa_verify
+from leapcore.errors import LocalError
+from leapcore.worker.signpool import (
+    InlineSigner,
+    OnDemandSigner,
+    Signer,
+    SigningPool,
+    SigningPoolBroken,
+    SigningPoolClosed,
+)
+
+#: The product requirement is 20 ms; the test allows more because this machine is shared
+#: and noisy (the measured worst lateness is printed: run with -s to see it).
+POOL_STALL_BOUND = 0.050
+TICK = 0.005
+
+
+def _crash(secret_key: bytes, message: bytes) -> bytes:
+    """Replaces the child's signing function: the child dies mid-job."""
+    os._exit(3)
+
+
+async def worst_lateness(work: Callable[[], Awaitable[object]]) -> float:
+    """The worst lateness of a ``TICK`` periodic ticker while ``work`` runs."""
+    worst = 0.0
+
+    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        nonlocal worst
+        deadline = trio.current_time()
+        task_status.started()
+        while True:
+            deadline += TICK
+            await trio.sleep_until(deadline)
+            now = trio.current_time()
+            worst = max(worst, now - deadline)
+            deadline = max(deadline, now)  # after a stall, do not fire the missed ticks
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(ticker)
+        await work()
+        # Let the ticker take the tick that was due while the work ended (and so measure a
+        # stall that lasted until the very end) before stopping it.
+        await trio.sleep(3 * TICK)
+        nursery.cancel_scope.cancel()
+    return worst
+
+
+def burst(
+    signer: Signer, key: bytes, n: int, out: dict[bytes, bytes]
+) -> Callable[[], Awaitable[None]]:
+    """``n`` concurrent signatures, into ``out`` (message -> signature). They are checked
+    afterwards: a verification takes ~7 ms of the loop and would count as a stall."""
+
+    async def one(i: int) -> None:
+        message = b"burst %d" % i
+        out[message] = await signer.sign(key, message)
+
+    async def run() -> None:
+        async with trio.open_nursery() as nursery:
+            for i in range(n):
+                nursery.start_soon(one, i)
+
+    return run
+
+
+async def test_signatures_verify_and_are_randomized(generated_keypair: WorkerKeyPair) -> None:
+    # SLH-DSA-SHAKE-256f as pqcrypto implements it is randomized (hedged): two signatures of
+    # the same message differ, so the pool's output cannot be compared with slhdsa_sign's.
+    # Both verify, have the same length, and differ.
+    message = b"transcript"
+    async with SigningPool(processes=1) as pool:
+        signature = await pool.sign(generated_keypair.slhdsa_private, message)
+    inline = slhdsa_sign(generated_keypair.slhdsa_private, message)
+    slhdsa_verify(generated_keypair.slhdsa_public, message, signature)
+    assert len(signature) == len(inline) == SLHDSA_SIGNATURE_SIZE
+    assert signature != inline
+
+
+async def test_both_signers_satisfy_the_protocol(generated_keypair: WorkerKeyPair) -> None:
+    assert isinstance(SigningPool(1), Signer)
+    assert isinstance(InlineSigner(), Signer)
+    signature = await InlineSigner().sign(generated_keypair.slhdsa_private, b"m")
+    slhdsa_verify(generated_keypair.slhdsa_public, b"m", signature)
+
+
+async def test_pool_keeps_the_loop_running_inline_does_not(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    key = generated_keypair.slhdsa_private
+    pooled: dict[bytes, bytes] = {}
+    inline: dict[bytes, bytes] = {}
+    async with SigningPool(processes=2) as pool:
+        pool_worst = await worst_lateness(burst(pool, key, 16, pooled))
+    # Two inline signatures are enough to show the stall (each blocks the loop entirely).
+    inline_worst = await worst_lateness(burst(InlineSigner(), key, 2, inline))
+    print(
+        f"\nworst ticker lateness: pool {pool_worst * 1e3:.1f} ms, "
+        f"inline {inline_worst * 1e3:.1f} ms"
+    )
+    assert len(pooled) == 16 and len(inline) == 2
+    for message, signature in [*pooled.items(), *inline.items()]:
+        slhdsa_verify(generated_keypair.slhdsa_public, message, signature)
+    assert inline_worst >= 0.100  # the measurement can fail
+    assert pool_worst < POOL_STALL_BOUND
+
+
+async def test_cancelled_signs_do_not_break_the_pool(generated_keypair: WorkerKeyPair) -> None:
+    key = generated_keypair.slhdsa_private
+    async with SigningPool(processes=1) as pool:
+        assert pool.max_outstanding == 4
+        finished = []
+
+        async def sign(i: int) -> None:
+            await pool.sign(key, b"doomed %d" % i)
+            finished.append(i)
+
+        # Six callers: some are running or queued in the child, some are pending in the
+        # executor (cancellable), two wait for a slot.
+        with trio.move_on_after(0.05) as scope:
+            async with trio.open_nursery() as nursery:
+                for i in range(6):
+                    nursery.start_soon(sign, i)
+        assert scope.cancelled_caught
+        assert finished == []
+        # The pool still signs; the slots come back once the child is done with the jobs it
+        # had already taken (cancelled callers do not free a busy process early).
+        signature = await pool.sign(key, b"after")
+        slhdsa_verify(generated_keypair.slhdsa_public, b"after", signature)
+        with trio.fail_after(5):
+            while pool._slots.value != pool.max_outstanding:
+                await trio.sleep(0.01)
+
+
+async def submitted(pool: SigningPool, n: int) -> None:
+    """Wait until ``n`` jobs hold a slot: each was submitted to the executor as it took it."""
+    with trio.fail_after(10):
+        while pool._slots.value != pool.max_outstanding - n:
+            await trio.sleep(0.001)
+
+
+async def test_closed_pool(generated_keypair: WorkerKeyPair) -> None:
+    key = generated_keypair.slhdsa_private
+    pool = SigningPool(processes=1)
+    with pytest.raises(SigningPoolClosed, match="not open"):
+        await pool.sign(key, b"m")
+    outcomes: list[object] = []
+
+    async def sign(i: int) -> None:
+        try:
+            outcomes.append(await pool.sign(key, b"m%d" % i))
+        except SigningPoolClosed as exc:
+            outcomes.append(exc)
+
+    async with pool, trio.open_nursery() as nursery:
+        for i in range(4):
+            nursery.start_soon(sign, i)
+        await submitted(pool, 4)
+        await pool.aclose()  # while the four are in flight
+    assert pool.pids == frozenset()
+    assert len(outcomes) == 4
+    closed = [o for o in outcomes if isinstance(o, SigningPoolClosed)]
+    assert closed, "the job not yet taken by the child is cancelled"
+    for o in outcomes:
+        assert isinstance(o, bytes | SigningPoolClosed)
+    with pytest.raises(SigningPoolClosed, match="closed") as info:
+        await pool.sign(key, b"m")
+    assert isinstance(info.value, LocalError)
+    assert info.value.code == "signing_pool_closed"
+    with pytest.raises(SigningPoolClosed):
+        await pool.__aenter__()
+
+
+async def test_bad_arguments() -> None:
+    with pytest.raises(LocalError):
+        SigningPool(processes=0)
+    assert SigningPool().processes == (os.cpu_count() or 1)
+    with pytest.raises(LocalError, match="128 bytes"):
+        await InlineSigner().sign(b"short", b"m")
+    pool = SigningPool(processes=1)
+    with pytest.raises(LocalError, match="128 bytes"):
+        await pool.sign(b"short", b"m")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="reads /proc")
+async def test_children_are_niced_and_ignore_sigint() -> None:
+    async with SigningPool(processes=2) as pool:
+        assert len(pool.pids) == 2  # pre-warmed: all started on entry
+        parent = os.getpriority(os.PRIO_PROCESS, 0)
+        for pid in pool.pids:
+            assert os.getpriority(os.PRIO_PROCESS, pid) == min(parent + 10, 19)
+            with open(f"/proc/{pid}/status") as status:
+                ignored = next(line for line in status if line.startswith("SigIgn:"))
+            assert int(ignored.split()[1], 16) & (1 << (signal.SIGINT - 1))
+
+
+async def test_killed_child_is_recovered(generated_keypair: WorkerKeyPair) -> None:
+    key, public = generated_keypair.slhdsa_private, generated_keypair.slhdsa_public
+    async with SigningPool(processes=2) as pool:
+        before = pool.pids
+        results: dict[int, bytes] = {}
+
+        async def sign(i: int) -> None:
+            results[i] = await pool.sign(key, b"m%d" % i)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(3):
+                nursery.start_soon(sign, i)
+            await submitted(pool, 3)  # handed to the children
+            os.kill(min(before), signal.SIGKILL)
+        for i, signature in results.items():
+            slhdsa_verify(public, b"m%d" % i, signature)
+        assert len(results) == 3
+        assert pool.restarts == 1  # once, although every job in flight failed
+        assert not pool.pids & before
+
+        # A second death while retrying the same signature is reported...
+        sign_in_child = pool._child_fn
+        pool._child_fn = _crash
+        with pytest.raises(SigningPoolBroken, match="died twice"):
+            await pool.sign(key, b"poison")
+        assert pool.restarts == 2
+        # ...and the pool still recovers for the next caller.
+        pool._child_fn = sign_in_child
+        signature = await pool.sign(key, b"again")
+        slhdsa_verify(public, b"again", signature)
+        assert pool.restarts == 3
+
+
+async def test_on_demand_signer_starts_its_pool_at_the_first_signature(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    async with OnDemandSigner(processes=1) as signer:
+        assert signer.pool is None  # nothing started for a worker nobody opens
+        signature = await signer.sign(generated_keypair.slhdsa_private, b"transcript")
+        slhdsa_verify(generated_keypair.slhdsa_public, b"transcript", signature)
+        assert signer.pool is not None and len(signer.pool.pids) == 1
+    with pytest.raises(SigningPoolClosed):
+        await signer.sign(generated_keypair.slhdsa_private, b"again")
