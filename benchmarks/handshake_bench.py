@@ -47,7 +47,8 @@ from leapcore.crypto.handshake import Initiator, Responder
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode
 from leapcore.crypto.primitives import mlkem_encapsulate, system_random
-from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.transport import TransportSession
+from leapcore.proto.limits import MAX_PLAINTEXT
 
 CLASSIC, PQ = EncryptionMode.CLASSIC, EncryptionMode.POST_QUANTUM
 NOISE_NAME = b"Noise_NK_25519_ChaChaPoly_BLAKE2b"

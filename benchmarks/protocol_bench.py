@@ -48,10 +48,12 @@ from dataclasses import asdict, dataclass
 from _measure import Pair, Result, fmt_time, make_parser, measure, profile, run_info
 
 from leapcore.crypto.mode import EncryptionMode
-from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.transport import TransportSession
 from leapcore.proto.channel_codec import Request, decode, encode
-from leapcore.proto.channel_mux import ChannelEndpoint, RequestReceived
+from leapcore.proto.channel_events import RequestReceived
+from leapcore.proto.channel_mux import ChannelEndpoint
 from leapcore.proto.chunking import ChannelFrame, FrameFlag, Reassembled, Reassembler, iter_chunks
+from leapcore.proto.limits import MAX_PLAINTEXT
 from leapcore.proto.link_codec import ChannelData, LinkDecoder
 from leapcore.proto.link_codec import encode as link_encode
 

@@ -77,7 +77,7 @@ from leapcore.crypto.handshake import HandshakeState, Initiator, Responder
 from leapcore.crypto.keys import PublicKeyBundle, WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode, parse_encryption_mode
 from leapcore.crypto.primitives import MLKEM_CIPHERTEXT_SIZE
-from leapcore.crypto.transport import MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.transport import TransportSession
 from leapcore.errors import (
     ChannelClosedError,
     ChannelProtocolError,
@@ -94,7 +94,7 @@ from leapcore.errors import (
 )
 from leapcore.net.listen import H2_PREFACE, LinkServer
 from leapcore.net.trioutil import single_exception
-from leapcore.proto import channel_mux
+from leapcore.proto import channel_events
 from leapcore.proto.channel_codec import (
     MAX_BYTES_DATA,
     MAX_ERROR_MESSAGE,
@@ -119,17 +119,16 @@ from leapcore.proto.channel_codec import (
 )
 from leapcore.proto.channel_codec import decode as channel_decode
 from leapcore.proto.channel_codec import encode as channel_encode
-from leapcore.proto.channel_mux import (
-    CLOSE_CORRELATION_ID,
+from leapcore.proto.channel_events import (
     BytesReceived,
     ByteStreamRequested,
     ChannelClosed,
-    ChannelEndpoint,
     ProtocolViolation,
     RekeyCompleted,
     RequestReceived,
     StreamRequested,
 )
+from leapcore.proto.channel_mux import CLOSE_CORRELATION_ID, ChannelEndpoint
 from leapcore.proto.chunking import (
     MAX_CHUNK,
     ChannelFrame,
@@ -138,6 +137,7 @@ from leapcore.proto.chunking import (
     Reassembler,
     ReassemblyFailed,
 )
+from leapcore.proto.limits import MAX_PLAINTEXT
 from leapcore.proto.link_codec import (
     ChannelData,
     ClientHello,
@@ -672,7 +672,7 @@ _CLOSE_CODES = frozenset(
         "outbound_overflow",
     }
 )
-_EVENT_TYPES: tuple[type, ...] = typing.get_args(channel_mux.Event)
+_EVENT_TYPES: tuple[type, ...] = typing.get_args(channel_events.Event)
 _CLOSE_FRAME = ChannelFrame(CLOSE_CORRELATION_ID, FrameFlag.CLOSE, b"")
 
 

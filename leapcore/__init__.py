@@ -4,6 +4,11 @@ The sans-IO cores (handshake, transport cipher, rekey, keys) import without
 trio; the trio drivers build on them. The client API -- :func:`connect`, and the
 :class:`Channel`, :class:`ByteStream`, :class:`Services` and :class:`Worker` drivers -- is
 loaded on first use, so ``import leapcore`` alone never imports trio.
+
+Errors form one tree under :class:`LeapcoreError`, caught by meaning: :class:`LocalError`
+(this side's fault), :class:`RemoteProtocolError` (the peer broke the protocol: possibly an
+attack) and :class:`RemoteFailure`, split into :class:`Unavailable` (went away or too slow:
+retry later) and :class:`Refused` (the far side said no). See :mod:`leapcore.errors`.
 """
 
 from typing import TYPE_CHECKING, Any
@@ -13,14 +18,21 @@ from .crypto.handshake import Initiator, Responder
 from .crypto.keys import PublicKeyBundle, WorkerKeyPair
 from .crypto.mode import EncryptionMode, parse_encryption_mode
 from .crypto.transport import TransportSession
-from .errors import LeapcoreError, LocalError, RemoteProtocolError
+from .errors import (
+    LeapcoreError,
+    LocalError,
+    Refused,
+    RemoteFailure,
+    RemoteProtocolError,
+    ServiceError,
+    Unavailable,
+)
 
 _LAZY = {
     "connect": "leapcore.peer.connect",
     "Channel": "leapcore.peer.channel",
     "ByteStream": "leapcore.peer.channel",
     "CallContext": "leapcore.peer.channel",
-    "ServiceError": "leapcore.peer.channel",
     "Services": "leapcore.peer.channel",
     "HubSession": "leapcore.peer.hubsession",
     "Worker": "leapcore.worker.daemon",
@@ -28,7 +40,7 @@ _LAZY = {
 }
 
 if TYPE_CHECKING:
-    from .peer.channel import ByteStream, CallContext, Channel, ServiceError, Services
+    from .peer.channel import ByteStream, CallContext, Channel, Services
     from .peer.connect import connect
     from .peer.hubsession import HubSession
     from .worker.builtin_services import default_services
@@ -54,11 +66,14 @@ __all__ = [
     "LeapcoreError",
     "LocalError",
     "PublicKeyBundle",
+    "Refused",
+    "RemoteFailure",
     "RemoteProtocolError",
     "Responder",
     "ServiceError",
     "Services",
     "TransportSession",
+    "Unavailable",
     "Worker",
     "WorkerKeyPair",
     "__version__",

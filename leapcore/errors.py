@@ -1,23 +1,38 @@
-"""The one error hierarchy of leapcore.
+"""The one error hierarchy of leapcore: every exception class of the package lives here.
 
-Every exception leapcore raises on purpose derives from :class:`LeapcoreError`
-and carries a stable, machine-readable ``code``. The tree splits in two, in
-the manner of h11:
+Every exception leapcore raises on purpose derives from :class:`LeapcoreError` and carries
+a stable, machine-readable ``code``. The tree has three branches, one per meaning, so a
+program can catch what it means:
 
-* :class:`LocalError` — the caller misused the API or gave bad
-  configuration (wrong state, oversized plaintext, bad flag, unreadable key
-  file). Fixing it means changing the calling code or its input.
-* :class:`RemoteProtocolError` — the peer (or the network between) sent
-  bytes that break the protocol: a malformed or tampered handshake message,
-  a frame that fails authentication, a record with unknown fields.
+* :class:`LocalError` — this side's fault: the caller misused the API, gave bad
+  configuration, or a local file is unreadable. Fixing it means changing the calling code,
+  its input or the local files; retrying changes nothing.
+* :class:`RemoteProtocolError` — the peer (or something between) broke the protocol: a
+  malformed record or frame, a frame that fails authentication, a bad signature, keys
+  that differ from their pin, a relay or flow-control violation. Possibly an attack; never
+  retried blindly.
+* :class:`RemoteFailure` — the protocol was kept, but the operation did not happen:
 
-The codes are part of the public contract: programs match on ``exc.code``,
-people read ``str(exc)``. The full table lives in ``docs/api.md``.
+  * :class:`Unavailable` — the connection or the far side went away or did not answer in
+    time (a dropped link, an unreachable hub, an offline worker, a deadline). Retrying
+    later may succeed.
+  * :class:`Refused` — the far side understood and said no (not found, unauthenticated,
+    permission denied, a quota, an error answer to a call). Retrying the same request
+    gets the same answer.
+
+Some failures carry the far side's reason code instead of a class of their own
+(:class:`ChannelLost`, :class:`ChannelOpenFailed`, :class:`HubRequestFailed`). When that
+code says the protocol was broken (a failed handshake, a frame that failed authentication,
+a relay violation, ...), :attr:`LeapcoreError.protocol_failure` is true, as it is for every
+:class:`RemoteProtocolError`.
+
+The codes are part of the public contract: programs match on ``exc.code``, people read
+``str(exc)``. The tree and the table live in the "Errors" section of ``docs/api.md``.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Final
 
 __all__ = [
     "BadSignature",
@@ -35,6 +50,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeStateError",
     "HubRequestFailed",
+    "HubUnavailable",
     "InvalidEncryptionMode",
     "InvalidMessage",
     "KeyFileError",
@@ -54,17 +70,24 @@ __all__ = [
     "PlaintextTooLarge",
     "QuotaExceeded",
     "RecordError",
+    "Refused",
+    "RegistrationRejected",
     "RekeyError",
     "RelayViolation",
     "RemoteCallError",
+    "RemoteFailure",
     "RemoteProtocolError",
+    "RequestError",
     "ResourceExhausted",
+    "ServiceError",
     "SessionClosed",
     "SigningPoolBroken",
     "SigningPoolClosed",
     "StorageError",
     "StreamUsageError",
+    "TLSCertificateError",
     "Unauthenticated",
+    "Unavailable",
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
     "UnsupportedProtocolVersion",
@@ -81,9 +104,15 @@ class LeapcoreError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def protocol_failure(self) -> bool:
+        """True when this failure means the protocol was broken, here or as the far side
+        reports it: possibly tampering on the way, never retried blindly."""
+        return False
+
 
 # ---------------------------------------------------------------------------
-# Local: the caller's fault.
+# Local: this side's fault (misuse, configuration, local files).
 
 
 class LocalError(LeapcoreError):
@@ -140,36 +169,6 @@ class KeyFileError(LocalError):
     code = "key_file_error"
 
 
-class NotFound(LocalError):
-    """The thing asked for (a pin, a worker, a key) does not exist."""
-
-    code = "not_found"
-
-
-class Unauthenticated(LocalError):
-    """A credential (API token, worker auth token, registration key) was not accepted."""
-
-    code = "unauthenticated"
-
-
-class PermissionDenied(LocalError):
-    """The caller is authenticated but not allowed to do this."""
-
-    code = "permission_denied"
-
-
-class FailedPrecondition(LocalError):
-    """The request is valid but the state does not allow it now (e.g. too early to extend)."""
-
-    code = "failed_precondition"
-
-
-class QuotaExceeded(LocalError):
-    """A configured limit was reached (e.g. the maximum workers per user)."""
-
-    code = "quota_exceeded"
-
-
 class PinStoreError(LocalError):
     """A pin store file cannot be read, locked or written."""
 
@@ -182,14 +181,61 @@ class CorruptPinStore(PinStoreError):
     code = "pin_store_corrupt"
 
 
+class InvalidMessage(LocalError):
+    """A channel message built locally has an invalid field (method name, code, window)."""
+
+    code = "invalid_message"
+
+
+class MessageTooLarge(InvalidMessage):
+    """An encoded channel message exceeds the channel's max_message_size."""
+
+    code = "message_too_large"
+
+
+class StreamUsageError(LocalError):
+    """A stream action that the stream's kind, state or this side's role does not allow."""
+
+    code = "stream_usage_error"
+
+
+class ChannelClosedError(LocalError):
+    """An action on a channel endpoint that is already closed."""
+
+    code = "channel_closed"
+
+
+class OutboundQueueFull(LocalError):
+    """The channel's outbound queue is at its byte budget; drain frames_to_send first."""
+
+    code = "outbound_queue_full"
+
+
+class SigningPoolClosed(LocalError):
+    """``SigningPool.sign`` was called on a pool that is not open (not yet entered,
+    or closed); callers still waiting when the pool closes get it too."""
+
+    code = "signing_pool_closed"
+
+
+class SigningPoolBroken(LocalError):
+    """A signing process died twice in a row while computing the same signature."""
+
+    code = "signing_pool_broken"
+
+
 # ---------------------------------------------------------------------------
-# Remote: the peer's fault.
+# Remote protocol: the peer broke the protocol (possibly an attack).
 
 
 class RemoteProtocolError(LeapcoreError):
     """The peer sent data that violates the protocol."""
 
     code = "protocol_error"
+
+    @property
+    def protocol_failure(self) -> bool:
+        return True
 
 
 class KeyMismatch(RemoteProtocolError):
@@ -240,75 +286,11 @@ class UnexpectedMessage(LinkProtocolError):
     code = "unexpected_message"
 
 
-class HubRequestFailed(RemoteProtocolError):
-    """The hub answered a request with an error that has no more specific class here
-    (``internal``, ``unavailable``, ``invalid_argument`` or a code this version does not
-    know); the hub's code is the ``hub_code`` attribute."""
+class TLSCertificateError(LinkProtocolError):
+    """The hub's TLS certificate did not verify (against the system's CAs, or ``ca_file``):
+    possibly an impostor hub. No link is made, and never one in cleartext instead."""
 
-    code = "hub_request_failed"
-
-    def __init__(self, hub_code: str, message: str) -> None:
-        super().__init__(f"{hub_code}: {message}")
-        self.hub_code = hub_code
-
-
-class LinkClosed(RemoteProtocolError):
-    """The link's connection ended or could not be made (network error, peer gone)."""
-
-    code = "link_closed"
-
-
-class ChannelOpenFailed(RemoteProtocolError):
-    """A channel could not be opened: the hub or the worker refused it, or it timed out.
-    ``reason`` is the link protocol's open error code (``timeout``, ``handshake_failed``,
-    ``unavailable``, ...)."""
-
-    code = "channel_open_failed"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-class WorkerOffline(ChannelOpenFailed):
-    """The worker exists but holds no link to the hub right now."""
-
-    code = "worker_offline"
-
-    def __init__(self, message: str) -> None:
-        super().__init__("worker_offline", message)
-
-
-class ChannelLost(RemoteProtocolError):
-    """The channel ended under a call: the peer or the hub closed it, or the link went.
-    ``reason`` is the close code (``link_lost``, ``closed_by_peer``, ``decrypt_failed``, ...)."""
-
-    code = "channel_lost"
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-
-
-class DeadlineExceeded(RemoteProtocolError):
-    """A call, ping, stream, byte-stream open, hub request or channel open through the hub got
-    no answer within its deadline (``timeout=``, 30 s by default): a frame was lost or
-    misrouted, or the peer is stuck. Not a protocol violation; the operation may be retried.
-    What the caller gave up on is cancelled (a late answer is dropped)."""
-
-    code = "deadline_exceeded"
-
-
-class RemoteCallError(RemoteProtocolError):
-    """The worker answered a call with an error; its code is ``remote_code`` (for example
-    ``permission_denied``, ``not_found``, ``unimplemented``, ``internal``)."""
-
-    code = "remote_error"
-
-    def __init__(self, remote_code: str, message: str) -> None:
-        super().__init__(f"{remote_code}: {message}" if message else remote_code)
-        self.remote_code = remote_code
-        self.remote_message = message
+    code = "tls_certificate_rejected"
 
 
 class RelayViolation(RemoteProtocolError):
@@ -353,53 +335,6 @@ class RekeyError(RemoteProtocolError):
     code = "rekey_failed"
 
 
-# ---------------------------------------------------------------------------
-# Channel protocol (leapcore.proto: channel_codec, chunking, channel_mux)
-
-
-class InvalidMessage(LocalError):
-    """A channel message built locally has an invalid field (method name, code, window)."""
-
-    code = "invalid_message"
-
-
-class MessageTooLarge(InvalidMessage):
-    """An encoded channel message exceeds the channel's max_message_size."""
-
-    code = "message_too_large"
-
-
-class StreamUsageError(LocalError):
-    """A stream action that the stream's kind, state or this side's role does not allow."""
-
-    code = "stream_usage_error"
-
-
-class ChannelClosedError(LocalError):
-    """An action on a channel endpoint that is already closed."""
-
-    code = "channel_closed"
-
-
-class SigningPoolClosed(LocalError):
-    """``SigningPool.sign`` was called on a pool that is not open (not yet entered,
-    or closed); callers still waiting when the pool closes get it too."""
-
-    code = "signing_pool_closed"
-
-
-class SigningPoolBroken(LocalError):
-    """A signing process died twice in a row while computing the same signature."""
-
-    code = "signing_pool_broken"
-
-
-class OutboundQueueFull(LocalError):
-    """The channel's outbound queue is at its byte budget; drain frames_to_send first."""
-
-    code = "outbound_queue_full"
-
-
 class ChannelProtocolError(RemoteProtocolError):
     """A channel message or frame from the peer is malformed; only its stream is affected."""
 
@@ -422,3 +357,220 @@ class ResourceExhausted(ChannelProtocolError):
     """A reassembly or stream limit was reached; that correlation id is failed."""
 
     code = "resource_exhausted"
+
+
+# ---------------------------------------------------------------------------
+# Remote failure: the protocol was kept, the far side went away or said no.
+
+
+class RemoteFailure(LeapcoreError):
+    """The connection or the far side went away, or the far side said no; nobody broke the
+    protocol (see :class:`Unavailable` and :class:`Refused`)."""
+
+    code = "remote_failure"
+
+
+class Unavailable(RemoteFailure):
+    """The connection or the far side went away or did not answer in time; retrying later
+    may succeed."""
+
+    code = "unavailable"
+
+
+class LinkClosed(Unavailable):
+    """The link's connection ended or could not be made (network error, hub unreachable,
+    the hub going away)."""
+
+    code = "link_closed"
+
+
+class HubUnavailable(Unavailable):
+    """The hub answered ``unavailable``: it is shutting down, has too many channel opens
+    pending, or closed an idle link. Retry later."""
+
+    code = "hub_unavailable"
+
+
+class WorkerOffline(Unavailable):
+    """The worker exists but holds no link to the hub right now (``reason`` is
+    ``worker_offline``, the open refusal's code)."""
+
+    code = "worker_offline"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"worker_offline: {message}")
+        self.reason = "worker_offline"
+
+
+class ChannelLost(Unavailable):
+    """The channel ended under a call: the peer or the hub closed it, or the link went.
+    ``reason`` is the close code (``link_lost``, ``closed_by_peer``, ``decrypt_failed``, ...);
+    a reason that says the protocol was broken sets :attr:`protocol_failure`."""
+
+    code = "channel_lost"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+    @property
+    def protocol_failure(self) -> bool:
+        return self.reason in PROTOCOL_FAILURE_CODES
+
+
+class DeadlineExceeded(Unavailable):
+    """A call, ping, stream, byte-stream open, hub request or channel open through the hub got
+    no answer within its deadline (``timeout=``, 30 s by default; or the hub's own 30 s for a
+    worker to answer an open): a frame was lost or misrouted, or the peer is stuck. The
+    operation may be retried. What the caller gave up on is cancelled (a late answer is
+    dropped)."""
+
+    code = "deadline_exceeded"
+
+
+class Refused(RemoteFailure):
+    """The far side understood the request and said no; the same request gets the same
+    answer."""
+
+    code = "refused"
+
+
+class NotFound(Refused):
+    """The thing asked for (a worker, a user, a registration key, a pin) does not exist, or
+    is not the caller's to see."""
+
+    code = "not_found"
+
+
+class Unauthenticated(Refused):
+    """A credential (API token, worker auth token, registration key) was not accepted."""
+
+    code = "unauthenticated"
+
+
+class PermissionDenied(Refused):
+    """The caller is authenticated but not allowed to do this."""
+
+    code = "permission_denied"
+
+
+class FailedPrecondition(Refused):
+    """The request is valid but the state does not allow it now (e.g. too early to extend)."""
+
+    code = "failed_precondition"
+
+
+class QuotaExceeded(Refused):
+    """A configured limit was reached (e.g. the maximum workers per user)."""
+
+    code = "quota_exceeded"
+
+
+class HubRequestFailed(Refused):
+    """The hub answered a request with an error that has no more specific class here
+    (``internal``, ``invalid_argument`` or a code this version does not know); the hub's
+    code is the ``hub_code`` attribute (one that says the protocol was broken sets
+    :attr:`protocol_failure`)."""
+
+    code = "hub_request_failed"
+
+    def __init__(self, hub_code: str, message: str) -> None:
+        super().__init__(f"{hub_code}: {message}")
+        self.hub_code = hub_code
+
+    @property
+    def protocol_failure(self) -> bool:
+        return self.hub_code in PROTOCOL_FAILURE_CODES
+
+
+class ChannelOpenFailed(Refused):
+    """The hub or the worker refused to open a channel. ``reason`` is the link protocol's
+    open error code (``permission_denied``, ``quota_exceeded``, ``handshake_failed``, ...);
+    a reason that says the protocol was broken (``handshake_failed``: the worker could not
+    complete the handshake with the keys the hub reported) sets :attr:`protocol_failure`."""
+
+    code = "channel_open_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+
+    @property
+    def protocol_failure(self) -> bool:
+        return self.reason in PROTOCOL_FAILURE_CODES
+
+
+class RemoteCallError(Refused):
+    """The worker answered a call with an error; its code is ``remote_code`` (for example
+    ``permission_denied``, ``not_found``, ``unimplemented``, ``internal``)."""
+
+    code = "remote_error"
+
+    def __init__(self, remote_code: str, message: str) -> None:
+        super().__init__(f"{remote_code}: {message}" if message else remote_code)
+        self.remote_code = remote_code
+        self.remote_message = message
+
+
+class RegistrationRejected(Refused):
+    """The hub refused the registration key for good (``registration rejected: <code>: <msg>``).
+
+    ``hub_code`` is the hub's error code (``unauthenticated``, ``invalid_argument`` or
+    ``permission_denied``).
+    """
+
+    code = "registration_rejected"
+
+    def __init__(self, hub_code: str, message: str) -> None:
+        super().__init__(f"registration rejected: {hub_code}: {message}")
+        self.hub_code = hub_code
+
+
+class RequestError(Refused):
+    """Raised inside the hub to answer a ``hub_request`` with an error: ``error_code`` and
+    ``message`` go back in the ``hub_response`` (the client raises the matching class)."""
+
+    code = "request_error"
+
+    def __init__(self, error_code: str, message: str) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class ServiceError(Refused):
+    """Raise from a service handler to answer the call with an error ``error_code`` and
+    ``error_message``; the caller gets :class:`RemoteCallError` with them."""
+
+    code = "service_error"
+
+    def __init__(self, error_code: str, message: str = "") -> None:
+        super().__init__(f"{error_code}: {message}")
+        self.error_code = error_code
+        self.error_message = message
+
+
+#: Reason codes (of :class:`ChannelLost`, :class:`ChannelOpenFailed`,
+#: :class:`HubRequestFailed`) that say the protocol was broken: the codes of the
+#: :class:`RemoteProtocolError` subclasses a peer or this side's channel reports by code --
+#: all but ``key_mismatch`` and ``tls_certificate_rejected`` (never sent as codes) and
+#: ``resource_exhausted`` (a worker also answers it when a budget is full).
+PROTOCOL_FAILURE_CODES: Final = frozenset(
+    cls.code
+    for cls in (
+        RecordError,
+        LinkProtocolError,
+        FrameTooLarge,
+        UnsupportedProtocolVersion,
+        UnexpectedMessage,
+        RelayViolation,
+        HandshakeError,
+        MessageLengthError,
+        LowOrderPoint,
+        BadSignature,
+        DecryptError,
+        RekeyError,
+        ChannelProtocolError,
+        UnexpectedStreamMessage,
+        FlowControlError,
+    )
+)

@@ -16,6 +16,9 @@ token is kept in ``<data dir>/solo.json`` (mode 0600). Later starts reuse both: 
 worker id, same keys, no re-registration. A worker whose state or hub record is gone (or
 was deregistered by an administrator) is registered again.
 
+:meth:`SoloHub.run_until_signal` is :meth:`~SoloHub.run` for a process: it serves until
+SIGINT or SIGTERM, which shut the worker and then the hub down (:mod:`leapcore.net.signals`).
+
 When the hub listens, the token is saved as the local credential for the hub's URL
 (:func:`leapcore.peer.connect.save_credentials`), so ``leapcore remote … --hub URL`` works at
 once. The solo worker cannot be deregistered by its owner (``worker.deregister`` answers
@@ -25,11 +28,13 @@ once. The solo worker cannot be deregistered by its owner (``worker.deregister``
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import socket
 import ssl
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -39,8 +44,9 @@ import trio
 from ._version import __version__
 from .errors import FailedPrecondition, LeapcoreError, LocalError, NotFound, Unauthenticated
 from .hub.server import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
+from .net.signals import DEFAULT_SIGNALS, run_until_signal
 from .peer.connect import save_credentials
-from .proto.hub_limits import HubLimits
+from .proto.limits import DEFAULT_MAX_WORKERS_PER_USER, STOP_GRACE, HubLimits
 from .store.atomicfile import write_atomic
 from .store.hubstore import Notification, SQLiteHubStore, WorkerStatus
 from .store.paths import hub_database_path
@@ -217,7 +223,7 @@ class SoloHub:
         *,
         name: str | None = None,
         encryption_mode: str = "post-quantum",
-        max_workers_per_user: int = 64,
+        max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
         signer: Signer | None = None,
         save_credential: bool = True,
         limits: HubLimits = DEFAULT_LIMITS,
@@ -297,6 +303,36 @@ class SoloHub:
                     await trio.sleep(0.01)
             self.fingerprint = record.keys.fingerprint
             self.ready.set()
+
+    async def run_until_signal(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        unix_path: str | None = None,
+        listening: Callable[[str], object] | None = None,
+        online: Callable[[], Awaitable[object]] | None = None,
+        signals: Sequence[int] = DEFAULT_SIGNALS,
+        grace: float = STOP_GRACE,
+    ) -> None:
+        """:meth:`run` until :meth:`shutdown` or a signal: the first of ``signals`` shuts the
+        worker and then the hub down, with ``grace`` seconds to finish; a second one cancels
+        outright (:func:`leapcore.net.signals.run_until_signal`). ``listening(url)`` is called
+        once the hub listens, ``online()`` awaited once the worker is online (it may call
+        :meth:`shutdown` itself: the run then ends)."""
+
+        async def main() -> None:
+            async with trio.open_nursery() as nursery:
+                url = await nursery.start(
+                    functools.partial(self.run, host=host, port=port, unix_path=unix_path)
+                )
+                if listening is not None:
+                    listening(url)
+                await self.ready.wait()
+                if online is not None:
+                    await online()
+
+        await run_until_signal(main, self.shutdown, default=None, signals=signals, grace=grace)
 
     async def _serve_hub(
         self,

@@ -1,17 +1,23 @@
 """What every leapcore command shares: the parser conventions, exit codes and error output.
 
-Exit codes (stable; documented in docs/cli.md):
+Exit codes (stable; documented in docs/cli.md). Each branch of leapcore's error tree has
+codes of its own, so a script can tell "retry later" from "possible attack" from "no":
 
-====  =========================================================
+====  ==========================================================================
 0     success
-1     error (anything not listed below)
+1     error not listed below: a local failure (a file could not be written)
 2     usage: bad flags, arguments or configuration
-3     not found
+3     not found (the hub or a local store says so)
 4     corrupt or unreadable local state (key file, pin store)
-5     a remote peer broke the protocol (handshake, decrypt)
+5     the protocol was broken: a failed handshake, a frame that failed
+      authentication, a malformed record, a TLS certificate that does not
+      verify — possibly an attack; do not retry blindly
 6     a worker's keys do not match its pin (possible impostor)
-7     the hub or a worker did not answer in time (retry later)
-====  =========================================================
+7     unavailable, retry later: the hub is unreachable, the link dropped,
+      the worker is offline, or no answer came in time
+8     refused: the hub or the worker said no (credentials, permission,
+      quota, state, an error answer)
+====  ==========================================================================
 
 With ``--json``, stdout carries exactly one JSON document — the result, or
 ``{"error": {"code": ..., "message": ...}}`` — and diagnostics go to stderr.
@@ -28,13 +34,13 @@ from typing import Any, NoReturn
 from leapcore import __version__
 from leapcore.errors import (
     ConfigError,
-    DeadlineExceeded,
     KeyFileError,
     KeyMismatch,
     LeapcoreError,
     NotFound,
     PinStoreError,
-    RemoteProtocolError,
+    Refused,
+    Unavailable,
 )
 
 EXIT_OK = 0
@@ -44,21 +50,30 @@ EXIT_NOT_FOUND = 3
 EXIT_CORRUPT_STATE = 4
 EXIT_PROTOCOL = 5
 EXIT_KEY_MISMATCH = 6
-EXIT_TIMEOUT = 7
+EXIT_UNAVAILABLE = 7
+EXIT_REFUSED = 8
 
-#: Error class -> exit code; the first match in this order wins.
+#: Error class -> exit code, after the two protocol codes (see :func:`exit_code_for`);
+#: the first match in this order wins.
 EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
-    (KeyMismatch, EXIT_KEY_MISMATCH),
     (NotFound, EXIT_NOT_FOUND),
+    (Refused, EXIT_REFUSED),
+    (Unavailable, EXIT_UNAVAILABLE),
     (KeyFileError, EXIT_CORRUPT_STATE),
     (PinStoreError, EXIT_CORRUPT_STATE),
     (ConfigError, EXIT_USAGE),
-    (DeadlineExceeded, EXIT_TIMEOUT),
-    (RemoteProtocolError, EXIT_PROTOCOL),
 )
 
 
 def exit_code_for(exc: LeapcoreError) -> int:
+    """The exit code of ``exc``: 6 for a key mismatch; 5 for anything that says the protocol
+    was broken (:attr:`~leapcore.errors.LeapcoreError.protocol_failure`: every
+    ``RemoteProtocolError``, and a channel lost or refused, or a hub answer, whose reason
+    code says so); then :data:`EXIT_CODES`; else 1."""
+    if isinstance(exc, KeyMismatch):
+        return EXIT_KEY_MISMATCH
+    if exc.protocol_failure:
+        return EXIT_PROTOCOL
     for cls, code in EXIT_CODES:
         if isinstance(exc, cls):
             return code

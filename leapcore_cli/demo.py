@@ -11,7 +11,6 @@ another terminal), or stops at once with ``--once``.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -96,42 +95,30 @@ async def _showcase(args: argparse.Namespace, solo: SoloHub, pins: PinStore) -> 
 
 async def _demo(args: argparse.Namespace, solo: SoloHub, pins: PinStore) -> dict[str, Any]:
     document: dict[str, Any] = {}
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
 
-            async def watch() -> None:
-                async for _ in signals:
-                    nursery.start_soon(solo.shutdown)
-                    nursery.cancel_scope.deadline = trio.current_time() + 10
-                    return
+    async def online() -> None:
+        nonlocal document
+        document = await _showcase(args, solo, pins)
+        if args.json:
+            emit_json(document)
+            sys.stdout.flush()
+        if args.once:
+            await solo.shutdown()  # the run ends with the hub
+            return
+        print(
+            f"\nThe hub keeps running. From another terminal:\n"
+            f"  leapcore remote worker list --hub {solo.url}\n"
+            f"  leapcore remote worker ping --hub {solo.url} "
+            f"--worker-id {solo.identity.worker_id}\n"
+            f"  leapcore remote worker info --hub {solo.url} "
+            f"--worker-id {solo.identity.worker_id}\n"
+            f"(the API token is saved in {solo.credentials})\n"
+            "Press Ctrl-C to stop.",
+            file=sys.stderr if args.json else sys.stdout,
+            flush=True,
+        )
 
-            async def run_solo(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                await solo.run(host="127.0.0.1", port=0, task_status=task_status)
-                nursery.cancel_scope.cancel()  # the hub stopped: so does the demo
-
-            nursery.start_soon(watch)
-            await nursery.start(run_solo)
-            await solo.ready.wait()
-            document = await _showcase(args, solo, pins)
-            if args.json:
-                emit_json(document)
-                sys.stdout.flush()
-            if args.once:
-                await solo.shutdown()
-                nursery.cancel_scope.cancel()
-                return document
-            print(
-                f"\nThe hub keeps running. From another terminal:\n"
-                f"  leapcore remote worker list --hub {solo.url}\n"
-                f"  leapcore remote worker ping --hub {solo.url} "
-                f"--worker-id {solo.identity.worker_id}\n"
-                f"  leapcore remote worker info --hub {solo.url} "
-                f"--worker-id {solo.identity.worker_id}\n"
-                f"(the API token is saved in {solo.credentials})\n"
-                "Press Ctrl-C to stop.",
-                file=sys.stderr if args.json else sys.stdout,
-                flush=True,
-            )
+    await solo.run_until_signal(host="127.0.0.1", port=0, online=online)
     return document
 
 

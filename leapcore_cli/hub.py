@@ -5,7 +5,8 @@
 when missing, with a note on stderr, since a new hub must be able to start; users are then
 added with ``leapcore-hub admin user create`` — prints ``leapcore-hub listening on URL`` per
 listener on stdout, and runs until SIGINT/SIGTERM, which calls :meth:`Hub.shutdown`
-(``go_away`` to every link) and exits 0 within :data:`STOP_TIMEOUT` seconds.
+(``go_away`` to every link) and exits 0 within
+:data:`~leapcore.proto.limits.STOP_GRACE` seconds (:mod:`leapcore.net.signals`).
 
 ``serve --solo`` (or ``leapcore-hub --solo``) runs the hub and its own auto-registered worker
 in this one process (:class:`leapcore.solo.SoloHub`): the user ``solo`` and the worker are
@@ -21,10 +22,9 @@ import functools
 import logging
 import os
 import resource
-import signal
 import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,8 +32,9 @@ import trio
 
 from leapcore.errors import ConfigError, LocalError
 from leapcore.hub.server import Hub
+from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 from leapcore.net.trioutil import single_exception
-from leapcore.proto.hub_limits import LIMIT_RANGES, HubLimits, describe
+from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
 from leapcore.solo import SoloHub
 from leapcore.store.config import hub_settings
 from leapcore.store.paths import hub_database_path
@@ -41,7 +42,7 @@ from leapcore.store.paths import hub_database_path
 from . import hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
 
-#: Flags of the hub's budgets (:class:`leapcore.proto.hub_limits.HubLimits`): setting -> help.
+#: Flags of the hub's budgets (:class:`leapcore.proto.limits.HubLimits`): setting -> help.
 LIMIT_FLAGS: Final = {
     "signin_timeout": "seconds a new link has to send its first record (sign in)",
     "client_idle_timeout": "seconds a client link may send nothing before it is closed",
@@ -82,8 +83,6 @@ SOLO_FLAGS: Final = ("solo", "solo_name", "solo_encryption_mode")
 TOP: Final = "top_"
 #: The open-file limit asked for when the hard limit is unlimited.
 DESCRIPTOR_CEILING: Final = 1 << 20
-#: Seconds the hub may take to stop after the first signal before it is cancelled outright.
-STOP_TIMEOUT: Final = 10.0
 _LOG_LEVELS: Final = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -124,22 +123,6 @@ def _url(scheme: str, bound: tuple[str, int]) -> str:
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
-async def _stop_on_signals(
-    receiver: AsyncIterator[int], nursery: trio.Nursery, shutdown: Callable[[], Awaitable[None]]
-) -> None:
-    """The first signal starts ``shutdown`` with :data:`STOP_TIMEOUT` seconds for the whole
-    nursery to finish; a second one cancels it outright."""
-    first = True
-    async for signum in receiver:
-        if not first:
-            nursery.cancel_scope.cancel()
-            return
-        first = False
-        log.info("signal %d: shutting down", signum)
-        nursery.cancel_scope.deadline = trio.current_time() + STOP_TIMEOUT
-        nursery.start_soon(shutdown)
-
-
 async def serve_until_signal(
     hub: Hub,
     *,
@@ -147,30 +130,26 @@ async def serve_until_signal(
     port: int,
     unix_path: str | None,
     ssl_context: ssl.SSLContext | None,
-    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    signals: Sequence[int] = DEFAULT_SIGNALS,
 ) -> None:
     """Serve until a signal: the first one shuts the hub down gracefully (go-away to every
-    link) with :data:`STOP_TIMEOUT` seconds to finish; a second one cancels outright."""
-    with trio.open_signal_receiver(*signals) as receiver:
+    link) with :data:`~leapcore.proto.limits.STOP_GRACE` seconds to finish; a second one
+    cancels outright (:func:`leapcore.net.signals.run_until_signal`)."""
+
+    async def main() -> None:
+        # serve returns after shutdown: the run, and the watching, end with it.
         async with trio.open_nursery() as nursery:
-
-            async def run_hub(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                await hub.serve(
-                    host=host,
-                    port=port,
-                    unix_path=unix_path,
-                    ssl_context=ssl_context,
-                    task_status=task_status,
+            bound = await nursery.start(
+                functools.partial(
+                    hub.serve, host=host, port=port, unix_path=unix_path, ssl_context=ssl_context
                 )
-                # serve returns after shutdown: stop watching for signals.
-                nursery.cancel_scope.cancel()
-
-            bound = await nursery.start(run_hub)
+            )
             scheme = "https" if ssl_context is not None else "http"
             print(f"leapcore-hub listening on {_url(scheme, bound)}", flush=True)
             if unix_path:
                 print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
-            nursery.start_soon(_stop_on_signals, receiver, nursery, hub.shutdown)
+
+    await run_until_signal(main, hub.shutdown, default=None, signals=signals)
 
 
 async def solo_until_signal(
@@ -179,36 +158,39 @@ async def solo_until_signal(
     host: str,
     port: int,
     unix_path: str | None,
-    signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM),
+    signals: Sequence[int] = DEFAULT_SIGNALS,
 ) -> None:
-    """:func:`serve_until_signal` for a solo hub: the first signal stops the worker, then the
-    hub, with :data:`STOP_TIMEOUT` seconds to finish; a second one cancels outright."""
-    with trio.open_signal_receiver(*signals) as receiver:
-        async with trio.open_nursery() as nursery:
+    """:func:`serve_until_signal` for a solo hub (:meth:`SoloHub.run_until_signal`): the first
+    signal stops the worker, then the hub; a second one cancels outright."""
 
-            async def run_solo(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-                await solo.run(host=host, port=port, unix_path=unix_path, task_status=task_status)
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(_stop_on_signals, receiver, nursery, solo.shutdown)
-            url = await nursery.start(run_solo)
-            print(f"leapcore-hub listening on {url}", flush=True)
-            if unix_path:
-                print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
-            if solo.credentials is not None:
-                print(
-                    f"leapcore-hub: solo user {solo.identity.user_name!r}: API token saved in "
-                    f"{solo.credentials} (for `leapcore remote ... --hub {url}`)",
-                    file=sys.stderr,
-                    flush=True,
-                )
-            await solo.ready.wait()
-            ident = solo.identity
+    def listening(url: str) -> None:
+        print(f"leapcore-hub listening on {url}", flush=True)
+        if unix_path:
+            print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
+        if solo.credentials is not None:
             print(
-                f"solo worker {ident.worker_name} ({ident.worker_id}) online; "
-                f"fingerprint {solo.fingerprint}",
+                f"leapcore-hub: solo user {solo.identity.user_name!r}: API token saved in "
+                f"{solo.credentials} (for `leapcore remote ... --hub {url}`)",
+                file=sys.stderr,
                 flush=True,
             )
+
+    async def online() -> None:
+        ident = solo.identity
+        print(
+            f"solo worker {ident.worker_name} ({ident.worker_id}) online; "
+            f"fingerprint {solo.fingerprint}",
+            flush=True,
+        )
+
+    await solo.run_until_signal(
+        host=host,
+        port=port,
+        unix_path=unix_path,
+        listening=listening,
+        online=online,
+        signals=signals,
+    )
 
 
 def _flag(args: argparse.Namespace, key: str) -> Any:

@@ -48,7 +48,7 @@ from leapcore.net.trioutil import single_exception
 from leapcore.peer.channel import CALL_TIMEOUT
 from leapcore.peer.connect import default_pin_store, load_token, save_credentials
 from leapcore.peer.hubsession import HubSession, hub_session
-from leapcore.store.hubstore import REG_KEY_EXTEND_WINDOW_MS
+from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
 from . import demo, pincmd
@@ -56,7 +56,7 @@ from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
     EXIT_OK,
-    EXIT_TIMEOUT,
+    EXIT_UNAVAILABLE,
     Parser,
     emit_json,
     exit_code_for,
@@ -133,7 +133,7 @@ def _timeout_flag(parser: argparse.ArgumentParser) -> None:
         default=CALL_TIMEOUT,
         metavar="SECONDS",
         help=f"give up on the channel open, or on any answer, after this long "
-        f"(default {CALL_TIMEOUT:g}; exit {EXIT_TIMEOUT})",
+        f"(default {CALL_TIMEOUT:g}; exit {EXIT_UNAVAILABLE})",
     )
 
 

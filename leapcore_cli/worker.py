@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import shlex
-import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -15,18 +15,13 @@ from pathlib import Path
 import trio
 
 from leapcore.errors import ConfigError
+from leapcore.net.signals import run_until_signal
 from leapcore.store.config import LOG_LEVELS, worker_settings
 from leapcore.store.paths import cross_worker_pins_path
 from leapcore.store.pinstore import PinStore
 from leapcore.store.workerstate import StartupAction
 from leapcore.worker.builtin_services import install_services
-from leapcore.worker.daemon import (
-    CROSS_WORKER_HINT,
-    Worker,
-    WorkerExit,
-    parse_labels,
-    run_until_signal,
-)
+from leapcore.worker.daemon import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels
 
 from . import pincmd
 from .common import EXIT_OK, Parser, make_parser, run
@@ -159,7 +154,9 @@ def run_worker(args: argparse.Namespace) -> int:
             await worker.register()
         return await worker.run()
 
-    result = trio.run(run_until_signal, start, (signal.SIGINT, signal.SIGTERM), worker.stop)
+    result = trio.run(
+        functools.partial(run_until_signal, start, worker.stop, default=WorkerExit.STOPPED)
+    )
     message = EXIT_MESSAGES.get(result)
     if message is not None:
         print(message.format(path=data_dir / "state.json"), file=sys.stderr)

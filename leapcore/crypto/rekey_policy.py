@@ -23,6 +23,14 @@ from typing import Final
 import attrs
 
 from ..errors import LocalError, RekeyError
+from ..proto.limits import (
+    REKEY_HARD_CEILING,
+    REKEY_IDLE_CHECK,
+    REKEY_MAX_AGE,
+    REKEY_MIN_INTERVAL,
+    REKEY_REJECT_BACKOFF,
+    REKEY_TIMEOUT,
+)
 
 __all__ = [
     "INITIATOR_TRANSITIONS",
@@ -38,14 +46,14 @@ __all__ = [
 
 @attrs.frozen
 class RekeyTimings:
-    """All rekey timers, in seconds."""
+    """All rekey timers, in seconds (defaults: :mod:`leapcore.proto.limits`' ``REKEY_*``)."""
 
-    max_age: float = 3600.0
-    min_interval: float = 3000.0
-    hard_ceiling: float = 4200.0
-    reject_backoff: float = 60.0
-    timeout: float = 10.0
-    idle_check: float = 60.0
+    max_age: float = REKEY_MAX_AGE
+    min_interval: float = REKEY_MIN_INTERVAL
+    hard_ceiling: float = REKEY_HARD_CEILING
+    reject_backoff: float = REKEY_REJECT_BACKOFF
+    timeout: float = REKEY_TIMEOUT
+    idle_check: float = REKEY_IDLE_CHECK
 
     def __attrs_post_init__(self) -> None:
         if not 0 < self.min_interval <= self.max_age < self.hard_ceiling:

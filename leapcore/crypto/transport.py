@@ -4,7 +4,8 @@ One :class:`TransportSession` holds both directions of a channel: a send
 :class:`CipherState` and a receive :class:`CipherState`, plus, for 10 s after
 a rekey, the previous receive key. Frames must be decrypted in the order
 they were encrypted; the counter is never sent. Time is passed in as ``now``
-(seconds on any monotonic clock).
+(seconds on any monotonic clock). The frame sizes and the grace window are
+:mod:`leapcore.proto.limits`' (``MAX_PLAINTEXT``, ``MAX_CIPHERTEXT``, ``GRACE_WINDOW``).
 """
 
 from __future__ import annotations
@@ -15,27 +16,21 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
 from ..errors import DecryptError, LocalError, NonceExhausted, PlaintextTooLarge, SessionClosed
+from ..proto.limits import GRACE_WINDOW, MAX_CIPHERTEXT, MAX_PLAINTEXT
 from .primitives import AEAD_TAG_SIZE, hkdf2, nonce_bytes
 
 __all__ = [
-    "GRACE_WINDOW",
     "HARD_NONCE_LIMIT",
-    "MAX_CIPHERTEXT",
-    "MAX_PLAINTEXT",
     "SOFT_NONCE_LIMIT",
     "CipherState",
     "TransportSession",
     "rekeyed_key",
 ]
 
-MAX_CIPHERTEXT: Final = 65535
-MAX_PLAINTEXT: Final = MAX_CIPHERTEXT - AEAD_TAG_SIZE  # 65519
 #: "Rekey wanted" once a counter is past this value.
 SOFT_NONCE_LIMIT: Final = 2**31 - 1
 #: Encrypt and decrypt are refused once a counter is past this value.
 HARD_NONCE_LIMIT: Final = 2**32 - 1
-#: Seconds a previous receive key stays usable after a rekey.
-GRACE_WINDOW: Final = 10.0
 
 
 def rekeyed_key(old_key: bytes, dh: bytes, pq: bytes) -> bytes:

@@ -28,8 +28,8 @@ Names (all prefixed ``leapcore_hub_``):
   ``opened``, ``rejected`` (by the worker), ``invalid_accept`` (the worker's answer
   was refused), ``not_found``, ``not_owner`` (told ``not_found``),
   ``worker_offline``, ``invalid_max_message_size``, ``unavailable``, ``timeout``,
-  ``quota_exceeded`` (a channel budget of :mod:`leapcore.proto.hub_limits`), ``permission_denied``
-  (asked by a deregistering worker);
+  ``quota_exceeded`` (a channel budget of :class:`leapcore.proto.limits.HubLimits`),
+  ``permission_denied`` (asked by a deregistering worker);
 * ``sign_ins_refused_total{reason}`` (counter): sign-ins refused: ``api_token``,
   ``worker_token``, ``registration_key`` (bad credentials), ``links_per_user``,
   ``links_per_address`` (over a budget);

@@ -1,7 +1,7 @@
 """The hub's answers to a client's ``hub_request`` calls (list workers, registration keys, …).
 
 :func:`call` runs one method for one authenticated user and returns the
-``result`` object, or raises a :class:`RequestError` carrying the
+``result`` object, or raises a :class:`~leapcore.errors.RequestError` carrying the
 ``error_code`` and ``error_message`` of the ``hub_response``. Parameters are
 checked strictly: an unknown method, a missing, unknown or mistyped parameter
 is an ``invalid_argument`` answer, never a crash of the link.
@@ -22,23 +22,15 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    RequestError,
     StorageError,
     Unauthenticated,
 )
-from ..proto.hub_limits import HubLimits
+from ..proto.limits import HubLimits
 from ..records import b64encode
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 
-__all__ = ["METHODS", "WORKER_METHODS", "RequestError", "call"]
-
-
-class RequestError(Exception):
-    """A ``hub_request`` failed: ``code`` and ``message`` go back in the ``hub_response``."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
+__all__ = ["METHODS", "WORKER_METHODS", "call"]
 
 
 class HubContext(Protocol):
@@ -191,6 +183,8 @@ def call(hub: HubContext, user: User, method: str, params: Mapping[str, Any]) ->
         raise RequestError("invalid_argument", f"unknown method {method!r}")
     try:
         return impl(hub, user, params)
+    except RequestError:
+        raise
     except LeapcoreError as exc:
         for cls, code in _ERROR_CODES:
             if isinstance(exc, cls):

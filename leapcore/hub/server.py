@@ -1,8 +1,10 @@
 """The hub server (trio): registration, worker links, client links and graceful shutdown.
 
 One :class:`Hub` owns a :class:`~leapcore.net.listen.LinkServer` (links plus
-``/healthz``), the :class:`~leapcore.store.hubstore.SQLiteHubStore` and the live
-registry of worker links. The first frame of a link says what it is:
+``/healthz``), the :class:`~leapcore.store.hubstore.SQLiteHubStore` and the routing core
+(:attr:`Hub.router`, which holds the live registry of worker links). It is a driver: the
+accept loop, one reader and one writer per link, sign-in, registration and store calls,
+metrics and logs. The first frame of a link says what it is:
 
 * ``register``: consume a registration key, answer ``registered`` (or an
   ``error``) and end the link;
@@ -14,8 +16,8 @@ registry of worker links. The first frame of a link says what it is:
   serve ``hub_request`` calls (:mod:`leapcore.hub.rpc`) and channel opens; a
   client link silent for ``client_idle_timeout`` gets ``error`` ``unavailable``.
 
-**Budgets** (:class:`~leapcore.proto.hub_limits.HubLimits`, ``Hub(limits=...)``; defaults and
-effects in :mod:`leapcore.proto.hub_limits`): client idle time, signed-in links per user and per
+**Budgets** (:class:`~leapcore.proto.limits.HubLimits`, ``Hub(limits=...)``; defaults and
+effects in :mod:`leapcore.proto.limits`): client idle time, signed-in links per user and per
 IP address, channels per link, per user and per worker, pending opens per worker, control
 bytes queued per link, live registration keys per user (expired ones are purged at start
 and every ``purge_interval``).
@@ -36,14 +38,14 @@ routed to (a newer one for the same worker replaces it) and ends after its
 worker token, refused registration key) are logged at WARNING with the peer's address and
 never the credential, rate-limited per kind (:class:`~leapcore.proto.ratelimit.LogRateLimiter`).
 
-**Channels.** A client (or a worker, towards a sibling worker of the same
-owner) sends ``open_channel``; the hub checks ownership, assigns a hub-wide
-``channel_id`` and forwards ``channel_request`` to the worker's link, then
-relays ``channel_accept`` / ``channel_reject`` as ``channel_opened`` /
-``channel_refused`` (or ``timeout`` after :data:`OPEN_TIMEOUT`). A live
-channel relays data frames both ways after the relay rules and the credit
-rule (:mod:`leapcore.proto.relay`); a violation closes that channel alone. When a
-link ends, its channels are closed towards their other ends.
+**Channels.** Every routing decision is made by the sans-IO core
+:class:`~leapcore.proto.hub_router.HubRouter` (:attr:`Hub.router`): who may open a channel
+to which worker, the channel table, the channel budgets, open deadlines
+(:data:`~leapcore.proto.limits.OPEN_TIMEOUT`), the relay and credit rules, and what a
+lost, replaced or retired link takes with it. This driver feeds it each link's routing
+records, the links signing in and ending, frames written and the time, and carries out
+what it answers (:mod:`leapcore.proto.hub_actions`): records queued on links, metrics
+counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
@@ -52,7 +54,7 @@ everything the reader answers or relays is queued without blocking. Control
 records go to a queue bounded by frame count (:data:`SEND_QUEUE`) and by bytes
 (``max_link_queue_bytes``; a peer that lets it fill up is disconnected) and are
 written first; data frames wait in one queue per channel, bounded by that channel's credit
-(:data:`~leapcore.proto.link_codec.CHANNEL_CREDIT` bytes per direction), and the
+(:data:`~leapcore.proto.limits.CHANNEL_CREDIT` bytes per direction), and the
 writer takes them round-robin across channels. A slow reader thus stalls
 only the senders of its own channels. A bad or out-of-order frame closes only
 its own link, after an ``error`` record.
@@ -64,7 +66,6 @@ thread that opened it, so they are not moved to worker threads.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import ssl
@@ -85,24 +86,41 @@ from ..errors import (
     LocalError,
     NotFound,
     QuotaExceeded,
-    RelayViolation,
+    RequestError,
     StorageError,
     Unauthenticated,
 )
 from ..net.listen import HttpResponse, LinkServer
 from ..net.pipe import WRITE_BATCH, LinkPipe
-from ..proto.chunking import DEFAULT_MAX_MESSAGE_SIZE, MAX_MAX_MESSAGE_SIZE, MIN_MAX_MESSAGE_SIZE
 from ..proto.heartbeat import Liveness
-from ..proto.hub_limits import MAX_LINK_QUEUE_BYTES, HubLimits
+from ..proto.hub_actions import (
+    Action,
+    ChannelGone,
+    Close,
+    EndLink,
+    Forward,
+    FrameDropped,
+    FrameRejected,
+    Log,
+    Lookup,
+    Offer,
+    OpenOutcome,
+    Send,
+    Target,
+)
+from ..proto.hub_router import HubRouter
+from ..proto.limits import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    GO_AWAY_DELAY,
+    MAX_LINK_QUEUE_BYTES,
+    HubLimits,
+    validate_max_message_size,
+)
 from ..proto.link_codec import (
     ChannelAccept,
     ChannelClose,
-    ChannelCredit,
     ChannelData,
-    ChannelOpened,
-    ChannelRefused,
     ChannelReject,
-    ChannelRequest,
     ClientGreeting,
     ClientHello,
     Connect,
@@ -123,16 +141,13 @@ from ..proto.link_codec import (
 )
 from ..proto.link_state import LinkConnection, LinkRole, LinkState
 from ..proto.ratelimit import LogRateLimiter
-from ..proto.relay import ChannelRelay, RelayDirection
+from ..proto.relay import RelayDirection
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
-from .rpc import WORKER_METHODS, RequestError, call
+from .rpc import WORKER_METHODS, call
 
 __all__ = [
-    "GO_AWAY_DELAY",
     "HUB_MAX_MESSAGE_SIZE",
-    "MAX_PENDING_OPENS",
-    "OPEN_TIMEOUT",
     "SEND_QUEUE",
     "SHUTDOWN_BUDGET",
     "Hub",
@@ -145,14 +160,8 @@ log = logging.getLogger(__name__)
 SEND_QUEUE: Final = 256
 #: The largest channel message size the hub forwards (``Hub(max_message_size=...)``).
 HUB_MAX_MESSAGE_SIZE: Final = DEFAULT_MAX_MESSAGE_SIZE
-#: Seconds a worker has to answer a ``channel_request``.
-OPEN_TIMEOUT: Final = 30.0
-#: Channel opens one link may have waiting for their worker at once.
-MAX_PENDING_OPENS: Final = 64
 #: Seconds to flush a closing link's queued frames.
 FLUSH_TIMEOUT: Final = 2.0
-#: What workers are told to wait before reconnecting when the hub stops.
-GO_AWAY_DELAY: Final = 10
 #: Seconds the go-away broadcast may take, in all.
 SHUTDOWN_BUDGET: Final = 2.0
 #: The budgets a hub gets when none are given.
@@ -166,25 +175,19 @@ _SIGN_IN_KINDS: Final = {
     "registration_key": "refused registration key",
 }
 
-_TO_WORKER: Final = RelayDirection.TO_WORKER
-_TO_CLIENT: Final = RelayDirection.TO_CLIENT
-_DIRECTION_LABELS: Final = {_TO_WORKER: "to_worker", _TO_CLIENT: "to_client"}
-#: Why a link's channels close towards their other ends: the ``channel_close`` code and text.
-_END_MESSAGES: Final = {
-    "link_lost": ("link_lost", "the other end's link to the hub was lost"),
-    "replaced": ("replaced", "the worker connected again; its older link was closed"),
-    "shutdown": ("shutdown", "hub is shutting down"),
-    "deregistered": ("closed", "the worker was deregistered"),
+_DIRECTION_LABELS: Final = {
+    RelayDirection.TO_WORKER: "to_worker",
+    RelayDirection.TO_CLIENT: "to_client",
 }
 
 
 class _Flow:
     """One channel's frames waiting for one destination link's writer (one direction)."""
 
-    __slots__ = ("channel", "direction", "frames", "queued", "scheduled")
+    __slots__ = ("channel_id", "direction", "frames", "queued", "scheduled")
 
-    def __init__(self, channel: _Channel, direction: RelayDirection) -> None:
-        self.channel = channel
+    def __init__(self, channel_id: int, direction: RelayDirection) -> None:
+        self.channel_id = channel_id
         self.direction = direction
         #: (encoded frame, credit cost); a trailing ``channel_close`` costs 0.
         self.frames: deque[tuple[bytes, int]] = deque()
@@ -192,59 +195,6 @@ class _Flow:
         self.queued = 0
         #: Whether the flow is in its destination's round-robin ring.
         self.scheduled = False
-
-
-class _Channel:
-    """A live channel: its two links, its relay state and one flow each way."""
-
-    def __init__(
-        self, channel_id: int, opener: _Link, worker: _Link, size: int, owner_id: str = ""
-    ) -> None:
-        self.id = channel_id
-        #: The user whose links opened it (``max_channels_per_user``).
-        self.owner_id = owner_id
-        #: The client (or sibling worker) that opened it; it sends TO_WORKER.
-        self.opener = opener
-        self.worker = worker
-        self.relay = ChannelRelay(channel_id, size)
-        self.live = True
-        self.flows = {d: _Flow(self, d) for d in RelayDirection}
-
-    def sender(self, direction: RelayDirection) -> _Link:
-        return self.opener if direction is _TO_WORKER else self.worker
-
-    def receiver(self, direction: RelayDirection) -> _Link:
-        return self.worker if direction is _TO_WORKER else self.opener
-
-    def other(self, link: _Link) -> _Link:
-        return self.worker if link is self.opener else self.opener
-
-    def toward(self, link: _Link) -> _Flow:
-        """The flow whose frames go to ``link``."""
-        return self.flows[_TO_WORKER if link is self.worker else _TO_CLIENT]
-
-
-class _Pending:
-    """An open forwarded to a worker, waiting for its accept or reject."""
-
-    def __init__(
-        self,
-        request_id: int,
-        channel_id: int,
-        opener: _Link,
-        opener_request_id: int,
-        worker: _Link,
-        size: int,
-        owner_id: str,
-    ) -> None:
-        self.request_id = request_id
-        self.channel_id = channel_id
-        self.owner_id = owner_id
-        self.opener = opener
-        self.opener_request_id = opener_request_id
-        self.worker = worker
-        self.size = size
-        self.settled = trio.Event()
 
 
 class _Link:
@@ -286,8 +236,6 @@ class _Link:
         self.token_id: str | None = None
         #: The address this signed-in link counts against (``max_links_per_address``).
         self.address: str | None = None
-        #: A deregistering worker's link: never published, ends after its ack (or grace).
-        self.retired = False
         #: When the link must end whatever it sends (a retired worker's grace), or inf.
         self.hard_deadline = math.inf
         #: The control queue overflowed (the peer is not reading): the link is ending.
@@ -296,17 +244,10 @@ class _Link:
         self.waiting: trio.CancelScope | None = None
         #: The serving loop is over (the link is flushing or gone): no more checks.
         self.ending = False
-        #: Live channels this link opened, and (a worker) serves.
-        self.opened = 0
-        self.served = 0
         #: Deregister request id -> notification id, awaiting the worker's ack.
         self.deregs: dict[int, str] = {}
-        #: Live channels this link is an end of, by id.
-        self.channels: dict[int, _Channel] = {}
-        #: Opens this link asked for, waiting for their worker (by the hub's request id).
-        self.opens: dict[int, _Pending] = {}
-        #: Opens waiting for this (worker) link's answer (by the hub's request id).
-        self.requests: dict[int, _Pending] = {}
+        #: The queues of the channels whose frames come to this link, by channel id.
+        self.flows: dict[int, _Flow] = {}
 
     def _put(self, item: bytes | trio.Event) -> bool:
         if self._closed:
@@ -326,6 +267,9 @@ class _Link:
         self._wake.set()
         return True
 
+    def __str__(self) -> str:
+        return self.name
+
     @property
     def name(self) -> str:
         where = f" from {self.peer}" if self.peer else ""
@@ -334,14 +278,6 @@ class _Link:
         if self.user is not None:
             return f"client {self.user.name}{where}"
         return f"link ({self.transport}){where}"
-
-    @property
-    def owner_id(self) -> str:
-        """The user this signed-in link acts for (a worker acts for its owner)."""
-        if self.worker is not None:
-            return self.worker.owner_id
-        assert self.user is not None
-        return self.user.id
 
     def end(self, code: str, message: str) -> None:
         """End the link from outside its serving loop: an ``error`` record, then close."""
@@ -378,11 +314,21 @@ class _Link:
         self._wake.set()
         return True
 
-    def enqueue_close(self, flow: _Flow, message: ChannelClose) -> bool:
+    def enqueue_close(self, message: ChannelClose) -> bool:
         """Queue a ``channel_close``: after the channel's frames still waiting, if any."""
-        if flow.frames:
+        flow = self.flows.get(message.channel_id)
+        if flow is not None and flow.frames:
             return self.enqueue_data(flow, message, 0)
         return self.enqueue(message)
+
+    def forward(self, action: Forward[_Link]) -> None:
+        """Queue a data frame in its channel's flow to this link."""
+        flow = self.flows.get(action.frame.channel_id)
+        if flow is None:
+            flow = self.flows[action.frame.channel_id] = _Flow(
+                action.frame.channel_id, action.direction
+            )
+        self.enqueue_data(flow, action.frame, action.cost)
 
     def fail(self, code: str, message: str) -> None:
         """Queue an ``error`` record; the link ends after it."""
@@ -479,12 +425,8 @@ class Hub:
     ) -> None:
         """``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
-        are the budgets of :mod:`leapcore.proto.hub_limits`."""
-        if not MIN_MAX_MESSAGE_SIZE <= max_message_size <= MAX_MAX_MESSAGE_SIZE:
-            raise ValueError(
-                f"max_message_size must be within {MIN_MAX_MESSAGE_SIZE} .. "
-                f"{MAX_MAX_MESSAGE_SIZE}, got {max_message_size}"
-            )
+        are the budgets of :class:`~leapcore.proto.limits.HubLimits`."""
+        validate_max_message_size(max_message_size)
         if store is None:
             store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
         self.store = store
@@ -494,28 +436,18 @@ class Hub:
         self._clock = clock
         self._wall_clock = wall_clock
         self._links: set[_Link] = set()
-        #: Worker id -> its live link ("online" means being in here).
-        self._workers: dict[str, _Link] = {}
-        #: owner id -> ids of that owner's workers holding a link (for the per-user cap).
-        self._online_by_owner: dict[str, set[str]] = {}
+        #: The routing core: published workers, pending opens, channels, credit.
+        self.router: HubRouter[_Link] = HubRouter(limits, max_message_size)
         #: Worker id -> the link it connected with while deregistering (at most one each).
         self._retiring: dict[str, _Link] = {}
-        self._request_ids = itertools.count(1)
-        #: Channel ids: hub-wide, from 1, never reused while the hub runs.
-        self._channel_ids = itertools.count(1)
-        #: Live channels by id.
-        self._channels: dict[int, _Channel] = {}
-        #: Opens waiting for their worker, by the hub's request id.
-        self._opens: dict[int, _Pending] = {}
+        #: The timer of the router's next open deadline (while :meth:`serve` runs).
+        self._open_timer: trio.CancelScope | None = None
         #: user id -> its signed-in client links (``max_links_per_user``).
         self._user_links: dict[str, set[_Link]] = {}
         #: peer address -> its signed-in links (``max_links_per_address``).
         self._address_links: dict[str, set[_Link]] = {}
-        #: owner id -> ids of the channels (live or opening) its links opened.
-        self._user_channels: dict[str, set[int]] = {}
         #: Failed sign-ins are logged at most this often per kind.
         self._signin_log = LogRateLimiter()
-        self._closing = False
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
@@ -528,30 +460,31 @@ class Hub:
         return int(self._wall_clock() * 1000)
 
     def is_online(self, worker_id: str) -> bool:
-        return worker_id in self._workers
+        return self.router.worker_link(worker_id) is not None
 
     @property
     def online_workers(self) -> frozenset[str]:
-        return frozenset(self._workers)
+        return self.router.online_workers
 
     def notify_deregister(self, note: Notification) -> bool:
         """The worker was deregistered on this hub: its live link stops working at once
         and is sent the deregister (True when it was)."""
-        link = self._workers.get(note.worker_id)
+        link = self.router.worker_link(note.worker_id)
         if link is None:
             return False
         return self._retire(link, note)
 
     @property
     def open_channels(self) -> int:
-        return len(self._channels)
+        return self.router.channel_count
 
     def channel_buffered(self, channel_id: int) -> int:
         """Credit-counted bytes the hub holds for a live channel, both directions."""
-        channel = self._channels.get(channel_id)
-        if channel is None:
+        ends = self.router.ends(channel_id)
+        if ends is None:
             return 0
-        return sum(flow.queued for flow in channel.flows.values())
+        flows = (end.flows.get(channel_id) for end in ends)
+        return sum(flow.queued for flow in flows if flow is not None)
 
     # -- serving --------------------------------------------------------------------------
 
@@ -580,6 +513,7 @@ class Hub:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
                     self._purge_registration_keys()
+                    nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     nursery.start_soon(self._purge_forever)
                     bound = await nursery.start(self.server.serve_tcp, host, port)
@@ -592,8 +526,7 @@ class Hub:
     async def shutdown(self) -> None:
         """Close every channel, tell every peer to come back in 10 s (2 s budget in all),
         then close every link."""
-        self._closing = True
-        self._close_everything()
+        self._apply(self.router.shutdown())
         links = list(self._links)
         with trio.move_on_after(SHUTDOWN_BUDGET):
             async with trio.open_nursery() as nursery:
@@ -606,6 +539,24 @@ class Hub:
             self._serve_scope.cancel()
 
     # -- periodic checks ---------------------------------------------------------------------
+
+    async def _expire_opens(self) -> None:
+        """Refuse the opens whose worker did not answer in time (the router's deadlines)."""
+        while True:
+            with trio.CancelScope() as timer:
+                self._open_timer = timer
+                self._reset_open_timer()
+                await trio.sleep_forever()
+            self._open_timer = None
+            self._apply(self.router.poll(self._clock()))
+
+    def _reset_open_timer(self) -> None:
+        if self._open_timer is not None:
+            self._open_timer.deadline = self._trio_time(self.router.next_deadline())
+
+    def _trio_time(self, deadline: float) -> float:
+        """A deadline on :attr:`_clock` as trio time."""
+        return trio.current_time() + max(0.0, deadline - self._clock())
 
     async def _check_revocations_forever(self) -> None:
         while True:
@@ -642,7 +593,7 @@ class Hub:
                     log.warning("%s: worker deleted; link closed", link.name)
                     self.metrics.link_closed("worker_deleted")
                     link.end("unauthenticated", "invalid auth token")
-                elif status is WorkerStatus.DEREGISTERING and not link.retired:
+                elif status is WorkerStatus.DEREGISTERING and not self.router.is_retired(link):
                     note = self.store.deregistration_notice(link.worker.id, self.now_ms())
                     self._retire(link, note)
 
@@ -672,18 +623,18 @@ class Hub:
             peer=peer,
             max_queue_bytes=self.limits.max_link_queue_bytes,
         )
-        if self._closing:
+        if self.router.closing:
             link.fail("unavailable", "hub is shutting down")
         self._links.add(link)
         try:
             async with trio.open_nursery() as nursery:
                 link.nursery = nursery
                 nursery.start_soon(link.writer)
-                if not self._closing:
+                if not self.router.closing:
                     with link.scope:
                         await self._serve_link(link)
                 link.ending = True
-                self._drop_link(link, "link_lost")
+                self._apply(self.router.drop(link))
                 link.close_queue()
                 with trio.move_on_after(FLUSH_TIMEOUT):
                     await link.writer_done.wait()
@@ -692,25 +643,14 @@ class Hub:
             log.exception("link %s: internal error", link.name)
         finally:
             link.ending = True
-            self._drop_link(link, "link_lost")
             self._links.discard(link)
             self._signed_out(link)
-            if self._unpublish(link):
+            published = link.worker is not None and self.router.worker_link(link.worker.id) is link
+            self._apply(self.router.leave(link))
+            if published:
                 log.info("%s is offline", link.name)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
-
-    def _unpublish(self, link: _Link) -> bool:
-        """Take a worker's link out of the live registry; True if it was the published one."""
-        if link.worker is None or self._workers.get(link.worker.id) is not link:
-            return False
-        del self._workers[link.worker.id]
-        owned = self._online_by_owner.get(link.worker.owner_id)
-        if owned is not None:
-            owned.discard(link.worker.id)
-            if not owned:
-                del self._online_by_owner[link.worker.owner_id]
-        return True
 
     async def _serve_link(self, link: _Link) -> None:
         first_deadline = self._clock() + self.limits.signin_timeout
@@ -774,8 +714,8 @@ class Hub:
 
     def _dispatch(self, link: _Link, message: LinkMessage) -> bool:
         """Handle one message; True when the link should end."""
-        if isinstance(message, ChannelData):
-            self._data(link, message)
+        if isinstance(message, ChannelData):  # the hot path
+            self._apply(self.router.data(link, message))
             return False
         if isinstance(message, Heartbeat):
             return self._heartbeat(link, message)
@@ -791,16 +731,11 @@ class Hub:
         if isinstance(message, ClientHello):
             return self._client_hello(link, message)
         if isinstance(message, OpenChannel):
-            self._open_channel(link, message)
+            self._apply(self.router.open_channel(link, message, self._clock()))
+            self._reset_open_timer()
             return False
-        if isinstance(message, ChannelAccept):
-            self._channel_accept(link, message)
-            return False
-        if isinstance(message, ChannelReject):
-            self._channel_reject(link, message)
-            return False
-        if isinstance(message, ChannelClose):
-            self._channel_close(link, message)
+        if isinstance(message, (ChannelAccept, ChannelReject, ChannelClose)):
+            self._apply(self.router.receive(link, message, self._clock()))
             return False
         if isinstance(message, ErrorMessage):
             log.info("%s closed the link: %s: %s", link.name, message.code, message.message)
@@ -855,7 +790,7 @@ class Hub:
         if worker.status is WorkerStatus.DEREGISTERING:
             return self._connect_deregistering(link, worker)
         cap = self.store.max_workers_per_user
-        owned = self._online_by_owner.get(worker.owner_id, set())
+        owned = self.router.online_of(worker.owner_id)
         live = len(owned) - (worker.id in owned)  # a reconnect replaces its own slot
         if cap and live >= cap:
             link.fail(
@@ -869,13 +804,10 @@ class Hub:
         link.worker = worker
         link.liveness = Liveness(self._clock())
         link.enqueue(WorkerGreeting(worker.id, worker.owner_id, worker.owner_name))
-        old = self._workers.get(worker.id)
-        self._workers[worker.id] = link
-        self._online_by_owner.setdefault(worker.owner_id, set()).add(worker.id)
-        if old is not None:
+        self.router.join(link, worker.owner_id, worker.id)
+        if self.router.worker_link(worker.id) is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
-            self._drop_link(old, "replaced")
-            old.scope.cancel()
+        self._apply(self.router.publish(link))
         log.info("%s is online (%s)", link.name, link.transport)
         return False
 
@@ -887,10 +819,10 @@ class Hub:
             return True
         link.worker = worker
         link.liveness = Liveness(self._clock())
-        old = self._workers.get(worker.id)
+        self.router.join(link, worker.owner_id, worker.id)
+        old = self.router.worker_link(worker.id)
         if old is not None:  # published before its deregistration was seen: it goes too
-            self._unpublish(old)
-            self._drop_link(old, "deregistered")
+            self._apply(self.router.retire(old))
             old.scope.cancel()
         older = self._retiring.get(worker.id)
         if older is not None:  # one retiring link per worker: the newest replaces it
@@ -904,10 +836,10 @@ class Hub:
         """A deregistering worker's link stops serving at once: out of the registry, its
         channels and opens closed, every request and open refused; it is sent ``note``
         (once) and ends after its ack, or after ``deregister_grace``. True if sent."""
-        if self._unpublish(link):
+        assert link.worker is not None
+        if self.router.worker_link(link.worker.id) is link:
             log.info("%s is deregistering; it no longer serves", link.name)
-        link.retired = True
-        self._drop_link(link, "deregistered")
+        self._apply(self.router.retire(link))
         link.hard_deadline = min(link.hard_deadline, self._clock() + self.limits.deregister_grace)
         if link.waiting is not None:  # its reader may be waiting on a later deadline
             link.waiting.deadline = min(
@@ -921,7 +853,7 @@ class Hub:
     def _send_deregister(self, link: _Link, note: Notification) -> bool:
         if note.kind != "deregister":
             return False
-        request_id = next(self._request_ids)
+        request_id = self.router.next_request_id()
         self.store.notification_attempted(note.id)
         if not link.enqueue(Deregister(request_id, note.reason)):
             return False
@@ -983,6 +915,7 @@ class Hub:
             return True
         link.user = user
         link.token_id = token_id
+        self.router.join(link, user.id)
         self._user_links.setdefault(user.id, set()).add(link)
         link.liveness = Liveness(self._clock(), self.limits.client_idle_timeout)
         link.enqueue(ClientGreeting(user.id, user.name))
@@ -1054,7 +987,7 @@ class Hub:
         if link.worker is not None:
             # A worker asks as its owner, and only about its siblings.
             denied = None
-            if link.retired:
+            if self.router.is_retired(link):
                 denied = "this worker is deregistering"
             elif request.method not in WORKER_METHODS:
                 denied = f"method {request.method!r} is not available to workers"
@@ -1074,7 +1007,9 @@ class Hub:
         except RequestError as exc:
             log.info("%s: %s failed: %s", link.name, request.method, exc.message)
             link.enqueue(
-                HubResponse(request.request_id, error_code=exc.code, error_message=exc.message)
+                HubResponse(
+                    request.request_id, error_code=exc.error_code, error_message=exc.message
+                )
             )
             return
         try:
@@ -1091,302 +1026,65 @@ class Hub:
             return
         link.put(data)
 
-    # -- channels: opening -----------------------------------------------------------------
+    # -- carrying out the router's answers ---------------------------------------------------
 
-    def _open_channel(self, link: _Link, message: OpenChannel) -> None:
-        def refuse(code: str, text: str, result: str | None = None) -> None:
-            self.metrics.channel_open(result or code)
-            log.info("%s: open_channel to %s refused: %s", link.name, message.worker_id, text)
-            link.enqueue(ChannelRefused(message.request_id, code, text))
+    def _apply(self, actions: Iterable[Action[_Link]]) -> None:
+        """Carry out what the router answered, in order, at once."""
+        for action in actions:
+            self._act(action)
 
-        size = message.max_message_size
-        if not MIN_MAX_MESSAGE_SIZE <= size <= MAX_MAX_MESSAGE_SIZE:
-            refuse(
-                "invalid_max_message_size",
-                f"max_message_size {size} is outside "
-                f"{MIN_MAX_MESSAGE_SIZE} .. {MAX_MAX_MESSAGE_SIZE}",
-            )
-            return
-        if self._closing:
-            refuse("unavailable", "hub is shutting down")
-            return
-        if link.retired:
-            refuse("permission_denied", "this worker is deregistering")
-            return
-        if len(link.opens) >= MAX_PENDING_OPENS:
-            refuse("unavailable", f"too many channel opens pending (at most {MAX_PENDING_OPENS})")
-            return
-        limits = self.limits
-        held = link.opened + len(link.opens)
-        if held >= limits.max_channels_per_link:
-            refuse(
-                "quota_exceeded",
-                f"this link already has {held} channels, which is the configured maximum "
-                "(max_channels_per_link)",
-            )
-            return
-        if link.worker is not None:  # a worker opening a channel to a sibling
-            owner_id, own_id = link.worker.owner_id, link.worker.id
-        else:
-            assert link.user is not None
-            owner_id, own_id = link.user.id, None
-        held = len(self._user_channels.get(owner_id, ()))
-        if held >= limits.max_channels_per_user:
-            refuse(
-                "quota_exceeded",
-                f"this account already has {held} channels, which is the configured maximum "
-                "(max_channels_per_user)",
-            )
-            return
-        try:
-            target: Worker | None = self.store.get_worker(message.worker_id)
-        except NotFound:
-            target = None
-        if target is None or target.status is not WorkerStatus.ACTIVE or target.id == own_id:
-            refuse("not_found", "worker not found")
-            return
-        if target.owner_id != owner_id:
-            # Exactly what an unknown id gets: a stranger cannot probe which ids exist.
-            refuse("not_found", "worker not found", result="not_owner")
-            return
-        destination = self._workers.get(target.id)
-        if destination is None or link.nursery is None:
-            refuse("worker_offline", "worker is offline")
-            return
-        waiting = len(destination.requests)
-        if waiting >= limits.max_pending_opens_per_worker:
-            refuse(
-                "unavailable",
-                f"the worker has too many channel opens pending (at most "
-                f"{limits.max_pending_opens_per_worker})",
-            )
-            return
-        held = destination.served + waiting
-        if held >= limits.max_channels_per_worker:
-            refuse(
-                "quota_exceeded",
-                f"the worker already serves {held} channels, which is the configured maximum "
-                "(max_channels_per_worker)",
-            )
-            return
-        pending = _Pending(
-            next(self._request_ids),
-            next(self._channel_ids),
-            link,
-            message.request_id,
-            destination,
-            min(size, self.max_message_size),
-            owner_id,
-        )
-        request = ChannelRequest(
-            pending.request_id, pending.channel_id, owner_id, message.message1, pending.size
-        )
-        if not destination.enqueue(request):
-            refuse("worker_offline", "worker is offline")
-            return
-        self._opens[pending.request_id] = pending
-        link.opens[pending.request_id] = pending
-        destination.requests[pending.request_id] = pending
-        self._hold(owner_id, pending.channel_id)
-        link.nursery.start_soon(self._open_timer, pending)
-
-    async def _open_timer(self, pending: _Pending) -> None:
-        with trio.move_on_after(OPEN_TIMEOUT):
-            await pending.settled.wait()
-            return
-        if self._opens.get(pending.request_id) is not pending:
-            return
-        self._settle(pending)
-        self.metrics.channel_open("timeout")
-        log.info("%s did not answer channel %d's open", pending.worker.name, pending.channel_id)
-        pending.opener.enqueue(
-            ChannelRefused(
-                pending.opener_request_id,
-                "timeout",
-                f"worker did not answer the open within {OPEN_TIMEOUT:g} s",
-            )
-        )
-        pending.worker.enqueue(ChannelClose(pending.channel_id, "closed", "channel open timed out"))
-
-    def _hold(self, owner_id: str, channel_id: int) -> None:
-        self._user_channels.setdefault(owner_id, set()).add(channel_id)
-
-    def _release(self, owner_id: str, channel_id: int) -> None:
-        held = self._user_channels.get(owner_id)
-        if held is not None:
-            held.discard(channel_id)
-            if not held:
-                del self._user_channels[owner_id]
-
-    def _settle(self, pending: _Pending) -> None:
-        self._release(pending.owner_id, pending.channel_id)
-        self._opens.pop(pending.request_id, None)
-        pending.opener.opens.pop(pending.request_id, None)
-        pending.worker.requests.pop(pending.request_id, None)
-        pending.settled.set()
-
-    def _answered(self, link: _Link, request_id: int, channel_id: int) -> _Pending | None:
-        """The open a worker's answer settles, or None (unknown: late, or not this link's)."""
-        pending = link.requests.get(request_id)
-        if pending is None or pending.channel_id != channel_id:
-            log.debug(
-                "%s answered unknown open (request %d, channel %d); ignored",
-                link.name,
-                request_id,
-                channel_id,
-            )
-            return None
-        self._settle(pending)
-        return pending
-
-    def _channel_accept(self, link: _Link, message: ChannelAccept) -> None:
-        pending = self._answered(link, message.request_id, message.channel_id)
-        if pending is None:
-            return
-        size = message.max_message_size
-        if not MIN_MAX_MESSAGE_SIZE <= size <= pending.size:
-            self.metrics.channel_open("invalid_accept")
-            log.info("%s accepted with max_message_size %d > %d", link.name, size, pending.size)
-            pending.opener.enqueue(
-                ChannelRefused(
-                    pending.opener_request_id,
-                    "handshake_failed",
-                    "worker answered an invalid max_message_size",
-                )
-            )
-            link.enqueue(
-                ChannelClose(
-                    pending.channel_id,
-                    "closed",
-                    f"max_message_size {size} is outside {MIN_MAX_MESSAGE_SIZE} .. {pending.size}",
-                )
-            )
-            return
-        channel = _Channel(pending.channel_id, pending.opener, link, size, pending.owner_id)
-        opened = ChannelOpened(pending.opener_request_id, channel.id, message.message2, size)
-        if not pending.opener.enqueue(opened):
-            link.enqueue(ChannelClose(channel.id, *_END_MESSAGES["link_lost"]))
-            return
-        self.metrics.channel_open("opened")
-        self._channels[channel.id] = channel
-        channel.opener.channels[channel.id] = channel
-        link.channels[channel.id] = channel
-        channel.opener.opened += 1
-        link.served += 1
-        self._hold(channel.owner_id, channel.id)
-        log.debug("channel %d open: %s <-> %s", channel.id, channel.opener.name, link.name)
-
-    def _channel_reject(self, link: _Link, message: ChannelReject) -> None:
-        pending = self._answered(link, message.request_id, message.channel_id)
-        if pending is None:
-            return
-        self.metrics.channel_open("rejected")
-        pending.opener.enqueue(
-            ChannelRefused(
-                pending.opener_request_id,
-                message.code,
-                f"worker rejected channel: {message.message}",
-            )
-        )
-
-    # -- channels: relaying and closing ------------------------------------------------------
-
-    def _data(self, link: _Link, frame: ChannelData) -> None:
-        channel = link.channels.get(frame.channel_id)
-        if channel is None:
+    def _act(self, action: Action[_Link]) -> None:
+        if isinstance(action, Forward):
+            action.link.forward(action)
+        elif isinstance(action, Send):
+            action.link.enqueue(action.message)
+        elif isinstance(action, Close):
+            action.link.enqueue_close(action.message)
+        elif isinstance(action, Log):
+            log.log(action.level, action.text, *action.args)
+        elif isinstance(action, OpenOutcome):
+            self.metrics.channel_open(action.result)
+        elif isinstance(action, Offer):
+            self._apply(self.router.offered(action, action.link.enqueue(action.message)))
+        elif isinstance(action, Lookup):
+            self._apply(self.router.found(action, self._target(action.message.worker_id)))
+        elif isinstance(action, ChannelGone):
+            for end in action.ends:
+                end.flows.pop(action.channel_id, None)
+        elif isinstance(action, EndLink):
+            action.link.scope.cancel()
+        elif isinstance(action, FrameDropped):
             self.metrics.frame_dropped()
-            log.debug("%s: data for unknown channel %d dropped", link.name, frame.channel_id)
-            return
-        direction = _TO_WORKER if link is channel.opener else _TO_CLIENT
-        size = len(frame.ciphertext)
+        elif isinstance(action, FrameRejected):
+            self.metrics.frame_rejected(action.reason)
+
+    def _target(self, worker_id: str) -> Target | None:
+        """What the store says about the worker an open names (None: no such worker)."""
         try:
-            ends = channel.relay.check(direction, frame.correlation_id, frame.flags, size)
-            cost = channel.relay.charge(direction, frame.flags, size)
-        except RelayViolation as exc:
-            self.metrics.frame_rejected("relay_violation")
-            log.info("%s: %s", link.name, exc)
-            self._close_channel(channel, "relay_violation", str(exc), (link, channel.other(link)))
-            return
-        channel.receiver(direction).enqueue_data(channel.flows[direction], frame, cost)
-        if ends:  # a CLOSE frame, forwarded: the channel is over at the hub
-            self._forget(channel)
+            worker: Worker | None = self.store.get_worker(worker_id)
+        except NotFound:
+            return None
+        if worker is None:
+            return None
+        return Target(worker.id, worker.owner_id, worker.status is WorkerStatus.ACTIVE)
 
     def _written(self, flow: _Flow, cost: int) -> None:
         """A destination's writer handed one of ``flow``'s frames to its transport."""
-        channel = flow.channel
         if cost:
             self.metrics.relayed(_DIRECTION_LABELS[flow.direction], cost)
-        if not channel.live:
-            return
-        grant = channel.relay.delivered(flow.direction, cost)
-        if grant:
-            channel.sender(flow.direction).enqueue(ChannelCredit(channel.id, grant))
-
-    def _channel_close(self, link: _Link, message: ChannelClose) -> None:
-        channel = link.channels.get(message.channel_id)
-        if channel is None:
-            log.debug("%s: channel_close for unknown channel %d", link.name, message.channel_id)
-            return
-        self._close_channel(channel, message.code, message.message, (channel.other(link),))
-
-    def _forget(self, channel: _Channel) -> None:
-        if channel.live and self._channels.get(channel.id) is channel:
-            channel.opener.opened -= 1
-            channel.worker.served -= 1
-            self._release(channel.owner_id, channel.id)
-        channel.live = False
-        self._channels.pop(channel.id, None)
-        channel.opener.channels.pop(channel.id, None)
-        channel.worker.channels.pop(channel.id, None)
-
-    def _close_channel(
-        self, channel: _Channel, code: str, message: str, ends: Iterable[_Link]
-    ) -> None:
-        """Forget ``channel`` and tell ``ends``, each after the frames still queued to it."""
-        if not channel.live:
-            return
-        self._forget(channel)
-        for end in ends:
-            end.enqueue_close(channel.toward(end), ChannelClose(channel.id, code, message))
-
-    def _drop_link(self, link: _Link, reason: str) -> None:
-        """``link`` is ending (or retiring): close its channels and opens towards their
-        other ends."""
-        code, text = _END_MESSAGES[reason]
-        for channel in list(link.channels.values()):
-            self._close_channel(channel, code, text, (channel.other(link),))
-        for pending in list(link.opens.values()):  # its opens: the worker may stop waiting
-            self._settle(pending)
-            pending.worker.enqueue(ChannelClose(pending.channel_id, code, text))
-        for pending in list(link.requests.values()):  # opens waiting for this worker
-            self._settle(pending)
-            self.metrics.channel_open("worker_offline")
-            pending.opener.enqueue(
-                ChannelRefused(pending.opener_request_id, "worker_offline", "worker went offline")
-            )
-
-    def _close_everything(self) -> None:
-        """Hub shutdown: every channel closes both ways, every pending open is refused."""
-        _code, text = _END_MESSAGES["shutdown"]
-        for channel in list(self._channels.values()):
-            self._close_channel(channel, "shutdown", text, (channel.opener, channel.worker))
-        for pending in list(self._opens.values()):
-            self._settle(pending)
-            self.metrics.channel_open("unavailable")
-            pending.opener.enqueue(
-                ChannelRefused(pending.opener_request_id, "unavailable", "hub is shutting down")
-            )
-            pending.worker.enqueue(ChannelClose(pending.channel_id, "shutdown", text))
+        credit = self.router.written(flow.channel_id, flow.direction, cost)
+        if credit is not None:
+            credit.link.enqueue(credit.message)
 
     # -- metrics -------------------------------------------------------------------------------
 
     def _metrics_route(self) -> HttpResponse:
         links = list(self._links)
         snapshot = Snapshot(
-            workers_online=len(self._workers),
+            workers_online=self.router.worker_count,
             worker_links=sum(1 for link in links if link.worker is not None),
             client_links=sum(1 for link in links if link.user is not None),
-            channels=len(self._channels),
+            channels=self.router.channel_count,
         )
         return 200, CONTENT_TYPE, self.metrics.render(snapshot)
 

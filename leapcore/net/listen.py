@@ -78,7 +78,7 @@ import h2.exceptions
 import trio
 from websockets.exceptions import WebSocketException
 
-from ..errors import LeapcoreError, RemoteProtocolError
+from ..errors import LeapcoreError, RemoteProtocolError, Unavailable
 from ..proto.limits import (
     ACCEPT_BACKOFF_INITIAL,
     ACCEPT_BACKOFF_MAX,
@@ -146,6 +146,7 @@ _PEER_ERRORS: Final = (
     h2.exceptions.ProtocolError,
     WebSocketException,
     RemoteProtocolError,
+    Unavailable,
 )
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 import trio
 
-from ..errors import ConfigError, LinkClosed
+from ..errors import ConfigError, LinkClosed, TLSCertificateError
 
 __all__ = [
     "LINK_PATH",
@@ -122,7 +122,10 @@ def parse_hub_url(url: str) -> HubAddress:
 async def open_stream(
     address: HubAddress, *, ssl_context: ssl.SSLContext | None = None, alpn: list[str] | None = None
 ) -> trio.abc.Stream:
-    """Dial the hub: TCP, TLS over TCP (for ``https://``, verified), or a Unix socket."""
+    """Dial the hub: TCP, TLS over TCP (for ``https://``, verified), or a Unix socket.
+
+    :class:`~leapcore.errors.LinkClosed` if it cannot be reached (retry later);
+    :class:`~leapcore.errors.TLSCertificateError` if its certificate does not verify."""
     try:
         if address.scheme == "unix":
             return await trio.open_unix_socket(address.unix_path)
@@ -142,4 +145,7 @@ async def open_stream(
         raise LinkClosed(f"TLS handshake with the hub at {address.url} timed out") from None
     except trio.BrokenResourceError as exc:
         cause = exc.__cause__ or exc
-        raise LinkClosed(f"TLS with the hub at {address.url} failed: {cause}") from None
+        text = f"TLS with the hub at {address.url} failed: {cause}"
+        if isinstance(cause, ssl.SSLCertVerificationError):  # possibly an impostor
+            raise TLSCertificateError(text) from None
+        raise LinkClosed(text) from None

@@ -6,7 +6,7 @@ blocks: the endpoint's limits bound what it buffers), hub credit with
 :meth:`Channel.add_credit` and the hub's ``channel_close`` with :meth:`Channel.hub_closed`.
 One pump task per channel (:meth:`Channel.run`) encrypts queued messages and writes them
 to the link in order, spending the hub's per-channel credit
-(:data:`~leapcore.proto.link_codec.CHANNEL_CREDIT`) and waiting when it runs out, so a slow
+(:class:`~leapcore.proto.link_session.SendCredit`) and waiting when it runs out, so a slow
 reader at the other end throttles this channel alone. The same task runs the rekey timer
 (the client initiates, per :mod:`leapcore.crypto.rekey_policy`).
 
@@ -50,11 +50,11 @@ from ..errors import (
     LeapcoreError,
     OutboundQueueFull,
     RemoteCallError,
+    ServiceError,
     StreamUsageError,
 )
 from ..net.pipe import WRITE_BATCH
-from ..proto.channel_mux import (
-    PING_METHOD,
+from ..proto.channel_events import (
     BytesReceived,
     ByteStreamAccepted,
     ByteStreamEOF,
@@ -62,7 +62,6 @@ from ..proto.channel_mux import (
     ByteStreamReset,
     Cancelled,
     ChannelClosed,
-    ChannelEndpoint,
     ErrorReceived,
     Event,
     ProtocolViolation,
@@ -74,8 +73,10 @@ from ..proto.channel_mux import (
     StreamRequested,
     WindowOpened,
 )
+from ..proto.channel_mux import PING_METHOD, ChannelEndpoint
 from ..proto.chunking import ChannelFrame, FrameFlag
-from ..proto.link_codec import CHANNEL_CREDIT, ChannelClose, ChannelCredit, ChannelData, LinkMessage
+from ..proto.link_codec import ChannelClose, ChannelCredit, ChannelData, LinkMessage
+from ..proto.link_session import SendCredit
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -84,7 +85,6 @@ __all__ = [
     "CallContext",
     "Channel",
     "ChannelTable",
-    "ServiceError",
     "Services",
 ]
 
@@ -103,16 +103,6 @@ Send = Callable[[LinkMessage], Awaitable[None]]
 SendMany = Callable[[Sequence[LinkMessage]], Awaitable[None]]
 #: Queues one message for the link's writer if it has room now; False (nothing queued) if not.
 SendNowait = Callable[[LinkMessage], bool]
-
-
-class ServiceError(Exception):
-    """Raise from a service handler to answer with an error ``code`` and ``message``
-    (the caller gets :class:`~leapcore.errors.RemoteCallError`)."""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
 
 
 @attrs.frozen
@@ -416,7 +406,7 @@ class Channel:
         self._pump_sending = False
         self._clock = clock
         self._services = services
-        self._credit = CHANNEL_CREDIT
+        self._credit = SendCredit()
         self._frames: collections.deque[ChannelFrame] = collections.deque()
         self._wakeup = trio.Event()
         self._room = trio.Event()
@@ -493,18 +483,18 @@ class Channel:
     def _head(self) -> tuple[ChannelData, int] | None:
         """The next frame as a link message and its credit cost, if the credit allows it."""
         frame = self._frames[0]
-        cost = 0 if frame.flags == FrameFlag.CLOSE else len(frame.ciphertext)
-        if cost > self._credit:
+        cost = SendCredit.cost(frame.flags, len(frame.ciphertext))
+        if not self._credit.allows(cost):
             return None
         message = ChannelData(self.channel_id, frame.correlation_id, frame.flags, frame.ciphertext)
         return message, cost
 
     def _pop(self, cost: int) -> None:
         self._frames.popleft()
-        self._credit -= cost
+        self._credit.spend(cost)
 
     def add_credit(self, credit: int) -> None:
-        self._credit += credit
+        self._credit.grant(credit)
         self._kick()
 
     def hub_closed(self, code: str, message: str) -> None:
@@ -931,7 +921,7 @@ class Channel:
                             if not (stream._eof_sent or stream._closed or stream._error):
                                 await stream.send_eof()
                 except ServiceError as exc:
-                    self._answer_error(cid, exc.code, exc.message)
+                    self._answer_error(cid, exc.error_code, exc.error_message)
                 except (ChannelLost, ChannelClosedError):
                     pass
                 except LeapcoreError as exc:

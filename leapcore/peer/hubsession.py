@@ -9,10 +9,16 @@
 ``client_hello`` and waits for the ``client_greeting``; :meth:`HubSession.call` sends one
 ``hub_request`` and waits for its ``hub_response``. One reader task matches responses to
 calls by ``request_id``, so calls may be made from several tasks at once (at most
-:data:`MAX_PENDING` outstanding).
+:data:`MAX_PENDING_REQUESTS` outstanding; more wait for a free slot within their deadline).
+
+:class:`PeerLink` is what a peer does on its link to the hub, client or worker alike (the
+worker's cross-worker channels use it too): it drives the sans-IO
+:class:`~leapcore.proto.link_session.LinkSession` (request ids, deadlines, the orphan
+policy: an open answered after its caller gave up is closed, never left open) and sends
+through the link's one :class:`~leapcore.peer.linkwriter.LinkWriter`.
 
 Every call has a deadline (``timeout=``, :data:`CALL_TIMEOUT` by default, as do
-:meth:`HubSession.request_open` and the channel operations of :mod:`leapcore.peer.channel`):
+:meth:`PeerLink.request_open` and the channel operations of :mod:`leapcore.peer.channel`):
 no answer in time raises :class:`~leapcore.errors.DeadlineExceeded`.
 
 **Keepalive.** The hub closes a client link that sends nothing for a while (10 min by
@@ -25,14 +31,16 @@ reaps one that was abandoned.
 An error answer raises the matching leapcore error (:data:`ERROR_CLASSES`; any other code is
 :class:`~leapcore.errors.HubRequestFailed`). A link that ends, a ``go_away`` or an ``error``
 record from the hub fails every outstanding and later call with
-:class:`~leapcore.errors.LinkClosed` (or the error the record names). No trio exception group
-escapes the ``async with`` block when a single thing went wrong.
+:class:`~leapcore.errors.LinkClosed` (or the error the record names). When the block ends,
+what is queued is written (at most :data:`FLUSH_TIMEOUT`) before the link closes. No trio
+exception group escapes the ``async with`` block when a single thing went wrong.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
@@ -44,6 +52,7 @@ from ..errors import (
     DeadlineExceeded,
     FailedPrecondition,
     HubRequestFailed,
+    HubUnavailable,
     LeapcoreError,
     LinkClosed,
     LinkProtocolError,
@@ -54,11 +63,15 @@ from ..errors import (
 )
 from ..net.dial import connect_link
 from ..net.pipe import LinkPipe
-from ..net.trioutil import WriteLock, single_exception
-from ..proto.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from ..net.trioutil import single_exception
+from ..proto.limits import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    GREETING_TIMEOUT,
+    MAX_PENDING_REQUESTS,
+    OPEN_TIMEOUT,
+)
 from ..proto.link_codec import (
     PROTOCOL_VERSION,
-    ChannelClose,
     ChannelOpened,
     ChannelRefused,
     ClientGreeting,
@@ -66,37 +79,42 @@ from ..proto.link_codec import (
     ErrorMessage,
     GoAway,
     Heartbeat,
-    HubRequest,
     HubResponse,
     LinkMessage,
-    OpenChannel,
+)
+from ..proto.link_session import (
+    CallAnswered,
+    CallRefused,
+    LinkSession,
+    OpenAnswered,
+    Outcome,
+    RequestFailed,
 )
 from ..proto.link_state import LinkConnection, LinkRole
 from ..store.pinstore import PinStore
 from .channel import Channel, ChannelTable
-from .opener import OPEN_TIMEOUT, open_channel
+from .linkwriter import LinkWriter
+from .opener import open_channel
 
 __all__ = [
     "CALL_TIMEOUT",
     "ERROR_CLASSES",
-    "GREETING_TIMEOUT",
+    "FLUSH_TIMEOUT",
     "KEEPALIVE_INTERVAL",
-    "MAX_PENDING",
     "HubSession",
+    "PeerLink",
     "hub_error",
     "hub_session",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Seconds the hub has to greet a new client link.
-GREETING_TIMEOUT: Final = 10.0
 #: Seconds a call waits for its answer by default.
 CALL_TIMEOUT: Final = 30.0
-#: Calls that may be outstanding at once; more wait for a free slot.
-MAX_PENDING: Final = 64
 #: Seconds without sending anything after which a busy session sends a heartbeat.
 KEEPALIVE_INTERVAL: Final = 30.0
+#: Seconds allowed, when a session ends, to write what is still queued.
+FLUSH_TIMEOUT: Final = 5.0
 
 #: Hub error codes (``hub_response`` and ``error`` records) -> the error raised.
 ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
@@ -105,6 +123,7 @@ ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
     "failed_precondition": FailedPrecondition,
     "permission_denied": PermissionDenied,
     "quota_exceeded": QuotaExceeded,
+    "unavailable": HubUnavailable,
 }
 
 
@@ -116,21 +135,182 @@ def hub_error(code: str, message: str) -> LeapcoreError:
     return cls(message)
 
 
-class _Pending:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.result: dict[str, Any] | None = None
-        self.error: LeapcoreError | None = None
+class PeerLink:
+    """A peer's traffic on its link to the hub, client or worker: calls and channel opens
+    (through a :class:`~leapcore.proto.link_session.LinkSession`), sends through the link's
+    :class:`~leapcore.peer.linkwriter.LinkWriter`, and the link's channel table.
+
+    The link's reader hands it every message with :meth:`handle` and calls :meth:`fail`
+    when the link ends. Implements :class:`~leapcore.peer.opener.OpenerLink`.
+    """
+
+    def __init__(
+        self,
+        writer: LinkWriter,
+        channels: ChannelTable,
+        *,
+        max_pending: int = MAX_PENDING_REQUESTS,
+        clock: Callable[[], float] = trio.current_time,
+    ) -> None:
+        self._writer = writer
+        #: The channels open on this link, by channel id.
+        self.channels = channels
+        self._clock = clock
+        self._session = LinkSession(max_pending=max_pending)
+        self._waiters: dict[int, trio.Event] = {}
+        self._room = trio.Event()
+        self._failure: LeapcoreError | None = None
+
+    @property
+    def busy(self) -> bool:
+        """True while a channel is open or a call or an open waits for its answer."""
+        return bool(len(self.channels) or self._session.waiting)
+
+    # -- sending --------------------------------------------------------------------------
+
+    async def send(self, message: LinkMessage) -> None:
+        """Queue one message for the hub (waits while the link's queue is full)."""
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
+        """Queue several messages as one transport write, in order."""
+        if self._failure is not None:
+            raise self._failure
+        await self._writer.send_many(messages)
+
+    def send_nowait(self, message: LinkMessage) -> bool:
+        """Queue ``message`` if there is room now; False if not. Once the link is ending,
+        what is sent is dropped (True)."""
+        if self._failure is not None:
+            return True
+        try:
+            return self._writer.send_nowait(message)
+        except LinkClosed:
+            return True
+
+    # -- calls and opens --------------------------------------------------------------------
+
+    async def call(
+        self, method: str, *, timeout: float = CALL_TIMEOUT, **params: Any
+    ) -> dict[str, Any]:
+        """Send ``method(params)`` and return the ``result`` object; raises on an error answer,
+        a closed link, or no answer within ``timeout`` seconds (:class:`DeadlineExceeded`)."""
+        outcome = await self._request(
+            lambda now, left: self._session.start_call(method, dict(params), now=now, timeout=left),
+            timeout,
+        )
+        if isinstance(outcome, CallAnswered):
+            return outcome.result
+        if isinstance(outcome, CallRefused):
+            raise hub_error(outcome.code, outcome.message)
+        if isinstance(outcome, RequestFailed):
+            raise outcome.error
+        raise DeadlineExceeded(f"the hub did not answer {method} within {timeout:g}s")
+
+    async def request_open(
+        self,
+        worker_id: str,
+        message1: bytes,
+        max_message_size: int,
+        *,
+        timeout: float = OPEN_TIMEOUT,
+    ) -> ChannelOpened | ChannelRefused:
+        """Send ``open_channel`` and wait for the hub's answer (see :mod:`leapcore.peer.opener`),
+        at most ``timeout`` seconds (:class:`DeadlineExceeded`). An open answered after its
+        caller gave up is closed (:mod:`leapcore.proto.link_session`, rule 5)."""
+        outcome = await self._request(
+            lambda now, left: self._session.start_open(
+                worker_id, message1, max_message_size, now=now, timeout=left
+            ),
+            timeout,
+        )
+        if isinstance(outcome, OpenAnswered):
+            return outcome.answer
+        if isinstance(outcome, RequestFailed):
+            raise outcome.error
+        raise DeadlineExceeded(
+            f"the hub did not answer the open of a channel to {worker_id} within {timeout:g}s"
+        )
+
+    async def _request(
+        self, start: Callable[[float, float], int], timeout: float
+    ) -> Outcome | None:
+        """Start a request when a slot is free and wait for its outcome, all within
+        ``timeout``; None when the deadline passed. A caller that is cancelled abandons it."""
+        deadline = self._clock() + timeout
+        with trio.move_on_at(deadline):
+            while self._failure is None and not self._session.has_room:
+                await self._room.wait()
+        if self._failure is not None:
+            raise self._failure
+        if not self._session.has_room:
+            return None  # no slot came free in time
+        now = self._clock()
+        request_id = start(now, max(0.0, deadline - now))
+        waiter = self._waiters[request_id] = trio.Event()
+        taken = False
+        try:
+            self._flush()
+            ends = self._session.deadline(request_id)
+            with trio.move_on_at(math.inf if ends is None else ends):
+                await waiter.wait()
+            if not waiter.is_set():
+                self._wake(self._session.poll(self._clock()))
+            if not waiter.is_set():
+                return None
+            outcome = self._session.take(request_id)
+            taken = True
+            return outcome
+        finally:
+            del self._waiters[request_id]
+            if not taken:
+                self._session.abandon(request_id)
+                self._flush()
+            self._free_slots()
+
+    def _wake(self, outcomes: list[Outcome]) -> None:
+        for outcome in outcomes:
+            waiter = self._waiters.get(outcome.request_id)
+            if waiter is not None:
+                waiter.set()
+
+    def _free_slots(self) -> None:
+        self._room.set()
+        self._room = trio.Event()
+
+    def _flush(self) -> None:
+        """Queue what the session must send (requests, closes of orphans): never waits."""
+        messages = self._session.messages_to_send()
+        try:
+            for message in messages:
+                self._writer.push(message)
+        except LinkClosed as exc:
+            self.fail(exc)
+
+    # -- from the link's reader ---------------------------------------------------------------
+
+    def handle(self, message: LinkMessage) -> bool:
+        """Answers to this link's requests and channel traffic (data, credit, close); False
+        for any other message. An answer to a request never made is a
+        :class:`~leapcore.errors.LinkProtocolError` (the link should end)."""
+        if isinstance(message, (HubResponse, ChannelOpened, ChannelRefused)):
+            self._wake(self._session.receive(message))
+            self._flush()
+            self._free_slots()
+            return True
+        return self.channels.deliver(message)
+
+    def fail(self, error: LeapcoreError) -> None:
+        """The link ended: every waiting and later request fails with ``error`` (the first
+        one given), and every channel on the link is lost."""
+        if self._failure is None:
+            self._failure = error
+        self._wake(self._session.fail(self._failure))
+        self._free_slots()
+        self.channels.close_all("link_lost", f"the link to the hub ended: {self._failure}")
 
 
-class _PendingOpen:
-    def __init__(self) -> None:
-        self.done = trio.Event()
-        self.answer: ChannelOpened | ChannelRefused | None = None
-        self.error: LeapcoreError | None = None
-
-
-class HubSession:
+class HubSession(PeerLink):
     """A signed-in client link; made by :func:`hub_session`."""
 
     def __init__(
@@ -145,6 +325,7 @@ class HubSession:
     ) -> None:
         if keepalive is not None and not keepalive > 0:
             raise ConfigError(f"keepalive must be a positive number of seconds, got {keepalive!r}")
+        super().__init__(LinkWriter(pipe, conn, on_queued=self._on_queued), ChannelTable())
         #: Seconds of silence after which a busy session sends a heartbeat (None: never).
         self.keepalive = keepalive
         #: Heartbeats sent to keep the link alive.
@@ -152,16 +333,6 @@ class HubSession:
         self._last_sent = trio.current_time()
         self._pipe = pipe
         self._conn = conn
-        self._send_lock = WriteLock()
-        self._slots = trio.Semaphore(MAX_PENDING)
-        self._ids = itertools.count(1)
-        self._last_id = 0
-        self._pending: dict[int, _Pending] = {}
-        self._opens: dict[int, _PendingOpen] = {}
-        self._orphans: list[int] = []
-        self._failure: LeapcoreError | None = None
-        #: The channels open on this link, by channel id.
-        self.channels = ChannelTable()
         #: The hub's URL, as dialled.
         self.url = url
         #: Where worker keys are pinned (``None``: no pinning).
@@ -170,88 +341,8 @@ class HubSession:
         self.user_id = greeting.user_id
         self.user_name = greeting.user_name
 
-    # -- calls --------------------------------------------------------------------------
-
-    async def call(
-        self, method: str, *, timeout: float = CALL_TIMEOUT, **params: Any
-    ) -> dict[str, Any]:
-        """Send ``method(params)`` and return the ``result`` object; raises on an error answer,
-        a closed link, or no answer within ``timeout`` seconds (:class:`DeadlineExceeded`)."""
-        async with self._slots:
-            if self._failure is not None:
-                raise self._failure
-            request_id = next(self._ids)
-            self._last_id = request_id
-            pending = _Pending()
-            self._pending[request_id] = pending
-            try:
-                data = self._conn.send(HubRequest(request_id, method, dict(params)))
-                await self._write(data)
-                with trio.move_on_after(timeout):
-                    await pending.done.wait()
-                if not pending.done.is_set():
-                    raise DeadlineExceeded(f"the hub did not answer {method} within {timeout:g}s")
-            finally:
-                self._pending.pop(request_id, None)
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
-
-    async def send(self, message: LinkMessage) -> None:
-        """Write one message to the hub (the link's one writer: sends take turns)."""
-        await self.send_many((message,))
-
-    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
-        """Write several messages in one transport write, in order (sends take turns)."""
-        if self._failure is not None:
-            raise self._failure
-        data = b"".join([self._conn.send(message) for message in messages])
-        await self._write(data)
-
-    async def _write(self, data: bytes) -> None:
-        async with self._send_lock:
-            await self._pipe.send(data)
-            self._last_sent = trio.current_time()
-
-    @property
-    def busy(self) -> bool:
-        """True while a channel is open or a call or an open waits for its answer."""
-        return bool(len(self.channels) or self._pending or self._opens)
-
-    async def request_open(
-        self,
-        worker_id: str,
-        message1: bytes,
-        max_message_size: int,
-        *,
-        timeout: float = OPEN_TIMEOUT,
-    ) -> ChannelOpened | ChannelRefused:
-        """Send ``open_channel`` and wait for the hub's answer (see :mod:`leapcore.peer.opener`),
-        at most ``timeout`` seconds (:class:`DeadlineExceeded`; a late ``channel_opened`` is
-        closed)."""
-        async with self._slots:
-            if self._failure is not None:
-                raise self._failure
-            request_id = next(self._ids)
-            self._last_id = request_id
-            pending = _PendingOpen()
-            self._opens[request_id] = pending
-            try:
-                await self.send(OpenChannel(request_id, worker_id, message1, max_message_size))
-                with trio.move_on_after(timeout):
-                    await pending.done.wait()
-                if not pending.done.is_set():
-                    raise DeadlineExceeded(
-                        f"the hub did not answer the open of a channel to {worker_id} within "
-                        f"{timeout:g}s"
-                    )
-            finally:
-                self._opens.pop(request_id, None)
-        if pending.error is not None:
-            raise pending.error
-        assert pending.answer is not None
-        return pending.answer
+    def _on_queued(self) -> None:
+        self._last_sent = trio.current_time()
 
     def open_channel(
         self,
@@ -324,20 +415,18 @@ class HubSession:
             self.heartbeats_sent += 1
             deadline = self._last_sent + interval
 
-    # -- the reader ------------------------------------------------------------------------
+    # -- the link's tasks -------------------------------------------------------------------
 
-    def _fail(self, error: LeapcoreError) -> None:
-        if self._failure is None:
-            self._failure = error
-        for pending in self._pending.values():
-            if not pending.done.is_set():
-                pending.error = self._failure
-                pending.done.set()
-        for opening in self._opens.values():
-            if not opening.done.is_set():
-                opening.error = self._failure
-                opening.done.set()
-        self.channels.close_all("link_lost", f"the link to the hub ended: {self._failure}")
+    async def _write(self) -> None:
+        """The link's writer; a failed write ends the session (never raises)."""
+        try:
+            await self._writer.run()
+        except LinkClosed as exc:
+            self.fail(exc)
+
+    def fail(self, error: LeapcoreError) -> None:
+        super().fail(error)
+        self._writer.close()
 
     async def _reader(self) -> None:
         """Deliver responses until the link ends; never raises (failures fail the calls)."""
@@ -345,47 +434,21 @@ class HubSession:
             while True:
                 while (message := self._conn.next_message()) is not None:
                     self._handle(message)
-                while self._orphans:  # opened after its caller gave up: close it
-                    orphan = self._orphans.pop()
-                    await self.send(ChannelClose(orphan, "closed", "the open was abandoned"))
                 self._conn.receive_data(await self._pipe.receive())
         except LeapcoreError as exc:
-            self._fail(exc)
+            self.fail(exc)
         finally:
-            self._fail(LinkClosed("the link to the hub is closed"))
+            self.fail(LinkClosed("the link to the hub is closed"))
 
     def _handle(self, message: LinkMessage) -> None:
-        if isinstance(message, HubResponse):
-            pending = self._pending.get(message.request_id)
-            if pending is None:
-                if 0 < message.request_id <= self._last_id:
-                    return  # an answer to a call that gave up waiting
-                raise LinkProtocolError(f"hub_response for unknown request {message.request_id}")
-            if message.error_code is not None:
-                pending.error = hub_error(message.error_code, message.error_message or "")
-            elif message.result is None:
-                pending.error = LinkProtocolError("hub_response carries neither result nor error")
-            else:
-                pending.result = message.result
-            pending.done.set()
-        elif isinstance(message, (ChannelOpened, ChannelRefused)):
-            opening = self._opens.get(message.request_id)
-            if opening is None:
-                if 0 < message.request_id <= self._last_id:
-                    if isinstance(message, ChannelOpened):  # gave up waiting: close it
-                        self._orphans.append(message.channel_id)
-                    return
-                raise LinkProtocolError(f"{message.type} for unknown request {message.request_id}")
-            opening.answer = message
-            opening.done.set()
-        elif self.channels.deliver(message):
+        if self.handle(message):
             pass
         elif isinstance(message, GoAway):
             log.info("the hub is going away: %s", message.reason)
             raise LinkClosed(f"the hub is going away: {message.reason}")
         elif isinstance(message, ErrorMessage):
             raise hub_error(message.code, message.message)
-        # heartbeat_ack and channel traffic: nothing to do for hub calls.
+        # heartbeat_ack: nothing to do.
 
 
 async def _greeting(pipe: LinkPipe, conn: LinkConnection) -> ClientGreeting:
@@ -438,9 +501,13 @@ async def hub_session(
             greeting = await _greeting(pipe, conn)
             session = HubSession(pipe, conn, greeting, url=url, pins=pins, keepalive=keepalive)
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(session._write)
                 nursery.start_soon(session._reader)
                 nursery.start_soon(session._keepalive)
                 try:
                     yield session
                 finally:
-                    nursery.cancel_scope.cancel()
+                    try:
+                        await session._writer.drain(FLUSH_TIMEOUT)
+                    finally:
+                        nursery.cancel_scope.cancel()

@@ -7,17 +7,19 @@
    (first use pins; a mismatch raises :class:`~leapcore.errors.KeyMismatch` and nothing
    is sent);
 3. send handshake message 1 in ``open_channel`` and wait for ``channel_opened`` (or the
-   refusal, raised as :class:`~leapcore.errors.ChannelOpenFailed`, ``NotFound``,
-   ``WorkerOffline``);
+   refusal, raised by meaning: :class:`~leapcore.errors.ChannelOpenFailed`, ``NotFound``,
+   ``WorkerOffline``, ``HubUnavailable``, ``DeadlineExceeded``);
 4. finish the handshake (a hub that swapped keys fails here:
    :class:`~leapcore.errors.HandshakeError`) and start the channel's pump;
 5. round-trip a Ping inside the channel (10 s) before handing the channel out.
 
 The whole open is bounded by :data:`OPEN_TIMEOUT` (30 s, ``timeout=``): past it the open
-raises :class:`~leapcore.errors.DeadlineExceeded` (a hub's own ``timeout`` refusal stays
-:class:`~leapcore.errors.ChannelOpenFailed`). The link it runs on is anything
-with the small :class:`OpenerLink` surface: the client's
-:class:`~leapcore.peer.hubsession.HubSession`, or a worker's own link (cross-worker channels).
+raises :class:`~leapcore.errors.DeadlineExceeded` (so does a hub's own ``timeout``
+refusal). The link it runs on is anything
+with the small :class:`OpenerLink` surface: a :class:`~leapcore.peer.hubsession.PeerLink` --
+the client's :class:`~leapcore.peer.hubsession.HubSession`, or a worker's own link
+(cross-worker channels). An open answered after the caller gave up (its deadline, or a
+cancellation) is closed by that link (:mod:`leapcore.proto.link_session`, rule 5).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from ..crypto.mode import EncryptionMode, parse_encryption_mode
 from ..errors import (
     ChannelOpenFailed,
     DeadlineExceeded,
+    HubUnavailable,
     LeapcoreError,
     LinkProtocolError,
     NotFound,
@@ -42,13 +45,12 @@ from ..errors import (
 )
 from ..net.trioutil import single_exception
 from ..proto.channel_mux import ChannelEndpoint
-from ..proto.chunking import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
+from ..proto.limits import DEFAULT_MAX_MESSAGE_SIZE, OPEN_TIMEOUT, validate_max_message_size
 from ..proto.link_codec import ChannelClose, ChannelOpened, ChannelRefused, LinkMessage
 from ..store.pinstore import PinStore
 from .channel import Channel, ChannelTable, Services
 
 __all__ = [
-    "OPEN_TIMEOUT",
     "VERIFY_TIMEOUT",
     "OpenerLink",
     "WorkerKeys",
@@ -59,8 +61,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Seconds a whole channel open may take.
-OPEN_TIMEOUT: Final = 30.0
 #: Seconds the first in-channel Ping may take.
 VERIFY_TIMEOUT: Final = 10.0
 
@@ -75,6 +75,8 @@ class OpenerLink(Protocol):
     async def send(self, message: LinkMessage) -> None: ...
 
     async def send_many(self, messages: Sequence[LinkMessage]) -> None: ...
+
+    def send_nowait(self, message: LinkMessage) -> bool: ...
 
     async def request_open(
         self, worker_id: str, message1: bytes, max_message_size: int
@@ -110,6 +112,10 @@ def refusal_error(refused: ChannelRefused) -> LeapcoreError:
         return NotFound(refused.message)
     if refused.code == "worker_offline":
         return WorkerOffline(refused.message)
+    if refused.code == "unavailable":  # the hub's own: retry later
+        return HubUnavailable(refused.message)
+    if refused.code == "timeout":  # the hub's own: the worker did not answer in time
+        return DeadlineExceeded(refused.message)
     return ChannelOpenFailed(refused.code, refused.message)
 
 
@@ -190,6 +196,7 @@ async def _open(
             channel_id=answer.channel_id,
             send=link.send,
             send_many=link.send_many,
+            send_nowait=link.send_nowait,
             clock=clock,
             services=services,
             worker_id=worker_id,

@@ -6,7 +6,7 @@ uniform on ``[0.8 * base, 1.2 * base]``. :class:`ReconnectPolicy` decides,
 after a connection attempt ended, whether to stop, to wait the hub's go-away
 delay, or to back off — in the order of ``spec/behavior.md`` §1.3. Time is
 passed in; randomness is an injected ``uniform()`` returning a float in
-``[0, 1)``.
+``[0, 1)``. The numbers are :mod:`leapcore.proto.limits`' ``BACKOFF_*``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,13 @@ from typing import Final
 import attrs
 
 from ..errors import LocalError
+from .limits import (
+    BACKOFF_INITIAL,
+    BACKOFF_JITTER,
+    BACKOFF_MAX,
+    BACKOFF_MULTIPLIER,
+    BACKOFF_RESET_AFTER,
+)
 
 __all__ = [
     "Backoff",
@@ -46,11 +53,11 @@ class Backoff:
 
     def __init__(
         self,
-        initial: float = 1.0,
-        maximum: float = 180.0,
+        initial: float = BACKOFF_INITIAL,
+        maximum: float = BACKOFF_MAX,
         *,
-        multiplier: float = 2.0,
-        jitter: float = 0.2,
+        multiplier: float = BACKOFF_MULTIPLIER,
+        jitter: float = BACKOFF_JITTER,
         uniform: Uniform = system_uniform,
     ) -> None:
         if not initial > 0:
@@ -129,7 +136,7 @@ class ReconnectPolicy:
     """What to do after each connection attempt ends."""
 
     #: A connection that lasted this long (from the dial) resets the backoff.
-    RESET_AFTER: Final = 30.0
+    RESET_AFTER: Final = BACKOFF_RESET_AFTER
 
     def __init__(self, backoff: Backoff | None = None) -> None:
         self.backoff = backoff if backoff is not None else Backoff()

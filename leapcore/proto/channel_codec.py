@@ -44,8 +44,8 @@ import attrs
 
 from ..crypto.primitives import MLKEM_CIPHERTEXT_SIZE, X25519_KEY_SIZE
 from ..crypto.rekey import RekeyRequest
-from ..crypto.transport import MAX_PLAINTEXT
 from ..errors import ChannelProtocolError, InvalidMessage, LeapcoreError
+from .limits import MAX_PLAINTEXT
 
 __all__ = [
     "MAX_BYTES_DATA",

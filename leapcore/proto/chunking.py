@@ -13,8 +13,9 @@ follow the order in which frames are *sent*.
 
 :class:`Reassembler` is the receiving side, keyed by correlation id, with the
 limits of ``spec/behavior.md`` §5.7: at most ``max_incomplete``
-(:data:`DEFAULT_MAX_INCOMPLETE`, 4) chunked messages in progress per channel, each at
-most ``max_message_size``, and all of them together at most ``max_buffered`` bytes
+(:data:`~leapcore.proto.limits.DEFAULT_MAX_INCOMPLETE`, 4) chunked messages in progress per
+channel, each at most ``max_message_size`` (:func:`~leapcore.proto.limits.validate_max_message_size`
+checks it), and all of them together at most ``max_buffered`` bytes
 (:attr:`Reassembler.budget`, ``max_message_size`` by default; the worker's channel driver
 lowers it by what its handlers hold, see :mod:`leapcore.peer.channel`); the running totals are
 checked as chunks arrive, so nothing is buffered past a limit. A breach fails that
@@ -32,15 +33,16 @@ from typing import Final
 
 import attrs
 
-from ..crypto.transport import MAX_PLAINTEXT
 from ..errors import ChannelProtocolError, ConfigError, LocalError, ResourceExhausted
+from .limits import (
+    DEFAULT_MAX_INCOMPLETE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_PLAINTEXT,
+    validate_max_message_size,
+)
 
 __all__ = [
-    "DEFAULT_MAX_INCOMPLETE",
-    "DEFAULT_MAX_MESSAGE_SIZE",
     "MAX_CHUNK",
-    "MAX_MAX_MESSAGE_SIZE",
-    "MIN_MAX_MESSAGE_SIZE",
     "ChannelFrame",
     "FrameFlag",
     "Reassembled",
@@ -49,15 +51,10 @@ __all__ = [
     "chunk_count",
     "iter_chunks",
     "split_message",
-    "validate_max_message_size",
 ]
 
-#: Plaintext bytes per chunk (one transport frame).
-MAX_CHUNK: Final = MAX_PLAINTEXT  # 65519
-DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
-MIN_MAX_MESSAGE_SIZE: Final = MAX_CHUNK
-MAX_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
-DEFAULT_MAX_INCOMPLETE: Final = 4
+#: Plaintext bytes per chunk: one transport frame's (:data:`~leapcore.proto.limits.MAX_PLAINTEXT`).
+MAX_CHUNK: Final = MAX_PLAINTEXT
 
 
 class FrameFlag(enum.IntEnum):
@@ -82,16 +79,6 @@ class ChannelFrame:
     correlation_id: int
     flags: int
     ciphertext: bytes
-
-
-def validate_max_message_size(value: object) -> int:
-    """``value`` if it is an integer in 65519 .. 67108864, else :class:`ConfigError`."""
-    if type(value) is not int or not MIN_MAX_MESSAGE_SIZE <= value <= MAX_MAX_MESSAGE_SIZE:
-        raise ConfigError(
-            "max_message_size must be an integer in "
-            f"{MIN_MAX_MESSAGE_SIZE}..{MAX_MAX_MESSAGE_SIZE}, got {value!r}"
-        )
-    return value
 
 
 def chunk_count(size: int) -> int:

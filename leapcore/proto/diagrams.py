@@ -96,9 +96,9 @@ DIAGRAMS: dict[str, Callable[[], str]] = {
     "link-worker": _link("worker"),
     "link-client": _link("client"),
     "link-hub": _link("hub"),
-    "channel-rpc": _pairs("proto.channel_mux:RPC_TRANSITIONS", "idle"),
-    "channel-server-stream": _pairs("proto.channel_mux:SERVER_STREAM_TRANSITIONS", "idle"),
-    "channel-byte-stream": _pairs("proto.channel_mux:BYTE_STREAM_TRANSITIONS", "idle"),
+    "channel-rpc": _pairs("proto.channel_streams:RPC_TRANSITIONS", "idle"),
+    "channel-server-stream": _pairs("proto.channel_streams:SERVER_STREAM_TRANSITIONS", "idle"),
+    "channel-byte-stream": _pairs("proto.channel_streams:BYTE_STREAM_TRANSITIONS", "idle"),
 }
 
 _BLOCK = re.compile(

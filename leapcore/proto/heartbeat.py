@@ -12,7 +12,9 @@
 * :class:`LatencyMeter`: round trips of heartbeat probes, matched by
   sequence number.
 
-The driver sleeps until ``next_deadline()`` and then asks the object.
+The driver sleeps until ``next_deadline()`` and then asks the object. The times are
+:mod:`leapcore.proto.limits`' (``HEARTBEAT_CHECK_INTERVAL``, ``HEARTBEAT_IDLE_AFTER``,
+``LIVENESS_TIMEOUT``, ``GREETING_TIMEOUT``).
 """
 
 from __future__ import annotations
@@ -21,13 +23,19 @@ import math
 from typing import Final
 
 from ..errors import LocalError
+from .limits import (
+    GREETING_TIMEOUT,
+    HEARTBEAT_CHECK_INTERVAL,
+    HEARTBEAT_IDLE_AFTER,
+    LIVENESS_TIMEOUT,
+)
 
 __all__ = ["GreetingWatchdog", "HeartbeatSchedule", "LatencyMeter", "Liveness"]
 
 
 class HeartbeatSchedule:
-    CHECK_INTERVAL: Final = 2.0
-    IDLE_AFTER: Final = 5.0
+    CHECK_INTERVAL: Final = HEARTBEAT_CHECK_INTERVAL
+    IDLE_AFTER: Final = HEARTBEAT_IDLE_AFTER
 
     def __init__(self, connected_at: float) -> None:
         self._start = connected_at
@@ -55,7 +63,7 @@ class HeartbeatSchedule:
 
 
 class Liveness:
-    TIMEOUT: Final = 10.0
+    TIMEOUT: Final = LIVENESS_TIMEOUT
 
     def __init__(self, now: float, timeout: float = TIMEOUT) -> None:
         if timeout <= 0:
@@ -75,7 +83,7 @@ class Liveness:
 
 
 class GreetingWatchdog:
-    TIMEOUT: Final = 10.0
+    TIMEOUT: Final = GREETING_TIMEOUT
 
     def __init__(self, connected_at: float, timeout: float = TIMEOUT) -> None:
         self._deadline = connected_at + timeout

@@ -1,8 +1,17 @@
-"""The listener's budgets: what one peer can make a :class:`~leapcore.net.listen.LinkServer` hold.
+"""Every number leapcore is built on, each written once: the wire's, the timers', the budgets'.
 
-Values and one counter (:class:`FrameBudget`), no I/O, so that the hub's configuration
-(:mod:`leapcore.proto.hub_limits`) can name and check them without importing the listener. What
-each one does is described in :mod:`leapcore.net.listen`.
+The rule this module holds: a number of ``design.md``'s table, a protocol constant other
+modules share, or a budget's default and accepted range is assigned here and nowhere else.
+Cores, drivers, the configuration and the CLIs import it from here (``tests/proto/
+test_limits.py`` fails when another module assigns a constant of the same name). Values and
+value classes only — no I/O, no clock, nothing but :mod:`leapcore.errors` imported — so any
+layer may read it, ``net/`` included.
+
+Sections: the wire (transport frames, message size, relay and credit); timers (heartbeat,
+liveness, reconnect backoff, go-away, rekey, stopping on a signal); registration keys and
+the hub store; the worker's budgets; the listener's budgets (:class:`ServerLimits`,
+:class:`FrameBudget`); the hub's budgets (:class:`HubLimits`, :data:`LIMIT_RANGES`). What
+each budget does when exceeded is in ``docs/budgets.md``.
 """
 
 from __future__ import annotations
@@ -12,19 +21,187 @@ from typing import Any, Final
 
 import attrs
 
+from ..errors import ConfigError
+
 __all__ = [
     "ACCEPT_BACKOFF_INITIAL",
     "ACCEPT_BACKOFF_MAX",
+    "BACKOFF_INITIAL",
+    "BACKOFF_JITTER",
+    "BACKOFF_MAX",
+    "BACKOFF_MULTIPLIER",
+    "BACKOFF_RESET_AFTER",
+    "CHANNEL_CREDIT",
+    "CLIENT_IDLE_TIMEOUT",
+    "CREDIT_BATCH",
+    "DEFAULT_MAX_INCOMPLETE",
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "DEFAULT_MAX_WORKERS_PER_USER",
+    "DEREGISTER_GRACE",
+    "GO_AWAY_DELAY",
+    "GRACE_WINDOW",
+    "GREETING_TIMEOUT",
     "HANDSHAKE_TIMEOUT",
+    "HEARTBEAT_CHECK_INTERVAL",
+    "HEARTBEAT_IDLE_AFTER",
+    "ID_LENGTH",
+    "LIMIT_RANGES",
+    "LIVENESS_TIMEOUT",
+    "MAX_CHANNELS",
+    "MAX_CHANNELS_PER_LINK",
+    "MAX_CHANNELS_PER_USER",
+    "MAX_CHANNELS_PER_WORKER",
+    "MAX_CIPHERTEXT",
     "MAX_CONCURRENT_STREAMS",
     "MAX_CONNECTIONS_PER_ADDRESS",
     "MAX_CONTROL_FRAMES",
     "MAX_HEADER_LIST_SIZE",
+    "MAX_LINKS_PER_ADDRESS",
+    "MAX_LINKS_PER_USER",
+    "MAX_LINK_QUEUE_BYTES",
+    "MAX_LIVE_REGISTRATION_KEYS",
+    "MAX_MAX_MESSAGE_SIZE",
     "MAX_PENDING_CONNECTIONS",
+    "MAX_PENDING_OPENS",
+    "MAX_PENDING_OPENS_PER_WORKER",
     "MAX_PENDING_OUTPUT",
+    "MAX_PENDING_REQUESTS",
+    "MAX_PLAINTEXT",
+    "MIN_MAX_MESSAGE_SIZE",
+    "OPEN_TIMEOUT",
+    "PURGE_INTERVAL",
+    "REASSEMBLY_SLACK",
+    "REGISTRATION_KEY_RETENTION",
+    "REG_KEY_EXTEND_WINDOW_MS",
+    "REG_KEY_LIFETIME_MS",
+    "REKEY_HARD_CEILING",
+    "REKEY_IDLE_CHECK",
+    "REKEY_MAX_AGE",
+    "REKEY_MIN_INTERVAL",
+    "REKEY_REJECT_BACKOFF",
+    "REKEY_TIMEOUT",
+    "REVOCATION_CHECK_INTERVAL",
+    "SERVER_FIELDS",
+    "SIGNIN_TIMEOUT",
+    "STOP_GRACE",
     "FrameBudget",
+    "HubLimits",
     "ServerLimits",
+    "check_limit",
+    "describe",
+    "max_message_size_problem",
+    "validate_max_message_size",
 ]
+
+# --- The wire -----------------------------------------------------------------------------
+
+#: Bytes of one transport frame's ciphertext (spec/handshake.md; a link data record's
+#: ciphertext field is at most this).
+MAX_CIPHERTEXT: Final = 65535
+#: Bytes of plaintext one transport frame carries: the ciphertext less the 16-byte
+#: ChaCha20-Poly1305 tag (:data:`leapcore.crypto.primitives.AEAD_TAG_SIZE`).
+MAX_PLAINTEXT: Final = MAX_CIPHERTEXT - 16  # 65519
+#: A channel's message size when nobody asks for another (negotiated at open).
+DEFAULT_MAX_MESSAGE_SIZE: Final = 16 * 1024 * 1024
+#: The smallest message size a channel may negotiate: one frame's plaintext.
+MIN_MAX_MESSAGE_SIZE: Final = MAX_PLAINTEXT
+#: The largest message size a channel may negotiate.
+MAX_MAX_MESSAGE_SIZE: Final = 64 * 1024 * 1024
+#: Chunked messages a channel endpoint (the worker's, by default) reassembles at once.
+DEFAULT_MAX_INCOMPLETE: Final = 4
+#: How far past the negotiated size the hub's estimate of a chunked message may go.
+REASSEMBLY_SLACK: Final = 64 * 1024
+#: Bytes of credit each sending end of a channel starts with at the hub.
+CHANNEL_CREDIT: Final = 1024 * 1024
+#: The hub gives credit back once this much is pending: a quarter of the credit, so that a
+#: batch plus the largest frame fit in it and a sender never waits on credit held back.
+CREDIT_BATCH: Final = CHANNEL_CREDIT // 4
+
+
+def max_message_size_problem(value: object) -> str | None:
+    """None when ``value`` is a message size a channel may negotiate, else what is required.
+
+    The one check of the range (the configuration words its error with it too)."""
+    if type(value) is not int or not MIN_MAX_MESSAGE_SIZE <= value <= MAX_MAX_MESSAGE_SIZE:
+        return f"must be an integer in {MIN_MAX_MESSAGE_SIZE}..{MAX_MAX_MESSAGE_SIZE}"
+    return None
+
+
+def validate_max_message_size(value: object) -> int:
+    """``value`` if it is an integer in 65519 .. 67108864, else :class:`ConfigError`."""
+    problem = max_message_size_problem(value)
+    if problem is None and type(value) is int:
+        return value
+    raise ConfigError(f"max_message_size {problem}, got {value!r}")
+
+
+# --- Timers (seconds) ---------------------------------------------------------------------
+
+#: The worker checks this often whether an idle heartbeat is due ...
+HEARTBEAT_CHECK_INTERVAL: Final = 2.0
+#: ... and sends one when it has sent nothing for this long.
+HEARTBEAT_IDLE_AFTER: Final = 5.0
+#: The hub counts a worker silent this long (nothing received) as offline.
+LIVENESS_TIMEOUT: Final = 10.0
+#: A peer's wait for the hub's greeting after signing in, before it gives up on the link.
+GREETING_TIMEOUT: Final = 10.0
+#: Reconnect backoff: the first base delay ...
+BACKOFF_INITIAL: Final = 1.0
+#: ... multiplied by this after each attempt (on the un-jittered base) ...
+BACKOFF_MULTIPLIER: Final = 2.0
+#: ... up to this base ...
+BACKOFF_MAX: Final = 180.0
+#: ... each wait uniform within this fraction either side of the base.
+BACKOFF_JITTER: Final = 0.2
+#: A connection that lasted this long (timed from the dial) resets the backoff.
+BACKOFF_RESET_AFTER: Final = 30.0
+#: The wait a hub that is shutting down asks of its workers (a whole number of seconds).
+GO_AWAY_DELAY: Final = 10
+#: Seconds a channel open may take: the hub's wait for the worker's answer, and a
+#: client's whole open (request, handshake and first Ping).
+OPEN_TIMEOUT: Final = 30.0
+#: Channel opens one link may have waiting at the hub for their worker at once.
+MAX_PENDING_OPENS: Final = 64
+#: Requests (hub calls and channel opens, orphaned opens included) a peer holds on one link.
+MAX_PENDING_REQUESTS: Final = 64
+#: Rekey: a key this old is replaced ...
+REKEY_MAX_AGE: Final = 3600.0
+#: ... an age-only request sooner than this after the last rekey is rejected ...
+REKEY_MIN_INTERVAL: Final = 3000.0
+#: ... and a key this old closes the channel.
+REKEY_HARD_CEILING: Final = 4200.0
+#: A rejected rekey is asked again after this long (when the reject names no time).
+REKEY_REJECT_BACKOFF: Final = 60.0
+#: A rekey request unanswered this long closes the channel.
+REKEY_TIMEOUT: Final = 10.0
+#: How often an idle channel's key age is checked.
+REKEY_IDLE_CHECK: Final = 60.0
+#: How long the previous receive key still decrypts after a rekey.
+GRACE_WINDOW: Final = 10.0
+#: How long a hub, worker or solo process may take to stop after the first SIGINT/SIGTERM
+#: (a second signal, or this, cancels it outright).
+STOP_GRACE: Final = 10.0
+
+# --- Registration keys and the hub store ----------------------------------------------------
+
+#: Characters in every id the hub mints (registration keys, worker ids, tokens), drawn
+#: from ``[A-Za-z0-9]``.
+ID_LENGTH: Final = 48
+#: Milliseconds a registration key lives after it is minted or extended ...
+REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
+#: ... and it may be extended only when less than this is left.
+REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
+#: Active workers one user may register (0: unlimited); hub setting ``max_workers_per_user``.
+DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+
+# --- The worker's budgets -------------------------------------------------------------------
+
+#: Channels open at once on a worker's link; worker setting ``max_channels``.
+MAX_CHANNELS: Final = 256
+
+# --- The listener's budgets -----------------------------------------------------------------
+# What one peer can make a :class:`~leapcore.net.listen.LinkServer` hold; what each one does
+# is described in :mod:`leapcore.net.listen`.
 
 #: Seconds from accept to a link (TLS, HTTP/1 head or HTTP/2 preface, upgrade or link stream).
 HANDSHAKE_TIMEOUT: Final = 10.0
@@ -105,3 +282,188 @@ class FrameBudget:
             self._start, self._count = now, 0
         self._count += n
         return self._count <= self.limit
+
+
+# --- The hub's budgets ----------------------------------------------------------------------
+# What signed-in peers may make the hub hold, and how often it re-checks them: the fields of
+# HubLimits, whose docstring says what happens when each is exceeded.
+
+#: Seconds a new link has to send its first record (sign in, connect or register).
+SIGNIN_TIMEOUT: Final = 10.0
+#: Seconds a client link may send nothing before it is closed.
+CLIENT_IDLE_TIMEOUT: Final = 600.0
+#: Signed-in client links per user.
+MAX_LINKS_PER_USER: Final = 32
+#: Signed-in links (client and worker) per peer IP address.
+MAX_LINKS_PER_ADDRESS: Final = 256
+#: Channels (live or opening) one link has opened.
+MAX_CHANNELS_PER_LINK: Final = 256
+#: Channels (live or opening) one user's links have opened.
+MAX_CHANNELS_PER_USER: Final = 1024
+#: Channels (live or opening) one worker serves.
+MAX_CHANNELS_PER_WORKER: Final = 256
+#: Channel opens waiting for one worker's answer at once.
+MAX_PENDING_OPENS_PER_WORKER: Final = 64
+#: Bytes of control records queued for one link's writer.
+MAX_LINK_QUEUE_BYTES: Final = 4 * 1024 * 1024
+#: A user's unexpired registration keys.
+MAX_LIVE_REGISTRATION_KEYS: Final = 16
+#: Seconds an expired registration key is kept before it is purged.
+REGISTRATION_KEY_RETENTION: Final = 24 * 3600.0
+#: Seconds between purges of expired registration keys.
+PURGE_INTERVAL: Final = 3600.0
+#: Seconds between checks for revoked API tokens and deregistered or deleted workers.
+REVOCATION_CHECK_INTERVAL: Final = 0.5
+#: Seconds a deregistering worker's link may wait for its acknowledgement.
+DEREGISTER_GRACE: Final = 10.0
+
+#: Field -> (type, minimum, maximum), both bounds inclusive. A ``float`` field takes an
+#: ``int`` too; an ``int`` field only an ``int``.
+LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
+    "signin_timeout": (float, 1.0, 600.0),
+    "client_idle_timeout": (float, 60.0, 7 * 24 * 3600.0),
+    "max_links_per_user": (int, 1, 1_000_000),
+    "max_links_per_address": (int, 1, 1_000_000),
+    "max_channels_per_link": (int, 1, 1_000_000),
+    "max_channels_per_user": (int, 1, 1_000_000),
+    "max_channels_per_worker": (int, 1, 1_000_000),
+    "max_pending_opens_per_worker": (int, 1, 1_000_000),
+    # At least two of the largest control records (128 KiB each).
+    "max_link_queue_bytes": (int, 256 * 1024, 1024 * 1024 * 1024),
+    "max_live_registration_keys": (int, 1, 1_000_000),
+    "registration_key_retention": (float, 0.0, 365 * 24 * 3600.0),
+    "purge_interval": (float, 1.0, 7 * 24 * 3600.0),
+    "revocation_check_interval": (float, 0.05, 60.0),
+    "deregister_grace": (float, 1.0, 600.0),
+    # The listener's (ServerLimits), within that class's own checks.
+    "handshake_timeout": (float, 1.0, 600.0),
+    "max_connections_per_address": (int, 1, 1_000_000),
+    "max_header_list_size": (int, 1024, 1024 * 1024),
+    "max_concurrent_streams": (int, 1, 10_000),
+    "max_pending_output": (int, 64 * 1024, 256 * 1024 * 1024),
+    "max_control_frames": (int, 1, 1_000_000),
+    "max_pending_connections": (int, 1, 1_000_000),
+}
+#: The fields of :class:`HubLimits` that configure the listener.
+SERVER_FIELDS: Final = (
+    "handshake_timeout",
+    "max_connections_per_address",
+    "max_header_list_size",
+    "max_concurrent_streams",
+    "max_pending_output",
+    "max_control_frames",
+    "max_pending_connections",
+)
+
+
+def check_limit(name: str, value: Any) -> str | None:
+    """None when ``value`` is acceptable for field ``name``, else what is required."""
+    kind, low, high = LIMIT_RANGES[name]
+    allowed = (int, float) if kind is float else (int,)
+    if type(value) not in allowed:
+        return "must be a number" if kind is float else "must be an integer"
+    if not low <= value <= high:
+        return f"must be between {describe(low)} and {describe(high)}"
+    return None
+
+
+def describe(value: float) -> str:
+    """A bound or default as messages and help write it: ``600``, ``0.5``, ``31536000``."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _validate(instance: Any, attribute: Any, value: Any) -> None:
+    problem = check_limit(attribute.name, value)
+    if problem is not None:
+        raise ConfigError(f"HubLimits.{attribute.name} {problem}, got {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class HubLimits:
+    """The hub's budgets: one frozen value passed to ``Hub(..., limits=HubLimits(...))``.
+
+    Every field has a default (the constant of the same name in upper case) and an accepted
+    range (:data:`LIMIT_RANGES`), which the hub's configuration (``hub.toml``,
+    ``LEAPCORE_HUB_*``, ``leapcore-hub serve`` flags) uses under the same names. When one is
+    exceeded:
+
+    * ``signin_timeout`` (10 s): a new link must send its first record (``register``,
+      ``connect`` or ``client_hello``) within this long of becoming a link, or it is closed.
+      (The listener's ``handshake_timeout`` bounds the time before that.)
+    * ``client_idle_timeout`` (600 s, at least 60 s): a client link that sends nothing (a
+      heartbeat counts) for that long is closed with an ``error`` record ``unavailable``.
+    * ``max_links_per_user`` (32): a user's signed-in client links; one more is refused with
+      ``error`` ``quota_exceeded``.
+    * ``max_links_per_address`` (256): signed-in links (client and worker) from one IP
+      address; one more is refused with ``error`` ``quota_exceeded``. Unix-socket peers are
+      not counted (they are local). Every link is also a connection, so the listener's
+      ``max_connections_per_address`` (128 by default) applies first: raise both for many
+      users behind one NAT address.
+    * ``max_channels_per_link`` (256), ``max_channels_per_user`` (1024),
+      ``max_channels_per_worker`` (256): channels opened by one link, opened by one user's
+      links (its clients and its workers), and served by one worker — live and still
+      opening; one more is ``channel_refused`` ``quota_exceeded``.
+    * ``max_pending_opens_per_worker`` (64): opens waiting for one worker's answer, whoever
+      asked; one more is ``channel_refused`` ``unavailable`` (as for the per-link
+      :data:`leapcore.hub.server.MAX_PENDING_OPENS`).
+    * ``max_link_queue_bytes`` (4 MiB): control records queued for one link's writer, in
+      bytes (besides :data:`leapcore.hub.server.SEND_QUEUE` records); a peer that lets more
+      pile up is not reading, and its link is closed.
+    * ``max_live_registration_keys`` (16): a user's unexpired registration keys; minting one
+      more is refused ``quota_exceeded``.
+    * ``registration_key_retention`` (1 day) and ``purge_interval`` (1 h): keys expired (or
+      used, or revoked) for longer than the retention are deleted when the hub starts and
+      then every interval.
+    * ``revocation_check_interval`` (0.5 s): how often the hub asks the store whether the API
+      tokens of its client links are still live and its workers still active (the admin
+      CLI, or another hub, may change them at any time).
+    * ``deregister_grace`` (10 s): how long a deregistering worker's link may stay after its
+      ``deregister`` was sent, waiting for the acknowledgement.
+
+    The listener's budgets (:class:`ServerLimits`) are hub settings too, under the same
+    names, so that an operator sets every budget in one place: ``handshake_timeout``,
+    ``max_connections_per_address``, ``max_header_list_size``, ``max_concurrent_streams``,
+    ``max_pending_output``, ``max_control_frames`` and ``max_pending_connections``
+    (:meth:`server_limits` hands them to the listener).
+    """
+
+    signin_timeout: float = attrs.field(default=SIGNIN_TIMEOUT, validator=_validate)
+    client_idle_timeout: float = attrs.field(default=CLIENT_IDLE_TIMEOUT, validator=_validate)
+    max_links_per_user: int = attrs.field(default=MAX_LINKS_PER_USER, validator=_validate)
+    max_links_per_address: int = attrs.field(default=MAX_LINKS_PER_ADDRESS, validator=_validate)
+    max_channels_per_link: int = attrs.field(default=MAX_CHANNELS_PER_LINK, validator=_validate)
+    max_channels_per_user: int = attrs.field(default=MAX_CHANNELS_PER_USER, validator=_validate)
+    max_channels_per_worker: int = attrs.field(default=MAX_CHANNELS_PER_WORKER, validator=_validate)
+    max_pending_opens_per_worker: int = attrs.field(
+        default=MAX_PENDING_OPENS_PER_WORKER, validator=_validate
+    )
+    max_link_queue_bytes: int = attrs.field(default=MAX_LINK_QUEUE_BYTES, validator=_validate)
+    max_live_registration_keys: int = attrs.field(
+        default=MAX_LIVE_REGISTRATION_KEYS, validator=_validate
+    )
+    registration_key_retention: float = attrs.field(
+        default=REGISTRATION_KEY_RETENTION, validator=_validate
+    )
+    purge_interval: float = attrs.field(default=PURGE_INTERVAL, validator=_validate)
+    revocation_check_interval: float = attrs.field(
+        default=REVOCATION_CHECK_INTERVAL, validator=_validate
+    )
+    deregister_grace: float = attrs.field(default=DEREGISTER_GRACE, validator=_validate)
+    handshake_timeout: float = attrs.field(default=HANDSHAKE_TIMEOUT, validator=_validate)
+    max_connections_per_address: int = attrs.field(
+        default=MAX_CONNECTIONS_PER_ADDRESS, validator=_validate
+    )
+    max_header_list_size: int = attrs.field(default=MAX_HEADER_LIST_SIZE, validator=_validate)
+    max_concurrent_streams: int = attrs.field(default=MAX_CONCURRENT_STREAMS, validator=_validate)
+    max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_validate)
+    max_control_frames: int = attrs.field(default=MAX_CONTROL_FRAMES, validator=_validate)
+    max_pending_connections: int = attrs.field(default=MAX_PENDING_CONNECTIONS, validator=_validate)
+
+    def server_limits(self) -> ServerLimits:
+        """The listener's budgets among these."""
+        return ServerLimits(**{name: getattr(self, name) for name in SERVER_FIELDS})
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, Any]) -> HubLimits:
+        """The limits among ``settings`` (other keys are ignored)."""
+        return cls(**{name: settings[name] for name in LIMIT_RANGES if name in settings})

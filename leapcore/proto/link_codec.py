@@ -15,19 +15,12 @@ base64. Data frames are the hot path and have a fixed binary layout; their
 *meaning* (flags, correlation ids, sizes) is checked by the relay rules and
 the channel protocol, so that a bad data frame can fail its channel alone.
 
-**Field limits.** Every string a peer controls has a maximum length, in characters
-(:data:`FIELD_LIMITS`, by field name): names (:data:`MAX_NAME`), ids (:data:`MAX_ID`),
-versions (:data:`MAX_VERSION`), secrets (:data:`MAX_SECRET`), codes (:data:`MAX_CODE`),
-method names (:data:`MAX_METHOD`), free text -- messages and reasons --
-(:data:`MAX_TEXT`); labels are at most :data:`MAX_LABELS`, each key 1 ..
-:data:`MAX_LABEL_KEY` and each value at most :data:`MAX_LABEL_VALUE` characters; names,
-ids, versions and labels are printable (no control characters); ``hub_request.params``
-is at most :data:`MAX_PARAMS` bytes of JSON (``hub_response.result`` is bounded by the
-record, :data:`MAX_CONTROL_BODY`). The decoder checks them after the types: a breach is
-a :class:`~leapcore.errors.LinkProtocolError` (code ``link_protocol_error``) naming the
-field. :func:`encode` checks the same limits (a :class:`~leapcore.errors.LocalError`),
-except that free text is clipped to :data:`MAX_TEXT` rather than refused, so that an
-error message that quotes a peer's input can always be sent.
+**Field limits.** Every string a peer controls has a maximum length
+(:mod:`leapcore.proto.link_fields` holds them). The decoder checks them after the
+types: a breach is a :class:`~leapcore.errors.LinkProtocolError` (code
+``link_protocol_error``) naming the field. :func:`encode` checks the same limits (a
+:class:`~leapcore.errors.LocalError`), except that free text is clipped rather than
+refused, so that an error message that quotes a peer's input can always be sent.
 
 :class:`LinkDecoder` is incremental and bounded: it buffers at most one
 partial frame and refuses a length prefix above the limit before buffering.
@@ -42,30 +35,18 @@ from typing import Any, ClassVar, Final
 
 import attrs
 
-from ..errors import FrameTooLarge, LeapcoreError, LinkProtocolError, LocalError, RecordError
+from ..errors import FrameTooLarge, LinkProtocolError, LocalError, RecordError
 from ..records import b64decode_strict, b64encode, structure_strict, unstructure
+from .limits import MAX_CIPHERTEXT
+from .link_fields import check_fields, clip_text
 
 __all__ = [
-    "CHANNEL_CREDIT",
     "CLOSE_CODES",
     "CONTROL_TYPES",
-    "FIELD_LIMITS",
     "KIND_CONTROL",
     "KIND_DATA",
     "LINK_ERRORS",
-    "MAX_CIPHERTEXT",
-    "MAX_CODE",
     "MAX_CONTROL_BODY",
-    "MAX_ID",
-    "MAX_LABELS",
-    "MAX_LABEL_KEY",
-    "MAX_LABEL_VALUE",
-    "MAX_METHOD",
-    "MAX_NAME",
-    "MAX_PARAMS",
-    "MAX_SECRET",
-    "MAX_TEXT",
-    "MAX_VERSION",
     "OPEN_ERRORS",
     "PROTOCOL_VERSION",
     "WORKER_OPEN_ERRORS",
@@ -95,7 +76,6 @@ __all__ = [
     "Register",
     "Registered",
     "WorkerGreeting",
-    "check_fields",
     "encode",
     "encode_many",
 ]
@@ -143,7 +123,6 @@ LINK_ERRORS: Final = frozenset(
 )
 KIND_CONTROL: Final = 0x01
 KIND_DATA: Final = 0x02
-MAX_CIPHERTEXT: Final = 65535
 #: A control record's JSON, at most. Message 2 of the handshake (49904 B) is the largest
 #: field: 66 540 characters of base64.
 MAX_CONTROL_BODY: Final = 128 * 1024
@@ -153,63 +132,6 @@ _MAX_DATA_BODY: Final = _DATA_HEADER.size + MAX_CIPHERTEXT
 #: The largest ``length`` a frame may declare (kind byte included).
 MAX_FRAME_LENGTH: Final = 1 + max(MAX_CONTROL_BODY, _MAX_DATA_BODY)
 _U64: Final = 2**64 - 1
-
-# -- field limits (characters; see the module docstring and docs/protocol.md §2.2) ------
-
-#: Worker names and user names (``name``, ``owner_name``, ``user_name``).
-MAX_NAME: Final = 128
-#: Worker and user ids (``worker_id``, ``owner_id``, ``user_id``); the hub's are 48.
-MAX_ID: Final = 128
-#: A worker's ``version``.
-MAX_VERSION: Final = 64
-#: Credentials: ``auth_token``, ``api_token``, ``registration_key``.
-MAX_SECRET: Final = 256
-#: Error, open, close and refusal codes, and ``encryption_mode``.
-MAX_CODE: Final = 64
-#: A ``hub_request`` method name.
-MAX_METHOD: Final = 128
-#: Free text: ``message``, ``reason``, ``error_message`` (a sender clips, a receiver refuses).
-MAX_TEXT: Final = 1024
-#: Labels per worker.
-MAX_LABELS: Final = 16
-#: One label key (at least one character).
-MAX_LABEL_KEY: Final = 64
-#: One label value.
-MAX_LABEL_VALUE: Final = 256
-#: ``hub_request.params``, as compact JSON (UTF-8 bytes).
-MAX_PARAMS: Final = 16 * 1024
-
-#: Field name -> its maximum length in characters (the same name means the same thing in
-#: every record).
-FIELD_LIMITS: Final[dict[str, int]] = {
-    "name": MAX_NAME,
-    "owner_name": MAX_NAME,
-    "user_name": MAX_NAME,
-    "worker_id": MAX_ID,
-    "owner_id": MAX_ID,
-    "user_id": MAX_ID,
-    "version": MAX_VERSION,
-    "auth_token": MAX_SECRET,
-    "api_token": MAX_SECRET,
-    "registration_key": MAX_SECRET,
-    "code": MAX_CODE,
-    "error_code": MAX_CODE,
-    "encryption_mode": MAX_CODE,
-    "method": MAX_METHOD,
-    "message": MAX_TEXT,
-    "reason": MAX_TEXT,
-    "error_message": MAX_TEXT,
-}
-#: Fields clipped by :func:`encode` instead of refused.
-_TEXT_FIELDS: Final = frozenset({"message", "reason", "error_message"})
-#: Fields that must be printable (shown to people in tables and logs).
-_PRINTABLE_FIELDS: Final = frozenset(
-    {"name", "owner_name", "user_name", "worker_id", "owner_id", "user_id", "version"}
-)
-
-#: Bytes of ciphertext each sending end of a channel may have in the hub at once: the
-#: credit it starts with, per channel and direction (``channel_credit`` returns it).
-CHANNEL_CREDIT: Final = 1024 * 1024
 
 
 # ---------------------------------------------------------------------------
@@ -531,56 +453,6 @@ def _check_ranges(msg: ControlMessage) -> None:
             raise LinkProtocolError(f"{msg.type}.{field.name} is out of range: {value}")
 
 
-def _field_problem(name: str, value: object) -> str | None:
-    """What is wrong with one field's value, if anything (limits only; types are checked
-    by the strict converter)."""
-    if isinstance(value, str):
-        limit = FIELD_LIMITS.get(name)
-        if limit is not None and len(value) > limit:
-            return f"is {len(value)} characters long; the limit is {limit}"
-        if name in _PRINTABLE_FIELDS and not value.isprintable():
-            return "contains control or non-printable characters"
-        return None
-    if name == "labels" and isinstance(value, dict):
-        if len(value) > MAX_LABELS:
-            return f"has {len(value)} labels; the limit is {MAX_LABELS}"
-        for key, item in value.items():
-            if not 1 <= len(key) <= MAX_LABEL_KEY or not key.isprintable():
-                return (
-                    f"has a key of {len(key)} characters; keys are 1..{MAX_LABEL_KEY} "
-                    "printable characters"
-                )
-            if len(item) > MAX_LABEL_VALUE or not item.isprintable():
-                return (
-                    f"has a value of {len(item)} characters for {key!r}; values are at most "
-                    f"{MAX_LABEL_VALUE} printable characters"
-                )
-        return None
-    if name == "params" and isinstance(value, dict):
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
-        if size > MAX_PARAMS:
-            return f"is {size} bytes of JSON; the limit is {MAX_PARAMS}"
-    return None
-
-
-def check_fields(message: ControlMessage, *, error: type[LeapcoreError] = LocalError) -> None:
-    """Raise ``error`` if a field of ``message`` breaks a field limit (the module docstring)."""
-    for field in attrs.fields(type(message)):  # type: ignore[arg-type]
-        problem = _field_problem(field.name, getattr(message, field.name))
-        if problem is not None:
-            raise error(f"{message.type}.{field.name} {problem}")
-
-
-def _clip_text(message: ControlMessage) -> ControlMessage:
-    """``message`` with its free-text fields cut to :data:`MAX_TEXT` characters."""
-    long = {
-        name: value[:MAX_TEXT]
-        for name in _TEXT_FIELDS
-        if isinstance(value := getattr(message, name, None), str) and len(value) > MAX_TEXT
-    }
-    return attrs.evolve(message, **long) if long else message  # type: ignore[misc]
-
-
 # ---------------------------------------------------------------------------
 # Encoding
 
@@ -601,7 +473,7 @@ def encode(message: LinkMessage) -> bytes:
         return b"".join((_LENGTH.pack(length), bytes((KIND_DATA,)), header, message.ciphertext))
     if type(message) not in _BYTES_FIELDS:
         raise LocalError(f"not a link message: {type(message).__name__}")
-    message = _clip_text(message)
+    message = clip_text(message)
     check_fields(message)
     record = unstructure(message)
     for name in _BYTES_FIELDS[type(message)]:

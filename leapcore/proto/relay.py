@@ -34,15 +34,21 @@ import enum
 from typing import Final
 
 from ..errors import RelayViolation
-from .chunking import DEFAULT_MAX_MESSAGE_SIZE, FrameFlag, validate_max_message_size
-from .link_codec import CHANNEL_CREDIT
+from .chunking import FrameFlag
+from .limits import (
+    CHANNEL_CREDIT,
+    CREDIT_BATCH,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_CIPHERTEXT,
+    MAX_PLAINTEXT,
+    REASSEMBLY_SLACK,
+    validate_max_message_size,
+)
 
 __all__ = [
-    "CREDIT_BATCH",
     "FLAG_CLOSE",
     "FLAG_FINAL",
     "FLAG_MORE",
-    "REASSEMBLY_SLACK",
     "ChannelRelay",
     "RelayDirection",
 ]
@@ -50,16 +56,16 @@ __all__ = [
 FLAG_FINAL: Final = FrameFlag.FINAL.value
 FLAG_MORE: Final = FrameFlag.MORE.value
 FLAG_CLOSE: Final = FrameFlag.CLOSE.value
-_CIPHERTEXT_LIMIT: Final = 65535
-_TAG: Final = 16
+_CIPHERTEXT_LIMIT: Final = MAX_CIPHERTEXT
+#: The AEAD tag every sealed frame carries.
+_TAG: Final = MAX_CIPHERTEXT - MAX_PLAINTEXT
 
-#: How far past the negotiated size the hub's plaintext estimate may go.
-REASSEMBLY_SLACK: Final = 64 * 1024
-#: Returned credit is announced once this much is pending.
-CREDIT_BATCH: Final = CHANNEL_CREDIT // 4
-# A sender whose frames were all written has CHANNEL_CREDIT - (< CREDIT_BATCH) left: room
-# for the largest frame, so holding back less than a batch can never stall it
-# (tests/proto/test_relay.py checks CREDIT_BATCH + 65535 <= CHANNEL_CREDIT).
+# REASSEMBLY_SLACK (how far past the negotiated size the hub's plaintext estimate may go)
+# and CREDIT_BATCH (returned credit is announced once this much is pending) live in
+# leapcore.proto.limits with every other number. A sender whose frames were all written
+# has CHANNEL_CREDIT - (< CREDIT_BATCH) left: room for the largest frame, so holding back
+# less than a batch can never stall it (tests/proto/test_relay.py checks
+# CREDIT_BATCH + 65535 <= CHANNEL_CREDIT).
 
 
 class RelayDirection(enum.Enum):

@@ -18,9 +18,11 @@ The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
 ``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
 prefix ``LEAPCORE_HUB_``) follow the same rules; the hub's values are also
 range-checked, naming the layer a bad value came from. The hub's budgets
-(:class:`~leapcore.proto.hub_limits.HubLimits`: idle time, links, channels, queue bytes,
+(:class:`~leapcore.proto.limits.HubLimits`: idle time, links, channels, queue bytes,
 registration keys, check intervals) are hub settings of the same names, checked against
-:data:`~leapcore.proto.hub_limits.LIMIT_RANGES`.
+:data:`~leapcore.proto.limits.LIMIT_RANGES`. Every default and range is
+:mod:`leapcore.proto.limits`'; ``max_message_size`` (hub and worker) is checked by
+:func:`~leapcore.proto.limits.max_message_size_problem`, the one check of that range.
 
 Sans-IO except :func:`read_config_file`: the environment is passed in.
 """
@@ -37,7 +39,16 @@ from typing import Any, Final
 import attrs
 
 from ..errors import ConfigError
-from ..proto.hub_limits import LIMIT_RANGES, HubLimits, check_limit, describe
+from ..proto.limits import (
+    DEFAULT_MAX_INCOMPLETE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    DEFAULT_MAX_WORKERS_PER_USER,
+    LIMIT_RANGES,
+    MAX_CHANNELS,
+    HubLimits,
+    check_limit,
+    max_message_size_problem,
+)
 
 __all__ = [
     "HUB_ENV_PREFIX",
@@ -64,11 +75,11 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "transport": (str, "websocket"),
     "ca_file": (str, ""),
     "log_level": (str, "info"),
-    "max_message_size": (int, 16 * 1024 * 1024),
-    "max_incomplete_chunked": (int, 4),
+    "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
+    "max_incomplete_chunked": (int, DEFAULT_MAX_INCOMPLETE),
     # Channels open on the worker's link at once; bytes held per channel (0: twice
     # max_message_size). See leapcore.worker.channels.
-    "max_channels": (int, 256),
+    "max_channels": (int, MAX_CHANNELS),
     "max_channel_bytes": (int, 0),
     # MODULE:CALLABLE installers of extra channel methods (TOML list; comma-separated in the
     # environment).
@@ -84,10 +95,10 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "data_dir": (str, "."),
     "tls_cert": (str, ""),
     "tls_key": (str, ""),
-    "max_workers_per_user": (int, 64),
-    "max_message_size": (int, 16 * 1024 * 1024),
+    "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
+    "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "log_level": (str, "info"),
-    # The budgets of leapcore.proto.hub_limits.HubLimits, under the same names.
+    # The budgets of leapcore.proto.limits.HubLimits, under the same names.
     **{
         name: (kind, attrs.fields_dict(HubLimits)[name].default)
         for name, (kind, _low, _high) in LIMIT_RANGES.items()
@@ -95,29 +106,28 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
 }
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")
-#: The negotiated channel message size range (design: 65519 bytes … 64 MiB).
-_MESSAGE_SIZE_RANGE: Final = (65519, 64 * 1024 * 1024)
+
+#: A value's problem: None when it is acceptable, else what is required ("must be ...").
+_Check = Callable[[Any], str | None]
 
 
-def _limit_ok(name: str, value: Any) -> bool:
-    return check_limit(name, value) is None
+def _workers_per_user(value: int) -> str | None:
+    return None if value >= 0 else "must be >= 0 (0 = unlimited)"
 
 
-#: Hub values checked beyond their type: key -> (accepts the value?, what is required).
-_HUB_CHECKS: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "max_workers_per_user": (lambda v: v >= 0, "must be >= 0 (0 = unlimited)"),
-    "max_message_size": (
-        lambda v: _MESSAGE_SIZE_RANGE[0] <= v <= _MESSAGE_SIZE_RANGE[1],
-        f"must be between {_MESSAGE_SIZE_RANGE[0]} and {_MESSAGE_SIZE_RANGE[1]}",
-    ),
-    "log_level": (lambda v: v in LOG_LEVELS, f"must be one of {', '.join(LOG_LEVELS)}"),
-    **{
-        name: (
-            functools.partial(_limit_ok, name),
-            f"must be between {describe(low)} and {describe(high)}",
-        )
-        for name, (kind, low, high) in LIMIT_RANGES.items()
-    },
+def _log_level(value: str) -> str | None:
+    return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
+
+
+#: Worker values checked beyond their type.
+_WORKER_CHECKS: Final[dict[str, _Check]] = {"max_message_size": max_message_size_problem}
+
+#: Hub values checked beyond their type.
+_HUB_CHECKS: Final[dict[str, _Check]] = {
+    "max_workers_per_user": _workers_per_user,
+    "max_message_size": max_message_size_problem,
+    "log_level": _log_level,
+    **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
 }
 
 
@@ -223,6 +233,37 @@ def _read_named_file(
     return file_values, (path if file_values is not None else None)
 
 
+def _check_values(
+    values: Mapping[str, Any], checks: Mapping[str, _Check], where: Callable[[str], str]
+) -> None:
+    for key, value in values.items():
+        check = checks.get(key)
+        problem = None if check is None else check(value)
+        if problem is not None:
+            raise ConfigError(f"{where(key)}: setting {key!r} {problem}, got {value!r}")
+
+
+def _checked_layers(
+    keys: Mapping[str, tuple[type, Any]],
+    checks: Mapping[str, _Check],
+    *,
+    file_values: Mapping[str, Any] | None,
+    used: Path | None,
+    env: Mapping[str, str],
+    prefix: str,
+    flags: Mapping[str, Any],
+) -> dict[str, Any]:
+    """:func:`layer`, with each layer's values range-checked, the error naming the layer."""
+    if file_values is not None:
+        _check_values(file_values, checks, lambda _key: str(used))
+    _check_values(
+        _from_env(env, prefix, keys), checks, lambda key: f"environment: {prefix}{key.upper()}"
+    )
+    settings = layer(keys, file_values=file_values, env=env, prefix=prefix, flags=flags)
+    _check_values(flags, checks, lambda key: f"flag --{key.replace('_', '-')}")
+    return settings
+
+
 def worker_settings(
     *,
     flags: Mapping[str, Any],
@@ -235,22 +276,23 @@ def worker_settings(
     ``config_path`` is ``--config`` when given (it must then exist); otherwise the
     default ``~/.config/leapcore/worker/worker.toml`` is read if it exists. The
     returned ``data_dir`` is resolved to an absolute path (``paths.resolve_data_dir``).
+    ``max_message_size`` is range-checked (65519 … 64 MiB), the :class:`ConfigError`
+    naming the file, the environment variable or the flag.
     """
     from .paths import resolve_data_dir, worker_config_file
 
     file_values, used = _read_named_file(config_path, worker_config_file(home), WORKER_KEYS)
-    settings = layer(
-        WORKER_KEYS, file_values=file_values, env=env, prefix=WORKER_ENV_PREFIX, flags=flags
+    settings = _checked_layers(
+        WORKER_KEYS,
+        _WORKER_CHECKS,
+        file_values=file_values,
+        used=used,
+        env=env,
+        prefix=WORKER_ENV_PREFIX,
+        flags=flags,
     )
     settings["data_dir"] = str(resolve_data_dir(settings["data_dir"], config_file=used, home=home))
     return settings, used
-
-
-def _check_hub_values(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
-    for key, value in values.items():
-        check = _HUB_CHECKS.get(key)
-        if check is not None and not check[0](value):
-            raise ConfigError(f"{where(key)}: setting {key!r} {check[1]}, got {value!r}")
 
 
 def hub_settings(
@@ -267,20 +309,22 @@ def hub_settings(
     relative ``data_dir`` resolves against the config file's directory, else against
     ``~/.config/leapcore/hub``. Values are also range-checked (``max_workers_per_user``
     >= 0, ``max_message_size`` within 65519 … 64 MiB, ``log_level`` one of
-    :data:`LOG_LEVELS`, ``tls_cert`` and ``tls_key`` together);
+    :data:`LOG_LEVELS`, the budgets within :data:`~leapcore.proto.limits.LIMIT_RANGES`,
+    ``tls_cert`` and ``tls_key`` together);
     the :class:`ConfigError` names the file, the environment variable or the flag.
     """
     from .paths import hub_config_dir, hub_config_file, resolve_data_dir
 
     file_values, used = _read_named_file(config_path, hub_config_file(home), HUB_KEYS)
-    if file_values is not None:
-        _check_hub_values(file_values, lambda _key: str(used))
-    _check_hub_values(
-        _from_env(env, HUB_ENV_PREFIX, HUB_KEYS),
-        lambda key: f"environment: {HUB_ENV_PREFIX}{key.upper()}",
+    settings = _checked_layers(
+        HUB_KEYS,
+        _HUB_CHECKS,
+        file_values=file_values,
+        used=used,
+        env=env,
+        prefix=HUB_ENV_PREFIX,
+        flags=flags,
     )
-    settings = layer(HUB_KEYS, file_values=file_values, env=env, prefix=HUB_ENV_PREFIX, flags=flags)
-    _check_hub_values(flags, lambda key: f"flag --{key.replace('_', '-')}")
     if bool(settings["tls_cert"]) != bool(settings["tls_key"]):
         raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
     settings["data_dir"] = str(

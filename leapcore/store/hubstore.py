@@ -55,12 +55,15 @@ from ..errors import (
     StorageError,
     Unauthenticated,
 )
+from ..proto.limits import (
+    DEFAULT_MAX_WORKERS_PER_USER,
+    ID_LENGTH,
+    REG_KEY_EXTEND_WINDOW_MS,
+    REG_KEY_LIFETIME_MS,
+)
 from .atomicfile import ensure_private_dir
 
 __all__ = [
-    "DEFAULT_MAX_WORKERS_PER_USER",
-    "REG_KEY_EXTEND_WINDOW_MS",
-    "REG_KEY_LIFETIME_MS",
     "SCHEMA_VERSION",
     "ApiToken",
     "RegistrationKey",
@@ -71,11 +74,9 @@ __all__ = [
     "new_id",
 ]
 
+#: The characters of every id the store mints (:data:`~leapcore.proto.limits.ID_LENGTH` of
+#: them; registration keys live :data:`~leapcore.proto.limits.REG_KEY_LIFETIME_MS`).
 ALPHABET: Final = string.ascii_letters + string.digits
-ID_LENGTH: Final = 48
-REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
-REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
-DEFAULT_MAX_WORKERS_PER_USER: Final = 64
 
 
 #: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
@@ -288,7 +289,7 @@ class SQLiteHubStore:
         self,
         path: Path | str,
         *,
-        max_workers_per_user: int = 64,
+        max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
         create: bool = True,
         timeout: float = 10.0,
     ) -> None:

@@ -19,7 +19,7 @@ incomplete chunked messages plus the request payloads of running handlers (defau
 :data:`CHANNEL_BYTES_FACTOR` times the worker's ``max_message_size``: 32 MiB at 16 MiB);
 past it a chunked message fails, or a request is answered ``resource_exhausted``. The
 streams the client may have open on one channel are ``max_channel_bytes`` divided by a
-byte stream's receive window (:data:`~leapcore.proto.channel_mux.DEFAULT_WINDOW`, 256 KiB):
+byte stream's receive window (:data:`~leapcore.proto.channel_windows.DEFAULT_WINDOW`, 256 KiB):
 128 by default, at least :data:`MIN_STREAMS`; one more is refused
 ``resource_exhausted``. So what byte streams may have in flight towards the worker is
 bounded by the same budget. Other channels are unaffected.
@@ -45,24 +45,24 @@ from ..crypto.keys import WorkerKeyPair
 from ..crypto.mode import EncryptionMode, parse_encryption_mode
 from ..crypto.transport import TransportSession
 from ..errors import ConfigError, LeapcoreError
-from ..peer.channel import Channel, ChannelTable, SendNowait, Services
-from ..proto.channel_mux import DEFAULT_MAX_STREAMS, DEFAULT_WINDOW, ChannelEndpoint
-from ..proto.chunking import (
+from ..peer.channel import Channel, ChannelTable, SendMany, SendNowait, Services
+from ..proto.channel_mux import DEFAULT_MAX_STREAMS, ChannelEndpoint
+from ..proto.channel_windows import DEFAULT_WINDOW
+from ..proto.limits import (
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_CHANNELS,
     validate_max_message_size,
 )
 from ..proto.link_codec import ChannelAccept, ChannelReject, ChannelRequest, LinkMessage
 from .signpool import Signer
 
-__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_CHANNELS", "MAX_OPENING", "MIN_STREAMS", "ChannelServer"]
+__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_OPENING", "MIN_STREAMS", "ChannelServer"]
 
 log = logging.getLogger("leapcore.worker")
 
 #: Handshakes in progress at once; more are refused at once (the hub retries nothing).
 MAX_OPENING: Final = 64
-#: Channels open (or opening) on one worker link by default; more are refused.
-MAX_CHANNELS: Final = 256
 #: The default per-channel byte budget, as a multiple of the worker's max_message_size.
 CHANNEL_BYTES_FACTOR: Final = 2
 #: The fewest streams a channel may have open at once, however small ``max_channel_bytes``.
@@ -91,6 +91,7 @@ class ChannelServer:
         send: Send,
         signer: Signer,
         send_nowait: SendNowait | None = None,
+        send_many: SendMany | None = None,
         services: Services,
         nursery: trio.Nursery,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
@@ -105,6 +106,7 @@ class ChannelServer:
         self.channels = ChannelTable()
         self._send = send
         self._send_nowait = send_nowait
+        self._send_many = send_many
         self._signer = signer
         self._services = services
         self._nursery = nursery
@@ -208,6 +210,7 @@ class ChannelServer:
                 endpoint,
                 channel_id=request.channel_id,
                 send=self._send,
+                send_many=self._send_many,
                 send_nowait=self._send_nowait,
                 clock=self._clock,
                 services=self._services,

@@ -14,8 +14,9 @@ One connection attempt (:meth:`Worker.run`):
 2. wait for ``worker_greeting`` (10 s, else the attempt ends and the worker
    reconnects);
 3. then read, answer and send heartbeats until the link ends. Every outbound
-   frame after the first two goes through one queue; enqueueing it counts as
-   traffic for the idle-heartbeat schedule.
+   frame after the first two goes through the link's one
+   :class:`~leapcore.peer.linkwriter.LinkWriter` (the client's writer too); queueing it
+   counts as traffic for the idle-heartbeat schedule.
 
 ``go_away`` records the hub's delay (waited exactly once after the drop);
 ``deregister`` is acknowledged, ``state.json`` is deleted and :meth:`run`
@@ -29,7 +30,9 @@ Channels: once greeted, a :class:`~leapcore.worker.channels.ChannelServer` answe
 the signing pool, each open in its own task) and routes channel traffic; the services a
 channel offers are the :class:`~leapcore.peer.channel.Services` table given to the worker
 (:func:`~leapcore.worker.builtin_services.default_services`: ``info``; ``ping`` is built in).
-When the
+The worker's own requests -- ``worker.keys`` and opens of channels to its siblings
+(:meth:`Worker.open_channel`) -- go through a :class:`~leapcore.peer.hubsession.PeerLink`,
+as a client's do (so an open answered after its caller gave up is closed). When the
 link ends, every channel on it ends. The channels are bounded (see
 :mod:`leapcore.worker.channels`): ``max_channels`` per link
 (:data:`~leapcore.worker.channels.MAX_CHANNELS`, 256), ``max_incomplete_chunked``
@@ -37,7 +40,7 @@ unfinished chunked messages per channel (4) and ``max_channel_bytes`` held per c
 (default twice ``max_message_size``).
 
 The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's field limits
-(:mod:`leapcore.proto.link_codec`: names 128 characters, versions 64, at most 16 labels of
+(:mod:`leapcore.proto.link_fields`: names 128 characters, versions 64, at most 16 labels of
 64-character keys and 256-character values, all printable): the constructor raises
 :class:`~leapcore.errors.ConfigError` otherwise.
 """
@@ -45,10 +48,9 @@ The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's f
 from __future__ import annotations
 
 import enum
-import itertools
 import logging
 import shlex
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, Final
@@ -58,24 +60,24 @@ import trio
 
 from .._version import __version__
 from ..crypto.mode import parse_encryption_mode
-from ..errors import ConfigError, DeadlineExceeded, LinkClosed, LinkProtocolError, LocalError
+from ..errors import ConfigError, LinkClosed, LinkProtocolError, RegistrationRejected
 from ..net.dial import TRANSPORTS, connect_link
-from ..net.pipe import WRITE_BATCH, LinkPipe, parse_hub_url
-from ..net.trioutil import single_exception
-from ..peer.channel import Channel, ChannelTable, Services
-from ..peer.hubsession import hub_error
-from ..peer.opener import OPEN_TIMEOUT, open_channel
+from ..net.pipe import LinkPipe, parse_hub_url
+from ..peer.channel import Channel, Services
+from ..peer.hubsession import PeerLink
+from ..peer.linkwriter import LinkWriter
+from ..peer.opener import open_channel
 from ..proto.backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
-from ..proto.chunking import (
+from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
+from ..proto.limits import (
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_CHANNELS,
+    OPEN_TIMEOUT,
     validate_max_message_size,
 )
-from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
 from ..proto.link_codec import (
     PROTOCOL_VERSION,
-    ChannelOpened,
-    ChannelRefused,
     ChannelRequest,
     Connect,
     Deregister,
@@ -84,15 +86,12 @@ from ..proto.link_codec import (
     GoAway,
     Heartbeat,
     HeartbeatAck,
-    HubRequest,
-    HubResponse,
     LinkMessage,
-    OpenChannel,
     Register,
     Registered,
     WorkerGreeting,
-    check_fields,
 )
+from ..proto.link_fields import check_fields
 from ..proto.link_state import LinkConnection, LinkRole
 from ..store.paths import cross_worker_pins_path
 from ..store.pinstore import PinStore
@@ -107,16 +106,14 @@ from ..store.workerstate import (
     wipe_state,
 )
 from .builtin_services import default_services
-from .channels import MAX_CHANNELS, ChannelServer, check_bounds
+from .channels import ChannelServer, check_bounds
 from .signpool import InlineSigner, OnDemandSigner, Signer
 
 __all__ = [
     "PERMANENT_REGISTRATION_CODES",
-    "RegistrationRejected",
     "Worker",
     "WorkerExit",
     "parse_labels",
-    "run_until_signal",
 ]
 
 log = logging.getLogger("leapcore.worker")
@@ -129,18 +126,11 @@ PERMANENT_REGISTRATION_CODES: Final = frozenset(
 REGISTER_TIMEOUT: Final = 30.0
 #: Seconds allowed to flush the deregister ack before the link is torn down.
 FLUSH_TIMEOUT: Final = 5.0
-#: Seconds a graceful stop may take before the daemon is cancelled outright.
-STOP_TIMEOUT: Final = 10.0
-#: Seconds a worker's own hub request may take.
-HUB_CALL_TIMEOUT: Final = 30.0
 #: How a cross-worker key mismatch says to clear the pin.
 CROSS_WORKER_HINT: Final = (
     "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
     "--data-dir {data_dir} --target-worker-id={{worker_id}}`"
 )
-#: Frames the outbound queue holds before a sender waits.
-QUEUE_SIZE: Final = 256
-
 Dial = Callable[[], AbstractAsyncContextManager[LinkPipe]]
 
 
@@ -159,20 +149,6 @@ def parse_labels(text: str) -> dict[str, str]:
             raise ConfigError(f"labels: {key!r} is given twice")
         labels[key] = value.strip()
     return labels
-
-
-class RegistrationRejected(LocalError):
-    """The hub refused the registration key for good (``registration rejected: <code>: <msg>``).
-
-    ``hub_code`` is the hub's error code (``unauthenticated``, ``invalid_argument`` or
-    ``permission_denied``).
-    """
-
-    code = "registration_rejected"
-
-    def __init__(self, hub_code: str, message: str) -> None:
-        super().__init__(f"registration rejected: {hub_code}: {message}")
-        self.hub_code = hub_code
 
 
 class _Transient(Exception):
@@ -214,93 +190,18 @@ class _Attempt:
     schedule: HeartbeatSchedule
     watchdog: GreetingWatchdog
     meter: LatencyMeter
-    queue_in: trio.MemorySendChannel[bytes]
-    queue_out: trio.MemoryReceiveChannel[bytes]
+    writer: LinkWriter
     scope: trio.CancelScope = attrs.Factory(trio.CancelScope)
     greeted: trio.Event = attrs.Factory(trio.Event)
-    writer_done: trio.Event = attrs.Factory(trio.Event)
     result: Outcome | WorkerExit | None = None
     nursery: trio.Nursery | None = None
     channels: ChannelServer | None = None
-    hub: _HubCalls | None = None
+    hub: PeerLink | None = None
 
     def finish(self, result: Outcome | WorkerExit) -> None:
         if self.result is None:
             self.result = result
         self.scope.cancel()
-
-
-class _HubCalls:
-    """A worker link's own requests to the hub (cross-worker channels): ``hub_request`` for
-    ``worker.keys`` and ``open_channel`` to a sibling. Implements
-    :class:`~leapcore.peer.opener.OpenerLink`."""
-
-    def __init__(self, worker: Worker, attempt: _Attempt, channels: ChannelTable) -> None:
-        self._worker = worker
-        self._attempt = attempt
-        self.channels = channels
-        self._ids = itertools.count(1)
-        self._waiting: dict[int, list[LinkMessage]] = {}
-        self._events: dict[int, trio.Event] = {}
-
-    async def send(self, message: LinkMessage) -> None:
-        if self._attempt.result is not None:
-            raise LinkClosed("the link to the hub is closed")
-        await self._worker._enqueue(self._attempt, message)
-
-    async def send_many(self, messages: Sequence[LinkMessage]) -> None:
-        for message in messages:  # the link's writer joins what is queued into one write
-            await self.send(message)
-
-    async def _ask(self, request_id: int, message: LinkMessage, timeout: float) -> LinkMessage:
-        event = self._events[request_id] = trio.Event()
-        self._waiting[request_id] = []
-        try:
-            await self.send(message)
-            with trio.move_on_after(timeout):
-                await event.wait()
-            answers = self._waiting[request_id]
-        finally:
-            self._events.pop(request_id, None)
-            self._waiting.pop(request_id, None)
-        if not answers:
-            if self._attempt.result is not None:
-                raise LinkClosed("the link to the hub ended")
-            raise DeadlineExceeded(f"the hub did not answer within {timeout:g}s")
-        return answers[0]
-
-    async def call(
-        self, method: str, *, timeout: float = HUB_CALL_TIMEOUT, **params: Any
-    ) -> dict[str, Any]:
-        request_id = next(self._ids)
-        answer = await self._ask(request_id, HubRequest(request_id, method, params), timeout)
-        assert isinstance(answer, HubResponse)
-        if answer.error_code is not None:
-            raise hub_error(answer.error_code, answer.error_message or "")
-        if answer.result is None:
-            raise LinkProtocolError("hub_response carries neither result nor error")
-        return answer.result
-
-    async def request_open(
-        self, worker_id: str, message1: bytes, max_message_size: int
-    ) -> ChannelOpened | ChannelRefused:
-        request_id = next(self._ids)
-        request = OpenChannel(request_id, worker_id, message1, max_message_size)
-        answer = await self._ask(request_id, request, OPEN_TIMEOUT)
-        assert isinstance(answer, (ChannelOpened, ChannelRefused))
-        return answer
-
-    def answer(self, message: HubResponse | ChannelOpened | ChannelRefused) -> None:
-        event = self._events.get(message.request_id)
-        if event is None:
-            log.debug("unmatched %s %d", message.type, message.request_id)
-            return
-        self._waiting[message.request_id].append(message)
-        event.set()
-
-    def fail(self) -> None:
-        for event in self._events.values():
-            event.set()
 
 
 class Worker:
@@ -572,15 +473,11 @@ class Worker:
         assert state is not None and state.keys is not None
         conn = LinkConnection(LinkRole.WORKER)
         connected_at = self._now()
-        queue_in, queue_out = trio.open_memory_channel[bytes](QUEUE_SIZE)
+        schedule = HeartbeatSchedule(connected_at)
+        # Everything queued counts as traffic for the idle-heartbeat schedule.
+        writer = LinkWriter(pipe, conn, on_queued=lambda: schedule.on_sent(self._now()))
         attempt = _Attempt(
-            pipe,
-            conn,
-            HeartbeatSchedule(connected_at),
-            GreetingWatchdog(connected_at),
-            LatencyMeter(),
-            queue_in,
-            queue_out,
+            pipe, conn, schedule, GreetingWatchdog(connected_at), LatencyMeter(), writer
         )
         self._attempt = attempt
         public = state.keys.public
@@ -615,59 +512,44 @@ class Worker:
         if attempt.channels is not None:
             attempt.channels.close_all("link_lost", "the link to the hub ended")
         if attempt.hub is not None:
-            attempt.hub.fail()
+            attempt.hub.fail(LinkClosed("the link to the hub ended"))
         return attempt.result if attempt.result is not None else Outcome.TRANSIENT
 
     def _enqueue_nowait(self, attempt: _Attempt, message: LinkMessage) -> bool:
         """:meth:`_enqueue` if the queue has room now; False (nothing queued) if it has not."""
         if attempt.result is not None:
             return True  # the attempt is ending: dropped, as _enqueue drops it
-        return self._put_nowait(attempt, attempt.conn.send(message))
+        try:
+            return attempt.writer.send_nowait(message)
+        except LinkClosed:
+            return True
 
     async def _enqueue(self, attempt: _Attempt, message: LinkMessage) -> None:
-        """The one way out after the first two frames; enqueueing counts as traffic."""
+        """The one way out after the first two frames (the link's
+        :class:`~leapcore.peer.linkwriter.LinkWriter`); once the attempt is ending, what is
+        sent is dropped."""
         if attempt.result is not None:
             return  # the attempt is ending; the link may already be closed
-        data = attempt.conn.send(message)
-        if self._put_nowait(attempt, data):
-            return  # there was room: no pass through the scheduler (one per message)
         try:
-            await attempt.queue_in.send(data)
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            await attempt.writer.send(message)
+        except LinkClosed:
             return
-        attempt.schedule.on_sent(self._now())
 
-    def _put_nowait(self, attempt: _Attempt, data: bytes) -> bool:
-        """Queue ``data`` if there is room; True unless it would have to wait (a closed
-        queue drops it: the attempt is ending)."""
+    async def _enqueue_many(self, attempt: _Attempt, messages: Sequence[LinkMessage]) -> None:
+        """:meth:`_enqueue` for several messages: one item, one transport write."""
+        if attempt.result is not None:
+            return
         try:
-            attempt.queue_in.send_nowait(data)
-        except trio.WouldBlock:
-            return False
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            return True
-        attempt.schedule.on_sent(self._now())
-        return True
+            await attempt.writer.send_many(messages)
+        except LinkClosed:
+            return
 
     async def _writer(self, attempt: _Attempt) -> None:
         try:
-            async with attempt.queue_out:
-                async for data in attempt.queue_out:
-                    # Whatever else is queued goes in the same transport write.
-                    batch, size = [data], len(data)
-                    while size < WRITE_BATCH:
-                        try:
-                            more = attempt.queue_out.receive_nowait()
-                        except (trio.WouldBlock, trio.EndOfChannel):
-                            break
-                        batch.append(more)
-                        size += len(more)
-                    await attempt.pipe.send(data if len(batch) == 1 else b"".join(batch))
+            await attempt.writer.run()
         except LinkClosed as exc:
             log.info("link ended while sending: %s", exc)
             attempt.finish(Outcome.TRANSIENT)
-        finally:
-            attempt.writer_done.set()
 
     async def _watchdog(self, attempt: _Attempt) -> None:
         deadline = attempt.watchdog.deadline()
@@ -717,6 +599,7 @@ class Worker:
                     mode=self.encryption_mode,
                     owner_id=message.owner_id,
                     send=lambda m: self._enqueue(attempt, m),
+                    send_many=lambda ms: self._enqueue_many(attempt, ms),
                     send_nowait=lambda m: self._enqueue_nowait(attempt, m),
                     signer=self.signer if self.signer is not None else InlineSigner(),
                     services=self.services,
@@ -727,7 +610,7 @@ class Worker:
                     max_incomplete=self.max_incomplete_chunked,
                     max_channel_bytes=self.max_channel_bytes,
                 )
-                attempt.hub = _HubCalls(self, attempt, attempt.channels.channels)
+                attempt.hub = PeerLink(attempt.writer, attempt.channels.channels)
         elif isinstance(message, HeartbeatAck):
             attempt.meter.on_echo(message.seq, self._now())
         elif isinstance(message, GoAway):
@@ -745,59 +628,14 @@ class Worker:
             if message.code == "unauthenticated" and not attempt.greeted.is_set():
                 return Outcome.TOKEN_REJECTED
             return Outcome.TRANSIENT
-        elif isinstance(message, (HubResponse, ChannelOpened, ChannelRefused)):
-            if attempt.hub is not None:
-                attempt.hub.answer(message)
-        elif attempt.channels is not None:
-            attempt.channels.channels.deliver(message)  # channel data, credit, close
+        elif attempt.hub is not None:
+            # Answers to its own requests (cross-worker opens), channel data, credit, close.
+            attempt.hub.handle(message)
         return None
 
     async def _deregistered(self, attempt: _Attempt, message: Deregister) -> WorkerExit:
         log.warning("deregistered by the hub: %s", message.reason)
         await self._enqueue(attempt, DeregisterAck(message.request_id))
-        await attempt.queue_in.aclose()  # the writer drains the ack, then stops
-        with trio.move_on_after(FLUSH_TIMEOUT):
-            await attempt.writer_done.wait()
+        await attempt.writer.drain(FLUSH_TIMEOUT)  # the writer writes the ack, then stops
         wipe_state(self.data_dir)
         return WorkerExit.DEREGISTERED
-
-
-async def _cancel_after(scope: trio.CancelScope, seconds: float) -> None:
-    await trio.sleep(seconds)
-    scope.cancel()
-
-
-async def run_until_signal(
-    start: Callable[[], Awaitable[WorkerExit]],
-    signals: tuple[int, ...],
-    stop: Callable[[], None] | None = None,
-) -> WorkerExit:
-    """Run ``start()`` until it returns or one of ``signals`` arrives.
-
-    The first signal calls ``stop()`` (a graceful stop) and allows it
-    :data:`STOP_TIMEOUT` seconds; a second signal, the timeout, or a signal when no
-    ``stop`` was given cancels ``start()`` outright. A stopped run is ``STOPPED``.
-    """
-    result = WorkerExit.STOPPED
-    with single_exception(), trio.open_signal_receiver(*signals) as receiver:
-        async with trio.open_nursery() as nursery:
-
-            async def watch() -> None:
-                graceful = stop
-                async for signum in receiver:
-                    log.info("signal %d: stopping", signum)
-                    if graceful is None:
-                        nursery.cancel_scope.cancel()
-                        return
-                    graceful()
-                    graceful = None  # a second signal, or a stop that hangs, cancels outright
-                    nursery.start_soon(_cancel_after, nursery.cancel_scope, STOP_TIMEOUT)
-
-            async def main() -> None:
-                nonlocal result
-                result = await start()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch)
-            nursery.start_soon(main)
-    return result

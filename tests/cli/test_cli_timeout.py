@@ -1,4 +1,4 @@
-"""A deadline that passes is a distinct, documented exit: 7, with one clear line."""
+"""A deadline that passes is a documented exit: 7 (unavailable, retry later), one clear line."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from leapcore.errors import ChannelLost, DeadlineExceeded
-from leapcore_cli.common import EXIT_PROTOCOL, EXIT_TIMEOUT, exit_code_for, make_parser, run
+from leapcore.errors import DeadlineExceeded
+from leapcore_cli.common import EXIT_UNAVAILABLE, make_parser, run
 
 
 def _failing(exc: Exception) -> object:
@@ -26,7 +26,7 @@ def test_a_deadline_exits_7_with_one_line(
     parser.add_argument("--json", action="store_true")
     error = DeadlineExceeded("ping: no answer from worker w-1 within 30s")
     argv = ["--json"] if as_json else []
-    assert run(parser, _failing(error), argv) == EXIT_TIMEOUT == 7  # type: ignore[arg-type]
+    assert run(parser, _failing(error), argv) == EXIT_UNAVAILABLE == 7  # type: ignore[arg-type]
     out, err = capsys.readouterr()
     if as_json:
         assert json.loads(out) == {
@@ -38,8 +38,3 @@ def test_a_deadline_exits_7_with_one_line(
     else:
         assert err == "error: ping: no answer from worker w-1 within 30s\n"
         assert out == ""
-
-
-def test_other_remote_errors_keep_exit_5() -> None:
-    assert exit_code_for(DeadlineExceeded("x")) == EXIT_TIMEOUT
-    assert exit_code_for(ChannelLost("link_lost", "x")) == EXIT_PROTOCOL

@@ -146,7 +146,7 @@ def test_user_create_json(hub: Hub) -> None:
 
 def test_user_create_refusals(hub: Hub) -> None:
     hub.ok("user", "create", "alice")
-    assert hub.doc("user", "create", "alice", code=1) == {
+    assert hub.doc("user", "create", "alice", code=8) == {  # refused
         "error": {"code": "failed_precondition", "message": "a user named 'alice' already exists"}
     }
     stderr = error(hub.admin("user", "create", "   "), 1)

@@ -12,10 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from support.helpers import expect
 
 from leapcore.crypto.transport import (
-    GRACE_WINDOW,
     HARD_NONCE_LIMIT,
-    MAX_CIPHERTEXT,
-    MAX_PLAINTEXT,
     SOFT_NONCE_LIMIT,
     CipherState,
     TransportSession,
@@ -28,6 +25,7 @@ from leapcore.errors import (
     PlaintextTooLarge,
     SessionClosed,
 )
+from leapcore.proto.limits import GRACE_WINDOW, MAX_CIPHERTEXT, MAX_PLAINTEXT
 
 K1 = bytes(range(32))
 K2 = bytes(range(100, 132))

@@ -407,11 +407,12 @@ async def test_rekey_through_the_hub_mid_transfer_loses_no_byte(
             "box", generated_keypair, services=add_methods, transport=transport
         )
         wid = _id(worker)
-        hub_link = env.hub._workers[wid]  # the hub's end of the worker's link
+        hub_link = env.hub.router.worker_link(wid)  # the hub's end of the worker's link
+        assert hub_link is not None
 
         def heard_since(t: float) -> Callable[[], bool]:
             def heard() -> bool:
-                assert env.hub._workers.get(wid) is hub_link, "the worker link was replaced"
+                assert env.hub.router.worker_link(wid) is hub_link, "the worker link was replaced"
                 assert hub_link.liveness is not None
                 return hub_link.liveness.last_received >= t
 
@@ -477,7 +478,7 @@ async def test_rekey_through_the_hub_mid_transfer_loses_no_byte(
                 assert all(0 < n < len(payload) for n in at_rekey), at_rekey  # mid-transfer
                 # The same links throughout, and the channel still works.
                 assert worker.attempts == 1 and worker.online
-                assert env.hub.is_online(wid) and env.hub._workers[wid] is hub_link
+                assert env.hub.is_online(wid) and env.hub.router.worker_link(wid) is hub_link
                 await ch.ping()
                 assert await ch.call("echo", b"after") == b"after"
                 assert [w["id"] for w in await hub.list_workers()] == [wid]

@@ -26,7 +26,7 @@ from support.procs import H2, TESTS_DIR, WEBSOCKET, Env, Setup, env_fixture  # n
 
 import leapcore
 from leapcore.errors import MessageTooLarge
-from leapcore.proto.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from leapcore.proto.limits import DEFAULT_MAX_MESSAGE_SIZE
 from leapcore.store.pinstore import PinStore
 
 CLIENT = TESTS_DIR / "e2e_client.py"

@@ -64,11 +64,11 @@ def _registered_as(worker: Proc) -> list[str]:
 
 
 def _refused(worker: Proc) -> str:
-    """The worker exits 1 with the key refusal; its stderr.
+    """The worker exits 8 (refused) with the key refusal; its stderr.
 
     Only the message is checked here: the exact output is ``test_refused_key_output``'s.
     """
-    assert worker.wait() == 1, worker.stderr()
+    assert worker.wait() == 8, worker.stderr()
     err = worker.stderr()
     assert KEY_REFUSED.removeprefix("error: ") in err
     return err
@@ -241,14 +241,14 @@ def test_deregistered_offline_worker_and_deleted_worker_credentials(env: Env) ->
 
 
 def test_refused_key_output(env: Env) -> None:
-    """docs/cli.md: a key the hub refuses for good exits 1 with exactly
+    """docs/cli.md: a key the hub refuses for good exits 8 with exactly
     ``error: registration rejected: <code>: <message>``."""
     env.start_hub()
     env.login()
     key = env.reg_key()
     _expire(env, key)
     worker = env.start_worker("late", key)
-    assert worker.wait() == 1
+    assert worker.wait() == 8
     assert worker.stderr() == KEY_REFUSED
 
 

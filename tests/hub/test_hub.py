@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import ssl
 from pathlib import Path
 
@@ -9,10 +10,20 @@ import pytest
 import trio
 import trio.testing
 import trustme
-from support.hubpeer import KEYS, Env, Peer, now_ms, running_hub, wait_until
+from support.hubpeer import (
+    KEYS,
+    Env,
+    Peer,
+    alive,
+    gate_next_link,
+    now_ms,
+    running_hub,
+    wait_until,
+)
 
-from leapcore.hub.server import SEND_QUEUE, Hub, _Link
+from leapcore.hub.server import SEND_QUEUE, Hub
 from leapcore.net.dial import connect_link
+from leapcore.proto.limits import REG_KEY_LIFETIME_MS
 from leapcore.proto.link_codec import (
     ClientGreeting,
     ClientHello,
@@ -29,8 +40,8 @@ from leapcore.proto.link_codec import (
     WorkerGreeting,
     encode,
 )
-from leapcore.proto.link_state import LinkRole, LinkState
-from leapcore.store.hubstore import REG_KEY_LIFETIME_MS, WorkerStatus
+from leapcore.proto.link_state import LinkRole
+from leapcore.store.hubstore import WorkerStatus
 
 # -- registration ------------------------------------------------------------------------
 
@@ -342,33 +353,31 @@ async def test_live_links_are_capped_per_owner(tmp_path: Path) -> None:
             assert isinstance(error, ErrorMessage) and error.code == "quota_exceeded"
 
 
-class StuckPipe:
-    """A peer that never reads: every send blocks forever."""
+async def test_a_peer_that_does_not_read_is_cut_off_without_blocking(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="leapcore.hub.server")
 
-    async def send(self, data: bytes) -> None:
-        await trio.sleep_forever()
+    def cut_off() -> bool:
+        return any("peer is not reading" in r.getMessage() for r in caplog.records)
 
-    async def receive(self) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def aclose(self) -> None:
-        pass
-
-
-async def test_a_peer_that_does_not_read_is_cut_off_without_blocking() -> None:
-    link = _Link(StuckPipe(), "test")
-    link.conn.state = LinkState.CLIENT_ACTIVE
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(link.writer)
-        await trio.testing.wait_all_tasks_blocked()
-        # The writer holds one frame; the queue takes SEND_QUEUE more; the next one is refused
-        # at once (the reader never waits) and cancels the link.
-        results = [link.enqueue(HeartbeatAck(i)) for i in range(SEND_QUEUE + 2)]
-        assert results[: SEND_QUEUE + 1] == [True] * (SEND_QUEUE + 1)
-        assert results[-1] is False
-        assert link.scope.cancel_called
-        nursery.cancel_scope.cancel()
+    async with running_hub(tmp_path) as env:
+        held = gate_next_link(env.hub)
+        async with env.client() as stuck:
+            # The hub's writer for the link takes one ack and waits at the gate for good.
+            held.hold()
+            await stuck.send(Heartbeat(1))
+            await wait_until(lambda: held.waiting)
+            # Its queue takes SEND_QUEUE more records; the next one is refused at once (the
+            # reader never waits for the writer) and ends the link.
+            beats = range(2, SEND_QUEUE + 3)
+            await stuck.pipe.send(b"".join(stuck.conn.send(Heartbeat(i)) for i in beats))
+            await wait_until(cut_off)
+            async with env.client() as other:  # nobody else waited
+                await alive(other)
+            held.release()
+            acks = await stuck.until_closed()
+            assert acks == [HeartbeatAck(i) for i in range(1, SEND_QUEUE + 2)]
 
 
 async def test_tls(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The hub's budgets (:mod:`leapcore.proto.hub_limits`), each exceeded by a hostile peer.
+"""The hub's budgets (:class:`leapcore.proto.limits.HubLimits`), each exceeded by a hostile peer.
 
 Every test exceeds one budget, checks the refusal or the close, and checks that a
 bystander (another link, or the same link for a refused channel) still works. Timeouts
@@ -7,6 +7,7 @@ run on trio's MockClock (``autojump_clock``).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from support.hubpeer import (
     Env,
     Peer,
     alive,
-    gate,
+    gate_next_link,
     now_ms,
     open_ok,
     recv,
@@ -33,7 +34,7 @@ from support.hubpeer import (
 from leapcore.errors import ConfigError
 from leapcore.hub.server import SEND_QUEUE, Hub
 from leapcore.net.dial import connect_link
-from leapcore.proto.hub_limits import MAX_LINK_QUEUE_BYTES, HubLimits
+from leapcore.proto.limits import MAX_LINK_QUEUE_BYTES, REG_KEY_LIFETIME_MS, HubLimits
 from leapcore.proto.link_codec import (
     ChannelClose,
     ChannelRefused,
@@ -42,12 +43,14 @@ from leapcore.proto.link_codec import (
     ClientHello,
     Connect,
     ErrorMessage,
+    Heartbeat,
+    HeartbeatAck,
     HubRequest,
     HubResponse,
     OpenChannel,
+    encode,
 )
 from leapcore.proto.link_state import LinkRole
-from leapcore.store.hubstore import REG_KEY_LIFETIME_MS
 
 
 async def refused_sign_in(env: Env, token: str, url: str | None = None) -> ErrorMessage:
@@ -187,7 +190,7 @@ async def test_channels_per_link_are_capped(tmp_path: Path) -> None:
         await open_ok(other, 1, worker_id)  # another link of the same user may open
         # Closing one gives its slot back.
         await client.send(ChannelClose(first.channel_id, "closed", "done"))
-        await wait_until(lambda: first.channel_id not in env.hub._channels)
+        await wait_until(lambda: env.hub.open_channels == 2)  # first's slot is free
         await open_ok(client, 4, worker_id)
         await alive(client)
         assert value(await scrape(env), "channel_opens_total", result="quota_exceeded") == 1
@@ -259,7 +262,14 @@ async def test_pending_opens_per_worker_are_capped(tmp_path: Path) -> None:
 # -- the control queue, in bytes ------------------------------------------------------------
 
 
-async def test_the_control_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
+async def test_the_control_queue_is_bounded_in_bytes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="leapcore.hub.server")
+
+    def cut_off() -> bool:
+        return any("peer is not reading" in r.getMessage() for r in caplog.records)
+
     limit = 256 * 1024
     async with running_hub(tmp_path, limits=HubLimits(max_link_queue_bytes=limit)) as env:
         for i in range(12):  # a workers.list answer of a few KiB
@@ -267,24 +277,24 @@ async def test_the_control_queue_is_bounded_in_bytes(tmp_path: Path) -> None:
         async with env.client() as bystander:
             response = await bystander.request("workers.list")
             assert response.result is not None and len(response.result["workers"]) == 12
-            [by_link] = [x for x in env.hub._links if x.user is not None]
-            hog_cm = env.client()
-            hog = await hog_cm.__aenter__()
-            [link] = [x for x in env.hub._links if x.user is not None and x is not by_link]
-            g = gate(link)  # the hog's hub-side writer is stuck: nothing leaves
-            peak = 0
-            sent = 0
-            while not link.scope.cancel_called and sent < SEND_QUEUE:
-                sent += 1
-                await hog.send(HubRequest(sent, "workers.list", {}))
-                await trio.sleep(0)
-                peak = max(peak, link._control_bytes)
-            assert link.scope.cancel_called, "the hog was never cut off"
-            assert sent < SEND_QUEUE // 2  # bytes, not the record count, ended it
-            assert peak <= limit
-            g.open.set()
-            await wait_until(lambda: link not in env.hub._links)
-            await hog_cm.__aexit__(None, None, None)
+            held = gate_next_link(env.hub)
+            async with env.client() as hog:
+                # The hog's hub-side writer takes one ack and is stuck: nothing more leaves.
+                held.hold()
+                await hog.send(Heartbeat(1))
+                await wait_until(lambda: held.waiting)
+                before = len(held.writes)
+                asks = (HubRequest(i, "workers.list", {}) for i in range(1, SEND_QUEUE))
+                await hog.pipe.send(b"".join(hog.conn.send(ask) for ask in asks))
+                await wait_until(cut_off)
+                held.release()
+                got = await hog.until_closed()
+                assert got[0] == HeartbeatAck(1)
+                answers = got[1:]
+                assert answers and all(isinstance(m, HubResponse) for m in answers)
+                assert len(answers) < SEND_QUEUE // 2  # bytes, not the record count, ended it
+                queued = sum(len(w) for w in held.writes[before:]) - len(encode(HeartbeatAck(1)))
+                assert queued <= limit
             response = await bystander.request("workers.list", 2)
             assert len(response.result["workers"]) == 12  # type: ignore[index]
 

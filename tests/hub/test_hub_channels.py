@@ -21,8 +21,9 @@ from support.hubpeer import (
     KEYS,
     SIZE,
     Env,
+    Gate,
     Peer,
-    gate,
+    gate_next_link,
     now_ms,
     recv,
     running_hub,
@@ -31,9 +32,9 @@ from support.hubpeer import (
     wait_until,
 )
 
-from leapcore.hub.server import MAX_PENDING_OPENS, OPEN_TIMEOUT, _Link
+from leapcore.net.pipe import WRITE_BATCH
+from leapcore.proto.limits import CHANNEL_CREDIT, CREDIT_BATCH, MAX_PENDING_OPENS, OPEN_TIMEOUT
 from leapcore.proto.link_codec import (
-    CHANNEL_CREDIT,
     ChannelAccept,
     ChannelClose,
     ChannelCredit,
@@ -48,8 +49,8 @@ from leapcore.proto.link_codec import (
     HeartbeatAck,
     LinkMessage,
     OpenChannel,
+    encode,
 )
-from leapcore.proto.relay import CREDIT_BATCH
 
 FULL = 65535
 
@@ -85,11 +86,6 @@ async def credits_past(peer: Peer, channel_id: int, minimum: int) -> int:
         assert message.credit >= CREDIT_BATCH
         got += message.credit
     return got
-
-
-def hub_link_of_client(env: Env, user_name: str) -> _Link:
-    [link] = [x for x in env.hub._links if x.user is not None and x.user.name == user_name]
-    return link
 
 
 async def accept(worker: Peer, size: int | None = None) -> ChannelRequest:
@@ -257,80 +253,76 @@ def frames_of(channel: int, total: int, correlation_id: int = 1) -> list[Channel
 
 
 async def test_credit_exactly_spent_then_one_byte_more(tmp_path: Path) -> None:
-    async with (
-        setup(tmp_path) as (env, worker_id, token),
-        env.worker(token) as worker,
-        env.client() as client,
-    ):
-        first = await open_channel(client, worker, worker_id, 1)
-        second = await open_channel(client, worker, worker_id, 2)
-        held = gate(env.hub._workers[worker_id])  # nothing reaches the worker: no credit back
-        burst = frames_of(first, CHANNEL_CREDIT)
-        for frame in burst:
-            await client.send(frame)
-        await wait_until(lambda: env.hub.channel_buffered(first) == CHANNEL_CREDIT)
-        # Exactly the credit: nothing closed. One more byte: that channel alone closes.
-        await client.send(ChannelData(first, 99, 0, b"!" * 16))
-        close = await recv(client)
-        assert isinstance(close, ChannelClose) and close.channel_id == first
-        assert close.code == "relay_violation"
-        assert "exceeds the sender's credit of 0 bytes" in close.message
-        # The other channel on the same two links keeps working, both ways.
-        await worker.send(ChannelData(second, 1, 0, b"w" * 32))
-        assert await recv_data(client, 1) == [ChannelData(second, 1, 0, b"w" * 32)]
-        await client.send(ChannelData(second, 2, 0, b"c" * 32))
-        held.open.set()
-        # The worker gets the first channel's frames, then its close (channels take turns,
-        # so the second channel's frame may come in between).
-        got: list[LinkMessage] = []
-        while len(got) < len(burst) + 2:
-            got.append(await recv(worker, (HeartbeatAck, ChannelCredit)))
-        assert [m for m in got if getattr(m, "channel_id", None) == first] == [*burst, close]
-        assert [m for m in got if getattr(m, "channel_id", None) == second] == [
-            ChannelData(second, 2, 0, b"c" * 32)
-        ]
-        assert env.hub.open_channels == 1
-        metrics = await scrape(env)
-        assert value(metrics, "frames_rejected_total", reason="relay_violation") == 1
+    async with setup(tmp_path) as (env, worker_id, token):
+        held = gate_next_link(env.hub)  # the worker's link
+        async with env.worker(token) as worker, env.client() as client:
+            first = await open_channel(client, worker, worker_id, 1)
+            second = await open_channel(client, worker, worker_id, 2)
+            held.hold()  # nothing reaches the worker: no credit back
+            burst = frames_of(first, CHANNEL_CREDIT)
+            for frame in burst:
+                await client.send(frame)
+            await wait_until(lambda: env.hub.channel_buffered(first) == CHANNEL_CREDIT)
+            # Exactly the credit: nothing closed. One more byte: that channel alone closes.
+            await client.send(ChannelData(first, 99, 0, b"!" * 16))
+            close = await recv(client)
+            assert isinstance(close, ChannelClose) and close.channel_id == first
+            assert close.code == "relay_violation"
+            assert "exceeds the sender's credit of 0 bytes" in close.message
+            # The other channel on the same two links keeps working, both ways.
+            await worker.send(ChannelData(second, 1, 0, b"w" * 32))
+            assert await recv_data(client, 1) == [ChannelData(second, 1, 0, b"w" * 32)]
+            await client.send(ChannelData(second, 2, 0, b"c" * 32))
+            held.release()
+            # The worker gets the first channel's frames, then its close (channels take turns,
+            # so the second channel's frame may come in between).
+            got: list[LinkMessage] = []
+            while len(got) < len(burst) + 2:
+                got.append(await recv(worker, (HeartbeatAck, ChannelCredit)))
+            assert [m for m in got if getattr(m, "channel_id", None) == first] == [*burst, close]
+            assert [m for m in got if getattr(m, "channel_id", None) == second] == [
+                ChannelData(second, 2, 0, b"c" * 32)
+            ]
+            assert env.hub.open_channels == 1
+            metrics = await scrape(env)
+            assert value(metrics, "frames_rejected_total", reason="relay_violation") == 1
 
 
 async def test_a_reader_that_does_not_read_stalls_only_its_channels(tmp_path: Path) -> None:
-    async with (
-        setup(tmp_path) as (env, worker_id, token),
-        env.worker(token) as worker,
-        env.client() as slow,
-    ):
-        _, bob_token = env.store.create_user("bob", now_ms())
-        channel = await open_channel(slow, worker, worker_id, 1)
-        held = gate(hub_link_of_client(env, "alice"))
-        async with env.client() as other:
-            fast = await open_channel(other, worker, worker_id, 1)
-            # A well-behaved sender: it sends while it has credit, then waits for more.
-            credit, sent = CHANNEL_CREDIT, 0
-            while credit:
-                size = min(FULL, credit)
-                await worker.send(ChannelData(channel, sent + 1, 0, bytes(size)))
-                credit -= size
-                sent += 1
-            await wait_until(lambda: env.hub.channel_buffered(channel) == CHANNEL_CREDIT)
-            # Stalled: the hub holds that channel's credit and no more, and stays responsive.
-            async with env.client(bob_token) as bob:
-                assert (await bob.request("workers.list")).result == {"workers": []}
-            assert (await other.request("workers.list", 5)).result is not None
-            # The same worker's channel to a reading client is not held back.
-            await worker.send(ChannelData(fast, 1, 0, b"f" * 64))
-            assert await recv_data(other, 1) == [ChannelData(fast, 1, 0, b"f" * 64)]
-            assert env.hub.channel_buffered(channel) == CHANNEL_CREDIT
-            # The reader catches up: its frames arrive and the credit comes back.
-            held.open.set()
-            frames = await recv_data(slow, sent)
-            assert sum(len(f.ciphertext) for f in frames) == CHANNEL_CREDIT
-            # Everything was written: all but less than a batch is announced back.
-            back = await credits_past(worker, channel, CHANNEL_CREDIT - CREDIT_BATCH)
-            assert CHANNEL_CREDIT - CREDIT_BATCH < back <= CHANNEL_CREDIT
-            assert env.hub.channel_buffered(channel) == 0
-            await worker.send(ChannelData(channel, 1000, 0, b"more" * 4))
-            assert await recv_data(slow, 1) == [ChannelData(channel, 1000, 0, b"more" * 4)]
+    async with setup(tmp_path) as (env, worker_id, token), env.worker(token) as worker:
+        held = gate_next_link(env.hub)  # the slow client's link
+        async with env.client() as slow:
+            _, bob_token = env.store.create_user("bob", now_ms())
+            channel = await open_channel(slow, worker, worker_id, 1)
+            held.hold()
+            async with env.client() as other:
+                fast = await open_channel(other, worker, worker_id, 1)
+                # A well-behaved sender: it sends while it has credit, then waits for more.
+                credit, sent = CHANNEL_CREDIT, 0
+                while credit:
+                    size = min(FULL, credit)
+                    await worker.send(ChannelData(channel, sent + 1, 0, bytes(size)))
+                    credit -= size
+                    sent += 1
+                await wait_until(lambda: env.hub.channel_buffered(channel) == CHANNEL_CREDIT)
+                # Stalled: the hub holds that channel's credit and no more, and stays responsive.
+                async with env.client(bob_token) as bob:
+                    assert (await bob.request("workers.list")).result == {"workers": []}
+                assert (await other.request("workers.list", 5)).result is not None
+                # The same worker's channel to a reading client is not held back.
+                await worker.send(ChannelData(fast, 1, 0, b"f" * 64))
+                assert await recv_data(other, 1) == [ChannelData(fast, 1, 0, b"f" * 64)]
+                assert env.hub.channel_buffered(channel) == CHANNEL_CREDIT
+                # The reader catches up: its frames arrive and the credit comes back.
+                held.release()
+                frames = await recv_data(slow, sent)
+                assert sum(len(f.ciphertext) for f in frames) == CHANNEL_CREDIT
+                # Everything was written: all but less than a batch is announced back.
+                back = await credits_past(worker, channel, CHANNEL_CREDIT - CREDIT_BATCH)
+                assert CHANNEL_CREDIT - CREDIT_BATCH < back <= CHANNEL_CREDIT
+                assert env.hub.channel_buffered(channel) == 0
+                await worker.send(ChannelData(channel, 1000, 0, b"more" * 4))
+                assert await recv_data(slow, 1) == [ChannelData(channel, 1000, 0, b"more" * 4)]
 
 
 # -- refusals --------------------------------------------------------------------------------
@@ -635,88 +627,76 @@ async def test_error_records_still_end_links(tmp_path: Path) -> None:
         )
 
 
-# -- the writer, without sockets ---------------------------------------------------------------
+# -- the writer: what the hub hands its transport, seen at a gate ----------------------------
 
 
-class Recorder:
-    """A pipe that records what the hub writes, one send at a time (paced by ``go``)."""
-
-    def __init__(self) -> None:
-        self.sent: list[bytes] = []
-
-    async def send(self, data: bytes) -> None:
-        self.sent.append(data)
-        await trio.lowlevel.checkpoint()
-
-    async def receive(self) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError
-
-    async def aclose(self) -> None:
-        pass
+async def writer_held(gate: Gate, client: Peer) -> int:
+    """Hold ``gate`` with the hub's writer for that link waiting in it, holding one
+    ``heartbeat_ack``; the number of writes that went through before."""
+    gate.hold()
+    await client.send(Heartbeat(1))
+    await wait_until(lambda: gate.waiting)
+    return len(gate.writes)
 
 
-async def test_writer_sends_control_first_then_channels_in_turn() -> None:
-    from leapcore.hub.server import _Channel
-    from leapcore.proto.link_codec import encode
-    from leapcore.proto.link_state import LinkState
-    from leapcore.proto.relay import RelayDirection
-
-    written: list[tuple[int, int]] = []
-    pipe = Recorder()
-    link = _Link(pipe, "test", lambda flow, cost: written.append((flow.channel.id, cost)))
-    link.conn.state = LinkState.CLIENT_ACTIVE
-    a, b = _Channel(1, link, link, SIZE), _Channel(2, link, link, SIZE)
-    flow_a, flow_b = a.flows[RelayDirection.TO_CLIENT], b.flows[RelayDirection.TO_CLIENT]
-    for i in (1, 2, 3):
-        assert link.enqueue_data(flow_a, ChannelData(1, i, 0, b"a" * i), i)
-    assert link.enqueue_data(flow_b, ChannelData(2, 1, 0, b"b" * 10), 10)
-    close = ChannelClose(2, "closed", "bye")
-    assert link.enqueue_close(flow_b, close)  # behind channel 2's frame
-    assert link.enqueue(HeartbeatAck(1))
-    assert flow_a.queued == 6 and flow_b.queued == 10
-    link.close_queue()
-    await link.writer()  # drains everything, then ends
-    # All of it was queued: one transport write, in this order.
-    assert pipe.sent == [
-        b"".join(
-            [
+async def test_writer_sends_control_first_then_channels_in_turn(tmp_path: Path) -> None:
+    async with setup(tmp_path) as (env, worker_id, token), env.worker(token) as worker:
+        held = gate_next_link(env.hub)
+        async with env.client() as client:
+            a = await open_channel(client, worker, worker_id, 1)
+            b = await open_channel(client, worker, worker_id, 2)
+            before = await writer_held(held, client)
+            on_a = [ChannelData(a, i, 0, b"a" * (16 + i)) for i in (1, 2, 3)]
+            on_b = ChannelData(b, 1, 0, b"b" * 26)
+            close = ChannelClose(b, "closed", "bye")
+            for message in (*on_a, on_b, close):  # the close follows b's frame
+                await worker.send(message)
+            await wait_until(lambda: env.hub.open_channels == 1)
+            # A control record queued after them: the answer to a third open.
+            await client.send(OpenChannel(3, worker_id, b"m1", SIZE))
+            request = await accept(worker)
+            await wait_until(lambda: env.hub.open_channels == 2)
+            held.release()
+            opened = ChannelOpened(3, request.channel_id, b"m2:m1", SIZE)
+            # Control first; then the channels take turns, b's close behind b's frame.
+            expected = [opened, on_a[0], on_b, on_a[1], close, on_a[2]]
+            assert [await client.recv() for _ in range(7)] == [HeartbeatAck(1), *expected]
+            # The ack alone (the writer took it before the rest was queued), then the rest
+            # in one transport write.
+            assert held.writes[before:] == [
                 encode(HeartbeatAck(1)),
-                encode(ChannelData(1, 1, 0, b"a")),
-                encode(ChannelData(2, 1, 0, b"b" * 10)),
-                encode(ChannelData(1, 2, 0, b"aa")),
-                encode(close),
-                encode(ChannelData(1, 3, 0, b"aaa")),
+                b"".join(encode(m) for m in expected),
             ]
-        )
-    ]
-    assert written == [(1, 1), (2, 10), (1, 2), (2, 0), (1, 3)]
-    assert flow_a.queued == flow_b.queued == 0
-    assert not link.enqueue(HeartbeatAck(2))  # closed: nothing more is accepted
+            relayed = sum(len(f.ciphertext) for f in (*on_a, on_b))
+            metrics = await scrape(env)
+            assert value(metrics, "relayed_bytes_total", direction="to_client") == relayed
 
 
-async def test_writer_joins_queued_frames_up_to_a_batch() -> None:
+async def test_writer_joins_queued_frames_up_to_a_batch(tmp_path: Path) -> None:
     """Queued frames go out in as few writes as the batch size allows, each frame whole and
-    in order, and every frame's credit is reported once it was written."""
-    from leapcore.hub.server import _Channel
-    from leapcore.net.pipe import WRITE_BATCH
-    from leapcore.proto.link_codec import encode
-    from leapcore.proto.link_state import LinkState
-    from leapcore.proto.relay import RelayDirection
-
-    written: list[int] = []
-    pipe = Recorder()
-    link = _Link(pipe, "test", lambda flow, cost: written.append(cost))
-    link.conn.state = LinkState.CLIENT_ACTIVE
-    flow = _Channel(1, link, link, SIZE).flows[RelayDirection.TO_CLIENT]
-    frames = [ChannelData(1, i + 1, 0, bytes([i]) * FULL) for i in range(6)]
-    for frame in frames:
-        assert link.enqueue_data(flow, frame, FULL)
-    link.close_queue()
-    await link.writer()
-    encoded = [encode(frame) for frame in frames]
-    per_write = -(-WRITE_BATCH // len(encoded[0]))  # frames until a write reaches the batch
-    assert per_write == 4
-    assert pipe.sent == [b"".join(encoded[:per_write]), b"".join(encoded[per_write:])]
-    assert written == [FULL] * 6
-    assert flow.queued == 0
+    in order, and every frame's credit is counted once it was written."""
+    async with setup(tmp_path) as (env, worker_id, token), env.worker(token) as worker:
+        held = gate_next_link(env.hub)
+        async with env.client() as client:
+            channel = await open_channel(client, worker, worker_id, 1)
+            before = await writer_held(held, client)
+            frames = [ChannelData(channel, i + 1, 0, bytes([i]) * FULL) for i in range(6)]
+            for frame in frames:
+                await worker.send(frame)
+            await wait_until(lambda: env.hub.channel_buffered(channel) == 6 * FULL)
+            held.release()
+            assert await recv(client, ()) == HeartbeatAck(1)
+            assert await recv_data(client, 6) == frames
+            encoded = [encode(frame) for frame in frames]
+            per_write = -(-WRITE_BATCH // len(encoded[0]))  # frames until a write reaches it
+            assert per_write == 4
+            assert held.writes[before:] == [
+                encode(HeartbeatAck(1)),
+                b"".join(encoded[:per_write]),
+                b"".join(encoded[per_write:]),
+            ]
+            # Five frames written make a batch of credit due (four are just short of one);
+            # the sixth waits for the next batch. The hub holds nothing any more.
+            assert 4 * FULL < CREDIT_BATCH <= 5 * FULL
+            assert await recv(worker) == ChannelCredit(channel, 5 * FULL)
+            await wait_until(lambda: env.hub.channel_buffered(channel) == 0)

@@ -11,7 +11,7 @@ from support.helpers import expect
 
 from leapcore.errors import ConfigError
 from leapcore.hub.server import Hub
-from leapcore.proto.hub_limits import HubLimits
+from leapcore.proto.limits import HubLimits
 from leapcore.store.config import HUB_KEYS, hub_settings
 from leapcore.store.paths import (
     hub_config_dir,
@@ -152,10 +152,13 @@ def test_explicit_config_must_exist(tmp_path: Path) -> None:
         ),
         ("max_workers_per_user = '3'\n", "setting 'max_workers_per_user' must be int, got str"),
         ("max_workers_per_user = -1\n", "setting 'max_workers_per_user' must be >= 0"),
-        ("max_message_size = 65518\n", "setting 'max_message_size' must be between 65519 and"),
+        (
+            "max_message_size = 65518\n",
+            "setting 'max_message_size' must be an integer in 65519..67108864, got 65518",
+        ),
         (
             "max_message_size = 67108865\n",
-            "setting 'max_message_size' must be between 65519 and 67108864, got 67108865",
+            "setting 'max_message_size' must be an integer in 65519..67108864, got 67108865",
         ),
         ("log_level = 'loud'\n", "setting 'log_level' must be one of debug, info, warn, error"),
         ("data_dir = \n", "not valid TOML"),

@@ -35,7 +35,7 @@ from support.hubpeer import (
 )
 
 from leapcore.hub.server import Hub
-from leapcore.proto.hub_limits import HubLimits
+from leapcore.proto.limits import HubLimits
 from leapcore.proto.link_codec import (
     ChannelClose,
     ChannelRefused,
@@ -415,4 +415,4 @@ async def test_a_deregistering_workers_newest_link_replaces_its_older_one(
                 assert await until_closed(first, 5) == []  # replaced at once
                 assert trio.current_time() - start < 1
                 retiring = [x for x in env.hub._links if x.worker is not None]
-                assert len(retiring) == 1 and retiring[0].retired
+                assert len(retiring) == 1 and env.hub.router.is_retired(retiring[0])

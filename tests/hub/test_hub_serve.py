@@ -107,15 +107,15 @@ def test_interrupted_reg_key_is_revoked(env: Env) -> None:
                      "--data-dir", str(env.hub_dir))  # fmt: skip
     assert json.loads(listed.stdout) == {"keys": []}
     worker = env.start_worker("late", key)
-    assert worker.wait() == 1
+    assert worker.wait() == 8  # refused
     assert "registration rejected: unauthenticated" in worker.stderr()
 
 
 def test_errors(env: Env) -> None:
-    # No hub listening: the link cannot be made (exit 5).
+    # No hub listening: the link cannot be made (exit 7: retry later).
     env.url = "http://127.0.0.1:9"
     proc = env.remote("login", "--token", "x", "--json")
-    assert proc.returncode == 5
+    assert proc.returncode == 7
     assert json.loads(proc.stdout)["error"]["code"] == "link_closed"
     # No token anywhere: a usage error that says how to log in.
     proc = env.remote("worker", "list")
@@ -124,12 +124,12 @@ def test_errors(env: Env) -> None:
 
     env.start_hub()
     proc = env.remote("login", "--token", "not-a-token")
-    assert proc.returncode == 1
+    assert proc.returncode == 8  # refused
     assert proc.stderr == "error: invalid API token\n"
     assert not env.config.exists()
     proc = env.run("leapcore", "remote", "worker", "list", "--json", LEAPCORE_HUB=env.url,
                    LEAPCORE_TOKEN="wrong")  # fmt: skip
-    assert proc.returncode == 1
+    assert proc.returncode == 8
     assert json.loads(proc.stdout)["error"]["code"] == "unauthenticated"
 
 

@@ -19,7 +19,7 @@ from websockets.frames import Close, Frame, Opcode
 from websockets.protocol import OPEN
 from websockets.uri import parse_uri
 
-from leapcore.errors import ConfigError, LinkClosed
+from leapcore.errors import ConfigError, LinkClosed, TLSCertificateError
 from leapcore.net.dial import connect_link
 from leapcore.net.listen import LinkServer
 from leapcore.net.pipe import LinkPipe, parse_hub_url
@@ -92,7 +92,7 @@ async def test_link_roundtrip(transport: str, carrier: str, ca: trustme.CA) -> N
 async def test_https_is_always_tls_and_verified(transport: str, ca: trustme.CA) -> None:
     async with running_server("tls", ca) as (url, _ca_file):
         # Without the test CA the hub's certificate is not trusted: refused, never cleartext.
-        with pytest.raises(LinkClosed, match=r"TLS with the hub at .* failed"):
+        with pytest.raises(TLSCertificateError, match=r"TLS with the hub at .* failed"):
             async with connect_link(url, transport=transport):
                 pass
     async with running_server("tcp", ca) as (url, _):

@@ -24,6 +24,7 @@ from leapcore.errors import (
     ChannelLost,
     DeadlineExceeded,
     RemoteCallError,
+    ServiceError,
     StreamUsageError,
 )
 from leapcore.peer.channel import (
@@ -32,11 +33,11 @@ from leapcore.peer.channel import (
     ByteStream,
     CallContext,
     Channel,
-    ServiceError,
     Services,
 )
 from leapcore.proto.channel_mux import ChannelEndpoint
-from leapcore.proto.link_codec import CHANNEL_CREDIT, ChannelData, LinkMessage
+from leapcore.proto.limits import CHANNEL_CREDIT
+from leapcore.proto.link_codec import ChannelData, LinkMessage
 
 OWNER = "u-owner"
 

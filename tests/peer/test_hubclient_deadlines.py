@@ -17,7 +17,7 @@ import trio
 import trio.testing
 from support.fakehub import MemoryPipe, pipe_pair
 
-from leapcore.errors import ConfigError, DeadlineExceeded, LinkClosed
+from leapcore.errors import ConfigError, DeadlineExceeded, LinkClosed, LinkProtocolError
 from leapcore.peer.hubsession import KEEPALIVE_INTERVAL, HubSession, hub_session
 from leapcore.proto.link_codec import (
     ChannelClose,
@@ -193,3 +193,55 @@ async def test_keepalive_none_sends_nothing_and_a_bad_interval_is_refused(
         with pytest.raises(ConfigError, match="keepalive"):  # before any dial
             async with hub_session("http://fake.invalid", "tok", keepalive=bad):
                 raise AssertionError("not reached")
+
+
+async def test_an_open_whose_caller_was_cancelled_is_closed_once_when_opened_late(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with session() as (hub, fake):
+        fake.lose = True
+        with trio.move_on_after(3) as gave_up:
+            await hub.request_open("w-1", b"m1", 65519)
+        assert gave_up.cancelled_caught
+        assert not hub.busy  # nobody waits for it any more
+        (request,) = fake.lost
+        assert isinstance(request, OpenChannel)
+        opened = ChannelOpened(request.request_id, 78, b"m2", 65519)
+        await fake.send(opened)
+        await fake.send(opened)  # a duplicate: no second close
+        await trio.testing.wait_all_tasks_blocked()
+        closes = [m for _, m in fake.of_type(ChannelClose)]
+        assert closes == [ChannelClose(78, "closed", "the open was abandoned")]
+        fake.lose = False
+        assert await hub.call("workers.list") == {"echo": "workers.list"}  # the link lives on
+
+
+async def test_an_answer_to_a_request_never_made_ends_the_session(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    async with session() as (hub, fake):
+        await fake.send(HubResponse(99, {"forged": True}))
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(LinkProtocolError, match="unknown request 99"):
+            await hub.call("workers.list")
+
+
+async def test_what_is_queued_when_the_block_ends_is_still_written(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    client_end, hub_end = pipe_pair()
+    fake = FakeHub(hub_end)
+
+    @asynccontextmanager
+    async def dial() -> AsyncIterator[MemoryPipe]:
+        yield client_end
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(fake.serve)
+        async with hub_session("http://fake.invalid", "tok", dial=dial) as hub:
+            for seq in range(1, 4):
+                await hub.send(Heartbeat(seq))  # queued: the block ends at once
+        await trio.testing.wait_all_tasks_blocked()
+        beats = [m for _, m in fake.of_type(Heartbeat) if isinstance(m, Heartbeat)]
+        assert [m.seq for m in beats] == [1, 2, 3]
+        nursery.cancel_scope.cancel()

@@ -30,14 +30,7 @@ from leapcore.errors import (
     StreamUsageError,
 )
 from leapcore.proto import channel_codec as cc
-from leapcore.proto.channel_mux import (
-    BYTE_STREAM_TRANSITIONS,
-    CLOSE_CORRELATION_ID,
-    CONTROL_RESERVE,
-    RPC_TRANSITIONS,
-    SERVER_STREAM_TRANSITIONS,
-    STREAM_EVENTS,
-    TERMINAL_STATES,
+from leapcore.proto.channel_events import (
     BytesReceived,
     ByteStreamAccepted,
     ByteStreamEOF,
@@ -45,18 +38,26 @@ from leapcore.proto.channel_mux import (
     ByteStreamReset,
     Cancelled,
     ChannelClosed,
-    ChannelEndpoint,
     ErrorReceived,
     ProtocolViolation,
     RekeyCompleted,
     RequestReceived,
     ResponseReceived,
-    Role,
     StreamEnded,
     StreamItemReceived,
     StreamRequested,
-    StreamState,
     WindowOpened,
+)
+from leapcore.proto.channel_mux import CLOSE_CORRELATION_ID, ChannelEndpoint
+from leapcore.proto.channel_outbox import CONTROL_RESERVE
+from leapcore.proto.channel_streams import (
+    BYTE_STREAM_TRANSITIONS,
+    RPC_TRANSITIONS,
+    SERVER_STREAM_TRANSITIONS,
+    STREAM_EVENTS,
+    TERMINAL_STATES,
+    Role,
+    StreamState,
 )
 from leapcore.proto.chunking import ChannelFrame, FrameFlag
 
@@ -353,7 +354,7 @@ def test_rekey_with_traffic_in_flight(mode, generated_keypair):
     assert [e.method for e in er if isinstance(e, RequestReceived)] == [
         "sent-under-old-key-before-ack"
     ]
-    assert not i.rekey_in_flight and i._initiator_policy.key_since == 3601.0
+    assert not i.rekey_in_flight and i._rekey.initiator_policy.key_since == 3601.0
     # and traffic goes on under the new keys, both ways
     c2 = i.send_request("after")
     settle(i, r, 3606.0)
@@ -747,7 +748,7 @@ def test_garbage_yields_only_documented_events(frames):
 def test_correlation_ids_wrap_and_skip_ids_in_use():
     i, r = pair()
     first = i.send_request("long")
-    i._next_cid = 2**64 - 1
+    i._registry.next_cid = 2**64 - 1
     assert i.send_request("x") == 2**64 - 1
     assert i.send_request("y") == 3  # wrapped; 1 is still in use
     settle(i, r)

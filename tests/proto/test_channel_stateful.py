@@ -36,14 +36,13 @@ from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode
 from leapcore.crypto.rekey_policy import RekeyTimings
 from leapcore.crypto.transport import TransportSession
-from leapcore.proto.channel_mux import (
+from leapcore.proto.channel_events import (
     BytesReceived,
     ByteStreamAccepted,
     ByteStreamEOF,
     ByteStreamRequested,
     ByteStreamReset,
     Cancelled,
-    ChannelEndpoint,
     ErrorReceived,
     Event,
     RekeyCompleted,
@@ -51,11 +50,11 @@ from leapcore.proto.channel_mux import (
     ResponseReceived,
     StreamEnded,
     StreamItemReceived,
-    StreamKind,
     StreamRequested,
-    StreamState,
     WindowOpened,
 )
+from leapcore.proto.channel_mux import ChannelEndpoint
+from leapcore.proto.channel_streams import StreamKind, StreamState
 
 SIDES = ("I", "R")
 sides = st.sampled_from(SIDES)

@@ -9,7 +9,6 @@ from support.helpers import expect
 
 from leapcore.errors import ChannelProtocolError, ConfigError, LocalError, ResourceExhausted
 from leapcore.proto.chunking import (
-    DEFAULT_MAX_MESSAGE_SIZE,
     MAX_CHUNK,
     ChannelFrame,
     FrameFlag,
@@ -19,8 +18,8 @@ from leapcore.proto.chunking import (
     chunk_count,
     iter_chunks,
     split_message,
-    validate_max_message_size,
 )
+from leapcore.proto.limits import DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
 
 FINAL, MORE = FrameFlag.FINAL, FrameFlag.MORE
 

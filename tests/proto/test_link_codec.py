@@ -16,14 +16,6 @@ from leapcore.errors import ConfigError, FrameTooLarge, LinkProtocolError, Local
 from leapcore.proto.link_codec import (
     CONTROL_TYPES,
     MAX_CONTROL_BODY,
-    MAX_LABEL_KEY,
-    MAX_LABEL_VALUE,
-    MAX_LABELS,
-    MAX_NAME,
-    MAX_PARAMS,
-    MAX_SECRET,
-    MAX_TEXT,
-    MAX_VERSION,
     ChannelAccept,
     ChannelClose,
     ChannelData,
@@ -34,9 +26,19 @@ from leapcore.proto.link_codec import (
     LinkDecoder,
     LinkMessage,
     Register,
-    check_fields,
     encode,
     encode_many,
+)
+from leapcore.proto.link_fields import (
+    MAX_LABEL_KEY,
+    MAX_LABEL_VALUE,
+    MAX_LABELS,
+    MAX_NAME,
+    MAX_PARAMS,
+    MAX_SECRET,
+    MAX_TEXT,
+    MAX_VERSION,
+    check_fields,
 )
 
 

@@ -19,8 +19,9 @@ from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode
 from leapcore.crypto.primitives import mlkem_public_from_seed, x25519_public
 from leapcore.crypto.rekey import accept_rekey, start_rekey
-from leapcore.crypto.transport import GRACE_WINDOW, MAX_PLAINTEXT, TransportSession
+from leapcore.crypto.transport import TransportSession
 from leapcore.errors import DecryptError, HandshakeError, LeapcoreError, SessionClosed
+from leapcore.proto.limits import GRACE_WINDOW, MAX_PLAINTEXT
 
 CLASSIC = EncryptionMode.CLASSIC
 PQ = EncryptionMode.POST_QUANTUM

@@ -8,8 +8,7 @@ from hypothesis import strategies as st
 from support.helpers import expect
 
 from leapcore.errors import ConfigError, RelayViolation
-from leapcore.proto.chunking import DEFAULT_MAX_MESSAGE_SIZE
-from leapcore.proto.link_codec import CHANNEL_CREDIT
+from leapcore.proto.limits import CHANNEL_CREDIT, DEFAULT_MAX_MESSAGE_SIZE
 from leapcore.proto.relay import FLAG_CLOSE, FLAG_FINAL, FLAG_MORE, ChannelRelay, RelayDirection
 
 TW, TC = RelayDirection.TO_WORKER, RelayDirection.TO_CLIENT
@@ -132,7 +131,7 @@ def test_default_credit_is_the_link_constant() -> None:
 
 
 def test_delivered_credit_is_announced_in_batches() -> None:
-    from leapcore.proto.relay import CREDIT_BATCH
+    from leapcore.proto.limits import CREDIT_BATCH
 
     r = ChannelRelay(1)
     r.charge(TC, FLAG_FINAL, FULL)
@@ -161,7 +160,7 @@ def test_a_sender_whose_frames_were_written_always_has_room_for_the_next(
 ) -> None:
     """Credit held back below a batch never stalls a sender: after every frame it sent was
     written (and whatever batches were due announced), the largest frame still fits."""
-    from leapcore.proto.relay import CREDIT_BATCH
+    from leapcore.proto.limits import CREDIT_BATCH
 
     assert CREDIT_BATCH + FULL <= CHANNEL_CREDIT
     r = ChannelRelay(1)

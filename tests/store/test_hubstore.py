@@ -20,11 +20,9 @@ from leapcore.errors import (
     StorageError,
     Unauthenticated,
 )
+from leapcore.proto.limits import ID_LENGTH, REG_KEY_EXTEND_WINDOW_MS, REG_KEY_LIFETIME_MS
 from leapcore.store.hubstore import (
     ALPHABET,
-    ID_LENGTH,
-    REG_KEY_EXTEND_WINDOW_MS,
-    REG_KEY_LIFETIME_MS,
     SCHEMA_VERSION,
     SQLiteHubStore,
     WorkerStatus,

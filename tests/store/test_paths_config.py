@@ -11,6 +11,14 @@ import pytest
 from support.helpers import expect
 
 from leapcore.errors import ConfigError
+from leapcore.proto.limits import (
+    DEFAULT_MAX_INCOMPLETE,
+    DEFAULT_MAX_MESSAGE_SIZE,
+    MAX_CHANNELS,
+    MAX_MAX_MESSAGE_SIZE,
+    MIN_MAX_MESSAGE_SIZE,
+    validate_max_message_size,
+)
 from leapcore.store.config import WORKER_KEYS, layer, read_config_file, worker_settings
 from leapcore.store.paths import (
     DEFAULT_HUB_URL,
@@ -312,3 +320,49 @@ def test_worker_settings_bad_environment_value(tmp_path: Path) -> None:
         home=tmp_path,
         config_path=None,
     )
+
+
+def test_worker_settings_defaults_are_the_limits() -> None:
+    assert {k: WORKER_KEYS[k][1] for k in ("max_message_size", "max_incomplete_chunked")} == {
+        "max_message_size": DEFAULT_MAX_MESSAGE_SIZE,
+        "max_incomplete_chunked": DEFAULT_MAX_INCOMPLETE,
+    }
+    assert WORKER_KEYS["max_channels"][1] == MAX_CHANNELS == 256
+
+
+@pytest.mark.parametrize("value", [65518, 64 * 1024 * 1024 + 1])
+def test_worker_max_message_size_is_range_checked_in_every_layer(
+    tmp_path: Path, value: int
+) -> None:
+    """The one check of the range (limits.max_message_size_problem), naming the layer."""
+    rule = f"must be an integer in 65519..67108864, got {value}"
+    problem = f"setting 'max_message_size' {rule}"
+    config = tmp_path / "w.toml"
+    config.write_text(f"max_message_size = {value}\n")
+    cases = [
+        ({}, {}, config, str(config)),
+        (
+            {},
+            {"LEAPCORE_WORKER_MAX_MESSAGE_SIZE": str(value)},
+            None,
+            "environment: LEAPCORE_WORKER_MAX_MESSAGE_SIZE",
+        ),
+        ({"max_message_size": value}, {}, None, "flag --max-message-size"),
+    ]
+    for flags, env, path, where in cases:
+        expect(
+            ConfigError,
+            f"^{re.escape(f'{where}: {problem}')}$",
+            worker_settings,
+            flags=flags,
+            env=env,
+            home=tmp_path,
+            config_path=path,
+        )
+    with pytest.raises(ConfigError, match=f"^{re.escape(f'max_message_size {rule}')}$"):
+        validate_max_message_size(value)
+    for ok in (MIN_MAX_MESSAGE_SIZE, MAX_MAX_MESSAGE_SIZE):
+        settings, _ = worker_settings(
+            flags={"max_message_size": ok}, env={}, home=tmp_path, config_path=None
+        )
+        assert settings["max_message_size"] == ok

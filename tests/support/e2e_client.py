@@ -37,7 +37,7 @@ import trio
 import leapcore
 from leapcore.errors import ChannelClosedError, MessageTooLarge
 from leapcore.peer.channel import Channel
-from leapcore.proto.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from leapcore.proto.limits import DEFAULT_MAX_MESSAGE_SIZE
 
 #: What a REQUEST adds to its payload: kind (1) and method length (1) bytes, then the method.
 REQUEST_OVERHEAD = 2

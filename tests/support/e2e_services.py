@@ -16,7 +16,8 @@ import hashlib
 import json
 from collections.abc import AsyncIterator
 
-from leapcore.peer.channel import ByteStream, CallContext, ServiceError, Services
+from leapcore.errors import ServiceError
+from leapcore.peer.channel import ByteStream, CallContext, Services
 from leapcore.worker.daemon import Worker
 
 #: bytes.translate table for ``invert``.

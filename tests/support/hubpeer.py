@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from leapcore.crypto.keys import PUBLIC_KEY_FIELDS
 from leapcore.errors import LinkClosed
-from leapcore.hub.server import Hub, _Link
+from leapcore.hub.server import Hub
 from leapcore.net.dial import connect_link
 from leapcore.net.pipe import LinkPipe, parse_hub_url
 from leapcore.proto.link_codec import (
@@ -196,27 +196,63 @@ async def recv(peer: Peer, skip: tuple[type, ...] = NOISE) -> LinkMessage:
 
 
 class Gate:
-    """Wraps the hub's pipe for one link: its writer blocks until :attr:`open` is set."""
+    """The hub's end of one link, wrapped before the hub sees it (:func:`gate_next_link`):
+    while :meth:`hold` is in force the hub's writer for that link waits at the gate, so a
+    test decides exactly when frames leave the hub. Every write is recorded."""
 
-    def __init__(self, pipe: LinkPipe) -> None:
-        self.pipe = pipe
-        self.open = trio.Event()
+    def __init__(self) -> None:
+        self.pipe: LinkPipe | None = None
+        #: Set once the link arrived (:attr:`pipe` is the hub's end).
+        self.linked = trio.Event()
+        self._open = trio.Event()
+        self._open.set()
+        #: Whether the hub's writer is waiting at the gate now.
+        self.waiting = False
+        #: Each transport write the hub made through the gate, in order.
+        self.writes: list[bytes] = []
+
+    def hold(self) -> None:
+        """From now on the hub's writes wait (one already past the gate completes)."""
+        if self._open.is_set():
+            self._open = trio.Event()
+
+    def release(self) -> None:
+        self._open.set()
 
     async def send(self, data: bytes) -> None:
-        await self.open.wait()
+        assert self.pipe is not None
+        self.waiting = True
+        try:
+            await self._open.wait()
+        finally:
+            self.waiting = False
+        self.writes.append(bytes(data))
         await self.pipe.send(data)
 
-    async def receive(self) -> bytes:
+    async def receive(self) -> bytes | bytearray:
+        assert self.pipe is not None
         return await self.pipe.receive()
 
     async def aclose(self) -> None:
+        assert self.pipe is not None
         await self.pipe.aclose()
 
 
-def gate(link: _Link) -> Gate:
-    g = Gate(link.pipe)
-    link.pipe = g
-    return g
+def gate_next_link(hub: Hub) -> Gate:
+    """Wrap the next link ``hub`` accepts in a :class:`Gate` (open until held). Only the
+    hub's public listener is touched: its ``on_link`` handler, for one link."""
+    gate = Gate()
+    server = hub.server
+    inner = server.on_link
+
+    async def on_link(pipe: LinkPipe, transport: str, peer: str) -> None:
+        server.on_link = inner
+        gate.pipe = pipe
+        gate.linked.set()
+        await inner(gate, transport, peer)
+
+    server.on_link = on_link
+    return gate
 
 
 async def alive(peer: Peer, seq: int = 77) -> None:

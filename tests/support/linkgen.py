@@ -8,11 +8,12 @@ from typing import Any
 import attrs
 from hypothesis import strategies as st
 
-from leapcore.proto.link_codec import _PRINTABLE_FIELDS, CONTROL_TYPES, ChannelData, LinkMessage
+from leapcore.proto.link_codec import CONTROL_TYPES, ChannelData, LinkMessage
+from leapcore.proto.link_fields import PRINTABLE_FIELDS
 
 U64 = st.integers(0, 2**64 - 1)
 TEXT = st.text(max_size=24)
-#: Names, ids, versions and labels must be printable (link_codec's field limits).
+#: Names, ids, versions and labels must be printable (link_fields' limits).
 PRINTABLE = st.text(max_size=24).filter(str.isprintable)
 JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT
 JSON = st.recursive(
@@ -26,7 +27,7 @@ def _for_type(tp: Any, name: str = "") -> st.SearchStrategy[Any]:
     if tp is int:
         return U64
     if tp is str:
-        return PRINTABLE if name in _PRINTABLE_FIELDS else TEXT
+        return PRINTABLE if name in PRINTABLE_FIELDS else TEXT
     if tp is bytes:
         return st.binary(max_size=64)
     origin = typing.get_origin(tp)

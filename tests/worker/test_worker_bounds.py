@@ -20,15 +20,11 @@ from leapcore.crypto.handshake import Initiator
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.errors import ConfigError
 from leapcore.peer.channel import CallContext, Channel, Services
-from leapcore.proto.channel_mux import (
-    DEFAULT_WINDOW,
-    ChannelEndpoint,
-    ErrorReceived,
-    Event,
-    ProtocolViolation,
-    ResponseReceived,
-)
-from leapcore.proto.chunking import DEFAULT_MAX_MESSAGE_SIZE, ChannelFrame, FrameFlag
+from leapcore.proto.channel_events import ErrorReceived, Event, ProtocolViolation, ResponseReceived
+from leapcore.proto.channel_mux import ChannelEndpoint
+from leapcore.proto.channel_windows import DEFAULT_WINDOW
+from leapcore.proto.chunking import ChannelFrame, FrameFlag
+from leapcore.proto.limits import DEFAULT_MAX_MESSAGE_SIZE
 from leapcore.proto.link_codec import (
     ChannelAccept,
     ChannelClose,

@@ -26,7 +26,7 @@ from support.fakehub import (
 )
 
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore.errors import ConfigError, LinkClosed
+from leapcore.errors import ConfigError, LinkClosed, RegistrationRejected
 from leapcore.net.listen import LinkServer
 from leapcore.net.pipe import LinkPipe
 from leapcore.proto.link_codec import (
@@ -46,7 +46,7 @@ from leapcore.proto.link_codec import (
 )
 from leapcore.proto.link_state import LinkState
 from leapcore.store.workerstate import STATE_FILE, WorkerState, load_state, save_state
-from leapcore.worker.daemon import RegistrationRejected, Worker, WorkerExit
+from leapcore.worker.daemon import Worker, WorkerExit
 
 KEY = "reg-key-0123456789-secret"
 TOKEN = "auth-token-abcdef"

@@ -27,7 +27,8 @@ def install(services: Services, worker: Worker) -> None:
             answered = getattr(self, "_hostile_pings", 0)
             self._hostile_pings = answered + 1
             if answered >= 1:
-                self._max_peer_cid = max(self._max_peer_cid, cid)
+                registry = self._registry
+                registry.max_peer_cid = max(registry.max_peer_cid, cid)
                 return  # lost: no answer, ever
         original(self, cid, message)
 

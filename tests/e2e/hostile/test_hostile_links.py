@@ -32,7 +32,7 @@ from hostile_attacks import (
 
 from leapcore.crypto.handshake import Initiator
 from leapcore.crypto.keys import PublicKeyBundle
-from leapcore.proto.chunking import DEFAULT_MAX_MESSAGE_SIZE
+from leapcore.proto.limits import DEFAULT_MAX_MESSAGE_SIZE
 from leapcore.proto.link_codec import (
     PROTOCOL_VERSION,
     ChannelOpened,

@@ -1,0 +1,178 @@
+"""Exit codes by meaning: retry later (7) never shares a code with a broken protocol (5), a
+key mismatch (6), a refusal (3, 8) or a usage error (2). The mapping for every error class,
+then each outcome produced for real: ``leapcore`` processes against a solo hub on loopback."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import time
+from typing import Any
+
+import pytest
+from support.procs import Env, env_fixture  # noqa: F401 (env_fixture: the fixture)
+from support.solokit import start_solo
+
+import leapcore.errors as errors
+from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.errors import LeapcoreError
+from leapcore.store.hubstore import SQLiteHubStore
+from leapcore.store.pinstore import PinStore
+from leapcore_cli.common import (
+    EXIT_CORRUPT_STATE,
+    EXIT_ERROR,
+    EXIT_KEY_MISMATCH,
+    EXIT_NOT_FOUND,
+    EXIT_PROTOCOL,
+    EXIT_REFUSED,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    exit_code_for,
+)
+
+CLASSES = [
+    cls
+    for cls in vars(errors).values()
+    if inspect.isclass(cls) and issubclass(cls, LeapcoreError) and cls.__module__ == errors.__name__
+]
+
+
+def _instance(cls: type[LeapcoreError], reason: str = "some_code") -> LeapcoreError:
+    """An instance of ``cls`` whatever its constructor; reason-carrying ones get ``reason``."""
+    error = cls.__new__(cls)
+    LeapcoreError.__init__(error, "message")
+    for attribute in ("reason", "hub_code", "remote_code", "error_code"):
+        setattr(error, attribute, reason)
+    return error
+
+
+def _expected(cls: type[LeapcoreError]) -> int:
+    if issubclass(cls, errors.KeyMismatch):
+        return EXIT_KEY_MISMATCH
+    if issubclass(cls, errors.RemoteProtocolError):
+        return EXIT_PROTOCOL
+    if issubclass(cls, errors.NotFound):
+        return EXIT_NOT_FOUND
+    if issubclass(cls, errors.Refused):
+        return EXIT_REFUSED
+    if issubclass(cls, errors.Unavailable):
+        return EXIT_UNAVAILABLE
+    if issubclass(cls, (errors.KeyFileError, errors.PinStoreError)):
+        return EXIT_CORRUPT_STATE
+    if issubclass(cls, errors.ConfigError):
+        return EXIT_USAGE
+    return EXIT_ERROR
+
+
+@pytest.mark.parametrize("cls", CLASSES, ids=lambda cls: cls.__name__)
+def test_every_error_class_exits_by_its_branch(cls: type[LeapcoreError]) -> None:
+    assert exit_code_for(_instance(cls)) == _expected(cls)
+
+
+def test_retry_never_shares_a_code_with_attack_refusal_or_usage() -> None:
+    by_meaning: dict[str, set[int]] = {"retry": set(), "other": set()}
+    for cls in CLASSES:
+        code = exit_code_for(_instance(cls))
+        retry = issubclass(cls, errors.Unavailable)
+        by_meaning["retry" if retry else "other"].add(code)
+    assert by_meaning["retry"] == {EXIT_UNAVAILABLE}
+    assert EXIT_UNAVAILABLE not in by_meaning["other"]
+    assert {EXIT_PROTOCOL, EXIT_KEY_MISMATCH, EXIT_REFUSED, EXIT_NOT_FOUND, EXIT_USAGE} <= (
+        by_meaning["other"]
+    )
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.ChannelOpenFailed("handshake_failed", "worker rejected channel"), EXIT_PROTOCOL),
+        (errors.ChannelOpenFailed("permission_denied", "no"), EXIT_REFUSED),
+        (errors.ChannelLost("decrypt_failed", "frame failed authentication"), EXIT_PROTOCOL),
+        (errors.ChannelLost("link_lost", "the link to the hub ended"), EXIT_UNAVAILABLE),
+        (errors.HubRequestFailed("unexpected_message", "bad record"), EXIT_PROTOCOL),
+        (errors.HubRequestFailed("internal", "hub storage error"), EXIT_REFUSED),
+    ],
+)
+def test_a_reported_protocol_failure_exits_5(error: LeapcoreError, code: int) -> None:
+    assert exit_code_for(error) == code
+
+
+# -- real processes --------------------------------------------------------------------------
+
+
+def _failure(proc: Any, exit_code: int, error_code: str) -> str:
+    """The ``--json`` error document's message, checking the exit and error codes."""
+    assert proc.returncode == exit_code, (proc.returncode, proc.stdout, proc.stderr)
+    error = json.loads(proc.stdout)["error"]
+    assert error["code"] == error_code, error
+    return str(error["message"])
+
+
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def test_each_outcome_has_its_exit_code(env: Env) -> None:
+    url, worker_id, _ = start_solo(env, "solo")
+    store = SQLiteHubStore(env.hub_dir / "hub.db", create=False)
+    try:
+        real = store.get_worker(worker_id).keys
+        assert real is not None
+
+        # Usage (2): no worker id.
+        proc = env.remote("worker", "info", "--json")
+        assert proc.returncode == EXIT_USAGE, proc.stderr
+
+        # Unavailable (7): nothing listens where the hub should be.
+        proc = env.run("leapcore", "remote", "worker", "list", "--json", "--token", "t",
+                       "--hub", f"http://127.0.0.1:{_closed_port()}")  # fmt: skip
+        assert "cannot reach the hub" in _failure(proc, EXIT_UNAVAILABLE, "link_closed")
+
+        # Refused (8): a token the hub does not accept.
+        proc = env.run("leapcore", "remote", "worker", "list", "--json",
+                       LEAPCORE_HUB=url, LEAPCORE_TOKEN="not-a-token")  # fmt: skip
+        _failure(proc, EXIT_REFUSED, "unauthenticated")
+
+        # Not found (3): an unknown worker.
+        proc = env.remote("worker", "info", "--worker-id", "no-such-worker", "--json")
+        _failure(proc, EXIT_NOT_FOUND, "not_found")
+
+        # A worker registered behind the solo one's back, never connected.
+        owner = store.get_user("solo").id
+        _, key = store.mint_registration_key(owner, _now_ms())
+        offline, _ = store.register_worker(
+            key, name="away", version="1.0", labels={}, now_ms=_now_ms()
+        )
+        # Refused (8): its keys were never reported.
+        proc = env.remote("worker", "info", "--worker-id", offline.id, "--json")
+        _failure(proc, EXIT_REFUSED, "failed_precondition")
+        # Unavailable (7): keys known, but it holds no link.
+        store.record_heartbeat(offline.id, _now_ms(), keys=WorkerKeyPair.generate().public)
+        proc = env.remote("worker", "ping", "--worker-id", offline.id, "--json")
+        _failure(proc, EXIT_UNAVAILABLE, "worker_offline")
+
+        # Broken protocol (5): on first contact the hub hands out other keys for the solo
+        # worker; the pin takes them, and the real worker cannot complete the handshake.
+        impostor = WorkerKeyPair.generate().public
+        store.record_heartbeat(worker_id, _now_ms(), keys=impostor)
+        proc = env.remote("worker", "info", "--worker-id", worker_id, "--json")
+        message = _failure(proc, EXIT_PROTOCOL, "channel_open_failed")
+        assert message.startswith("handshake_failed: "), message
+
+        # Key mismatch (6): the hub reports the real keys again, which differ from that pin.
+        store.record_heartbeat(worker_id, _now_ms(), keys=real)
+        proc = env.remote("worker", "ping", "--worker-id", worker_id, "--json")
+        _failure(proc, EXIT_KEY_MISMATCH, "key_mismatch")
+        pins = PinStore(env.config / f"127.0.0.1_{url.rsplit(':', 1)[1]}" / "pins.json")
+        pinned = pins.get(worker_id)
+        assert pinned is not None and pinned.fingerprint == impostor.fingerprint
+    finally:
+        store.close()
