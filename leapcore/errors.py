@@ -35,6 +35,8 @@ from __future__ import annotations
 from typing import ClassVar, Final
 
 __all__ = [
+    "AlreadyExists",
+    "AmbiguousReference",
     "BadSignature",
     "ChannelClosedError",
     "ChannelLost",
@@ -49,6 +51,7 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeStateError",
+    "HubMismatch",
     "HubRequestFailed",
     "HubUnavailable",
     "InvalidEncryptionMode",
@@ -91,6 +94,7 @@ __all__ = [
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
     "UnsupportedProtocolVersion",
+    "WorkerDeleted",
     "WorkerOffline",
 ]
 
@@ -149,6 +153,17 @@ class ConfigError(LocalError):
     """A configuration value (flag, environment variable, file entry) is invalid."""
 
     code = "config_error"
+
+
+class AmbiguousReference(ConfigError):
+    """A reference (a worker's name, or the start of its id) matches more than one thing;
+    ``candidates`` lists them as ``(id, name)`` pairs."""
+
+    code = "ambiguous_reference"
+
+    def __init__(self, message: str, candidates: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.candidates = candidates
 
 
 class InvalidEncryptionMode(ConfigError):
@@ -446,6 +461,49 @@ class Unauthenticated(Refused):
     """A credential (API token, worker auth token, registration key) was not accepted."""
 
     code = "unauthenticated"
+
+
+class WorkerDeleted(Unauthenticated):
+    """A worker auth token that belonged to a worker this hub deregistered or deleted:
+    the one rejection after which a worker may retire its identity."""
+
+    code = "worker_deleted"
+
+
+class AlreadyExists(Refused):
+    """The thing to be made already exists (e.g. another of the owner's workers has that
+    name)."""
+
+    code = "already_exists"
+
+
+class HubMismatch(Refused):
+    """A worker's token was rejected by a hub that is not the one it registered with: a
+    different hub, or its own hub restarted on an empty database, does not know the token
+    (``unauthenticated``), or a hub with another id claims to have deleted it. Nothing was
+    changed: the worker's files are left exactly as they were. ``hub_url`` and ``hub_id``
+    name the hub reached (``hub_id`` ``""``: it did not say), ``registered_hub_id`` and
+    ``registered_url`` the one in ``hub.json`` (``""``: none recorded), ``hub_code`` the
+    hub's error code."""
+
+    code = "hub_mismatch"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hub_url: str = "",
+        hub_id: str = "",
+        registered_hub_id: str = "",
+        registered_url: str = "",
+        hub_code: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.hub_url = hub_url
+        self.hub_id = hub_id
+        self.registered_hub_id = registered_hub_id
+        self.registered_url = registered_url
+        self.hub_code = hub_code
 
 
 class PermissionDenied(Refused):

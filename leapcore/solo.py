@@ -28,6 +28,7 @@ once. The solo worker cannot be deregistered by its owner (``worker.deregister``
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import functools
 import json
 import logging
@@ -50,7 +51,15 @@ from .proto.limits import DEFAULT_MAX_WORKERS_PER_USER, STOP_GRACE, HubLimits
 from .store.atomicfile import write_atomic
 from .store.hubstore import Notification, SQLiteHubStore, WorkerStatus
 from .store.paths import hub_database_path
-from .store.workerstate import ensure_keys, load_state, save_state
+from .store.workerstate import (
+    HubRecord,
+    ensure_keys,
+    format_utc,
+    load_hub,
+    load_state,
+    save_hub,
+    save_state,
+)
 from .worker.daemon import Worker, WorkerExit
 from .worker.signpool import Signer
 
@@ -191,6 +200,14 @@ def prepare_solo(store: SQLiteHubStore, data_dir: Path, *, name: str | None = No
         auto_registered=True,
     )
     save_state(worker_dir, attrs.evolve(state, worker_id=record.id, auth_token=auth))
+    previous = load_hub(worker_dir)
+    if previous is not None and previous.hub_id != store.hub_id:
+        # Registered again on a new database: this is the hub now (the URL stays; the
+        # greeting updates it), so the worker does not take its own hub for a stranger.
+        save_hub(
+            worker_dir,
+            HubRecord(store.hub_id, previous.hub_url, format_utc(dt.datetime.now(dt.UTC))),
+        )
     return SoloIdentity(
         user_id, user_name, token, record.id, record.name, worker_dir, created_user, True
     )

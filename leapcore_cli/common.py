@@ -17,6 +17,8 @@ codes of its own, so a script can tell "retry later" from "possible attack" from
       the worker is offline, or no answer came in time
 8     refused: the hub or the worker said no (credentials, permission,
       quota, state, an error answer)
+9     the hub does not know this worker (a different or reset hub); nothing
+      was changed (``leapcore-worker``)
 ====  ==========================================================================
 
 With ``--json``, stdout carries exactly one JSON document — the result, or
@@ -34,6 +36,7 @@ from typing import Any, NoReturn
 from leapcore import __version__
 from leapcore.errors import (
     ConfigError,
+    HubMismatch,
     KeyFileError,
     KeyMismatch,
     LeapcoreError,
@@ -42,6 +45,8 @@ from leapcore.errors import (
     Refused,
     Unavailable,
 )
+
+from .completion import autocomplete
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -52,11 +57,13 @@ EXIT_PROTOCOL = 5
 EXIT_KEY_MISMATCH = 6
 EXIT_UNAVAILABLE = 7
 EXIT_REFUSED = 8
+EXIT_HUB_MISMATCH = 9
 
 #: Error class -> exit code, after the two protocol codes (see :func:`exit_code_for`);
 #: the first match in this order wins.
 EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
     (NotFound, EXIT_NOT_FOUND),
+    (HubMismatch, EXIT_HUB_MISMATCH),
     (Refused, EXIT_REFUSED),
     (Unavailable, EXIT_UNAVAILABLE),
     (KeyFileError, EXIT_CORRUPT_STATE),
@@ -110,10 +117,19 @@ def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns padded to their widest cell, two spaces apart (the human form of a list)."""
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
+    for line in (headers, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
 def run(
     parser: Parser, handler: Callable[[argparse.Namespace], int], argv: Sequence[str] | None
 ) -> int:
     """Parse ``argv``, call ``handler`` and turn leapcore errors into messages and exit codes."""
+    if argv is None:  # the real command: a shell asking for completions is answered here
+        autocomplete(parser)
     wants_json = "--json" in (sys.argv[1:] if argv is None else argv)
     Parser.json_errors = wants_json
     args = parser.parse_args(argv)

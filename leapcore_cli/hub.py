@@ -39,8 +39,9 @@ from leapcore.solo import SoloHub
 from leapcore.store.config import hub_settings
 from leapcore.store.paths import hub_database_path
 
-from . import hubadmin
+from . import completion, hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
+from .logs import setup_logging
 
 #: Flags of the hub's budgets (:class:`leapcore.proto.limits.HubLimits`): setting -> help.
 LIMIT_FLAGS: Final = {
@@ -74,6 +75,7 @@ SERVE_FLAGS: Final = (
     "tls_cert",
     "tls_key",
     "log_level",
+    "log_format",
     "max_message_size",
     *LIMIT_FLAGS,
 )
@@ -83,12 +85,6 @@ SOLO_FLAGS: Final = ("solo", "solo_name", "solo_encryption_mode")
 TOP: Final = "top_"
 #: The open-file limit asked for when the hard limit is unlimited.
 DESCRIPTOR_CEILING: Final = 1 << 20
-_LOG_LEVELS: Final = {
-    "debug": logging.DEBUG,
-    "info": logging.INFO,
-    "warn": logging.WARNING,
-    "error": logging.ERROR,
-}
 
 log = logging.getLogger("leapcore.hub.server")
 
@@ -235,11 +231,7 @@ def serve(args: argparse.Namespace) -> int:
     config = given.pop("config", None)
     settings, _ = hub_settings(flags=given, env=os.environ, home=Path.home(), config_path=config)
     host, port = parse_listen(settings["listen"])
-    logging.basicConfig(
-        level=_LOG_LEVELS.get(settings["log_level"], logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings["log_level"], settings["log_format"])
     ssl_context = (
         server_tls_context(settings["tls_cert"], settings["tls_key"])
         if settings["tls_cert"]
@@ -293,11 +285,7 @@ def serve_solo(args: argparse.Namespace) -> int:
     if settings["tls_cert"] or settings["tls_key"]:
         raise ConfigError("--solo serves plain HTTP on loopback: drop --tls-cert / --tls-key")
     host, port = parse_listen(settings["listen"])
-    logging.basicConfig(
-        level=_LOG_LEVELS.get(settings["log_level"], logging.INFO),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings["log_level"], settings["log_format"])
     _log_descriptor_limit()
     solo = SoloHub(
         Path(settings["data_dir"]),
@@ -355,6 +343,12 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     add("--tls-cert", metavar="FILE", default=hide, help="PEM certificate chain (with --tls-key)")
     add("--tls-key", metavar="FILE", default=hide, help="PEM private key (with --tls-cert)")
     add("--log-level", metavar="LEVEL", default=hide, help="debug, info (default), warn, error")
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default=hide,
+        help="text (default) or json: one JSON object per line",
+    )
     add(
         "--max-message-size",
         metavar="BYTES",
@@ -420,6 +414,7 @@ def build_parser() -> Parser:
     _serve_flags(serve_parser)
     serve_parser.set_defaults(handler=serve)
     hubadmin.add_parser(sub)
+    completion.add_parser(sub)
     return parser
 
 

@@ -8,6 +8,8 @@ every rule lives in the store. The data dir comes from :func:`leapcore.store.con
 
 JSON schema (``--json``; stable, documented in docs/cli.md):
 
+* ``info`` → ``{"hub_id": ID, "database": PATH, "schema_version": N, "users": N,
+  "active_workers": N, "deregistering_workers": N}``
 * ``user create`` / ``user token-create`` → ``{"user": USER, "token": SECRET, "token_id": ID}``
 * ``user list`` → ``{"users": [USER, …]}``; ``user token-list`` →
   ``{"user": USER, "tokens": [TOKEN, …]}``; ``user token-revoke`` → ``{"revoked": ID}``
@@ -26,7 +28,7 @@ import datetime as dt
 import os
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,7 @@ from leapcore.store.hubstore import (
 )
 from leapcore.store.paths import hub_database_path
 
-from .common import EXIT_OK, Parser, emit_json
+from .common import EXIT_OK, Parser, emit_json, print_table
 
 STATUS_CHOICES = ("active", "deregistering", "deleted", "all")
 
@@ -85,12 +87,6 @@ def safe(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    for line in (headers, *rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
 
 
 # -- JSON shapes -----------------------------------------------------------------------------
@@ -141,6 +137,7 @@ def worker_json(worker: Worker) -> dict[str, Any]:
 def key_json(key: RegistrationKey) -> dict[str, Any]:
     return {
         "id": key.id,
+        "prefix": key.prefix,
         "created_by": key.created_by,
         "creator_name": key.creator_name,
         "created_at": json_time(key.created_at),
@@ -175,6 +172,37 @@ def _require_id(args: argparse.Namespace) -> str:
         args.parser_error("--id is required")
     assert value is not None
     return value
+
+
+# -- the hub --------------------------------------------------------------------------------
+
+
+def hub_info(args: argparse.Namespace) -> int:
+    """``admin info``: which hub this database is (its id, as workers record it), where it
+    is, its schema version and how many users and workers it holds."""
+    store = open_store(args)
+    doc: dict[str, Any] = {
+        "hub_id": store.hub_id,
+        "database": str(store.path.absolute()),
+        "schema_version": store.schema_version,
+        "users": len(store.list_users()),
+        "active_workers": len(store.list_workers(status=WorkerStatus.ACTIVE)),
+        "deregistering_workers": len(store.list_workers(status=WorkerStatus.DEREGISTERING)),
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    fields = (
+        ("hub id", doc["hub_id"]),
+        ("database", safe(doc["database"])),
+        ("schema version", str(doc["schema_version"])),
+        ("users", str(doc["users"])),
+        ("active workers", str(doc["active_workers"])),
+        ("deregistering", str(doc["deregistering_workers"])),
+    )
+    for name, value in fields:
+        print(f"{name:<16} {value}")
+    return EXIT_OK
 
 
 # -- users and tokens ------------------------------------------------------------------------
@@ -215,7 +243,7 @@ def user_list(args: argparse.Namespace) -> int:
     elif not users:
         print(f"no users in {store.path}")
     else:
-        _table(
+        print_table(
             ("ID", "NAME", "ADMIN", "CREATED"),
             [
                 (u.id, safe(u.name), "yes" if u.is_admin else "no", human_time(u.created_at))
@@ -247,7 +275,7 @@ def token_list(args: argparse.Namespace) -> int:
     elif not tokens:
         print(f"{safe(user.name)} has no API tokens")
     else:
-        _table(
+        print_table(
             ("TOKEN ID", "CREATED", "LAST USED", "REVOKED"),
             [
                 (
@@ -299,7 +327,7 @@ def worker_list(args: argparse.Namespace) -> int:
         which = status.value if status is not None else "known"
         print(f"no {which} workers" + (f" owned by {safe(args.user)}" if args.user else ""))
     else:
-        _table(
+        print_table(
             ("ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST SEEN"),
             [
                 (
@@ -365,11 +393,12 @@ def key_list(args: argparse.Namespace) -> int:
     elif not keys:
         print("no registration keys" if args.include_expired else "no live registration keys")
     else:
-        _table(
-            ("ID", "CREATED BY", "CREATED", "EXPIRES", "STATE"),
+        print_table(
+            ("ID", "KEY", "CREATED BY", "CREATED", "EXPIRES", "STATE"),
             [
                 (
                     k.id,
+                    f"{k.prefix}\u2026" if k.prefix else "-",
                     safe(k.creator_name) or k.created_by,
                     human_time(k.created_at),
                     human_time(k.expires_at),
@@ -382,8 +411,8 @@ def key_list(args: argparse.Namespace) -> int:
 
 
 def key_revoke(args: argparse.Namespace) -> int:
-    key_id = _require_id(args)
-    open_store(args).revoke_registration_key(key_id, now_ms())
+    # Its id (from list) or the key itself (a leaked key is revoked by its value).
+    key_id = open_store(args).revoke_registration_key_by_ref(_require_id(args), now_ms())
     if args.json:
         emit_json({"revoked": key_id})
     else:
@@ -453,6 +482,13 @@ def add_parser(sub: Any) -> None:
     admin.set_defaults(data_dir=None, config=None, json=False)
     groups = admin.add_subparsers(dest="group", metavar="GROUP", required=True, parser_class=Parser)
 
+    _verb(
+        groups,
+        "info",
+        "show this hub's id, database, schema version and counts of users and workers",
+        hub_info,
+    )
+
     users = groups.add_parser("user", help="users and their API tokens")
     _common_flags(users)
     verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
@@ -505,5 +541,5 @@ def add_parser(sub: Any) -> None:
         help="also list expired, consumed and revoked keys (default: live keys only)",
     )
     p = _verb(verbs, "revoke", "expire a registration key now", key_revoke)
-    p.add_argument("--id", metavar="ID", help="the key's id (from list)")
+    p.add_argument("--id", metavar="ID", help="the key's id (from list), or the key itself")
     _verb(verbs, "purge-expired", "delete expired, consumed and revoked keys", key_purge)

@@ -2,6 +2,11 @@
 and ``leapcore-worker cross-worker-pins`` (they differ only in where the store is, the name of
 the id flag and the hint).
 
+``show`` and ``remove`` take a worker id, or a unique start of one among the pinned ids (at
+least 4 characters; :func:`leapcore.peer.resolve.resolve_worker`, without names: no hub is
+asked). A start that matches no pin is taken as a whole id (``show``: not found; ``remove``:
+nothing removed); one that matches several is an error listing them (exit 2).
+
 JSON schema (``--json``; stable):
 
 * ``list``   → ``{"store": PATH, "pins": [PIN, …]}`` sorted by worker id
@@ -18,10 +23,11 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from leapcore.errors import NotFound
+from leapcore.peer.resolve import resolve_worker
 from leapcore.proto.pins import Pin, format_time
 from leapcore.records import b64encode
 from leapcore.store.pinstore import PinStore
@@ -35,11 +41,15 @@ def add_verbs(
     parser: argparse.ArgumentParser,
     *,
     id_flag: str,
-    id_env: str | None,
+    id_env: str | Sequence[str] | None,
     store: StoreFactory,
     add_location: Callable[[argparse.ArgumentParser], None],
+    id_aliases: Sequence[str] = (),
 ) -> None:
-    """Add ``list``/``show``/``remove`` under ``parser``."""
+    """Add ``list``/``show``/``remove`` under ``parser``. ``id_flag`` (and ``id_aliases``)
+    name the worker; ``id_env``: the environment variable(s) that do when it is not given,
+    the first set one winning."""
+    envs = (id_env,) if isinstance(id_env, str) else tuple(id_env or ())
     verbs = parser.add_subparsers(
         dest="verb", metavar="VERB", required=True, parser_class=type(parser)
     )
@@ -53,33 +63,52 @@ def add_verbs(
         sub = verbs.add_parser(verb, help=text, description=text)
         add_location(sub)
         if verb != "list":
-            env_note = f" (default: ${id_env})" if id_env else ""
-            sub.add_argument(id_flag, dest=dest, metavar="ID", help=f"the worker id{env_note}")
+            env_note = f" (default: {', then '.join('$' + e for e in envs)})" if envs else ""
+            sub.add_argument(
+                id_flag,
+                *id_aliases,
+                dest=dest,
+                metavar="ID",
+                help=f"the worker id, or a unique start of it (4 characters or more){env_note}",
+            )
         sub.add_argument("--json", action="store_true", help="print one JSON document")
         sub.set_defaults(
             handler=_HANDLERS[verb],
             store=store,
             id_dest=dest,
             id_flag=id_flag,
-            id_env=id_env,
+            id_envs=envs,
             parser_error=sub.error,
         )
 
 
 def _worker_id(args: argparse.Namespace) -> str | None:
     value: str | None = getattr(args, args.id_dest, None)
-    if not value and args.id_env:
-        value = os.environ.get(args.id_env) or None
+    for name in args.id_envs:
+        value = value or os.environ.get(name) or None
     return value
 
 
 def _require_id(args: argparse.Namespace, parser_error: Callable[[str], Any]) -> str:
     value = _worker_id(args)
     if not value:
-        hint = f" (or set {args.id_env})" if args.id_env else ""
+        hint = f" (or set {args.id_envs[0]})" if args.id_envs else ""
         parser_error(f"{args.id_flag} is required for {args.verb}{hint}")
     assert value is not None
     return value
+
+
+def _pinned_id(store: PinStore, ref: str) -> str:
+    """The pinned worker id ``ref`` names: itself when pinned, else the one pinned id it is
+    the start of; ``ref`` unchanged when it names none (so the caller reports "no pin")."""
+    pins = store.load()
+    if ref in pins:
+        return ref
+    try:
+        worker_id: str = resolve_worker(ref, [{"id": w} for w in pins], what="pinned worker")["id"]
+    except NotFound:
+        return ref
+    return worker_id
 
 
 def _summary(worker_id: str, pin: Pin) -> dict[str, Any]:
@@ -117,8 +146,9 @@ def list_pins(args: argparse.Namespace) -> int:
 
 
 def show_pin(args: argparse.Namespace) -> int:
-    worker_id = _require_id(args, args.parser_error)
+    ref = _require_id(args, args.parser_error)
     store: PinStore = args.store(args)
+    worker_id = _pinned_id(store, ref)
     pin = store.get(worker_id)
     if pin is None:
         raise NotFound(f"no pin recorded for worker {worker_id} in {store.path}")
@@ -147,8 +177,9 @@ def show_pin(args: argparse.Namespace) -> int:
 
 
 def remove_pin(args: argparse.Namespace) -> int:
-    worker_id = _require_id(args, args.parser_error)
+    ref = _require_id(args, args.parser_error)
     store: PinStore = args.store(args)
+    worker_id = _pinned_id(store, ref)
     removed = store.remove(worker_id)
     if args.json:
         emit_json({"store": str(store.path), "worker_id": worker_id, "removed": removed})

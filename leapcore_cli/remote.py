@@ -2,20 +2,30 @@
 
 Hub verbs (they sign in to the hub with an API token; see docs/cli.md):
 
-* ``remote login`` checks a token against the hub and saves ``{"hub", "token"}`` in
-  ``<config dir>/<hub host>.json`` (0600 in a 0700 directory);
-* ``remote worker list``, ``remote worker reg-key create``, ``remote worker deregister``;
+* ``remote login`` checks a token against the hub and saves ``{"hub", "token",
+  "ca_file"?}`` in ``<config dir>/<hub host>.json`` (0600 in a 0700 directory), and makes
+  that hub the default one (``<config dir>/default_hub.json``);
+* ``remote worker list``, ``remote worker reg-key create|list|revoke``,
+  ``remote worker deregister``;
 * ``remote worker info`` and ``remote worker ping`` open an end-to-end channel to a worker
   (its keys checked against this client's pin for it first: a mismatch exits 6, never
   prompts).
 
+The hub: ``--hub`` > ``$LEAPCORE_HUB`` > the default hub. The token: ``--token`` /
+``--token-file`` / ``--token-stdin`` > ``$LEAPCORE_TOKEN`` > the saved one (``login``
+alone prompts for it instead, without echo, when stdin is a terminal). A worker
+(``--worker``, alias ``--worker-id``; ``$LEAPCORE_WORKER``, ``$LEAPCORE_WORKER_ID``) is named
+by its id, its name or a unique start of its id (:mod:`leapcore.peer.resolve`).
+
 JSON schema (``--json``; stable):
 
-* ``login`` → ``{"hub": URL, "user": {"id", "name"}, "credentials": PATH}``
+* ``login`` → ``{"hub": URL, "user": {"id", "name"}, "credentials": PATH, "ca_file"?}``
 * ``worker list`` → ``{"workers": [{"id", "name", "version", "labels", "online",
   "last_seen_at"?, "encryption_mode"?, "fingerprint"?}, …]}``
 * ``worker reg-key create`` → ``{"registration_key", "expires_at", "command"}`` printed as
   soon as the key exists (the wait's outcome is the exit status, with a line on stderr)
+* ``worker reg-key list`` → ``{"keys": [{"id", "prefix", "created_at", "expires_at",
+  "state"}, …]}``; ``worker reg-key revoke`` → ``{"revoked": ID}``
 * ``worker deregister`` → ``{"worker_id", "status": "deregistering", "notified"}``
 * ``worker info`` → ``{"worker_id", "fingerprint", "info": {"name", "worker_id", "version",
   "commit", "os", "arch", "python", "encryption_mode", "labels", "capabilities"}}``
@@ -23,12 +33,15 @@ JSON schema (``--json``; stable):
   "max_ms"}`` (milliseconds, 3 decimals)
 * a key mismatch → ``{"error": {"code": "key_mismatch", "message", "expected_fingerprint",
   "presented_fingerprint"}}`` (exit 6)
+* an ambiguous ``--worker`` → ``{"error": {"code": "ambiguous_reference", "message",
+  "candidates": [{"id", "name"}, …]}}`` (exit 2)
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import getpass
 import json
 import os
 import shlex
@@ -42,16 +55,30 @@ from typing import Any, Final
 import trio
 
 from leapcore.crypto.keys import PublicKeyBundle
-from leapcore.errors import FailedPrecondition, KeyMismatch, LeapcoreError, RemoteProtocolError
+from leapcore.errors import (
+    AmbiguousReference,
+    ConfigError,
+    FailedPrecondition,
+    KeyMismatch,
+    LeapcoreError,
+    RemoteProtocolError,
+)
 from leapcore.net.dial import TRANSPORTS
 from leapcore.net.trioutil import single_exception
 from leapcore.peer.channel import CALL_TIMEOUT
-from leapcore.peer.connect import default_pin_store, load_token, save_credentials
+from leapcore.peer.connect import (
+    Credentials,
+    default_pin_store,
+    load_credentials,
+    resolve_hub,
+    save_credentials,
+    save_default_hub,
+)
 from leapcore.peer.hubsession import HubSession, hub_session
 from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
-from . import demo, pincmd
+from . import completion, demo, pincmd
 from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
@@ -61,6 +88,7 @@ from .common import (
     emit_json,
     exit_code_for,
     make_parser,
+    print_table,
     run,
 )
 from .hubadmin import human_time, json_time, safe
@@ -75,55 +103,139 @@ REVOKE_TIMEOUT: Final = 5.0
 PING_COUNT: Final = 4
 
 
+#: Environment variables naming the worker when ``--worker`` is not given, in order.
+WORKER_ENVS: Final = ("LEAPCORE_WORKER", "LEAPCORE_WORKER_ID")
+#: The usage error when no hub is named anywhere.
+NO_HUB: Final = (
+    "no hub: pass --hub URL (or set LEAPCORE_HUB), or run "
+    "`leapcore remote login --hub URL` once to make it the default"
+)
+
+
 def _hub_flag(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--hub", metavar="URL", help="the hub's URL (default: $LEAPCORE_HUB)")
+    parser.add_argument(
+        "--hub",
+        metavar="URL",
+        help="the hub's URL (default: $LEAPCORE_HUB, then the hub `login` saved as default)",
+    )
 
 
 def hub_url(args: argparse.Namespace) -> str:
-    url: str | None = args.hub or os.environ.get("LEAPCORE_HUB")
+    """``--hub`` > ``$LEAPCORE_HUB`` > the default hub saved by ``login``; a usage error
+    (exit 2) when none is set."""
+    url = resolve_hub(args.hub)
     if not url:
-        args.parser_error("--hub is required (or set LEAPCORE_HUB)")
+        args.parser_error(NO_HUB)
     assert url is not None
     return url
 
 
 def client_pin_store(args: argparse.Namespace) -> PinStore:
-    """The remote CLI's pin store for the hub named by ``--hub`` / ``$LEAPCORE_HUB``."""
+    """The remote CLI's pin store for the hub named by ``--hub`` / ``$LEAPCORE_HUB`` / the
+    default hub."""
     return default_pin_store(hub_url(args))
 
 
 # -- hub credentials -------------------------------------------------------------------------
 
 
-def api_token(args: argparse.Namespace, hub: str) -> str:
-    """``--token`` > ``$LEAPCORE_TOKEN`` > the credentials saved by ``remote login``."""
-    token: str | None = args.token or os.environ.get("LEAPCORE_TOKEN") or load_token(hub)
+def given_token(args: argparse.Namespace) -> str | None:
+    """The token given on this command line: ``--token``, ``--token-file FILE`` (its first
+    line) or ``--token-stdin`` (one line read from stdin); ``None`` when none of them."""
+    if args.token:
+        token: str = args.token
+        return token
+    if args.token_file:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                line = file.readline()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+            raise ConfigError(f"--token-file {args.token_file}: cannot read it: {reason}") from None
+        return _one_token(args, line, f"--token-file {args.token_file}")
+    if args.token_stdin:
+        return _one_token(args, sys.stdin.readline(), "--token-stdin")
+    return None
+
+
+def _one_token(args: argparse.Namespace, line: str, source: str) -> str:
+    token = line.strip()
+    if not token:
+        args.parser_error(f"{source}: no token (an empty line)")
+    return token
+
+
+def api_token(args: argparse.Namespace, hub: str, saved: Credentials | None = None) -> str:
+    """The token given (:func:`given_token`) > ``$LEAPCORE_TOKEN`` > the one ``remote login``
+    saved for ``hub`` (``saved``)."""
+    token = (
+        given_token(args) or os.environ.get("LEAPCORE_TOKEN") or (saved.token if saved else None)
+    )
     if not token:
         args.parser_error(
-            f"no API token for {hub}: run `leapcore remote login --hub {shlex.quote(hub)} "
-            "--token TOKEN` (or pass --token, or set LEAPCORE_TOKEN)"
+            f"no API token for {hub}: run `leapcore remote login --hub {shlex.quote(hub)}` "
+            "(or pass --token, --token-file or --token-stdin, or set LEAPCORE_TOKEN)"
         )
     assert token is not None
     return token
 
 
+def _connection(args: argparse.Namespace) -> tuple[str, str, str | None]:
+    """(hub URL, API token, CA file): ``--ca-file``, else the one saved for that hub."""
+    hub = hub_url(args)
+    saved = load_credentials(hub)
+    token = api_token(args, hub, saved)
+    ca_file: str | None = args.ca_file or (saved.ca_file if saved else None)
+    return hub, token, ca_file
+
+
+def _token_flags(parser: argparse.ArgumentParser, default: str) -> None:
+    tokens = parser.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        metavar="TOKEN",
+        help=f"API token (visible to other users in `ps`: prefer the next two; default: {default})",
+    )
+    tokens.add_argument(
+        "--token-file", metavar="FILE", help="read the API token from the first line of FILE"
+    )
+    tokens.add_argument(
+        "--token-stdin", action="store_true", help="read the API token from one line of stdin"
+    )
+
+
 def _session_flags(
-    parser: argparse.ArgumentParser, *, json_flag: bool = True, worker_id: bool = False
+    parser: argparse.ArgumentParser,
+    *,
+    json_flag: bool = True,
+    worker_id: bool = False,
+    token_default: str = "$LEAPCORE_TOKEN, then the one `login` saved",
 ) -> None:
     _hub_flag(parser)
-    parser.add_argument(
-        "--token", metavar="TOKEN", help="API token (default: $LEAPCORE_TOKEN, then `login`'s)"
-    )
+    _token_flags(parser, token_default)
     parser.add_argument(
         "--transport", default="websocket", choices=TRANSPORTS, help="websocket (default) or h2"
     )
-    parser.add_argument("--ca-file", metavar="FILE", help="trust only this CA for an https:// hub")
+    parser.add_argument(
+        "--ca-file",
+        metavar="FILE",
+        help="trust only this CA for an https:// hub (default: the one `login` saved, if any)",
+    )
     if json_flag:
         parser.add_argument("--json", action="store_true", help="print one JSON document")
     if worker_id:
-        parser.add_argument(
-            "--worker-id", metavar="ID", help="the worker's id (default: $LEAPCORE_WORKER_ID)"
-        )
+        _worker_flag(parser)
+
+
+def _worker_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--worker",
+        "--worker-id",
+        dest="worker",
+        metavar="WORKER",
+        help="the worker: its id, its name or a unique start of its id (at least 4 "
+        "characters); default: $LEAPCORE_WORKER, then $LEAPCORE_WORKER_ID",
+    )
 
 
 def _timeout_flag(parser: argparse.ArgumentParser) -> None:
@@ -153,14 +265,16 @@ def _with_session(
 ) -> int:
     """Sign in and run ``body``; with ``pins``, the session checks worker keys against this
     client's pin store for the hub (:func:`client_pin_store`) when it opens channels."""
-    hub = hub_url(args)
-    secret = token if token is not None else api_token(args, hub)
+    if token is None:
+        hub, secret, ca_file = _connection(args)
+    else:
+        hub, secret, ca_file = hub_url(args), token, _ca_file(args)
     store = client_pin_store(args) if pins else None
 
     async def main() -> int:
         with single_exception():
             async with hub_session(
-                hub, secret, transport=args.transport, ca_file=args.ca_file, pins=store
+                hub, secret, transport=args.transport, ca_file=ca_file, pins=store
             ) as session:
                 return await body(session)
 
@@ -171,21 +285,56 @@ def _with_session(
 # -- login -------------------------------------------------------------------------------------
 
 
+def _ca_file(args: argparse.Namespace) -> str | None:
+    """``--ca-file``, else the CA file saved for the hub (``login`` keeps it on a new login)."""
+    if args.ca_file:
+        ca_file: str = args.ca_file
+        return ca_file
+    saved = load_credentials(hub_url(args))
+    return saved.ca_file if saved is not None else None
+
+
+def login_token(args: argparse.Namespace, hub: str) -> str:
+    """The token to log in with: given (:func:`given_token`) > ``$LEAPCORE_TOKEN`` > asked
+    for without echo when stdin is a terminal; else a usage error."""
+    token = given_token(args) or os.environ.get("LEAPCORE_TOKEN")
+    if token:
+        return token
+    if not sys.stdin.isatty():
+        args.parser_error(
+            "no API token: pass --token-file FILE or --token-stdin (or --token, or set "
+            "LEAPCORE_TOKEN); run from a terminal to be asked for it"
+        )
+    try:
+        token = getpass.getpass(f"API token for {hub}: ").strip()
+    except EOFError:
+        token = ""
+    if not token:
+        args.parser_error("no API token entered")
+    return token
+
+
 def login(args: argparse.Namespace) -> int:
     hub = hub_url(args)
-    token: str | None = args.token or os.environ.get("LEAPCORE_TOKEN")
-    if not token:
-        args.parser_error("--token is required (or set LEAPCORE_TOKEN)")
-    assert token is not None
+    token = login_token(args, hub)
+    ca_file = _ca_file(args)
 
     async def body(session: HubSession) -> int:
-        path = save_credentials(hub, token)
+        path = save_credentials(hub, token, ca_file=ca_file)
+        save_default_hub(hub)
+        saved = load_credentials(hub)
         user = {"id": session.user_id, "name": session.user_name}
+        doc: dict[str, Any] = {"hub": hub, "user": user, "credentials": str(path)}
+        if saved is not None and saved.ca_file:
+            doc["ca_file"] = saved.ca_file
         if args.json:
-            emit_json({"hub": hub, "user": user, "credentials": str(path)})
+            emit_json(doc)
         else:
             print(f"logged in to {hub} as {safe(session.user_name)} (id {session.user_id})")
             print(f"credentials saved in {path}")
+            if "ca_file" in doc:
+                print(f"trusting the CA in {doc['ca_file']} for it")
+            print(f"{hub} is now the default hub (--hub and LEAPCORE_HUB override it)")
         return EXIT_OK
 
     return _with_session(args, body, token)
@@ -221,27 +370,36 @@ def worker_list(args: argparse.Namespace) -> int:
             )
             for w in workers
         ]
-        headers = ("NAME", "ID", "STATE", "LAST SEEN", "MODE")
-        widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-        for line in (headers, *rows):
-            print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
+        print_table(("NAME", "ID", "STATE", "LAST SEEN", "MODE"), rows)
         return EXIT_OK
 
     return _with_session(args, body)
 
 
-def _worker_id(args: argparse.Namespace) -> str:
-    worker_id: str | None = args.worker_id or os.environ.get("LEAPCORE_WORKER_ID")
-    if not worker_id:
-        args.parser_error("--worker-id is required (or set LEAPCORE_WORKER_ID)")
-    assert worker_id is not None
+def worker_ref(args: argparse.Namespace) -> str:
+    """``--worker`` (or ``--worker-id``) > ``$LEAPCORE_WORKER`` > ``$LEAPCORE_WORKER_ID``:
+    an id, a name or the start of an id, resolved on the hub by
+    :meth:`HubSession.resolve_worker`."""
+    ref: str | None = args.worker or next(
+        (value for name in WORKER_ENVS if (value := os.environ.get(name))), None
+    )
+    if not ref:
+        args.parser_error("--worker is required (or set LEAPCORE_WORKER)")
+    assert ref is not None
+    return ref
+
+
+async def _resolved(session: HubSession, ref: str) -> str:
+    """The id of the worker ``ref`` names (one ``workers.list`` call)."""
+    worker_id: str = (await session.resolve_worker(ref))["id"]
     return worker_id
 
 
 def worker_deregister(args: argparse.Namespace) -> int:
-    worker_id = _worker_id(args)
+    ref = worker_ref(args)
 
     async def body(session: HubSession) -> int:
+        worker_id = await _resolved(session, ref)
         result = await session.deregister_worker(worker_id)
         if args.json:
             emit_json(result)
@@ -362,9 +520,10 @@ def _channel_verb(args: argparse.Namespace, body: Callable[[HubSession], Awaitab
 
 
 def worker_info(args: argparse.Namespace) -> int:
-    worker_id = _worker_id(args)
+    ref = worker_ref(args)
 
     async def body(session: HubSession) -> int:
+        worker_id = await _resolved(session, ref)
         fingerprint, info = await fetch_info(session, worker_id, timeout=_timeout(args))
         if args.json:
             emit_json({"worker_id": worker_id, "fingerprint": fingerprint, "info": info})
@@ -377,10 +536,11 @@ def worker_info(args: argparse.Namespace) -> int:
 
 
 def worker_ping(args: argparse.Namespace) -> int:
-    worker_id = _worker_id(args)
+    ref = worker_ref(args)
     count: int = args.count
     if count < 1:
         args.parser_error("--count must be at least 1")
+    worker_id = ref
 
     def each(seq: int, rtt: float) -> None:
         if args.json:
@@ -390,6 +550,8 @@ def worker_ping(args: argparse.Namespace) -> int:
         print(f"seq={seq} rtt={rtt * 1000:.3f} ms", flush=True)
 
     async def body(session: HubSession) -> int:
+        nonlocal worker_id
+        worker_id = await _resolved(session, ref)
         rtts = await measure_pings(session, worker_id, count, each, timeout=_timeout(args))
         doc = ping_summary(worker_id, rtts)
         if args.json:
@@ -444,8 +606,7 @@ def _print_key(args: argparse.Namespace, hub: str, key: str, expires_at: int) ->
 
 
 def reg_key_create(args: argparse.Namespace) -> int:
-    hub = hub_url(args)
-    token = api_token(args, hub)
+    hub, token, ca_file = _connection(args)
     poll: float = args.poll_interval
     printed = False
     interrupted = False
@@ -468,7 +629,7 @@ def reg_key_create(args: argparse.Namespace) -> int:
                 state = "interrupted"
                 with work:
                     async with hub_session(
-                        hub, token, transport=args.transport, ca_file=args.ca_file
+                        hub, token, transport=args.transport, ca_file=ca_file
                     ) as session:
                         result = await session.create_registration_key()
                         key, expires_at = result["registration_key"], result["expires_at"]
@@ -513,6 +674,64 @@ def reg_key_create(args: argparse.Namespace) -> int:
         print(f"error: {exc.message}", file=sys.stderr)
         return exit_code_for(exc)
     return result
+
+
+def key_prefix(prefix: str) -> str:
+    """How a list shows a registration key: its first characters and an ellipsis (``-`` for
+    a key minted before the hub kept them)."""
+    return f"{prefix}\u2026" if prefix else "-"
+
+
+def remote_key_json(key: dict[str, Any]) -> dict[str, Any]:
+    """A ``regkey.list`` entry with its times in RFC 3339."""
+    return {
+        **key,
+        "created_at": json_time(key["created_at"]),
+        "expires_at": json_time(key["expires_at"]),
+    }
+
+
+def reg_key_list(args: argparse.Namespace) -> int:
+    async def body(session: HubSession) -> int:
+        keys = await session.list_registration_keys()
+        if not args.include_expired:
+            keys = [k for k in keys if k["state"] == "live"]
+        if args.json:
+            emit_json({"keys": [remote_key_json(k) for k in keys]})
+            return EXIT_OK
+        if not keys:
+            print("no registration keys" if args.include_expired else "no live registration keys")
+            return EXIT_OK
+        rows = [
+            (
+                k["id"],
+                key_prefix(k["prefix"]),
+                human_time(k["created_at"]),
+                human_time(k["expires_at"]),
+                k["state"],
+            )
+            for k in keys
+        ]
+        print_table(("ID", "KEY", "CREATED", "EXPIRES", "STATE"), rows)
+        return EXIT_OK
+
+    return _with_session(args, body)
+
+
+def reg_key_revoke(args: argparse.Namespace) -> int:
+    ref: str = args.key
+    if not ref:
+        args.parser_error("give the registration key, or its id (from `reg-key list`)")
+
+    async def body(session: HubSession) -> int:
+        key_id = await session.revoke_registration_key(ref)
+        if args.json:
+            emit_json({"revoked": key_id})
+        else:
+            print(f"revoked registration key {key_id}")
+        return EXIT_OK
+
+    return _with_session(args, body)
 
 
 def _add_hub_verbs(worker_sub: Any) -> None:
@@ -578,6 +797,29 @@ def _add_hub_verbs(worker_sub: Any) -> None:
     p.add_argument("--poll-interval", type=float, default=POLL_INTERVAL, help=argparse.SUPPRESS)
     p.set_defaults(handler=reg_key_create, parser_error=p.error)
 
+    p = key_sub.add_parser(
+        "list",
+        help="list your registration keys: id, first characters, times, state",
+        description="List the signed-in user's registration keys, newest first: live ones, "
+        "or with --include-expired also expired, used and revoked ones the hub still keeps. "
+        "A key is shown by its id and its first 6 characters, never whole.",
+    )
+    _session_flags(p)
+    p.add_argument(
+        "--include-expired", action="store_true", help="also list keys that are no longer live"
+    )
+    p.set_defaults(handler=reg_key_list, parser_error=p.error)
+
+    p = key_sub.add_parser(
+        "revoke",
+        help="expire one of your registration keys now (by the key or its id)",
+        description="Expire one of your registration keys now, named by the key itself or by "
+        "its id from `reg-key list`. Revoking a dead key again is accepted.",
+    )
+    _session_flags(p)
+    p.add_argument("key", metavar="KEY_OR_ID", help="the registration key, or its id")
+    p.set_defaults(handler=reg_key_revoke, parser_error=p.error)
+
 
 def build_parser() -> Parser:
     parser = make_parser(
@@ -593,9 +835,10 @@ def build_parser() -> Parser:
         "login",
         help="check an API token against a hub and save it for the other verbs",
         description="Sign in to the hub with an API token and, if it is accepted, save it "
-        "(mode 0600) for later `leapcore remote` commands against that hub.",
+        "(mode 0600) with --ca-file for later `leapcore remote` commands against that hub, "
+        "and make that hub the default one (used when neither --hub nor LEAPCORE_HUB is set).",
     )
-    _session_flags(p)
+    _session_flags(p, token_default="$LEAPCORE_TOKEN, then asked for if stdin is a terminal")
     p.set_defaults(handler=login, parser_error=p.error)
     worker = remote_sub.add_parser("worker", help="workers reachable through the hub")
     worker_sub = worker.add_subparsers(
@@ -610,12 +853,14 @@ def build_parser() -> Parser:
     )
     pincmd.add_verbs(
         pins,
-        id_flag="--worker-id",
-        id_env="LEAPCORE_WORKER_ID",
+        id_flag="--worker",
+        id_aliases=("--worker-id",),
+        id_env=WORKER_ENVS,
         store=client_pin_store,
         add_location=_hub_flag,
     )
     demo.add_parser(sub)
+    completion.add_parser(sub)
     return parser
 
 
@@ -624,7 +869,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if handler is None:
         build_parser().print_help()
         return 0
-    result: int = handler(args)
+    try:
+        result: int = handler(args)
+    except AmbiguousReference as exc:
+        if not getattr(args, "json", False):
+            raise
+        # The candidates, for a script to choose from.
+        candidates = [{"id": wid, "name": name} for wid, name in exc.candidates]
+        error = {"code": exc.code, "message": exc.message, "candidates": candidates}
+        emit_json({"error": error})
+        return exit_code_for(exc)
     return result
 
 

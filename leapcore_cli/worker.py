@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import logging
 import os
 import shlex
 import socket
@@ -23,8 +22,9 @@ from leapcore.store.workerstate import StartupAction
 from leapcore.worker.builtin_services import install_services
 from leapcore.worker.daemon import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels
 
-from . import pincmd
+from . import completion, pincmd, service, workerid
 from .common import EXIT_OK, Parser, make_parser, run
+from .logs import setup_logging
 
 
 def _location_flags(parser: argparse.ArgumentParser) -> None:
@@ -66,22 +66,28 @@ RUN_FLAGS = (
     "transport",
     "ca_file",
     "log_level",
+    "log_format",
     "services",
 )
 EXIT_MESSAGES = {
-    WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; local state "
-    "({path}) deleted",
-    WorkerExit.WIPED: "leapcore-worker: the hub rejected this worker's credentials (it was "
-    "deleted or deregistered); local state ({path}) deleted",
+    WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
+    "kept as {kept}",
+    WorkerExit.WIPED: "leapcore-worker: the hub this worker registered with deleted it; "
+    "identity retired, kept as {kept}",
 }
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING}
 
 
 def _run_flags(parser: argparse.ArgumentParser) -> None:
     """The daemon's flags; SUPPRESS so that an absent flag never hides file or environment."""
     add = parser.add_argument
     hide = argparse.SUPPRESS
-    add("--hub", metavar="URL", default=hide, help="the hub's URL (http://, https:// or unix:)")
+    add(
+        "--hub",
+        metavar="URL",
+        default=hide,
+        help="the hub's URL (http://, https:// or unix:); no default: required to register, "
+        "and a registered worker without it dials the hub it registered with (hub.json)",
+    )
     add(
         "--registration-key",
         metavar="KEY",
@@ -100,6 +106,12 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     add("--transport", metavar="NAME", default=hide, help="websocket (default) or h2")
     add("--ca-file", metavar="FILE", default=hide, help="trust only this CA for https:// hubs")
     add("--log-level", metavar="LEVEL", default=hide, help="debug, info (default), warn, error")
+    add(
+        "--log-format",
+        choices=("text", "json"),
+        default=hide,
+        help="text (default) or json: one JSON object per line",
+    )
     add(
         "--services",
         metavar="MODULE:CALLABLE",
@@ -123,18 +135,13 @@ def run_worker(args: argparse.Namespace) -> int:
     settings, _ = worker_settings(
         flags=flags, env=os.environ, home=Path.home(), config_path=getattr(args, "config", None)
     )
-    if not settings["hub"].strip():
-        raise ConfigError("hub URL is required")
     if settings["log_level"] not in LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
-    level = _LOG_LEVELS.get(settings["log_level"], logging.ERROR)
-    logging.basicConfig(
-        level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings["log_level"], settings["log_format"])
     data_dir = Path(settings["data_dir"])
     worker = Worker(
         data_dir,
-        hub_url=settings["hub"],
+        hub_url=settings["hub"].strip(),  # empty: hub.json's (a registered worker only)
         name=settings["name"] or socket.gethostname(),
         transport=settings["transport"],
         ca_file=settings["ca_file"] or None,
@@ -159,7 +166,8 @@ def run_worker(args: argparse.Namespace) -> int:
     )
     message = EXIT_MESSAGES.get(result)
     if message is not None:
-        print(message.format(path=data_dir / "state.json"), file=sys.stderr)
+        kept = ", ".join(str(path) for path in worker.retired) or "nothing (no files were left)"
+        print(message.format(kept=kept), file=sys.stderr)
     return EXIT_OK
 
 
@@ -192,6 +200,9 @@ def build_parser() -> Parser:
         store=cross_worker_store,
         add_location=_location_flags,
     )
+    workerid.add_parser(sub, add_location=_location_flags)
+    service.add_parser(sub)
+    completion.add_parser(sub)
     return parser
 
 

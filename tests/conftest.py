@@ -7,16 +7,28 @@ and replays them without SLH-DSA signing. The fixtures here hand them to tests.
 Post-quantum key generation (~10 ms) and above all SLH-DSA signing (~125 ms)
 are expensive: the generated keypair and the one real post-quantum handshake
 are session-scoped and shared by every test that needs them.
+
+**No secret in any log** (:mod:`support.secretlog`): every log record emitted in this
+process goes to ``<basetemp>/session-logs/inprocess.log`` (as JSON lines, fields included;
+the root logger is at INFO at least, the websockets library quieted as the daemons do); the
+hub store's minting methods record what they return; at the end of the session every
+collected log (that file, what :mod:`support.procs` appended, every ``*.err``) is read
+once, and a line holding a secret fails the run (exit status 1, the lines listed with the
+secret masked).
 """
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from support import secretlog
 from support.vectorkit import (
     ALL_VECTORS,
     PQ_VECTORS,
@@ -28,6 +40,8 @@ from support.vectorkit import (
 from leapcore.crypto.handshake import Initiator, Responder
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode
+from leapcore.store.hubstore import SQLiteHubStore
+from leapcore_cli.logs import JsonFormatter, quiet_libraries
 
 # Crypto calls vary a lot in time on a loaded 2-core machine: no per-example deadlines. In CI
 # (CI=true) examples are derandomized so a run is reproducible; locally they stay random.
@@ -87,3 +101,77 @@ def pq_handshake_keys(generated_keypair: WorkerKeyPair) -> tuple[bytes, bytes]:
     assert si._send.key == sr._recv.key and si._recv.key == sr._send.key
     assert si._send.key != si._recv.key
     return si._send.key, si._recv.key
+
+
+# -- no secret in any log --------------------------------------------------------------------
+
+#: The hub store's methods that mint a secret -> where the secret is in what they return.
+_MINTING: dict[str, Callable[[Any], str]] = {
+    "create_user": lambda result: result[1],
+    "create_token": lambda result: result,
+    "mint_registration_key": lambda result: result[1],
+    "register_worker": lambda result: result[1],
+}
+_session_root: list[Path] = []
+
+
+def _recording(method: Callable[..., Any], pick: Callable[[Any], str]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def minted(*args: Any, **kwargs: Any) -> Any:
+        result = method(*args, **kwargs)
+        secretlog.record_secret(pick(result))
+        return result
+
+    return minted
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Collect every in-process log record and record every secret the store mints."""
+    root = tmp_path_factory.getbasetemp()
+    directory = root / "session-logs"
+    directory.mkdir(exist_ok=True)
+    secretlog.set_log_dir(directory)
+    _session_root.append(root)
+    handler = logging.FileHandler(directory / "inprocess.log", encoding="utf-8")
+    handler.setFormatter(JsonFormatter())
+    handler.setLevel(logging.INFO)
+    logger = logging.getLogger()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(min(level or logging.WARNING, logging.INFO))
+    quiet_libraries(logging.INFO)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, pick in _MINTING.items():
+            patch.setattr(SQLiteHubStore, name, _recording(getattr(SQLiteHubStore, name), pick))
+        try:
+            yield directory
+        finally:
+            logger.removeHandler(handler)
+            handler.close()
+            logger.setLevel(level)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run when a collected log holds a secret (see the module docstring)."""
+    if not _session_root:
+        return
+    root = _session_root[-1]
+    secrets = secretlog.recorded() | secretlog.harvest_secrets(root)
+    leaks = secretlog.find_leaks(secrets, secretlog.log_files(root))
+    if not leaks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{leak.path}:{leak.line}: secret {leak.masked}: {leak.text}" for leak in leaks[:50]]
+    if len(leaks) > 50:
+        lines.append(f"... and {len(leaks) - 50} more")
+    if reporter is not None:
+        reporter.ensure_newline()
+        reporter.write_sep("=", f"{len(leaks)} secret(s) found in logs", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    else:
+        print("\n".join(lines))
+    if session.exitstatus == pytest.ExitCode.OK:  # an interrupted run keeps its own status
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

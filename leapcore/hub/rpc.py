@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from ..errors import (
+    AlreadyExists,
     FailedPrecondition,
     LeapcoreError,
     LocalError,
@@ -109,8 +110,28 @@ def _regkey_extend(hub: HubContext, user: User, params: Mapping[str, Any]) -> di
 
 
 def _regkey_revoke(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
-    hub.store.revoke_registration_key_by_secret(user.id, _key(params), hub.now_ms())
-    return {}
+    # The key itself, or its id (from regkey.list): either names it.
+    key_id = hub.store.revoke_registration_key_by_ref(_key(params), hub.now_ms(), owner=user.id)
+    return {"key_id": key_id}
+
+
+def _regkey_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+    _params(params)
+    now = hub.now_ms()
+    keys = hub.store.list_registration_keys(now, include_expired=True)
+    return {
+        "keys": [
+            {
+                "id": k.id,
+                "prefix": k.prefix,
+                "created_at": k.created_at,
+                "expires_at": k.expires_at,
+                "state": "live" if k.expires_at > now else "expired",
+            }
+            for k in keys
+            if k.created_by == user.id
+        ]
+    }
 
 
 def _regkey_state(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -157,6 +178,7 @@ METHODS: Final[dict[str, Method]] = {
     "regkey.create": _regkey_create,
     "regkey.extend": _regkey_extend,
     "regkey.revoke": _regkey_revoke,
+    "regkey.list": _regkey_list,
     "regkey.state": _regkey_state,
     "worker.deregister": _worker_deregister,
     "worker.keys": _worker_keys,
@@ -172,6 +194,7 @@ _ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (
     (PermissionDenied, "permission_denied"),
     (Unauthenticated, "unauthenticated"),
     (QuotaExceeded, "quota_exceeded"),
+    (AlreadyExists, "already_exists"),
     (LocalError, "invalid_argument"),
 )
 

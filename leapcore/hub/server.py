@@ -8,10 +8,10 @@ metrics and logs. The first frame of a link says what it is:
 
 * ``register``: consume a registration key, answer ``registered`` (or an
   ``error``) and end the link;
-* ``connect``: authenticate the worker's token, send ``worker_greeting``
-  first, publish the link (a newer link for the same worker replaces and
-  closes the older one), record heartbeats; 10 s without any inbound message
-  ends the link;
+* ``connect``: authenticate the worker's token, record the name and labels the
+  ``connect`` carries (if any), send ``worker_greeting`` first, publish the link (a
+  newer link for the same worker replaces and closes the older one), record
+  heartbeats; 10 s without any inbound message ends the link;
 * ``client_hello``: authenticate the user, answer ``client_greeting``, then
   serve ``hub_request`` calls (:mod:`leapcore.hub.rpc`) and channel opens; a
   client link silent for ``client_idle_timeout`` gets ``error`` ``unavailable``.
@@ -25,18 +25,28 @@ and every ``purge_interval``).
 **Revocation at once.** Every ``revocation_check_interval`` the hub asks its store (in one
 batched query each) which of its links' API tokens are still live and what its workers'
 statuses are, because the admin CLI or another hub may change them: a revoked token's (or
-deleted user's) links and a deleted worker's link get ``error`` ``unauthenticated`` and
-close. A DEREGISTERING worker's link is *retired*: when it connects, its ``connect`` is
-answered with its ``deregister`` instead of a greeting (link state ``worker-retiring``: it
-may only heartbeat and acknowledge), every time whatever the notification's attempt count;
+deleted user's) links get ``error`` ``unauthenticated``, a deleted worker's link
+``worker_deleted``, and close. A DEREGISTERING worker's link is *retired*: when it
+connects, its ``connect`` is answered with its ``deregister`` instead of a greeting (link
+state ``worker-retiring``: it may only heartbeat and acknowledge), every time whatever the
+notification's attempt count;
 a worker deregistered while online is sent it on its live link, whose requests and opens
 are then refused ``permission_denied``. A retired link is never published, counted or
 routed to (a newer one for the same worker replaces it) and ends after its
 ``deregister_ack`` or ``deregister_grace``.
 
+**The hub's id.** Every database has a random ``hub_id`` (``SQLiteHubStore.hub_id``),
+logged when the hub starts and named in ``registered``, both greetings and every
+``error`` record the hub sends: a worker trusts ``worker_deleted`` (a token of a worker
+this hub deleted) only from the hub it registered with; a token the hub never issued is
+``unauthenticated``.
+
 **Logs.** Link log lines name the peer (``ip:port``). Failed sign-ins (bad API token, bad
 worker token, refused registration key) are logged at WARNING with the peer's address and
 never the credential, rate-limited per kind (:class:`~leapcore.proto.ratelimit.LogRateLimiter`).
+They, the links closed by a revocation and the deregistrations and key revocations made
+through the hub are security events (:mod:`leapcore.net.security_log`): one record each,
+with a stable ``event`` name, the ``reason`` and the ``peer`` as record attributes.
 
 **Channels.** Every routing decision is made by the sans-IO core
 :class:`~leapcore.proto.hub_router.HubRouter` (:attr:`Hub.router`): who may open a channel
@@ -80,6 +90,7 @@ import trio
 from ..crypto.keys import PublicKeyBundle
 from ..crypto.mode import EncryptionMode, parse_encryption_mode
 from ..errors import (
+    AlreadyExists,
     LeapcoreError,
     LinkClosed,
     LinkProtocolError,
@@ -89,9 +100,11 @@ from ..errors import (
     RequestError,
     StorageError,
     Unauthenticated,
+    WorkerDeleted,
 )
 from ..net.listen import HttpResponse, LinkServer
 from ..net.pipe import WRITE_BATCH, LinkPipe
+from ..net.security_log import security_event
 from ..proto.heartbeat import Liveness
 from ..proto.hub_actions import (
     Action,
@@ -168,11 +181,21 @@ SHUTDOWN_BUDGET: Final = 2.0
 DEFAULT_LIMITS: Final = HubLimits()
 
 
+#: The ``worker_deleted`` error's text: the token is one this hub issued to a worker it has
+#: since deleted (the one answer on which a worker retires its identity).
+WORKER_DELETED: Final = "this worker was deregistered or deleted on this hub"
+
 #: Failed sign-in kinds (log lines are rate-limited per kind) and how they are named.
 _SIGN_IN_KINDS: Final = {
     "api_token": "bad API token",
     "worker_token": "bad worker token",
     "registration_key": "refused registration key",
+}
+#: Failed sign-in kind -> its security event (:mod:`leapcore.net.security_log`).
+_SIGN_IN_EVENTS: Final = {
+    "api_token": "api_token_rejected",
+    "worker_token": "worker_token_rejected",
+    "registration_key": "registration_key_rejected",
 }
 
 _DIRECTION_LABELS: Final = {
@@ -208,11 +231,14 @@ class _Link:
         *,
         peer: str = "",
         max_queue_bytes: int = MAX_LINK_QUEUE_BYTES,
+        hub_id: str = "",
     ) -> None:
         self.pipe = pipe
         self.transport = transport
         #: The peer's "ip:port", "unix", or "" when the server did not say.
         self.peer = peer
+        #: The hub's id, named in every ``error`` record it sends on this link.
+        self.hub_id = hub_id
         self.conn = LinkConnection(LinkRole.HUB)
         self._on_written = on_written
         #: Control records (and flush markers), written before any data.
@@ -331,8 +357,8 @@ class _Link:
         self.enqueue_data(flow, action.frame, action.cost)
 
     def fail(self, code: str, message: str) -> None:
-        """Queue an ``error`` record; the link ends after it."""
-        record = ErrorMessage(code, message)
+        """Queue an ``error`` record (naming this hub); the link ends after it."""
+        record = ErrorMessage(code, message, self.hub_id)
         if not self.enqueue(record):
             # The state machine closed on a bad frame received: the record still goes out.
             self.conn.state = LinkState.CLOSED
@@ -512,6 +538,7 @@ class Hub:
             with trio.CancelScope() as scope:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
+                    log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
                     self._purge_registration_keys()
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
@@ -572,15 +599,24 @@ class Hub:
         """End the links whose credentials no longer hold, asking the store (the admin CLI
         or another hub may have changed them): a client whose API token was revoked (or
         whose user was deleted) gets ``error`` ``unauthenticated``; a worker that was
-        deleted likewise; a worker being deregistered stops serving and is sent its
-        deregister (:meth:`_retire`). Runs every ``revocation_check_interval``."""
+        deleted, ``worker_deleted``; a worker being deregistered stops serving and is sent
+        its deregister (:meth:`_retire`). Runs every ``revocation_check_interval``."""
         links = [link for link in self._links if not link.ending]
         clients = [link for link in links if link.token_id is not None]
         if clients:
             live = self.store.live_token_ids({link.token_id for link in clients if link.token_id})
             for link in clients:
                 if link.token_id not in live:
-                    log.warning("%s: API token revoked (or user deleted); link closed", link.name)
+                    security_event(
+                        log,
+                        "api_token_revoked",
+                        "%s: API token revoked (or user deleted); link closed",
+                        link.name,
+                        reason="API token revoked or user deleted",
+                        peer=link.peer or "?",
+                        token_id=link.token_id,
+                        user=link.user.name if link.user is not None else None,
+                    )
                     self.metrics.link_closed("token_revoked")
                     link.end("unauthenticated", "the API token was revoked")
         workers = [link for link in links if link.worker is not None]
@@ -590,11 +626,29 @@ class Hub:
                 assert link.worker is not None
                 status = statuses.get(link.worker.id, WorkerStatus.DELETED)
                 if status is WorkerStatus.DELETED:
-                    log.warning("%s: worker deleted; link closed", link.name)
+                    security_event(
+                        log,
+                        "worker_deleted",
+                        "%s: worker deleted; link closed",
+                        link.name,
+                        reason="worker deleted",
+                        peer=link.peer or "?",
+                        worker_id=link.worker.id,
+                    )
                     self.metrics.link_closed("worker_deleted")
-                    link.end("unauthenticated", "invalid auth token")
+                    link.end("worker_deleted", WORKER_DELETED)
                 elif status is WorkerStatus.DEREGISTERING and not self.router.is_retired(link):
                     note = self.store.deregistration_notice(link.worker.id, self.now_ms())
+                    security_event(
+                        log,
+                        "worker_deregistered",
+                        "%s: %s",
+                        link.name,
+                        note.reason,
+                        reason=note.reason,
+                        peer=link.peer or "?",
+                        worker_id=link.worker.id,
+                    )
                     self._retire(link, note)
 
     async def _purge_forever(self) -> None:
@@ -622,6 +676,7 @@ class Hub:
             self._written,
             peer=peer,
             max_queue_bytes=self.limits.max_link_queue_bytes,
+            hub_id=self.store.hub_id,
         )
         if self.router.closing:
             link.fail("unavailable", "hub is shutting down")
@@ -765,13 +820,17 @@ class Hub:
             self.metrics.registration("quota")
             link.fail("quota_exceeded", str(exc))
             return True
+        except AlreadyExists as exc:
+            self.metrics.registration("rejected")
+            link.fail("already_exists", str(exc))
+            return True
         except LocalError as exc:
             self.metrics.registration("rejected")
             link.fail("invalid_argument", str(exc))
             return True
         self.metrics.registration("ok")
         log.info("worker %s registered for %s", worker.id, worker.owner_name)
-        link.enqueue(Registered(worker.id, token))
+        link.enqueue(Registered(worker.id, token, self.store.hub_id))
         return True
 
     # -- worker links -------------------------------------------------------------------------
@@ -783,6 +842,10 @@ class Hub:
             return True
         try:
             worker = self.store.authenticate_worker(message.auth_token, self.now_ms())
+        except WorkerDeleted:
+            self._sign_in_failed(link, "worker_token", "token of a deleted worker")
+            link.fail("worker_deleted", WORKER_DELETED)
+            return True
         except Unauthenticated:
             self._sign_in_failed(link, "worker_token", "invalid auth token")
             link.fail("unauthenticated", "invalid auth token")
@@ -799,17 +862,40 @@ class Hub:
                 "maximum (max_workers_per_user)",
             )
             return True
+        if message.name is not None or message.labels is not None:
+            try:
+                worker = self._update_profile(worker, message)
+            except AlreadyExists as exc:
+                log.info("worker %s from %s: %s", worker.id, link.peer or "?", exc)
+                link.fail("already_exists", str(exc))
+                return True
         if not self._admit_address(link):
             return True
         link.worker = worker
         link.liveness = Liveness(self._clock())
-        link.enqueue(WorkerGreeting(worker.id, worker.owner_id, worker.owner_name))
+        link.enqueue(
+            WorkerGreeting(worker.id, worker.owner_id, worker.owner_name, self.store.hub_id)
+        )
         self.router.join(link, worker.owner_id, worker.id)
         if self.router.worker_link(worker.id) is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
         self._apply(self.router.publish(link))
         log.info("%s is online (%s)", link.name, link.transport)
         return False
+
+    def _update_profile(self, worker: Worker, message: Connect) -> Worker:
+        """Record the name and labels a ``connect`` carries (either may be absent: it stays
+        as it was); :class:`AlreadyExists` when another of the owner's live workers has that
+        name, and nothing changes. A profile that did not change is not written (nor
+        checked: two workers named alike before names were unique keep connecting)."""
+        name = worker.name if message.name is None else message.name
+        labels = dict(worker.labels) if message.labels is None else dict(message.labels)
+        if name == worker.name and labels == dict(worker.labels):
+            return worker
+        updated = self.store.update_worker_profile(worker.id, name=name, labels=labels)
+        if name != worker.name:
+            log.info("worker %s is now called %r (was %r)", worker.id, name, worker.name)
+        return updated
 
     def _connect_deregistering(self, link: _Link, worker: Worker) -> bool:
         """A DEREGISTERING worker signs in: its connect is answered with its ``deregister``
@@ -918,7 +1004,7 @@ class Hub:
         self.router.join(link, user.id)
         self._user_links.setdefault(user.id, set()).add(link)
         link.liveness = Liveness(self._clock(), self.limits.client_idle_timeout)
-        link.enqueue(ClientGreeting(user.id, user.name))
+        link.enqueue(ClientGreeting(user.id, user.name, self.store.hub_id))
         return False
 
     def _admit_address(self, link: _Link) -> bool:
@@ -967,20 +1053,30 @@ class Hub:
         if suppressed:
             self._log_suppressed(kind, suppressed)
         if allowed:
-            log.warning(
+            security_event(
+                log,
+                _SIGN_IN_EVENTS[kind],
                 "sign-in refused from %s (%s): %s: %s",
                 link.peer or "?",
                 link.transport,
                 _SIGN_IN_KINDS[kind],
                 reason,
+                reason=reason,
+                peer=link.peer or "?",
+                transport=link.transport,
             )
 
     def _log_suppressed(self, kind: str, count: int) -> None:
-        log.warning(
+        security_event(
+            log,
+            "sign_ins_suppressed",
             "%d more refused sign-ins (%s) suppressed in the last %gs",
             count,
             _SIGN_IN_KINDS[kind],
             self._signin_log.window,
+            reason="log rate limit",
+            kind=kind,
+            count=count,
         )
 
     def _hub_request(self, link: _Link, request: HubRequest) -> None:
@@ -1025,6 +1121,34 @@ class Hub:
             )
             return
         link.put(data)
+        self._log_request_event(link, user, request.method, result)
+
+    def _log_request_event(
+        self, link: _Link, user: User, method: str, result: dict[str, Any]
+    ) -> None:
+        """The security event of a request that succeeded, if it is one (once, here)."""
+        if method == "worker.deregister":
+            security_event(
+                log,
+                "worker_deregistered",
+                "%s: deregistered worker %s",
+                link.name,
+                result["worker_id"],
+                reason="worker deregistered by owner",
+                peer=link.peer or "?",
+                user=user.name,
+                worker_id=result["worker_id"],
+            )
+        elif method == "regkey.revoke":
+            security_event(
+                log,
+                "registration_key_revoked",
+                "%s: revoked a registration key",
+                link.name,
+                reason="registration key revoked by owner",
+                peer=link.peer or "?",
+                user=user.name,
+            )
 
     # -- carrying out the router's answers ---------------------------------------------------
 

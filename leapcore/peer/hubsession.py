@@ -48,6 +48,7 @@ from typing import Any, Final
 import trio
 
 from ..errors import (
+    AlreadyExists,
     ConfigError,
     DeadlineExceeded,
     FailedPrecondition,
@@ -60,6 +61,7 @@ from ..errors import (
     PermissionDenied,
     QuotaExceeded,
     Unauthenticated,
+    WorkerDeleted,
 )
 from ..net.dial import connect_link
 from ..net.pipe import LinkPipe
@@ -95,6 +97,7 @@ from ..store.pinstore import PinStore
 from .channel import Channel, ChannelTable
 from .linkwriter import LinkWriter
 from .opener import open_channel
+from .resolve import resolve_worker
 
 __all__ = [
     "CALL_TIMEOUT",
@@ -119,6 +122,8 @@ FLUSH_TIMEOUT: Final = 5.0
 #: Hub error codes (``hub_response`` and ``error`` records) -> the error raised.
 ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
     "unauthenticated": Unauthenticated,
+    "worker_deleted": WorkerDeleted,
+    "already_exists": AlreadyExists,
     "not_found": NotFound,
     "failed_precondition": FailedPrecondition,
     "permission_denied": PermissionDenied,
@@ -369,6 +374,21 @@ class HubSession(PeerLink):
         workers: list[dict[str, Any]] = result["workers"]
         return workers
 
+    async def resolve_worker(self, ref: str) -> dict[str, Any]:
+        """The one of the signed-in user's active workers that ``ref`` names: its id, its
+        name, or the start of its id (at least 4 characters), in that order
+        (:func:`leapcore.peer.resolve.resolve_worker`); :class:`NotFound` when none does,
+        :class:`~leapcore.errors.AmbiguousReference` (with the candidates) when several do."""
+        return resolve_worker(ref, await self.list_workers())
+
+    async def list_registration_keys(self) -> list[dict[str, Any]]:
+        """The signed-in user's registration keys, newest first (``regkey.list``): each
+        ``{"id", "prefix", "created_at", "expires_at", "state"}`` (ms since the epoch;
+        ``prefix`` is the key's first 6 characters; ``state`` is ``live`` or ``expired``).
+        The key itself is never listed."""
+        keys: list[dict[str, Any]] = (await self.call("regkey.list"))["keys"]
+        return keys
+
     async def create_registration_key(self) -> dict[str, Any]:
         """``{"registration_key", "expires_at"}`` (ms since the epoch): ``regkey.create``."""
         return await self.call("regkey.create")
@@ -378,8 +398,12 @@ class HubSession(PeerLink):
         expires_at: int = (await self.call("regkey.extend", registration_key=key))["expires_at"]
         return expires_at
 
-    async def revoke_registration_key(self, key: str) -> None:
-        await self.call("regkey.revoke", registration_key=key)
+    async def revoke_registration_key(self, key: str) -> str:
+        """Expire one of the user's registration keys now, named by the key itself or by its
+        id (from :meth:`list_registration_keys`); returns its id. Revoking a dead key again
+        is accepted; another user's or an unknown key is :class:`NotFound`."""
+        key_id: str = (await self.call("regkey.revoke", registration_key=key)).get("key_id", "")
+        return key_id
 
     async def registration_key_state(self, key: str) -> str:
         """``live``, ``expired`` or ``consumed`` (a worker registered with it)."""

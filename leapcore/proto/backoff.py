@@ -7,6 +7,27 @@ after a connection attempt ended, whether to stop, to wait the hub's go-away
 delay, or to back off — in the order of ``spec/behavior.md`` §1.3. Time is
 passed in; randomness is an injected ``uniform()`` returning a float in
 ``[0, 1)``. The numbers are :mod:`leapcore.proto.limits`' ``BACKOFF_*``.
+
+:func:`classify_link_error` is the table that says what a hub's ``error`` record means to a
+worker — above all, **when a worker may retire its identity**. Only ``worker_deleted`` can
+say "you were deleted", and a worker believes it only from the hub it registered with
+(the error's ``hub_id`` equals the one in ``hub.json``) or, for a worker that recorded no
+hub id (registered before hubs had ids), from any hub — ``worker_deleted`` comes only from
+a database that issued the token. Everything else that rejects the token leaves the
+worker's files untouched (:attr:`ReconnectAction.HUB_MISMATCH`): a different hub, or its own
+hub restarted on an empty database, does not know the token and must not destroy it.
+
+=====================  ======================  =========  =========================
+error code             its ``hub_id`` is       greeted?   outcome (action)
+=====================  ======================  =========  =========================
+``worker_deleted``     the saved hub id        any        WORKER_DELETED (retire)
+``worker_deleted``     (no saved hub id)       any        WORKER_DELETED (retire)
+``worker_deleted``     another (or none)       any        HUB_MISMATCH (exit 9)
+``unauthenticated``    any                     no         HUB_MISMATCH (exit 9)
+``unauthenticated``    any                     yes        TRANSIENT (retry)
+``already_exists``     any                     any        NAME_TAKEN (fail)
+anything else          any                     any        TRANSIENT (retry)
+=====================  ======================  =========  =========================
 """
 
 from __future__ import annotations
@@ -28,11 +49,15 @@ from .limits import (
 )
 
 __all__ = [
+    "REJECTIONS",
     "Backoff",
+    "HubRelation",
     "Outcome",
     "ReconnectAction",
     "ReconnectDecision",
     "ReconnectPolicy",
+    "classify_link_error",
+    "hub_relation",
     "system_uniform",
 ]
 
@@ -101,8 +126,13 @@ class Outcome(enum.Enum):
 
     #: Stream ended, network error, hub unavailable or overloaded, malformed-message kill…
     TRANSIENT = "transient"
-    #: The hub rejected the worker's auth token: the worker was deleted or deregistered.
-    TOKEN_REJECTED = "token-rejected"
+    #: The hub the worker registered with says it deleted the worker (``worker_deleted``).
+    WORKER_DELETED = "worker-deleted"
+    #: A hub that is not the one the worker registered with (or its own, on an empty
+    #: database) does not know the token, or claims a deletion it cannot have made.
+    HUB_MISMATCH = "hub-mismatch"
+    #: The hub refused the worker's name: another of the owner's workers has it.
+    NAME_TAKEN = "name-taken"
     #: The hub rejected the registration key (invalid, expired or consumed).
     REGISTRATION_REJECTED = "registration-rejected"
     #: The process is shutting down.
@@ -111,7 +141,8 @@ class Outcome(enum.Enum):
 
 class ReconnectAction(enum.Enum):
     STOP = "stop"  # shutting down: no retry
-    WIPE_AND_EXIT = "wipe-and-exit"  # delete local state, exit 0
+    WIPE_AND_EXIT = "wipe-and-exit"  # retire local state (renamed, kept), exit 0
+    HUB_MISMATCH = "hub-mismatch"  # leave every file untouched, exit 9
     FAIL = "fail"  # permanent error: exit non-zero with the hub's message
     RETRY = "retry"  # wait `delay`, then reconnect
 
@@ -127,9 +158,57 @@ class ReconnectDecision:
 #: Outcome -> the action it forces, checked before any waiting (behavior.md §1.3 steps 1-2).
 PERMANENT: Final[dict[Outcome, ReconnectAction]] = {
     Outcome.CANCELLED: ReconnectAction.STOP,
-    Outcome.TOKEN_REJECTED: ReconnectAction.WIPE_AND_EXIT,
+    Outcome.WORKER_DELETED: ReconnectAction.WIPE_AND_EXIT,
+    Outcome.HUB_MISMATCH: ReconnectAction.HUB_MISMATCH,
+    Outcome.NAME_TAKEN: ReconnectAction.FAIL,
     Outcome.REGISTRATION_REJECTED: ReconnectAction.FAIL,
 }
+
+
+class HubRelation(enum.Enum):
+    """How the hub that sent an ``error`` relates to the hub the worker registered with."""
+
+    #: The error names the hub id saved in ``hub.json``.
+    SAME = "same"
+    #: The worker saved no hub id (registered before hubs had ids, or with a hub too old
+    #: to name itself).
+    UNRECORDED = "unrecorded"
+    #: The error names another hub id, or none while one was saved.
+    OTHER = "other"
+
+
+def hub_relation(error_hub_id: str, saved_hub_id: str | None) -> HubRelation:
+    """Compare the ``hub_id`` of an ``error`` with the one the worker saved (``None`` or
+    ``""``: none saved)."""
+    if not saved_hub_id:
+        return HubRelation.UNRECORDED
+    return HubRelation.SAME if error_hub_id == saved_hub_id else HubRelation.OTHER
+
+
+#: (link error code, :class:`HubRelation`) -> outcome: the table of the module docstring
+#: for the codes that end a worker's link for good (``unauthenticated`` only before the
+#: greeting; see :func:`classify_link_error`).
+REJECTIONS: Final[dict[tuple[str, HubRelation], Outcome]] = {
+    ("worker_deleted", HubRelation.SAME): Outcome.WORKER_DELETED,
+    ("worker_deleted", HubRelation.UNRECORDED): Outcome.WORKER_DELETED,
+    ("worker_deleted", HubRelation.OTHER): Outcome.HUB_MISMATCH,
+    **{("unauthenticated", r): Outcome.HUB_MISMATCH for r in HubRelation},
+    **{("already_exists", r): Outcome.NAME_TAKEN for r in HubRelation},
+}
+
+
+def classify_link_error(
+    code: str, error_hub_id: str, saved_hub_id: str | None, *, greeted: bool
+) -> Outcome:
+    """What a hub's ``error`` record (``code``, ``error_hub_id``) means to a worker that saved
+    ``saved_hub_id`` (``None``/``""``: none), before or after the hub greeted this link.
+
+    ``unauthenticated`` after the greeting is retried: the next ``connect`` is answered
+    for what the token is then. Codes not in :data:`REJECTIONS` are transient.
+    """
+    if code == "unauthenticated" and greeted:
+        return Outcome.TRANSIENT
+    return REJECTIONS.get((code, hub_relation(error_hub_id, saved_hub_id)), Outcome.TRANSIENT)
 
 
 class ReconnectPolicy:

@@ -405,7 +405,7 @@ class HubLimits:
       opening; one more is ``channel_refused`` ``quota_exceeded``.
     * ``max_pending_opens_per_worker`` (64): opens waiting for one worker's answer, whoever
       asked; one more is ``channel_refused`` ``unavailable`` (as for the per-link
-      :data:`leapcore.hub.server.MAX_PENDING_OPENS`).
+      :data:`MAX_PENDING_OPENS`).
     * ``max_link_queue_bytes`` (4 MiB): control records queued for one link's writer, in
       bytes (besides :data:`leapcore.hub.server.SEND_QUEUE` records); a peer that lets more
       pile up is not reading, and its link is closed.

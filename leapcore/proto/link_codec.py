@@ -110,6 +110,8 @@ CLOSE_CODES: Final = frozenset(
 LINK_ERRORS: Final = frozenset(
     {
         "unauthenticated",
+        "worker_deleted",
+        "already_exists",
         "permission_denied",
         "quota_exceeded",
         "invalid_argument",
@@ -175,30 +177,41 @@ class Register(ControlMessage):
 
 @attrs.frozen
 class Registered(ControlMessage):
+    """Hub -> worker: the new worker's id and auth token, and the id of the hub that
+    issued them (``hub_id``, the store's; the worker keeps it with its identity)."""
+
     type: ClassVar[str] = "registered"
     worker_id: str
     auth_token: str = attrs.field(repr=False)
+    hub_id: str = ""
 
 
 @attrs.frozen
 class Connect(ControlMessage):
-    """Worker -> hub, first frame of a worker link."""
+    """Worker -> hub, first frame of a worker link. ``name`` and ``labels``, when present,
+    are what the worker's configuration says now: the hub records them before it greets
+    (an owner's other live worker already called ``name`` ends the link
+    ``already_exists``)."""
 
     type: ClassVar[str] = "connect"
 
     protocol_version: int
     auth_token: str = attrs.field(repr=False)
+    name: str | None = None
+    labels: dict[str, str] | None = None
 
 
 @attrs.frozen
 class WorkerGreeting(ControlMessage):
-    """Hub -> worker, the hub's first frame: who the worker is and who owns it."""
+    """Hub -> worker, the hub's first frame: who the worker is, who owns it, and which hub
+    this is (``hub_id``)."""
 
     type: ClassVar[str] = "worker_greeting"
 
     worker_id: str
     owner_id: str
     owner_name: str
+    hub_id: str = ""
 
 
 @attrs.frozen
@@ -216,6 +229,7 @@ class ClientGreeting(ControlMessage):
     type: ClassVar[str] = "client_greeting"
     user_id: str
     user_name: str
+    hub_id: str = ""
 
 
 # -- liveness -------------------------------------------------------------------
@@ -398,12 +412,15 @@ class HubResponse(ControlMessage):
 
 @attrs.frozen
 class ErrorMessage(ControlMessage):
-    """Either direction: a fatal link error; the sender closes the link after it."""
+    """Either direction: a fatal link error; the sender closes the link after it. The hub
+    names itself in ``hub_id`` (a worker retires its identity on ``worker_deleted`` only
+    from the hub it registered with); a peer leaves it empty."""
 
     type: ClassVar[str] = "error"
 
     code: str
     message: str
+    hub_id: str = ""
 
 
 LinkMessage = ControlMessage | ChannelData

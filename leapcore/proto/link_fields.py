@@ -54,7 +54,8 @@ __all__ = [
 
 #: Worker names and user names (``name``, ``owner_name``, ``user_name``).
 MAX_NAME: Final = 128
-#: Worker and user ids (``worker_id``, ``owner_id``, ``user_id``); the hub's are 48.
+#: Worker, user and hub ids (``worker_id``, ``owner_id``, ``user_id``, ``hub_id``); the
+#: hub's worker and user ids are 48 characters, its own id 16.
 MAX_ID: Final = 128
 #: A worker's ``version``.
 MAX_VERSION: Final = 64
@@ -84,6 +85,7 @@ FIELD_LIMITS: Final[dict[str, int]] = {
     "worker_id": MAX_ID,
     "owner_id": MAX_ID,
     "user_id": MAX_ID,
+    "hub_id": MAX_ID,
     "version": MAX_VERSION,
     "auth_token": MAX_SECRET,
     "api_token": MAX_SECRET,
@@ -101,7 +103,7 @@ FIELD_LIMITS: Final[dict[str, int]] = {
 TEXT_FIELDS: Final = frozenset({"message", "reason", "error_message"})
 #: Fields that must be printable (shown to people in tables and logs).
 PRINTABLE_FIELDS: Final = frozenset(
-    {"name", "owner_name", "user_name", "worker_id", "owner_id", "user_id", "version"}
+    {"name", "owner_name", "user_name", "worker_id", "owner_id", "user_id", "hub_id", "version"}
 )
 
 

@@ -14,6 +14,10 @@ setting, a later layer replaces it whole.
 
 A ``float`` setting also takes an integer (``client_idle_timeout = 300``).
 
+A relative path setting (:data:`WORKER_PATH_KEYS`, :data:`HUB_PATH_KEYS`) is taken
+relative to where it was written: given as a flag or in the environment, to the current
+directory; in a config file, to that file's directory.
+
 The worker's settings (:data:`WORKER_KEYS`, :func:`worker_settings`, prefix
 ``LEAPCORE_WORKER_``) and the hub's (:data:`HUB_KEYS`, :func:`hub_settings`,
 prefix ``LEAPCORE_HUB_``) follow the same rules; the hub's values are also
@@ -53,9 +57,12 @@ from ..proto.limits import (
 __all__ = [
     "HUB_ENV_PREFIX",
     "HUB_KEYS",
+    "HUB_PATH_KEYS",
+    "LOG_FORMATS",
     "LOG_LEVELS",
     "WORKER_ENV_PREFIX",
     "WORKER_KEYS",
+    "WORKER_PATH_KEYS",
     "hub_settings",
     "layer",
     "read_config_file",
@@ -66,7 +73,8 @@ WORKER_ENV_PREFIX: Final = "LEAPCORE_WORKER_"
 
 #: Worker settings: key -> (type, default). A file may set any of them.
 WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
-    "hub": (str, "http://127.0.0.1:4327"),
+    # No default hub: an unregistered worker must be told; a registered one uses hub.json's.
+    "hub": (str, ""),
     "registration_key": (str, ""),
     "name": (str, ""),
     "data_dir": (str, "."),
@@ -75,6 +83,7 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "transport": (str, "websocket"),
     "ca_file": (str, ""),
     "log_level": (str, "info"),
+    "log_format": (str, "text"),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "max_incomplete_chunked": (int, DEFAULT_MAX_INCOMPLETE),
     # Channels open on the worker's link at once; bytes held per channel (0: twice
@@ -98,6 +107,7 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "log_level": (str, "info"),
+    "log_format": (str, "text"),
     # The budgets of leapcore.proto.limits.HubLimits, under the same names.
     **{
         name: (kind, attrs.fields_dict(HubLimits)[name].default)
@@ -105,7 +115,15 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     },
 }
 
+#: Worker settings that name a file or directory (see :func:`_resolve_paths`).
+WORKER_PATH_KEYS: Final = ("data_dir", "ca_file")
+#: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
+HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
+
+
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")
+#: ``log_format``: ``TIME LEVEL LOGGER: MESSAGE`` lines, or one JSON object per line.
+LOG_FORMATS: Final = ("text", "json")
 
 #: A value's problem: None when it is acceptable, else what is required ("must be ...").
 _Check = Callable[[Any], str | None]
@@ -119,14 +137,22 @@ def _log_level(value: str) -> str | None:
     return None if value in LOG_LEVELS else f"must be one of {', '.join(LOG_LEVELS)}"
 
 
+def _log_format(value: str) -> str | None:
+    return None if value in LOG_FORMATS else f"must be one of {', '.join(LOG_FORMATS)}"
+
+
 #: Worker values checked beyond their type.
-_WORKER_CHECKS: Final[dict[str, _Check]] = {"max_message_size": max_message_size_problem}
+_WORKER_CHECKS: Final[dict[str, _Check]] = {
+    "max_message_size": max_message_size_problem,
+    "log_format": _log_format,
+}
 
 #: Hub values checked beyond their type.
 _HUB_CHECKS: Final[dict[str, _Check]] = {
     "max_workers_per_user": _workers_per_user,
     "max_message_size": max_message_size_problem,
     "log_level": _log_level,
+    "log_format": _log_format,
     **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
 }
 
@@ -264,22 +290,66 @@ def _checked_layers(
     return settings
 
 
+def _resolve_paths(
+    settings: dict[str, Any],
+    path_keys: tuple[str, ...],
+    *,
+    file_values: Mapping[str, Any] | None,
+    used: Path | None,
+    env_values: Mapping[str, Any],
+    flags: Mapping[str, Any],
+    home: Path,
+    cwd: Path | None,
+    default_dir: Path,
+) -> None:
+    """Resolve the path settings in place, each by the layer its value came from.
+
+    ``data_dir`` always becomes absolute: a value from a flag or the environment is taken
+    relative to the current directory (``cwd``, default :meth:`Path.cwd`), one from the
+    config file relative to the file's directory, and the default ``.`` is the config
+    file's directory, else ``default_dir``. The other path settings (empty: unset) are
+    resolved only when they come from the config file; a flag's or the environment's value
+    is left as given, which the operating system already takes relative to the current
+    directory. ``~`` and ``~/…`` in a config file's value are ``home``.
+    """
+    from .paths import resolve_data_dir
+
+    for key in path_keys:
+        value = settings[key]
+        if key in flags or key in env_values:
+            if key == "data_dir":
+                base = cwd if cwd is not None else Path.cwd()
+                resolved = resolve_data_dir(value, config_file=None, home=home, default_dir=base)
+                settings[key] = str(resolved)
+        elif file_values is not None and key in file_values:
+            if value:
+                settings[key] = str(resolve_data_dir(value, config_file=used, home=home))
+        elif key == "data_dir":
+            resolved = resolve_data_dir(value, config_file=used, home=home, default_dir=default_dir)
+            settings[key] = str(resolved)
+
+
 def worker_settings(
     *,
     flags: Mapping[str, Any],
     env: Mapping[str, str],
     home: Path,
     config_path: Path | None,
+    cwd: Path | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """The worker's settings and the config file they came from (``None``: no file).
 
     ``config_path`` is ``--config`` when given (it must then exist); otherwise the
     default ``~/.config/leapcore/worker/worker.toml`` is read if it exists. The
-    returned ``data_dir`` is resolved to an absolute path (``paths.resolve_data_dir``).
+    returned ``data_dir`` is absolute: a relative one given as a flag or in the
+    environment is relative to ``cwd`` (default: the current directory), one in the
+    config file relative to the file's directory; the default ``.`` is the config file's
+    directory, else ``~/.config/leapcore/worker`` (``paths.resolve_data_dir``). A
+    relative ``ca_file`` in the config file is relative to the file's directory too.
     ``max_message_size`` is range-checked (65519 … 64 MiB), the :class:`ConfigError`
     naming the file, the environment variable or the flag.
     """
-    from .paths import resolve_data_dir, worker_config_file
+    from .paths import worker_config_dir, worker_config_file
 
     file_values, used = _read_named_file(config_path, worker_config_file(home), WORKER_KEYS)
     settings = _checked_layers(
@@ -291,7 +361,17 @@ def worker_settings(
         prefix=WORKER_ENV_PREFIX,
         flags=flags,
     )
-    settings["data_dir"] = str(resolve_data_dir(settings["data_dir"], config_file=used, home=home))
+    _resolve_paths(
+        settings,
+        WORKER_PATH_KEYS,
+        file_values=file_values,
+        used=used,
+        env_values=_from_env(env, WORKER_ENV_PREFIX, WORKER_KEYS),
+        flags=flags,
+        home=home,
+        cwd=cwd,
+        default_dir=worker_config_dir(home),
+    )
     return settings, used
 
 
@@ -301,19 +381,22 @@ def hub_settings(
     env: Mapping[str, str],
     home: Path,
     config_path: Path | None,
+    cwd: Path | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
     """The hub's settings and the config file they came from (``None``: no file).
 
     Exactly :func:`worker_settings`' rules with :data:`HUB_KEYS`, the prefix
-    ``LEAPCORE_HUB_`` and the default file ``~/.config/leapcore/hub/hub.toml``; a
-    relative ``data_dir`` resolves against the config file's directory, else against
-    ``~/.config/leapcore/hub``. Values are also range-checked (``max_workers_per_user``
+    ``LEAPCORE_HUB_`` and the default file ``~/.config/leapcore/hub/hub.toml``; the
+    default ``data_dir`` is the config file's directory, else ``~/.config/leapcore/hub``,
+    and relative ``tls_cert``, ``tls_key`` and ``listen_unix`` values in the config file
+    are relative to the file's directory. Values are also range-checked (``max_workers_per_user``
     >= 0, ``max_message_size`` within 65519 … 64 MiB, ``log_level`` one of
-    :data:`LOG_LEVELS`, the budgets within :data:`~leapcore.proto.limits.LIMIT_RANGES`,
+    :data:`LOG_LEVELS`, ``log_format`` one of :data:`LOG_FORMATS`, the budgets within
+    :data:`~leapcore.proto.limits.LIMIT_RANGES`,
     ``tls_cert`` and ``tls_key`` together);
     the :class:`ConfigError` names the file, the environment variable or the flag.
     """
-    from .paths import hub_config_dir, hub_config_file, resolve_data_dir
+    from .paths import hub_config_dir, hub_config_file
 
     file_values, used = _read_named_file(config_path, hub_config_file(home), HUB_KEYS)
     settings = _checked_layers(
@@ -327,9 +410,15 @@ def hub_settings(
     )
     if bool(settings["tls_cert"]) != bool(settings["tls_key"]):
         raise ConfigError("settings 'tls_cert' and 'tls_key' must be given together")
-    settings["data_dir"] = str(
-        resolve_data_dir(
-            settings["data_dir"], config_file=used, home=home, default_dir=hub_config_dir(home)
-        )
+    _resolve_paths(
+        settings,
+        HUB_PATH_KEYS,
+        file_values=file_values,
+        used=used,
+        env_values=_from_env(env, HUB_ENV_PREFIX, HUB_KEYS),
+        flags=flags,
+        home=home,
+        cwd=cwd,
+        default_dir=hub_config_dir(home),
     )
     return settings, used

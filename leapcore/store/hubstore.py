@@ -17,6 +17,10 @@ Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
   used. Registering consumes the key and creates the worker in one
   transaction: of many racers exactly one wins, and a refused registration
   (e.g. the owner is at the worker cap) consumes nothing.
+* A database has a random ``hub_id`` (16 hex digits, made once): workers record the hub
+  they registered with, and a token rejection counts as "you were deleted" only from it.
+* Worker names are unique among an owner's live workers (:class:`AlreadyExists`).
+* A registration key's first 6 characters are kept in clear (``key_prefix``) for lists.
 * Worker status: ``active`` → ``deregistering`` (owner or admin asked) →
   ``deleted`` (the worker acknowledged, or was told on reconnect). A deleted
   worker's token no longer authenticates.
@@ -47,6 +51,7 @@ import attrs
 from ..crypto.keys import PublicKeyBundle
 from ..crypto.mode import EncryptionMode, parse_encryption_mode
 from ..errors import (
+    AlreadyExists,
     FailedPrecondition,
     LocalError,
     NotFound,
@@ -54,6 +59,7 @@ from ..errors import (
     QuotaExceeded,
     StorageError,
     Unauthenticated,
+    WorkerDeleted,
 )
 from ..proto.limits import (
     DEFAULT_MAX_WORKERS_PER_USER,
@@ -78,6 +84,12 @@ __all__ = [
 #: them; registration keys live :data:`~leapcore.proto.limits.REG_KEY_LIFETIME_MS`).
 ALPHABET: Final = string.ascii_letters + string.digits
 
+
+#: How many leading characters of a registration key the store keeps in clear, so that a
+#: list can show which key is which (the rest, ~250 bits, stays secret).
+KEY_PREFIX_LENGTH: Final = 6
+#: A hub id: this many random lowercase hex digits, made once per database.
+HUB_ID_HEX: Final = 16
 
 #: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
 BATCH: Final = 500
@@ -133,6 +145,9 @@ class RegistrationKey:
     creator_name: str
     created_at: int
     expires_at: int
+    #: The key's first :data:`KEY_PREFIX_LENGTH` characters, to recognise it in a list
+    #: (``""`` for a key minted before schema 2).
+    prefix: str = ""
 
 
 @attrs.frozen
@@ -217,6 +232,15 @@ _MIGRATIONS: Final[Sequence[str]] = (
         created_at INTEGER NOT NULL
     );
     CREATE INDEX notifications_pending ON notifications(worker_id, status);
+    """,
+    # 2: the hub's identity; a recognisable prefix of each registration key.
+    """
+    CREATE TABLE hub_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    ALTER TABLE registration_keys ADD COLUMN key_prefix TEXT NOT NULL DEFAULT '';
+    CREATE INDEX workers_owner_name ON workers(owner_id, name)
     """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
@@ -324,6 +348,7 @@ class SQLiteHubStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
+            self.hub_id = self._ensure_hub_id()
         except BaseException:
             self._db.close()
             raise
@@ -391,6 +416,19 @@ class SQLiteHubStore:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
+
+    def _ensure_hub_id(self) -> str:
+        """The database's hub id, made (random, once) on first use and never changed."""
+        row = self._db.execute("SELECT value FROM hub_meta WHERE key = 'hub_id'").fetchone()
+        if row is not None:
+            return str(row[0])
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('hub_id', ?)",
+                (secrets.token_hex(HUB_ID_HEX // 2),),
+            )
+            (value,) = db.execute("SELECT value FROM hub_meta WHERE key = 'hub_id'").fetchone()
+        return str(value)
 
     def _refuse_newer(self, version: int) -> None:
         if version > SCHEMA_VERSION:
@@ -545,12 +583,18 @@ class SQLiteHubStore:
                         "wait until one expires"
                     )
             record = RegistrationKey(
-                new_id(), user.id, user.name, now_ms, now_ms + REG_KEY_LIFETIME_MS
+                new_id(),
+                user.id,
+                user.name,
+                now_ms,
+                now_ms + REG_KEY_LIFETIME_MS,
+                key[:KEY_PREFIX_LENGTH],
             )
             db.execute(
-                "INSERT INTO registration_keys (id, key_hash, created_by, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (record.id, _digest(key), user.id, now_ms, record.expires_at),
+                "INSERT INTO registration_keys "
+                "(id, key_hash, created_by, created_at, expires_at, key_prefix) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (record.id, _digest(key), user.id, now_ms, record.expires_at, record.prefix),
             )
         return record, key
 
@@ -591,6 +635,22 @@ class SQLiteHubStore:
             if not db.execute(query, args).rowcount:
                 raise NotFound(f"registration key not found: {key_id}")
 
+    def revoke_registration_key_by_ref(
+        self, ref: str, now_ms: int, *, owner: str | None = None
+    ) -> str:
+        """Expire a key named by its id or by the key itself (a leaked key can be revoked by
+        its value); returns the key's id. ``owner`` restricts to that user's keys."""
+        row = self._db.execute(
+            "SELECT id FROM registration_keys WHERE id = ? OR key_hash = ?", (ref, _digest(ref))
+        ).fetchone()
+        if row is None:
+            raise NotFound("registration key not found (give its id or the key itself)")
+        try:
+            self.revoke_registration_key(row[0], now_ms, owner=owner)
+        except NotFound:
+            raise NotFound("registration key not found (give its id or the key itself)") from None
+        return str(row[0])
+
     def revoke_registration_key_by_secret(self, user_id: str, key: str, now_ms: int) -> None:
         """The owner revokes a key it holds (e.g. the CLI that minted it is interrupted)."""
         row = self._db.execute(
@@ -620,7 +680,8 @@ class SQLiteHubStore:
         self, now_ms: int, *, include_expired: bool = False
     ) -> list[RegistrationKey]:
         query = (
-            "SELECT k.id, k.created_by, COALESCE(u.name, ''), k.created_at, k.expires_at "
+            "SELECT k.id, k.created_by, COALESCE(u.name, ''), k.created_at, k.expires_at, "
+            "k.key_prefix "
             "FROM registration_keys k LEFT JOIN users u ON u.id = k.created_by"
         )
         args: tuple[Any, ...] = ()
@@ -679,6 +740,7 @@ class SQLiteHubStore:
                         f"this account already has {count} workers registered, which is the "
                         "configured maximum (max_workers_per_user); deregister one first"
                     )
+            self._check_name_free(db, owner_id, name)
             consumed = db.execute(
                 "UPDATE registration_keys SET expires_at = ? WHERE id = ? AND expires_at > ?",
                 (now_ms - 1000, key_id, now_ms),
@@ -703,6 +765,38 @@ class SQLiteHubStore:
                 ),
             )
         return self.get_worker(worker_id), token
+
+    def _check_name_free(
+        self, db: _Db, owner_id: str, name: str, *, worker_id: str | None = None
+    ) -> None:
+        """:class:`AlreadyExists` when another live worker of ``owner_id`` is called ``name``
+        (names are unique per owner, so a person can address a worker by its name)."""
+        if not name:
+            return
+        row = db.execute(
+            "SELECT id FROM workers WHERE owner_id = ? AND name = ? AND status != ? AND id != ?",
+            (owner_id, name, WorkerStatus.DELETED.value, worker_id or ""),
+        ).fetchone()
+        if row is not None:
+            raise AlreadyExists(
+                f"another of this owner's workers is already called {name!r} ({row[0]}); "
+                "choose another name (--name) or deregister that worker first"
+            )
+
+    def update_worker_profile(self, worker_id: str, *, name: str, labels: dict[str, str]) -> Worker:
+        """Set a worker's name and labels (what its configuration says on each connect);
+        :class:`AlreadyExists` when another of the owner's live workers has that name, and
+        nothing is changed."""
+        with self._tx() as db:
+            row = db.execute("SELECT owner_id FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            if row is None:
+                raise NotFound(f"worker {worker_id} not found")
+            self._check_name_free(db, row[0], name, worker_id=worker_id)
+            db.execute(
+                "UPDATE workers SET name = ?, labels = ? WHERE id = ?",
+                (name, json.dumps(labels, sort_keys=True), worker_id),
+            )
+        return self.get_worker(worker_id)
 
     def _worker(self, row: Sequence[Any]) -> Worker:
         keys = None
@@ -750,14 +844,17 @@ class SQLiteHubStore:
         return [self._worker(r) for r in self._db.execute(query, args).fetchall()]
 
     def authenticate_worker(self, token: str, now_ms: int) -> Worker:
-        """The worker an auth token belongs to; deleted workers are :class:`Unauthenticated`."""
+        """The worker an auth token belongs to. A token this database never issued is
+        :class:`Unauthenticated`; a deleted worker's token is :class:`WorkerDeleted` (the
+        only answer on which a worker retires its identity)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT id FROM workers WHERE token_hash = ? AND status != ?",
-                (_digest(token), WorkerStatus.DELETED.value),
+                "SELECT id, status FROM workers WHERE token_hash = ?", (_digest(token),)
             ).fetchone()
             if row is None:
                 raise Unauthenticated("invalid auth token")
+            if row[1] == WorkerStatus.DELETED.value:
+                raise WorkerDeleted(f"worker {row[0]} was deregistered or deleted on this hub")
             db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, row[0]))
         return self.get_worker(row[0])
 

@@ -5,7 +5,9 @@ Pure functions: the environment and the home directory are arguments.
 * Client config dir: ``$LEAPCORE_CONFIG_DIR``, else ``$XDG_CONFIG_HOME/leapcore``,
   else ``~/.config/leapcore``. Per hub: ``<config dir>/<hub host>/`` holds
   ``pins.json``; the hub credentials saved by ``leapcore remote login`` are
-  ``<config dir>/<hub host>.json``.
+  ``<config dir>/<hub host>.json``, and the hub it logged in to last (the default hub)
+  is named in ``<config dir>/default_hub.json`` (never a hub's own file: ``_`` is not
+  valid in a host name, and ``hub`` is no port).
 * Hub host: the URL's host, plus ``_<port>`` when a port is given; for a
   ``unix:`` URL the whole URL with ``/``, ``\\`` and ``:`` replaced by ``_``.
 * Worker: default config dir ``~/.config/leapcore/worker``, config file
@@ -31,6 +33,7 @@ __all__ = [
     "DEFAULT_HUB_URL",
     "client_config_dir",
     "client_credentials_path",
+    "client_default_hub_path",
     "client_pins_path",
     "cross_worker_pins_path",
     "hub_config_dir",
@@ -84,6 +87,11 @@ def client_pins_path(env: Mapping[str, str], home: Path, hub_url: str) -> Path:
 def client_credentials_path(env: Mapping[str, str], home: Path, hub_url: str) -> Path:
     """Where ``leapcore remote login`` keeps the API token for ``hub_url``."""
     return client_config_dir(env, home) / f"{hub_dir_name(hub_url)}.json"
+
+
+def client_default_hub_path(env: Mapping[str, str], home: Path) -> Path:
+    """Where ``leapcore remote login`` names the default hub (the one logged in to last)."""
+    return client_config_dir(env, home) / "default_hub.json"
 
 
 def worker_config_dir(home: Path) -> Path:

@@ -19,11 +19,25 @@ One connection attempt (:meth:`Worker.run`):
    counts as traffic for the idle-heartbeat schedule.
 
 ``go_away`` records the hub's delay (waited exactly once after the drop);
-``deregister`` is acknowledged, ``state.json`` is deleted and :meth:`run`
-returns :attr:`WorkerExit.DEREGISTERED`; an ``error`` record with code
-``unauthenticated`` before the greeting means the token was rejected: the
-state is wiped and :meth:`run` returns :attr:`WorkerExit.WIPED`. Everything
-else ends the attempt and is retried with backoff.
+``deregister`` is acknowledged, the identity is retired (``state.json`` and ``hub.json``
+renamed to ``*.deregistered-<UTC time>``, :func:`~leapcore.store.workerstate.retire_state`;
+their new paths in :attr:`Worker.retired`) and :meth:`run` returns
+:attr:`WorkerExit.DEREGISTERED`. An ``error`` record is judged by
+:func:`~leapcore.proto.backoff.classify_link_error`: ``worker_deleted`` from the hub this
+worker registered with (its ``hub_id`` is the one in ``hub.json``, or none was recorded)
+retires the identity the same way and :meth:`run` returns :attr:`WorkerExit.WIPED`; a
+token the hub does not know (``unauthenticated`` before the greeting), or
+``worker_deleted`` from a hub with another id, changes no file and raises
+:class:`~leapcore.errors.HubMismatch`; ``already_exists`` (the owner has another worker of
+this name) raises :class:`~leapcore.errors.AlreadyExists`. Everything else ends the attempt
+and is retried with backoff.
+
+**The hub.** ``hub.json`` records the hub the worker registered with (its id, its URL and
+when). ``hub_url`` may be empty for a registered worker: the recorded URL is used. A
+``hub_url`` that differs from the recorded one is used (hubs move) and logged; once a hub
+greets the worker with the recorded id, the record's URL is updated. A worker that recorded
+no hub id (registered before hubs had ids) records the one of the first hub that greets
+it. Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records.
 
 Channels: once greeted, a :class:`~leapcore.worker.channels.ChannelServer` answers every
 ``channel_request`` (checks, then the responder handshake with its signature computed by
@@ -47,6 +61,7 @@ The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's f
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import logging
 import shlex
@@ -59,15 +74,33 @@ import attrs
 import trio
 
 from .._version import __version__
+from ..crypto.keys import PublicKeyBundle
 from ..crypto.mode import parse_encryption_mode
-from ..errors import ConfigError, LinkClosed, LinkProtocolError, RegistrationRejected
+from ..errors import (
+    AlreadyExists,
+    ConfigError,
+    HubMismatch,
+    KeyMismatch,
+    LeapcoreError,
+    LinkClosed,
+    LinkProtocolError,
+    RegistrationRejected,
+)
 from ..net.dial import TRANSPORTS, connect_link
 from ..net.pipe import LinkPipe, parse_hub_url
+from ..net.security_log import security_event
 from ..peer.channel import Channel, Services
 from ..peer.hubsession import PeerLink
 from ..peer.linkwriter import LinkWriter
 from ..peer.opener import open_channel
-from ..proto.backoff import Backoff, Outcome, ReconnectAction, ReconnectPolicy, system_uniform
+from ..proto.backoff import (
+    Backoff,
+    Outcome,
+    ReconnectAction,
+    ReconnectPolicy,
+    classify_link_error,
+    system_uniform,
+)
 from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
 from ..proto.limits import (
     DEFAULT_MAX_INCOMPLETE,
@@ -93,23 +126,31 @@ from ..proto.link_codec import (
 )
 from ..proto.link_fields import check_fields
 from ..proto.link_state import LinkConnection, LinkRole
+from ..proto.pins import PinDecision
 from ..store.paths import cross_worker_pins_path
 from ..store.pinstore import PinStore
 from ..store.workerstate import (
+    HUB_FILE,
+    STATE_FILE,
     UNREGISTERED,
+    HubRecord,
     StartupAction,
     WorkerState,
     ensure_keys,
+    format_utc,
+    load_hub,
     load_state,
+    retire_state,
+    save_hub,
     save_state,
     startup_action,
-    wipe_state,
 )
 from .builtin_services import default_services
 from .channels import ChannelServer, check_bounds
 from .signpool import InlineSigner, OnDemandSigner, Signer
 
 __all__ = [
+    "HUB_REQUIRED",
     "PERMANENT_REGISTRATION_CODES",
     "Worker",
     "WorkerExit",
@@ -120,7 +161,11 @@ log = logging.getLogger("leapcore.worker")
 
 #: Hub error codes that end registration for good (everything else is retried).
 PERMANENT_REGISTRATION_CODES: Final = frozenset(
-    {"unauthenticated", "invalid_argument", "permission_denied"}
+    {"unauthenticated", "invalid_argument", "permission_denied", "already_exists"}
+)
+#: An unregistered worker was not told its hub (there is no default hub).
+HUB_REQUIRED: Final = (
+    "hub URL is required: pass --hub URL (or set LEAPCORE_WORKER_HUB, or hub in the config file)"
 )
 #: Seconds one registration attempt may take before it counts as a transient failure.
 REGISTER_TIMEOUT: Final = 30.0
@@ -132,6 +177,35 @@ CROSS_WORKER_HINT: Final = (
     "--data-dir {data_dir} --target-worker-id={{worker_id}}`"
 )
 Dial = Callable[[], AbstractAsyncContextManager[LinkPipe]]
+
+
+class _CrossWorkerPins(PinStore):
+    """The worker's pins of its siblings: a key mismatch is logged once, here, where it is
+    found (workers do not report mismatches to the hub), then raised as ever."""
+
+    def __init__(self, path: Path, *, hint: str, hub_url: str) -> None:
+        super().__init__(path, hint=hint)
+        self.hub_url = hub_url
+
+    def verify(self, worker_id: str, keys: PublicKeyBundle) -> PinDecision:
+        try:
+            return super().verify(worker_id, keys)
+        except KeyMismatch as exc:
+            security_event(
+                log,
+                "key_mismatch",
+                "cross-worker channel to %s not opened: the keys the hub gave (%s) are not the "
+                "pinned ones (%s)",
+                worker_id,
+                exc.actual,
+                exc.expected,
+                reason="keys differ from the pin",
+                peer=self.hub_url,
+                worker_id=worker_id,
+                expected_fingerprint=exc.expected,
+                presented_fingerprint=exc.actual,
+            )
+            raise
 
 
 def parse_labels(text: str) -> dict[str, str]:
@@ -160,9 +234,10 @@ class WorkerExit(enum.Enum):
 
     #: :meth:`Worker.stop` was called.
     STOPPED = "stopped"
-    #: The hub deregistered the worker: acknowledged, ``state.json`` deleted.
+    #: The hub deregistered the worker: acknowledged, identity retired (files renamed).
     DEREGISTERED = "deregistered"
-    #: The hub rejected the auth token at connect: ``state.json`` deleted.
+    #: The hub it registered with says it deleted the worker (``worker_deleted``):
+    #: identity retired (files renamed).
     WIPED = "wiped"
 
 
@@ -216,7 +291,7 @@ class Worker:
         self,
         data_dir: Path | str,
         *,
-        hub_url: str,
+        hub_url: str = "",
         name: str,
         transport: str = "websocket",
         ca_file: str | None = None,
@@ -236,10 +311,12 @@ class Worker:
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
-        if dial is None:
+        if dial is None and hub_url:
             parse_hub_url(hub_url)  # a bad URL is a configuration error, before any dial
         self.data_dir = Path(data_dir)
+        #: The hub's URL ("" until :meth:`prepare` takes ``hub.json``'s).
         self.hub_url = hub_url
+        self._own_dial = dial is None
         self.name = name
         self.transport = transport
         self.ca_file = ca_file
@@ -272,6 +349,14 @@ class Worker:
         #: Bytes held per channel (None: twice ``max_message_size``).
         self.max_channel_bytes = max_channel_bytes
         self.state: WorkerState | None = None
+        #: The hub this worker registered with (``hub.json``; None: none recorded).
+        self.hub_record: HubRecord | None = None
+        #: Where a retired identity's files went (after a deregistration or deletion).
+        self.retired: list[Path] = []
+        self._hub_resolved = False
+        self._announced = False
+        #: The ``error`` record that ended the last attempt (for the refusal's message).
+        self._rejection: ErrorMessage | None = None
         self.policy = ReconnectPolicy(Backoff(uniform=uniform))
         #: The greeting of the current link (None while not connected).
         self.greeting: WorkerGreeting | None = None
@@ -310,10 +395,12 @@ class Worker:
 
     @property
     def cross_worker_pins(self) -> PinStore:
-        """This worker's pins of its siblings (``<data-dir>/cross_worker_pins.json``)."""
-        return PinStore(
+        """This worker's pins of its siblings (``<data-dir>/cross_worker_pins.json``); a
+        mismatch is logged (security event ``key_mismatch``) where it is found."""
+        return _CrossWorkerPins(
             cross_worker_pins_path(self.data_dir),
             hint=CROSS_WORKER_HINT.format(data_dir=shlex.quote(str(self.data_dir))),
+            hub_url=self.hub_url,
         )
 
     @property
@@ -324,14 +411,64 @@ class Worker:
     # -- startup --------------------------------------------------------------------
 
     def prepare(self) -> StartupAction:
-        """Startup (behavior.md §3.3): load state, make and save keys, apply the table.
+        """Startup (behavior.md §3.3): load state and ``hub.json``, settle the hub URL, make
+        and save keys, apply the table.
 
-        The two refusals raise :class:`~leapcore.errors.ConfigError` with the messages of
+        Without a hub URL an unregistered worker is refused (:data:`HUB_REQUIRED`) before any
+        file is written, and a registered one uses ``hub.json``'s. The two refusals of the
+        table raise :class:`~leapcore.errors.ConfigError` with the messages of
         :mod:`leapcore.store.workerstate`; the key is not consumed.
         """
-        state = ensure_keys(self.data_dir, load_state(self.data_dir))
+        state = load_state(self.data_dir)
+        self._settle_hub(state)
+        state = ensure_keys(self.data_dir, state)
         self.state = state
         return startup_action(state, self.registration_key)
+
+    def _settle_hub(self, state: WorkerState) -> None:
+        """Read ``hub.json`` and choose the URL to dial (see the module docstring)."""
+        if self._hub_resolved:
+            return
+        saved = load_hub(self.data_dir) if state.registered else None
+        self.hub_record = saved
+        if not self.hub_url:
+            if saved is None:
+                if state.registered:
+                    raise ConfigError(
+                        f"{HUB_REQUIRED}: this worker registered before its hub was recorded "
+                        f"(no {self.data_dir / HUB_FILE})"
+                    )
+                raise ConfigError(HUB_REQUIRED)
+            self.hub_url = saved.hub_url
+            log.info(
+                "no hub URL given: using %s, the hub this worker registered with (hub id %s)",
+                saved.hub_url,
+                saved.hub_id or "not recorded",
+            )
+            if self._own_dial:
+                parse_hub_url(self.hub_url)
+        elif saved is not None and saved.hub_url != self.hub_url:
+            log.info(
+                "using hub URL %s; this worker registered with hub %s at %s (the hub id is "
+                "checked: a hub that does not know this worker changes nothing)",
+                self.hub_url,
+                saved.hub_id or "(id not recorded)",
+                saved.hub_url,
+            )
+        self._hub_resolved = True
+
+    def _announce(self, state: WorkerState) -> None:
+        """Log, once, as the connect loop starts, who this worker is: its fingerprint (what
+        owners pin) and its id."""
+        if self._announced or state.keys is None:
+            return
+        self._announced = True
+        log.info(
+            "worker fingerprint %s (worker id %s, %s mode)",
+            state.keys.public.fingerprint,
+            state.worker_id or "none yet: unregistered",
+            self.encryption_mode,
+        )
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> WorkerExit:
         """:meth:`prepare`, :meth:`register` if needed, then :meth:`run`."""
@@ -349,6 +486,8 @@ class Worker:
         """
         if not self.registration_key:
             raise ConfigError("registration key is required")
+        if not self.hub_url:
+            raise ConfigError(HUB_REQUIRED)
         if self.state is None or self.state.keys is None:
             self.state = ensure_keys(self.data_dir, load_state(self.data_dir))
         backoff = Backoff(uniform=self._uniform)
@@ -370,9 +509,20 @@ class Worker:
         state = attrs.evolve(
             self.state, worker_id=registered.worker_id, auth_token=registered.auth_token
         )
+        # The hub first: credentials never exist without the record of who issued them.
+        record = HubRecord(registered.hub_id, self.hub_url, format_utc(dt.datetime.now(dt.UTC)))
+        save_hub(self.data_dir, record)
         path = save_state(self.data_dir, state)
         self.state = state
-        log.info("registered as %s; credentials saved to %s", state.worker_id, path)
+        self.hub_record = record
+        self._hub_resolved = True
+        log.info(
+            "registered as %s; credentials saved to %s (hub %s at %s)",
+            state.worker_id,
+            path,
+            registered.hub_id or "(id not given)",
+            self.hub_url,
+        )
         return state
 
     async def _register_once(self, key: str) -> Registered:
@@ -429,6 +579,8 @@ class Worker:
             self.state = load_state(self.data_dir)
         if not self.state.registered or self.state.keys is None:
             raise ConfigError(UNREGISTERED)
+        self._settle_hub(self.state)
+        self._announce(self.state)
         with trio.CancelScope() as scope:
             self._run_scope = scope
             if self._stopped:
@@ -437,14 +589,22 @@ class Worker:
             while not self._stopped:
                 started = self._now()
                 self.attempts += 1
+                self._rejection = None
                 result = await self._connect_once()
                 if isinstance(result, WorkerExit):
                     return result
                 decision = self.policy.after_attempt(started, self._now(), result)
                 if decision.action is ReconnectAction.WIPE_AND_EXIT:
-                    wipe_state(self.data_dir)
-                    log.warning("the hub rejected this worker's auth token; local state wiped")
+                    self._retire("the hub it registered with deleted this worker")
                     return WorkerExit.WIPED
+                if decision.action is ReconnectAction.HUB_MISMATCH:
+                    raise self._mismatch()
+                if decision.action is ReconnectAction.FAIL:
+                    rejection = self._rejection
+                    raise AlreadyExists(
+                        f"the hub refused this worker's name {self.name!r}: "
+                        f"{rejection.message if rejection is not None else 'already_exists'}"
+                    )
                 if decision.action is not ReconnectAction.RETRY or self._stopped:
                     break
                 log.info("disconnected; reconnecting in %.3fs", decision.delay)
@@ -488,9 +648,10 @@ class Worker:
             mlkem_public_key=public.mlkem,
             slhdsa_public_key=public.slhdsa,
         )
+        connect = Connect(PROTOCOL_VERSION, state.auth_token, self.name, dict(self.labels))
         # Written directly, before the queue exists (behavior.md §2.1).
         try:
-            await pipe.send(conn.send(Connect(PROTOCOL_VERSION, state.auth_token)))
+            await pipe.send(conn.send(connect))
             await pipe.send(conn.send(first))
         except LinkClosed:
             # The hub may have refused the connect and closed: read once for its reason.
@@ -592,6 +753,7 @@ class Worker:
             self._greeting_event.set()
             self._greeting_event = trio.Event()
             log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
+            self._record_hub(message)
             if attempt.channels is None and attempt.nursery is not None:
                 assert self.state is not None and self.state.keys is not None
                 attempt.channels = ChannelServer(
@@ -625,9 +787,11 @@ class Worker:
             await attempt.channels.handle_request(message)
         elif isinstance(message, ErrorMessage):
             log.warning("hub error: %s: %s", message.code, message.message)
-            if message.code == "unauthenticated" and not attempt.greeted.is_set():
-                return Outcome.TOKEN_REJECTED
-            return Outcome.TRANSIENT
+            self._rejection = message
+            saved = self.hub_record.hub_id if self.hub_record is not None else None
+            return classify_link_error(
+                message.code, message.hub_id, saved, greeted=attempt.greeted.is_set()
+            )
         elif attempt.hub is not None:
             # Answers to its own requests (cross-worker opens), channel data, credit, close.
             attempt.hub.handle(message)
@@ -637,5 +801,78 @@ class Worker:
         log.warning("deregistered by the hub: %s", message.reason)
         await self._enqueue(attempt, DeregisterAck(message.request_id))
         await attempt.writer.drain(FLUSH_TIMEOUT)  # the writer writes the ack, then stops
-        wipe_state(self.data_dir)
+        self._retire("deregistered by the hub")
         return WorkerExit.DEREGISTERED
+
+    # -- the hub's identity ----------------------------------------------------------
+
+    def _record_hub(self, greeting: WorkerGreeting) -> None:
+        """Keep ``hub.json`` true after a greeting (the hub accepted the token, so it is the
+        one that issued it): record a hub id not yet recorded, or the URL the hub moved to.
+        A failure to write is logged; the link goes on."""
+        if not greeting.hub_id:
+            return  # a hub too old to name itself
+        saved = self.hub_record
+        if saved is not None and (saved.hub_id, saved.hub_url) == (greeting.hub_id, self.hub_url):
+            return
+        if saved is not None and saved.hub_id == greeting.hub_id:
+            record = attrs.evolve(saved, hub_url=self.hub_url)
+            log.info(
+                "hub %s is now at %s (was %s): %s updated",
+                greeting.hub_id,
+                self.hub_url,
+                saved.hub_url,
+                HUB_FILE,
+            )
+        else:
+            record = HubRecord(greeting.hub_id, self.hub_url, None)
+            if saved is not None and saved.hub_id:
+                log.warning(
+                    "hub %s at %s accepted this worker's token, but %s named hub %s: recording %s",
+                    greeting.hub_id,
+                    self.hub_url,
+                    HUB_FILE,
+                    saved.hub_id,
+                    greeting.hub_id,
+                )
+            else:
+                log.info("recorded hub %s at %s in %s", greeting.hub_id, self.hub_url, HUB_FILE)
+        try:
+            save_hub(self.data_dir, record)
+        except LeapcoreError as exc:
+            log.warning("could not record the hub: %s", exc)
+            return
+        self.hub_record = record
+
+    def _retire(self, why: str) -> None:
+        """Retire the identity, keeping a copy (:func:`retire_state`), and say where."""
+        self.retired = retire_state(self.data_dir)
+        self.state = None
+        self.hub_record = None
+        kept = ", ".join(str(path) for path in self.retired) or "no files to keep"
+        log.warning("%s: identity retired; kept as %s", why, kept)
+
+    def _mismatch(self) -> HubMismatch:
+        """The refusal for a token a hub does not know (nothing is changed)."""
+        error = self._rejection
+        code, text, hub_id = (
+            (error.code, error.message, error.hub_id) if error is not None else ("", "", "")
+        )
+        saved = self.hub_record
+        reached = f"hub at {self.hub_url} (hub id {hub_id or 'not given'})"
+        if code == "worker_deleted":
+            what = "says it deleted this worker but is not the hub it registered with"
+        else:
+            what = "does not know this worker"
+        if saved is None:
+            origin = f"it recorded no hub (no {HUB_FILE}: registered before hubs had ids)"
+        else:
+            origin = f"it registered with hub {saved.hub_id or '(id not given)'} at {saved.hub_url}"
+        return HubMismatch(
+            f"{reached} {what} ({code}: {text}); {origin}; {STATE_FILE} left untouched",
+            hub_url=self.hub_url,
+            hub_id=hub_id,
+            registered_hub_id=saved.hub_id if saved is not None else "",
+            registered_url=saved.hub_url if saved is not None else "",
+            hub_code=code,
+        )

@@ -3,28 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from support.procs import script
 
 import leapcore
 
 SCRIPTS = ["leapcore", "leapcore-hub", "leapcore-worker"]
 
 
-def _script(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    found = str(path) if path.exists() else shutil.which(name)
-    assert found, f"console script {name} is not installed"
-    return found
-
-
 def run(name: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [_script(name), *args], capture_output=True, text=True, timeout=60, check=False
+        [script(name), *args], capture_output=True, text=True, timeout=60, check=False
     )
 
 

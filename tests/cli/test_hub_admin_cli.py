@@ -6,17 +6,16 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.helpers import expect
+from support.procs import script
 
 from leapcore.crypto.keys import PublicKeyBundle
 from leapcore.crypto.mode import EncryptionMode
@@ -28,13 +27,6 @@ T_JSON = "2023-11-14T22:13:20.123Z"
 T_HUMAN = "2023-11-14 22:13:20Z"
 JSON_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 KEYS = PublicKeyBundle(bytes(range(32)), bytes(1568), bytes(64))
-
-
-def _script(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    found = str(path) if path.exists() else shutil.which(name)
-    assert found, f"console script {name} is not installed"
-    return found
 
 
 def real_now() -> int:
@@ -62,7 +54,7 @@ class Hub:
     ) -> subprocess.CompletedProcess[str]:
         """``leapcore-hub admin ARGS`` (no --data-dir added)."""
         return subprocess.run(
-            [_script("leapcore-hub"), "admin", *args],
+            [script("leapcore-hub"), "admin", *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -373,13 +365,14 @@ def test_reg_keys_list_revoke_purge(hub: Hub) -> None:
     alice = store.get_user("alice")
     now = real_now()
     old, _ = store.mint_registration_key(alice.id, T)  # long expired
-    first, _ = store.mint_registration_key(alice.id, now - 2000)
+    first, first_key = store.mint_registration_key(alice.id, now - 2000)
     second, _ = store.mint_registration_key(alice.id, now - 1000)
 
     keys = hub.doc("reg-key", "list")["keys"]
     assert [k["id"] for k in keys] == [second.id, first.id]  # live only, newest first
     assert keys[0] == {
         "id": second.id,
+        "prefix": second.prefix,
         "created_by": alice.id,
         "creator_name": "alice",
         "created_at": keys[0]["created_at"],
@@ -392,19 +385,28 @@ def test_reg_keys_list_revoke_purge(hub: Hub) -> None:
     assert every[2]["expires_at"] == "2023-11-14T22:18:20.123Z"
 
     table = hub.ok("reg-key", "list", "--include-expired").splitlines()
-    assert table[0].split() == ["ID", "CREATED", "BY", "CREATED", "EXPIRES", "STATE"]
+    assert table[0].split() == ["ID", "KEY", "CREATED", "BY", "CREATED", "EXPIRES", "STATE"]
     assert [line.split()[0] for line in table[1:]] == [second.id, first.id, old.id]
+    assert [line.split()[1] for line in table[1:]] == [
+        f"{k.prefix}\u2026" for k in (second, first, old)
+    ]
     assert [line.split()[-1] for line in table[1:]] == ["live", "live", "expired"]
-    assert table[3].split()[1] == "alice"
+    assert table[3].split()[2] == "alice"
 
-    assert hub.ok("reg-key", "revoke", "--id", first.id) == f"revoked registration key {first.id}\n"
+    # By the key itself (a leaked key), which names the same key as its id.
+    revoked = f"revoked registration key {first.id}\n"
+    assert hub.ok("reg-key", "revoke", "--id", first_key) == revoked
+    assert hub.ok("reg-key", "revoke", "--id", first.id) == revoked
     assert [k["id"] for k in hub.doc("reg-key", "list")["keys"]] == [second.id]
     revoked = next(
         k for k in store.list_registration_keys(now, include_expired=True) if k.id == first.id
     )
     assert revoked.expires_at < real_now()
     assert hub.doc("reg-key", "revoke", "--id", "nope", code=3) == {
-        "error": {"code": "not_found", "message": "registration key not found: nope"}
+        "error": {
+            "code": "not_found",
+            "message": "registration key not found (give its id or the key itself)",
+        }
     }
     assert "--id is required" in error(hub.admin("reg-key", "revoke"), 2)
 

@@ -11,14 +11,13 @@ import json
 import os
 import re
 import shlex
-import shutil
 import stat
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.procs import script
 
 from leapcore.crypto.keys import PublicKeyBundle
 from leapcore.crypto.primitives import (
@@ -45,13 +44,6 @@ def bundle(n: int) -> PublicKeyBundle:
     )
 
 
-def _script(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    found = str(path) if path.exists() else shutil.which(name)
-    assert found, f"console script {name} is not installed"
-    return found
-
-
 class Env:
     """A child environment with its own HOME and config dir, and nothing LEAPCORE_* leaking in."""
 
@@ -75,7 +67,7 @@ class Env:
             else:
                 env[key] = value
         return subprocess.run(
-            [_script(name), *args],
+            [script(name), *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -346,11 +338,13 @@ def test_hub_and_worker_id_from_the_environment(env: Env) -> None:
 def test_missing_hub_is_a_usage_error(env: Env) -> None:
     proc = env.pins("list")
     assert (proc.returncode, proc.stdout) == (2, "")
-    assert proc.stderr.splitlines()[-1] == (
-        "leapcore remote worker pins list: error: --hub is required (or set LEAPCORE_HUB)"
+    no_hub = (
+        "no hub: pass --hub URL (or set LEAPCORE_HUB), or run "
+        "`leapcore remote login --hub URL` once to make it the default"
     )
+    assert proc.stderr.splitlines()[-1] == f"leapcore remote worker pins list: error: {no_hub}"
     assert json_doc(env.pins("list", "--json"), 2) == {
-        "error": {"code": "usage", "message": "--hub is required (or set LEAPCORE_HUB)"}
+        "error": {"code": "usage", "message": no_hub}
     }
     assert env.pins("list", LEAPCORE_HUB="").returncode == 2  # empty counts as unset
 
@@ -360,13 +354,13 @@ def test_missing_worker_id_is_a_usage_error(env: Env, verb: str) -> None:
     proc = env.pins(verb, "--hub", HUB)
     assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr.splitlines()[-1] == (
-        f"leapcore remote worker pins {verb}: error: --worker-id is required for {verb} "
-        "(or set LEAPCORE_WORKER_ID)"
+        f"leapcore remote worker pins {verb}: error: --worker is required for {verb} "
+        "(or set LEAPCORE_WORKER)"
     )
     assert json_doc(env.pins(verb, "--hub", HUB, "--json"), 2) == {
         "error": {
             "code": "usage",
-            "message": f"--worker-id is required for {verb} (or set LEAPCORE_WORKER_ID)",
+            "message": f"--worker is required for {verb} (or set LEAPCORE_WORKER)",
         }
     }
 

@@ -82,7 +82,7 @@ def test_worker_id_from_the_environment_and_usage_errors(env: Env) -> None:
     assert proc.returncode == 2
     proc = env.remote("worker", "info")
     assert proc.returncode == 2
-    assert "--worker-id is required" in proc.stderr
+    assert "--worker is required (or set LEAPCORE_WORKER)" in proc.stderr
 
 
 def test_demo_once_shows_a_real_session(env: Env) -> None:

@@ -50,10 +50,10 @@ KEY_REFUSED = (
     "error: registration rejected: unauthenticated: registration key invalid or already consumed\n"
 )
 GO_AWAY = "hub going away (hub is shutting down); reconnect in 10s"
-DEREGISTERED = "leapcore-worker: deregistered by the hub; local state ({path}) deleted"
+DEREGISTERED = "leapcore-worker: deregistered by the hub; identity retired, kept as {kept}"
 WIPED = (
-    "leapcore-worker: the hub rejected this worker's credentials (it was deleted or "
-    "deregistered); local state ({path}) deleted"
+    "leapcore-worker: the hub this worker registered with deleted it; identity retired, "
+    "kept as {kept}"
 )
 #: Real seconds within which the hub must list a killed worker as offline.
 OFFLINE_WITHIN = 10.0
@@ -223,18 +223,22 @@ def test_deregistered_offline_worker_and_deleted_worker_credentials(env: Env) ->
     worker = env.start_worker("box")
     assert worker.wait() == 0, worker.stderr()
     assert "deregistered by the hub: worker deregistered by owner" in worker.stderr()
-    assert worker.stderr().endswith(DEREGISTERED.format(path=state) + "\n")
+    (kept_state,) = state.parent.glob("state.json.deregistered-*")
+    (kept_hub,) = state.parent.glob("hub.json.deregistered-*")
+    assert worker.stderr().endswith(DEREGISTERED.format(kept=f"{kept_state}, {kept_hub}") + "\n")
     assert not state.exists()
+    assert kept_state.read_bytes() == saved.read_bytes()  # retired, not destroyed
     assert env.json("worker", "list") == {"workers": []}
 
-    # The deleted worker's credentials, restored: the hub rejects them; the state is wiped.
+    # The deleted worker's credentials, restored (without hub.json: the hub is not recorded):
+    # only a database that issued the token says worker_deleted; the identity is retired.
     shutil.copy(saved, state)
     worker = env.start_worker("box")
     assert worker.wait() == 0, worker.stderr()
     err = worker.stderr()
-    assert "hub error: unauthenticated: invalid auth token" in err
-    assert "the hub rejected this worker's auth token; local state wiped" in err
-    assert err.endswith(WIPED.format(path=state) + "\n")
+    assert "hub error: worker_deleted: this worker was deregistered or deleted on this hub" in err
+    (again,) = set(state.parent.glob("state.json.deregistered-*")) - {kept_state}
+    assert err.endswith(WIPED.format(kept=again) + "\n")
     assert "registered as" not in err
     assert not state.exists()
     assert json.loads(saved.read_text())["worker_id"] == box["id"]

@@ -21,7 +21,7 @@ from support.hubpeer import (
     wait_until,
 )
 
-from leapcore.hub.server import SEND_QUEUE, Hub
+from leapcore.hub.server import SEND_QUEUE, WORKER_DELETED, Hub
 from leapcore.net.dial import connect_link
 from leapcore.proto.limits import REG_KEY_LIFETIME_MS
 from leapcore.proto.link_codec import (
@@ -57,7 +57,7 @@ async def test_register_then_key_is_consumed(tmp_path: Path) -> None:
             await peer.send(Register(1, key, "again", "1.0"))
             [error] = await peer.until_closed()
             assert error == ErrorMessage(
-                "unauthenticated", "registration key invalid or already consumed"
+                "unauthenticated", "registration key invalid or already consumed", env.store.hub_id
             )
         async with env.client() as client:
             state = await client.request("regkey.state", registration_key=key)
@@ -117,7 +117,9 @@ async def test_connect_greets_first_and_persists_keys(tmp_path: Path) -> None:
             await peer.pipe.send(
                 peer.conn.send(Connect(1, token)) + peer.conn.send(Heartbeat(7, "pq", **KEYS))
             )
-            assert await peer.recv() == WorkerGreeting(worker_id, env.user_id, "alice")
+            assert await peer.recv() == WorkerGreeting(
+                worker_id, env.user_id, "alice", env.store.hub_id
+            )
             assert await peer.recv() == HeartbeatAck(7)
             assert env.hub.is_online(worker_id)
             worker = env.store.get_worker(worker_id)
@@ -191,15 +193,25 @@ async def test_a_second_link_replaces_the_first(tmp_path: Path) -> None:
 
 
 async def test_unknown_or_deleted_token_is_refused(tmp_path: Path) -> None:
+    """A token this hub never issued is ``unauthenticated``; the token of a worker this hub
+    deleted is ``worker_deleted`` (the one answer a worker retires its identity on); both
+    name the hub."""
     async with running_hub(tmp_path) as env:
         worker_id, token = await env.register()
         note = env.store.deregister_worker(worker_id, now_ms(), requested_by=None)
         env.store.notification_delivered(note.id, now_ms())
-        for bad, text in ((token, "invalid auth token"), ("", "auth_token required")):
+        hub_id = env.store.hub_id
+        assert len(hub_id) == 16
+        cases = (
+            (token, "worker_deleted", WORKER_DELETED),
+            ("t" * 48, "unauthenticated", "invalid auth token"),
+            ("", "unauthenticated", "auth_token required"),
+        )
+        for bad, code, text in cases:
             async with env.link(LinkRole.WORKER) as peer:
                 await peer.send(Connect(1, bad))
                 [error] = await peer.until_closed()
-                assert error == ErrorMessage("unauthenticated", text)
+                assert error == ErrorMessage(code, text, hub_id)
 
 
 async def test_deregister_online_worker(tmp_path: Path) -> None:
@@ -265,7 +277,8 @@ async def test_client_requests(tmp_path: Path) -> None:
             extend = await client.request("regkey.extend", registration_key=key)
             assert extend.error_code == "failed_precondition"
             assert extend.error_message == "extension not allowed yet"
-            assert (await client.request("regkey.revoke", registration_key=key)).result == {}
+            revoked = (await client.request("regkey.revoke", registration_key=key)).result
+            assert revoked is not None and set(revoked) == {"key_id"}
             state = await client.request("regkey.state", registration_key=key)
             assert state.result == {"state": "expired"}
 
@@ -343,7 +356,10 @@ async def test_healthz_and_graceful_shutdown(tmp_path: Path) -> None:
 
 async def test_live_links_are_capped_per_owner(tmp_path: Path) -> None:
     async with running_hub(tmp_path, max_workers_per_user=2) as env:
-        (first, token1), (_, token2) = await env.register(), await env.register()
+        (first, token1), (_, token2) = (
+            await env.register(name="first"),
+            await env.register(name="second"),
+        )
         env.store.max_workers_per_user = 1  # lowered after both registered
         # A reconnect replaces its own slot; a second worker is refused.
         async with env.worker(token1), env.worker(token1), env.link(LinkRole.WORKER) as peer:
@@ -397,5 +413,5 @@ async def test_tls(tmp_path: Path) -> None:
             ) as pipe:
                 peer = Peer(pipe, LinkRole.CLIENT)
                 await peer.send(ClientHello(1, env.token))
-                assert await peer.recv() == ClientGreeting(env.user_id, "alice")
+                assert await peer.recv() == ClientGreeting(env.user_id, "alice", hub.store.hub_id)
         await hub.shutdown()

@@ -105,7 +105,9 @@ async def test_an_idle_client_link_is_closed(
 
         async def watch_idle() -> None:
             assert await until_closed(idle, 120) == [
-                ErrorMessage("unavailable", "the link was idle for 60 s and is closed")
+                ErrorMessage(
+                    "unavailable", "the link was idle for 60 s and is closed", env.store.hub_id
+                )
             ]
             closed.append(trio.current_time() - start)
 
@@ -389,9 +391,13 @@ async def test_an_answer_too_large_for_one_record_is_an_error_not_silence(
     would leave it waiting for its deadline), and the link goes on working."""
     labels = {f"k{i:02d}".ljust(64, "k"): "v" * 256 for i in range(16)}
     async with running_hub(tmp_path) as env, env.client() as client:
-        for _ in range(40):
+        for i in range(40):  # names are unique per owner: the longest, each its own
             env.store.register_worker(
-                env.key(), name="w" * 128, version="1.0", labels=labels, now_ms=now_ms()
+                env.key(),
+                name=f"{i:02d}".rjust(128, "w"),
+                version="1.0",
+                labels=labels,
+                now_ms=now_ms(),
             )
         response = await client.request("workers.list", 1)
         assert isinstance(response, HubResponse)

@@ -63,6 +63,7 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
         "log_level": "info",
+        "log_format": "text",
         "signin_timeout": 10.0,
         "client_idle_timeout": 600.0,
         "max_links_per_user": 32,
@@ -125,8 +126,10 @@ def test_hub_settings_precedence(tmp_path: Path) -> None:
         flags={"data_dir": "/from/flag"}, env=env, home=home, config_path=config
     )
     assert settings["data_dir"] == "/from/flag"
-    settings, _ = hub_settings(flags={"data_dir": "rel"}, env=env, home=home, config_path=config)
-    assert settings["data_dir"] == str(config.parent / "rel")
+    settings, _ = hub_settings(
+        flags={"data_dir": "rel"}, env=env, home=home, config_path=config, cwd=tmp_path
+    )
+    assert settings["data_dir"] == str(tmp_path / "rel")  # a flag's: the current directory's
 
 
 def test_explicit_config_must_exist(tmp_path: Path) -> None:

@@ -111,8 +111,8 @@ async def test_values_follow_workers_registrations_and_garbage(tmp_path: Path) -
         assert value(before, "links", kind="worker") == 0
 
         # Registrations: two succeed, a bad key is rejected, the third hits the quota.
-        worker_id, token = await env.register()
-        await env.register()
+        worker_id, token = await env.register(name="first")
+        await env.register(name="second")
         async with env.link(LinkRole.WORKER) as peer:
             await peer.send(Register(1, "not-a-key", "w", "1.0"))
             [error] = await peer.until_closed()

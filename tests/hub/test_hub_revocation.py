@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,8 +31,9 @@ from support.hubpeer import (
     wait_until,
     workers,
 )
+from support.procs import script
 
-from leapcore.hub.server import Hub
+from leapcore.hub.server import WORKER_DELETED, Hub
 from leapcore.proto.limits import HubLimits
 from leapcore.proto.link_codec import (
     ChannelClose,
@@ -87,7 +86,7 @@ async def test_revoking_a_token_closes_its_links_within_a_second(
             admin.close()
             for peer in (first_a, first_b):  # every link signed in with it
                 assert await until_closed(peer, 1) == [
-                    ErrorMessage("unauthenticated", "the API token was revoked")
+                    ErrorMessage("unauthenticated", "the API token was revoked", env.store.hub_id)
                 ]
             assert trio.current_time() - start <= 0.5 + 0.01
             await alive(other_token)  # the same user's other token still works
@@ -96,15 +95,8 @@ async def test_revoking_a_token_closes_its_links_within_a_second(
         async with env.link(LinkRole.CLIENT) as again:  # and it signs in no more
             await again.send(ClientHello(1, env.token))
             assert await until_closed(again, 1) == [
-                ErrorMessage("unauthenticated", "invalid API token")
+                ErrorMessage("unauthenticated", "invalid API token", env.store.hub_id)
             ]
-
-
-def _script(name: str) -> str:
-    path = Path(sys.executable).with_name(name)
-    found = str(path) if path.exists() else shutil.which(name)
-    assert found, f"console script {name} is not installed"
-    return found
 
 
 async def test_admin_cli_token_revoke_closes_a_live_link(tmp_path: Path) -> None:
@@ -116,7 +108,7 @@ async def test_admin_cli_token_revoke_closes_a_live_link(tmp_path: Path) -> None
             env_vars = {k: v for k, v in os.environ.items() if not k.startswith("LEAPCORE_")}
             env_vars["HOME"] = str(tmp_path)
             argv = [
-                _script("leapcore-hub"),
+                script("leapcore-hub"),
                 "admin",
                 "user",
                 "token-revoke",
@@ -129,7 +121,7 @@ async def test_admin_cli_token_revoke_closes_a_live_link(tmp_path: Path) -> None
             assert proc.returncode == 0, proc.stdout
             done = trio.current_time()
             assert await until_closed(client, 1) == [
-                ErrorMessage("unauthenticated", "the API token was revoked")
+                ErrorMessage("unauthenticated", "the API token was revoked", env.store.hub_id)
             ]
             assert trio.current_time() - done < 1
             await alive(bob)
@@ -232,7 +224,7 @@ async def test_a_deregistering_worker_is_never_a_working_worker_again(
         async with env.link(LinkRole.WORKER) as peer:
             await peer.send(Connect(1, token))
             assert await until_closed(peer, 5) == [
-                ErrorMessage("unauthenticated", "invalid auth token")
+                ErrorMessage("worker_deleted", WORKER_DELETED, env.store.hub_id)
             ]
 
 
@@ -249,7 +241,7 @@ async def test_a_deleted_workers_link_is_closed(
             admin.notification_delivered(note.id, now_ms())
             admin.close()
             assert await until_closed(worker, 1) == [
-                ErrorMessage("unauthenticated", "invalid auth token")
+                ErrorMessage("worker_deleted", WORKER_DELETED, env.store.hub_id)
             ]
             assert not env.hub.is_online(worker_id)
             await alive(bystander)
@@ -289,7 +281,11 @@ async def test_a_revoked_registration_key_is_refused_at_once(tmp_path: Path) -> 
         async with env.link(LinkRole.WORKER) as peer:
             await peer.send(Register(1, key, "box", "1.0"))
             assert await until_closed(peer, 5) == [
-                ErrorMessage("unauthenticated", "registration key invalid or already consumed")
+                ErrorMessage(
+                    "unauthenticated",
+                    "registration key invalid or already consumed",
+                    env.store.hub_id,
+                )
             ]
         assert env.store.list_workers(owner_id=env.user_id) == []
 

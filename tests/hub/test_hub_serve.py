@@ -20,8 +20,8 @@ import pytest
 from support.procs import (  # noqa: F401 (env_fixture: the fixture)
     Env,
     _healthz,
-    _script,
     env_fixture,
+    script,
     wait_for,
 )
 
@@ -195,7 +195,7 @@ def test_serve_raises_its_open_file_limit_to_the_hard_limit(tmp_path: Path) -> N
         resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
 
     hub = subprocess.Popen(
-        [_script("leapcore-hub"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)],
+        [script("leapcore-hub"), "serve", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -118,7 +118,9 @@ def test_zero_go_away_means_no_request() -> None:
 @pytest.mark.parametrize(
     ("outcome", "action"),
     [
-        (Outcome.TOKEN_REJECTED, ReconnectAction.WIPE_AND_EXIT),
+        (Outcome.WORKER_DELETED, ReconnectAction.WIPE_AND_EXIT),
+        (Outcome.HUB_MISMATCH, ReconnectAction.HUB_MISMATCH),
+        (Outcome.NAME_TAKEN, ReconnectAction.FAIL),
         (Outcome.REGISTRATION_REJECTED, ReconnectAction.FAIL),
         (Outcome.CANCELLED, ReconnectAction.STOP),
     ],

@@ -12,6 +12,7 @@ from support.helpers import expect
 from leapcore.crypto.keys import PublicKeyBundle
 from leapcore.crypto.mode import EncryptionMode
 from leapcore.errors import (
+    AlreadyExists,
     FailedPrecondition,
     LocalError,
     NotFound,
@@ -19,10 +20,13 @@ from leapcore.errors import (
     QuotaExceeded,
     StorageError,
     Unauthenticated,
+    WorkerDeleted,
 )
 from leapcore.proto.limits import ID_LENGTH, REG_KEY_EXTEND_WINDOW_MS, REG_KEY_LIFETIME_MS
 from leapcore.store.hubstore import (
     ALPHABET,
+    HUB_ID_HEX,
+    KEY_PREFIX_LENGTH,
     SCHEMA_VERSION,
     SQLiteHubStore,
     WorkerStatus,
@@ -40,7 +44,8 @@ def store(tmp_path: Path) -> SQLiteHubStore:
 
 def register(store: SQLiteHubStore, user_id: str, now: int = T, **kw: object):  # type: ignore[no-untyped-def]
     _, key = store.mint_registration_key(user_id, now)
-    return store.register_worker(key, name="box", version="0.1.0", labels={}, now_ms=now, **kw)
+    name = kw.pop("name", f"box-{key[:8]}")  # names are unique per owner
+    return store.register_worker(key, name=name, version="0.1.0", labels={}, now_ms=now, **kw)
 
 
 def test_ids_are_48_alphanumerics() -> None:
@@ -259,7 +264,15 @@ def test_deregistration_by_owner_then_acknowledged(store: SQLiteHubStore) -> Non
     store.notification_delivered(note.id, T + 3)
     assert store.get_worker(worker.id).status is WorkerStatus.DELETED
     assert store.pending_notifications(worker.id) == []
-    expect(Unauthenticated, "invalid auth token", store.authenticate_worker, token, T + 4)
+    # The deleted worker's token is told apart from one this hub never issued.
+    expect(
+        WorkerDeleted,
+        "deregistered or deleted on this hub",
+        store.authenticate_worker,
+        token,
+        T + 4,
+    )
+    expect(Unauthenticated, "invalid auth token", store.authenticate_worker, "x" * 48, T + 4)
     expect(
         NotFound,
         "not found or not active",
@@ -340,3 +353,76 @@ def test_admin_check(store: SQLiteHubStore) -> None:
     user, _ = store.create_user("alice", T)
     store.require_admin(admin)
     expect(PermissionDenied, "administrators only", store.require_admin, user)
+
+
+def test_hub_id_is_random_stable_and_per_database(tmp_path: Path) -> None:
+    first = SQLiteHubStore(tmp_path / "a.db")
+    hub_id = first.hub_id
+    assert len(hub_id) == HUB_ID_HEX and set(hub_id) <= set("0123456789abcdef")
+    first.close()
+    again = SQLiteHubStore(tmp_path / "a.db")
+    assert again.hub_id == hub_id  # kept across restarts
+    other = SQLiteHubStore(tmp_path / "b.db")
+    assert other.hub_id != hub_id  # a fresh database is a different hub
+
+
+def test_registration_key_keeps_a_prefix_and_is_revocable_by_id_or_value(
+    store: SQLiteHubStore,
+) -> None:
+    user, _ = store.create_user("alice", T)
+    by_id, key1 = store.mint_registration_key(user.id, T)
+    by_value, key2 = store.mint_registration_key(user.id, T)
+    assert by_id.prefix == key1[:KEY_PREFIX_LENGTH] and len(by_id.prefix) == 6
+    listed = {k.id: k.prefix for k in store.list_registration_keys(T)}
+    assert listed == {by_id.id: key1[:6], by_value.id: key2[:6]}
+    assert store.revoke_registration_key_by_ref(by_id.id, T, owner=user.id) == by_id.id
+    assert store.revoke_registration_key_by_ref(key2, T, owner=user.id) == by_value.id
+    assert store.list_registration_keys(T) == []
+    expect(
+        NotFound, "give its id or the key itself", store.revoke_registration_key_by_ref, "nope", T
+    )
+    bob, _ = store.create_user("bob", T)
+    _, bobs = store.mint_registration_key(bob.id, T)
+    expect(
+        NotFound,
+        "give its id or the key itself",
+        store.revoke_registration_key_by_ref,
+        bobs,
+        T,
+        owner=user.id,
+    )
+
+
+def test_worker_names_are_unique_per_owner(store: SQLiteHubStore) -> None:
+    alice, _ = store.create_user("alice", T)
+    bob, _ = store.create_user("bob", T)
+    first, _ = register(store, alice.id, name="box")
+    register(store, bob.id, name="box")  # another owner may use the name
+    _, key = store.mint_registration_key(alice.id, T)
+    expect(
+        AlreadyExists,
+        "already called 'box'",
+        store.register_worker,
+        key,
+        name="box",
+        version="1",
+        labels={},
+        now_ms=T,
+    )
+    assert store.registration_key_state(alice.id, key, T) == "live"  # nothing consumed
+    second, _ = register(store, alice.id, name="other")
+    expect(
+        AlreadyExists,
+        "already called 'box'",
+        store.update_worker_profile,
+        second.id,
+        name="box",
+        labels={},
+    )
+    assert store.get_worker(second.id).name == "other"
+    renamed = store.update_worker_profile(second.id, name="renamed", labels={"a": "b"})
+    assert (renamed.name, renamed.labels) == ("renamed", {"a": "b"})
+    # A deleted worker's name is free again.
+    note = store.deregister_worker(first.id, T, requested_by=alice.id)
+    store.notification_delivered(note.id, T)
+    register(store, alice.id, name="box")

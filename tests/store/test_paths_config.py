@@ -4,11 +4,15 @@ pure functions, given an environment dict and a home directory."""
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
 from support.helpers import expect
+from support.procs import script
 
 from leapcore.errors import ConfigError
 from leapcore.proto.limits import (
@@ -19,9 +23,14 @@ from leapcore.proto.limits import (
     MIN_MAX_MESSAGE_SIZE,
     validate_max_message_size,
 )
-from leapcore.store.config import WORKER_KEYS, layer, read_config_file, worker_settings
+from leapcore.store.config import (
+    WORKER_KEYS,
+    hub_settings,
+    layer,
+    read_config_file,
+    worker_settings,
+)
 from leapcore.store.paths import (
-    DEFAULT_HUB_URL,
     client_config_dir,
     client_pins_path,
     cross_worker_pins_path,
@@ -249,7 +258,7 @@ def test_worker_settings_without_a_config_file(tmp_path: Path) -> None:
     settings, used = worker_settings(flags={}, env={}, home=tmp_path, config_path=None)
     assert used is None
     assert settings["data_dir"] == str(tmp_path / ".config/leapcore/worker")
-    assert settings["hub"] == DEFAULT_HUB_URL
+    assert settings["hub"] == ""  # never a default hub: the worker must be told (or remember)
     assert {k: v for k, v in settings.items() if k != "data_dir"} == {
         k: default for k, (_t, default) in WORKER_KEYS.items() if k != "data_dir"
     }
@@ -278,9 +287,11 @@ def test_worker_settings_precedence_file_env_flag(tmp_path: Path) -> None:
     flags = {"data_dir": "/from/flag"}
     settings, _ = worker_settings(flags=flags, env=env, home=home, config_path=config)
     assert settings["data_dir"] == "/from/flag"
-    # A relative value from the environment or a flag also resolves against the file's directory.
-    settings, _ = worker_settings(flags={"data_dir": "rel"}, env=env, home=home, config_path=config)
-    assert settings["data_dir"] == str(config.parent / "rel")
+    # A relative value from a flag resolves against the current directory, not the file's.
+    settings, _ = worker_settings(
+        flags={"data_dir": "rel"}, env=env, home=home, config_path=config, cwd=tmp_path / "cwd"
+    )
+    assert settings["data_dir"] == str(tmp_path / "cwd" / "rel")
 
 
 def test_worker_settings_relative_config_path_gives_an_absolute_data_dir(
@@ -366,3 +377,186 @@ def test_worker_max_message_size_is_range_checked_in_every_layer(
             flags={"max_message_size": ok}, env={}, home=tmp_path, config_path=None
         )
         assert settings["max_message_size"] == ok
+
+
+# -- relative paths: relative to where they were written ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "file_text", "expected"),
+    [
+        # A flag or the environment: the current directory, whatever the file says.
+        ({"data_dir": "rel"}, {}, 'data_dir = "filed"\n', "cwd/rel"),
+        ({}, {"LEAPCORE_WORKER_DATA_DIR": "rel"}, 'data_dir = "filed"\n', "cwd/rel"),
+        ({"data_dir": "../up"}, {}, None, "cwd/../up"),
+        ({"data_dir": "."}, {}, "", "cwd"),
+        # The config file: the file's directory.
+        ({}, {}, 'data_dir = "filed"\n', "etc/filed"),
+        ({}, {}, 'data_dir = "../state"\n', "etc/../state"),
+        # No value anywhere: the config file's directory, else the default config directory.
+        ({}, {}, "", "etc"),
+        ({}, {}, None, "home/.config/leapcore/worker"),
+        # Home and absolute paths, from any layer.
+        ({"data_dir": "~/d"}, {}, None, "home/d"),
+        ({}, {"LEAPCORE_WORKER_DATA_DIR": "~"}, None, "home"),
+        ({}, {}, 'data_dir = "~/d"\n', "home/d"),
+        ({"data_dir": "/abs/d"}, {}, 'data_dir = "filed"\n', "/abs/d"),
+        ({}, {}, 'data_dir = "/abs/d"\n', "/abs/d"),
+    ],
+)
+def test_worker_data_dir_is_relative_to_where_it_was_written(
+    tmp_path: Path,
+    flags: dict[str, str],
+    env: dict[str, str],
+    file_text: str | None,
+    expected: str,
+) -> None:
+    config = tmp_path / "etc" / "worker.toml"
+    if file_text is not None:
+        config.parent.mkdir()
+        config.write_text(file_text)
+    settings, used = worker_settings(
+        flags=flags,
+        env=env,
+        home=tmp_path / "home",
+        config_path=config if file_text is not None else None,
+        cwd=tmp_path / "cwd",
+    )
+    assert used == (config if file_text is not None else None)
+    want = Path(expected) if expected.startswith("/") else tmp_path / expected
+    assert settings["data_dir"] == str(want)
+    assert Path(settings["data_dir"]).is_absolute()
+
+
+def test_a_relative_data_dir_flag_defaults_to_the_real_current_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    settings, _ = worker_settings(
+        flags={"data_dir": "rel"}, env={}, home=tmp_path / "home", config_path=None
+    )
+    assert settings["data_dir"] == str(tmp_path / "rel")
+    settings, _ = hub_settings(
+        flags={}, env={"LEAPCORE_HUB_DATA_DIR": "rel"}, home=tmp_path / "home", config_path=None
+    )
+    assert settings["data_dir"] == str(tmp_path / "rel")
+
+
+@pytest.mark.parametrize(
+    ("file_value", "env_value", "flag_value", "expected"),
+    [
+        ("ca.pem", None, None, "etc/ca.pem"),
+        ("../pki/ca.pem", None, None, "etc/../pki/ca.pem"),
+        ("~/ca.pem", None, None, "home/ca.pem"),
+        ("/abs/ca.pem", None, None, "/abs/ca.pem"),
+        ("", None, None, ""),  # empty: no CA file, not the config directory
+        ("ca.pem", "env.pem", None, "env.pem"),  # as given: the OS reads it from the cwd
+        ("ca.pem", None, "flag.pem", "flag.pem"),
+        (None, None, None, ""),
+    ],
+)
+def test_worker_ca_file_in_a_config_file_is_relative_to_the_file(
+    tmp_path: Path,
+    file_value: str | None,
+    env_value: str | None,
+    flag_value: str | None,
+    expected: str,
+) -> None:
+    config = tmp_path / "etc" / "worker.toml"
+    config.parent.mkdir()
+    config.write_text("" if file_value is None else f"ca_file = {file_value!r}\n")
+    env = {} if env_value is None else {"LEAPCORE_WORKER_CA_FILE": env_value}
+    flags = {} if flag_value is None else {"ca_file": flag_value}
+    settings, _ = worker_settings(
+        flags=flags, env=env, home=tmp_path / "home", config_path=config, cwd=tmp_path / "cwd"
+    )
+    if expected.startswith(("etc", "home")):
+        expected = str(tmp_path / expected)
+    assert settings["ca_file"] == expected
+
+
+def test_hub_path_settings_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "etc" / "hub.toml"
+    config.parent.mkdir()
+    config.write_text(
+        'data_dir = "state"\ntls_cert = "tls/cert.pem"\ntls_key = "~/key.pem"\n'
+        'listen_unix = "hub.sock"\n'
+    )
+    home, cwd = tmp_path / "home", tmp_path / "cwd"
+    settings, _ = hub_settings(flags={}, env={}, home=home, config_path=config, cwd=cwd)
+    assert (
+        settings["data_dir"],
+        settings["tls_cert"],
+        settings["tls_key"],
+        settings["listen_unix"],
+    ) == (
+        str(config.parent / "state"),
+        str(config.parent / "tls/cert.pem"),
+        str(home / "key.pem"),
+        str(config.parent / "hub.sock"),
+    )
+    env = {"LEAPCORE_HUB_DATA_DIR": "d", "LEAPCORE_HUB_TLS_CERT": "c.pem"}
+    flags = {"tls_key": "k.pem", "listen_unix": "s.sock"}
+    settings, _ = hub_settings(flags=flags, env=env, home=home, config_path=config, cwd=cwd)
+    assert (
+        settings["data_dir"],
+        settings["tls_cert"],
+        settings["tls_key"],
+        settings["listen_unix"],
+    ) == (str(cwd / "d"), "c.pem", "k.pem", "s.sock")
+    # Without a file: the defaults, and the hub's config directory for the data.
+    settings, _ = hub_settings(flags={}, env={}, home=home, config_path=None, cwd=cwd)
+    assert (settings["data_dir"], settings["tls_cert"], settings["listen_unix"]) == (
+        str(home / ".config/leapcore/hub"),
+        "",
+        "",
+    )
+
+
+def test_real_commands_put_a_relative_data_dir_where_it_was_written(tmp_path: Path) -> None:
+    """The real ``leapcore-hub admin`` and ``leapcore-worker cross-worker-pins``, run in
+    ``tmp_path/cwd``: a relative ``--data-dir`` or environment value lands under the current
+    directory, a config file's under the file's directory."""
+    cwd, home, etc = tmp_path / "cwd", tmp_path / "home", tmp_path / "etc"
+    for folder in (cwd, home, etc):
+        folder.mkdir()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LEAPCORE_")}
+    base["HOME"] = str(home)
+
+    def hub_admin(*args: str, env: dict[str, str] | None = None) -> None:
+        proc = subprocess.run(
+            [script("leapcore-hub"), "admin", *args, "user", "create", "ada", "--admin"],
+            cwd=cwd,
+            env={**base, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+
+    hub_admin("--data-dir", "flag-dir")
+    assert (cwd / "flag-dir" / "hub.db").is_file()
+    hub_admin(env={"LEAPCORE_HUB_DATA_DIR": "env-dir"})
+    assert (cwd / "env-dir" / "hub.db").is_file()
+    (etc / "hub.toml").write_text('data_dir = "file-dir"\n')
+    hub_admin("--config", str(etc / "hub.toml"))
+    assert (etc / "file-dir" / "hub.db").is_file()
+    assert not (cwd / "file-dir").exists()
+    assert not (home / ".config").exists()
+
+    (etc / "worker.toml").write_text('data_dir = "worker-state"\n')
+    for args, store in [
+        (["--data-dir", "w"], cwd / "w"),
+        (["--data-dir", "w", "--config", str(etc / "worker.toml")], cwd / "w"),
+        (["--config", str(etc / "worker.toml")], etc / "worker-state"),
+    ]:
+        proc = subprocess.run(
+            [script("leapcore-worker"), "cross-worker-pins", "list", "--json", *args],
+            cwd=cwd,
+            env=base,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["store"] == str(store / "cross_worker_pins.json")

@@ -99,7 +99,10 @@ class Env:
 
     async def register(self, key: str | None = None, **kw: Any) -> tuple[str, str]:
         async with self.link(LinkRole.WORKER) as peer:
-            await peer.send(Register(1, key or self.key(), kw.get("name", "box"), "1.0"))
+            key = key or self.key()
+            # Names are unique per owner: by default each registration gets its own.
+            name = kw.get("name", f"box-{key[:8]}")
+            await peer.send(Register(1, key, name, "1.0"))
             reply = await peer.recv()
             assert isinstance(reply, Registered), reply
             assert await peer.until_closed() == []

@@ -8,10 +8,16 @@ output line, a file, a process exit) — never a fixed sleep.
 TCP, TLS (a throwaway CA made with ``trustme``) or a Unix socket. :class:`Env` starts a hub in
 that setup, restarts it on the same address, and gives every worker and remote command the
 ``--transport`` / ``--ca-file`` flags the setup needs.
+
+For the suite's secret check (:mod:`support.secretlog`) the stderr of every command
+:meth:`Env.run` runs, and of every background process when :meth:`Env.cleanup` ends it, is
+appended to the session's ``procs.log``, and the secrets in a command's ``--json`` output
+(tokens, registration keys) are recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,6 +36,8 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 
+from support.secretlog import append_log, record_secret, record_secrets_in
+
 T = TypeVar("T")
 #: This directory: test-only modules (``e2e_services``) that subprocesses import.
 TESTS_DIR = Path(__file__).resolve().parent
@@ -38,7 +46,8 @@ TIMEOUT = 20.0
 RECONNECT = re.compile(r"disconnected; reconnecting in (\d+\.\d{3})s")
 
 
-def _script(name: str) -> str:
+def script(name: str) -> str:
+    """The path of console script ``name``: beside this Python first, then on PATH."""
     path = Path(sys.executable).with_name(name)
     found = str(path) if path.exists() else shutil.which(name)
     assert found, f"console script {name} is not installed"
@@ -157,14 +166,19 @@ class Env:
 
     def run(self, *args: str, **extra: str) -> subprocess.CompletedProcess[str]:
         env = {**self.env, **extra}
-        return subprocess.run(
-            [_script(args[0]), *args[1:]],
+        proc = subprocess.run(
+            [script(args[0]), *args[1:]],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
             check=False,
             env=env,
         )
+        append_log("procs.log", " ".join(args[:3]), proc.stderr)
+        if proc.stdout.startswith(("{", "[")):
+            with contextlib.suppress(ValueError):
+                record_secrets_in(json.loads(proc.stdout))
+        return proc
 
     def client_flags(self) -> list[str]:
         """``--transport`` (and ``--ca-file`` for TLS) for this setup's clients and workers."""
@@ -195,7 +209,7 @@ class Env:
     # -- background processes ---------------------------------------------------------
 
     def start(self, name: str, *args: str, **extra: str) -> Proc:
-        proc = Proc({**self.env, **extra}, self.tmp / name, _script(args[0]), *args[1:])
+        proc = Proc({**self.env, **extra}, self.tmp / name, script(args[0]), *args[1:])
         self.procs.append(proc)
         return proc
 
@@ -230,7 +244,7 @@ class Env:
             created = self.run("leapcore-hub", "admin", "user", "create", "alice", "--json",
                                "--data-dir", str(self.hub_dir))  # fmt: skip
             assert created.returncode == 0, created.stderr
-            self.token = json.loads(created.stdout)["token"]
+            self.token = record_secret(json.loads(created.stdout)["token"])
         args = ["--listen", self.listen, "--data-dir", str(self.hub_dir)]
         if self.setup.unix:
             args += ["--listen-unix", self.unix_path()]
@@ -265,7 +279,8 @@ class Env:
 
     def reg_key(self) -> str:
         """A fresh registration key, minted through the CLI (``--no-wait``)."""
-        return str(self.json("worker", "reg-key", "create", "--no-wait")["registration_key"])
+        key = self.json("worker", "reg-key", "create", "--no-wait")["registration_key"]
+        return record_secret(str(key))
 
     def worker_dir(self, name: str) -> Path:
         return self.tmp / name
@@ -323,6 +338,8 @@ class Env:
     def cleanup(self) -> None:
         for proc in self.procs:
             proc.kill()
+            with contextlib.suppress(OSError):
+                append_log("procs.log", str(proc.err), proc.stderr())
         if self._socket_dir is not None:
             shutil.rmtree(self._socket_dir, ignore_errors=True)
 

@@ -26,7 +26,7 @@ from support.fakehub import (
 )
 
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore.errors import ConfigError, LinkClosed, RegistrationRejected
+from leapcore.errors import ConfigError, HubMismatch, LinkClosed, RegistrationRejected
 from leapcore.net.listen import LinkServer
 from leapcore.net.pipe import LinkPipe
 from leapcore.proto.link_codec import (
@@ -86,7 +86,9 @@ async def test_registration_success_saves_state_never_the_key(
             assert KEY.encode() not in path.read_bytes(), path
 
 
-@pytest.mark.parametrize("code", ["unauthenticated", "invalid_argument", "permission_denied"])
+@pytest.mark.parametrize(
+    "code", ["unauthenticated", "invalid_argument", "permission_denied", "already_exists"]
+)
 async def test_registration_permanent_rejection(
     tmp_path: Path, autojump_clock: trio.testing.MockClock, code: str
 ) -> None:
@@ -166,6 +168,7 @@ async def test_connect_sends_connect_then_keyed_heartbeat(
     connect, beat = seen["connect"], seen["beat"]
     assert isinstance(connect, Connect) and isinstance(beat, Heartbeat)
     assert (connect.protocol_version, connect.auth_token) == (1, TOKEN)
+    assert (connect.name, connect.labels) == ("box", {"site": "lab"})
     public = generated_keypair.public
     assert beat.public_key == public.x25519
     assert beat.mlkem_public_key == public.mlkem
@@ -287,20 +290,49 @@ async def test_deregister_acks_wipes_and_returns(
         assert await worker.run() is WorkerExit.DEREGISTERED
     assert acks == [DeregisterAck(77)]
     assert not (registered_dir / STATE_FILE).exists()
+    # Retired, not destroyed: the identity is kept under a new name.
+    (kept,) = worker.retired
+    assert kept.name.startswith("state.json.deregistered-") and kept.parent == registered_dir
+    assert json.loads(kept.read_text())["auth_token"] == TOKEN
     assert len(hub.links) == 1
 
 
-async def test_unauthenticated_at_connect_wipes_state(
+async def test_unauthenticated_at_connect_changes_nothing(
     registered_dir: Path, autojump_clock: trio.testing.MockClock
 ) -> None:
+    """A hub that does not know the token (a different hub, or its own on an empty
+    database) is refused for good, and no file is touched."""
+    before = (registered_dir / STATE_FILE).read_bytes()
+
     async def script(link: HubLink, n: int) -> None:
         await link.recv()
-        await link.send(ErrorMessage("unauthenticated", "worker not found"))
+        await link.send(ErrorMessage("unauthenticated", "invalid auth token", "feedface00000000"))
+
+    async with hub_running(script) as hub:
+        worker = make_worker(registered_dir, hub)
+        with pytest.raises(HubMismatch) as info:
+            await worker.run()
+    assert (registered_dir / STATE_FILE).read_bytes() == before
+    assert sorted(p.name for p in registered_dir.iterdir()) == [STATE_FILE]
+    assert info.value.hub_id == "feedface00000000" and info.value.hub_code == "unauthenticated"
+    assert len(hub.links) == 1
+
+
+async def test_worker_deleted_at_connect_retires_a_worker_without_a_hub_record(
+    registered_dir: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A worker registered before hubs had ids believes ``worker_deleted`` (only a database
+    that issued the token can say it)."""
+
+    async def script(link: HubLink, n: int) -> None:
+        await link.recv()
+        await link.send(ErrorMessage("worker_deleted", "deleted on this hub", "feedface00000000"))
 
     async with hub_running(script) as hub:
         worker = make_worker(registered_dir, hub)
         assert await worker.run() is WorkerExit.WIPED
     assert not (registered_dir / STATE_FILE).exists()
+    assert [p.name.split("-")[0] for p in worker.retired] == ["state.json.deregistered"]
     assert len(hub.links) == 1
 
 
@@ -436,10 +468,12 @@ async def test_refused_connect_is_read_once_after_a_failed_write(
     async def dial() -> AsyncIterator[LinkPipe]:
         yield pipe
 
+    before = (registered_dir / STATE_FILE).read_bytes()
     worker = Worker(registered_dir, hub_url="http://x.invalid", name="box", dial=dial)
-    assert await worker.run() is WorkerExit.WIPED
+    with pytest.raises(HubMismatch):
+        await worker.run()  # the hub's reason was read: a refusal, not a retry
     assert len(pipe.sent) == 1
-    assert not (registered_dir / STATE_FILE).exists()
+    assert (registered_dir / STATE_FILE).read_bytes() == before
 
 
 async def test_last_go_away_wins(

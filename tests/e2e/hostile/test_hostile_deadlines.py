@@ -12,7 +12,7 @@ from typing import Final
 
 from hostile_arena import ATTACKER, HERE, Stage
 from hostile_attacks import mint_key
-from support.procs import _script, wait_for
+from support.procs import script, wait_for
 
 #: ``leapcore``'s exit code for an operation that got no answer within its deadline.
 EXIT_TIMEOUT: Final = 7
@@ -39,7 +39,7 @@ def test_worker_ping_with_lost_answers_times_out(stage: Stage) -> None:
     info = arena.remote_as(token, "worker", "info", "--worker-id", worker_id, "--json")
     assert info.returncode == 0, info.stderr
     env = {**arena.env.env, "LEAPCORE_HUB": arena.url, "LEAPCORE_TOKEN": token}
-    command = [_script("leapcore"), "remote", "worker", "ping", "--worker-id", worker_id]
+    command = [script("leapcore"), "remote", "worker", "ping", "--worker-id", worker_id]
     deadline = DEADLINE
     command += ["--timeout", str(DEADLINE)]
     with stage.attack():
