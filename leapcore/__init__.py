@@ -37,12 +37,16 @@ _LAZY = {
     "HubSession": "leapcore.peer.hubsession",
     "Worker": "leapcore.worker.daemon",
     "default_services": "leapcore.worker.builtin_services",
+    "forward_local": "leapcore.peer.tunnels",
+    "serve_socks5": "leapcore.peer.tunnels",
+    "channel_pool": "leapcore.peer.tunnels",
 }
 
 if TYPE_CHECKING:
     from .peer.channel import ByteStream, CallContext, Channel, Services
     from .peer.connect import connect
     from .peer.hubsession import HubSession
+    from .peer.tunnels import channel_pool, forward_local, serve_socks5
     from .worker.builtin_services import default_services
     from .worker.daemon import Worker
 
@@ -77,7 +81,10 @@ __all__ = [
     "Worker",
     "WorkerKeyPair",
     "__version__",
+    "channel_pool",
     "connect",
     "default_services",
+    "forward_local",
     "parse_encryption_mode",
+    "serve_socks5",
 ]

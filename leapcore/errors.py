@@ -86,9 +86,12 @@ __all__ = [
     "SessionClosed",
     "SigningPoolBroken",
     "SigningPoolClosed",
+    "Socks5Error",
     "StorageError",
     "StreamUsageError",
     "TLSCertificateError",
+    "TunnelDenied",
+    "TunnelDialFailed",
     "Unauthenticated",
     "Unavailable",
     "UnexpectedMessage",
@@ -374,6 +377,18 @@ class ResourceExhausted(ChannelProtocolError):
     code = "resource_exhausted"
 
 
+class Socks5Error(RemoteProtocolError):
+    """A SOCKS5 client of a tunnel's local listener broke the protocol (bad version, no
+    acceptable method, an unsupported command, a truncated message, ...). ``reason`` names
+    the violation; only that client's connection is closed."""
+
+    code = "socks5_error"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"SOCKS5 {reason}: {message}")
+        self.reason = reason
+
+
 # ---------------------------------------------------------------------------
 # Remote failure: the protocol was kept, the far side went away or said no.
 
@@ -570,6 +585,29 @@ class RemoteCallError(Refused):
         self.remote_message = message
 
 
+class TunnelDialFailed(Refused):
+    """The worker could not dial a tunnel's target (``Channel.open_tcp``); nothing was
+    connected. ``reason`` is the worker's code: ``connection_refused``,
+    ``network_unreachable``, ``host_unreachable``, ``timed_out``, ``name_not_found`` or
+    ``denied_by_policy`` (:class:`TunnelDenied`); ``str(exc)`` is ``<reason>: <detail>``,
+    e.g. ``name_not_found: dial example.invalid:80: name not found``. The worker's dialler
+    raises it too (``leapcore.worker.tunnel.dial``)."""
+
+    code = "tunnel_dial_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.detail = message
+
+
+class TunnelDenied(TunnelDialFailed):
+    """The worker's destination rules (``tunnel_allow`` / ``tunnel_deny``) refused a tunnel
+    before any dial (``reason`` ``denied_by_policy``; the message names the rule)."""
+
+    code = "tunnel_denied"
+
+
 class RegistrationRejected(Refused):
     """The hub refused the registration key for good (``registration rejected: <code>: <msg>``).
 
@@ -630,5 +668,6 @@ PROTOCOL_FAILURE_CODES: Final = frozenset(
         ChannelProtocolError,
         UnexpectedStreamMessage,
         FlowControlError,
+        Socks5Error,
     )
 )

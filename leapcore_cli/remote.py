@@ -31,6 +31,9 @@ JSON schema (``--json``; stable):
   "commit", "os", "arch", "python", "encryption_mode", "labels", "capabilities"}}``
 * ``worker ping`` → ``{"worker_id", "count", "rtt_ms": [...], "min_ms", "median_ms",
   "max_ms"}`` (milliseconds, 3 decimals)
+* ``tunnel forward|socks`` → one object per listener, one per line as each is up:
+  ``{"type", "worker_id", "bind_addr", "bind_port", "target_addr"?, "target_port"?}``
+  (:mod:`leapcore_cli.tunnel`)
 * a key mismatch → ``{"error": {"code": "key_mismatch", "message", "expected_fingerprint",
   "presented_fingerprint"}}`` (exit 6)
 * an ambiguous ``--worker`` → ``{"error": {"code": "ambiguous_reference", "message",
@@ -78,7 +81,7 @@ from leapcore.peer.hubsession import HubSession, hub_session
 from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
-from . import completion, demo, pincmd
+from . import completion, demo, pincmd, tunnel
 from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
@@ -859,6 +862,7 @@ def build_parser() -> Parser:
         store=client_pin_store,
         add_location=_hub_flag,
     )
+    tunnel.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
     demo.add_parser(sub)
     completion.add_parser(sub)
     return parser

@@ -15,6 +15,7 @@ import trio
 
 from leapcore.errors import ConfigError
 from leapcore.net.signals import run_until_signal
+from leapcore.proto.tunnel_policy import TunnelPolicy
 from leapcore.store.config import LOG_LEVELS, worker_settings
 from leapcore.store.paths import cross_worker_pins_path
 from leapcore.store.pinstore import PinStore
@@ -152,6 +153,7 @@ def run_worker(args: argparse.Namespace) -> int:
         max_incomplete_chunked=settings["max_incomplete_chunked"],
         max_channels=settings["max_channels"],
         max_channel_bytes=settings["max_channel_bytes"] or None,
+        tunnel_policy=TunnelPolicy.parse(settings["tunnel_allow"], settings["tunnel_deny"]),
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()

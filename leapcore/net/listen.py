@@ -66,7 +66,6 @@ latest ping's): see :mod:`leapcore.net.websocket`.
 
 from __future__ import annotations
 
-import errno
 import ipaddress
 import logging
 import socket
@@ -91,6 +90,7 @@ from ..proto.limits import (
     MAX_PENDING_OUTPUT,
     ServerLimits,
 )
+from .accept import accept_connections
 from .pipe import LINK_PATH, LinkPipe, PrefixedStream
 from .websocket import WebSocketPipe, accept_websocket
 
@@ -117,8 +117,6 @@ H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 #: The start of a TLS handshake record (a ClientHello).
 TLS_RECORD: Final = b"\x16\x03"
 
-#: accept() errors that mean "out of descriptors or memory": back off, never crash.
-ACCEPT_CAPACITY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 #: Seconds allowed to write the 503 to a connection over its address's cap.
 _REFUSE_WRITE: Final = 1.0
 
@@ -426,34 +424,15 @@ class LinkServer:
                 nursery.start_soon(self._accept_loop, listener, nursery)
 
     async def _accept_loop(self, listener: trio.abc.Listener[Any], nursery: trio.Nursery) -> None:
-        limits = self.limits
-        wait = 0.0  # 0: not in a back-off episode
-        failures = 0
         async with listener:
-            while True:
-                try:
-                    stream = await listener.accept()
-                except OSError as exc:
-                    if exc.errno not in ACCEPT_CAPACITY_ERRNOS:
-                        raise
-                    failures += 1
-                    if not wait:
-                        wait = limits.accept_backoff_initial
-                        log.warning(
-                            "accept failed: %s; retrying from %g ms, doubling to %g s, "
-                            "until it succeeds",
-                            errno.errorcode.get(exc.errno or 0, str(exc.errno)),
-                            wait * 1000,
-                            limits.accept_backoff_max,
-                        )
-                    else:
-                        wait = min(wait * 2, limits.accept_backoff_max)
-                    await trio.sleep(wait)
-                    continue
-                if wait:
-                    log.debug("accepting again after %d failed accepts", failures)
-                    wait, failures = 0.0, 0
-                nursery.start_soon(self.handle, stream)
+            await accept_connections(
+                listener,
+                nursery,
+                self.handle,
+                name="hub listener",
+                initial=self.limits.accept_backoff_initial,
+                maximum=self.limits.accept_backoff_max,
+            )
 
 
 async def _read_head(stream: trio.abc.Stream, limit: int) -> bytes:

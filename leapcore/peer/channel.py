@@ -37,7 +37,7 @@ import math
 import operator
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 import attrs
 import trio
@@ -47,11 +47,14 @@ from ..errors import (
     ChannelLost,
     ConfigError,
     DeadlineExceeded,
+    InvalidMessage,
     LeapcoreError,
     OutboundQueueFull,
     RemoteCallError,
     ServiceError,
     StreamUsageError,
+    TunnelDenied,
+    TunnelDialFailed,
 )
 from ..net.pipe import WRITE_BATCH
 from ..proto.channel_events import (
@@ -75,17 +78,22 @@ from ..proto.channel_events import (
 )
 from ..proto.channel_mux import PING_METHOD, ChannelEndpoint
 from ..proto.chunking import ChannelFrame, FrameFlag
+from ..proto.limits import TUNNEL_OPEN_TIMEOUT
 from ..proto.link_codec import ChannelClose, ChannelCredit, ChannelData, LinkMessage
 from ..proto.link_session import SendCredit
+from ..proto.tunnel_policy import DENIED_BY_POLICY, DIAL_FAILURES, TCP_METHOD, encode_dial_request
 
 __all__ = [
     "CALL_TIMEOUT",
     "MAX_STREAM_BACKLOG",
     "ByteStream",
+    "ByteStreamOpening",
     "CallContext",
     "Channel",
     "ChannelTable",
     "Services",
+    "reset_byte_stream",
+    "wait_byte_stream_broken",
 ]
 
 log = logging.getLogger(__name__)
@@ -122,6 +130,8 @@ class CallContext:
 RpcHandler = Callable[[CallContext, bytes], Awaitable[bytes]]
 StreamHandler = Callable[[CallContext, bytes], AsyncIterator[bytes]]
 ByteStreamHandler = Callable[[CallContext, bytes, "ByteStream"], Awaitable[None]]
+#: A byte-stream handler registered ``accept="manual"``: it accepts or refuses the stream.
+ManualByteStreamHandler = Callable[[CallContext, bytes, "ByteStreamOpening"], Awaitable[None]]
 
 
 class Services:
@@ -139,8 +149,10 @@ class Services:
     def __init__(self) -> None:
         self.rpcs: dict[str, RpcHandler] = {}
         self.streams: dict[str, StreamHandler] = {}
-        self.byte_streams: dict[str, ByteStreamHandler] = {}
+        self.byte_streams: dict[str, ByteStreamHandler | ManualByteStreamHandler] = {}
         self.public: set[str] = set()
+        #: Byte-stream methods whose handler accepts or refuses the stream itself.
+        self.manual_accept: set[str] = set()
 
     def _name(self, name: str, public: bool) -> None:
         if not name or name == PING_METHOD:
@@ -158,11 +170,46 @@ class Services:
         self._name(name, public)
         self.streams[name] = handler
 
+    @overload
     def add_byte_stream(
-        self, name: str, handler: ByteStreamHandler, *, public: bool = False
+        self,
+        name: str,
+        handler: ByteStreamHandler,
+        *,
+        public: bool = False,
+        accept: Literal["auto"] = "auto",
+    ) -> None: ...
+
+    @overload
+    def add_byte_stream(
+        self,
+        name: str,
+        handler: ManualByteStreamHandler,
+        *,
+        public: bool = False,
+        accept: Literal["manual"],
+    ) -> None: ...
+
+    def add_byte_stream(
+        self,
+        name: str,
+        handler: ByteStreamHandler | ManualByteStreamHandler,
+        *,
+        public: bool = False,
+        accept: Literal["auto", "manual"] = "auto",
     ) -> None:
+        """Serve byte streams opened to ``name``. With ``accept="auto"`` the stream is
+        accepted before ``handler(ctx, payload, stream)`` runs; with ``accept="manual"`` the
+        handler gets a :class:`ByteStreamOpening` and decides: ``await opening.accept()``
+        (the :class:`ByteStream`) or ``await opening.refuse(code, message)`` -- the opener's
+        ``open_byte_stream`` returns only once it accepted, or raises
+        :class:`RemoteCallError` with that code."""
+        if accept not in ("auto", "manual"):
+            raise StreamUsageError(f"accept must be 'auto' or 'manual', got {accept!r}")
         self._name(name, public)
         self.byte_streams[name] = handler
+        if accept == "manual":
+            self.manual_accept.add(name)
 
     def rpc(self, name: str, *, public: bool = False) -> Callable[[RpcHandler], RpcHandler]:
         def register(handler: RpcHandler) -> RpcHandler:
@@ -216,6 +263,18 @@ class _StreamInbox:
         self.changed = trio.Event()
 
 
+def _byte_view(data: bytes | bytearray | memoryview) -> memoryview:
+    """``data`` as a flat ``memoryview`` of bytes (copied only if it is not contiguous)."""
+    view = memoryview(data)
+    if not view.c_contiguous:
+        return memoryview(view.tobytes())
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+#: ``ByteStream.receive_some()`` without ``max_bytes`` joins buffered messages up to this.
+RECEIVE_JOIN_MAX: Final = 256 * 1024
+
+
 class ByteStream(trio.abc.HalfCloseableStream):
     """A byte stream inside a channel (a tunnel, a terminal): ordered, flow-controlled.
 
@@ -262,7 +321,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
             self._check_closed()
             if self._eof_sent:
                 raise trio.ClosedResourceError("send_eof was called")
-            view = bytes(data)
+            view = _byte_view(data)  # no copy: send_bytes copies what it takes
             await trio.lowlevel.checkpoint_if_cancelled()
             while view:
                 self._check_closed()
@@ -320,16 +379,32 @@ class ByteStream(trio.abc.HalfCloseableStream):
                     raise self._broken()
                 await self._changed.wait()
                 self._check_closed()
-            chunk = self._buffer.popleft()
-            if max_bytes is not None and len(chunk) > max_bytes:
-                self._buffer.appendleft(chunk[max_bytes:])
-                chunk = chunk[:max_bytes]
-            self._channel.endpoint.consume(self.correlation_id, len(chunk))
-            self._channel._kick()
+            chunk = self._take(RECEIVE_JOIN_MAX if max_bytes is None else max_bytes)
+            endpoint = self._channel.endpoint
+            endpoint.consume(self.correlation_id, len(chunk))
+            if endpoint.has_outbound:  # a WINDOW_UPDATE (or other frames) to send
+                self._channel._kick()
             await trio.lowlevel.cancel_shielded_checkpoint()
             return chunk
         finally:
             self._receiving = False
+
+    def _take(self, limit: int) -> bytes:
+        """Up to ``limit`` buffered bytes: several received messages joined into one
+        (fewer, larger writes for whoever forwards them), or part of one."""
+        buffer = self._buffer
+        chunk = buffer.popleft()
+        if len(chunk) > limit:
+            buffer.appendleft(chunk[limit:])
+            return chunk[:limit]
+        if not buffer or len(chunk) + len(buffer[0]) > limit:
+            return chunk
+        parts, size = [chunk], len(chunk)
+        while buffer and size + len(buffer[0]) <= limit:
+            part = buffer.popleft()
+            parts.append(part)
+            size += len(part)
+        return b"".join(parts)
 
     async def send_eof(self) -> None:
         if self._sending:
@@ -363,6 +438,68 @@ class ByteStream(trio.abc.HalfCloseableStream):
             self._channel._byte_streams.pop(self.correlation_id, None)
             self._kick()
         await trio.lowlevel.checkpoint()
+
+
+async def reset_byte_stream(stream: ByteStream, code: str, message: str) -> None:
+    """Abort ``stream`` both ways at once (like a TCP RST): the peer's reads and writes fail
+    with ``code`` (a :class:`trio.BrokenResourceError` caused by :class:`RemoteCallError`)."""
+    if not stream._closed:
+        stream._closed = True
+        channel = stream._channel
+        if stream._error is None:
+            with suppress(LeapcoreError):
+                channel.endpoint.reset(stream.correlation_id, code, message)
+            channel._kick()
+        channel._byte_streams.pop(stream.correlation_id, None)
+        stream._kick()
+    await trio.lowlevel.checkpoint()
+
+
+async def wait_byte_stream_broken(stream: ByteStream) -> None:
+    """Return once ``stream`` is reset (by the peer), lost with its channel, or closed here;
+    a relay uses it to notice a reset while it is blocked elsewhere."""
+    while stream._error is None and not stream._closed:
+        await stream._changed.wait()
+
+
+class ByteStreamOpening:
+    """A byte stream the peer asked to open, not answered yet (handlers registered
+    ``accept="manual"``): :meth:`accept` it or :meth:`refuse` it, once. A handler that
+    returns (or raises) without doing either refuses it (``internal``, or the
+    :class:`~leapcore.errors.ServiceError`'s code)."""
+
+    def __init__(self, channel: Channel, correlation_id: int) -> None:
+        self._channel = channel
+        self.correlation_id = correlation_id
+        #: The accepted stream (None until :meth:`accept`).
+        self.stream: ByteStream | None = None
+        self.refused = False
+
+    @property
+    def answered(self) -> bool:
+        return self.stream is not None or self.refused
+
+    def _check(self) -> None:
+        if self.answered:
+            raise StreamUsageError(f"byte stream {self.correlation_id} was already answered")
+
+    async def accept(self) -> ByteStream:
+        """Accept the stream: the opener's ``open_byte_stream`` returns; data may flow."""
+        self._check()
+        channel, cid = self._channel, self.correlation_id
+        await channel._submit(lambda: channel.endpoint.accept_byte_stream(cid))
+        stream = ByteStream(channel, cid)
+        channel._byte_streams[cid] = stream
+        self.stream = stream
+        return stream
+
+    async def refuse(self, code: str, message: str = "") -> None:
+        """Refuse the stream: the opener gets :class:`RemoteCallError` with ``code``
+        (1..64 characters of ``[A-Za-z0-9_.-]``) and ``message``."""
+        self._check()
+        channel, cid = self._channel, self.correlation_id
+        self.refused = True
+        await channel._submit(lambda: channel.endpoint.send_error(cid, code, message))
 
 
 class Channel:
@@ -811,6 +948,32 @@ class Channel:
             raise opening.error
         return stream
 
+    async def open_tcp(
+        self, host: str, port: int, *, timeout: float | None = TUNNEL_OPEN_TIMEOUT
+    ) -> ByteStream:
+        """A TCP connection the worker dials to ``host:port`` (the name resolved on the
+        worker, IPv4 or IPv6), as a half-closeable byte stream: returns once connected.
+
+        A failed dial raises :class:`TunnelDialFailed` (``reason``: ``connection_refused``,
+        ``network_unreachable``, ``host_unreachable``, ``timed_out``, ``name_not_found``)
+        or :class:`TunnelDenied` (``denied_by_policy``: the worker's destination rules);
+        a bad ``host``/``port`` here is :class:`InvalidMessage`; no answer within
+        ``timeout`` seconds (default 35: the worker's own dial timeout is 30) is
+        :class:`DeadlineExceeded`."""
+        payload = encode_dial_request(host, port)
+        try:
+            return await self.open_byte_stream(TCP_METHOD, payload, timeout=timeout)
+        except RemoteCallError as exc:
+            if exc.remote_code == DENIED_BY_POLICY:
+                raise TunnelDenied(DENIED_BY_POLICY, exc.remote_message) from None
+            if exc.remote_code in DIAL_FAILURES:
+                raise TunnelDialFailed(exc.remote_code, exc.remote_message) from None
+            if exc.remote_code == InvalidMessage.code:
+                raise InvalidMessage(
+                    f"the worker refused the request: {exc.remote_message}"
+                ) from None
+            raise
+
     async def aclose(self) -> None:
         """Close the channel: queued frames are sent, then a CLOSE frame; waits until the
         pump is done (bounded by the link)."""
@@ -911,6 +1074,8 @@ class Channel:
                                     functools.partial(self.endpoint.send_stream_item, cid, item)
                                 )
                         await self._submit(lambda: self.endpoint.end_stream(cid))
+                    elif ctx.method in self._manual_accept():
+                        await self._run_manual(handler, ctx, event.payload, cid)
                     else:
                         await self._submit(lambda: self.endpoint.accept_byte_stream(cid))
                         stream = ByteStream(self, cid)
@@ -934,6 +1099,33 @@ class Channel:
         finally:
             self._handlers.pop(cid, None)
             self._release(cid)
+
+    def _manual_accept(self) -> set[str]:
+        return set() if self._services is None else self._services.manual_accept
+
+    async def _run_manual(self, handler: Any, ctx: CallContext, payload: bytes, cid: int) -> None:
+        """A byte-stream handler that accepts or refuses the stream itself."""
+        opening = ByteStreamOpening(self, cid)
+        # An exception (ServiceError's code, else internal) refuses an unanswered stream,
+        # resets an accepted one (see _answer_error).
+        await handler(ctx, payload, opening)
+        stream = opening.stream
+        if stream is None:
+            if not opening.refused:
+                log.warning(
+                    "channel %d: %s neither accepted nor refused its byte stream",
+                    self.channel_id,
+                    ctx.method,
+                )
+                opening.refused = True
+                await self._submit(
+                    lambda: self.endpoint.send_error(
+                        cid, "internal", "the handler neither accepted nor refused the stream"
+                    )
+                )
+            return
+        if not (stream._eof_sent or stream._closed or stream._error):
+            await stream.send_eof()
 
     def _answer_error(self, cid: int, code: str, message: str) -> None:
         if self._error is not None:

@@ -413,6 +413,8 @@ class StreamRegistry:
     ) -> None:
         """``event`` ended ``stream`` (from state ``before``): remember it for a while."""
         del self.live[stream.cid]
+        if stream.window is not None:
+            stream.window.retire()
         if stream.side is Side.ACCEPTOR:
             self.peer_opened -= 1
         late = late_events(stream.kind, before, event, stream.side.other, by_peer)

@@ -11,6 +11,16 @@ the credit granted, or an update that would widen the window past
 was received is a :class:`~leapcore.errors.StreamUsageError`. Which states of
 the stream still allow data and updates is the transition table's business
 (:mod:`leapcore.proto.channel_streams`), not this one's.
+
+**Window growth** (receiver side only; the wire is unchanged: a WINDOW_UPDATE may grant
+more than was consumed). A stream starts with its granted window (256 KiB by default);
+each time a WINDOW_UPDATE goes out while the application keeps up -- what arrived and is
+not yet consumed is at most an eighth of the window -- the window doubles, up to
+:data:`MAX_STREAM_WINDOW` per stream, the extra taken from the channel's
+:class:`WindowBudget` (:data:`CHANNEL_WINDOW_BUDGET` by default) and given back when the
+stream ends. A stream whose reader falls behind never grows (its buffer, not the path, is
+the limit), so a window is only as large as the path has shown it can fill at the
+receiver's pace, and every end holds at most its initial windows plus the budget.
 """
 
 from __future__ import annotations
@@ -22,11 +32,34 @@ import attrs
 from ..errors import FlowControlError, StreamUsageError
 from .channel_codec import MAX_WINDOW
 from .channel_events import WindowInfo
+from .limits import CHANNEL_WINDOW_BUDGET, MAX_STREAM_WINDOW
 
-__all__ = ["DEFAULT_WINDOW", "ByteWindow"]
+__all__ = [
+    "CHANNEL_WINDOW_BUDGET",
+    "DEFAULT_WINDOW",
+    "MAX_STREAM_WINDOW",
+    "ByteWindow",
+    "WindowBudget",
+]
 
 #: Default receive window of a byte stream (bytes the peer may send unasked).
 DEFAULT_WINDOW: Final = 256 * 1024
+
+
+@attrs.define
+class WindowBudget:
+    """The window growth one channel end may still lend its byte streams (bytes)."""
+
+    available: int = CHANNEL_WINDOW_BUDGET
+
+    def take(self, wanted: int) -> int:
+        """Lend up to ``wanted`` bytes; returns how many."""
+        taken = min(wanted, self.available)
+        self.available -= taken
+        return taken
+
+    def give(self, n: int) -> None:
+        self.available += n
 
 
 @attrs.define
@@ -38,6 +71,9 @@ class ByteWindow:
     receive_credit: int = 0  # bytes the peer may still send
     unconsumed: int = 0  # received, not yet consumed by the application
     pending_update: int = 0  # consumed, not yet granted back with WINDOW_UPDATE
+    budget: WindowBudget | None = None  # where growth comes from (None: never grows)
+    max_window: int = MAX_STREAM_WINDOW  # the receive window grows up to this
+    grown: int = 0  # growth taken from the budget, given back by retire()
 
     def grant(self, window: int) -> None:
         """This end grants the peer ``window`` bytes (its BYTES_OPEN or BYTES_ACCEPT)."""
@@ -88,11 +124,32 @@ class ByteWindow:
         return self.pending_update >= max(1, self.receive_window // 2)
 
     def release(self) -> int:
-        """Grant back everything consumed: returns the WINDOW_UPDATE increment to send."""
-        increment = self.pending_update
+        """Grant back everything consumed, plus any growth of the window (module
+        docstring): returns the WINDOW_UPDATE increment to send."""
+        increment = self.pending_update + self._grow()
         self.pending_update = 0
         self.receive_credit += increment
         return increment
+
+    def _grow(self) -> int:
+        window = self.receive_window
+        if (
+            self.budget is None
+            or window >= self.max_window
+            or self.unconsumed > window // 8
+            or window + self.receive_credit + self.unconsumed > MAX_WINDOW
+        ):
+            return 0
+        extra = self.budget.take(min(window, self.max_window - window))
+        self.grown += extra
+        self.receive_window = window + extra
+        return extra
+
+    def retire(self) -> None:
+        """The stream ended: give its growth back to the channel's budget."""
+        if self.budget is not None and self.grown:
+            self.budget.give(self.grown)
+            self.grown = 0
 
     def info(self) -> WindowInfo:
         return WindowInfo(

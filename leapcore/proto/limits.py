@@ -32,6 +32,7 @@ __all__ = [
     "BACKOFF_MULTIPLIER",
     "BACKOFF_RESET_AFTER",
     "CHANNEL_CREDIT",
+    "CHANNEL_WINDOW_BUDGET",
     "CLIENT_IDLE_TIMEOUT",
     "CREDIT_BATCH",
     "DEFAULT_MAX_INCOMPLETE",
@@ -67,6 +68,7 @@ __all__ = [
     "MAX_PENDING_OUTPUT",
     "MAX_PENDING_REQUESTS",
     "MAX_PLAINTEXT",
+    "MAX_STREAM_WINDOW",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
     "PURGE_INTERVAL",
@@ -84,6 +86,9 @@ __all__ = [
     "SERVER_FIELDS",
     "SIGNIN_TIMEOUT",
     "STOP_GRACE",
+    "TUNNEL_DIAL_TIMEOUT",
+    "TUNNEL_OPEN_TIMEOUT",
+    "TUNNEL_READ_SIZE",
     "FrameBudget",
     "HubLimits",
     "ServerLimits",
@@ -116,6 +121,12 @@ CHANNEL_CREDIT: Final = 1024 * 1024
 #: The hub gives credit back once this much is pending: a quarter of the credit, so that a
 #: batch plus the largest frame fit in it and a sender never waits on credit held back.
 CREDIT_BATCH: Final = CHANNEL_CREDIT // 4
+#: The largest a byte stream's receive window grows to while its reader keeps up
+#: (:mod:`leapcore.proto.channel_windows`; it starts at 256 KiB).
+MAX_STREAM_WINDOW: Final = 4 * 1024 * 1024
+#: Bytes of window growth one channel end lends its byte streams altogether: with the
+#: initial windows, the most a channel end promises to buffer for its byte streams.
+CHANNEL_WINDOW_BUDGET: Final = 8 * 1024 * 1024
 
 
 def max_message_size_problem(value: object) -> str | None:
@@ -160,6 +171,16 @@ GO_AWAY_DELAY: Final = 10
 #: Seconds a channel open may take: the hub's wait for the worker's answer, and a
 #: client's whole open (request, handshake and first Ping).
 OPEN_TIMEOUT: Final = 30.0
+#: Seconds a worker spends dialling a tunnel's target (name resolution and TCP connect);
+#: past it the open is refused ``timed_out``.
+TUNNEL_DIAL_TIMEOUT: Final = 30.0
+#: A client's default wait for a tunnel open (``Channel.open_tcp``): longer than the worker's
+#: dial timeout, so that the worker's ``timed_out`` answer arrives first.
+TUNNEL_OPEN_TIMEOUT: Final = TUNNEL_DIAL_TIMEOUT + 5.0
+#: Bytes a tunnel end reads from its TCP socket at once: four whole BYTES_DATA messages
+#: (each at most one frame's plaintext less its kind byte), so that no read leaves a small
+#: tail message -- a 64 KiB read cost two frames, the second one of 18 bytes.
+TUNNEL_READ_SIZE: Final = 4 * (MAX_PLAINTEXT - 1)
 #: Channel opens one link may have waiting at the hub for their worker at once.
 MAX_PENDING_OPENS: Final = 64
 #: Requests (hub calls and channel opens, orphaned opens included) a peer holds on one link.

@@ -53,6 +53,7 @@ from ..proto.limits import (
     check_limit,
     max_message_size_problem,
 )
+from ..proto.tunnel_policy import parse_rule
 
 __all__ = [
     "HUB_ENV_PREFIX",
@@ -93,6 +94,10 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # MODULE:CALLABLE installers of extra channel methods (TOML list; comma-separated in the
     # environment).
     "services": (list, []),
+    # Destination rules of the tcp tunnel service, HOST_OR_CIDR[:PORTS] each (TOML lists;
+    # comma-separated in the environment). Deny wins; no allow rule: every destination.
+    "tunnel_allow": (list, []),
+    "tunnel_deny": (list, []),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -141,10 +146,21 @@ def _log_format(value: str) -> str | None:
     return None if value in LOG_FORMATS else f"must be one of {', '.join(LOG_FORMATS)}"
 
 
+def _tunnel_rules(value: list[str]) -> str | None:
+    for rule in value:
+        try:
+            parse_rule(rule)
+        except ConfigError as exc:
+            return f"has a bad rule ({exc})"
+    return None
+
+
 #: Worker values checked beyond their type.
 _WORKER_CHECKS: Final[dict[str, _Check]] = {
     "max_message_size": max_message_size_problem,
     "log_format": _log_format,
+    "tunnel_allow": _tunnel_rules,
+    "tunnel_deny": _tunnel_rules,
 }
 
 #: Hub values checked beyond their type.

@@ -6,6 +6,9 @@ adds ``info`` (owner only, as every method unless registered ``public=True``)::
     {"name", "worker_id", "version", "commit", "os", "arch", "python",
      "encryption_mode", "labels", "capabilities"}
 
+and ``tcp`` (owner only): a byte stream to a TCP connection the worker dials, within the
+worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tunnel`).
+
 An embedding application adds its own methods to the table it passes to the worker::
 
     services = default_services(worker)
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
+from .tunnel import add_tcp_service
 
 if TYPE_CHECKING:
     from .daemon import Worker
@@ -86,7 +90,8 @@ def info_document(worker: Worker) -> dict[str, Any]:
 
 
 def default_services(worker: Worker) -> Services:
-    """A table with ``info`` for ``worker``; add more methods to it before running."""
+    """A table with ``info`` and ``tcp`` for ``worker``; add more methods to it before
+    running."""
     services = Services()
     build_commit()  # a git subprocess, once, at start-up: never inside a channel call
 
@@ -94,6 +99,7 @@ def default_services(worker: Worker) -> Services:
         return json.dumps(info_document(worker), sort_keys=True).encode()
 
     services.add_rpc(INFO_METHOD, info)
+    add_tcp_service(services, lambda: worker.tunnel_policy)
     return services
 
 

@@ -127,6 +127,7 @@ from ..proto.link_codec import (
 from ..proto.link_fields import check_fields
 from ..proto.link_state import LinkConnection, LinkRole
 from ..proto.pins import PinDecision
+from ..proto.tunnel_policy import ALLOW_ALL, TunnelPolicy
 from ..store.paths import cross_worker_pins_path
 from ..store.pinstore import PinStore
 from ..store.workerstate import (
@@ -308,6 +309,7 @@ class Worker:
         max_channels: int = MAX_CHANNELS,
         max_incomplete_chunked: int = DEFAULT_MAX_INCOMPLETE,
         max_channel_bytes: int | None = None,
+        tunnel_policy: TunnelPolicy | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -348,6 +350,9 @@ class Worker:
         self.max_incomplete_chunked = max_incomplete_chunked
         #: Bytes held per channel (None: twice ``max_message_size``).
         self.max_channel_bytes = max_channel_bytes
+        #: Where the ``tcp`` service may connect (``tunnel_allow`` / ``tunnel_deny``; default:
+        #: anywhere). Read at each open, so it may be replaced while the worker runs.
+        self.tunnel_policy = tunnel_policy if tunnel_policy is not None else ALLOW_ALL
         self.state: WorkerState | None = None
         #: The hub this worker registered with (``hub.json``; None: none recorded).
         self.hub_record: HubRecord | None = None
