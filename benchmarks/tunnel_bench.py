@@ -10,7 +10,7 @@ process is the load generator (plain trio sockets, the same for every side). The
 
 ==========  =======================================================================
 leapcore    a forwarder process (``forward_local`` and ``serve_socks5`` of
-            :mod:`leapcore.peer.tunnels` on a ``ChannelPool``), a hub process and a
+            :mod:`leapcore.peer.tunnel` on a ``ChannelPool``), a hub process and a
             classic-mode worker process, over WebSocket links. The worker's ``tcp``
             service (``Channel.open_tcp``) when it exists, else a byte-stream service
             ``bench_tcp`` registered here that dials and copies the same way (said in
@@ -124,7 +124,10 @@ def profiled(directory: str | None, name: str) -> Iterator[None]:
     if directory is None:
         yield
         return
-    prof = cProfile.Profile()
+    os.makedirs(directory, exist_ok=True)
+    # CPU time, not wall time: a process that waits (epoll) or is preempted inside a system
+    # call would otherwise be charged for it.
+    prof = cProfile.Profile(time.process_time)
     prof.enable()
     try:
         yield
@@ -228,7 +231,7 @@ def _has_tcp_service() -> bool:
 
 async def _worker(conn: Connection, url: str, data: str) -> None:
     from leapcore.peer.channel import ByteStream, CallContext
-    from leapcore.peer.tunnels import pipe
+    from leapcore.peer.tunnel import pipe
     from leapcore.worker.daemon import Worker
 
     daemon = Worker(data, hub_url=url, name="tunnel", encryption_mode="classic")
@@ -264,7 +267,8 @@ class _BenchOpener:
 
 async def _forwarder(conn: Connection, setup: dict[str, Any], targets: dict[str, int]) -> None:
     import leapcore
-    from leapcore.peer.tunnels import forward_local, serve_socks5
+    from leapcore.peer.socks5 import serve_socks5
+    from leapcore.peer.tunnel import forward_local
 
     async with (
         leapcore.connect(setup["url"], token=setup["token"], pins=None) as session,
@@ -561,7 +565,9 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=NAMES, help="run only this one")
     parser.add_argument("--size-mib", type=int, default=256, help="bulk size (default 256)")
     parser.add_argument("--rounds", type=int, help="rounds per benchmark")
-    parser.add_argument("--profile-dir", help="write hub/worker/client cProfile stats here")
+    parser.add_argument(
+        "--profile-dir", help="write hub/worker/client cProfile stats (CPU time) here"
+    )
     args = parser.parse_args()
     only = args.only or NAMES
     size = (32 if args.quick else args.size_mib) * 2**20

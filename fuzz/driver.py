@@ -55,6 +55,7 @@ PLANS: dict[str, Plan] = {
     "channel_endpoint": Plan(),
     "h2_server": Plan(),
     "ws_server": Plan(),
+    "socks5": Plan(),
 }
 
 

@@ -34,6 +34,10 @@ harness                what is fed the bytes                       documented er
 ``h2_server``          ``LinkServer.handle`` (in memory, MockClock) none: served or ended,
                        after the HTTP/2 preface                    no error log, no hang
 ``ws_server``          the same after a WebSocket upgrade          the same
+``socks5``             ``Socks5Server``, records (length u8,       ``Socks5Error``; never
+                       bytes) as chunks, then EOF                  "need more" after EOF;
+                                                                   same outcome however
+                                                                   the bytes are split
 =====================  ==========================================  ======================
 
 (``HandshakeError`` and ``DecryptError`` are the ``RemoteProtocolError`` subclasses for network
@@ -60,6 +64,7 @@ import base64
 import contextlib
 import functools
 import hashlib
+import ipaddress
 import json
 import logging
 import shutil
@@ -91,6 +96,7 @@ from leapcore.errors import (
     PinStoreError,
     RelayViolation,
     ResourceExhausted,
+    Socks5Error,
 )
 from leapcore.net.listen import H2_PREFACE, LinkServer
 from leapcore.net.trioutil import single_exception
@@ -149,6 +155,15 @@ from leapcore.proto.link_codec import (
 )
 from leapcore.proto.link_state import LinkConnection, LinkRole, LinkState
 from leapcore.proto.relay import ChannelRelay, RelayDirection
+from leapcore.proto.socks5 import (
+    MAX_BUFFERED,
+    AddressType,
+    ConnectRequest,
+    Phase,
+    Reply,
+    Socks5Server,
+    encode_reply,
+)
 from leapcore.store.keyfile import load_keypair
 from leapcore.store.pinstore import PinStore
 
@@ -173,6 +188,7 @@ __all__ = [
     "check_pin_file",
     "check_reassembly",
     "check_relay",
+    "check_socks5",
     "check_transport_decrypt",
     "check_ws_server",
     "describe",
@@ -993,6 +1009,8 @@ def seeds(name: str) -> list[bytes]:
         return _h2_seeds()
     if name == "ws_server":
         return _ws_seeds()
+    if name == "socks5":
+        return _socks5_seeds()
     raise KeyError(name)
 
 
@@ -1270,4 +1288,169 @@ def _ws_seeds() -> list[bytes]:
         + _ws_frame(0x02, link_bytes[:3])
         + _ws_frame(0x80, link_bytes[3:]),
         _ws_frame(0x82, link_bytes) + _ws_frame(0x8A, b"unsolicited pong"),
+    ]
+
+
+# ---------------------------------------------------------------------------
+# The SOCKS5 server codec (leapcore.proto.socks5), fed the way a tunnel listener feeds it.
+#
+# ``data`` is records: a length byte, then that many bytes (the last record takes what is
+# left): each record is one ``receive_data`` chunk; a zero length is the client's EOF (and
+# ends the input); the input's end is an EOF too. After each chunk the harness asks
+# ``next_event`` and takes ``data_to_send``, as the listener does, and stops at the request
+# (what follows is the tunnel's). Contract: a ``ConnectRequest`` (accepted) or
+# ``Socks5Error`` with a documented reason (rejected), never another exception, and never
+# "need more" after EOF (a connection that would hang). Invariants: a rejected server is
+# CLOSED, refuses ``next_event`` and owes only a documented reply; an accepted request is
+# well formed, answered ``05 00`` and in phase REPLY, and a success reply opens it; the
+# outcome (request or reason, bytes owed, bytes after the request) is the same whether the
+# bytes come in these chunks, all at once or one at a time.
+
+#: Every ``Socks5Error.reason`` the codec documents.
+SOCKS5_REASONS = frozenset(
+    {
+        "bad_version",
+        "no_acceptable_method",
+        "command_not_supported",
+        "address_type_not_supported",
+        "bad_request",
+        "bad_domain",
+        "truncated",
+        "too_much_data",
+    }
+)
+_SOCKS5_FAILURE_REPLIES = frozenset(
+    encode_reply(code)
+    for code in (
+        Reply.COMMAND_NOT_SUPPORTED,
+        Reply.ADDRESS_TYPE_NOT_SUPPORTED,
+        Reply.HOST_UNREACHABLE,
+    )
+)
+_SOCKS5_EOF = None  # a chunk that stands for the client's EOF
+
+
+def _socks5_chunks(data: bytes) -> list[bytes | None]:
+    """The records of ``data``, then an EOF (``None``)."""
+    chunks: list[bytes | None] = []
+    at = 0
+    while at < len(data):
+        size = data[at]
+        if size == 0:
+            break
+        chunks.append(data[at + 1 : at + 1 + size])
+        at += 1 + size
+    chunks.append(_SOCKS5_EOF)
+    return chunks
+
+
+#: One run's outcome: ("request", the request, bytes sent, bytes after the request) or
+#: ("error", the reason, bytes sent, b"").
+_Socks5Outcome = tuple[str, object, bytes, bytes]
+
+
+def _socks5_run(chunks: list[bytes | None]) -> _Socks5Outcome:
+    server = Socks5Server()
+    sent = bytearray()
+    try:
+        for index, chunk in enumerate(chunks):
+            server.receive_data(b"" if chunk is None else chunk)
+            event = server.next_event()
+            sent += server.data_to_send()
+            if event is not None:
+                after = server.leftover + b"".join(c for c in chunks[index + 1 :] if c)
+                _socks5_accepted(server, event, bytes(sent))
+                return "request", event, bytes(sent), after
+            _expect(chunk is not None, "next_event asks for more bytes after the EOF (a hang)")
+    except Socks5Error as exc:
+        owed = bytes(sent) + server.data_to_send()
+        _socks5_rejected(server, exc, owed)
+        return "error", exc.reason, owed, b""
+    raise HarnessFailure("the chunks ran out without an EOF")  # unreachable: EOF is last
+
+
+def _socks5_rejected(server: Socks5Server, exc: Socks5Error, owed: bytes) -> None:
+    _expect(exc.reason in SOCKS5_REASONS, f"undocumented Socks5Error reason {exc.reason!r}")
+    _expect(exc.code == "socks5_error", f"Socks5Error with code {exc.code!r}")
+    _expect(server.phase is Phase.CLOSED, f"a failed exchange left in phase {server.phase}")
+    reply = owed.removeprefix(b"\x05\x00")  # the method choice, if the greeting was fine
+    _expect(
+        reply in (b"", b"\x05\xff") or reply in _SOCKS5_FAILURE_REPLIES,
+        f"an undocumented reply owed: {owed.hex()}",
+    )
+    try:
+        server.next_event()
+    except Socks5Error as again:
+        _expect(again.reason == "closed", f"a closed exchange raised {again.reason!r}")
+    else:
+        raise HarnessFailure("a failed exchange went on")
+    server.receive_data(b"more")  # ignored once closed
+    _expect(server.data_to_send() == b"", "a closed exchange has more to send")
+
+
+def _socks5_accepted(server: Socks5Server, event: object, sent: bytes) -> None:
+    _expect(isinstance(event, ConnectRequest), f"an undocumented event {event!r}")
+    assert isinstance(event, ConnectRequest)
+    _expect(sent == b"\x05\x00", f"a request accepted after sending {sent.hex()}")
+    _expect(server.phase is Phase.REPLY, f"an accepted request in phase {server.phase}")
+    _expect(0 <= event.port <= 65535, f"port {event.port}")
+    if event.address_type is AddressType.IPV4:
+        _expect(ipaddress.ip_address(event.host).version == 4, f"IPv4 {event.host!r}")
+    elif event.address_type is AddressType.IPV6:
+        _expect(ipaddress.ip_address(event.host).version == 6, f"IPv6 {event.host!r}")
+    else:
+        size = len(event.host.encode())
+        _expect(0 < size <= 255 and event.host.isprintable(), f"domain {event.host!r}")
+    _expect(server.next_event() is None, "a request awaiting its reply gave another event")
+    server.reply(Reply.SUCCEEDED)
+    _expect(server.data_to_send() == encode_reply(Reply.SUCCEEDED), "the success reply")
+    _expect(server.phase is Phase.OPEN, f"a succeeded request in phase {server.phase}")
+
+
+def _socks5(data: bytes) -> bool:
+    chunks = _socks5_chunks(data)
+    outcome = _socks5_run(chunks)
+    payload = b"".join(c for c in chunks if c)
+    if len(payload) <= MAX_BUFFERED:  # more at once is refused too_much_data, by design
+        whole = _socks5_run([payload, _SOCKS5_EOF])
+        _expect(whole == outcome, f"all at once: {whole!r}, in chunks: {outcome!r}")
+    # One byte at a time (the decision falls within a greeting and a request: 519 bytes).
+    head, tail = payload[:600], payload[600:]
+    single: list[bytes | None] = [head[i : i + 1] for i in range(len(head))]
+    bytewise = _socks5_run([*single, tail, _SOCKS5_EOF] if tail else [*single, _SOCKS5_EOF])
+    _expect(bytewise == outcome, f"byte by byte: {bytewise!r}, in chunks: {outcome!r}")
+    return outcome[0] == "request"
+
+
+def check_socks5(data: bytes) -> None:
+    """``Socks5Server`` fed records as chunks, then EOF: a ``ConnectRequest`` or
+    ``Socks5Error``, the same however the bytes are split."""
+    _guarded("socks5", _socks5, data)
+
+
+HARNESSES["socks5"] = check_socks5
+_TARGETS["socks5"] = _socks5
+
+
+def _socks5_records(*chunks: bytes) -> bytes:
+    return b"".join(bytes([len(c)]) + c for c in chunks)
+
+
+def _socks5_seeds() -> list[bytes]:
+    r = _socks5_records
+    greeting = b"\x05\x01\x00"
+    ipv4 = b"\x05\x01\x00\x01" + bytes([10, 0, 0, 7]) + (5432).to_bytes(2, "big")
+    ipv6 = b"\x05\x01\x00\x04" + bytes(15) + b"\x01" + (22).to_bytes(2, "big")
+    name = b"db.internal"
+    domain = b"\x05\x01\x00\x03" + bytes([len(name)]) + name + (80).to_bytes(2, "big")
+    long_name = (b"a" * 63 + b".") * 3 + b"b" * 63  # 255 bytes, the most a request holds
+    longest = b"\x05\x01\x00\x03\xff" + long_name + (443).to_bytes(2, "big")
+    every_method = b"\x05\xff" + bytes(range(1, 256))  # the longest greeting, 0 not first
+    every_method = every_method[:-1] + b"\x00"
+    return [
+        r(greeting + ipv4),  # all in one chunk
+        r(b"\x05", b"\x03\x02", b"\x01\x00", ipv6[:7], ipv6[7:]),  # several methods, split
+        r(*(bytes([b]) for b in greeting + domain), b"GET / HTTP/1.0\r\n"),  # early data
+        r(every_method[:255], every_method[255:], longest[:200], longest[200:]),
+        r(greeting, domain) + b"\x00" + r(b"ignored after the EOF"),
     ]

@@ -37,16 +37,17 @@ _LAZY = {
     "HubSession": "leapcore.peer.hubsession",
     "Worker": "leapcore.worker.daemon",
     "default_services": "leapcore.worker.builtin_services",
-    "forward_local": "leapcore.peer.tunnels",
-    "serve_socks5": "leapcore.peer.tunnels",
-    "channel_pool": "leapcore.peer.tunnels",
+    "forward_local": "leapcore.peer.tunnel",
+    "serve_socks5": "leapcore.peer.socks5",
+    "channel_pool": "leapcore.peer.tunnel",
 }
 
 if TYPE_CHECKING:
     from .peer.channel import ByteStream, CallContext, Channel, Services
     from .peer.connect import connect
     from .peer.hubsession import HubSession
-    from .peer.tunnels import channel_pool, forward_local, serve_socks5
+    from .peer.socks5 import serve_socks5
+    from .peer.tunnel import channel_pool, forward_local
     from .worker.builtin_services import default_services
     from .worker.daemon import Worker
 

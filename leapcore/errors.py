@@ -42,10 +42,12 @@ __all__ = [
     "ChannelLost",
     "ChannelOpenFailed",
     "ChannelProtocolError",
+    "CommandNotFound",
     "ConfigError",
     "CorruptPinStore",
     "DeadlineExceeded",
     "DecryptError",
+    "ExecFailed",
     "FailedPrecondition",
     "FlowControlError",
     "FrameTooLarge",
@@ -71,6 +73,9 @@ __all__ = [
     "PermissionDenied",
     "PinStoreError",
     "PlaintextTooLarge",
+    "ProcessFailed",
+    "ProcessOutputTooLarge",
+    "ProcessTimedOut",
     "QuotaExceeded",
     "RecordError",
     "Refused",
@@ -591,7 +596,7 @@ class TunnelDialFailed(Refused):
     ``network_unreachable``, ``host_unreachable``, ``timed_out``, ``name_not_found`` or
     ``denied_by_policy`` (:class:`TunnelDenied`); ``str(exc)`` is ``<reason>: <detail>``,
     e.g. ``name_not_found: dial example.invalid:80: name not found``. The worker's dialler
-    raises it too (``leapcore.worker.tunnel.dial``)."""
+    raises it too (``leapcore.worker.tcp.dial``)."""
 
     code = "tunnel_dial_failed"
 
@@ -606,6 +611,52 @@ class TunnelDenied(TunnelDialFailed):
     before any dial (``reason`` ``denied_by_policy``; the message names the rule)."""
 
     code = "tunnel_denied"
+
+
+class ExecFailed(Refused):
+    """The worker could not start a command (``Channel.run_command``,
+    ``Channel.create_process``); nothing ran. ``reason`` is the worker's code:
+    ``command_not_found`` (:class:`CommandNotFound`), ``not_executable``, ``bad_cwd`` or
+    ``spawn_failed``; ``str(exc)`` is ``<reason>: <detail>``."""
+
+    code = "exec_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.detail = message
+
+
+class CommandNotFound(ExecFailed):
+    """The command to run does not exist on the worker (``reason`` ``command_not_found``)."""
+
+    code = "command_not_found"
+
+
+class ProcessFailed(Refused):
+    """A remote process did not succeed: ``run_command(check=True)`` saw a non-zero exit
+    status or a signal. ``result`` is the :class:`~leapcore.peer.process.ProcessResult`
+    (its output included)."""
+
+    code = "process_failed"
+
+    def __init__(self, message: str, result: object) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class ProcessTimedOut(ProcessFailed):
+    """A remote process ran past its ``timeout``: the worker killed its process group;
+    ``result`` holds what it wrote until then."""
+
+    code = "process_timed_out"
+
+
+class ProcessOutputTooLarge(ProcessFailed):
+    """A remote process wrote more than ``run_command``'s ``max_output`` bytes to stdout or
+    stderr: the process was killed; ``result`` holds the first ``max_output`` bytes."""
+
+    code = "process_output_too_large"
 
 
 class RegistrationRejected(Refused):

@@ -82,6 +82,7 @@ from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
 from . import completion, demo, pincmd, tunnel
+from . import exec as exec_verb
 from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
@@ -863,6 +864,9 @@ def build_parser() -> Parser:
         add_location=_hub_flag,
     )
     tunnel.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
+    exec_verb.add_verbs(
+        remote_sub, lambda p: _session_flags(p, json_flag=False, worker_id=True), _timeout_flag
+    )
     demo.add_parser(sub)
     completion.add_parser(sub)
     return parser

@@ -5,7 +5,10 @@ IPv6 in brackets) and ``socks --worker W [[BIND_ADDR:]PORT]`` (default 127.0.0.1
 open one end-to-end channel to the worker (keys checked against the pin first), bind
 their listeners (loopback only unless ``--allow-remote-bind``), print what they bound and
 run until SIGINT/SIGTERM (exit 0). Each accepted connection is one TCP connection dialled
-from the worker; a broken channel is re-opened for the next connection.
+from the worker; a broken channel is re-opened for the next connection (a worker that is
+offline fails connections until it is back). The link to the hub ending ends the command:
+listeners and connections closed, ``error: the link to the hub was lost (...)`` on stderr,
+exit 7 (unavailable).
 
 Output: a line per listener, or with ``--json`` one JSON object per line (flushed as soon
 as the listener is up, so a script can read the port it got for port 0):
@@ -25,13 +28,14 @@ from typing import Any
 
 import trio
 
-from leapcore.errors import ConfigError, LocalError
+from leapcore.errors import ConfigError, LeapcoreError, LinkClosed, LocalError
 from leapcore.net.signals import run_until_signal
 from leapcore.peer.hubsession import HubSession
-from leapcore.peer.tunnels import ChannelPool, channel_pool, forward_local, serve_socks5
+from leapcore.peer.socks5 import serve_socks5
+from leapcore.peer.tunnel import ChannelPool, channel_pool, forward_local
 from leapcore.proto.bindaddr import ForwardSpec, parse_forward_spec, parse_socks_spec
 
-from .common import EXIT_OK, Parser
+from .common import EXIT_OK, Parser, exit_code_for
 
 
 def _where(host: str, port: int) -> str:
@@ -61,7 +65,7 @@ def _line(doc: dict[str, Any]) -> str:
 
 def _verbose(args: argparse.Namespace) -> None:
     if args.verbose:
-        logger = logging.getLogger("leapcore.peer.tunnels")
+        logger = logging.getLogger("leapcore.peer.tunnel")
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
@@ -105,12 +109,30 @@ def _serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
                             print(_line(doc), flush=True)
                     if not args.json:
                         print("press Ctrl-C to stop", file=sys.stderr, flush=True)
-            return EXIT_OK
+                    # The worker going away only fails connections until it is back; the
+                    # hub link ending ends the command (the listeners and connections close).
+                    await session.ended.wait()
+                    nursery.cancel_scope.cancel()
+            return _link_lost(args, session.failure)
 
         result: int = await run_until_signal(serve, default=EXIT_OK)
         return result
 
     return _channel_verb(args, body)
+
+
+def _link_lost(args: argparse.Namespace, failure: LeapcoreError | None) -> int:
+    """Report the hub link's end (``error: ...`` on stderr; with ``--json`` also a JSON
+    ``error`` line on stdout) and return its exit code: 7 (unavailable) for a lost link or
+    a hub going away."""
+    if failure is None:
+        failure = LinkClosed("the link to the hub is closed")
+    message = f"the link to the hub was lost ({failure.message}); the tunnels are closed"
+    if args.json:
+        doc = {"error": {"code": failure.code, "message": message}}
+        print(json.dumps(doc, sort_keys=True), flush=True)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    return exit_code_for(failure)
 
 
 def _hinted(parse: Callable[[], ForwardSpec]) -> ForwardSpec:

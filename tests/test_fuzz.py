@@ -168,6 +168,18 @@ def test_hypothesis_reassembly_records(records: list[tuple[int, int, int]]) -> N
     harnesses.check_reassembly(data)
 
 
+_socks5_pieces = st.sampled_from(
+    [b"\x05", b"\x01\x00", b"\x05\x01\x00", b"\x01\x7f\x00\x00\x01", b"\x03\x04abc", b"\x00\x50"]
+)
+
+
+@fuzz_settings
+@given(chunks=st.lists(st.binary(min_size=1, max_size=12) | _socks5_pieces, max_size=10))
+def test_hypothesis_socks5_chunks(chunks: list[bytes]) -> None:
+    # Plausible SOCKS5 pieces and junk, each its own receive_data chunk.
+    harnesses.check_socks5(b"".join(bytes([len(c)]) + c for c in chunks))
+
+
 # ---------------------------------------------------------------------------
 # Every harness can fail
 
@@ -211,6 +223,7 @@ _FAKES = {
     "channel_endpoint": ("ChannelEndpoint", "receive_frame", RecordError("nothing may raise")),
     "h2_server": ("LinkServer", "handle", RecordError("nothing may raise")),
     "ws_server": ("LinkServer", "handle", RecordError("nothing may raise")),
+    "socks5": ("Socks5Server", "next_event", RecordError("not a Socks5Error")),
 }
 
 

@@ -294,15 +294,45 @@ class ByteStream(trio.abc.HalfCloseableStream):
         self._changed = trio.Event()
         self._sending = False
         self._receiving = False
+        #: Opener of an early stream (:meth:`Channel.open_byte_stream` ``early=True``) not
+        #: yet accepted: when to give up waiting for the answer (else None).
+        self._open_deadline: float | None = None
+        #: What that opening was ("method", timeout), for the deadline's error.
+        self._open_what: tuple[str, float | None] = ("", None)
+        #: Maps the error of a refused early open (the ERROR answering it).
+        self._refusal_map: Callable[[LeapcoreError], LeapcoreError] | None = None
+        #: Acceptor of an early stream not yet accepted: early data is buffered meanwhile.
+        self._pending = False
+        #: Called (once per break) when the stream fails or is closed here: lets a relay
+        #: notice a reset without a task waiting on every change.
+        self._on_broken: Callable[[], None] | None = None
 
     def _kick(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
 
+    async def _wait(self) -> None:
+        """Wait for a change; while an early open is unanswered, at most until its deadline
+        (then the stream is reset and fails with :class:`DeadlineExceeded`)."""
+        deadline = self._open_deadline
+        if deadline is None:
+            await self._changed.wait()
+            return
+        with trio.move_on_at(deadline):
+            await self._changed.wait()
+            return
+        self._channel._early_open_timed_out(self)
+
     def _fail(self, error: LeapcoreError) -> None:
         if self._error is None:
             self._error = error
         self._kick()
+        self._broke()
+
+    def _broke(self) -> None:
+        hook, self._on_broken = self._on_broken, None
+        if hook is not None:
+            hook()
 
     def _broken(self) -> trio.BrokenResourceError:
         error = trio.BrokenResourceError(f"byte stream {self.correlation_id}: {self._error}")
@@ -336,7 +366,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                     view = view[taken:]
                     self._channel._kick()
                     continue
-                await self._changed.wait()
+                await self._wait()
             await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._sending = False
@@ -353,7 +383,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                         break
                 except LeapcoreError:
                     break
-                await self._changed.wait()
+                await self._wait()
             else:
                 self._check_closed()
             await trio.lowlevel.checkpoint()
@@ -377,7 +407,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                     return b""
                 if self._error is not None:
                     raise self._broken()
-                await self._changed.wait()
+                await self._wait()
                 self._check_closed()
             chunk = self._take(RECEIVE_JOIN_MAX if max_bytes is None else max_bytes)
             endpoint = self._channel.endpoint
@@ -413,6 +443,16 @@ class ByteStream(trio.abc.HalfCloseableStream):
         await trio.lowlevel.checkpoint()
         if self._eof_sent:
             return
+        if self._open_deadline is not None:  # EOF only once the early open is accepted
+            self._sending = True
+            try:
+                while self._open_deadline is not None and self._error is None:
+                    await self._wait()
+                    self._check_closed()
+            finally:
+                self._sending = False
+            if self._eof_sent:
+                return
         self._eof_sent = True
         if self._error is None:
             try:
@@ -427,7 +467,12 @@ class ByteStream(trio.abc.HalfCloseableStream):
             # Like closing a TCP socket: what was sent still arrives, then EOF; if the peer
             # is still sending, it hears a reset (nobody will read its data).
             endpoint = self._channel.endpoint
-            if self._error is None:
+            if self._error is None and self._open_deadline is not None:
+                self._open_deadline = None
+                with suppress(LeapcoreError):
+                    endpoint.reset(self.correlation_id, "cancelled", "the opener gave up")
+                self._channel._kick()
+            elif self._error is None:
                 with suppress(LeapcoreError):
                     if not self._eof_sent:
                         self._eof_sent = True
@@ -437,6 +482,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                 self._channel._kick()
             self._channel._byte_streams.pop(self.correlation_id, None)
             self._kick()
+            self._broke()
         await trio.lowlevel.checkpoint()
 
 
@@ -452,6 +498,7 @@ async def reset_byte_stream(stream: ByteStream, code: str, message: str) -> None
             channel._kick()
         channel._byte_streams.pop(stream.correlation_id, None)
         stream._kick()
+        stream._broke()
     await trio.lowlevel.checkpoint()
 
 
@@ -488,8 +535,7 @@ class ByteStreamOpening:
         self._check()
         channel, cid = self._channel, self.correlation_id
         await channel._submit(lambda: channel.endpoint.accept_byte_stream(cid))
-        stream = ByteStream(channel, cid)
-        channel._byte_streams[cid] = stream
+        stream = channel._accepted_stream(cid)
         self.stream = stream
         return stream
 
@@ -499,6 +545,7 @@ class ByteStreamOpening:
         self._check()
         channel, cid = self._channel, self.correlation_id
         self.refused = True
+        channel._drop_pending(cid)  # early data, if any, is discarded
         await channel._submit(lambda: channel.endpoint.send_error(cid, code, message))
 
 
@@ -583,16 +630,24 @@ class Channel:
         self._handle(events)
         if endpoint.has_outbound and self._send_nowait is not None:
             self._send_without_waiting(self._send_nowait)
-        # Wake the pump only when it has work: an answer to send, an end, a moved deadline
-        # (a received answer, e.g. a pong, usually leaves it nothing to do).
+        # Wake the pump only when it has work: an answer to send, an end, a deadline sooner
+        # than the timer's (a received answer, e.g. a pong, usually leaves it nothing to do).
         if (
             endpoint.has_outbound
             or self._frames
             or endpoint.closed
             or self._error is not None
-            or endpoint.next_deadline() != self._timer_deadline
+            or self._deadline_sooner()
         ):
             self._kick()
+
+    def _deadline_sooner(self) -> bool:
+        """Whether the endpoint's next deadline is before the one the timer waits for. A
+        later one needs no wake-up: the timer polls at its own deadline and re-reads it
+        (the initiator's deadline moves later with every frame: its idle check)."""
+        deadline = self.endpoint.next_deadline()
+        armed = self._timer_deadline
+        return deadline is not None and (armed is None or deadline < armed)
 
     def _send_without_waiting(self, send_nowait: SendNowait) -> None:
         """Hand what the endpoint has to send (a pong, an answer, a window update) straight
@@ -644,7 +699,19 @@ class Channel:
 
     def _handle(self, events: list[Event]) -> None:
         for event in events:
-            if isinstance(event, ResponseReceived):
+            # The most frequent first: data and window updates of byte streams.
+            if type(event) is BytesReceived:
+                stream = self._byte_streams.get(event.correlation_id)
+                if stream is not None:
+                    stream._buffer.append(event.data)
+                    stream._kick()
+                else:  # closed locally: keep the peer's window open
+                    self.endpoint.consume(event.correlation_id, len(event.data))
+            elif type(event) is WindowOpened:
+                stream = self._byte_streams.get(event.correlation_id)
+                if stream is not None:
+                    stream._kick()
+            elif isinstance(event, ResponseReceived):
                 call = self._calls.pop(event.correlation_id, None)
                 if call is not None:
                     call.finish(event.payload)
@@ -672,17 +739,11 @@ class Channel:
                 opening = self._opening.pop(event.correlation_id, None)
                 if opening is not None:
                     opening.finish()
-            elif isinstance(event, BytesReceived):
-                stream = self._byte_streams.get(event.correlation_id)
-                if stream is not None:
-                    stream._buffer.append(event.data)
-                    stream._kick()
-                else:  # closed locally: keep the peer's window open
-                    self.endpoint.consume(event.correlation_id, len(event.data))
-            elif isinstance(event, WindowOpened):
-                stream = self._byte_streams.get(event.correlation_id)
-                if stream is not None:
-                    stream._kick()
+                else:
+                    stream = self._byte_streams.get(event.correlation_id)
+                    if stream is not None and stream._open_deadline is not None:
+                        stream._open_deadline = None  # an early open: its waits go on
+                        stream._kick()
             elif isinstance(event, ByteStreamEOF):
                 stream = self._byte_streams.get(event.correlation_id)
                 if stream is not None:
@@ -692,6 +753,11 @@ class Channel:
                 stream = self._byte_streams.pop(event.correlation_id, None)
                 if stream is not None:
                     stream._fail(RemoteCallError(event.code, event.message))
+                if stream is None or stream._pending:
+                    # The opener gave up before the answer: stop its handler (a dial).
+                    scope = self._handlers.get(event.correlation_id)
+                    if scope is not None:
+                        scope.cancel()
             elif isinstance(event, (RequestReceived, StreamRequested, ByteStreamRequested)):
                 self._serve(event)
             elif isinstance(event, Cancelled):
@@ -724,7 +790,38 @@ class Channel:
             inbox.error = error
             inbox.kick()
         if (stream := self._byte_streams.pop(cid, None)) is not None:
+            if stream._open_deadline is not None:  # an early open, refused
+                stream._open_deadline = None
+                if stream._refusal_map is not None:
+                    stream._fail(stream._refusal_map(error))
+                    return
             stream._fail(error)
+
+    def _early_open_timed_out(self, stream: ByteStream) -> None:
+        """An early open got no answer in time: reset it; the stream fails."""
+        if stream._open_deadline is None or stream._error is not None:
+            return
+        stream._open_deadline = None
+        cid = stream.correlation_id
+        if self._byte_streams.pop(cid, None) is not None and self._error is None:
+            with suppress(LeapcoreError):
+                self.endpoint.reset(cid, "cancelled", "the opener gave up")
+            self._kick()
+        stream._fail(self._timed_out(*stream._open_what))
+
+    def _accepted_stream(self, cid: int) -> ByteStream:
+        """The stream this end just accepted: the one holding early data, or a new one."""
+        stream = self._byte_streams.get(cid)
+        if stream is None:
+            stream = self._byte_streams[cid] = ByteStream(self, cid)
+        stream._pending = False
+        return stream
+
+    def _drop_pending(self, cid: int) -> None:
+        """Forget an early stream this end did not accept (and its early data)."""
+        stream = self._byte_streams.get(cid)
+        if stream is not None and stream._pending:
+            del self._byte_streams[cid]
 
     def _fail(self, error: LeapcoreError) -> None:
         if self._error is None:
@@ -798,7 +895,7 @@ class Channel:
                     continue
             elif endpoint.closed and self._error is not None:
                 return
-            if endpoint.next_deadline() != self._timer_deadline:
+            if self._deadline_sooner():
                 self._deadline_moved.set()
             self._wakeup = trio.Event()
             await self._wakeup.wait()
@@ -921,10 +1018,24 @@ class Channel:
             self._kick()
 
     async def open_byte_stream(
-        self, method: str, payload: bytes = b"", *, timeout: float | None = CALL_TIMEOUT
+        self,
+        method: str,
+        payload: bytes = b"",
+        *,
+        timeout: float | None = CALL_TIMEOUT,
+        early: bool = False,
     ) -> ByteStream:
         """Open a byte stream to ``method``; returns once the worker accepted it (within
-        ``timeout`` seconds, else :class:`DeadlineExceeded` and the stream is reset)."""
+        ``timeout`` seconds, else :class:`DeadlineExceeded` and the stream is reset).
+
+        ``early=True`` returns at once: data may be sent right away (up to
+        :data:`~leapcore.proto.channel_windows.EARLY_WINDOW` bytes before the answer; a
+        half-close waits for it). A refusal then fails the stream's reads and writes
+        (:class:`trio.BrokenResourceError` caused by the :class:`RemoteCallError`), and so
+        does no answer within ``timeout`` (caused by :class:`DeadlineExceeded`; the stream
+        is reset)."""
+        if early:
+            return await self._open_early(method, payload, timeout, None)
         opening = _Call()
         with _deadline(timeout) as waited:
             cid: int = await self._submit(lambda: self.endpoint.open_byte_stream(method, payload))
@@ -948,8 +1059,32 @@ class Channel:
             raise opening.error
         return stream
 
+    async def _open_early(
+        self,
+        method: str,
+        payload: bytes,
+        timeout: float | None,
+        refusal_map: Callable[[LeapcoreError], LeapcoreError] | None,
+    ) -> ByteStream:
+        if timeout is not None and not timeout >= 0:
+            raise StreamUsageError(f"timeout must be >= 0 seconds or None, got {timeout!r}")
+        cid: int = await self._submit(
+            lambda: self.endpoint.open_byte_stream(method, payload, early=True)
+        )
+        stream = ByteStream(self, cid)
+        stream._open_deadline = math.inf if timeout is None else trio.current_time() + timeout
+        stream._open_what = (method, timeout)
+        stream._refusal_map = refusal_map
+        self._byte_streams[cid] = stream
+        return stream
+
     async def open_tcp(
-        self, host: str, port: int, *, timeout: float | None = TUNNEL_OPEN_TIMEOUT
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float | None = TUNNEL_OPEN_TIMEOUT,
+        early: bool = False,
     ) -> ByteStream:
         """A TCP connection the worker dials to ``host:port`` (the name resolved on the
         worker, IPv4 or IPv6), as a half-closeable byte stream: returns once connected.
@@ -959,20 +1094,34 @@ class Channel:
         or :class:`TunnelDenied` (``denied_by_policy``: the worker's destination rules);
         a bad ``host``/``port`` here is :class:`InvalidMessage`; no answer within
         ``timeout`` seconds (default 35: the worker's own dial timeout is 30) is
-        :class:`DeadlineExceeded`."""
+        :class:`DeadlineExceeded`.
+
+        ``early=True`` returns at once, before the dial (see :meth:`open_byte_stream`): what
+        is written goes out behind the open and reaches the target once connected. The
+        failures above then fail the stream instead (:class:`trio.BrokenResourceError`
+        whose ``__cause__`` is that error)."""
         payload = encode_dial_request(host, port)
+        if early:
+            return await self._open_early(TCP_METHOD, payload, timeout, _dial_error)
         try:
             return await self.open_byte_stream(TCP_METHOD, payload, timeout=timeout)
         except RemoteCallError as exc:
-            if exc.remote_code == DENIED_BY_POLICY:
-                raise TunnelDenied(DENIED_BY_POLICY, exc.remote_message) from None
-            if exc.remote_code in DIAL_FAILURES:
-                raise TunnelDialFailed(exc.remote_code, exc.remote_message) from None
-            if exc.remote_code == InvalidMessage.code:
-                raise InvalidMessage(
-                    f"the worker refused the request: {exc.remote_message}"
-                ) from None
-            raise
+            mapped = _dial_error(exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    async def run_command(self, command: str | Sequence[str], **options: Any) -> Any:
+        """Run a process on the worker to its end (:func:`leapcore.peer.process.run`)."""
+        from .process import run
+
+        return await run(self, command, **options)
+
+    def create_process(self, command: str | Sequence[str], **options: Any) -> Any:
+        """Start a process on the worker (:func:`leapcore.peer.process.create_process`)."""
+        from .process import create_process
+
+        return create_process(self, command, **options)
 
     async def aclose(self) -> None:
         """Close the channel: queued frames are sent, then a CLOSE frame; waits until the
@@ -1042,6 +1191,9 @@ class Channel:
                 "retry when earlier requests have finished",
             )
             return
+        if isinstance(event, ByteStreamRequested) and event.early:
+            stream = self._byte_streams[cid] = ByteStream(self, cid)  # holds early data
+            stream._pending = True
         scope = trio.CancelScope()
         self._handlers[cid] = scope
         self._nursery.start_soon(self._run_handler, scope, event, handler, ctx)
@@ -1078,8 +1230,7 @@ class Channel:
                         await self._run_manual(handler, ctx, event.payload, cid)
                     else:
                         await self._submit(lambda: self.endpoint.accept_byte_stream(cid))
-                        stream = ByteStream(self, cid)
-                        self._byte_streams[cid] = stream
+                        stream = self._accepted_stream(cid)
                         try:
                             await handler(ctx, event.payload, stream)
                         finally:
@@ -1099,6 +1250,7 @@ class Channel:
         finally:
             self._handlers.pop(cid, None)
             self._release(cid)
+            self._drop_pending(cid)
 
     def _manual_accept(self) -> set[str]:
         return set() if self._services is None else self._services.manual_accept
@@ -1138,6 +1290,19 @@ class Channel:
             except LeapcoreError:
                 return
         self._kick()
+
+
+def _dial_error(exc: LeapcoreError) -> LeapcoreError:
+    """The worker's refusal of a ``tcp`` open as the error :meth:`Channel.open_tcp` raises."""
+    if not isinstance(exc, RemoteCallError):
+        return exc
+    if exc.remote_code == DENIED_BY_POLICY:
+        return TunnelDenied(DENIED_BY_POLICY, exc.remote_message)
+    if exc.remote_code in DIAL_FAILURES:
+        return TunnelDialFailed(exc.remote_code, exc.remote_message)
+    if exc.remote_code == InvalidMessage.code:
+        return InvalidMessage(f"the worker refused the request: {exc.remote_message}")
+    return exc
 
 
 def _deadline(timeout: float | None) -> trio.CancelScope:

@@ -74,6 +74,7 @@ from ..proto.limits import (
 )
 from ..proto.link_codec import (
     PROTOCOL_VERSION,
+    ChannelData,
     ChannelOpened,
     ChannelRefused,
     ClientGreeting,
@@ -165,6 +166,13 @@ class PeerLink:
         self._waiters: dict[int, trio.Event] = {}
         self._room = trio.Event()
         self._failure: LeapcoreError | None = None
+        #: Set when the link has ended (:attr:`failure` says why).
+        self.ended = trio.Event()
+
+    @property
+    def failure(self) -> LeapcoreError | None:
+        """Why the link ended; None while it is up."""
+        return self._failure
 
     @property
     def busy(self) -> bool:
@@ -298,6 +306,8 @@ class PeerLink:
         """Answers to this link's requests and channel traffic (data, credit, close); False
         for any other message. An answer to a request never made is a
         :class:`~leapcore.errors.LinkProtocolError` (the link should end)."""
+        if type(message) is ChannelData:  # the hot path
+            return self.channels.deliver(message)
         if isinstance(message, (HubResponse, ChannelOpened, ChannelRefused)):
             self._wake(self._session.receive(message))
             self._flush()
@@ -310,6 +320,7 @@ class PeerLink:
         one given), and every channel on the link is lost."""
         if self._failure is None:
             self._failure = error
+        self.ended.set()
         self._wake(self._session.fail(self._failure))
         self._free_slots()
         self.channels.close_all("link_lost", f"the link to the hub ended: {self._failure}")

@@ -16,6 +16,7 @@ layouts, exactly (``rest`` = every remaining byte, possibly none)::
     0x0B WINDOW_UPDATE   increment u32
     0x0C BYTES_EOF       (empty)
     0x0D BYTES_RESET     code_len u8 | code | message_len u16 | message
+    0x0E BYTES_OPEN_EARLY as BYTES_OPEN; the opener may send data before the accept
     0x10 REKEY_REQUEST   dh_pub (32) | mlkem_ct (rest: 0 or 1568 bytes)
     0x11 REKEY_ACK       dh_pub (32)
     0x12 REKEY_REJECT    retry_after_ms u32
@@ -57,6 +58,7 @@ __all__ = [
     "BytesData",
     "BytesEof",
     "BytesOpen",
+    "BytesOpenEarly",
     "BytesReset",
     "Cancel",
     "ErrorReply",
@@ -106,6 +108,7 @@ class MessageKind(enum.IntEnum):
     WINDOW_UPDATE = 0x0B
     BYTES_EOF = 0x0C
     BYTES_RESET = 0x0D
+    BYTES_OPEN_EARLY = 0x0E
     REKEY_REQUEST = 0x10
     REKEY_ACK = 0x11
     REKEY_REJECT = 0x12
@@ -169,6 +172,13 @@ class BytesOpen:
 
 
 @attrs.frozen
+class BytesOpenEarly(BytesOpen):
+    """Opens a byte stream on which the opener may send data before the acceptor answers
+    (up to :data:`~leapcore.proto.channel_windows.EARLY_WINDOW` bytes; docs/protocol.md
+    4.6). Same fields and layout as :class:`BytesOpen`."""
+
+
+@attrs.frozen
 class BytesAccept:
     initial_window: int
 
@@ -215,6 +225,7 @@ Message = (
     | StreamEnd
     | Cancel
     | BytesOpen
+    | BytesOpenEarly
     | BytesAccept
     | BytesData
     | WindowUpdate
@@ -234,6 +245,7 @@ _KIND_OF: Final[dict[type, MessageKind]] = {
     StreamEnd: MessageKind.STREAM_END,
     Cancel: MessageKind.CANCEL,
     BytesOpen: MessageKind.BYTES_OPEN,
+    BytesOpenEarly: MessageKind.BYTES_OPEN_EARLY,
     BytesAccept: MessageKind.BYTES_ACCEPT,
     BytesData: MessageKind.BYTES_DATA,
     WindowUpdate: MessageKind.WINDOW_UPDATE,
@@ -486,8 +498,14 @@ def decode_chunks(chunks: Sequence[bytes]) -> Message:
         return decode(b"".join(chunks))
 
 
+_BYTES_DATA: Final = MessageKind.BYTES_DATA.value
+
+
 def decode(plaintext: bytes) -> Message:
     """Parse one complete channel message (strict; see the module docstring)."""
+    # The most frequent message, a whole BYTES_DATA, without the general parser.
+    if plaintext and plaintext[0] == _BYTES_DATA and 1 < len(plaintext) <= MAX_BYTES_DATA + 1:
+        return BytesData(plaintext[1:])
     return _decode(plaintext, ())
 
 
@@ -517,6 +535,9 @@ def _decode(plaintext: bytes, tail: Sequence[bytes]) -> Message:
         case MessageKind.BYTES_OPEN:
             window = check_window(r.u32("initial_window"), "initial_window", ChannelProtocolError)
             message = BytesOpen(window, r.method(), r.rest())
+        case MessageKind.BYTES_OPEN_EARLY:
+            window = check_window(r.u32("initial_window"), "initial_window", ChannelProtocolError)
+            message = BytesOpenEarly(window, r.method(), r.rest())
         case MessageKind.BYTES_ACCEPT:
             window = check_window(r.u32("initial_window"), "initial_window", ChannelProtocolError)
             message = BytesAccept(window)

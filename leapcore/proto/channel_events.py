@@ -87,11 +87,13 @@ class Cancelled:
 
 @attrs.frozen
 class ByteStreamRequested:
-    """The peer opens a byte stream: ``accept_byte_stream`` or ``send_error``."""
+    """The peer opens a byte stream: ``accept_byte_stream`` or ``send_error``. ``early``:
+    opened with BYTES_OPEN_EARLY, data (:class:`BytesReceived`) may come before the answer."""
 
     correlation_id: int
     method: str
     payload: bytes
+    early: bool = False
 
 
 @attrs.frozen

@@ -25,7 +25,8 @@ The endpoint composes the rooms beside it, each holding one rule: the
 stream tables and the registry of streams and ids
 (:mod:`leapcore.proto.channel_streams`; a message or action that is in
 neither table is refused), the events it returns
-(:mod:`leapcore.proto.channel_events`), the bounded outbound queue
+(:mod:`leapcore.proto.channel_events`) and what a peer's message on a live stream
+becomes (:mod:`leapcore.proto.channel_inbound`), the bounded outbound queue
 (:mod:`leapcore.proto.channel_outbox`), the credit windows of byte streams
 (:mod:`leapcore.proto.channel_windows`) and the rekey
 (:mod:`leapcore.proto.channel_rekey`). What it decides itself: which frame
@@ -64,9 +65,9 @@ from ..errors import (
 from .channel_codec import (
     MAX_BYTES_DATA,
     BytesAccept,
-    BytesData,
     BytesEof,
     BytesOpen,
+    BytesOpenEarly,
     BytesReset,
     Cancel,
     ErrorReply,
@@ -87,25 +88,16 @@ from .channel_codec import (
     kind_of,
 )
 from .channel_events import (
-    BytesReceived,
-    ByteStreamAccepted,
-    ByteStreamEOF,
     ByteStreamRequested,
-    ByteStreamReset,
-    Cancelled,
     ChannelClosed,
-    ErrorReceived,
     Event,
     ProtocolViolation,
     RekeyCompleted,
     RequestReceived,
-    ResponseReceived,
-    StreamEnded,
-    StreamItemReceived,
     StreamRequested,
     WindowInfo,
-    WindowOpened,
 )
+from .channel_inbound import inbound_event
 from .channel_outbox import CONTROL_RESERVE, Outbox
 from .channel_rekey import ChannelRekey, RekeyExpired, RekeyStart
 from .channel_streams import (
@@ -122,7 +114,7 @@ from .channel_streams import (
     StreamState,
     parse_role,
 )
-from .channel_windows import DEFAULT_WINDOW, ByteWindow, WindowBudget
+from .channel_windows import DEFAULT_WINDOW, EARLY_WINDOW, ByteWindow, WindowBudget
 from .chunking import ChannelFrame, FrameFlag, Reassembled, Reassembler
 from .limits import DEFAULT_MAX_INCOMPLETE, DEFAULT_MAX_MESSAGE_SIZE, validate_max_message_size
 
@@ -351,7 +343,10 @@ class ChannelEndpoint:
             case BytesOpen(window, method, payload):
                 stream.window = ByteWindow(budget=self.window_budget)
                 stream.window.on_grant(window)
-                self._events.append(ByteStreamRequested(cid, method, payload))
+                early = isinstance(message, BytesOpenEarly)
+                if early:  # the opener may send this much before the answer
+                    stream.window.grant(EARLY_WINDOW)
+                self._events.append(ByteStreamRequested(cid, method, payload, early))
 
     def _on_stream_message(self, stream: Stream, message: Message) -> None:
         cid, kind = stream.cid, kind_of(message)
@@ -371,41 +366,11 @@ class ChannelEndpoint:
             )
             self._violation(cid, error, reply=True)
             return
-        out: Event | None = None
-        match message:
-            case Response(payload):
-                out = ResponseReceived(cid, payload)
-            case ErrorReply(code, text):
-                out = ErrorReceived(cid, code, text)
-            case Cancel():
-                out = Cancelled(cid)
-            case StreamItem(payload):
-                out = StreamItemReceived(cid, payload)
-            case StreamEnd():
-                out = StreamEnded(cid)
-            case BytesAccept(window):
-                stream.byte_window.on_grant(window)
-                out = ByteStreamAccepted(cid)
-            case BytesData(data):
-                credit = stream.window
-                assert credit is not None  # STREAM_EVENTS: data on byte streams only
-                try:
-                    credit.on_data(cid, len(data))
-                except FlowControlError as overrun:
-                    self._violation(cid, overrun, reply=True)
-                    return
-                out = BytesReceived(cid, data)
-            case WindowUpdate(increment):
-                try:
-                    stream.byte_window.on_update(cid, increment)
-                except FlowControlError as overflow:
-                    self._violation(cid, overflow, reply=True)
-                    return
-                out = WindowOpened(cid)
-            case BytesEof():
-                out = ByteStreamEOF(cid)
-            case BytesReset(code, text):
-                out = ByteStreamReset(cid, code, text)
+        try:
+            out = inbound_event(stream, message)
+        except FlowControlError as broken:
+            self._violation(cid, broken, reply=True)
+            return
         before = stream.state
         stream.state = target
         if out is not None:
@@ -503,20 +468,46 @@ class ChannelEndpoint:
     # -- local actions: byte streams -----------------------------------------
 
     def open_byte_stream(
-        self, method: str, payload: bytes = b"", *, window: int = DEFAULT_WINDOW
+        self,
+        method: str,
+        payload: bytes = b"",
+        *,
+        window: int = DEFAULT_WINDOW,
+        early: bool = False,
     ) -> int:
-        """Open a byte stream granting the peer ``window`` bytes; returns its id."""
+        """Open a byte stream granting the peer ``window`` bytes; returns its id. ``early``:
+        open it with BYTES_OPEN_EARLY, so that up to
+        :data:`~leapcore.proto.channel_windows.EARLY_WINDOW` bytes may be sent on it before
+        the peer answers (a refusal discards them)."""
         check_window(window, "window")
-        cid = self._open(StreamKind.BYTE_STREAM, BytesOpen(window, method, payload))
+        opening = BytesOpenEarly if early else BytesOpen
+        cid = self._open(StreamKind.BYTE_STREAM, opening(window, method, payload))
         stream = self._streams[cid]
         stream.window = ByteWindow(budget=self.window_budget)
         stream.window.grant(window)
+        if early:
+            stream.window.on_grant(EARLY_WINDOW)
         return cid
 
     def accept_byte_stream(self, correlation_id: int, *, window: int = DEFAULT_WINDOW) -> None:
+        """Accept the peer's byte stream granting it ``window`` bytes (on a stream opened with
+        early data: at least :data:`~leapcore.proto.channel_windows.EARLY_WINDOW`, counting
+        the early data)."""
         check_window(window, "window")
+        live = self._streams.get(correlation_id)
+        early = live is not None and live.state is StreamState.OPENING_EARLY
+        if early:
+            window = max(window, EARLY_WINDOW)
         stream = self._act(correlation_id, BytesAccept(window))
-        stream.byte_window.grant(window)
+        credit = stream.byte_window
+        if not early:
+            credit.grant(window)
+            return
+        credit.accept_early(window)
+        # Early data consumed before the accept could not be granted back (no update
+        # while opening): if that is due now, send it, else the opener might wait forever.
+        if credit.pending_update >= max(1, credit.receive_window // 2):
+            self._transition_local(stream, WindowUpdate(credit.release()), auto=True)
 
     def send_bytes(self, correlation_id: int, data: bytes | memoryview) -> int:
         """Send as much of ``data`` as the peer's window (and the outbound budget) allows;

@@ -59,7 +59,15 @@ RECENT_STREAMS: Final = 256
 _MAX_CID: Final = 2**64 - 1
 
 
-class Role(enum.Enum):
+class _Enum(enum.Enum):
+    """An enum hashed by identity: the tables are looked up by tuples of these on every
+    message, and ``Enum.__hash__`` (the member's name, in Python) costs more than the
+    lookup. Members are singletons and compare by identity, so nothing else changes."""
+
+    __hash__ = object.__hash__
+
+
+class Role(_Enum):
     """Which end of the channel: the client (initiator) or the worker (responder)."""
 
     INITIATOR = "initiator"
@@ -76,7 +84,7 @@ def parse_role(value: Role | str) -> Role:
         raise ConfigError(f"role must be 'initiator' or 'responder', got {value!r}") from None
 
 
-class Side(enum.Enum):
+class Side(_Enum):
     """Which end of one stream: the one that opened it, or the one that answers."""
 
     OPENER = "opener"
@@ -87,16 +95,17 @@ class Side(enum.Enum):
         return Side.ACCEPTOR if self is Side.OPENER else Side.OPENER
 
 
-class StreamKind(enum.Enum):
+class StreamKind(_Enum):
     RPC = "rpc"
     SERVER_STREAM = "server-stream"
     BYTE_STREAM = "byte-stream"
 
 
-class StreamState(enum.Enum):
+class StreamState(_Enum):
     IDLE = "idle"
     OPEN = "open"
     OPENING = "opening"  # byte stream: opened, not yet accepted
+    OPENING_EARLY = "opening-early"  # byte stream: opened with early data, not yet accepted
     OPENER_EOF = "opener-eof"  # byte stream: the opener half-closed
     ACCEPTOR_EOF = "acceptor-eof"  # byte stream: the acceptor half-closed
     ANSWERED = "answered"
@@ -108,13 +117,14 @@ class StreamState(enum.Enum):
     RESET = "reset"
 
 
-class StreamEvent(enum.Enum):
+class StreamEvent(_Enum):
     """A message on a stream, named after the message (and, where both may send it, the
     side that sends it)."""
 
     REQUEST = "request"
     STREAM_REQUEST = "stream-request"
     BYTES_OPEN = "bytes-open"
+    BYTES_OPEN_EARLY = "bytes-open-early"
     RESPONSE = "response"
     ITEM = "item"
     END = "end"
@@ -152,12 +162,19 @@ SERVER_STREAM_TRANSITIONS: Final[dict[tuple[StreamState, StreamEvent], StreamSta
 }
 
 #: Byte stream: BYTES_OPEN, then BYTES_ACCEPT (or an ERROR refusal); data both ways under
-#: flow control; each side half-closes with BYTES_EOF; either side may BYTES_RESET.
+#: flow control; each side half-closes with BYTES_EOF; either side may BYTES_RESET. Opened
+#: with BYTES_OPEN_EARLY, the opener may send data (within the early window) before the
+#: answer; a refusal discards it.
 BYTE_STREAM_TRANSITIONS: Final[dict[tuple[StreamState, StreamEvent], StreamState]] = {
     (_S.IDLE, _E.BYTES_OPEN): _S.OPENING,
+    (_S.IDLE, _E.BYTES_OPEN_EARLY): _S.OPENING_EARLY,
     (_S.OPENING, _E.ACCEPT): _S.OPEN,
     (_S.OPENING, _E.ERROR): _S.REJECTED,
     (_S.OPENING, _E.RESET): _S.RESET,
+    (_S.OPENING_EARLY, _E.OPENER_DATA): _S.OPENING_EARLY,
+    (_S.OPENING_EARLY, _E.ACCEPT): _S.OPEN,
+    (_S.OPENING_EARLY, _E.ERROR): _S.REJECTED,
+    (_S.OPENING_EARLY, _E.RESET): _S.RESET,
     (_S.OPEN, _E.OPENER_DATA): _S.OPEN,
     (_S.OPEN, _E.ACCEPTOR_DATA): _S.OPEN,
     (_S.OPEN, _E.OPENER_WINDOW): _S.OPEN,
@@ -206,6 +223,7 @@ STREAM_EVENTS: Final[dict[tuple[StreamKind, MessageKind, Side], StreamEvent]] = 
     (_SS, _K.ERROR, _A): _E.ERROR,
     (_SS, _K.CANCEL, _O): _E.CANCEL,
     (_BS, _K.BYTES_OPEN, _O): _E.BYTES_OPEN,
+    (_BS, _K.BYTES_OPEN_EARLY, _O): _E.BYTES_OPEN_EARLY,
     (_BS, _K.BYTES_ACCEPT, _A): _E.ACCEPT,
     (_BS, _K.ERROR, _A): _E.ERROR,
     (_BS, _K.BYTES_DATA, _O): _E.OPENER_DATA,
@@ -223,6 +241,7 @@ OPENING_KINDS: Final[dict[MessageKind, StreamKind]] = {
     _K.REQUEST: _RPC,
     _K.STREAM_REQUEST: _SS,
     _K.BYTES_OPEN: _BS,
+    _K.BYTES_OPEN_EARLY: _BS,
 }
 
 

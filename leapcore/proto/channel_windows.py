@@ -21,6 +21,13 @@ not yet consumed is at most an eighth of the window -- the window doubles, up to
 stream ends. A stream whose reader falls behind never grows (its buffer, not the path, is
 the limit), so a window is only as large as the path has shown it can fill at the
 receiver's pace, and every end holds at most its initial windows plus the budget.
+
+**Early data** (a stream opened with BYTES_OPEN_EARLY): before the answer, the opener may
+send up to :data:`EARLY_WINDOW` bytes -- the acceptor's window is :data:`EARLY_WINDOW` until
+it accepts. BYTES_ACCEPT's window then counts from the stream's first byte, early data
+included, and is at least :data:`EARLY_WINDOW` (an acceptor never grants less on such a
+stream; a smaller one is a :class:`~leapcore.errors.FlowControlError`), so the data in
+flight when the acceptor answered always fits.
 """
 
 from __future__ import annotations
@@ -37,6 +44,7 @@ from .limits import CHANNEL_WINDOW_BUDGET, MAX_STREAM_WINDOW
 __all__ = [
     "CHANNEL_WINDOW_BUDGET",
     "DEFAULT_WINDOW",
+    "EARLY_WINDOW",
     "MAX_STREAM_WINDOW",
     "ByteWindow",
     "WindowBudget",
@@ -44,6 +52,8 @@ __all__ = [
 
 #: Default receive window of a byte stream (bytes the peer may send unasked).
 DEFAULT_WINDOW: Final = 256 * 1024
+#: The acceptor's window on a stream opened with BYTES_OPEN_EARLY, until it accepts.
+EARLY_WINDOW: Final = 64 * 1024
 
 
 @attrs.define
@@ -82,6 +92,24 @@ class ByteWindow:
     def on_grant(self, window: int) -> None:
         """The peer granted this end ``window`` bytes (the peer's BYTES_OPEN or BYTES_ACCEPT)."""
         self.send_credit = window
+
+    def accept_early(self, window: int) -> int:
+        """This end accepts an early stream granting ``window`` (raised to
+        :data:`EARLY_WINDOW`, which it granted until now); returns the window granted."""
+        window = max(window, EARLY_WINDOW)
+        self.receive_credit += window - self.receive_window
+        self.receive_window = window
+        return window
+
+    def on_accept_early(self, cid: int, window: int) -> None:
+        """The peer accepted this end's early stream with ``window``, which counts the
+        early data already sent; refused if it is less than :data:`EARLY_WINDOW`."""
+        if window < EARLY_WINDOW:
+            raise FlowControlError(
+                f"byte stream {cid}: BYTES_ACCEPT grants {window} bytes on a stream opened "
+                f"with early data; at least {EARLY_WINDOW} are required"
+            )
+        self.send_credit += window - EARLY_WINDOW
 
     def on_data(self, cid: int, size: int) -> None:
         """``size`` bytes of data arrived; refused if they overrun the credit granted."""

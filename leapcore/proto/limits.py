@@ -39,6 +39,10 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_WORKERS_PER_USER",
     "DEREGISTER_GRACE",
+    "EXEC_KILL_GRACE",
+    "EXEC_MAX_PROCESSES",
+    "EXEC_READ_SIZE",
+    "EXEC_RUN_MAX_OUTPUT",
     "GO_AWAY_DELAY",
     "GRACE_WINDOW",
     "GREETING_TIMEOUT",
@@ -85,6 +89,7 @@ __all__ = [
     "REVOCATION_CHECK_INTERVAL",
     "SERVER_FIELDS",
     "SIGNIN_TIMEOUT",
+    "SOCKS_MAX_PENDING_HANDSHAKES",
     "STOP_GRACE",
     "TUNNEL_DIAL_TIMEOUT",
     "TUNNEL_OPEN_TIMEOUT",
@@ -181,6 +186,23 @@ TUNNEL_OPEN_TIMEOUT: Final = TUNNEL_DIAL_TIMEOUT + 5.0
 #: (each at most one frame's plaintext less its kind byte), so that no read leaves a small
 #: tail message -- a 64 KiB read cost two frames, the second one of 18 bytes.
 TUNNEL_READ_SIZE: Final = 4 * (MAX_PLAINTEXT - 1)
+#: Processes the ``exec`` service runs for one channel at once (started and not yet reaped
+#: with ``exec.wait``, or whose process group still has members); one more is refused
+#: ``resource_exhausted``.
+EXEC_MAX_PROCESSES: Final = 16
+#: Seconds between the SIGTERM and the SIGKILL sent to an ``exec`` process group when its
+#: channel closes, its timeout passes or its opener resets the stream (sooner if the
+#: process exits first: the SIGKILL then takes the rest of the group).
+EXEC_KILL_GRACE: Final = 2.0
+#: Bytes the ``exec`` service reads from a process's stdout or stderr pipe at once (whole
+#: BYTES_DATA messages, as for tunnels).
+EXEC_READ_SIZE: Final = TUNNEL_READ_SIZE
+#: Bytes of stdout, and of stderr, ``Channel.run_command`` keeps by default; more fails the
+#: run (``ProcessOutputTooLarge``) and the process is killed.
+EXEC_RUN_MAX_OUTPUT: Final = 64 * 1024 * 1024
+#: SOCKS5 handshakes (greeting and request, not yet answered) one tunnel listener holds at
+#: once; one more closes the oldest, so an idle flood cannot lock out real clients.
+SOCKS_MAX_PENDING_HANDSHAKES: Final = 512
 #: Channel opens one link may have waiting at the hub for their worker at once.
 MAX_PENDING_OPENS: Final = 64
 #: Requests (hub calls and channel opens, orphaned opens included) a peer holds on one link.

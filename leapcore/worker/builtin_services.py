@@ -7,7 +7,9 @@ adds ``info`` (owner only, as every method unless registered ``public=True``)::
      "encryption_mode", "labels", "capabilities"}
 
 and ``tcp`` (owner only): a byte stream to a TCP connection the worker dials, within the
-worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tunnel`).
+worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tcp`);
+and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal`` (owner only): processes run
+for the owner (:mod:`leapcore.worker.exec`).
 
 An embedding application adds its own methods to the table it passes to the worker::
 
@@ -30,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
-from .tunnel import add_tcp_service
+from .exec import add_exec_service
+from .tcp import add_tcp_service
 
 if TYPE_CHECKING:
     from .daemon import Worker
@@ -90,7 +93,7 @@ def info_document(worker: Worker) -> dict[str, Any]:
 
 
 def default_services(worker: Worker) -> Services:
-    """A table with ``info`` and ``tcp`` for ``worker``; add more methods to it before
+    """A table with ``info``, ``tcp`` and ``exec`` for ``worker``; add more methods to it before
     running."""
     services = Services()
     build_commit()  # a git subprocess, once, at start-up: never inside a channel call
@@ -100,6 +103,7 @@ def default_services(worker: Worker) -> Services:
 
     services.add_rpc(INFO_METHOD, info)
     add_tcp_service(services, lambda: worker.tunnel_policy)
+    add_exec_service(services)
     return services
 
 

@@ -112,7 +112,8 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         assert info["fingerprint"] == listed[name]["fingerprint"]
         assert info["info"]["encryption_mode"] == mode
         assert info["info"]["name"] == name
-        assert info["info"]["capabilities"] == sorted(["info", "ping", "tcp", *ADDED])
+        builtin = ["exec", "exec.signal", "exec.stderr", "exec.wait", "info", "ping", "tcp"]
+        assert info["info"]["capabilities"] == sorted([*builtin, *ADDED])
         ping = env.json("worker", "ping", "--count", "3", "--worker-id", ids[name])
         assert ping["worker_id"] == ids[name] and ping["count"] == 3
         assert len(ping["rtt_ms"]) == 3 and all(rtt > 0 for rtt in ping["rtt_ms"])

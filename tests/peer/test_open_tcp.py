@@ -13,7 +13,13 @@ import trio.testing
 from support.tunnelkit import echo_server, make_pair, running_pair
 
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore.errors import InvalidMessage, RemoteCallError, TunnelDenied, TunnelDialFailed
+from leapcore.errors import (
+    DeadlineExceeded,
+    InvalidMessage,
+    RemoteCallError,
+    TunnelDenied,
+    TunnelDialFailed,
+)
 from leapcore.peer.channel import ByteStream
 from leapcore.proto.tunnel_policy import TunnelPolicy
 
@@ -248,3 +254,93 @@ async def test_bad_requests(generated_keypair: WorkerKeyPair) -> None:
                 await pair.client.open_byte_stream("tcp", payload)
             assert info.value.remote_code == "invalid_message"
             assert words in info.value.remote_message
+
+
+# -- early data: open_tcp(early=True) ------------------------------------------------------------
+
+
+async def test_early_open_sends_before_the_dial_is_known(generated_keypair: WorkerKeyPair) -> None:
+    """The stream is returned before the worker dialled; what is written (beyond the early
+    window too), and a half-close, reach the target once connected."""
+    async with running_pair(generated_keypair) as pair, echo_server() as server:
+        stream = await pair.client.open_tcp("127.0.0.1", server.port, early=True)
+        assert server.accepted == 0  # not dialled yet: the open has not even left
+        assert stream._open_deadline is not None
+        payload = bytes(range(256)) * 1000  # 256 kB: past the 64 KiB early window
+
+        async def send() -> None:
+            await stream.send_all(payload)
+            await stream.send_eof()  # waits for the accept, then half-closes
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send)
+            received = await _read_all(stream)
+        assert received == payload
+        assert stream._open_deadline is None  # accepted
+        await stream.aclose()
+        assert server.accepted == 1
+
+
+async def test_early_open_refused_fails_the_stream(generated_keypair: WorkerKeyPair) -> None:
+    port = _closed_port()
+    async with running_pair(generated_keypair) as pair:
+        stream = await pair.client.open_tcp("127.0.0.1", port, early=True)
+        await stream.send_all(b"discarded")  # within the early window: taken at once
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await stream.receive_some()
+        cause = info.value.__cause__
+        assert isinstance(cause, TunnelDialFailed) and not isinstance(cause, TunnelDenied)
+        assert cause.reason == "connection_refused"
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"more")
+        await stream.aclose()
+        # The worker kept nothing of it, and the channel is fine.
+        assert pair.worker._byte_streams == {} and pair.client._byte_streams == {}
+        assert pair.worker.endpoint.streams == {} and pair.client.endpoint.streams == {}
+        await pair.client.ping()
+
+
+async def test_early_open_denied_by_policy(generated_keypair: WorkerKeyPair) -> None:
+    async with running_pair(generated_keypair) as pair, echo_server() as server:
+        pair.policy = TunnelPolicy.parse(deny=["127.0.0.0/8"])
+        stream = await pair.client.open_tcp("127.0.0.1", server.port, early=True)
+        await stream.send_all(b"x")
+        with pytest.raises(trio.BrokenResourceError) as info:
+            await stream.receive_some()
+        assert isinstance(info.value.__cause__, TunnelDenied)
+        assert server.accepted == 0
+
+
+async def test_early_open_without_an_answer_in_time(generated_keypair: WorkerKeyPair) -> None:
+    """No answer within ``timeout``: the stream is reset and fails with DeadlineExceeded."""
+    with socket.socket() as lst, socket.socket() as filler:
+        lst.bind(("127.0.0.1", 0))
+        lst.listen(0)
+        port = lst.getsockname()[1]
+        filler.connect(("127.0.0.1", port))  # further SYNs are dropped: the dial hangs
+        async with running_pair(generated_keypair) as pair:
+            stream = await pair.client.open_tcp("127.0.0.1", port, timeout=0.3, early=True)
+            with trio.fail_after(10), pytest.raises(trio.BrokenResourceError) as info:
+                await stream.receive_some()
+            assert isinstance(info.value.__cause__, DeadlineExceeded)
+            assert "within 0.3s" in str(info.value.__cause__)
+            await stream.aclose()
+            # The reset reached the worker: its dial is cancelled, nothing stays open.
+            with trio.fail_after(10):
+                while pair.worker.endpoint.streams or pair.worker._handlers:
+                    await trio.sleep(0.01)
+
+
+async def test_closing_an_unanswered_early_open_resets_it(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    async with running_pair(generated_keypair) as pair, echo_server() as server:
+        stream = await pair.client.open_tcp("127.0.0.1", server.port, early=True)
+        await stream.send_all(b"x")
+        await stream.aclose()
+        assert pair.client.endpoint.streams == {}
+        with trio.fail_after(10):
+            while pair.worker.endpoint.streams or pair.worker._handlers:
+                await trio.sleep(0.01)
+        assert pair.worker._byte_streams == {}
+        await pair.client.ping()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import logging
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -14,16 +15,21 @@ from typing import Any
 import pytest
 import trio
 import trio.testing
+from support import tunnelkit
+from support.tunnelkit import running_pair
 
+from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.errors import (
     ChannelLost,
+    ConfigError,
     LeapcoreError,
     TunnelDenied,
     TunnelDialFailed,
     WorkerOffline,
 )
-from leapcore.peer import tunnels
-from leapcore.peer.tunnels import channel_pool, forward_local, serve_socks5
+from leapcore.peer import socks5, tunnel
+from leapcore.peer.socks5 import serve_socks5
+from leapcore.peer.tunnel import channel_pool, forward_local
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -315,7 +321,37 @@ async def test_a_silent_socks_client_is_dropped(autojump_clock: trio.testing.Moc
         await client.send_all(b"\x05\x01")
         start = trio.current_time()
         assert await recv_all(client) == b""
-        assert trio.current_time() - start == pytest.approx(tunnels.SOCKS_HANDSHAKE_TIMEOUT)
+        assert trio.current_time() - start == pytest.approx(socks5.SOCKS_HANDSHAKE_TIMEOUT)
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize(
+    ("idle", "answer"),
+    [
+        (b"", b""),  # connects, sends nothing
+        (b"\x05\x02\x00", b""),  # a truncated greeting (2 methods, 1 sent)
+        (b"\x05\x01\x00\x05\x01\x00\x03\x04abc", b"\x05\x00"),  # domain length 4, 3 bytes
+    ],
+)
+async def test_stalled_socks_clients_are_dropped_and_others_go_on(
+    idle: bytes, answer: bytes, autojump_clock: trio.testing.MockClock
+) -> None:
+    """A client that stops mid-handshake and stays connected (no EOF) is closed at the
+    handshake timeout; a tunnelled connection open all along, idle as long, is untouched."""
+    opener = FakeOpener()
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, echo)
+        proxy = await nursery.start(serve_socks5, opener, ("127.0.0.1", 0))
+        good, reply = await socks_connect(proxy, "127.0.0.1", port)
+        assert reply == SUCCESS
+        stalled = await connect(proxy)
+        await stalled.send_all(idle)
+        start = trio.current_time()
+        assert await recv_all(stalled) == answer  # then EOF: closed by the server
+        assert trio.current_time() - start == pytest.approx(socks5.SOCKS_HANDSHAKE_TIMEOUT)
+        await good.send_all(b"after 30 s")
+        assert await recv_exactly(good, 10) == b"after 30 s"
+        assert opener.calls == [("127.0.0.1", port)]
         nursery.cancel_scope.cancel()
 
 
@@ -352,7 +388,7 @@ async def test_transient_accept_errors_back_off(
         raise AssertionError("nothing is accepted")
 
     with trio.move_on_after(30):
-        await tunnels.accept_loop(listener, handler)
+        await tunnel.accept_loop(listener, handler)
     gaps = [round(b - a, 6) for a, b in zip(listener.attempts, listener.attempts[1:], strict=False)]
     assert gaps == [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.0, 1.0, 1.0, 1.0]
     assert listener.closed
@@ -361,7 +397,7 @@ async def test_transient_accept_errors_back_off(
 async def test_constant_failure_does_not_spin(autojump_clock: trio.testing.MockClock) -> None:
     listener = FailingListener(errno.EMFILE, 10**9)
     with trio.move_on_after(60):
-        await tunnels.accept_loop(listener, lambda stream: trio.sleep(0))
+        await tunnel.accept_loop(listener, lambda stream: trio.sleep(0))
     # The first attempt, 8 more until the 1 s cap (by 1.275 s), then one a second.
     assert len(listener.attempts) == 1 + 8 + 58
 
@@ -369,7 +405,7 @@ async def test_constant_failure_does_not_spin(autojump_clock: trio.testing.MockC
 async def test_a_permanent_accept_error_ends_the_server() -> None:
     listener = FailingListener(errno.EBADF, 1)
     with pytest.raises(OSError) as caught:
-        await tunnels.accept_loop(listener, lambda stream: trio.sleep(0))
+        await tunnel.accept_loop(listener, lambda stream: trio.sleep(0))
     assert caught.value.errno == errno.EBADF
     assert listener.closed and len(listener.attempts) == 1
 
@@ -567,9 +603,160 @@ async def test_a_failing_handler_ends_its_connection_only() -> None:
         await stream.aclose()
 
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(tunnels.accept_loop, listeners[0], handler)
+        nursery.start_soon(tunnel.accept_loop, listeners[0], handler)
         first = await connect(address)
         assert await recv_all(first) == b""
         second = await connect(address)
         assert await recv_all(second) == b"fine"
+        nursery.cancel_scope.cancel()
+
+
+# -- budgets: pending SOCKS5 handshakes, streams per channel -----------------------------------
+
+
+async def greeted(proxy: tuple[str, int]) -> trio.SocketStream:
+    """A client that sent its greeting and got the method choice: its handler is running and
+    holds a handshake slot (the request is still owed)."""
+    stream = await connect(proxy)
+    await stream.send_all(b"\x05\x01\x00")
+    assert await recv_exactly(stream, 2) == b"\x05\x00"
+    return stream
+
+
+async def closed_by_server(stream: trio.SocketStream) -> bool:
+    """The server closed ``stream`` (EOF or reset)."""
+    try:
+        return await stream.receive_some(100) == b""
+    except trio.BrokenResourceError:
+        return True
+
+
+@bounded
+async def test_a_full_handshake_budget_closes_the_oldest(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="leapcore.peer.tunnel")
+    opener = FakeOpener()
+    async with trio.open_nursery() as nursery:
+        port = await start_server(nursery, echo)
+        proxy = await nursery.start(
+            functools.partial(serve_socks5, max_pending_handshakes=4), opener, ("127.0.0.1", 0)
+        )
+        idle = [await greeted(proxy) for _ in range(4)]  # the budget, full
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+        idle.append(await greeted(proxy))  # one more: the oldest goes
+        assert await closed_by_server(idle[0])
+        idle.append(await greeted(proxy))
+        assert await closed_by_server(idle[1])
+
+        # A real client, with the budget full of idle ones: it takes the oldest's place and
+        # finishes its handshake at once.
+        good, reply = await socks_connect(proxy, "127.0.0.1", port)
+        assert reply == SUCCESS
+        assert await closed_by_server(idle[2])
+        await good.send_all(b"through")
+        assert await recv_exactly(good, 7) == b"through"
+
+        # The younger idle ones were left alone: each can still finish its request.
+        for stream in idle[3:]:
+            await stream.send_all(connect_request("127.0.0.1", port)[3:])
+            assert await recv_exactly(stream, 10) == SUCCESS
+            await stream.send_all(b"late")
+            assert await recv_exactly(stream, 4) == b"late"
+
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 1, warnings  # one line for the whole episode
+        assert "4 SOCKS5 handshakes pending (the budget)" in warnings[0]
+        # Every idle one answered, the pending count fell to half: the episode is over ...
+        ended = [r.getMessage() for r in caplog.records if "closed to make room" in r.message]
+        assert len(ended) == 1 and "3 pending handshakes were closed" in ended[0], ended
+
+        # ... and the next one starts with a warning of its own.
+        more = [await greeted(proxy) for _ in range(5)]
+        assert await closed_by_server(more[0])
+        warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(warnings) == 2, warnings
+        nursery.cancel_scope.cancel()
+
+
+async def test_an_idle_flood_never_holds_more_than_the_budget() -> None:
+    """200 idle connections against a budget of 16: all but the youngest 16 are closed by
+    the server, a real client still gets through (displacing one more), and the 15 left
+    were really held: each can still finish its handshake."""
+    opener = FakeOpener()
+    budget = 16
+    with trio.fail_after(20):
+        async with trio.open_nursery() as nursery:
+            port = await start_server(nursery, echo)
+            proxy = await nursery.start(
+                functools.partial(serve_socks5, max_pending_handshakes=budget),
+                opener,
+                ("127.0.0.1", 0),
+            )
+            flood = [await connect(proxy) for _ in range(200)]
+            for stream in flood:
+                await stream.send_all(b"\x05")  # a greeting that never ends
+            good, reply = await socks_connect(proxy, "127.0.0.1", port)
+            assert reply == SUCCESS
+            await good.send_all(b"ok")
+            assert await recv_exactly(good, 2) == b"ok"
+            # Accepted in order, so the oldest went first: 184 for the flood, one more for
+            # the real client.
+            for stream in flood[: 200 - budget + 1]:
+                assert await closed_by_server(stream)
+            for stream in flood[200 - budget + 1 :]:
+                await stream.send_all(connect_request("127.0.0.1", port)[1:])
+                assert await recv_exactly(stream, 12) == b"\x05\x00" + SUCCESS
+            assert opener.calls == [("127.0.0.1", port)] * budget
+            nursery.cancel_scope.cancel()
+
+
+def test_the_budget_must_be_positive() -> None:
+    async def main() -> None:
+        with pytest.raises(ConfigError, match="max_pending_handshakes"):
+            await serve_socks5(FakeOpener(), ("127.0.0.1", 0), max_pending_handshakes=0)
+
+    trio.run(main)
+
+
+@bounded
+async def test_connections_past_the_workers_stream_limit_fail_alone(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    """Each forwarded connection is one byte stream on the channel; the worker's per-channel
+    stream limit (here 3) refuses one more ``resource_exhausted``: that connection is reset,
+    the open ones carry on, and once one ends a new one gets through."""
+    async with (
+        running_pair(generated_keypair, max_streams=3) as pair,
+        tunnelkit.echo_server() as target,
+        trio.open_nursery() as nursery,
+    ):
+        bound = await nursery.start(
+            forward_local, pair.client, ("127.0.0.1", 0), ("127.0.0.1", target.port)
+        )
+        held = []
+        for index in range(3):
+            client = await connect(bound)
+            await client.send_all(bytes([index]) * 10)
+            assert await recv_exactly(client, 10) == bytes([index]) * 10
+            held.append(client)
+        extra = await connect(bound)
+        with pytest.raises(trio.BrokenResourceError):
+            while await extra.receive_some(100):
+                pass
+        for client in held:
+            await client.send_all(b"still")
+            assert await recv_exactly(client, 5) == b"still"
+        assert target.accepted == 3  # the refused one never reached the target
+
+        await held[0].send_eof()
+        assert await recv_all(held[0]) == b""
+        while True:  # the worker forgets the finished stream a moment after its EOF
+            again = await connect(bound)
+            await again.send_all(b"again")
+            try:
+                assert await recv_exactly(again, 5) == b"again"
+                break
+            except trio.BrokenResourceError:
+                await trio.sleep(0.01)
+        assert not pair.client.closed
         nursery.cancel_scope.cancel()

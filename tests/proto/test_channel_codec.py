@@ -50,7 +50,7 @@ def test_round_trip(message):
 
 
 def test_every_kind_is_covered():
-    assert {m.value for m in cc.MessageKind} == {*range(0x01, 0x0E), 0x10, 0x11, 0x12}
+    assert {m.value for m in cc.MessageKind} == {*range(0x01, 0x0F), 0x10, 0x11, 0x12}
 
 
 @given(
@@ -112,7 +112,7 @@ BAD = ChannelProtocolError
 DECODE_ERRORS = [
     (b"", "empty channel message: the kind byte is missing"),
     (b"\x00", r"unknown channel message kind 0x00"),
-    (b"\x0e", r"unknown channel message kind 0x0e"),
+    (b"\x0f", r"unknown channel message kind 0x0f"),
     (b"\x13rest", r"unknown channel message kind 0x13"),
     (b"\xff", r"unknown channel message kind 0xff"),
     (b"\x01", r"REQUEST body too short: method length needs 1 bytes at offset 0, 0 left"),

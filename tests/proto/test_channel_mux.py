@@ -570,12 +570,12 @@ def test_malformed_messages():
     c = i.send_request("live")
     settle(i, r)
     # unknown kind on a live stream: that stream is failed, with an ERROR to the requester
-    events = r.receive_frame(forge(i, c, b"\x0e"), 0.0)
+    events = r.receive_frame(forge(i, c, b"\x0f"), 0.0)
     assert events == [
-        ProtocolViolation(c, "channel_protocol_error", "unknown channel message kind 0x0e")
+        ProtocolViolation(c, "channel_protocol_error", "unknown channel message kind 0x0f")
     ]
     ei, _ = settle(i, r)
-    assert ei == [ErrorReceived(c, "channel_protocol_error", "unknown channel message kind 0x0e")]
+    assert ei == [ErrorReceived(c, "channel_protocol_error", "unknown channel message kind 0x0f")]
     # a malformed new request gets an ERROR answer too
     events = r.receive_frame(forge(i, 99, b"\x01\x04Ping"), 0.0)
     assert violations(events) == [(99, "channel_protocol_error")]

@@ -55,7 +55,7 @@ from leapcore.proto.channel_events import (
 )
 from leapcore.proto.channel_mux import ChannelEndpoint
 from leapcore.proto.channel_streams import StreamKind, StreamState
-from leapcore.proto.channel_windows import MAX_STREAM_WINDOW
+from leapcore.proto.channel_windows import EARLY_WINDOW, MAX_STREAM_WINDOW
 
 SIDES = ("I", "R")
 sides = st.sampled_from(SIDES)
@@ -108,6 +108,7 @@ class Pipe:
 
     opener: str
     payload: bytes
+    early: bool = False  # opened with BYTES_OPEN_EARLY: the opener sends before the answer
     known: bool = False
     accepted: bool = False
     rejected: bool = False
@@ -241,10 +242,10 @@ class ChannelMachine(RuleBasedStateMachine):
                 case Cancelled(cid):
                     call = self.calls[cid]
                     assert call.opener == peer and call.cancelled and call.known
-                case ByteStreamRequested(cid, method, payload):
+                case ByteStreamRequested(cid, method, payload, early):
                     pipe = self.pipes[cid]
                     assert pipe.opener == peer and not pipe.known and payload == pipe.payload
-                    assert method == "pipe"
+                    assert method == "pipe" and early == pipe.early
                     pipe.known = True
                 case ByteStreamAccepted(cid):
                     pipe = self.pipes[cid]
@@ -256,9 +257,12 @@ class ChannelMachine(RuleBasedStateMachine):
                     got += data
                     assert pipe.sent[peer][: len(got)] == got, "bytes out of order or corrupted"
                     unconsumed = len(got) - pipe.consumed[side]
-                    # the window may have grown (channel_windows), never past its cap
+                    # the window may have grown (channel_windows), never past its cap; early
+                    # data before the answer is within the early window
                     granted = self.ep[side].window(cid).receive_window
-                    assert pipe.window[side] <= granted <= max(pipe.window[side], MAX_STREAM_WINDOW)
+                    expected = pipe.window.get(side, EARLY_WINDOW)
+                    assert pipe.early or side in pipe.window, "data before the answer"
+                    assert expected <= granted <= max(expected, MAX_STREAM_WINDOW)
                     assert 0 < unconsumed <= granted, "receiver holds more than its window"
                 case ByteStreamEOF(cid):
                     pipe = self.pipes[cid]
@@ -350,28 +354,36 @@ class ChannelMachine(RuleBasedStateMachine):
 
     # -- rules: byte streams ------------------------------------------------------------
 
-    @rule(side=sides, window=windows)
-    def open_byte_stream(self, side: str, window: int) -> None:
+    @rule(side=sides, window=windows, early=st.booleans())
+    def open_byte_stream(self, side: str, window: int, early: bool = False) -> None:
         payload = self.payload(8)
-        cid = self.ep[side].open_byte_stream("pipe", payload, window=window)
-        self.pipes[cid] = Pipe(side, payload, window={side: window})
+        cid = self.ep[side].open_byte_stream("pipe", payload, window=window, early=early)
+        self.pipes[cid] = Pipe(side, payload, early=early, window={side: window})
 
-    @rule(side=sides, w1=windows, w2=windows)
-    def open_accepted_byte_stream(self, side, w1, w2):
+    @staticmethod
+    def _accept_window(pipe: Pipe, window: int) -> int:
+        """The window an accept grants: on an early stream, at least the early window."""
+        return max(window, EARLY_WINDOW) if pipe.early else window
+
+    @rule(side=sides, w1=windows, w2=windows, early=st.booleans())
+    def open_accepted_byte_stream(self, side, w1, w2, early):
         """Open, deliver, accept and deliver at once: byte streams need a chain of rules that
         swarm testing often breaks, and most of their interesting life starts here."""
-        self.open_byte_stream(side, w1)
+        self.open_byte_stream(side, w1, early)
         cid = max(self.live(side, StreamKind.BYTE_STREAM, opened_by=side))
         self.drain()
         pipe = self.pipes[cid]
         pipe.accepted = True
-        pipe.window[other(side)] = w2
+        pipe.window[other(side)] = self._accept_window(pipe, w2)
         self.ep[other(side)].accept_byte_stream(cid, window=w2)
         self.drain()
 
     def _opening(self, side: str) -> list[int]:
         return self.live(
-            side, StreamKind.BYTE_STREAM, opened_by=other(side), states={StreamState.OPENING}
+            side,
+            StreamKind.BYTE_STREAM,
+            opened_by=other(side),
+            states={StreamState.OPENING, StreamState.OPENING_EARLY},
         )
 
     @precondition(lambda self: self._opening("I") or self._opening("R"))
@@ -384,18 +396,21 @@ class ChannelMachine(RuleBasedStateMachine):
             self.ep[side].send_error(cid, "refused", "no")
             return
         pipe.accepted = True
-        pipe.window[side] = window
+        pipe.window[side] = self._accept_window(pipe, window)
         self.ep[side].accept_byte_stream(cid, window=window)
 
-    def _senders(self, side: str) -> list[int]:
-        """Live byte streams on which ``side`` may still send data (or EOF)."""
+    def _senders(self, side: str, *, eof: bool = False) -> list[int]:
+        """Live byte streams on which ``side`` may still send data (``eof``: EOF, which an
+        opener may not send before the answer)."""
         ep = self.ep[side]
         out = []
         for cid, state in ep.streams.items():
             if ep.stream_kind(cid) is not StreamKind.BYTE_STREAM:
                 continue
-            my_eof = StreamState.OPENER_EOF if opener_of(cid) == side else StreamState.ACCEPTOR_EOF
-            if state in SENDING_STATES and state is not my_eof:
+            opener = opener_of(cid) == side
+            my_eof = StreamState.OPENER_EOF if opener else StreamState.ACCEPTOR_EOF
+            early = opener and not eof and state is StreamState.OPENING_EARLY
+            if (state in SENDING_STATES and state is not my_eof) or early:
                 out.append(cid)
         return sorted(out)
 
@@ -424,11 +439,11 @@ class ChannelMachine(RuleBasedStateMachine):
         self.ep[side].consume(cid, n)
         self.pipes[cid].consumed[side] += n
 
-    @precondition(lambda self: self._senders("I") or self._senders("R"))
+    @precondition(lambda self: self._senders("I", eof=True) or self._senders("R", eof=True))
     @rule(data=st.data())
     def send_eof(self, data):
-        side = data.draw(st.sampled_from([s for s in SIDES if self._senders(s)]))
-        cid = data.draw(st.sampled_from(self._senders(side)))
+        side = data.draw(st.sampled_from([s for s in SIDES if self._senders(s, eof=True)]))
+        cid = data.draw(st.sampled_from(self._senders(side, eof=True)))
         self.pipes[cid].eof.add(side)
         self.ep[side].send_eof(cid)
 
@@ -482,7 +497,9 @@ class ChannelMachine(RuleBasedStateMachine):
                         if opener_of(cid) == side
                         else StreamState.OPENER_EOF
                     )
-                    if w.unconsumed == 0 and ep.streams[cid] is not peer_eof:
+                    # (before the answer no update can go out: the accept sends what is due)
+                    state = ep.streams[cid]
+                    if w.unconsumed == 0 and state not in (peer_eof, StreamState.OPENING_EARLY):
                         assert w.receive_credit > 0, "window stuck shut after consuming everything"
 
     @invariant()

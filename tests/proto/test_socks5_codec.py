@@ -155,6 +155,33 @@ def test_refusals(data: bytes, eof: bool, reason: str, owed: bytes) -> None:
         server.next_event()
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"\x05",  # a truncated greeting
+        b"\x05\x02\x00",
+        GREETING + b"\x05\x01\x00",
+        GREETING + b"\x05\x01\x00\x03\x04abc",  # a domain length of 4 with 3 bytes
+    ],
+)
+def test_an_unfinished_message_waits_then_eof_is_truncated(data: bytes) -> None:
+    """Without EOF an unfinished greeting or request only waits (the listener's handshake
+    timeout ends it); the EOF that follows fails it ``truncated``, nothing more owed."""
+    server = Socks5Server()
+    server.receive_data(data)
+    assert server.next_event() is None
+    sent = server.data_to_send()
+    assert sent in (b"", b"\x05\x00")
+    assert server.next_event() is None  # asking again changes nothing
+    assert server.data_to_send() == b""
+    server.receive_data(b"")
+    with pytest.raises(Socks5Error) as caught:
+        server.next_event()
+    assert caught.value.reason == "truncated"
+    assert server.data_to_send() == b""
+    assert server.phase is Phase.CLOSED
+
+
 def test_the_buffer_is_bounded() -> None:
     server = Socks5Server()
     server.receive_data(GREETING)

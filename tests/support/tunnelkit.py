@@ -10,75 +10,49 @@ from contextlib import asynccontextmanager
 
 import trio
 
-from leapcore.crypto.handshake import Initiator, Responder
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore.peer.channel import Channel, Services
-from leapcore.proto.channel_mux import ChannelEndpoint
-from leapcore.proto.link_codec import ChannelData, LinkMessage
+from leapcore.peer.channel import Services
+from leapcore.proto.channel_mux import DEFAULT_MAX_STREAMS
 from leapcore.proto.tunnel_policy import ALLOW_ALL, TunnelPolicy
-from leapcore.worker.tunnel import add_tcp_service
+from leapcore.worker.tcp import add_tcp_service
+from support.channelpair import OWNER, MemoryPair, running
 
-OWNER = "u-owner"
 
-
-class TunnelPair:
+class TunnelPair(MemoryPair):
     """A client channel and a worker channel joined in memory; ``policy`` is read per open."""
 
     def __init__(self) -> None:
-        self.client: Channel
-        self.worker: Channel
+        super().__init__()
         self.policy: TunnelPolicy = ALLOW_ALL
-
-    async def to_worker(self, message: LinkMessage) -> None:
-        assert isinstance(message, ChannelData)
-        await trio.lowlevel.checkpoint()
-        self.worker.feed(message)
-        self.client.add_credit(len(message.ciphertext))
-
-    async def to_client(self, message: LinkMessage) -> None:
-        assert isinstance(message, ChannelData)
-        await trio.lowlevel.checkpoint()
-        self.client.feed(message)
-        self.worker.add_credit(len(message.ciphertext))
 
 
 def make_pair(
-    keypair: WorkerKeyPair, *, user_id: str = OWNER, dial_timeout: float = 30.0
+    keypair: WorkerKeyPair,
+    *,
+    user_id: str = OWNER,
+    dial_timeout: float = 30.0,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> TunnelPair:
-    initiator = Initiator(keypair.public, "classic")
-    responder = Responder(keypair, "classic")
-    responder.read_message1(initiator.write_message1())
-    initiator.read_message2(responder.write_message2())
-    now = trio.current_time()
+    """``max_streams``: the streams the worker end lets the client have open at once (a
+    real worker's channels allow 128)."""
     pair = TunnelPair()
     services = Services()
     add_tcp_service(services, lambda: pair.policy, dial_timeout=dial_timeout)
-    pair.client = Channel(
-        ChannelEndpoint(initiator.session(), role="initiator", mode="classic", now=now),
-        channel_id=3,
-        send=pair.to_worker,
-    )
-    pair.worker = Channel(
-        ChannelEndpoint(responder.session(), role="responder", mode="classic", now=now),
-        channel_id=3,
-        send=pair.to_client,
-        services=services,
-        user_id=user_id,
-        owner_id=OWNER,
-    )
+    pair.join(keypair, services, user_id=user_id, max_streams=max_streams)
     return pair
 
 
 @asynccontextmanager
 async def running_pair(
-    keypair: WorkerKeyPair, *, user_id: str = OWNER, dial_timeout: float = 30.0
+    keypair: WorkerKeyPair,
+    *,
+    user_id: str = OWNER,
+    dial_timeout: float = 30.0,
+    max_streams: int = DEFAULT_MAX_STREAMS,
 ) -> AsyncIterator[TunnelPair]:
-    pair = make_pair(keypair, user_id=user_id, dial_timeout=dial_timeout)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pair.client.run)
-        await nursery.start(pair.worker.run)
+    pair = make_pair(keypair, user_id=user_id, dial_timeout=dial_timeout, max_streams=max_streams)
+    async with running(pair):
         yield pair
-        nursery.cancel_scope.cancel()
 
 
 class EchoServer:

@@ -1,4 +1,4 @@
-"""The worker's ``tcp`` service (leapcore.worker.tunnel): the dial-failure mapping, the
+"""The worker's ``tcp`` service (leapcore.worker.tcp): the dial-failure mapping, the
 relay's abort rules, the stock worker's table and the manual byte-stream acceptance it is
 built on. Real channel pairs and real loopback sockets."""
 
@@ -25,7 +25,7 @@ from leapcore.peer.channel import (
 )
 from leapcore.proto.tunnel_policy import DIAL_FAILURES, TunnelPolicy
 from leapcore.worker.daemon import Worker
-from leapcore.worker.tunnel import dial, dial_failure
+from leapcore.worker.tcp import dial, dial_failure
 
 
 @pytest.mark.parametrize(

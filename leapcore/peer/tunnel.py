@@ -1,4 +1,5 @@
-"""Local tunnel listeners (trio): port forwarding and a SOCKS5 proxy through a worker.
+"""Local tunnel listeners (trio): port forwarding through a worker, and what the SOCKS5
+proxy (:mod:`leapcore.peer.socks5`) shares with it.
 
 Both servers are :meth:`trio.Nursery.start`-able and report the address they really bound
 (port 0: a free port) through ``task_status``; cancelling them closes the listener and
@@ -25,11 +26,10 @@ The rules (spec §6.1, §6.2):
   ``ENOMEM``) are retried after :data:`ACCEPT_BACKOFF_INITIAL` (5 ms), doubling up to
   :data:`ACCEPT_BACKOFF_MAX` (1 s), never spinning; any other accept error ends the server;
 * one tunnel connection's open is bounded (the worker's dial 30 s, the channel's wait a
-  little longer), a SOCKS5 handshake by :data:`SOCKS_HANDSHAKE_TIMEOUT` (30 s);
-* SOCKS5 (:mod:`leapcore.proto.socks5`): a failed dial answers by its reason
-  (``connection_refused`` 0x05, ``network_unreachable`` 0x03, ``denied_by_policy`` 0x02,
-  else 0x04; a timeout 0x04); a failure that is not the dial's (the channel is gone)
-  answers 0x01.
+  little longer);
+* the connections a listener carries at once are bounded by the worker: each is one byte
+  stream on the channel, and the worker refuses a stream past its per-channel limit
+  (128 by default) with ``resource_exhausted``, which resets that connection only;
 
 Where a listener may bind is :mod:`leapcore.proto.bindaddr`'s business (loopback only,
 unless the caller allows more): these servers bind what they are given.
@@ -38,6 +38,7 @@ unless the caller allows more): these servers bind what they are given.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -47,7 +48,7 @@ from typing import Any, Final, Protocol
 
 import trio
 
-from ..errors import DeadlineExceeded, LeapcoreError, Socks5Error, TunnelDialFailed
+from ..errors import DeadlineExceeded, LeapcoreError, TunnelDialFailed
 from ..net.accept import accept_connections
 from ..net.trioutil import single_exception
 from ..proto.limits import (
@@ -57,19 +58,16 @@ from ..proto.limits import (
     TUNNEL_OPEN_TIMEOUT,
     TUNNEL_READ_SIZE,
 )
-from ..proto.socks5 import Reply, Socks5Server, reply_for_dial_failure
 
 __all__ = [
     "ACCEPT_BACKOFF_INITIAL",
     "ACCEPT_BACKOFF_MAX",
     "DIAL_TIMEOUT",
-    "SOCKS_HANDSHAKE_TIMEOUT",
     "ChannelPool",
     "accept_loop",
     "channel_pool",
     "forward_local",
     "pipe",
-    "serve_socks5",
 ]
 
 log = logging.getLogger(__name__)
@@ -78,8 +76,6 @@ log = logging.getLogger(__name__)
 #: own bound (``Channel.open_tcp`` waits :data:`~leapcore.proto.limits.TUNNEL_OPEN_TIMEOUT`,
 #: the worker's dial :data:`~leapcore.proto.limits.TUNNEL_DIAL_TIMEOUT`, 30 s).
 DIAL_TIMEOUT: Final = TUNNEL_OPEN_TIMEOUT + 5.0
-#: Seconds a SOCKS5 client has to finish its greeting and request.
-SOCKS_HANDSHAKE_TIMEOUT: Final = 30.0
 #: Bytes read at once from either side.
 COPY_CHUNK: Final = TUNNEL_READ_SIZE  # whole BYTES_DATA messages (limits)
 
@@ -112,7 +108,7 @@ class _Session(Protocol):
 Opener = TcpOpener | Callable[[], Awaitable[TcpOpener]]
 
 
-def _dialer(opener: Opener) -> Dial:
+def dialer(opener: Opener) -> Dial:
     if hasattr(opener, "open_tcp"):
         dial: Dial = opener.open_tcp
         return dial
@@ -208,15 +204,18 @@ def _reset(stream: trio.abc.Stream) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
-async def pipe(local: Stream, remote: Stream) -> None:
+async def pipe(local: Stream, remote: Stream, first: bytes = b"") -> BaseException | None:
     """Copy both ways until both directions are done, then close both (see the module
-    docstring for half-close and errors)."""
+    docstring for half-close and errors); returns the error that ended the connection
+    (None: both directions ended cleanly). ``first``: bytes already read from ``local``."""
     failed: list[BaseException] = []
     try:
         async with trio.open_nursery() as nursery:
 
-            async def copy(src: Stream, dst: Stream) -> None:
+            async def copy(src: Stream, dst: Stream, data: bytes | bytearray = b"") -> None:
                 try:
+                    if data:
+                        await dst.send_all(data)
                     while data := await src.receive_some(COPY_CHUNK):
                         await dst.send_all(data)
                     await dst.send_eof()
@@ -229,14 +228,15 @@ async def pipe(local: Stream, remote: Stream) -> None:
                     failed.append(exc)
                     nursery.cancel_scope.cancel()
 
-            nursery.start_soon(copy, local, remote)
             nursery.start_soon(copy, remote, local)
+            await copy(local, remote, first)  # this task copies one way: a task less
     finally:
         if failed:
             log.debug("tunnel connection failed: %s", failed[0])
             _reset(local)
         await trio.aclose_forcefully(remote)
         await trio.aclose_forcefully(local)
+    return failed[0] if failed else None
 
 
 # -- accepting --------------------------------------------------------------------------------
@@ -270,7 +270,7 @@ async def accept_loop(
         await trio.aclose_forcefully(listener)
 
 
-async def _listen(bind: tuple[str, int]) -> tuple[trio.SocketListener, tuple[str, int]]:
+async def listen(bind: tuple[str, int]) -> tuple[trio.SocketListener, tuple[str, int]]:
     host, port = bind
     listeners = await trio.open_tcp_listeners(port, host=host)
     for extra in listeners[1:]:
@@ -280,7 +280,7 @@ async def _listen(bind: tuple[str, int]) -> tuple[trio.SocketListener, tuple[str
     return listener, (str(name[0]), int(name[1]))
 
 
-def _peer(stream: Any) -> str:
+def peer_name(stream: Any) -> str:
     try:
         host, port = stream.socket.getpeername()[:2]
     except (AttributeError, OSError):
@@ -288,11 +288,23 @@ def _peer(stream: Any) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def _where(host: str, port: int) -> str:
+def where(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def _dial(dial: Dial, host: str, port: int) -> Stream:
+async def dial_bounded(dial: Dial, host: str, port: int, *, early: bool = False) -> Stream:
+    """``dial(host, port)``, bounded. ``early``: through a channel (or a pool's), open with
+    early data (``Channel.open_tcp(early=True)``): the stream is returned before the dial's
+    outcome, which then shows on the stream (a refusal fails its reads and writes)."""
+    if early:
+        from .channel import Channel  # here: tunnels need no channel otherwise
+
+        owner = getattr(dial, "__self__", None)
+        if isinstance(owner, ChannelPool):
+            with trio.fail_after(DIAL_TIMEOUT):
+                owner = await owner.channel()
+        if isinstance(owner, Channel):
+            return await owner.open_tcp(host, port, early=True)
     with trio.fail_after(DIAL_TIMEOUT):
         return await dial(host, port)
 
@@ -307,109 +319,43 @@ async def forward_local(
     """Listen on ``bind`` and connect each accepted connection to ``target`` (host, port)
     from the worker; ``task_status.started((host, port))`` with the bound address. Runs
     until cancelled (or a permanent accept error, raised)."""
-    dial = _dialer(opener)
-    listener, bound = await _listen(bind)
-    name = f"forward {_where(*bound)} -> {_where(*target)}"
+    dial = dialer(opener)
+    listener, bound = await listen(bind)
+    name = f"forward {where(*bound)} -> {where(*target)}"
 
     async def handle(stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
+        # The peer's address only for the log (a system call per connection otherwise).
+        peer = peer_name(stream) if log.isEnabledFor(logging.INFO) else "?"
+        piped = False
         try:
+            # What the client already sent (without waiting) goes out with the open, in
+            # the same write to the hub.
             try:
-                remote = await _dial(dial, *target)
+                first = os.read(stream.socket.fileno(), COPY_CHUNK)
+            except (BlockingIOError, InterruptedError, AttributeError):
+                first = b""
+            except OSError as exc:
+                log.info("%s: connection from %s failed: %s", name, peer, exc)
+                return
+            try:
+                # Early: the client's first bytes go out behind the open, one hub round
+                # trip sooner; a refused dial then fails the stream (below).
+                remote = await dial_bounded(dial, *target, early=True)
             except (LeapcoreError, trio.TooSlowError) as exc:
                 log.info("%s: connection from %s failed: %s", name, peer, exc)
                 _reset(stream)
                 return
             log.info("%s: connection from %s", name, peer)
-            await pipe(stream, remote)
-            log.info("%s: connection from %s closed", name, peer)
+            piped = True  # pipe closes both ends, whatever happens
+            failure = await pipe(stream, remote, first)  # resets the local end on a failure
+            cause = None if failure is None else failure.__cause__
+            if isinstance(cause, (TunnelDialFailed, DeadlineExceeded)):
+                log.info("%s: connection from %s failed: %s", name, peer, cause)
+            else:
+                log.info("%s: connection from %s closed", name, peer)
         finally:
-            await trio.aclose_forcefully(stream)
+            if not piped:
+                await trio.aclose_forcefully(stream)
 
     task_status.started(bound)
     await accept_loop(listener, handle, name=name)
-
-
-async def serve_socks5(
-    opener: Opener,
-    bind: tuple[str, int],
-    *,
-    task_status: Any = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """A SOCKS5 proxy (CONNECT, no authentication) on ``bind`` whose connections are
-    dialled from the worker (domain names resolved there);
-    ``task_status.started((host, port))`` with the bound address."""
-    dial = _dialer(opener)
-    listener, bound = await _listen(bind)
-    name = f"socks5 {_where(*bound)}"
-
-    async def handle(stream: trio.SocketStream) -> None:
-        peer = _peer(stream)
-        try:
-            await _socks_connection(stream, dial, name, peer)
-        finally:
-            await trio.aclose_forcefully(stream)
-
-    task_status.started(bound)
-    await accept_loop(listener, handle, name=name)
-
-
-async def _handshake(stream: Stream, server: Socks5Server) -> Any:
-    while True:
-        event = server.next_event()
-        out = server.data_to_send()
-        if out:
-            await stream.send_all(out)
-        if event is not None:
-            return event
-        server.receive_data(await stream.receive_some(COPY_CHUNK))
-
-
-async def _socks_connection(stream: Stream, dial: Dial, name: str, peer: str) -> None:
-    server = Socks5Server()
-    try:
-        with trio.move_on_after(SOCKS_HANDSHAKE_TIMEOUT) as waited:
-            request = await _handshake(stream, server)
-    except Socks5Error as exc:
-        log.info("%s: client %s: %s", name, peer, exc)
-        out = server.data_to_send()
-        if out:
-            with suppress(OSError, trio.BrokenResourceError, trio.ClosedResourceError):
-                await stream.send_all(out)
-        return
-    except (OSError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
-        log.info("%s: client %s went away: %s", name, peer, exc)
-        return
-    if waited.cancelled_caught:
-        log.info("%s: client %s did not finish its request in time", name, peer)
-        return
-    target = _where(request.host, request.port)
-    try:
-        remote = await _dial(dial, request.host, request.port)
-    except trio.TooSlowError:
-        code = Reply.HOST_UNREACHABLE
-        log.info("%s: %s -> %s: timed out", name, peer, target)
-    except LeapcoreError as exc:
-        if isinstance(exc, TunnelDialFailed):
-            code = reply_for_dial_failure(exc.reason)
-        elif isinstance(exc, DeadlineExceeded):
-            code = Reply.HOST_UNREACHABLE
-        else:
-            code = Reply.GENERAL_FAILURE
-        log.info("%s: %s -> %s: %s", name, peer, target, exc)
-    else:
-        code = Reply.SUCCEEDED
-    server.reply(code)
-    try:
-        await stream.send_all(server.data_to_send())
-        if code is not Reply.SUCCEEDED:
-            return
-        log.info("%s: %s -> %s", name, peer, target)
-        if server.leftover:
-            await remote.send_all(server.leftover)
-    except (OSError, LeapcoreError, trio.BrokenResourceError, trio.ClosedResourceError):
-        if code is Reply.SUCCEEDED:
-            await trio.aclose_forcefully(remote)
-        return
-    await pipe(stream, remote)
-    log.info("%s: %s -> %s closed", name, peer, target)

@@ -1,0 +1,291 @@
+"""Remote exec's wire payloads (sans-IO: no processes, no files, no clock).
+
+**The ``exec`` request** (:func:`encode_exec_request`, :func:`decode_exec_request`) is the
+payload of the BYTES_OPEN of the worker's ``exec`` method, a UTF-8 JSON object:
+
+* exactly one of ``"argv"`` (a non-empty list of strings: run as is, the first looked up
+  in the worker's ``PATH``) and ``"shell"`` (a string: run by ``/bin/sh -c``);
+* ``"env"`` (optional): an object of strings. Names are 1 .. 1024 characters without
+  ``=`` or NUL; values have no NUL. ``"env_mode"``: ``"merge"`` (the default: laid over the
+  worker's own environment) or ``"replace"`` (the process gets exactly ``env``);
+* ``"cwd"`` (optional): the directory to run in (default: the worker's own);
+* ``"timeout"`` (optional): seconds, a number > 0 and at most :data:`MAX_TIMEOUT`; the
+  worker kills the process group once it passes;
+* ``"stderr"`` (optional): ``"stream"`` (the default: carried by an ``exec.stderr`` byte
+  stream the opener opens), ``"stdout"`` (merged into stdout) or ``"discard"``.
+
+Anything else (an unknown field, a wrong type, a NUL byte, ``=`` in a name) is
+:class:`~leapcore.errors.InvalidMessage`, which the worker answers with the code
+``invalid_argument``.
+
+**The process reference** ``{"process": ID}`` (:func:`encode_process_ref`,
+:func:`decode_process_ref`) names a running ``exec`` by the correlation id of its byte
+stream, for ``exec.stderr``, ``exec.wait`` and ``exec.signal`` (which adds ``"signal"``, a
+signal number 1 .. 64). ``exec.wait`` answers :func:`encode_exit` /
+:func:`decode_exit`: ``{"exit_status": int | null, "exit_signal": int | null,
+"timed_out": bool}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+import attrs
+
+from ..errors import InvalidMessage
+
+__all__ = [
+    "EXEC_FAILURES",
+    "EXEC_METHOD",
+    "MAX_ARGS",
+    "MAX_ENV",
+    "MAX_NAME",
+    "MAX_TIMEOUT",
+    "SIGNAL_METHOD",
+    "STDERR_METHOD",
+    "STDERR_MODES",
+    "WAIT_METHOD",
+    "ExecRequest",
+    "ExitReport",
+    "check_env",
+    "decode_exec_request",
+    "decode_exit",
+    "decode_process_ref",
+    "decode_signal_request",
+    "encode_exec_request",
+    "encode_exit",
+    "encode_process_ref",
+    "encode_signal_request",
+]
+
+#: The worker's byte-stream method that runs a process (stdin in, stdout out).
+EXEC_METHOD: Final = "exec"
+#: The byte stream carrying a process's stderr, opened after ``exec`` is accepted.
+STDERR_METHOD: Final = "exec.stderr"
+#: The RPC answered once a process has exited and its output is all sent.
+WAIT_METHOD: Final = "exec.wait"
+#: The RPC that sends a process a signal.
+SIGNAL_METHOD: Final = "exec.signal"
+#: Arguments of one ``argv``, and variables of one ``env``, at most.
+MAX_ARGS: Final = 4096
+MAX_ENV: Final = 4096
+#: Characters of an environment variable's name, at most.
+MAX_NAME: Final = 1024
+#: The longest ``timeout`` accepted, in seconds (30 days).
+MAX_TIMEOUT: Final = 30 * 86400.0
+#: Where a process's stderr goes.
+STDERR_MODES: Final = ("stream", "stdout", "discard")
+#: Why a process could not be started (the error code refusing an ``exec`` open).
+EXEC_FAILURES: Final[dict[str, str]] = {
+    "command_not_found": "command not found",
+    "not_executable": "permission denied",
+    "bad_cwd": "cannot run in that directory",
+    "spawn_failed": "cannot start the process",
+}
+
+_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "timeout", "stderr"})
+
+
+@attrs.frozen
+class ExecRequest:
+    """What to run: ``argv`` (already split) or ``shell`` (a string for ``/bin/sh -c``)."""
+
+    argv: tuple[str, ...] | None = None
+    shell: str | None = None
+    env: Mapping[str, str] | None = None
+    env_mode: Literal["merge", "replace"] = "merge"
+    cwd: str | None = None
+    timeout: float | None = None
+    stderr: Literal["stream", "stdout", "discard"] = "stream"
+
+    @property
+    def command(self) -> list[str]:
+        """The argv to start: ``argv`` itself, or ``["/bin/sh", "-c", shell]``."""
+        if self.argv is not None:
+            return list(self.argv)
+        assert self.shell is not None
+        return ["/bin/sh", "-c", self.shell]
+
+    @property
+    def display(self) -> str:
+        """The command for a log line (the program's name only: arguments may be secret)."""
+        return self.argv[0] if self.argv is not None else "/bin/sh -c ..."
+
+
+@attrs.frozen
+class ExitReport:
+    """How a process ended: ``exit_status`` (0 .. 255) or ``exit_signal`` (the number of
+    the signal that killed it); ``timed_out`` if the worker killed it for its timeout."""
+
+    exit_status: int | None
+    exit_signal: int | None
+    timed_out: bool = False
+
+
+def _nul_free(text: str, what: str) -> None:
+    if "\0" in text:
+        raise InvalidMessage(f"{what} contains a NUL byte")
+
+
+def check_env(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` as a plain dict, checked: string names of 1 .. :data:`MAX_NAME` characters
+    without ``=`` or NUL, string values without NUL, at most :data:`MAX_ENV` entries."""
+    if not isinstance(env, Mapping):
+        raise InvalidMessage(f"env must be an object of strings, got {type(env).__name__}")
+    if len(env) > MAX_ENV:
+        raise InvalidMessage(f"env has {len(env)} variables; at most {MAX_ENV}")
+    out: dict[str, str] = {}
+    for name, value in env.items():
+        if not isinstance(name, str) or not isinstance(value, str):
+            raise InvalidMessage("env names and values must be strings")
+        if not 1 <= len(name) <= MAX_NAME:
+            raise InvalidMessage(f"an env name must be 1..{MAX_NAME} characters")
+        if "=" in name:
+            raise InvalidMessage(f"env name {name[:64]!r} contains '='")
+        _nul_free(name, f"env name {name[:64]!r}")
+        _nul_free(value, f"the value of env {name[:64]!r}")
+        out[name] = value
+    return out
+
+
+def _check_argv(argv: Any) -> tuple[str, ...]:
+    if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
+        raise InvalidMessage("argv must be a list of strings")
+    if not argv:
+        raise InvalidMessage("argv must not be empty")
+    if len(argv) > MAX_ARGS:
+        raise InvalidMessage(f"argv has {len(argv)} arguments; at most {MAX_ARGS}")
+    for index, arg in enumerate(argv):
+        if not isinstance(arg, str):
+            raise InvalidMessage(f"argv[{index}] must be a string, got {type(arg).__name__}")
+        _nul_free(arg, f"argv[{index}]")
+    if not argv[0]:
+        raise InvalidMessage("argv[0] must not be empty")
+    return tuple(argv)
+
+
+def _check(data: Mapping[str, Any]) -> ExecRequest:
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise InvalidMessage(f"unknown field(s): {', '.join(unknown)}")
+    if ("argv" in data) == ("shell" in data):
+        raise InvalidMessage("give exactly one of argv and shell")
+    argv = _check_argv(data["argv"]) if "argv" in data else None
+    shell = data.get("shell")
+    if "shell" in data:
+        if not isinstance(shell, str) or not shell:
+            raise InvalidMessage("shell must be a non-empty string")
+        _nul_free(shell, "shell")
+    env = None if data.get("env") is None else check_env(data["env"])
+    env_mode = data.get("env_mode", "merge")
+    if env_mode not in ("merge", "replace"):
+        raise InvalidMessage(f"env_mode must be 'merge' or 'replace', got {env_mode!r}")
+    cwd = data.get("cwd")
+    if cwd is not None:
+        if not isinstance(cwd, str) or not cwd:
+            raise InvalidMessage("cwd must be a non-empty string")
+        _nul_free(cwd, "cwd")
+    timeout = data.get("timeout")
+    if timeout is not None:
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, (int, float))
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= MAX_TIMEOUT
+        ):
+            raise InvalidMessage(f"timeout must be seconds in (0, {MAX_TIMEOUT:g}]")
+        timeout = float(timeout)
+    stderr = data.get("stderr", "stream")
+    if stderr not in STDERR_MODES:
+        raise InvalidMessage(f"stderr must be one of {', '.join(STDERR_MODES)}")
+    return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr)
+
+
+def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(payload)
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidMessage(f"the {what} payload must be a JSON object") from None
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"the {what} payload must be a JSON object")
+    return data
+
+
+def encode_exec_request(request: ExecRequest) -> bytes:
+    """``request`` as the ``exec`` payload (checked as the worker will check it)."""
+    data: dict[str, Any] = {}
+    if request.argv is not None:
+        data["argv"] = list(request.argv)
+    if request.shell is not None:
+        data["shell"] = request.shell
+    if request.env is not None:
+        data["env"] = dict(request.env)
+    if request.env_mode != "merge":
+        data["env_mode"] = request.env_mode
+    if request.cwd is not None:
+        data["cwd"] = request.cwd
+    if request.timeout is not None:
+        data["timeout"] = request.timeout
+    if request.stderr != "stream":
+        data["stderr"] = request.stderr
+    _check(data)
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode_exec_request(payload: bytes) -> ExecRequest:
+    """The opener's ``exec`` payload, strictly (see the module docstring)."""
+    return _check(_json_object(payload, "exec"))
+
+
+def encode_process_ref(process: int) -> bytes:
+    return json.dumps({"process": process}).encode()
+
+
+def _process_id(data: Mapping[str, Any]) -> int:
+    process = data.get("process")
+    if isinstance(process, bool) or not isinstance(process, int) or process < 1:
+        raise InvalidMessage("process must be the correlation id of an exec stream")
+    return process
+
+
+def decode_process_ref(payload: bytes) -> int:
+    data = _json_object(payload, "process reference")
+    if set(data) != {"process"}:
+        raise InvalidMessage('the payload must be {"process": ID}')
+    return _process_id(data)
+
+
+def encode_signal_request(process: int, signum: int) -> bytes:
+    return json.dumps({"process": process, "signal": signum}).encode()
+
+
+def decode_signal_request(payload: bytes) -> tuple[int, int]:
+    data = _json_object(payload, "exec.signal")
+    if set(data) != {"process", "signal"}:
+        raise InvalidMessage('the payload must be {"process": ID, "signal": N}')
+    signum = data["signal"]
+    if isinstance(signum, bool) or not isinstance(signum, int) or not 1 <= signum <= 64:
+        raise InvalidMessage("signal must be a signal number 1..64")
+    return _process_id(data), signum
+
+
+def encode_exit(report: ExitReport) -> bytes:
+    return json.dumps(attrs.asdict(report), sort_keys=True).encode()
+
+
+def decode_exit(payload: bytes) -> ExitReport:
+    data = _json_object(payload, "exec.wait answer")
+    status, signum, timed_out = (
+        data.get("exit_status"),
+        data.get("exit_signal"),
+        data.get("timed_out", False),
+    )
+    for value in (status, signum):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise InvalidMessage("exit_status and exit_signal must be integers or null")
+    if (status is None) == (signum is None) or not isinstance(timed_out, bool):
+        raise InvalidMessage("an exit report has exactly one of exit_status and exit_signal")
+    return ExitReport(status, signum, timed_out)
