@@ -181,9 +181,12 @@ class Rule:
         ip = _ip(address.split("%", 1)[0])
         if ip is None:
             return False
+        # An IPv4-mapped IPv6 address is the IPv4 address it maps (an IPv4 rule covers it)
+        # and is still itself (so is an IPv6 rule that contains it, e.g. ``::/0``).
+        forms = [ip]
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return ip.version == self.network.version and ip in self.network
+            forms.append(ip.ipv4_mapped)
+        return any(f.version == self.network.version and f in self.network for f in forms)
 
     def matches(self, host: str, port: int, address: str | None) -> bool:
         """Whether the rule matches a dial of ``host:port`` to ``address`` (``None``: not

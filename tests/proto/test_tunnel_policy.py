@@ -116,6 +116,11 @@ def test_address_rules_check_literals_and_resolved_addresses() -> None:
     denied = policy.precheck("10.9.3.4", 22)
     assert denied is not None and denied.rule == "tunnel_deny 10.9.0.0/16"
     assert policy.precheck("::ffff:10.1.2.3", 22) is None  # IPv4-mapped counts as IPv4
+    assert policy.precheck("::ffff:10.9.2.3", 22) is not None  # for deny rules too
+    # ... and as itself: an IPv6 rule that contains the mapped address covers it
+    everything6 = TunnelPolicy.parse(deny=["[::/0]:1-1"])
+    assert everything6.precheck("::ffff:0:0", 1) is not None
+    assert everything6.precheck("::ffff:0:0", 2) is None
     six = TunnelPolicy.parse(deny=["[::1]:22"])
     assert six.precheck("::1", 22) is not None
     assert six.precheck("::1", 23) is None
@@ -159,7 +164,12 @@ def test_an_address_rule_matches_what_it_says(
     rule = parse_rule(text)
     network = ipaddress.ip_network(net)
     ip = ipaddress.ip_address(address)
-    expected = ip.version == network.version and ip in network and low <= port <= high
+    # An IPv4-mapped IPv6 address is judged as itself and as the IPv4 address it maps.
+    forms = [ip]
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        forms.append(ip.ipv4_mapped)
+    inside = any(f.version == network.version and f in network for f in forms)
+    expected = inside and low <= port <= high
     assert rule.matches("some.name", port, address) is expected
     assert rule.matches(address, port, None) is expected
     policy = TunnelPolicy.parse(allow=[text])
