@@ -73,7 +73,7 @@ import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import trio
 import trio.testing
@@ -1215,9 +1215,31 @@ def _h2_server(data: bytes) -> bool:
     return linked or _served_route(answer)
 
 
+#: Close codes a server sends when it fails a connection for what the peer sent.
+_WS_FAILED: Final = frozenset({1002, 1003, 1007, 1008, 1009})
+
+
+def _ws_failed(answer: bytes) -> bool:
+    """Whether the server's output (a 101 response, then unmasked frames) holds a close
+    frame failing the connection for bad input."""
+    end = answer.find(b"\r\n\r\n")
+    pos = end + 4 if end >= 0 else len(answer)
+    while len(answer) - pos >= 2:
+        opcode, length = answer[pos] & 0x0F, answer[pos + 1] & 0x7F
+        pos += 2
+        if length >= 126:
+            size = 2 if length == 126 else 8
+            length = int.from_bytes(answer[pos : pos + size], "big")
+            pos += size
+        if opcode == 0x8 and length >= 2:
+            return int.from_bytes(answer[pos : pos + 2], "big") in _WS_FAILED
+        pos += length
+    return False
+
+
 def _ws_server(data: bytes) -> bool:
-    linked, _answer = _serve_bytes(_WS_REQUEST, data)
-    return linked
+    linked, answer = _serve_bytes(_WS_REQUEST, data)
+    return linked and not _ws_failed(answer)
 
 
 def check_h2_server(data: bytes) -> None:

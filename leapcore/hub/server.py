@@ -103,7 +103,7 @@ from ..errors import (
     WorkerDeleted,
 )
 from ..net.listen import HttpResponse, LinkServer
-from ..net.pipe import WRITE_BATCH, LinkPipe
+from ..net.pipe import WRITE_BATCH, LinkPipe, send_joined
 from ..net.security_log import security_event
 from ..proto.heartbeat import Liveness
 from ..proto.hub_actions import (
@@ -149,6 +149,7 @@ from ..proto.link_codec import (
     OpenChannel,
     Register,
     Registered,
+    RelayedData,
     WorkerGreeting,
     encode,
 )
@@ -324,7 +325,9 @@ class _Link:
         """Queue a control record already encoded by :attr:`conn` (see :meth:`enqueue`)."""
         return self._put(data)
 
-    def enqueue_data(self, flow: _Flow, message: ChannelData | ChannelClose, cost: int) -> bool:
+    def enqueue_data(
+        self, flow: _Flow, message: ChannelData | RelayedData | ChannelClose, cost: int
+    ) -> bool:
         """Queue ``message`` behind ``flow``'s frames (bounded by the channel's credit)."""
         if self._closed:
             return False
@@ -405,7 +408,7 @@ class _Link:
                         break
                 if batch:
                     try:
-                        await self.pipe.send(batch[0] if len(batch) == 1 else b"".join(batch))
+                        await send_joined(self.pipe, batch)
                     finally:
                         for flow, cost in written:
                             flow.queued -= cost
@@ -725,7 +728,7 @@ class Hub:
                     waiting.deadline = trio.current_time() + max(0.0, deadline - self._clock())
                     data = await link.pipe.receive()
                     link.conn.receive_data(data)
-                    while (message := link.conn.next_message()) is not None:
+                    while (message := link.conn.next_relayed()) is not None:
                         if link.liveness is not None:
                             link.liveness.on_received(self._clock())
                         if self._dispatch(link, message):
@@ -767,11 +770,12 @@ class Hub:
                 link.liveness.timeout,
             )
 
-    def _dispatch(self, link: _Link, message: LinkMessage) -> bool:
+    def _dispatch(self, link: _Link, message: LinkMessage | RelayedData) -> bool:
         """Handle one message; True when the link should end."""
-        if isinstance(message, ChannelData):  # the hot path
+        if type(message) is RelayedData:  # the hot path: forwarded as it came
             self._apply(self.router.data(link, message))
             return False
+        assert not isinstance(message, RelayedData)
         if isinstance(message, Heartbeat):
             return self._heartbeat(link, message)
         if isinstance(message, HubRequest):

@@ -29,6 +29,7 @@ __all__ = [
     "PrefixedStream",
     "open_stream",
     "parse_hub_url",
+    "send_joined",
 ]
 
 #: The HTTP path of the link endpoint (WebSocket upgrade, or the HTTP/2 stream).
@@ -44,11 +45,25 @@ class LinkPipe(Protocol):
 
     async def send(self, data: bytes) -> None: ...
 
-    async def receive(self) -> bytes | bytearray:
-        """The next chunk (never empty); :class:`LinkClosed` once the peer is gone."""
+    async def receive(self) -> bytes | bytearray | memoryview:
+        """The next chunk (never empty); :class:`LinkClosed` once the peer is gone. A
+        ``memoryview`` is of immutable bytes: it may be kept."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+async def send_joined(pipe: LinkPipe, parts: list[bytes]) -> None:
+    """Write ``parts`` in one transport write: a pipe with ``send_parts`` (the WebSocket
+    pipe) joins them while framing them, one copy less than joining them here first."""
+    if len(parts) == 1:
+        await pipe.send(parts[0])
+        return
+    send_parts = getattr(pipe, "send_parts", None)
+    if send_parts is not None:
+        await send_parts(parts)
+    else:
+        await pipe.send(b"".join(parts))
 
 
 class PrefixedStream(trio.abc.Stream):

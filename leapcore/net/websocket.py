@@ -12,21 +12,36 @@ writer calls :meth:`~WebSocketPipe.send`. Control replies the protocol owes the 
 close answer) are written by whichever of the two gets there first; a lock keeps writes whole.
 While the writer is blocked (the peer does not read), pongs owed are coalesced: at most one is
 held, the latest ping's, so a ping flood from a peer that does not read holds O(1) memory.
+
+**Data frames bypass the library** (the bulk path; the wire is the same RFC 6455 framing).
+:meth:`WebSocketPipe.send` frames its binary message itself: one join (and, on the client,
+one masking pass that also covers the header, pre-masked) instead of the library's
+``BytesIO`` writes and copies. On receipt, complete single-frame binary messages (FIN set, no
+reserved bits, masked as the side requires, at most :data:`MAX_WS_MESSAGE`) are cut out of
+what was read without passing through the library's buffers: a masked payload is unmasked
+straight from the bytes read, an unmasked one handed over as a view of them. The first
+frame of any other kind (ping, pong, close, text, a fragment, anything malformed or too
+large) hands everything from there on to the library for good, so every rule and limit of
+the protocol (control frames, closing, bad framing) is the library's, as before. The
+library only ever sees the handshake head, so its parser is at a frame boundary then.
 """
 
 from __future__ import annotations
 
 import collections
+import secrets
+import struct
 from collections.abc import Sequence
 from typing import Final
 
 import trio
 from websockets.client import ClientProtocol
-from websockets.exceptions import InvalidURI, WebSocketException
+from websockets.exceptions import InvalidURI
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import CLOSED, OPEN, Protocol
 from websockets.server import ServerProtocol
+from websockets.speedups import apply_mask
 from websockets.uri import parse_uri
 
 from ..errors import LinkClosed
@@ -55,6 +70,37 @@ _DATA: Final = (Opcode.BINARY, Opcode.CONT)
 _CONTROL: Final = (Opcode.PING, Opcode.PONG)
 #: First byte of a serialized pong frame (FIN, opcode 0xA), masked or not.
 _PONG_HEAD: Final = 0x8A
+#: First byte of a whole binary message in one frame (FIN, opcode 0x2, no reserved bits).
+_BINARY_HEAD: Final = 0x82
+_MASK_BIT: Final = 0x80
+_U16: Final = struct.Struct("!H")
+_U64: Final = struct.Struct("!Q")
+_HEAD_END: Final = b"\r\n\r\n"
+
+
+def _frame_head(length: int, mask_bit: int) -> bytes:
+    """The header of a whole binary message of ``length`` bytes (without a masking key)."""
+    if length < 126:
+        return bytes((_BINARY_HEAD, mask_bit | length))
+    if length < 65536:
+        return bytes((_BINARY_HEAD, mask_bit | 126)) + _U16.pack(length)
+    return bytes((_BINARY_HEAD, mask_bit | 127)) + _U64.pack(length)
+
+
+def binary_frame(parts: Sequence[bytes | bytearray | memoryview], *, mask: bool) -> bytes:
+    """One whole binary message, the ``parts`` joined, serialized (RFC 6455 5.2); masked
+    with a fresh random key when ``mask`` (a client's frames). It costs one join, plus, masked,
+    one masking pass: the whole frame is masked with the key rotated by the header's length,
+    the header having been masked with it beforehand, so that the pass restores the header
+    and masks the payload exactly as the key in the header says."""
+    length = sum(map(len, parts))
+    if not mask:
+        return b"".join((_frame_head(length, 0), *parts))
+    key = secrets.token_bytes(4)
+    head = _frame_head(length, _MASK_BIT) + key
+    shift = len(head) % 4
+    rotated = key[-shift:] + key[:-shift] if shift else key
+    return apply_mask(b"".join((apply_mask(head, rotated), *parts)), rotated)
 
 
 class WebSocketPipe:
@@ -74,12 +120,23 @@ class WebSocketPipe:
         self._write_lock = WriteLock()
         self._owed: list[bytes] = []  # protocol output taken by the reader, not yet written
         self._owed_pong = -1  # index in _owed of the one pong held there (-1: none)
-        self._chunks: collections.deque[bytes | bytearray] = collections.deque()
+        self._chunks: collections.deque[bytes | bytearray | memoryview] = collections.deque()
         self._reading = False
         self._eof = False
         self._failure: str | None = None
         self._done = trio.Event()  # the peer closed (close frame received, or EOF)
         self._closing = False
+        #: Frames built here, written after what is owed and before the protocol's output.
+        self._frames: list[bytes] = []
+        #: Whether data frames are still parsed here (see the module docstring).
+        self._fast = True
+        self._masked = isinstance(protocol, ServerProtocol)  # a server receives masked frames
+        #: Bytes read and not yet parsed here (one partial frame, and the read that came
+        #: after it), kept as read until the frame is whole, then joined once.
+        self._pending: list[bytes | bytearray | memoryview] = []
+        self._pending_size = 0
+        #: Bytes the partial frame in ``_pending`` needs (0: its header is not whole yet).
+        self._need = 0
 
     # -- sending (the link's one writer) -------------------------------------------------
 
@@ -87,17 +144,34 @@ class WebSocketPipe:
         protocol = self._protocol
         if self._closing or protocol.state is not OPEN:
             raise LinkClosed(self._why("sending"))
-        try:
-            for start in range(0, len(data), SEND_CHUNK):
-                protocol.send_binary(data[start : start + SEND_CHUNK])
-        except WebSocketException as exc:
-            raise LinkClosed(f"link closed while sending: {exc}") from None
+        mask = not self._masked
+        if len(data) <= SEND_CHUNK:
+            self._frames.append(binary_frame((data,), mask=mask))
+        else:
+            with memoryview(data) as view:
+                for start in range(0, len(data), SEND_CHUNK):
+                    chunk = view[start : start + SEND_CHUNK]
+                    self._frames.append(binary_frame((chunk,), mask=mask))
+                    del chunk
+        await self._flush()
+
+    async def send_parts(self, parts: Sequence[bytes]) -> None:
+        """:meth:`send` of the ``parts`` joined, joined in the same pass as the framing
+        (see :func:`~leapcore.net.pipe.send_joined`)."""
+        if sum(map(len, parts)) > SEND_CHUNK:
+            await self.send(b"".join(parts))
+            return
+        if self._closing or self._protocol.state is not OPEN:
+            raise LinkClosed(self._why("sending"))
+        self._frames.append(binary_frame(parts, mask=not self._masked))
         await self._flush()
 
     async def _flush(self) -> None:
-        """Write, in order, whatever the protocol has queued (frames, pongs, a close)."""
+        """Write, in order, whatever is owed, the data frames built by :meth:`send`, then
+        whatever the protocol has queued since (pongs, a close)."""
         async with self._write_lock:
-            writes = [*self._owed, *self._protocol.data_to_send()]
+            writes = [*self._owed, *self._frames, *self._protocol.data_to_send()]
+            self._frames.clear()
             self._owed.clear()
             self._owed_pong = -1
             try:
@@ -111,7 +185,7 @@ class WebSocketPipe:
 
     # -- receiving (the link's one reader) -------------------------------------------------
 
-    async def receive(self) -> bytes | bytearray:
+    async def receive(self) -> bytes | bytearray | memoryview:
         """The next chunk of link bytes (never empty); :class:`LinkClosed` once the peer is
         gone, sent a close frame, a text message or a bad frame."""
         while not self._chunks:
@@ -132,10 +206,16 @@ class WebSocketPipe:
             self._eof = True
             self._done.set()
             raise LinkClosed(f"link closed: {exc}") from None
-        if data:
+        if data and self._fast:
+            self._receive_fast(data)
+            if self._fast:
+                return
+        elif data:
             protocol.receive_data(data)
         else:
             self._eof = True
+            if self._fast:
+                self._slow(b"")
             protocol.receive_eof()
         self.take(protocol.events_received())
         # A pong, a close answer, a failure's close frame: written now unless the writer
@@ -148,6 +228,96 @@ class WebSocketPipe:
                 self._eof = True
         if self._eof or protocol.state is CLOSED or protocol.close_rcvd is not None:
             self._done.set()
+
+    def _receive_fast(self, data: bytes | bytearray) -> None:
+        """Cut whole single-frame binary messages out of ``data`` (after what is pending);
+        at the first frame of another kind, hand the rest to the protocol (for good)."""
+        source: bytes | bytearray
+        if self._pending:
+            self._pending.append(data)
+            self._pending_size += len(data)
+            if self._pending_size < self._need:
+                return  # the frame is not whole yet: nothing copied
+            source = b"".join(self._pending)
+            self._pending.clear()
+            self._pending_size = self._need = 0
+        else:
+            source = data
+        # Payloads of bytes are handed over as views; of a mutable buffer, copied.
+        keep_views = type(source) is bytes
+        masked = self._masked
+        mask_bit = _MASK_BIT if masked else 0
+        chunks = self._chunks
+        end = len(source)
+        pos = 0
+        other = False  # a frame the protocol must parse
+        with memoryview(source) as view:
+            while end - pos >= 2:
+                head2 = source[pos + 1]
+                if source[pos] != _BINARY_HEAD or head2 & _MASK_BIT != mask_bit:
+                    other = True
+                    break
+                length = head2 & 0x7F
+                start = pos + 2
+                if length == 126:
+                    if end - start < 2:
+                        break
+                    (length,) = _U16.unpack_from(source, start)
+                    start += 2
+                elif length == 127:
+                    if end - start < 8:
+                        break
+                    (length,) = _U64.unpack_from(source, start)
+                    start += 8
+                if length > MAX_WS_MESSAGE:
+                    other = True  # the protocol refuses it (1009)
+                    break
+                if masked:
+                    start += 4
+                stop = start + length
+                if stop > end:
+                    self._need = stop - pos  # the rest of this frame is still coming
+                    break
+                if not length:
+                    pass
+                elif masked:
+                    chunks.append(apply_mask(view[start:stop], source[start - 4 : start]))
+                elif keep_views:
+                    chunks.append(view[start:stop])
+                else:
+                    chunks.append(bytes(view[start:stop]))
+                pos = stop
+            if pos < end:
+                rest = view[pos:] if keep_views else bytes(view[pos:])
+                if other:
+                    self._slow(bytes(rest))
+                else:
+                    self._pending.append(rest)  # one partial frame
+                    self._pending_size = end - pos
+
+    def feed(self, data: bytes) -> None:
+        """Link bytes read with the handshake's head (parsed as if just read)."""
+        protocol = self._protocol
+        if self._fast:
+            self._receive_fast(data)
+            if self._fast:
+                return
+        else:
+            protocol.receive_data(data)
+        self.take(protocol.events_received())
+        self._owe(protocol.data_to_send())
+        if protocol.state is CLOSED or protocol.close_rcvd is not None:
+            self._done.set()
+
+    def _slow(self, rest: bytes) -> None:
+        """Hand ``rest`` (what was read and not parsed here) to the protocol, which parses
+        everything from now on."""
+        self._fast = False
+        pending = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = self._need = 0
+        if pending or rest:
+            self._protocol.receive_data(pending + rest)
 
     def _owe(self, writes: list[bytes]) -> None:
         """Hold protocol output for the next write; a pong replaces the one already held
@@ -258,9 +428,17 @@ async def open_websocket(
     pipe = WebSocketPipe(stream, protocol)
     with trio.move_on_after(timeout) as waited:
         await pipe._flush()
+        tail = b""  # the last bytes of the head so far (its end may straddle two reads)
+        after = b""  # what came after the response head: link data, for the pipe
         while protocol.state is not OPEN:
             data = await stream.receive_some(RECEIVE_BUFFER)
             if data:
+                end = (tail + data).find(_HEAD_END)
+                if end >= 0:  # the protocol gets the head alone: its parser stops there
+                    cut = end + len(_HEAD_END) - len(tail)
+                    after = bytes(data[cut:])
+                    data = data[:cut]
+                tail = (tail + data)[-3:]
                 protocol.receive_data(data)
             else:
                 protocol.receive_eof()
@@ -268,7 +446,9 @@ async def open_websocket(
             if protocol.handshake_exc is not None:
                 raise LinkClosed(f"WebSocket handshake failed: {protocol.handshake_exc}")
             if protocol.state is OPEN:
-                pipe.take(events)  # frames that came with the response
+                pipe.take(events)
+                if after:
+                    pipe.feed(after)
             elif not data:
                 raise LinkClosed("WebSocket handshake failed: the server closed the connection")
     if waited.cancelled_caught:
@@ -284,6 +464,11 @@ async def accept_websocket(
     400 for a missing ``Sec-WebSocket-Key``, was written). ``max_control_frames``: pings
     and pongs the peer may send per second before its link is closed (1008)."""
     protocol = ServerProtocol(max_size=MAX_WS_MESSAGE)
+    end = head.find(_HEAD_END)
+    after = b""
+    if end >= 0:  # the protocol gets the head alone: its parser stops there
+        after = bytes(head[end + len(_HEAD_END) :])
+        head = head[: end + len(_HEAD_END)]
     protocol.receive_data(head)
     events = protocol.events_received()
     requests = [e for e in events if isinstance(e, Request)]
@@ -295,5 +480,7 @@ async def accept_websocket(
     await pipe._flush()
     if protocol.state is not OPEN:
         return None
-    pipe.take(events)  # frames that came with the request head
+    pipe.take(events)
+    if after:
+        pipe.feed(after)  # frames that came with the request head
     return pipe

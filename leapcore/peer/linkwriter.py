@@ -31,7 +31,7 @@ from typing import Final
 import trio
 
 from ..errors import LinkClosed
-from ..net.pipe import WRITE_BATCH, LinkPipe
+from ..net.pipe import WRITE_BATCH, LinkPipe, send_joined
 from ..proto.link_codec import LinkMessage
 from ..proto.link_state import LinkConnection
 
@@ -147,7 +147,7 @@ class LinkWriter:
                     batch.append(more)
                     size += len(more)
                 self._room.unpark_all()
-                await self._pipe.send(first if len(batch) == 1 else b"".join(batch))
+                await send_joined(self._pipe, batch)
         except LinkClosed as exc:
             self._error = exc
             raise

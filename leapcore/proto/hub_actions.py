@@ -35,6 +35,7 @@ from .link_codec import (
     ChannelRequest,
     LinkMessage,
     OpenChannel,
+    RelayedData,
 )
 from .relay import RelayDirection
 
@@ -132,7 +133,7 @@ class Forward(Generic[L]):
     written it and called :meth:`~leapcore.proto.hub_router.HubRouter.written`."""
 
     link: L
-    frame: ChannelData
+    frame: ChannelData | RelayedData
     direction: RelayDirection
     cost: int
 
@@ -259,7 +260,7 @@ def unknown_answer(link: L, request_id: int, channel_id: int) -> Log:
     return Log(DEBUG, text, (link, request_id, channel_id))
 
 
-def dropped(link: L, frame: ChannelData) -> list[Action[L]]:
+def dropped(link: L, frame: ChannelData | RelayedData) -> list[Action[L]]:
     """A data frame for a channel its sender is not an end of."""
     text = "%s: data for unknown channel %d dropped"
     return [FrameDropped(), Log(DEBUG, text, (link, frame.channel_id))]

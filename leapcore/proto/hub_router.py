@@ -85,6 +85,7 @@ from .link_codec import (
     ChannelRequest,
     LinkMessage,
     OpenChannel,
+    RelayedData,
 )
 from .relay import ChannelRelay, RelayDirection
 
@@ -561,9 +562,10 @@ class HubRouter(Generic[L]):
         self._close_channel(channel, message.code, message.message, (channel.other(peer),), out)
         return out
 
-    def data(self, link: L, frame: ChannelData) -> list[Action[L]]:
+    def data(self, link: L, frame: ChannelData | RelayedData) -> list[Action[L]]:
         """A data frame: forwarded to the channel's other end after the relay and credit
-        rules (the hot path)."""
+        rules (the hot path; the hub's driver passes frames kept whole, which it forwards
+        as they came)."""
         channel = self._channels.get(frame.channel_id)
         if channel is None:
             return dropped(link, frame)
@@ -575,7 +577,7 @@ class HubRouter(Generic[L]):
         else:
             return dropped(link, frame)
         relay = channel.relay
-        size = len(frame.ciphertext)
+        size = frame.size
         try:
             ends = relay.check(direction, frame.correlation_id, frame.flags, size)
             cost = relay.charge(direction, frame.flags, size)

@@ -8,7 +8,8 @@ message or an HTTP/2 stream's bytes)::
     kind 0x02    channel data:   body = channel_id:u64be  correlation_id:u64be
                                         flags:u8  ciphertext (0..65535 bytes)
 
-Control records are decoded strictly into the attrs classes below: an
+Control records are decoded strictly into the attrs classes of
+:mod:`leapcore.proto.link_records` (re-exported here): an
 unknown ``type``, an unknown, missing or mistyped field is a
 :class:`~leapcore.errors.LinkProtocolError`. Byte fields travel as standard
 base64. Data frames are the hot path and have a fixed binary layout; their
@@ -31,7 +32,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import Iterable
-from typing import Any, ClassVar, Final
+from typing import ClassVar, Final
 
 import attrs
 
@@ -39,6 +40,31 @@ from ..errors import FrameTooLarge, LinkProtocolError, LocalError, RecordError
 from ..records import b64decode_strict, b64encode, structure_strict, unstructure
 from .limits import MAX_CIPHERTEXT
 from .link_fields import check_fields, clip_text
+from .link_records import (
+    ChannelAccept,
+    ChannelClose,
+    ChannelCredit,
+    ChannelOpened,
+    ChannelRefused,
+    ChannelReject,
+    ChannelRequest,
+    ClientGreeting,
+    ClientHello,
+    Connect,
+    ControlMessage,
+    Deregister,
+    DeregisterAck,
+    ErrorMessage,
+    GoAway,
+    Heartbeat,
+    HeartbeatAck,
+    HubRequest,
+    HubResponse,
+    OpenChannel,
+    Register,
+    Registered,
+    WorkerGreeting,
+)
 
 __all__ = [
     "CLOSE_CODES",
@@ -75,6 +101,7 @@ __all__ = [
     "OpenChannel",
     "Register",
     "Registered",
+    "RelayedData",
     "WorkerGreeting",
     "encode",
     "encode_many",
@@ -133,6 +160,8 @@ _LENGTH: Final = struct.Struct(">I")
 _MAX_DATA_BODY: Final = _DATA_HEADER.size + MAX_CIPHERTEXT
 #: The largest ``length`` a frame may declare (kind byte included).
 MAX_FRAME_LENGTH: Final = 1 + max(MAX_CONTROL_BODY, _MAX_DATA_BODY)
+#: Where a data frame's ciphertext starts (length prefix, kind byte, header).
+_DATA_START: Final = _LENGTH.size + 1 + _DATA_HEADER.size
 _U64: Final = 2**64 - 1
 
 
@@ -151,276 +180,42 @@ class ChannelData:
 
     type: ClassVar[str] = "data"
 
-
-class ControlMessage:
-    """Base of the control records; ``type`` names the record on the wire."""
-
-    type: ClassVar[str]
-
-
-# -- hello and greetings ------------------------------------------------------
-
-
-@attrs.frozen
-class Register(ControlMessage):
-    """Worker -> hub, first frame of a registration link: consume a registration key.
-    The hub answers :class:`Registered` (or :class:`ErrorMessage`) and closes the link."""
-
-    type: ClassVar[str] = "register"
-
-    protocol_version: int
-    registration_key: str = attrs.field(repr=False)
-    name: str
-    version: str
-    labels: dict[str, str] = attrs.Factory(dict)
-
-
-@attrs.frozen
-class Registered(ControlMessage):
-    """Hub -> worker: the new worker's id and auth token, and the id of the hub that
-    issued them (``hub_id``, the store's; the worker keeps it with its identity)."""
-
-    type: ClassVar[str] = "registered"
-    worker_id: str
-    auth_token: str = attrs.field(repr=False)
-    hub_id: str = ""
-
-
-@attrs.frozen
-class Connect(ControlMessage):
-    """Worker -> hub, first frame of a worker link. ``name`` and ``labels``, when present,
-    are what the worker's configuration says now: the hub records them before it greets
-    (an owner's other live worker already called ``name`` ends the link
-    ``already_exists``)."""
-
-    type: ClassVar[str] = "connect"
-
-    protocol_version: int
-    auth_token: str = attrs.field(repr=False)
-    name: str | None = None
-    labels: dict[str, str] | None = None
-
-
-@attrs.frozen
-class WorkerGreeting(ControlMessage):
-    """Hub -> worker, the hub's first frame: who the worker is, who owns it, and which hub
-    this is (``hub_id``)."""
-
-    type: ClassVar[str] = "worker_greeting"
-
-    worker_id: str
-    owner_id: str
-    owner_name: str
-    hub_id: str = ""
-
-
-@attrs.frozen
-class ClientHello(ControlMessage):
-    """Client -> hub, first frame of a client link."""
-
-    type: ClassVar[str] = "client_hello"
-
-    protocol_version: int
-    api_token: str = attrs.field(repr=False)
-
-
-@attrs.frozen
-class ClientGreeting(ControlMessage):
-    type: ClassVar[str] = "client_greeting"
-    user_id: str
-    user_name: str
-    hub_id: str = ""
-
-
-# -- liveness -------------------------------------------------------------------
-
-
-@attrs.frozen
-class Heartbeat(ControlMessage):
-    """Peer -> hub. A worker's first heartbeat carries its three public keys and mode."""
-
-    type: ClassVar[str] = "heartbeat"
-
-    seq: int
-    encryption_mode: str | None = None
-    public_key: bytes | None = None
-    mlkem_public_key: bytes | None = None
-    slhdsa_public_key: bytes | None = None
-
-
-@attrs.frozen
-class HeartbeatAck(ControlMessage):
-    """Hub -> peer: echoes the heartbeat's ``seq`` (the peer measures latency with it)."""
-
-    type: ClassVar[str] = "heartbeat_ack"
-
-    seq: int
-
-
-# -- channel opening -----------------------------------------------------------
-
-
-@attrs.frozen
-class OpenChannel(ControlMessage):
-    """Client -> hub: open a channel to ``worker_id`` with handshake message 1."""
-
-    type: ClassVar[str] = "open_channel"
-
-    request_id: int
-    worker_id: str
-    message1: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
-    max_message_size: int
-
-
-@attrs.frozen
-class ChannelRequest(ControlMessage):
-    """Hub -> worker: a channel is wanted by the hub-authenticated ``user_id``."""
-
-    type: ClassVar[str] = "channel_request"
-
-    request_id: int
-    channel_id: int
-    user_id: str
-    message1: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
-    max_message_size: int
-
-
-@attrs.frozen
-class ChannelAccept(ControlMessage):
-    """Worker -> hub: handshake message 2 and the negotiated size, min(hub, worker)."""
-
-    type: ClassVar[str] = "channel_accept"
-
-    request_id: int
-    channel_id: int
-    message2: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
-    max_message_size: int
-
-
-@attrs.frozen
-class ChannelReject(ControlMessage):
-    """Worker -> hub: the open failed (see ``OPEN_ERROR_CODES``)."""
-
-    type: ClassVar[str] = "channel_reject"
-
-    request_id: int
-    channel_id: int
-    code: str
-    message: str
-
-
-@attrs.frozen
-class ChannelOpened(ControlMessage):
-    """Hub -> client: the worker accepted."""
-
-    type: ClassVar[str] = "channel_opened"
-
-    request_id: int
-    channel_id: int
-    message2: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
-    max_message_size: int
-
-
-@attrs.frozen
-class ChannelRefused(ControlMessage):
-    """Hub -> client: the open failed, by the worker or by the hub."""
-
-    type: ClassVar[str] = "channel_refused"
-
-    request_id: int
-    code: str
-    message: str
-
-
-@attrs.frozen
-class ChannelClose(ControlMessage):
-    """Any direction: the channel is gone (the hub also sends it when a relay rule breaks)."""
-
-    type: ClassVar[str] = "channel_close"
-
-    channel_id: int
-    code: str
-    message: str
-
-
-@attrs.frozen
-class ChannelCredit(ControlMessage):
-    """Hub -> peer: ``credit`` more bytes of ciphertext may be sent on ``channel_id``.
-
-    Each sending end starts a channel with :data:`CHANNEL_CREDIT` bytes; every data frame
-    it sends costs its ciphertext's length (CLOSE frames cost nothing). The hub returns
-    credit once the frames were written to the other end's link. ``credit`` is > 0.
-    """
-
-    type: ClassVar[str] = "channel_credit"
-
-    channel_id: int
-    credit: int
-
-
-# -- hub control ---------------------------------------------------------------
-
-
-@attrs.frozen
-class GoAway(ControlMessage):
-    """Hub -> peer: the hub is going away; reconnect after ``reconnect_delay`` seconds."""
-
-    type: ClassVar[str] = "go_away"
-
-    reconnect_delay: int
-    reason: str
-
-
-@attrs.frozen
-class Deregister(ControlMessage):
-    """Hub -> worker: the worker was deregistered; acknowledge, wipe state, exit."""
-
-    type: ClassVar[str] = "deregister"
-
-    request_id: int
-    reason: str
-
-
-@attrs.frozen
-class DeregisterAck(ControlMessage):
-    type: ClassVar[str] = "deregister_ack"
-    request_id: int
-
-
-@attrs.frozen
-class HubRequest(ControlMessage):
-    """Client -> hub: a call to the hub itself (list workers, mint a key, …)."""
-
-    type: ClassVar[str] = "hub_request"
-
-    request_id: int
-    method: str
-    params: dict[str, Any] = attrs.Factory(dict)
-
-
-@attrs.frozen
-class HubResponse(ControlMessage):
-    """Hub -> client: exactly one of ``result`` or (``error_code``, ``error_message``)."""
-
-    type: ClassVar[str] = "hub_response"
-
-    request_id: int
-    result: dict[str, Any] | None = None
-    error_code: str | None = None
-    error_message: str | None = None
-
-
-@attrs.frozen
-class ErrorMessage(ControlMessage):
-    """Either direction: a fatal link error; the sender closes the link after it. The hub
-    names itself in ``hub_id`` (a worker retires its identity on ``worker_deleted`` only
-    from the hub it registered with); a peer leaves it empty."""
-
-    type: ClassVar[str] = "error"
-
-    code: str
-    message: str
-    hub_id: str = ""
+    @property
+    def size(self) -> int:
+        """The ciphertext's length (what the hub's relay rules and credit count)."""
+        return len(self.ciphertext)
+
+
+class RelayedData:
+    """A data frame as the hub received it, kept whole: the hub forwards ``frame`` (the
+    encoded link frame, length prefix included) unchanged, since it is exactly what
+    encoding the same fields again would give. From
+    :meth:`LinkDecoder.next_relayed`; ``size`` is the ciphertext's length."""
+
+    __slots__ = ("channel_id", "correlation_id", "flags", "frame", "size")
+
+    type: ClassVar[str] = "data"
+
+    def __init__(
+        self, channel_id: int, correlation_id: int, flags: int, size: int, frame: bytes
+    ) -> None:
+        self.channel_id = channel_id
+        self.correlation_id = correlation_id
+        self.flags = flags
+        self.size = size
+        self.frame = frame
+
+    def __repr__(self) -> str:
+        return (
+            f"RelayedData(channel_id={self.channel_id}, correlation_id={self.correlation_id}, "
+            f"flags={self.flags}, <{self.size} bytes>)"
+        )
+
+    def decoded(self) -> ChannelData:
+        """The same frame as a :class:`ChannelData`."""
+        return ChannelData(
+            self.channel_id, self.correlation_id, self.flags, self.frame[_DATA_START:]
+        )
 
 
 LinkMessage = ControlMessage | ChannelData
@@ -474,8 +269,10 @@ def _check_ranges(msg: ControlMessage) -> None:
 # Encoding
 
 
-def encode(message: LinkMessage) -> bytes:
+def encode(message: LinkMessage | RelayedData) -> bytes:
     """One frame, ready to write."""
+    if isinstance(message, RelayedData):
+        return message.frame
     if isinstance(message, ChannelData):
         if len(message.ciphertext) > MAX_CIPHERTEXT:
             raise LocalError(
@@ -560,29 +357,106 @@ class LinkDecoder:
 
     def __init__(self, max_frame_length: int = MAX_FRAME_LENGTH) -> None:
         self._buffer = bytearray()
+        #: Immutable bytes received (``bytes``, or a read-only view) parsed where they
+        #: are, from ``_pos``, while ``_buffer`` is empty: whole data frames are cut out of
+        #: them without first being copied into the buffer. The rest (a partial frame, a
+        #: control record) moves to the buffer.
+        self._chunk: bytes | memoryview | None = None
+        self._pos = 0
         self._max = max_frame_length
         self._error: LinkProtocolError | None = None
 
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as messages."""
-        return len(self._buffer)
+        chunk = 0 if self._chunk is None else len(self._chunk) - self._pos
+        return len(self._buffer) + chunk
 
-    def receive_data(self, data: bytes | bytearray) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         if self._error is not None:
             raise self._error
-        self._buffer += data
+        if self._chunk is not None:
+            self._spill()
+        if not self._buffer and (
+            type(data) is bytes or (isinstance(data, memoryview) and data.readonly)
+        ):
+            self._chunk, self._pos = data, 0
+        else:
+            self._buffer += data
+
+    def _spill(self) -> None:
+        """Move what is left of the chunk into the buffer (empty while there is a chunk)."""
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None and self._pos < len(chunk):
+            self._buffer += chunk[self._pos :]
 
     def next_message(self) -> LinkMessage | None:
         """The next whole message, or ``None`` until more bytes arrive."""
+        message = self._guarded(False)
+        assert not isinstance(message, RelayedData)
+        return message
+
+    def next_relayed(self) -> LinkMessage | RelayedData | None:
+        """:meth:`next_message`, but a data frame comes as a :class:`RelayedData` (the
+        hub's: it forwards the frame's bytes without decoding and encoding them again)."""
+        return self._guarded(True)
+
+    def _guarded(self, relay: bool) -> LinkMessage | RelayedData | None:
         if self._error is not None:
             raise self._error
         try:
-            return self._next()
+            chunk = self._chunk
+            if chunk is not None:
+                message = self._from_chunk(chunk, relay)
+                if message is not None:
+                    return message
+            return self._next(relay)
         except LinkProtocolError as exc:
             self._error = exc
             self._buffer.clear()
+            self._chunk = None
             raise
+
+    def _from_chunk(
+        self, chunk: bytes | memoryview, relay: bool
+    ) -> LinkMessage | RelayedData | None:
+        """A whole data frame at the chunk's position, cut out in place; else ``None``,
+        with what is left of the chunk moved to the buffer for :meth:`_next`."""
+        pos = self._pos
+        left = len(chunk) - pos
+        if left >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(chunk, pos)
+            end = pos + _LENGTH.size + length
+            if (
+                _DATA_HEADER.size < length <= 1 + _MAX_DATA_BODY
+                and end - pos <= left
+                and chunk[pos + _LENGTH.size] == KIND_DATA
+            ):
+                channel_id, correlation_id, flags = _DATA_HEADER.unpack_from(
+                    chunk, pos + _LENGTH.size + 1
+                )
+                if end == len(chunk):
+                    self._chunk = None
+                else:
+                    self._pos = end
+                if relay:  # slicing bytes copies; a view is copied by bytes()
+                    frame = chunk[pos:end]
+                    return RelayedData(
+                        channel_id,
+                        correlation_id,
+                        flags,
+                        end - pos - _DATA_START,
+                        frame if type(frame) is bytes else bytes(frame),
+                    )
+                ciphertext = chunk[pos + _DATA_START : end]
+                return ChannelData(
+                    channel_id,
+                    correlation_id,
+                    flags,
+                    ciphertext if type(ciphertext) is bytes else bytes(ciphertext),
+                )
+        self._spill()
+        return None
 
     def feed(self, data: bytes) -> list[LinkMessage]:
         """:meth:`receive_data` then every whole message (raises at the first bad frame)."""
@@ -592,7 +466,7 @@ class LinkDecoder:
             out.append(message)
         return out
 
-    def _next(self) -> LinkMessage | None:
+    def _next(self, relay: bool = False) -> LinkMessage | RelayedData | None:
         buf = self._buffer
         if len(buf) < _LENGTH.size:
             return None
@@ -608,8 +482,13 @@ class LinkDecoder:
             start = _LENGTH.size + 1
             channel_id, correlation_id, flags = _DATA_HEADER.unpack_from(buf, start)
             with memoryview(buf) as view:
-                ciphertext = bytes(view[start + _DATA_HEADER.size : end])
+                if relay:
+                    frame = bytes(view[:end])
+                else:
+                    ciphertext = bytes(view[start + _DATA_HEADER.size : end])
             del buf[:end]
+            if relay:
+                return RelayedData(channel_id, correlation_id, flags, end - _DATA_START, frame)
             return ChannelData(channel_id, correlation_id, flags, ciphertext)
         body = bytes(buf[_LENGTH.size + 1 : end])
         del buf[:end]

@@ -64,6 +64,7 @@ from .link_codec import (
     OpenChannel,
     Register,
     Registered,
+    RelayedData,
     WorkerGreeting,
     encode,
 )
@@ -71,13 +72,21 @@ from .link_codec import (
 __all__ = ["LINK_TRANSITIONS", "Direction", "LinkConnection", "LinkRole", "LinkState"]
 
 
-class LinkRole(enum.Enum):
+class _Enum(enum.Enum):
+    """Hashed by identity: :data:`LINK_TRANSITIONS` is looked up by a tuple of these for
+    every message sent and received, and ``Enum.__hash__`` (in Python) costs more than the
+    lookup. Members are singletons compared by identity, so nothing else changes."""
+
+    __hash__ = object.__hash__
+
+
+class LinkRole(_Enum):
     WORKER = "worker"
     CLIENT = "client"
     HUB = "hub"
 
 
-class LinkState(enum.Enum):
+class LinkState(_Enum):
     START = "start"
     #: Worker: register sent; hub: register received, registering.
     REGISTERING = "registering"
@@ -97,7 +106,7 @@ class LinkState(enum.Enum):
     CLOSED = "closed"
 
 
-class Direction(enum.Enum):
+class Direction(_Enum):
     SEND = "send"
     RECEIVE = "receive"
 
@@ -250,7 +259,7 @@ class LinkConnection:
         #: Hub side: which kind of peer this is, once its hello arrived.
         self.peer_role: LinkRole | None = None
 
-    def _move(self, way: Direction, message: LinkMessage) -> LinkState:
+    def _move(self, way: Direction, message: LinkMessage | RelayedData) -> LinkState:
         target = LINK_TRANSITIONS.get((self.role, self.state, way, message.type))
         if target is None:
             text = (
@@ -265,20 +274,26 @@ class LinkConnection:
 
     # -- sending ----------------------------------------------------------------
 
-    def send(self, message: LinkMessage) -> bytes:
-        """The bytes of ``message``; raises :class:`LocalError` if it may not be sent now."""
+    def send(self, message: LinkMessage | RelayedData) -> bytes:
+        """The bytes of ``message``; raises :class:`LocalError` if it may not be sent now.
+
+        A :class:`RelayedData` (the hub's) goes out as the bytes it came in as."""
         target = self._move(Direction.SEND, message)
-        _check_code(message, LocalError)
-        _check_credit(message, LocalError)
-        if isinstance(message, Heartbeat):
-            self._check_heartbeat(message, LocalError)
+        if isinstance(message, RelayedData):
+            self.state = target
+            return message.frame
+        if not isinstance(message, ChannelData):  # no rule beyond the table for data
+            _check_code(message, LocalError)
+            _check_credit(message, LocalError)
+            if isinstance(message, Heartbeat):
+                self._check_heartbeat(message, LocalError)
         data = encode(message)
         self.state = target
         return data
 
     # -- receiving --------------------------------------------------------------
 
-    def receive_data(self, data: bytes | bytearray) -> None:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self._decoder.receive_data(data)
 
     def next_message(self) -> LinkMessage | None:
@@ -287,14 +302,28 @@ class LinkConnection:
         A bad frame or a message out of order raises a :class:`LinkProtocolError` and
         closes this link for good.
         """
+        message = self._checked(False)
+        assert not isinstance(message, RelayedData)
+        return message
+
+    def next_relayed(self) -> LinkMessage | RelayedData | None:
+        """:meth:`next_message`, a data frame coming as a :class:`RelayedData` (kept as
+        received, for the hub to forward: see :meth:`LinkDecoder.next_relayed`)."""
+        return self._checked(True)
+
+    def _checked(self, relay: bool) -> LinkMessage | RelayedData | None:
         try:
-            message = self._decoder.next_message()
+            message = self._decoder.next_relayed() if relay else self._decoder.next_message()
         except LinkProtocolError:
             self.state = LinkState.CLOSED
             raise
         if message is None:
             return None
         target = self._move(Direction.RECEIVE, message)
+        if message.type == "data":  # no rule beyond the table for data
+            self.state = target
+            return message
+        assert not isinstance(message, RelayedData)
         try:
             self._check_received(message)
         except LinkProtocolError:

@@ -69,6 +69,11 @@ _TAG: Final = MAX_CIPHERTEXT - MAX_PLAINTEXT
 
 
 class RelayDirection(enum.Enum):
+    """Which way a frame goes. Hashed by identity: every relayed frame looks its direction
+    up (``Enum.__hash__`` runs in Python); members are singletons, nothing else changes."""
+
+    __hash__ = object.__hash__
+
     TO_WORKER = "to-worker"
     TO_CLIENT = "to-client"
 

@@ -111,6 +111,7 @@ from ..proto.limits import (
 )
 from ..proto.link_codec import (
     PROTOCOL_VERSION,
+    ChannelData,
     ChannelRequest,
     Connect,
     Deregister,
@@ -751,6 +752,9 @@ class Worker:
             attempt.finish(Outcome.TRANSIENT)
 
     async def _handle(self, attempt: _Attempt, message: LinkMessage) -> Outcome | WorkerExit | None:
+        if type(message) is ChannelData and attempt.hub is not None:
+            attempt.hub.handle(message)  # the hot path: no walk through the record types
+            return None
         if isinstance(message, WorkerGreeting):
             attempt.watchdog.on_greeting()
             attempt.greeted.set()

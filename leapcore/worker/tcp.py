@@ -38,7 +38,6 @@ from ..peer.channel import (
     CallContext,
     Services,
     reset_byte_stream,
-    wait_byte_stream_broken,
 )
 from ..proto.limits import TUNNEL_DIAL_TIMEOUT, TUNNEL_READ_SIZE
 from ..proto.tunnel_policy import (
@@ -107,6 +106,15 @@ async def connect_any(
     All failing raises the first target's error."""
     if not targets:
         raise OSError(errno.EHOSTUNREACH, "no address to connect to")
+    if len(targets) == 1:  # nothing to race: no nursery, task or timer
+        family, type_, proto, _canon, sockaddr = targets[0]
+        sock = trio.socket.socket(family, type_, proto)
+        try:
+            await sock.connect(sockaddr)
+        except BaseException:
+            sock.close()
+            raise
+        return trio.SocketStream(sock)
     winner: trio.socket.SocketType | None = None
     errors: dict[int, OSError] = {}
 
@@ -162,8 +170,11 @@ async def dial(
     if refusal is not None:
         raise TunnelDenied(DENIED_BY_POLICY, refusal.message)
     try:
-        with trio.fail_after(timeout):
-            infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        # A bare scope, not trio.fail_after (a generator-based context manager per dial).
+        with trio.CancelScope(deadline=trio.current_time() + timeout) as scope:
+            infos = _numeric(host, port)
+            if infos is None:
+                infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
             addresses = [str(info[4][0]) for info in infos]
             allowed, refusal = policy.filter(host, port, addresses)
             if refusal is not None:
@@ -171,11 +182,27 @@ async def dial(
             keep = set(allowed)
             targets = [info for info in infos if str(info[4][0]) in keep]
             return await connect_any(targets, delay=delay)
+        assert scope.cancelled_caught
+        raise trio.TooSlowError
     except (OSError, trio.TooSlowError) as exc:
         reason, text = dial_failure(exc)
         if reason == "timed_out" and isinstance(exc, trio.TooSlowError):
             text = f"{text} after {timeout:g}s"
         raise TunnelDialFailed(reason, f"dial {target}: {text}") from exc
+
+
+def _numeric(host: str, port: int) -> list[AddrInfo] | None:
+    """``host:port`` resolved at once if ``host`` is an address literal (no lookup, no
+    scheduling pass); None for a name."""
+    try:
+        return socket.getaddrinfo(
+            host,
+            port,
+            type=socket.SOCK_STREAM,
+            flags=socket.AI_NUMERICHOST | socket.AI_NUMERICSERV,
+        )
+    except (socket.gaierror, UnicodeError):
+        return None
 
 
 def _abort_socket(sock: trio.SocketStream) -> None:
@@ -216,12 +243,11 @@ async def relay(stream: ByteStream, sock: trio.SocketStream) -> str | None:
             return
         nonlocal running
         running -= 1
-        if not running:
-            nursery.cancel_scope.cancel()  # both ways done: stop the watcher
 
-    async def watch() -> None:
-        await wait_byte_stream_broken(stream)
-        if stream._eof_received:
+    def on_broken() -> None:
+        # Called when the stream is reset, lost with its channel, or closed (instead of a
+        # watcher task, which every frame received would wake).
+        if stream._eof_received or not running:
             # The peer closed after its EOF (ByteStream.aclose): like a TCP close, what it
             # sent is still delivered, then a FIN; the target's next send aborts the relay.
             return
@@ -230,10 +256,14 @@ async def relay(stream: ByteStream, sock: trio.SocketStream) -> str | None:
 
     try:
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(one_way, stream, sock, "stream", "socket")
+            if stream._error is not None or stream._closed:
+                on_broken()
+            else:
+                stream._on_broken = on_broken
             nursery.start_soon(one_way, sock, stream, "socket", "stream")
-            nursery.start_soon(watch)
+            await one_way(stream, sock, "stream", "socket")
     finally:
+        stream._on_broken = None
         if broken or not (stream._eof_sent and stream._eof_received):
             _abort_socket(sock)
         with trio.CancelScope(shield=True):
@@ -274,8 +304,11 @@ def add_tcp_service(
                 _abort_socket(sock)
                 await sock.aclose()
             raise
-        log.debug("channel %d: tcp to %s open", ctx.channel_id, request.target)
+        debug = log.isEnabledFor(logging.DEBUG)
+        if debug:
+            log.debug("channel %d: tcp to %s open", ctx.channel_id, request.target)
         outcome = await relay(stream, sock)
-        log.debug("channel %d: tcp to %s done (%s)", ctx.channel_id, request.target, outcome)
+        if debug:
+            log.debug("channel %d: tcp to %s done (%s)", ctx.channel_id, request.target, outcome)
 
     services.add_byte_stream(name, tcp, accept="manual")
