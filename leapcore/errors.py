@@ -95,6 +95,7 @@ __all__ = [
     "StorageError",
     "StreamUsageError",
     "TLSCertificateError",
+    "TerminalNotFound",
     "TunnelDenied",
     "TunnelDialFailed",
     "Unauthenticated",
@@ -475,6 +476,12 @@ class NotFound(Refused):
     is not the caller's to see."""
 
     code = "not_found"
+
+
+class TerminalNotFound(NotFound):
+    """No terminal session with that id on the worker (never spawned, or killed)."""
+
+    code = "terminal_not_found"
 
 
 class Unauthenticated(Refused):

@@ -66,7 +66,11 @@ def exit_status(exit_code: int | None, exit_signal: int | None) -> int:
     return exit_code
 
 
-def _env(pairs: Sequence[str], parser_error: Callable[[str], NoReturn]) -> dict[str, str] | None:
+def parse_env(
+    pairs: Sequence[str], parser_error: Callable[[str], NoReturn]
+) -> dict[str, str] | None:
+    """``--env NAME=VALUE`` flags as an environment (checked as the worker would), or
+    ``None`` when there are none; a bad one is a usage error."""
     if not pairs:
         return None
     env: dict[str, str] = {}
@@ -165,7 +169,7 @@ def run_exec(args: argparse.Namespace) -> int:
     if not words:
         args.parser_error("no command given (leapcore remote exec --worker W -- CMD [ARG...])")
     command: str | list[str] = " ".join(words) if args.shell else words
-    env = _env(args.env, args.parser_error)
+    env = parse_env(args.env, args.parser_error)
     limit = args.command_timeout
     if limit is not None and not 0 < limit <= 30 * 86400:
         args.parser_error("--command-timeout must be more than 0 and at most 30 days")

@@ -83,6 +83,7 @@ from leapcore.store.pinstore import PinStore
 
 from . import completion, demo, pincmd, tunnel
 from . import exec as exec_verb
+from . import session as session_verb
 from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
@@ -867,6 +868,7 @@ def build_parser() -> Parser:
     exec_verb.add_verbs(
         remote_sub, lambda p: _session_flags(p, json_flag=False, worker_id=True), _timeout_flag
     )
+    session_verb.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
     demo.add_parser(sub)
     completion.add_parser(sub)
     return parser

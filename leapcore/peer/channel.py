@@ -1123,6 +1123,48 @@ class Channel:
 
         return create_process(self, command, **options)
 
+    # Terminal sessions on the worker (:mod:`leapcore.peer.terminal`, which documents them).
+
+    async def spawn_terminal(self, command: Any = None, **options: Any) -> Any:
+        from .terminal import spawn_terminal
+
+        return await spawn_terminal(self, command, **options)
+
+    async def terminals(self) -> Any:
+        from .terminal import list_terminals
+
+        return await list_terminals(self)
+
+    async def send_keys(self, session_id: str, data: str | bytes) -> None:
+        from .terminal import send_keys
+
+        await send_keys(self, session_id, data)
+
+    async def capture(self, session_id: str, **options: Any) -> Any:
+        from .terminal import capture
+
+        return await capture(self, session_id, **options)
+
+    async def resize(self, session_id: str, cols: int, rows: int) -> None:
+        from .terminal import resize_terminal
+
+        await resize_terminal(self, session_id, cols, rows)
+
+    async def kill_terminal(self, session_id: str) -> Any:
+        from .terminal import kill_terminal
+
+        return await kill_terminal(self, session_id)
+
+    async def wait_terminal(self, session_id: str, **options: Any) -> Any:
+        from .terminal import wait_terminal
+
+        return await wait_terminal(self, session_id, **options)
+
+    async def attach(self, session_id: str, **options: Any) -> ByteStream:
+        from .terminal import attach
+
+        return await attach(self, session_id, **options)
+
     async def aclose(self) -> None:
         """Close the channel: queued frames are sent, then a CLOSE frame; waits until the
         pump is done (bounded by the link)."""

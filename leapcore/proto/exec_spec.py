@@ -89,6 +89,10 @@ EXEC_FAILURES: Final[dict[str, str]] = {
 _FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "timeout", "stderr"})
 
 
+#: How ``env`` meets the worker's environment.
+EnvMode = Literal["merge", "replace"]
+
+
 @attrs.frozen
 class ExecRequest:
     """What to run: ``argv`` (already split) or ``shell`` (a string for ``/bin/sh -c``)."""
@@ -125,7 +129,7 @@ class ExitReport:
     timed_out: bool = False
 
 
-def _nul_free(text: str, what: str) -> None:
+def nul_free(text: str, what: str) -> None:
     if "\0" in text:
         raise InvalidMessage(f"{what} contains a NUL byte")
 
@@ -145,13 +149,13 @@ def check_env(env: Mapping[str, str]) -> dict[str, str]:
             raise InvalidMessage(f"an env name must be 1..{MAX_NAME} characters")
         if "=" in name:
             raise InvalidMessage(f"env name {name[:64]!r} contains '='")
-        _nul_free(name, f"env name {name[:64]!r}")
-        _nul_free(value, f"the value of env {name[:64]!r}")
+        nul_free(name, f"env name {name[:64]!r}")
+        nul_free(value, f"the value of env {name[:64]!r}")
         out[name] = value
     return out
 
 
-def _check_argv(argv: Any) -> tuple[str, ...]:
+def check_argv(argv: Any) -> tuple[str, ...]:
     if isinstance(argv, (str, bytes)) or not isinstance(argv, Sequence):
         raise InvalidMessage("argv must be a list of strings")
     if not argv:
@@ -161,24 +165,38 @@ def _check_argv(argv: Any) -> tuple[str, ...]:
     for index, arg in enumerate(argv):
         if not isinstance(arg, str):
             raise InvalidMessage(f"argv[{index}] must be a string, got {type(arg).__name__}")
-        _nul_free(arg, f"argv[{index}]")
+        nul_free(arg, f"argv[{index}]")
     if not argv[0]:
         raise InvalidMessage("argv[0] must not be empty")
     return tuple(argv)
 
 
-def _check(data: Mapping[str, Any]) -> ExecRequest:
-    unknown = sorted(set(data) - _FIELDS)
-    if unknown:
-        raise InvalidMessage(f"unknown field(s): {', '.join(unknown)}")
-    if ("argv" in data) == ("shell" in data):
+def check_command(
+    data: Mapping[str, Any], *, required: bool = True
+) -> tuple[
+    tuple[str, ...] | None,
+    str | None,
+    dict[str, str] | None,
+    Literal["merge", "replace"],
+    str | None,
+]:
+    """The command fields every process-starting payload shares (``exec``, ``pty.spawn``):
+    ``(argv, shell, env, env_mode, cwd)``, checked. ``required``: exactly one of ``argv``
+    and ``shell``; otherwise at most one (neither: the caller's default command)."""
+    if "argv" in data and "shell" in data:
+        raise InvalidMessage(
+            "give exactly one of argv and shell"
+            if required
+            else "give at most one of argv and shell"
+        )
+    if required and "argv" not in data and "shell" not in data:
         raise InvalidMessage("give exactly one of argv and shell")
-    argv = _check_argv(data["argv"]) if "argv" in data else None
+    argv = check_argv(data["argv"]) if "argv" in data else None
     shell = data.get("shell")
     if "shell" in data:
         if not isinstance(shell, str) or not shell:
             raise InvalidMessage("shell must be a non-empty string")
-        _nul_free(shell, "shell")
+        nul_free(shell, "shell")
     env = None if data.get("env") is None else check_env(data["env"])
     env_mode = data.get("env_mode", "merge")
     if env_mode not in ("merge", "replace"):
@@ -187,7 +205,16 @@ def _check(data: Mapping[str, Any]) -> ExecRequest:
     if cwd is not None:
         if not isinstance(cwd, str) or not cwd:
             raise InvalidMessage("cwd must be a non-empty string")
-        _nul_free(cwd, "cwd")
+        nul_free(cwd, "cwd")
+    mode: EnvMode = "merge" if env_mode == "merge" else "replace"
+    return argv, shell, env, mode, cwd
+
+
+def _check(data: Mapping[str, Any]) -> ExecRequest:
+    unknown = sorted(set(data) - _FIELDS)
+    if unknown:
+        raise InvalidMessage(f"unknown field(s): {', '.join(unknown)}")
+    argv, shell, env, env_mode, cwd = check_command(data)
     timeout = data.get("timeout")
     if timeout is not None:
         if (
@@ -204,7 +231,7 @@ def _check(data: Mapping[str, Any]) -> ExecRequest:
     return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr)
 
 
-def _json_object(payload: bytes, what: str) -> dict[str, Any]:
+def json_object(payload: bytes, what: str) -> dict[str, Any]:
     try:
         data = json.loads(payload)
     except (ValueError, UnicodeDecodeError):
@@ -237,7 +264,7 @@ def encode_exec_request(request: ExecRequest) -> bytes:
 
 def decode_exec_request(payload: bytes) -> ExecRequest:
     """The opener's ``exec`` payload, strictly (see the module docstring)."""
-    return _check(_json_object(payload, "exec"))
+    return _check(json_object(payload, "exec"))
 
 
 def encode_process_ref(process: int) -> bytes:
@@ -252,7 +279,7 @@ def _process_id(data: Mapping[str, Any]) -> int:
 
 
 def decode_process_ref(payload: bytes) -> int:
-    data = _json_object(payload, "process reference")
+    data = json_object(payload, "process reference")
     if set(data) != {"process"}:
         raise InvalidMessage('the payload must be {"process": ID}')
     return _process_id(data)
@@ -263,7 +290,7 @@ def encode_signal_request(process: int, signum: int) -> bytes:
 
 
 def decode_signal_request(payload: bytes) -> tuple[int, int]:
-    data = _json_object(payload, "exec.signal")
+    data = json_object(payload, "exec.signal")
     if set(data) != {"process", "signal"}:
         raise InvalidMessage('the payload must be {"process": ID, "signal": N}')
     signum = data["signal"]
@@ -277,7 +304,7 @@ def encode_exit(report: ExitReport) -> bytes:
 
 
 def decode_exit(payload: bytes) -> ExitReport:
-    data = _json_object(payload, "exec.wait answer")
+    data = json_object(payload, "exec.wait answer")
     status, signum, timed_out = (
         data.get("exit_status"),
         data.get("exit_signal"),

@@ -75,6 +75,17 @@ __all__ = [
     "MAX_STREAM_WINDOW",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
+    "PTY_ATTACH_BACKLOG",
+    "PTY_EXIT_DRAIN",
+    "PTY_KILL_GRACE",
+    "PTY_MAX_ATTACHED",
+    "PTY_MAX_CELLS",
+    "PTY_MAX_COLS",
+    "PTY_MAX_ROWS",
+    "PTY_MAX_SEND",
+    "PTY_MAX_SESSIONS",
+    "PTY_READ_SIZE",
+    "PTY_SCROLLBACK_LINES",
     "PURGE_INTERVAL",
     "REASSEMBLY_SLACK",
     "REGISTRATION_KEY_RETENTION",
@@ -200,6 +211,33 @@ EXEC_READ_SIZE: Final = TUNNEL_READ_SIZE
 #: Bytes of stdout, and of stderr, ``Channel.run_command`` keeps by default; more fails the
 #: run (``ProcessOutputTooLarge``) and the process is killed.
 EXEC_RUN_MAX_OUTPUT: Final = 64 * 1024 * 1024
+#: Terminal sessions (``pty.*``) one worker keeps at once, running or exited; a spawn past
+#: it forgets the oldest exited session, or is refused ``resource_exhausted`` if all run.
+PTY_MAX_SESSIONS: Final = 32
+#: A terminal's size: columns and rows 1 .. these, and at most PTY_MAX_CELLS cells (the
+#: emulator's screen costs memory per cell).
+PTY_MAX_COLS: Final = 1000
+PTY_MAX_ROWS: Final = 1000
+PTY_MAX_CELLS: Final = 200_000
+#: Lines that scrolled off a session's screen kept as text for ``pty.capture``.
+PTY_SCROLLBACK_LINES: Final = 2000
+#: Bytes the worker reads from a terminal at once: the terminal emulator (pure Python,
+#: a few hundred KB/s) parses each read before the worker's other tasks run again, so
+#: reads stay small enough (a few ms each) not to hold them up.
+PTY_READ_SIZE: Final = 4096
+#: Output bytes held for one attached stream that does not keep up; past it they are
+#: dropped and the stream gets a fresh screen snapshot instead (a redraw).
+PTY_ATTACH_BACKLOG: Final = 256 * 1024
+#: Streams attached to one session at once.
+PTY_MAX_ATTACHED: Final = 8
+#: Bytes of keys one ``pty.send`` carries.
+PTY_MAX_SEND: Final = 64 * 1024
+#: Seconds between the SIGHUP and the SIGKILL sent to a session's process groups when it
+#: is killed (or the worker stops).
+PTY_KILL_GRACE: Final = 2.0
+#: Seconds a session whose process exited waits for the rest of its output (the terminal
+#: held open by a leftover background process) before it is closed.
+PTY_EXIT_DRAIN: Final = 1.0
 #: SOCKS5 handshakes (greeting and request, not yet answered) one tunnel listener holds at
 #: once; one more closes the oldest, so an idle flood cannot lock out real clients.
 SOCKS_MAX_PENDING_HANDSHAKES: Final = 512

@@ -9,7 +9,8 @@ adds ``info`` (owner only, as every method unless registered ``public=True``)::
 and ``tcp`` (owner only): a byte stream to a TCP connection the worker dials, within the
 worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tcp`);
 and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal`` (owner only): processes run
-for the owner (:mod:`leapcore.worker.exec`).
+for the owner (:mod:`leapcore.worker.exec`); and ``pty.*`` (owner only): terminal
+sessions kept by the worker (:mod:`leapcore.worker.pty`).
 
 An embedding application adds its own methods to the table it passes to the worker::
 
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
 from .exec import add_exec_service
+from .pty import add_pty_service
 from .tcp import add_tcp_service
 
 if TYPE_CHECKING:
@@ -93,8 +95,8 @@ def info_document(worker: Worker) -> dict[str, Any]:
 
 
 def default_services(worker: Worker) -> Services:
-    """A table with ``info``, ``tcp`` and ``exec`` for ``worker``; add more methods to it before
-    running."""
+    """A table with ``info``, ``tcp``, ``exec`` and ``pty.*`` for ``worker``; add more methods
+    to it before running."""
     services = Services()
     build_commit()  # a git subprocess, once, at start-up: never inside a channel call
 
@@ -104,6 +106,7 @@ def default_services(worker: Worker) -> Services:
     services.add_rpc(INFO_METHOD, info)
     add_tcp_service(services, lambda: worker.tunnel_policy)
     add_exec_service(services)
+    add_pty_service(services)
     return services
 
 

@@ -113,6 +113,8 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         assert info["info"]["encryption_mode"] == mode
         assert info["info"]["name"] == name
         builtin = ["exec", "exec.signal", "exec.stderr", "exec.wait", "info", "ping", "tcp"]
+        pty = ["attach", "capture", "kill", "list", "resize", "send", "spawn", "wait"]
+        builtin += [f"pty.{m}" for m in pty]
         assert info["info"]["capabilities"] == sorted([*builtin, *ADDED])
         ping = env.json("worker", "ping", "--count", "3", "--worker-id", ids[name])
         assert ping["worker_id"] == ids[name] and ping["count"] == 3

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.procs import TIMEOUT, Env, Proc, script, wait_for
+from support.procs import TIMEOUT, Env, Proc, script, wait_for, worker_box
 
 MIB = 1024 * 1024
 
@@ -22,15 +22,8 @@ MIB = 1024 * 1024
 @pytest.fixture(name="box", scope="module")
 def box_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env, Proc]]:
     """One hub and one worker ``box`` for the module (each test's processes are its own)."""
-    env = Env(tmp_path_factory.mktemp("exec"))
-    try:
-        env.start_hub()
-        env.login()
-        worker = env.start_worker("box", env.reg_key(), flags=["--encryption-mode", "classic"])
-        env.wait_online("box")
-        yield env, worker
-    finally:
-        env.cleanup()
+    with worker_box(tmp_path_factory.mktemp("exec")) as box:
+        yield box
 
 
 def command(env: Env, *args: str) -> list[str]:

@@ -354,6 +354,21 @@ def env_fixture(tmp_path: Path) -> Iterator[Env]:
         e.cleanup()
 
 
+@contextlib.contextmanager
+def worker_box(tmp: Path) -> Iterator[tuple[Env, Proc]]:
+    """A hub in ``tmp``, logged in, with one classic-mode worker ``box`` online; every
+    process is killed afterwards (for module-scoped fixtures)."""
+    env = Env(tmp)
+    try:
+        env.start_hub()
+        env.login()
+        worker = env.start_worker("box", env.reg_key(), flags=["--encryption-mode", "classic"])
+        env.wait_online("box")
+        yield env, worker
+    finally:
+        env.cleanup()
+
+
 def _healthz(url: str) -> bytes:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=TIMEOUT) as sock:
