@@ -4,8 +4,16 @@ like ``ssh host cmd``.
 The command runs as an argv (no shell: what you type is what runs) unless ``--shell``,
 which joins the arguments with spaces and runs them with ``/bin/sh -c`` on the worker
 (as ssh does). Its stdout and stderr are copied to the local ones as they come; local
-stdin is forwarded (then EOF) unless ``-n`` is given or stdin is a terminal (``-t``, a
-PTY, is not supported yet), in which case the command gets EOF at once.
+stdin is forwarded (then EOF) unless ``-n`` is given or stdin is a terminal, in which case
+the command gets EOF at once.
+
+``-t`` runs the command on a pseudo-terminal on the worker, of the local terminal's size
+(80x24 when stdin is not one), with the local ``TERM`` unless ``--env TERM=...``: its
+output (stderr included: a terminal has one output) comes on stdout. When stdin is a
+terminal, it is put in raw mode and joined to the remote one: keys are typed there
+(Ctrl-C included), window-size changes are forwarded, and ``~.`` after Enter closes the
+connection (the command is killed; exit 255), as ``ssh -t`` does. Otherwise stdin is
+forwarded as without ``-t`` (like ``ssh -tt``).
 
 Exit status: the command's own (0 .. 255), or 128 + N when signal N killed it; 255 when
 ``leapcore`` itself failed (usage, hub, channel, a command that could not be started:
@@ -30,10 +38,11 @@ import trio
 
 from leapcore.errors import ConfigError, KeyMismatch, LeapcoreError
 from leapcore.peer.hubsession import HubSession
-from leapcore.peer.process import RemoteProcess, create_process
-from leapcore.proto.exec_spec import check_env
+from leapcore.peer.process import ProcessResult, RemoteProcess, create_process
+from leapcore.proto.exec_spec import DEFAULT_COLS, DEFAULT_ROWS, check_env
 
 from .common import Parser
+from .localtty import bridge, local_size, raw_terminal, write_all
 
 #: The exit status of a failure of leapcore itself (ssh's choice).
 EXIT_EXEC_FAILURE: Final = 255
@@ -104,17 +113,10 @@ async def _read_stdin() -> bytes:
     return data
 
 
-def _write_all(fd: int, data: bytes | bytearray) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-
-
 async def _copy_out(stream: trio.abc.ReceiveStream, fd: int, broken: list[int]) -> None:
     while data := await stream.receive_some():
         try:
-            await trio.to_thread.run_sync(_write_all, fd, data)
+            await trio.to_thread.run_sync(write_all, fd, data)
         except BrokenPipeError:
             # The local reader went away (`| head`): end, as ssh does when SIGPIPE kills
             # it; the channel closes and the worker kills the command.
@@ -132,10 +134,30 @@ async def _forward_stdin(proc: RemoteProcess, forward: bool) -> None:
         pass  # the command is over
 
 
+async def _pipes(proc: RemoteProcess, forward: bool, broken: list[int]) -> ProcessResult:
+    """Local stdin to the process (if ``forward``), its stdout and stderr to the local
+    ones, until it exited; its result."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_forward_stdin, proc, forward)
+        async with trio.open_nursery() as outputs:
+            outputs.start_soon(_copy_out, proc.stdout, 1, broken)
+            outputs.start_soon(_copy_out, proc.stderr, 2, broken)
+        result = await proc.wait()
+        nursery.cancel_scope.cancel()
+    return result
+
+
 def _flags(
     p: argparse.ArgumentParser,
 ) -> None:
     p.add_argument("--shell", action="store_true", help="run the words with /bin/sh -c")
+    p.add_argument(
+        "-t",
+        dest="tty",
+        action="store_true",
+        help="run the command on a terminal (PTY) on the worker; a local terminal is "
+        "joined to it in raw mode (~. after Enter disconnects)",
+    )
     p.add_argument(
         "-n",
         dest="no_stdin",
@@ -173,7 +195,15 @@ def run_exec(args: argparse.Namespace) -> int:
     limit = args.command_timeout
     if limit is not None and not 0 < limit <= 30 * 86400:
         args.parser_error("--command-timeout must be more than 0 and at most 30 days")
-    forward = not args.no_stdin and not _stdin_is_terminal()
+    local_tty = _stdin_is_terminal()
+    forward = not args.no_stdin and not local_tty
+    interactive = args.tty and local_tty and not args.no_stdin
+    pty = None
+    if args.tty:
+        pty = local_size(0) or (DEFAULT_COLS, DEFAULT_ROWS)
+        if os.environ.get("TERM") and not (env and "TERM" in env):
+            env = {**(env or {}), "TERM": os.environ["TERM"]}
+    detached: list[bool] = []
     ref = worker_ref(args)
     timeout = _timeout(args)
     stopped: list[int] = []
@@ -192,24 +222,38 @@ def run_exec(args: argparse.Namespace) -> int:
             worker_id = await _resolved(session, ref)
             async with session.open_channel(worker_id, timeout=timeout) as channel:
                 starter = create_process(
-                    channel, command, env=env, cwd=args.cwd, timeout=limit, open_timeout=timeout
+                    channel,
+                    command,
+                    env=env,
+                    cwd=args.cwd,
+                    timeout=limit,
+                    pty=pty,
+                    open_timeout=timeout,
                 )
-                async with starter as proc, trio.open_nursery() as nursery:
-                    nursery.start_soon(_forward_stdin, proc, forward)
-                    async with trio.open_nursery() as outputs:
-                        outputs.start_soon(_copy_out, proc.stdout, 1, broken)
-                        outputs.start_soon(_copy_out, proc.stderr, 2, broken)
-                    result = await proc.wait()
-                    nursery.cancel_scope.cancel()
+                async with starter as proc:
+                    result = None
+                    if interactive:
+                        with raw_terminal(0):
+                            if await bridge(proc.stdout, proc.stdin, proc.resize):
+                                detached.append(True)  # leaving kills the command
+                            else:
+                                result = await proc.wait()
+                    else:
+                        result = await _pipes(proc, forward, broken)
             watcher.cancel_scope.cancel()
         if stopped:
             return 128 + stopped[0]
+        if result is None:  # ~.
+            return EXIT_EXEC_FAILURE
         if result.timed_out:
             print(f"error: the command timed out after {limit:g}s", file=sys.stderr)
         return exit_status(result.exit_status, result.exit_signal)
 
     try:
-        return _with_session(args, body, pins=True)
+        status = _with_session(args, body, pins=True)
+        if detached:
+            print("\r\nconnection closed (~.); the command was killed", file=sys.stderr)
+        return status
     except BrokenPipeError:
         if broken:
             return 128 + signal.SIGPIPE

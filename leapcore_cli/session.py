@@ -27,20 +27,14 @@ unknown session id exits 3 (``terminal_not_found``).
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
-import signal
 import sys
-import termios
-import tty
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
 import trio
 
-from leapcore.errors import LeapcoreError
 from leapcore.peer.channel import Channel
 from leapcore.peer.hubsession import HubSession
 from leapcore.peer.terminal import (
@@ -53,10 +47,11 @@ from leapcore.peer.terminal import (
     spawn_terminal,
     wait_terminal,
 )
-from leapcore.proto.pty_spec import DEFAULT_COLS, DEFAULT_ROWS, SessionInfo, check_size
+from leapcore.proto.pty_spec import DEFAULT_COLS, DEFAULT_ROWS, SessionInfo
 
 from .common import EXIT_OK, emit_json, print_table
 from .exec import parse_env
+from .localtty import bridge, local_size, raw_terminal
 
 #: tmux's names for keys that are not text.
 KEY_NAMES: Final[dict[str, str]] = {
@@ -224,108 +219,21 @@ def run_kill(args: argparse.Namespace) -> int:
 # -- interactive: session attach, shell ---------------------------------------------------
 
 
-class EscapeFilter:
-    """The keys typed locally, less the escapes: ``~.`` at the start of a line (after
-    Enter, or first) detaches; ``~~`` there types one ``~``; any other ``~`` is typed."""
-
-    def __init__(self) -> None:
-        self.at_line_start = True
-        self.pending = False
-
-    def feed(self, data: bytes) -> tuple[bytes, bool]:
-        """``(keys to send, detach?)`` for ``data`` (what follows a detach is dropped)."""
-        out = bytearray()
-        for byte in data:
-            char = bytes([byte])
-            if self.pending:
-                self.pending = False
-                if char == b".":
-                    return bytes(out), True
-                out += b"~"
-                if char == b"~":
-                    self.at_line_start = False
-                    continue
-            elif self.at_line_start and char == b"~":
-                self.pending = True
-                continue
-            out += char
-            self.at_line_start = char in (b"\r", b"\n")
-        return bytes(out), False
-
-
-def local_size(fd: int = 0) -> tuple[int, int] | None:
-    """The local terminal's (cols, rows), if ``fd`` is a terminal of an acceptable size."""
-    try:
-        size = os.get_terminal_size(fd)
-        return check_size(size.columns, size.lines)
-    except (OSError, LeapcoreError):
-        return None
-
-
-@contextlib.contextmanager
-def raw_terminal(fd: int = 0) -> Iterator[None]:
-    """``fd`` in raw mode (keys as typed, no local echo) for the block, if a terminal."""
-    if not os.isatty(fd):
-        yield
-        return
-    saved = termios.tcgetattr(fd)
-    tty.setraw(fd, termios.TCSADRAIN)  # keys typed ahead are kept (TCSAFLUSH would drop them)
-    try:
-        yield
-    finally:
-        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
 async def interact(channel: Channel, session_id: str, fd_in: int = 0, fd_out: int = 1) -> bool:
     """Attach the local terminal to the session until it ends (False) or ``~.`` (True):
     raw keys in, its output out, window-size changes (SIGWINCH) forwarded."""
     stream = await attach(channel, session_id, size=local_size(fd_in))
-    detached = False
     try:
-        async with trio.open_nursery() as nursery:
-
-            async def output() -> None:
-                while data := await stream.receive_some():
-                    _write_all(fd_out, data)
-                nursery.cancel_scope.cancel()
-
-            async def keys() -> None:
-                nonlocal detached
-                escapes = EscapeFilter()
-                while True:
-                    await trio.lowlevel.wait_readable(fd_in)
-                    data = os.read(fd_in, 4096)
-                    if not data:  # local EOF: no more keys; the output goes on
-                        await stream.send_eof()
-                        return
-                    send, stop = escapes.feed(data)
-                    if send:
-                        await stream.send_all(send)
-                    if stop:
-                        detached = True
-                        nursery.cancel_scope.cancel()
-                        return
-
-            async def window() -> None:
-                with trio.open_signal_receiver(signal.SIGWINCH) as signals:
-                    async for _ in signals:
-                        size = local_size(fd_in)
-                        if size is not None:
-                            await resize_terminal(channel, session_id, *size)
-
-            nursery.start_soon(output)
-            nursery.start_soon(keys)
-            nursery.start_soon(window)
+        return await bridge(
+            stream,
+            stream,
+            lambda cols, rows: resize_terminal(channel, session_id, cols, rows),
+            fd_in,
+            fd_out,
+        )
     finally:
         with trio.CancelScope(shield=True):
             await stream.aclose()
-    return detached
 
 
 def _exit_status(info: SessionInfo) -> int:

@@ -18,6 +18,11 @@ environment (``env_mode="replace"``: the process gets exactly ``env``); names wi
 or NUL, values with NUL are :class:`~leapcore.errors.InvalidMessage` before anything is
 sent. ``timeout`` (seconds) is enforced by the worker, which kills the process group.
 
+``pty=(cols, rows)`` runs the process on a pseudo-terminal of that size on the worker
+(``ssh -t``): stdout carries what it writes to the terminal (its stderr too), stdin is
+typed into it, :meth:`RemoteProcess.resize` changes its size, and ``TERM`` is
+``xterm-256color`` unless ``env`` names one. Ending stdin does not hang the terminal up.
+
 The streams are the channel's flow-controlled byte streams: a process whose output is
 not read blocks in its own ``write`` once the window (256 KiB .. 4 MiB) is full, as with
 a pipe; nothing grows without bound on either side. The wire is in docs/protocol.md (4.11)
@@ -49,14 +54,17 @@ from ..errors import (
 from ..proto.exec_spec import (
     EXEC_FAILURES,
     EXEC_METHOD,
+    RESIZE_METHOD,
     SIGNAL_METHOD,
     STDERR_METHOD,
     WAIT_METHOD,
     ExecRequest,
     ExitReport,
+    check_size,
     decode_exit,
     encode_exec_request,
     encode_process_ref,
+    encode_resize,
     encode_signal_request,
 )
 from ..proto.limits import EXEC_READ_SIZE, EXEC_RUN_MAX_OUTPUT
@@ -115,15 +123,20 @@ def exec_request(
     env_mode: Literal["merge", "replace"] = "merge",
     cwd: str | None = None,
     timeout: float | None = None,
-    stderr: StderrMode = "stream",
+    stderr: StderrMode | None = None,
+    pty: tuple[int, int] | None = None,
 ) -> ExecRequest:
-    """The request for ``command`` (checked: :class:`InvalidMessage` when malformed)."""
+    """The request for ``command`` (checked: :class:`InvalidMessage` when malformed).
+    ``stderr`` defaults to ``"stream"``, or ``"stdout"`` with a ``pty`` (the only choice
+    there)."""
+    mode: StderrMode = stderr if stderr is not None else "stream" if pty is None else "stdout"
+    size = None if pty is None else check_size(*pty)
     if isinstance(command, str):
-        request = ExecRequest(None, command, env, env_mode, cwd, timeout, stderr)
+        request = ExecRequest(None, command, env, env_mode, cwd, timeout, mode, size)
     elif isinstance(command, (bytes, bytearray)) or not isinstance(command, Sequence):
         raise InvalidMessage("a command is a list of strings or one shell string")
     else:
-        request = ExecRequest(tuple(command), None, env, env_mode, cwd, timeout, stderr)
+        request = ExecRequest(tuple(command), None, env, env_mode, cwd, timeout, mode, size)
     encode_exec_request(request)  # the checks the worker makes
     return request
 
@@ -233,6 +246,19 @@ class RemoteProcess:
             await trio.lowlevel.checkpoint()
             return
         await self.channel.call(SIGNAL_METHOD, encode_signal_request(self.id, signum))
+
+    async def resize(self, cols: int, rows: int) -> None:
+        """Change the size of the process's terminal (one started with ``pty``): it gets
+        SIGWINCH. :class:`InvalidMessage` for a size the worker refuses (see
+        :func:`~leapcore.proto.exec_spec.check_size`); :class:`StreamUsageError` without
+        a ``pty``."""
+        if self.request.pty is None:
+            raise StreamUsageError("this process was not started with a pty")
+        payload = encode_resize(self.id, cols, rows)
+        if self._result is not None:
+            await trio.lowlevel.checkpoint()
+            return
+        await self.channel.call(RESIZE_METHOD, payload)
 
     async def terminate(self) -> None:
         await self.send_signal(signal_module.SIGTERM)
@@ -347,7 +373,8 @@ def create_process(
     env_mode: Literal["merge", "replace"] = "merge",
     cwd: str | None = None,
     timeout: float | None = None,
-    stderr: StderrMode = "stream",
+    stderr: StderrMode | None = None,
+    pty: tuple[int, int] | None = None,
     open_timeout: float | None = CALL_TIMEOUT,
 ) -> ProcessStarter:
     """Start ``command`` on the worker: ``async with create_process(ch, cmd) as proc`` or
@@ -358,7 +385,7 @@ def create_process(
     :data:`~leapcore.proto.limits.EXEC_MAX_PROCESSES` processes) or
     :class:`DeadlineExceeded` (no answer within ``open_timeout``)."""
     request = exec_request(
-        command, env=env, env_mode=env_mode, cwd=cwd, timeout=timeout, stderr=stderr
+        command, env=env, env_mode=env_mode, cwd=cwd, timeout=timeout, stderr=stderr, pty=pty
     )
     return ProcessStarter(channel, request, open_timeout)
 
@@ -397,7 +424,8 @@ async def run(
     cwd: str | None = None,
     timeout: float | None = None,
     check: bool = False,
-    stderr: StderrMode = "stream",
+    stderr: StderrMode | None = None,
+    pty: tuple[int, int] | None = None,
     max_output: int = EXEC_RUN_MAX_OUTPUT,
     open_timeout: float | None = CALL_TIMEOUT,
 ) -> ProcessResult:
@@ -425,6 +453,7 @@ async def run(
         cwd=cwd,
         timeout=timeout,
         stderr=stderr,
+        pty=pty,
         open_timeout=open_timeout,
     )
     async with starter as proc, trio.open_nursery() as nursery:

@@ -12,7 +12,12 @@ payload of the BYTES_OPEN of the worker's ``exec`` method, a UTF-8 JSON object:
 * ``"timeout"`` (optional): seconds, a number > 0 and at most :data:`MAX_TIMEOUT`; the
   worker kills the process group once it passes;
 * ``"stderr"`` (optional): ``"stream"`` (the default: carried by an ``exec.stderr`` byte
-  stream the opener opens), ``"stdout"`` (merged into stdout) or ``"discard"``.
+  stream the opener opens), ``"stdout"`` (merged into stdout) or ``"discard"``;
+* ``"pty"`` (optional): ``{"cols": C, "rows": R}``, a terminal size (:func:`check_size`):
+  the process runs on a new pseudo-terminal of that size (``ssh -t``) instead of pipes.
+  Its stdin, stdout and stderr are the terminal, so ``"stderr"`` must then be
+  ``"stdout"`` (its default with a ``pty``); ``TERM`` is ``xterm-256color`` unless ``env``
+  names one. ``exec.resize`` ``{"process": ID, "cols": C, "rows": R}`` changes the size.
 
 Anything else (an unknown field, a wrong type, a NUL byte, ``=`` in a name) is
 :class:`~leapcore.errors.InvalidMessage`, which the worker answers with the code
@@ -36,14 +41,18 @@ from typing import Any, Final, Literal
 import attrs
 
 from ..errors import InvalidMessage
+from .limits import PTY_MAX_CELLS, PTY_MAX_COLS, PTY_MAX_ROWS
 
 __all__ = [
+    "DEFAULT_COLS",
+    "DEFAULT_ROWS",
     "EXEC_FAILURES",
     "EXEC_METHOD",
     "MAX_ARGS",
     "MAX_ENV",
     "MAX_NAME",
     "MAX_TIMEOUT",
+    "RESIZE_METHOD",
     "SIGNAL_METHOD",
     "STDERR_METHOD",
     "STDERR_MODES",
@@ -51,13 +60,17 @@ __all__ = [
     "ExecRequest",
     "ExitReport",
     "check_env",
+    "check_int",
+    "check_size",
     "decode_exec_request",
     "decode_exit",
     "decode_process_ref",
+    "decode_resize",
     "decode_signal_request",
     "encode_exec_request",
     "encode_exit",
     "encode_process_ref",
+    "encode_resize",
     "encode_signal_request",
 ]
 
@@ -69,6 +82,11 @@ STDERR_METHOD: Final = "exec.stderr"
 WAIT_METHOD: Final = "exec.wait"
 #: The RPC that sends a process a signal.
 SIGNAL_METHOD: Final = "exec.signal"
+#: The RPC that changes the size of a process's terminal (one started with a ``pty``).
+RESIZE_METHOD: Final = "exec.resize"
+#: The default terminal size (a process's ``pty``, a terminal session).
+DEFAULT_COLS: Final = 80
+DEFAULT_ROWS: Final = 24
 #: Arguments of one ``argv``, and variables of one ``env``, at most.
 MAX_ARGS: Final = 4096
 MAX_ENV: Final = 4096
@@ -86,7 +104,7 @@ EXEC_FAILURES: Final[dict[str, str]] = {
     "spawn_failed": "cannot start the process",
 }
 
-_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "timeout", "stderr"})
+_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "timeout", "stderr", "pty"})
 
 
 #: How ``env`` meets the worker's environment.
@@ -104,6 +122,8 @@ class ExecRequest:
     cwd: str | None = None
     timeout: float | None = None
     stderr: Literal["stream", "stdout", "discard"] = "stream"
+    #: ``(cols, rows)`` of the terminal the process runs on; None: pipes.
+    pty: tuple[int, int] | None = None
 
     @property
     def command(self) -> list[str]:
@@ -127,6 +147,34 @@ class ExitReport:
     exit_status: int | None
     exit_signal: int | None
     timed_out: bool = False
+
+
+def check_int(value: Any, what: str) -> int:
+    """``value`` if it is an integer (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidMessage(f"{what} must be an integer, got {value!r}")
+    return value
+
+
+def check_size(cols: Any, rows: Any) -> tuple[int, int]:
+    """``(cols, rows)`` if they are a terminal size the worker accepts: ``cols`` 1 ..
+    :data:`~leapcore.proto.limits.PTY_MAX_COLS`, ``rows`` 1 ..
+    :data:`~leapcore.proto.limits.PTY_MAX_ROWS`, at most
+    :data:`~leapcore.proto.limits.PTY_MAX_CELLS` cells."""
+    cols, rows = check_int(cols, "cols"), check_int(rows, "rows")
+    if not 1 <= cols <= PTY_MAX_COLS:
+        raise InvalidMessage(f"cols must be 1..{PTY_MAX_COLS}, got {cols}")
+    if not 1 <= rows <= PTY_MAX_ROWS:
+        raise InvalidMessage(f"rows must be 1..{PTY_MAX_ROWS}, got {rows}")
+    if cols * rows > PTY_MAX_CELLS:
+        raise InvalidMessage(f"cols x rows must be at most {PTY_MAX_CELLS}, got {cols}x{rows}")
+    return cols, rows
+
+
+def _check_pty(value: Any) -> tuple[int, int]:
+    if not isinstance(value, Mapping) or set(value) != {"cols", "rows"}:
+        raise InvalidMessage('pty must be {"cols": C, "rows": R}')
+    return check_size(value["cols"], value["rows"])
 
 
 def nul_free(text: str, what: str) -> None:
@@ -225,10 +273,15 @@ def _check(data: Mapping[str, Any]) -> ExecRequest:
         ):
             raise InvalidMessage(f"timeout must be seconds in (0, {MAX_TIMEOUT:g}]")
         timeout = float(timeout)
-    stderr = data.get("stderr", "stream")
+    pty = None if data.get("pty") is None else _check_pty(data["pty"])
+    stderr = data.get("stderr", "stream" if pty is None else "stdout")
     if stderr not in STDERR_MODES:
         raise InvalidMessage(f"stderr must be one of {', '.join(STDERR_MODES)}")
-    return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr)
+    if pty is not None and stderr != "stdout":
+        raise InvalidMessage(
+            "a process on a pty writes its stderr to the terminal: stderr must be 'stdout'"
+        )
+    return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr, pty)
 
 
 def json_object(payload: bytes, what: str) -> dict[str, Any]:
@@ -256,8 +309,12 @@ def encode_exec_request(request: ExecRequest) -> bytes:
         data["cwd"] = request.cwd
     if request.timeout is not None:
         data["timeout"] = request.timeout
-    if request.stderr != "stream":
+    if request.pty is not None:
+        data["pty"] = {"cols": request.pty[0], "rows": request.pty[1]}
+    elif request.stderr != "stream":
         data["stderr"] = request.stderr
+    if request.pty is not None and request.stderr != "stdout":
+        data["stderr"] = request.stderr  # refused by the check below
     _check(data)
     return json.dumps(data, separators=(",", ":")).encode()
 
@@ -297,6 +354,20 @@ def decode_signal_request(payload: bytes) -> tuple[int, int]:
     if isinstance(signum, bool) or not isinstance(signum, int) or not 1 <= signum <= 64:
         raise InvalidMessage("signal must be a signal number 1..64")
     return _process_id(data), signum
+
+
+def encode_resize(process: int, cols: int, rows: int) -> bytes:
+    cols, rows = check_size(cols, rows)
+    return json.dumps({"process": process, "cols": cols, "rows": rows}).encode()
+
+
+def decode_resize(payload: bytes) -> tuple[int, int, int]:
+    """``(process, cols, rows)`` of an ``exec.resize`` payload."""
+    data = json_object(payload, "exec.resize")
+    if set(data) != {"process", "cols", "rows"}:
+        raise InvalidMessage('the payload must be {"process": ID, "cols": C, "rows": R}')
+    cols, rows = check_size(data["cols"], data["rows"])
+    return _process_id(data), cols, rows
 
 
 def encode_exit(report: ExitReport) -> bytes:

@@ -40,12 +40,21 @@ from typing import Any, Final, Literal
 import attrs
 
 from ..errors import InvalidMessage
-from .exec_spec import check_command, json_object
-from .limits import PTY_MAX_CELLS, PTY_MAX_COLS, PTY_MAX_ROWS, PTY_MAX_SEND, PTY_SCROLLBACK_LINES
+from .exec_spec import (
+    DEFAULT_COLS,
+    DEFAULT_ROWS,
+    check_command,
+    check_int,
+    check_size,
+    json_object,
+)
+from .limits import PTY_MAX_SEND, PTY_SCROLLBACK_LINES
 
 __all__ = [
     "ATTACH_METHOD",
     "CAPTURE_METHOD",
+    "DEFAULT_COLS",
+    "DEFAULT_ROWS",
     "KILL_METHOD",
     "LIST_METHOD",
     "RESIZE_METHOD",
@@ -89,9 +98,6 @@ WAIT_METHOD: Final = "pty.wait"
 #: The byte stream that shows a session's screen and output and carries keys to it.
 ATTACH_METHOD: Final = "pty.attach"
 
-#: The default size of a new session.
-DEFAULT_COLS: Final = 80
-DEFAULT_ROWS: Final = 24
 
 _ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 _SPAWN_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "cols", "rows"})
@@ -107,29 +113,11 @@ def _dump(data: Mapping[str, Any]) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidMessage(f"{what} must be an integer, got {value!r}")
-    return value
-
-
 def check_session_id(value: Any) -> str:
     """``value`` if it is a session id (1 .. 64 characters of ``[A-Za-z0-9_.-]``)."""
     if not isinstance(value, str) or not _ID.fullmatch(value):
         raise InvalidMessage(f"a session id is 1..64 characters of [A-Za-z0-9_.-], got {value!r}")
     return value
-
-
-def check_size(cols: Any, rows: Any) -> tuple[int, int]:
-    """``(cols, rows)`` if they are a terminal size the worker accepts."""
-    cols, rows = _int(cols, "cols"), _int(rows, "rows")
-    if not 1 <= cols <= PTY_MAX_COLS:
-        raise InvalidMessage(f"cols must be 1..{PTY_MAX_COLS}, got {cols}")
-    if not 1 <= rows <= PTY_MAX_ROWS:
-        raise InvalidMessage(f"rows must be 1..{PTY_MAX_ROWS}, got {rows}")
-    if cols * rows > PTY_MAX_CELLS:
-        raise InvalidMessage(f"cols x rows must be at most {PTY_MAX_CELLS}, got {cols}x{rows}")
-    return cols, rows
 
 
 # -- pty.spawn --------------------------------------------------------------------------
@@ -267,7 +255,7 @@ class CaptureRequest:
 def _check_capture_request(data: Mapping[str, Any]) -> CaptureRequest:
     _only(data, {"id", "scrollback", "ansi"}, "pty.capture")
     session_id = check_session_id(data.get("id"))
-    scrollback = _int(data.get("scrollback", 0), "scrollback")
+    scrollback = check_int(data.get("scrollback", 0), "scrollback")
     if not 0 <= scrollback <= PTY_SCROLLBACK_LINES:
         raise InvalidMessage(f"scrollback must be 0..{PTY_SCROLLBACK_LINES} lines")
     ansi = data.get("ansi", False)
@@ -340,14 +328,18 @@ def _check_info(data: Any) -> SessionInfo:
         info = SessionInfo(
             id=check_session_id(data["id"]),
             command=str(data["command"]),
-            pid=_int(data["pid"], "pid"),
-            cols=_int(data["cols"], "cols"),
-            rows=_int(data["rows"], "rows"),
+            pid=check_int(data["pid"], "pid"),
+            cols=check_int(data["cols"], "cols"),
+            rows=check_int(data["rows"], "rows"),
             running=bool(data["running"]),
-            exit_status=None if data["exit_status"] is None else _int(data["exit_status"], "s"),
-            exit_signal=None if data["exit_signal"] is None else _int(data["exit_signal"], "s"),
+            exit_status=None
+            if data["exit_status"] is None
+            else check_int(data["exit_status"], "exit_status"),
+            exit_signal=None
+            if data["exit_signal"] is None
+            else check_int(data["exit_signal"], "exit_signal"),
             created=float(data["created"]),
-            attached=_int(data["attached"], "attached"),
+            attached=check_int(data["attached"], "attached"),
         )
     except (KeyError, TypeError, ValueError):
         raise InvalidMessage("a session lacks a field or has one of the wrong type") from None
@@ -404,7 +396,7 @@ def decode_capture(payload: bytes) -> Capture:
         _check_info(data.get("session")),
         _strings(data.get("lines"), "lines"),
         _strings(data.get("scrollback", []), "scrollback"),
-        (_int(cursor[0], "cursor"), _int(cursor[1], "cursor")),
+        (check_int(cursor[0], "cursor"), check_int(cursor[1], "cursor")),
         ansi,
     )
 

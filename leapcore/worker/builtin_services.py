@@ -8,9 +8,9 @@ adds ``info`` (owner only, as every method unless registered ``public=True``)::
 
 and ``tcp`` (owner only): a byte stream to a TCP connection the worker dials, within the
 worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tcp`);
-and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal`` (owner only): processes run
-for the owner (:mod:`leapcore.worker.exec`); and ``pty.*`` (owner only): terminal
-sessions kept by the worker (:mod:`leapcore.worker.pty`).
+and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal``, ``exec.resize`` (owner
+only): processes run for the owner (:mod:`leapcore.worker.exec`); and ``pty.*`` (owner
+only): terminal sessions kept by the worker (:mod:`leapcore.worker.pty`).
 
 An embedding application adds its own methods to the table it passes to the worker::
 

@@ -35,9 +35,7 @@ leaves its process group (``setsid``) is not tracked. One channel runs at most
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
-import os
 import signal
 import subprocess
 from typing import Final
@@ -47,8 +45,8 @@ import trio
 from ..errors import InvalidMessage, ServiceError
 from ..peer.channel import ByteStream, ByteStreamOpening, CallContext, Services
 from ..proto.exec_spec import (
-    EXEC_FAILURES,
     EXEC_METHOD,
+    RESIZE_METHOD,
     SIGNAL_METHOD,
     STDERR_METHOD,
     WAIT_METHOD,
@@ -56,12 +54,21 @@ from ..proto.exec_spec import (
     ExitReport,
     decode_exec_request,
     decode_process_ref,
+    decode_resize,
     decode_signal_request,
     encode_exit,
 )
-from ..proto.limits import EXEC_KILL_GRACE, EXEC_MAX_PROCESSES, EXEC_READ_SIZE
+from ..proto.limits import EXEC_KILL_GRACE, EXEC_MAX_PROCESSES, EXEC_READ_SIZE, PTY_EXIT_DRAIN
+from .spawn import (
+    open_on_terminal,
+    process_env,
+    set_terminal_size,
+    signal_group,
+    spawn_failure,
+    terminal_groups,
+)
 
-__all__ = ["ExecService", "add_exec_service", "spawn_failure"]
+__all__ = ["ExecService", "add_exec_service"]
 
 log = logging.getLogger(__name__)
 
@@ -69,34 +76,20 @@ log = logging.getLogger(__name__)
 GROUP_POLL: Final = 1.0
 
 
-def spawn_failure(exc: OSError, request: ExecRequest) -> tuple[str, str]:
-    """The refusal code and message for a process that could not be started."""
-    program = request.command[0]
-    if request.cwd is not None and exc.filename == request.cwd:
-        return "bad_cwd", f"cwd {request.cwd}: {exc.strerror or exc}"
-    if isinstance(exc, FileNotFoundError):
-        return "command_not_found", f"{program}: {EXEC_FAILURES['command_not_found']}"
-    if isinstance(exc, PermissionError) or exc.errno == errno.ENOEXEC:
-        return "not_executable", f"{program}: {exc.strerror or EXEC_FAILURES['not_executable']}"
-    return "spawn_failed", f"{program}: {exc.strerror or exc}"
-
-
-def _killpg(pgid: int, signum: int) -> bool:
-    """Signal the group; False if it has no member left."""
-    try:
-        os.killpg(pgid, signum)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a member changed its credentials: signal what we may
-        return True
-    return True
-
-
 class _Run:
     """One process an ``exec`` stream started (and its group)."""
 
-    def __init__(self, proc: trio.Process, request: ExecRequest, cid: int) -> None:
+    def __init__(
+        self,
+        proc: trio.Process,
+        request: ExecRequest,
+        cid: int,
+        master: trio.lowlevel.FdStream | None = None,
+    ) -> None:
         self.proc = proc
+        #: The terminal's master, for a process on a pty (its stdin and stdout).
+        self.master = master
+        self.master_closed = False
         self.pgid = proc.pid
         self.request = request
         self.cid = cid
@@ -111,16 +104,45 @@ class _Run:
         self.collected = trio.Event()
         self.finished = trio.Event()
 
+    @property
+    def stdin(self) -> trio.abc.SendStream:
+        sink = self.proc.stdin if self.master is None else self.master
+        assert sink is not None
+        return sink
+
+    @property
+    def stdout(self) -> trio.abc.ReceiveStream:
+        source = self.proc.stdout if self.master is None else self.master
+        assert source is not None
+        return source
+
+    def groups(self) -> set[int]:
+        """The groups to signal: the process's, and its terminal's foreground one."""
+        if self.master is None:
+            return {self.pgid}
+        return terminal_groups(self.pgid, None if self.master_closed else self.master.fileno())
+
     async def terminate(self, grace: float) -> None:
-        """SIGTERM the group, wait up to ``grace`` for the process, SIGKILL the group."""
-        if not _killpg(self.pgid, signal.SIGTERM) and self.proc.returncode is not None:
+        """SIGTERM the group(s), wait up to ``grace`` for the process, SIGKILL them."""
+        groups = self.groups()
+        alive = [signal_group(pgid, signal.SIGTERM) for pgid in groups]
+        if not any(alive) and self.proc.returncode is not None:
             return
         with trio.move_on_after(grace):
             await self.proc.wait()
-        _killpg(self.pgid, signal.SIGKILL)
+        for pgid in groups:
+            signal_group(pgid, signal.SIGKILL)
         await self.proc.wait()
 
+    async def close_master(self) -> None:
+        """Close a pty's master (the terminal hangs up; a read of it ends)."""
+        if self.master is not None and not self.master_closed:
+            self.master_closed = True
+            with contextlib.suppress(OSError):
+                await self.master.aclose()
+
     async def close_pipes(self) -> None:
+        await self.close_master()
         for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
             if pipe is not None:
                 with contextlib.suppress(trio.BrokenResourceError, OSError):
@@ -148,6 +170,7 @@ class ExecService:
         services.add_byte_stream(STDERR_METHOD, self._stderr, accept="manual")
         services.add_rpc(WAIT_METHOD, self._wait)
         services.add_rpc(SIGNAL_METHOD, self._signal)
+        services.add_rpc(RESIZE_METHOD, self._resize)
 
     def running(self, channel_id: int) -> int:
         """Processes (and watched groups) the channel ``channel_id`` has now."""
@@ -182,36 +205,34 @@ class ExecService:
     async def _start(
         self, ctx: CallContext, request: ExecRequest, opening: ByteStreamOpening
     ) -> None:
-        env = None
-        if request.env is not None:
-            env = (
-                dict(request.env)
-                if request.env_mode == "replace"
-                else {
-                    **os.environ,
-                    **request.env,
-                }
-            )
-        stderr = {"stream": subprocess.PIPE, "stdout": subprocess.STDOUT}.get(
-            request.stderr, subprocess.DEVNULL
-        )
+        env = process_env(request.env, request.env_mode, terminal=request.pty is not None)
+        master = None
         try:
-            proc = await trio.lowlevel.open_process(
-                request.command,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                cwd=request.cwd,
-                start_new_session=True,
-            )
+            if request.pty is not None:
+                cols, rows = request.pty
+                proc, master = await open_on_terminal(
+                    request.command, cols=cols, rows=rows, env=env, cwd=request.cwd
+                )
+            else:
+                stderr = {"stream": subprocess.PIPE, "stdout": subprocess.STDOUT}.get(
+                    request.stderr, subprocess.DEVNULL
+                )
+                proc = await trio.lowlevel.open_process(
+                    request.command,
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=env,
+                    cwd=request.cwd,
+                    start_new_session=True,
+                )
         except OSError as exc:
-            code, message = spawn_failure(exc, request)
+            code, message = spawn_failure(exc, request.command[0], request.cwd)
             log.info("channel %d: exec %s refused: %s", ctx.channel_id, request.display, code)
             await opening.refuse(code, message)
             return
         cid = opening.correlation_id
-        run = _Run(proc, request, cid)
+        run = _Run(proc, request, cid, master)
         key = (ctx.channel_id, cid)
         self._runs[key] = run
         log.info("channel %d: exec %s: pid %d", ctx.channel_id, request.display, proc.pid)
@@ -224,7 +245,7 @@ class ExecService:
             self._runs.pop(key, None)
             run.stderr_scope.cancel()
             with trio.CancelScope(shield=True):
-                if proc.returncode is None or _killpg(run.pgid, 0):
+                if proc.returncode is None or signal_group(run.pgid, 0):
                     await run.terminate(self.kill_grace)
                 await run.close_pipes()
             run.finished.set()
@@ -248,8 +269,7 @@ class ExecService:
             nursery.cancel_scope.cancel()
 
         async def copy_in() -> None:
-            assert proc.stdin is not None
-            sink: trio.abc.SendStream | None = proc.stdin
+            sink: trio.abc.SendStream | None = run.stdin
             try:
                 while data := await stream.receive_some(EXEC_READ_SIZE):
                     if sink is None:
@@ -261,15 +281,25 @@ class ExecService:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 abandon()
                 return
-            if sink is not None:
+            if sink is not None and run.master is None:  # a terminal stays open (ssh -t)
                 with contextlib.suppress(trio.BrokenResourceError, OSError):
                     await sink.aclose()
 
         async def copy_out() -> None:
-            assert proc.stdout is not None
-            try:
-                while data := await proc.stdout.receive_some(EXEC_READ_SIZE):
+            source = run.stdout
+            while True:
+                try:
+                    data = await source.receive_some(EXEC_READ_SIZE)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""  # a terminal's EIO (nobody holds it) or its master closed
+                if not data:
+                    break
+                try:
                     await stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    abandon()
+                    return
+            try:
                 await stream.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 abandon()
@@ -283,6 +313,12 @@ class ExecService:
             if run.request.timeout is not None:
                 nursery.start_soon(self._timer, run, timer)
             await proc.wait()
+            if run.master is not None:
+                # What the process wrote is read; a background child still holding the
+                # terminal is not waited for (as when a terminal session ends).
+                with trio.move_on_after(PTY_EXIT_DRAIN):
+                    await stdout_done.wait()
+                await run.close_master()
             await stdout_done.wait()
             await run.stderr_done.wait()
             timer.cancel()
@@ -315,7 +351,7 @@ class ExecService:
     async def _watch_group(self, run: _Run) -> None:
         """Hold the slot while the finished command's group has members (background
         children): the channel closing kills them."""
-        while _killpg(run.pgid, 0):
+        while signal_group(run.pgid, 0):
             await trio.sleep(GROUP_POLL)
 
     # -- exec.stderr, exec.wait, exec.signal ----------------------------------------------
@@ -378,6 +414,21 @@ class ExecService:
         if run.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 run.proc.send_signal(signum)
+        return b"{}"
+
+    async def _resize(self, ctx: CallContext, payload: bytes) -> bytes:
+        try:
+            process, cols, rows = decode_resize(payload)
+        except InvalidMessage as exc:
+            raise ServiceError("invalid_argument", str(exc)) from None
+        run = self._find(ctx, process)
+        if run.master is None:
+            raise ServiceError(
+                "failed_precondition", f"process {process} was not started on a terminal (pty)"
+            )
+        if not run.master_closed:
+            with contextlib.suppress(OSError):
+                set_terminal_size(run.master.fileno(), cols, rows)
         return b"{}"
 
 

@@ -42,15 +42,12 @@ to those groups.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import logging
 import os
 import signal
-import struct
-import termios
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final
+from typing import Any
 
 import trio
 
@@ -62,7 +59,6 @@ from ..peer.channel import (
     Services,
     wait_byte_stream_broken,
 )
-from ..proto.exec_spec import EXEC_FAILURES
 from ..proto.limits import (
     PTY_ATTACH_BACKLOG,
     PTY_EXIT_DRAIN,
@@ -95,40 +91,18 @@ from ..proto.pty_spec import (
     encode_list,
 )
 from .pty_screen import TerminalScreen
+from .spawn import (
+    open_on_terminal,
+    process_env,
+    set_terminal_size,
+    signal_group,
+    spawn_failure,
+    terminal_groups,
+)
 
 __all__ = ["PtyService", "add_pty_service"]
 
 log = logging.getLogger(__name__)
-
-#: The terminal type a session gets unless its ``env`` names one.
-DEFAULT_TERM: Final = "xterm-256color"
-#: Variables of the worker's environment a session does not inherit (they would override
-#: the terminal's size).
-_DROPPED_ENV: Final = ("COLUMNS", "LINES")
-
-
-def _set_size(fd: int, cols: int, rows: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def _take_terminal() -> None:  # pragma: no cover - runs in the child before exec
-    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pgid, signum)
-
-
-def spawn_failure(exc: OSError, program: str, cwd: str | None) -> ServiceError:
-    """The error answering a ``pty.spawn`` whose process could not start."""
-    if cwd is not None and exc.filename == cwd:
-        return ServiceError("bad_cwd", f"cwd {cwd}: {exc.strerror or exc}")
-    if isinstance(exc, FileNotFoundError):
-        return ServiceError("command_not_found", f"{program}: {EXEC_FAILURES['command_not_found']}")
-    if isinstance(exc, PermissionError):
-        return ServiceError("not_executable", f"{program}: {exc.strerror or 'permission denied'}")
-    return ServiceError("spawn_failed", f"{program}: {exc.strerror or exc}")
 
 
 class _Attached:
@@ -204,7 +178,7 @@ class _Session:
 
     def resize(self, cols: int, rows: int) -> None:
         if not self.closed:
-            _set_size(self.fd, cols, rows)
+            set_terminal_size(self.fd, cols, rows)
         self.cols, self.rows = cols, rows
         self.screen.resize(cols, rows)
 
@@ -219,11 +193,7 @@ class _Session:
 
     def groups(self) -> set[int]:
         """The process groups to signal: the session leader's and the foreground one."""
-        groups = {self.proc.pid}
-        if not self.closed:
-            with contextlib.suppress(OSError):
-                groups.add(os.tcgetpgrp(self.fd))
-        return groups
+        return terminal_groups(self.proc.pid, None if self.closed else self.fd)
 
     def wake_attached(self) -> None:
         for attached in self.attached:
@@ -332,16 +302,6 @@ class PtyService:
         del self.sessions[oldest.id]
         log.info("pty session %s forgotten to make room", oldest.id)
 
-    def _env(self, request: SpawnRequest) -> dict[str, str]:
-        given = dict(request.env or {})
-        if request.env_mode == "replace":
-            env = given
-        else:
-            env = {k: v for k, v in os.environ.items() if k not in _DROPPED_ENV}
-            env.update(given)
-        env["TERM"] = given.get("TERM", DEFAULT_TERM)  # the worker's own TERM is not this one
-        return env
-
     # -- pty.spawn -----------------------------------------------------------------------
 
     async def _spawn(self, payload: bytes) -> bytes:
@@ -350,34 +310,19 @@ class PtyService:
         self._make_room()
         login_shell = os.environ.get("SHELL") or "/bin/sh"
         command = request.command(login_shell)
-        master, slave = os.openpty()
         self._spawning += 1
         try:
-            _set_size(slave, request.cols, request.rows)
-            proc = await trio.lowlevel.open_process(
-                command,
-                stdin=slave,
-                stdout=slave,
-                stderr=slave,
-                env=self._env(request),
-                cwd=request.cwd,
-                start_new_session=True,
-                preexec_fn=_take_terminal,
+            env = process_env(request.env, request.env_mode, terminal=True)
+            proc, master = await open_on_terminal(
+                command, cols=request.cols, rows=request.rows, env=env, cwd=request.cwd
             )
         except OSError as exc:
-            os.close(master)
-            raise spawn_failure(exc, command[0], request.cwd) from None
-        except BaseException:
-            os.close(master)
-            raise
+            raise ServiceError(*spawn_failure(exc, command[0], request.cwd)) from None
         finally:
-            os.close(slave)
             self._spawning -= 1
         self._counter += 1
         session_id = str(self._counter)
-        session = _Session(
-            session_id, request, proc, trio.lowlevel.FdStream(master), self.scrollback
-        )
+        session = _Session(session_id, request, proc, master, self.scrollback)
         self.sessions[session_id] = session
         nursery.start_soon(self._pump, session)
         log.info("pty session %s: %s, pid %d", session_id, request.display, proc.pid)
@@ -416,8 +361,8 @@ class PtyService:
         groups = session.groups()
         if running:  # a kill: hang up, as a closed terminal window does
             for pgid in groups:
-                _signal_group(pgid, signal.SIGHUP)
-                _signal_group(pgid, signal.SIGCONT)
+                signal_group(pgid, signal.SIGHUP)
+                signal_group(pgid, signal.SIGCONT)
         session.closed = True
         with contextlib.suppress(OSError):
             await session.master.aclose()
@@ -425,7 +370,7 @@ class PtyService:
             with trio.move_on_after(self.kill_grace):
                 await proc.wait()
             for pgid in groups:
-                _signal_group(pgid, signal.SIGKILL)
+                signal_group(pgid, signal.SIGKILL)
         await proc.wait()
         session.exited.set()
         session.finished.set()

@@ -15,7 +15,8 @@ import trio
 from support.ptykit import pty_worker
 
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore_cli.session import interact, raw_terminal
+from leapcore_cli.localtty import raw_terminal
+from leapcore_cli.session import interact
 
 
 def set_size(fd: int, cols: int, rows: int) -> None:

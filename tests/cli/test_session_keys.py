@@ -3,7 +3,8 @@ functions."""
 
 from __future__ import annotations
 
-from leapcore_cli.session import EscapeFilter, keys_of
+from leapcore_cli.localtty import EscapeFilter
+from leapcore_cli.session import keys_of
 
 
 def test_key_names() -> None:

@@ -112,7 +112,8 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         assert info["fingerprint"] == listed[name]["fingerprint"]
         assert info["info"]["encryption_mode"] == mode
         assert info["info"]["name"] == name
-        builtin = ["exec", "exec.signal", "exec.stderr", "exec.wait", "info", "ping", "tcp"]
+        builtin = ["info", "ping", "tcp"]
+        builtin += [f"exec{m}" for m in ("", ".resize", ".signal", ".stderr", ".wait")]
         pty = ["attach", "capture", "kill", "list", "resize", "send", "spawn", "wait"]
         builtin += [f"pty.{m}" for m in pty]
         assert info["info"]["capabilities"] == sorted([*builtin, *ADDED])

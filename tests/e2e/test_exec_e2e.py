@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from support.procs import TIMEOUT, Env, Proc, script, wait_for, worker_box
+from support.termkit import finish, on_terminal, screen_read, set_size
 
 MIB = 1024 * 1024
 
@@ -257,3 +258,70 @@ def test_failures_of_leapcore_exit_255(box: tuple[Env, Proc], tmp_path: Path) ->
     # ... while a command's own 255 passes through, without an error line.
     done = run(env, "--", "sh", "-c", "exit 255")
     assert (done.returncode, done.stderr) == (255, b"")
+
+
+# -- -t: a terminal on the worker ---------------------------------------------------------
+
+
+def test_t_joins_the_local_terminal_to_the_remote_one(box: tuple[Env, Proc]) -> None:
+    """``exec -t`` from a terminal (a PTY of this test): raw keys reach the command, its
+    output the terminal, a window change reaches it (SIGWINCH, the new size), the exit
+    status is the command's; ``TERM`` is the client's."""
+    env, _ = box
+    script = (
+        'trap \'echo "size:$(stty size)"; seen=1\' WINCH; stty size; echo "term=$TERM"; '
+        'read a; echo "got:$a"; while [ -z "$seen" ]; do sleep 0.05; done; read b; exit 5'
+    )
+    proc, master = on_terminal(
+        env, ["exec"], "-t", "--shell", "--", script, extra_env={"TERM": "vt220"}
+    )
+    try:
+        shown = screen_read(master, b"term=vt220")
+        assert b"30 100" in shown
+        os.write(master, b"abc\r")
+        screen_read(master, b"got:abc")
+        set_size(master, 120, 40)  # the client gets SIGWINCH and resizes the remote one
+        screen_read(master, b"size:40 120")
+        os.write(master, b"\r")
+        assert finish(proc, master) == 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_t_tilde_dot_disconnects_and_kills_the_command(
+    box: tuple[Env, Proc], tmp_path: Path
+) -> None:
+    env, _ = box
+    pids = tmp_path / "pids"
+    proc, master = on_terminal(env, ["exec"], "-t", "--shell", "--", f"echo $$ > {pids}; cat")
+    try:
+        [pid] = pids_in(pids, 1)
+        os.write(master, b"x\r")
+        screen_read(master, b"x\r\n")
+        os.write(master, b"~.")
+        screen_read(master, b"connection closed (~.)")
+        assert finish(proc, master) == 255
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    wait_for(lambda: not alive(pid), "the command killed")
+
+
+def test_t_without_a_local_terminal(box: tuple[Env, Proc]) -> None:
+    """Like ``ssh -tt``: the command still gets a terminal (80x24, CR LF line ends),
+    piped stdin is forwarded, and stderr comes on stdout (a terminal has one output)."""
+    env, _ = box
+    done = run(
+        env,
+        "-t",
+        "--shell",
+        "--",
+        "tty; stty size; read a; echo got:$a; echo e >&2",
+        input=b"piped\n",
+    )
+    lines = done.stdout.decode().split("\r\n")
+    assert done.returncode == 0, done.stderr
+    assert lines[0].startswith("/dev/pts/")
+    assert "24 80" in lines and "got:piped" in lines and "e" in lines
+    assert done.stderr == b""

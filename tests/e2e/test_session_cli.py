@@ -5,20 +5,16 @@ captured, resized and killed by the next ones (it outlives each command's channe
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
-import select
-import struct
 import subprocess
-import termios
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from support.procs import TIMEOUT, Env, Proc, script, wait_for, worker_box
+from support.termkit import finish, on_terminal, screen_read, set_size
 
 
 @pytest.fixture(name="box", scope="module")
@@ -107,63 +103,6 @@ def test_clear_failures(box: tuple[Env, Proc]) -> None:
 
 
 # -- interactive: the person's terminal is a PTY of this test --------------------------------
-
-
-def on_terminal(
-    env: Env, verb: list[str], *args: str, cols: int = 100, rows: int = 30
-) -> tuple[Any, int]:
-    """Start ``leapcore remote VERB --worker box ARGS`` with a new PTY as its terminal (its
-    controlling terminal too, so it gets SIGWINCH); returns the process and the PTY's
-    master, which plays the person's terminal."""
-    master, slave = os.openpty()
-    set_size(master, cols, rows)
-
-    def take_terminal() -> None:
-        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
-
-    proc = subprocess.Popen(
-        [script("leapcore"), "remote", *verb, "--worker", "box", *env.client_flags(), *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env={**env.env, "LEAPCORE_HUB": env.url},
-        start_new_session=True,
-        preexec_fn=take_terminal,
-    )
-    os.close(slave)
-    return proc, master
-
-
-def set_size(fd: int, cols: int, rows: int) -> None:
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
-
-
-def screen_read(master: int, needle: bytes, timeout: float = 20.0) -> bytes:
-    """Read the terminal until ``needle`` was shown; returns what was read."""
-    seen = bytearray()
-    deadline = time.monotonic() + timeout
-    while needle not in seen:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise AssertionError(f"{needle!r} never came; read {bytes(seen[-600:])!r}")
-        ready, _, _ = select.select([master], [], [], left)
-        if ready:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the program closed the terminal
-                data = b""
-            if not data:
-                raise AssertionError(f"{needle!r} never came; read {bytes(seen[-600:])!r}")
-            seen += data
-    return bytes(seen)
-
-
-def finish(proc: Any, master: int) -> int:
-    try:
-        code: int = proc.wait(timeout=20)
-    finally:
-        os.close(master)
-    return code
 
 
 def test_shell_interactive_resize_and_exit_status(box: tuple[Env, Proc]) -> None:

@@ -24,9 +24,10 @@ from leapcore.errors import (
     ProcessOutputTooLarge,
     ProcessTimedOut,
     RemoteCallError,
+    StreamUsageError,
 )
 from leapcore.peer.process import ProcessResult, RemoteProcess
-from leapcore.proto.exec_spec import EXEC_METHOD, WAIT_METHOD, encode_process_ref
+from leapcore.proto.exec_spec import EXEC_METHOD, RESIZE_METHOD, WAIT_METHOD, encode_process_ref
 from leapcore.proto.limits import MAX_STREAM_WINDOW
 
 
@@ -328,3 +329,101 @@ async def test_waiting_twice_on_the_wire_is_not_found(generated_keypair: WorkerK
         with pytest.raises(RemoteCallError) as info:
             await pair.client.call(WAIT_METHOD, encode_process_ref(proc.id))
         assert info.value.remote_code == "not_found"
+
+
+# -- on a terminal (pty=...) ---------------------------------------------------------------
+
+
+async def test_a_process_on_a_terminal(generated_keypair: WorkerKeyPair) -> None:
+    """It runs on a terminal of the size asked, with TERM set and stderr on the terminal
+    (a terminal turns "\\n" into "\\r\\n")."""
+    script = 'tty; stty size; echo "$TERM"; echo oops >&2; exit 3'
+    async with running_exec_pair(generated_keypair) as pair:
+        result = await pair.client.run_command(script, pty=(100, 30))
+        named = await pair.client.run_command("echo $TERM", pty=(80, 24), env={"TERM": "vt100"})
+    lines = result.stdout.decode().split("\r\n")
+    assert lines[0].startswith("/dev/pts/")
+    assert lines[1:5] == ["30 100", "xterm-256color", "oops", ""]
+    assert (result.exit_status, result.stderr) == (3, b"")
+    assert named.stdout == b"vt100\r\n"
+
+
+async def test_keys_in_resize_and_wait(generated_keypair: WorkerKeyPair) -> None:
+    script = 'read line; echo "got $line"; stty size; read again; stty size; exit 7'
+    seen = bytearray()
+    async with (
+        running_exec_pair(generated_keypair) as pair,
+        pair.client.create_process(script, pty=(80, 24)) as proc,
+    ):
+
+        async def until(needle: bytes) -> None:
+            while needle not in seen:
+                data = await proc.stdout.receive_some()
+                assert data, f"EOF before {needle!r}: {bytes(seen)!r}"
+                seen.extend(data)
+
+        await proc.stdin.send_all(b"hello\r")
+        await until(b"24 80")
+        assert b"got hello" in seen
+        await proc.resize(132, 43)
+        await proc.stdin.send_all(b"\r")
+        await until(b"43 132")
+        while await proc.stdout.receive_some():
+            pass
+        result = await proc.wait()
+        await proc.resize(90, 30)  # after the end: nothing to do, no error
+    assert result.exit_status == 7
+
+
+async def test_stdin_eof_does_not_hang_the_terminal_up(generated_keypair: WorkerKeyPair) -> None:
+    out = bytearray()
+    async with (
+        running_exec_pair(generated_keypair) as pair,
+        pair.client.create_process("sleep 0.3; echo still-here", pty=(80, 24)) as proc,
+    ):
+        await proc.stdin.send_eof()
+        while data := await proc.stdout.receive_some():
+            out += data
+        assert (await proc.wait()).exit_status == 0
+    assert out == b"still-here\r\n"
+
+
+async def test_a_terminal_process_dies_with_the_channel(
+    generated_keypair: WorkerKeyPair, tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    async with running_exec_pair(generated_keypair, kill_grace=0.5) as pair:
+        proc = await pair.client.create_process(
+            f"trap '' HUP; echo $$ > {pids}; exec sleep 300", pty=(80, 24)
+        )
+        pid = await read_pid_file(pids)
+        assert alive(pid)
+        pair.worker.hub_closed("link_lost", "the link went away")
+        pair.client.hub_closed("link_lost", "the link went away")
+        with pytest.raises(ChannelLost):
+            await proc.wait()
+        await wait_until(lambda: not alive(pid), "the process to die")
+        await wait_until(lambda: pair.service.running(5) == 0, "the table to empty")
+
+
+async def test_terminal_misuse_is_refused(generated_keypair: WorkerKeyPair) -> None:
+    async with running_exec_pair(generated_keypair) as pair:
+        with pytest.raises(InvalidMessage, match=r"cols must be 1\.\.1000"):
+            await pair.client.run_command(["true"], pty=(0, 0))
+        with pytest.raises(InvalidMessage, match=r"cols must be 1\.\.1000"):
+            await pair.client.run_command(["true"], pty=(100_000, 24))
+        with pytest.raises(InvalidMessage, match="stderr must be 'stdout'"):
+            await pair.client.run_command(["true"], pty=(80, 24), stderr="stream")
+        async with pair.client.create_process(["cat"]) as piped:
+            with pytest.raises(StreamUsageError, match="not started with a pty"):
+                await piped.resize(80, 24)
+        async with pair.client.create_process(["cat"], pty=(80, 24)) as proc:
+            with pytest.raises(InvalidMessage, match=r"rows must be 1\.\.1000"):
+                await proc.resize(80, 0)
+            answer = pair.client.call(RESIZE_METHOD, b'{"process": 9999, "cols": 80, "rows": 24}')
+            with pytest.raises(RemoteCallError) as info:
+                await answer
+            assert info.value.remote_code == "not_found"
+        with pytest.raises(CommandNotFound):
+            await pair.client.run_command(["no-such-command-here"], pty=(80, 24))
+        assert (await pair.client.run_command(["true"], pty=(80, 24))).exit_status == 0

@@ -17,10 +17,12 @@ from leapcore.proto.exec_spec import (
     decode_exec_request,
     decode_exit,
     decode_process_ref,
+    decode_resize,
     decode_signal_request,
     encode_exec_request,
     encode_exit,
     encode_process_ref,
+    encode_resize,
     encode_signal_request,
 )
 
@@ -39,6 +41,24 @@ def test_round_trip_of_a_full_request() -> None:
     assert decode_exec_request(encode_exec_request(shell)) == shell
     assert shell.command == ["/bin/sh", "-c", "echo $HOME | wc -c"]
     assert request.command == ["ls", "-l", "a b"]
+
+
+def test_a_pty_request_merges_stderr_into_the_terminal() -> None:
+    request = ExecRequest(argv=("top",), stderr="stdout", pty=(120, 40))
+    payload = encode_exec_request(request)
+    assert json.loads(payload) == {"argv": ["top"], "pty": {"cols": 120, "rows": 40}}
+    assert decode_exec_request(payload) == request
+    with pytest.raises(InvalidMessage, match="stderr must be 'stdout'"):
+        encode_exec_request(ExecRequest(argv=("top",), pty=(80, 24)))  # stderr "stream"
+
+
+def test_resize_requests() -> None:
+    assert decode_resize(encode_resize(3, 100, 30)) == (3, 100, 30)
+    with pytest.raises(InvalidMessage, match="at most 200000"):
+        encode_resize(3, 1000, 1000)
+    for bad in (b'{"process": 3, "cols": 80}', b'{"process": 0, "cols": 80, "rows": 24}'):
+        with pytest.raises(InvalidMessage):
+            decode_resize(bad)
 
 
 def test_the_defaults_are_left_out_of_the_payload() -> None:
@@ -72,7 +92,13 @@ def test_the_defaults_are_left_out_of_the_payload() -> None:
         ({"argv": ["x"], "timeout": "5"}, "timeout"),
         ({"argv": ["x"], "timeout": 1e12}, "timeout"),
         ({"argv": ["x"], "stderr": "file"}, "stderr"),
-        ({"argv": ["x"], "pty": True}, "unknown field(s): pty"),
+        ({"argv": ["x"], "pty": True}, 'pty must be {"cols": C, "rows": R}'),
+        ({"argv": ["x"], "pty": {"cols": 80}}, 'pty must be {"cols": C, "rows": R}'),
+        ({"argv": ["x"], "pty": {"cols": 0, "rows": 24}}, "cols must be 1..1000"),
+        ({"argv": ["x"], "pty": {"cols": 100000, "rows": 24}}, "cols must be 1..1000"),
+        ({"argv": ["x"], "pty": {"cols": 80, "rows": 1.5}}, "rows must be an integer"),
+        ({"argv": ["x"], "pty": {"cols": 80, "rows": 24}, "stderr": "stream"}, "stderr must be"),
+        ({"argv": ["x"], "tty": True}, "unknown field(s): tty"),
     ],
 )
 def test_malformed_requests_say_what_is_wrong(data: dict[str, object], words: str) -> None:
