@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -158,3 +159,40 @@ def test_detach_and_attach_again(box: tuple[Env, Proc]) -> None:
         if proc.poll() is None:
             proc.kill()
     assert ok_json(env, "kill", session_id)["exit_status"] == 3
+
+
+def test_vi_through_the_persons_terminal(box: tuple[Env, Proc], tmp_path: Path) -> None:
+    """``remote shell -- vi FILE`` driven from a PTY of this test: keys typed there edit
+    the file; a window change resizes the session, and ``capture`` (another client) shows
+    vi's screen redrawn at the new size; ``:wq`` ends it with vi's status."""
+    env, _ = box
+    target = tmp_path / "notes.txt"
+    proc, master = on_terminal(env, ["shell"], "--", "vi", str(target), cols=90, rows=20)
+    try:
+        os.write(master, b"ihello from the test\x1b")
+        screen_read(master, b"hello from the test")
+
+        def session_of_size(cols: int, rows: int) -> Any:
+            running = [s for s in ok_json(env, "list")["sessions"] if s["running"]]
+            return running[0] if running and (running[0]["cols"], running[0]["rows"]) == (
+                cols, rows) else None  # fmt: skip
+
+        sid = wait_for(lambda: session_of_size(90, 20), "the vi session at 90x20")["id"]
+        set_size(master, 60, 15)
+        wait_for(lambda: session_of_size(60, 15), "the session resized to 60x15")
+
+        def redrawn() -> Any:
+            doc = ok_json(env, "capture", sid)
+            lines = doc["lines"]
+            top = lines[0].rstrip()
+            return doc if len(lines) == 15 and top == "hello from the test" else None
+
+        doc = wait_for(redrawn, "vi's screen at 60x15")
+        assert all(len(line) <= 60 for line in doc["lines"])
+        assert sum(line.startswith("~") for line in doc["lines"]) >= 10  # vi's empty lines
+        os.write(master, b":wq\r")
+        assert finish(proc, master) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert target.read_text() == "hello from the test\n"
