@@ -43,7 +43,13 @@ from typing import Final
 import trio
 
 from ..errors import InvalidMessage, ServiceError
-from ..peer.channel import ByteStream, ByteStreamOpening, CallContext, Services
+from ..peer.channel import (
+    ByteStream,
+    ByteStreamOpening,
+    CallContext,
+    Services,
+    wait_byte_stream_broken,
+)
 from ..proto.exec_spec import (
     EXEC_METHOD,
     RESIZE_METHOD,
@@ -284,6 +290,10 @@ class ExecService:
             if sink is not None and run.master is None:  # a terminal stays open (ssh -t)
                 with contextlib.suppress(trio.BrokenResourceError, OSError):
                     await sink.aclose()
+            # stdin is over, but the opener may still abandon the process: watch for that.
+            await wait_byte_stream_broken(stream)
+            if run.report is None:
+                abandon()
 
         async def copy_out() -> None:
             source = run.stdout

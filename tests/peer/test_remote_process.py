@@ -250,6 +250,26 @@ async def test_leaving_the_block_without_waiting_kills_the_process(
         assert (await pair.client.run_command(["true"])).exit_status == 0  # channel fine
 
 
+@pytest.mark.parametrize("pty", [None, (80, 24)])
+async def test_abandoning_after_stdin_ended_still_kills_the_process(
+    generated_keypair: WorkerKeyPair, tmp_path: Path, pty: tuple[int, int] | None
+) -> None:
+    """stdin's EOF does not stop the worker from noticing that the opener gave the
+    process up: cancelling ``run_command`` (which ends stdin first) kills it."""
+    pids = tmp_path / "pids"
+    async with running_exec_pair(generated_keypair, kill_grace=0.5) as pair:
+        async with pair.client.create_process(f"echo $$ > {pids}; exec sleep 300", pty=pty) as proc:
+            await proc.stdin.send_eof()
+            pid = await read_pid_file(pids)
+        await wait_until(lambda: not alive(pid), "the abandoned process to die")
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(pair.client.run_command, f"echo $$ > {pids}.2; exec sleep 300")
+            pid2 = await read_pid_file(pids.with_suffix(".2"))
+            nursery.cancel_scope.cancel()
+        await wait_until(lambda: not alive(pid2), "the cancelled run's process to die")
+        assert (await pair.client.run_command(["true"])).exit_status == 0  # channel fine
+
+
 async def test_only_the_owner_may_exec(generated_keypair: WorkerKeyPair) -> None:
     async with running_exec_pair(generated_keypair, user_id="u-other") as pair:
         with pytest.raises(RemoteCallError) as info:
