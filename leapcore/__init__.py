@@ -3,7 +3,8 @@
 The sans-IO cores (handshake, transport cipher, rekey, keys) import without
 trio; the trio drivers build on them. The client API -- :func:`connect`, and the
 :class:`Channel`, :class:`ByteStream`, :class:`Services` and :class:`Worker` drivers -- is
-loaded on first use, so ``import leapcore`` alone never imports trio.
+loaded on first use, so ``import leapcore`` alone never imports trio; so is ``leapcore.sync``,
+the blocking API for scripts and asyncio programs (``from leapcore import sync``).
 
 Errors form one tree under :class:`LeapcoreError`, caught by meaning: :class:`LocalError`
 (this side's fault), :class:`RemoteProtocolError` (the peer broke the protocol: possibly an
@@ -41,8 +42,11 @@ _LAZY = {
     "serve_socks5": "leapcore.peer.socks5",
     "channel_pool": "leapcore.peer.tunnel",
 }
+#: Submodules loaded on first use, as attributes: ``leapcore.sync`` (the blocking API).
+_LAZY_MODULES = {"sync": "leapcore.peer.sync"}
 
 if TYPE_CHECKING:
+    from .peer import sync
     from .peer.channel import ByteStream, CallContext, Channel, Services
     from .peer.connect import connect
     from .peer.hubsession import HubSession
@@ -53,11 +57,13 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(_LAZY_MODULES[name])
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'leapcore' has no attribute {name!r}")
-    import importlib
-
     return getattr(importlib.import_module(module), name)
 
 
@@ -88,4 +94,5 @@ __all__ = [
     "forward_local",
     "parse_encryption_mode",
     "serve_socks5",
+    "sync",
 ]

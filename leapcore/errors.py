@@ -49,6 +49,7 @@ __all__ = [
     "DecryptError",
     "ExecFailed",
     "FailedPrecondition",
+    "FileTransferFailed",
     "FlowControlError",
     "FrameTooLarge",
     "HandshakeError",
@@ -94,6 +95,7 @@ __all__ = [
     "Socks5Error",
     "StorageError",
     "StreamUsageError",
+    "SyncClosed",
     "TLSCertificateError",
     "TerminalNotFound",
     "TunnelDenied",
@@ -246,6 +248,14 @@ class SigningPoolBroken(LocalError):
     """A signing process died twice in a row while computing the same signature."""
 
     code = "signing_pool_broken"
+
+
+class SyncClosed(LocalError):
+    """A ``leapcore.sync`` hub, channel or stream was used after it was closed (by
+    ``close()``, by leaving its ``with`` block, or with the channel or hub holding it); a
+    call still waiting when another thread closes it gets it too."""
+
+    code = "sync_closed"
 
 
 # ---------------------------------------------------------------------------
@@ -664,6 +674,22 @@ class ProcessOutputTooLarge(ProcessFailed):
     stderr: the process was killed; ``result`` holds the first ``max_output`` bytes."""
 
     code = "process_output_too_large"
+
+
+class FileTransferFailed(Refused):
+    """A file copy (``Channel.put``, ``Channel.get``, ``leapcore remote cp``) was refused by
+    the worker, or, for names a worker sent, by this side. ``reason`` is the code:
+    ``not_found``, ``permission_denied``, ``is_a_directory``, ``not_a_directory``,
+    ``path_escapes`` (a ``..``, absolute or NUL name, or a symlink on the way to a write),
+    ``invalid_argument``, ``no_space`` or ``io_error``; ``str(exc)`` is ``<reason>:
+    <detail>``. Nothing half-written is left at the target."""
+
+    code = "file_transfer_failed"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.detail = message
 
 
 class RegistrationRejected(Refused):

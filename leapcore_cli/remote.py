@@ -28,7 +28,10 @@ JSON schema (``--json``; stable):
   "state"}, …]}``; ``worker reg-key revoke`` → ``{"revoked": ID}``
 * ``worker deregister`` → ``{"worker_id", "status": "deregistering", "notified"}``
 * ``worker info`` → ``{"worker_id", "fingerprint", "info": {"name", "worker_id", "version",
-  "commit", "os", "arch", "python", "encryption_mode", "labels", "capabilities"}}``
+  "commit", "os", "arch", "python", "encryption_mode", "labels", "capabilities",
+  "services"}}``
+* ``worker services`` and ``call``: :mod:`leapcore_cli.call`
+* ``cp`` → ``{"files", "bytes", "seconds", "direction"}`` (:mod:`leapcore_cli.cp`)
 * ``worker ping`` → ``{"worker_id", "count", "rtt_ms": [...], "min_ms", "median_ms",
   "max_ms"}`` (milliseconds, 3 decimals)
 * ``tunnel forward|socks`` → one object per listener, one per line as each is up:
@@ -81,7 +84,9 @@ from leapcore.peer.hubsession import HubSession, hub_session
 from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
+from . import call as call_verb
 from . import completion, demo, pincmd, tunnel
+from . import cp as cp_verb
 from . import exec as exec_verb
 from . import session as session_verb
 from .common import (
@@ -429,7 +434,7 @@ def info_lines(worker_id: str, fingerprint: str, info: dict[str, Any]) -> list[s
         rows.append((key, "-" if value is None else safe(str(value))))
     rows.append(("labels", ", ".join(f"{safe(k)}={safe(v)}" for k, v in labels.items()) or "-"))
     rows.append(("capabilities", ", ".join(safe(c) for c in info.get("capabilities", [])) or "-"))
-    known = {key for key, _ in rows}
+    known = {key for key, _ in rows} | {"services"}  # `worker services` shows that one
     rows += [(safe(k), safe(json.dumps(v))) for k, v in sorted(info.items()) if k not in known]
     width = max(len(key) for key, _ in rows) + 1
     return [f"{key + ':':<{width}} {value}" for key, value in rows]
@@ -869,6 +874,10 @@ def build_parser() -> Parser:
         remote_sub, lambda p: _session_flags(p, json_flag=False, worker_id=True), _timeout_flag
     )
     session_verb.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
+    cp_verb.add_verbs(remote_sub, lambda p: _session_flags(p), _timeout_flag)
+    call_verb.add_verbs(
+        remote_sub, worker_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag
+    )
     demo.add_parser(sub)
     completion.add_parser(sub)
     return parser

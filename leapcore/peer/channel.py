@@ -1123,6 +1123,18 @@ class Channel:
 
         return create_process(self, command, **options)
 
+    async def put(self, local_path: Any, remote_path: str, **options: Any) -> Any:
+        """Copy a local file or tree to the worker (:func:`leapcore.peer.files.put`)."""
+        from .files import put
+
+        return await put(self, local_path, remote_path, **options)
+
+    async def get(self, remote_path: str, local_path: Any, **options: Any) -> Any:
+        """Copy a file or tree from the worker here (:func:`leapcore.peer.files.get`)."""
+        from .files import get
+
+        return await get(self, remote_path, local_path, **options)
+
     # Terminal sessions on the worker (:mod:`leapcore.peer.terminal`, which documents them).
 
     async def spawn_terminal(self, command: Any = None, **options: Any) -> Any:

@@ -43,6 +43,11 @@ __all__ = [
     "EXEC_MAX_PROCESSES",
     "EXEC_READ_SIZE",
     "EXEC_RUN_MAX_OUTPUT",
+    "FILES_LIST_BATCH",
+    "FILES_MAX_ENTRIES",
+    "FILES_MAX_PATH",
+    "FILES_PARALLEL",
+    "FILES_READ_SIZE",
     "GO_AWAY_DELAY",
     "GRACE_WINDOW",
     "GREETING_TIMEOUT",
@@ -211,6 +216,17 @@ EXEC_READ_SIZE: Final = TUNNEL_READ_SIZE
 #: Bytes of stdout, and of stderr, ``Channel.run_command`` keeps by default; more fails the
 #: run (``ProcessOutputTooLarge``) and the process is killed.
 EXEC_RUN_MAX_OUTPUT: Final = 64 * 1024 * 1024
+#: Bytes the ``files`` service (and ``Channel.put``/``get``) reads from a file at once (whole
+#: BYTES_DATA messages, as for tunnels).
+FILES_READ_SIZE: Final = TUNNEL_READ_SIZE
+#: Entries one ``files.list`` stream item carries, at most.
+FILES_LIST_BATCH: Final = 512
+#: Entries one recursive copy handles, at most (a listing past it fails the copy).
+FILES_MAX_ENTRIES: Final = 1_000_000
+#: Bytes of UTF-8 in a path of a ``files`` payload, at most (Linux's PATH_MAX).
+FILES_MAX_PATH: Final = 4096
+#: Files ``Channel.put``/``get`` copy at once (byte streams open at once on the channel).
+FILES_PARALLEL: Final = 8
 #: Terminal sessions (``pty.*``) one worker keeps at once, running or exited; a spawn past
 #: it forgets the oldest exited session, or is refused ``resource_exhausted`` if all run.
 PTY_MAX_SESSIONS: Final = 32

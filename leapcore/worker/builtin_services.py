@@ -4,13 +4,17 @@
 adds ``info`` (owner only, as every method unless registered ``public=True``)::
 
     {"name", "worker_id", "version", "commit", "os", "arch", "python",
-     "encryption_mode", "labels", "capabilities"}
+     "encryption_mode", "labels", "capabilities", "services"}
+
+(``capabilities``: the sorted names of every method served, ``ping`` included;
+``services``: the same methods as ``{"name", "kind", "public"}``, see :func:`service_list`)
 
 and ``tcp`` (owner only): a byte stream to a TCP connection the worker dials, within the
 worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.tcp`);
 and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal``, ``exec.resize`` (owner
 only): processes run for the owner (:mod:`leapcore.worker.exec`); and ``pty.*`` (owner
-only): terminal sessions kept by the worker (:mod:`leapcore.worker.pty`).
+only): terminal sessions kept by the worker (:mod:`leapcore.worker.pty`); and ``files.*``
+(owner only): file copies (:mod:`leapcore.worker.files`).
 
 An embedding application adds its own methods to the table it passes to the worker::
 
@@ -33,7 +37,9 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
+from ..proto.channel_mux import PING_METHOD
 from .exec import add_exec_service
+from .files import add_files_service
 from .pty import add_pty_service
 from .tcp import add_tcp_service
 
@@ -48,6 +54,7 @@ __all__ = [
     "info_document",
     "install_services",
     "load_installer",
+    "service_list",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,8 +82,29 @@ def build_commit() -> str | None:
     return commit or None
 
 
+def service_list(services: Services) -> list[dict[str, Any]]:
+    """Every method ``services`` serves, ``ping`` included, by name: ``{"name", "kind"
+    ("rpc", "stream" or "byte_stream"), "public"}`` (``info``'s ``services``)."""
+    kinds: dict[str, str] = {PING_METHOD: "rpc"}
+    for kind, table in (
+        ("rpc", services.rpcs),
+        ("stream", services.streams),
+        ("byte_stream", services.byte_streams),
+    ):
+        kinds.update(dict.fromkeys(table, kind))
+    return [
+        {
+            "name": name,
+            "kind": kinds[name],
+            "public": name == PING_METHOD or name in services.public,
+        }
+        for name in sorted(kinds)
+    ]
+
+
 def info_document(worker: Worker) -> dict[str, Any]:
-    """What ``info`` answers for ``worker`` (its capabilities: every method it serves)."""
+    """What ``info`` answers for ``worker`` (its capabilities: every method it serves; its
+    services: the same, with each one's kind and access)."""
     greeting = worker.greeting
     services = worker.services
     methods = sorted({"ping", *services.rpcs, *services.streams, *services.byte_streams})
@@ -91,6 +119,7 @@ def info_document(worker: Worker) -> dict[str, Any]:
         "encryption_mode": worker.encryption_mode,
         "labels": dict(worker.labels),
         "capabilities": methods,
+        "services": service_list(services),
     }
 
 
@@ -106,6 +135,7 @@ def default_services(worker: Worker) -> Services:
     services.add_rpc(INFO_METHOD, info)
     add_tcp_service(services, lambda: worker.tunnel_policy)
     add_exec_service(services)
+    add_files_service(services)
     add_pty_service(services)
     return services
 

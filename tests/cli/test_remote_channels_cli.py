@@ -94,9 +94,9 @@ def test_demo_once_shows_a_real_session(env: Env) -> None:
     assert "min/median/max = " in out
     assert "encryption_mode: post-quantum" in out
     assert (
-        "capabilities:    exec, exec.resize, exec.signal, exec.stderr, exec.wait, info, ping, "
-        "pty.attach, pty.capture, pty.kill, pty.list, pty.resize, pty.send, pty.spawn, "
-        "pty.wait, tcp"
+        "capabilities:    exec, exec.resize, exec.signal, exec.stderr, exec.wait, files.list, "
+        "files.mkdir, files.read, files.stat, files.write, info, ping, pty.attach, "
+        "pty.capture, pty.kill, pty.list, pty.resize, pty.send, pty.spawn, pty.wait, tcp"
     ) in out
     assert out.rstrip().endswith("leapcore demo: stopped")
     assert not env.config.exists() or not any(env.config.iterdir())  # --once saves nothing

@@ -114,6 +114,7 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         assert info["info"]["name"] == name
         builtin = ["info", "ping", "tcp"]
         builtin += [f"exec{m}" for m in ("", ".resize", ".signal", ".stderr", ".wait")]
+        builtin += [f"files.{m}" for m in ("list", "mkdir", "read", "stat", "write")]
         pty = ["attach", "capture", "kill", "list", "resize", "send", "spawn", "wait"]
         builtin += [f"pty.{m}" for m in pty]
         assert info["info"]["capabilities"] == sorted([*builtin, *ADDED])
