@@ -46,6 +46,7 @@ import concurrent.futures
 import contextlib
 import logging
 import math
+import os
 import threading
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
@@ -61,6 +62,7 @@ from ..store.pinstore import PinStore
 from .channel import CALL_TIMEOUT, ByteStream, Channel
 from .connect import _DEFAULT, _Default
 from .connect import connect as _async_connect
+from .files import CopyResult
 from .hubsession import KEEPALIVE_INTERVAL, HubSession
 from .process import ProcessResult
 
@@ -342,6 +344,23 @@ class SyncChannel(_Closable):
         return result
 
     run_command = run
+
+    def put(
+        self, local_path: str | os.PathLike[str], remote_path: str, **options: Any
+    ) -> CopyResult:
+        """Copy a local file (or, ``recursive=True``, a tree) to the worker
+        (``Channel.put``; the same options: ``recursive``, ``preserve_mode``, ``progress``,
+        ``timeout``). A ``progress`` callback runs in the loop's thread: keep it quick."""
+        result: CopyResult = self._call(_kw(self.channel.put, **options), local_path, remote_path)
+        return result
+
+    def get(
+        self, remote_path: str, local_path: str | os.PathLike[str], **options: Any
+    ) -> CopyResult:
+        """Copy a file (or, ``recursive=True``, a tree) from the worker (``Channel.get``;
+        the options of :meth:`put`)."""
+        result: CopyResult = self._call(_kw(self.channel.get, **options), remote_path, local_path)
+        return result
 
     def open_tcp(
         self, host: str, port: int, *, timeout: float | None = TUNNEL_OPEN_TIMEOUT

@@ -186,6 +186,25 @@ def test_an_asyncio_program(box: tuple[Env, Proc], tmp_path: Path, echo_port: in
     assert LOOP_THREAD not in out["threads"]
 
 
+def test_put_and_get(box: tuple[Env, Proc], tmp_path: Path) -> None:
+    """``cp`` in the blocking API: a tree up and back, bytes and modes equal."""
+    env, _ = box
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_bytes(b"alpha\n")
+    (tree / "sub" / "b.bin").write_bytes(bytes(range(256)) * 1000)
+    (tree / "sub" / "b.bin").chmod(0o640)
+    remote = str(tmp_path / "on-worker")  # the worker runs on this machine
+    back = tmp_path / "back"
+    with connect(env, tmp_path) as hub, hub.open_channel("box") as ch:
+        up = ch.put(tree, remote, recursive=True)
+        down = ch.get(remote, back, recursive=True)
+    assert (up.files, up.bytes) == (2, 6 + 256_000) == (down.files, down.bytes)
+    assert (back / "a.txt").read_bytes() == b"alpha\n"
+    assert (back / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 1000
+    assert (back / "sub" / "b.bin").stat().st_mode & 0o777 == 0o640
+
+
 def test_errors_arrive_as_their_own_classes(box: tuple[Env, Proc], tmp_path: Path) -> None:
     env, _ = box
     with connect(env, tmp_path) as hub:
