@@ -76,6 +76,7 @@ __all__ = [
     "ProcessStarter",
     "RemoteProcess",
     "create_process",
+    "exec_error",
     "exec_request",
     "run",
 ]
@@ -141,8 +142,9 @@ def exec_request(
     return request
 
 
-def _exec_error(exc: RemoteCallError) -> LeapcoreError:
-    """The worker's refusal of an ``exec`` open as the error to raise."""
+def exec_error(exc: RemoteCallError) -> LeapcoreError:
+    """The worker's refusal to start a process (``exec``, ``pty.spawn``) as the error to
+    raise; ``exc`` itself for any other code."""
     code = exc.remote_code
     if code == "command_not_found":
         return CommandNotFound(code, exc.remote_message)
@@ -331,7 +333,7 @@ class ProcessStarter:
         try:
             stream = await channel.open_byte_stream(EXEC_METHOD, payload, timeout=self._timeout)
         except RemoteCallError as exc:
-            mapped = _exec_error(exc)
+            mapped = exec_error(exc)
             if mapped is exc:
                 raise
             raise mapped from None

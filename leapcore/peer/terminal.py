@@ -31,14 +31,11 @@ from collections.abc import Mapping, Sequence
 from typing import Literal
 
 from ..errors import (
-    CommandNotFound,
-    ExecFailed,
     InvalidMessage,
     LeapcoreError,
     RemoteCallError,
     TerminalNotFound,
 )
-from ..proto.exec_spec import EXEC_FAILURES
 from ..proto.pty_spec import (
     ATTACH_METHOD,
     CAPTURE_METHOD,
@@ -66,6 +63,7 @@ from ..proto.pty_spec import (
     encode_spawn_request,
 )
 from .channel import CALL_TIMEOUT, ByteStream, Channel
+from .process import exec_error
 
 __all__ = [
     "Capture",
@@ -85,13 +83,7 @@ def _mapped(exc: RemoteCallError) -> LeapcoreError:
     code = exc.remote_code
     if code == "not_found":
         return TerminalNotFound(exc.remote_message)
-    if code == "command_not_found":
-        return CommandNotFound(code, exc.remote_message)
-    if code in EXEC_FAILURES:
-        return ExecFailed(code, exc.remote_message)
-    if code == "invalid_argument":
-        return InvalidMessage(f"the worker refused the request: {exc.remote_message}")
-    return exc
+    return exec_error(exc)
 
 
 async def _call(

@@ -62,6 +62,7 @@ __all__ = [
     "check_env",
     "check_int",
     "check_size",
+    "command_fields",
     "decode_exec_request",
     "decode_exit",
     "decode_process_ref",
@@ -294,27 +295,38 @@ def json_object(payload: bytes, what: str) -> dict[str, Any]:
     return data
 
 
+def command_fields(
+    argv: Sequence[str] | None,
+    shell: str | None,
+    env: Mapping[str, str] | None,
+    env_mode: str,
+    cwd: str | None,
+) -> dict[str, Any]:
+    """The command fields of a payload (the reverse of :func:`check_command`), defaults
+    left out."""
+    data: dict[str, Any] = {}
+    if argv is not None:
+        data["argv"] = list(argv)
+    if shell is not None:
+        data["shell"] = shell
+    if env is not None:
+        data["env"] = dict(env)
+    if env_mode != "merge":
+        data["env_mode"] = env_mode
+    if cwd is not None:
+        data["cwd"] = cwd
+    return data
+
+
 def encode_exec_request(request: ExecRequest) -> bytes:
     """``request`` as the ``exec`` payload (checked as the worker will check it)."""
-    data: dict[str, Any] = {}
-    if request.argv is not None:
-        data["argv"] = list(request.argv)
-    if request.shell is not None:
-        data["shell"] = request.shell
-    if request.env is not None:
-        data["env"] = dict(request.env)
-    if request.env_mode != "merge":
-        data["env_mode"] = request.env_mode
-    if request.cwd is not None:
-        data["cwd"] = request.cwd
+    data = command_fields(request.argv, request.shell, request.env, request.env_mode, request.cwd)
     if request.timeout is not None:
         data["timeout"] = request.timeout
     if request.pty is not None:
         data["pty"] = {"cols": request.pty[0], "rows": request.pty[1]}
-    elif request.stderr != "stream":
-        data["stderr"] = request.stderr
-    if request.pty is not None and request.stderr != "stdout":
-        data["stderr"] = request.stderr  # refused by the check below
+    if request.stderr != ("stream" if request.pty is None else "stdout"):
+        data["stderr"] = request.stderr  # not the default (with a pty: refused below)
     _check(data)
     return json.dumps(data, separators=(",", ":")).encode()
 

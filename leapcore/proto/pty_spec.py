@@ -46,6 +46,7 @@ from .exec_spec import (
     check_command,
     check_int,
     check_size,
+    command_fields,
     json_object,
 )
 from .limits import PTY_MAX_SEND, PTY_SCROLLBACK_LINES
@@ -160,17 +161,8 @@ def _check_spawn(data: Mapping[str, Any]) -> SpawnRequest:
 
 def encode_spawn_request(request: SpawnRequest) -> bytes:
     """``request`` as the ``pty.spawn`` payload (checked as the worker will check it)."""
-    data: dict[str, Any] = {"cols": request.cols, "rows": request.rows}
-    if request.argv is not None:
-        data["argv"] = list(request.argv)
-    if request.shell is not None:
-        data["shell"] = request.shell
-    if request.env is not None:
-        data["env"] = dict(request.env)
-    if request.env_mode != "merge":
-        data["env_mode"] = request.env_mode
-    if request.cwd is not None:
-        data["cwd"] = request.cwd
+    data = command_fields(request.argv, request.shell, request.env, request.env_mode, request.cwd)
+    data["cols"], data["rows"] = request.cols, request.rows
     _check_spawn(data)
     return _dump(data)
 
