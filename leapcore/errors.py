@@ -107,6 +107,7 @@ __all__ = [
     "UnsupportedProtocolVersion",
     "WorkerDeleted",
     "WorkerOffline",
+    "WorkspaceError",
 ]
 
 
@@ -715,6 +716,21 @@ class RequestError(Refused):
     def __init__(self, error_code: str, message: str) -> None:
         super().__init__(message)
         self.error_code = error_code
+
+
+class WorkspaceError(Refused):
+    """A workspace call (``Channel.workspace``, ``Channel.remove_workspace``, a process or
+    terminal started in a workspace) was refused by the worker. ``reason`` is the code:
+    ``workspace_not_found``, ``repo_not_found``, ``branch_not_found``, ``workspace_busy``,
+    ``workspace_dirty``, ``git_missing`` or ``git_failed``; ``str(exc)`` is ``<reason>:
+    <detail>``. A refused create leaves nothing on the worker."""
+
+    code = "workspace_error"
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.detail = message
 
 
 class ServiceError(Refused):

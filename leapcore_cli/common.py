@@ -117,6 +117,31 @@ def emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, sort_keys=True) + "\n")
 
 
+def verb_group(
+    parent: Any,
+    name: str,
+    help_text: str,
+    description: str,
+    flags: Sequence[Callable[[argparse.ArgumentParser], None]],
+) -> Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]:
+    """A command ``name`` of verbs under ``parent`` (``remote session``, ``remote
+    workspace``); returns ``verb(name, handler, text)``, which adds one verb, each of
+    ``flags`` adding its options."""
+    top = parent.add_parser(name, help=help_text, description=description)
+    sub = top.add_subparsers(dest=f"{name}_verb", metavar="VERB")
+
+    def verb(
+        verb_name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(verb_name, help=text, description=text)
+        for add in flags:
+            add(p)
+        p.set_defaults(handler=handler, parser_error=p.error)
+        return p
+
+    return verb
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     """Columns padded to their widest cell, two spaces apart (the human form of a list)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]

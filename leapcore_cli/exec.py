@@ -43,6 +43,7 @@ from leapcore.proto.exec_spec import DEFAULT_COLS, DEFAULT_ROWS, check_env
 
 from .common import Parser
 from .localtty import bridge, local_size, raw_terminal, write_all
+from .workspace import workspace_flag
 
 #: The exit status of a failure of leapcore itself (ssh's choice).
 EXIT_EXEC_FAILURE: Final = 255
@@ -173,6 +174,7 @@ def _flags(
         "worker's environment)",
     )
     p.add_argument("--cwd", metavar="DIR", help="run the command in DIR on the worker")
+    workspace_flag(p)
     p.add_argument(
         "--command-timeout",
         type=float,
@@ -228,6 +230,7 @@ def run_exec(args: argparse.Namespace) -> int:
                     cwd=args.cwd,
                     timeout=limit,
                     pty=pty,
+                    workspace=args.workspace,
                     open_timeout=timeout,
                 )
                 async with starter as proc:

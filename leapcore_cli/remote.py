@@ -32,6 +32,7 @@ JSON schema (``--json``; stable):
   "services"}}``
 * ``worker services`` and ``call``: :mod:`leapcore_cli.call`
 * ``cp`` → ``{"files", "bytes", "seconds", "direction"}`` (:mod:`leapcore_cli.cp`)
+* ``workspace list|create|remove`` (:mod:`leapcore_cli.workspace`)
 * ``worker ping`` → ``{"worker_id", "count", "rtt_ms": [...], "min_ms", "median_ms",
   "max_ms"}`` (milliseconds, 3 decimals)
 * ``tunnel forward|socks`` → one object per listener, one per line as each is up:
@@ -89,6 +90,7 @@ from . import completion, demo, pincmd, tunnel
 from . import cp as cp_verb
 from . import exec as exec_verb
 from . import session as session_verb
+from . import workspace as workspace_verb
 from .common import (
     EXIT_ERROR,
     EXIT_KEY_MISMATCH,
@@ -875,6 +877,7 @@ def build_parser() -> Parser:
     )
     session_verb.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
     cp_verb.add_verbs(remote_sub, lambda p: _session_flags(p), _timeout_flag)
+    workspace_verb.add_verbs(remote_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag)
     call_verb.add_verbs(
         remote_sub, worker_sub, lambda p: _session_flags(p, worker_id=True), _timeout_flag
     )

@@ -2,7 +2,8 @@
 and ``leapcore remote shell``: terminal sessions kept by a worker, like tmux's, for scripts
 and agents (``--json``) and people (``attach``, ``shell``).
 
-* ``spawn [--cols N] [--rows N] [--env NAME=VALUE] [--cwd DIR] [--shell] [-- CMD ARG...]``
+* ``spawn [--cols N] [--rows N] [--env NAME=VALUE] [--cwd DIR] [--workspace ID] [--shell]
+  [-- CMD ARG...]``
   starts CMD (an argv; ``--shell``: the words joined and run by ``/bin/sh -c``; nothing:
   the worker's login shell) in a new session and prints its id (``--json``: the session).
 * ``send-keys ID KEY...`` types the keys: each argument is sent as text, except tmux's key
@@ -49,9 +50,10 @@ from leapcore.peer.terminal import (
 )
 from leapcore.proto.pty_spec import DEFAULT_COLS, DEFAULT_ROWS, SessionInfo
 
-from .common import EXIT_OK, emit_json, print_table
+from .common import EXIT_OK, emit_json, print_table, verb_group
 from .exec import parse_env
 from .localtty import bridge, local_size, raw_terminal
+from .workspace import workspace_flag
 
 #: tmux's names for keys that are not text.
 KEY_NAMES: Final[dict[str, str]] = {
@@ -143,7 +145,13 @@ def run_spawn(args: argparse.Namespace) -> int:
 
     async def work(channel: Channel) -> int:
         info = await spawn_terminal(
-            channel, command, env=env, cwd=args.cwd, cols=args.cols, rows=args.rows
+            channel,
+            command,
+            env=env,
+            cwd=args.cwd,
+            cols=args.cols,
+            rows=args.rows,
+            workspace=args.workspace,
         )
         if args.json:
             emit_json(session_json(info))
@@ -275,7 +283,13 @@ def run_shell(args: argparse.Namespace) -> int:
 
     async def work(channel: Channel) -> int:
         info = await spawn_terminal(
-            channel, command, env=env, cwd=args.cwd, cols=size[0], rows=size[1]
+            channel,
+            command,
+            env=env,
+            cwd=args.cwd,
+            cols=size[0],
+            rows=size[1],
+            workspace=args.workspace,
         )
         return await _attached(channel, info.id, args.worker, forget=True)
 
@@ -296,21 +310,14 @@ def add_verbs(
     timeout_flag: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     """``remote session ...`` under ``remote_sub``."""
-    session = remote_sub.add_parser(
+    verb = verb_group(
+        remote_sub,
         "session",
-        help="terminal sessions on a worker (like tmux): spawn, send keys, capture, kill",
-        description="Terminal sessions the worker keeps (they outlive this command): spawn "
-        "one, type into it, read its screen, resize it, list them, kill one.",
+        "terminal sessions on a worker (like tmux): spawn, send keys, capture, kill",
+        "Terminal sessions the worker keeps (they outlive this command): spawn one, type "
+        "into it, read its screen, resize it, list them, kill one.",
+        (session_flags, timeout_flag),
     )
-    sub = session.add_subparsers(dest="session_verb", metavar="VERB")
-
-    def verb(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> Any:
-        p = sub.add_parser(name, help=text, description=text)
-        session_flags(p)
-        timeout_flag(p)
-        p.set_defaults(handler=handler, parser_error=p.error)
-        return p
-
     verb("list", run_list, "list the worker's terminal sessions")
     p = verb("spawn", run_spawn, "start a command in a new terminal session; print its id")
     p.add_argument("--cols", type=_size, default=DEFAULT_COLS, help="columns (default 80)")
@@ -324,6 +331,7 @@ def add_verbs(
         help="set an environment variable (repeatable; laid over the worker's)",
     )
     p.add_argument("--cwd", metavar="DIR", help="start in DIR on the worker")
+    workspace_flag(p)
     p.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]", help="default: a shell"
     )
@@ -363,6 +371,7 @@ def add_verbs(
         help="set an environment variable (repeatable; laid over the worker's)",
     )
     p.add_argument("--cwd", metavar="DIR", help="start in DIR on the worker")
+    workspace_flag(p)
     p.add_argument(
         "command", nargs=argparse.REMAINDER, metavar="-- CMD [ARG ...]", help="default: a shell"
     )

@@ -69,6 +69,7 @@ RUN_FLAGS = (
     "log_level",
     "log_format",
     "services",
+    "workspace_root",
 )
 EXIT_MESSAGES = {
     WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
@@ -122,6 +123,12 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         "methods (repeatable; replaces the config file's and environment's list)",
     )
     add(
+        "--workspace-root",
+        metavar="DIR",
+        default=hide,
+        help="where workspaces (git clones and worktrees) live (default: DATA_DIR/workspaces)",
+    )
+    add(
         "--config",
         metavar="FILE",
         type=Path,
@@ -154,6 +161,7 @@ def run_worker(args: argparse.Namespace) -> int:
         max_channels=settings["max_channels"],
         max_channel_bytes=settings["max_channel_bytes"] or None,
         tunnel_policy=TunnelPolicy.parse(settings["tunnel_allow"], settings["tunnel_deny"]),
+        workspace_root=settings["workspace_root"] or None,
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()

@@ -92,6 +92,7 @@ __all__ = [
     "Channel",
     "ChannelTable",
     "Services",
+    "call_mapping",
     "reset_byte_stream",
     "wait_byte_stream_broken",
 ]
@@ -484,6 +485,25 @@ class ByteStream(trio.abc.HalfCloseableStream):
             self._kick()
             self._broke()
         await trio.lowlevel.checkpoint()
+
+
+async def call_mapping(
+    channel: Channel,
+    method: str,
+    payload: bytes,
+    timeout: float | None,
+    mapped: Callable[[RemoteCallError], Exception],
+) -> bytes:
+    """``channel.call(method, payload)``; a :class:`RemoteCallError` is raised as
+    ``mapped(exc)`` instead (a service's own error class), or as itself when ``mapped``
+    returns it unchanged."""
+    try:
+        return await channel.call(method, payload, timeout=timeout)
+    except RemoteCallError as exc:
+        error = mapped(exc)
+        if error is exc:
+            raise
+        raise error from None
 
 
 async def reset_byte_stream(stream: ByteStream, code: str, message: str) -> None:
@@ -1134,6 +1154,27 @@ class Channel:
         from .files import get
 
         return await get(self, remote_path, local_path, **options)
+
+    # Workspaces on the worker (:mod:`leapcore.peer.workspaces`, which documents them).
+
+    async def workspace(self, repo: str, branch: str, **options: Any) -> Any:
+        """Get or create the worker's checkout of ``branch`` of ``repo``
+        (:func:`leapcore.peer.workspaces.open_workspace`)."""
+        from .workspaces import open_workspace
+
+        return await open_workspace(self, repo, branch, **options)
+
+    async def workspaces(self, **options: Any) -> Any:
+        """The worker's workspaces (:func:`leapcore.peer.workspaces.list_workspaces`)."""
+        from .workspaces import list_workspaces
+
+        return await list_workspaces(self, **options)
+
+    async def remove_workspace(self, workspace_id: str, **options: Any) -> Any:
+        """Remove a workspace (:func:`leapcore.peer.workspaces.remove_workspace`)."""
+        from .workspaces import remove_workspace
+
+        return await remove_workspace(self, workspace_id, **options)
 
     # Terminal sessions on the worker (:mod:`leapcore.peer.terminal`, which documents them).
 

@@ -50,6 +50,7 @@ from ..errors import (
     ProcessTimedOut,
     RemoteCallError,
     StreamUsageError,
+    WorkspaceError,
 )
 from ..proto.exec_spec import (
     EXEC_FAILURES,
@@ -126,6 +127,7 @@ def exec_request(
     timeout: float | None = None,
     stderr: StderrMode | None = None,
     pty: tuple[int, int] | None = None,
+    workspace: str | None = None,
 ) -> ExecRequest:
     """The request for ``command`` (checked: :class:`InvalidMessage` when malformed).
     ``stderr`` defaults to ``"stream"``, or ``"stdout"`` with a ``pty`` (the only choice
@@ -133,11 +135,13 @@ def exec_request(
     mode: StderrMode = stderr if stderr is not None else "stream" if pty is None else "stdout"
     size = None if pty is None else check_size(*pty)
     if isinstance(command, str):
-        request = ExecRequest(None, command, env, env_mode, cwd, timeout, mode, size)
+        request = ExecRequest(None, command, env, env_mode, cwd, timeout, mode, size, workspace)
     elif isinstance(command, (bytes, bytearray)) or not isinstance(command, Sequence):
         raise InvalidMessage("a command is a list of strings or one shell string")
     else:
-        request = ExecRequest(tuple(command), None, env, env_mode, cwd, timeout, mode, size)
+        request = ExecRequest(
+            tuple(command), None, env, env_mode, cwd, timeout, mode, size, workspace
+        )
     encode_exec_request(request)  # the checks the worker makes
     return request
 
@@ -152,6 +156,8 @@ def exec_error(exc: RemoteCallError) -> LeapcoreError:
         return ExecFailed(code, exc.remote_message)
     if code == "invalid_argument":
         return InvalidMessage(f"the worker refused the request: {exc.remote_message}")
+    if code == "workspace_not_found":
+        return WorkspaceError(code, exc.remote_message)
     return exc
 
 
@@ -377,6 +383,7 @@ def create_process(
     timeout: float | None = None,
     stderr: StderrMode | None = None,
     pty: tuple[int, int] | None = None,
+    workspace: str | None = None,
     open_timeout: float | None = CALL_TIMEOUT,
 ) -> ProcessStarter:
     """Start ``command`` on the worker: ``async with create_process(ch, cmd) as proc`` or
@@ -384,10 +391,20 @@ def create_process(
     to start raises :class:`CommandNotFound`, :class:`ExecFailed` (``reason``
     ``not_executable``, ``bad_cwd``, ``spawn_failed``), :class:`RemoteCallError`
     (``permission_denied``: not the owner; ``resource_exhausted``: the channel runs
-    :data:`~leapcore.proto.limits.EXEC_MAX_PROCESSES` processes) or
-    :class:`DeadlineExceeded` (no answer within ``open_timeout``)."""
+    :data:`~leapcore.proto.limits.EXEC_MAX_PROCESSES` processes),
+    :class:`WorkspaceError` (``workspace_not_found``: ``workspace`` names no workspace of
+    the worker) or :class:`DeadlineExceeded` (no answer within ``open_timeout``).
+    ``workspace``: run in that workspace (:meth:`Channel.workspace`), ``cwd`` (if
+    relative) taken from it."""
     request = exec_request(
-        command, env=env, env_mode=env_mode, cwd=cwd, timeout=timeout, stderr=stderr, pty=pty
+        command,
+        env=env,
+        env_mode=env_mode,
+        cwd=cwd,
+        timeout=timeout,
+        stderr=stderr,
+        pty=pty,
+        workspace=workspace,
     )
     return ProcessStarter(channel, request, open_timeout)
 
@@ -429,6 +446,7 @@ async def run(
     stderr: StderrMode | None = None,
     pty: tuple[int, int] | None = None,
     max_output: int = EXEC_RUN_MAX_OUTPUT,
+    workspace: str | None = None,
     open_timeout: float | None = CALL_TIMEOUT,
 ) -> ProcessResult:
     """Run ``command`` on the worker to its end and return the :class:`ProcessResult`.
@@ -456,6 +474,7 @@ async def run(
         timeout=timeout,
         stderr=stderr,
         pty=pty,
+        workspace=workspace,
         open_timeout=open_timeout,
     )
     async with starter as proc, trio.open_nursery() as nursery:

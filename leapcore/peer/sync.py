@@ -58,6 +58,7 @@ from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ..errors import DeadlineExceeded, SyncClosed
 from ..proto.limits import DEFAULT_MAX_MESSAGE_SIZE, OPEN_TIMEOUT, TUNNEL_OPEN_TIMEOUT
+from ..proto.workspace_spec import Workspace
 from ..store.pinstore import PinStore
 from .channel import CALL_TIMEOUT, ByteStream, Channel
 from .connect import _DEFAULT, _Default
@@ -336,7 +337,7 @@ class SyncChannel(_Closable):
     def run(self, command: str | Sequence[str], **options: Any) -> ProcessResult:
         """Run ``command`` on the worker to its end (``Channel.run_command``; the same
         options: ``stdin`` as bytes, ``env``, ``env_mode``, ``cwd``, ``timeout``,
-        ``check``, ``stderr``, ``pty``, ``max_output``, ``open_timeout``)."""
+        ``check``, ``stderr``, ``pty``, ``max_output``, ``workspace``, ``open_timeout``)."""
         stdin = options.get("stdin")
         if stdin is not None and not isinstance(stdin, bytes | bytearray | memoryview):
             raise TypeError("stdin must be bytes (or None) in the blocking API")
@@ -344,6 +345,22 @@ class SyncChannel(_Closable):
         return result
 
     run_command = run
+
+    def workspace(self, repo: str, branch: str, **options: Any) -> Workspace:
+        """Get or create the worker's checkout of ``branch`` of ``repo``
+        (``Channel.workspace``; options ``base``, ``timeout``)."""
+        found: Workspace = self._call(_kw(self.channel.workspace, **options), repo, branch)
+        return found
+
+    def workspaces(self, **options: Any) -> list[Workspace]:
+        """The worker's workspaces (``Channel.workspaces``)."""
+        found: list[Workspace] = self._call(_kw(self.channel.workspaces, **options))
+        return found
+
+    def remove_workspace(self, workspace_id: str, **options: Any) -> Workspace:
+        """Remove a workspace (``Channel.remove_workspace``; options ``force``, ``timeout``)."""
+        gone: Workspace = self._call(_kw(self.channel.remove_workspace, **options), workspace_id)
+        return gone
 
     def put(
         self, local_path: str | os.PathLike[str], remote_path: str, **options: Any

@@ -62,7 +62,7 @@ from ..proto.pty_spec import (
     encode_session_ref,
     encode_spawn_request,
 )
-from .channel import CALL_TIMEOUT, ByteStream, Channel
+from .channel import CALL_TIMEOUT, ByteStream, Channel, call_mapping
 from .process import exec_error
 
 __all__ = [
@@ -89,13 +89,7 @@ def _mapped(exc: RemoteCallError) -> LeapcoreError:
 async def _call(
     channel: Channel, method: str, payload: bytes, timeout: float | None = CALL_TIMEOUT
 ) -> bytes:
-    try:
-        return await channel.call(method, payload, timeout=timeout)
-    except RemoteCallError as exc:
-        mapped = _mapped(exc)
-        if mapped is exc:
-            raise
-        raise mapped from None
+    return await call_mapping(channel, method, payload, timeout, _mapped)
 
 
 async def spawn_terminal(
@@ -107,18 +101,20 @@ async def spawn_terminal(
     cwd: str | None = None,
     cols: int = DEFAULT_COLS,
     rows: int = DEFAULT_ROWS,
+    workspace: str | None = None,
 ) -> SessionInfo:
     """Start ``command`` in a new terminal session on the worker: a list of strings (run
     as is), a string (``/bin/sh -c``) or None (the worker's login shell). ``env`` is laid
-    over the worker's environment (``TERM`` is ``xterm-256color`` unless given)."""
+    over the worker's environment (``TERM`` is ``xterm-256color`` unless given);
+    ``workspace``: start in that workspace (``cwd``, if relative, taken from it)."""
     if command is None:
-        request = SpawnRequest(None, None, env, env_mode, cwd, cols, rows)
+        request = SpawnRequest(None, None, env, env_mode, cwd, cols, rows, workspace)
     elif isinstance(command, str):
-        request = SpawnRequest(None, command, env, env_mode, cwd, cols, rows)
+        request = SpawnRequest(None, command, env, env_mode, cwd, cols, rows, workspace)
     elif isinstance(command, (bytes, bytearray)) or not isinstance(command, Sequence):
         raise InvalidMessage("a command is a list of strings, one shell string or None")
     else:
-        request = SpawnRequest(tuple(command), None, env, env_mode, cwd, cols, rows)
+        request = SpawnRequest(tuple(command), None, env, env_mode, cwd, cols, rows, workspace)
     return decode_info(await _call(channel, SPAWN_METHOD, encode_spawn_request(request)))
 
 

@@ -9,6 +9,10 @@ payload of the BYTES_OPEN of the worker's ``exec`` method, a UTF-8 JSON object:
   ``=`` or NUL; values have no NUL. ``"env_mode"``: ``"merge"`` (the default: laid over the
   worker's own environment) or ``"replace"`` (the process gets exactly ``env``);
 * ``"cwd"`` (optional): the directory to run in (default: the worker's own);
+* ``"workspace"`` (optional): the id of one of the worker's workspaces
+  (:mod:`leapcore.proto.workspace_spec`, :func:`check_workspace_ref`): the process runs in
+  it, ``cwd`` (if given and relative) taken from the workspace's directory; an unknown id
+  is refused ``workspace_not_found``;
 * ``"timeout"`` (optional): seconds, a number > 0 and at most :data:`MAX_TIMEOUT`; the
   worker kills the process group once it passes;
 * ``"stderr"`` (optional): ``"stream"`` (the default: carried by an ``exec.stderr`` byte
@@ -35,6 +39,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -57,11 +62,13 @@ __all__ = [
     "STDERR_METHOD",
     "STDERR_MODES",
     "WAIT_METHOD",
+    "WORKSPACE_ID",
     "ExecRequest",
     "ExitReport",
     "check_env",
     "check_int",
     "check_size",
+    "check_workspace_ref",
     "command_fields",
     "decode_exec_request",
     "decode_exit",
@@ -73,6 +80,7 @@ __all__ = [
     "encode_process_ref",
     "encode_resize",
     "encode_signal_request",
+    "optional_workspace",
 ]
 
 #: The worker's byte-stream method that runs a process (stdin in, stdout out).
@@ -105,7 +113,11 @@ EXEC_FAILURES: Final[dict[str, str]] = {
     "spawn_failed": "cannot start the process",
 }
 
-_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "timeout", "stderr", "pty"})
+_FIELDS: Final = frozenset(
+    {"argv", "shell", "env", "env_mode", "cwd", "workspace", "timeout", "stderr", "pty"}
+)
+#: A workspace id: what :func:`check_workspace_ref` accepts.
+WORKSPACE_ID: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 
 
 #: How ``env`` meets the worker's environment.
@@ -125,6 +137,8 @@ class ExecRequest:
     stderr: Literal["stream", "stdout", "discard"] = "stream"
     #: ``(cols, rows)`` of the terminal the process runs on; None: pipes.
     pty: tuple[int, int] | None = None
+    #: The id of the workspace to run in (``cwd`` then relative to it); None: no workspace.
+    workspace: str | None = None
 
     @property
     def command(self) -> list[str]:
@@ -259,6 +273,23 @@ def check_command(
     return argv, shell, env, mode, cwd
 
 
+def check_workspace_ref(value: Any) -> str:
+    """``value`` if it is a workspace id: 1 .. 128 of ``A-Z a-z 0-9 . _ -``, not starting
+    with ``.`` or ``-`` (:class:`InvalidMessage` otherwise)."""
+    if not isinstance(value, str) or not WORKSPACE_ID.fullmatch(value):
+        raise InvalidMessage(
+            "workspace must be a workspace id (1..128 of A-Z a-z 0-9 . _ -, not starting "
+            "with . or -)"
+        )
+    return value
+
+
+def optional_workspace(data: Mapping[str, Any]) -> str | None:
+    """The ``"workspace"`` field of a process-starting payload, checked (None if absent)."""
+    value = data.get("workspace")
+    return None if value is None else check_workspace_ref(value)
+
+
 def _check(data: Mapping[str, Any]) -> ExecRequest:
     unknown = sorted(set(data) - _FIELDS)
     if unknown:
@@ -282,7 +313,8 @@ def _check(data: Mapping[str, Any]) -> ExecRequest:
         raise InvalidMessage(
             "a process on a pty writes its stderr to the terminal: stderr must be 'stdout'"
         )
-    return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr, pty)
+    workspace = optional_workspace(data)
+    return ExecRequest(argv, shell, env, env_mode, cwd, timeout, stderr, pty, workspace)
 
 
 def json_object(payload: bytes, what: str) -> dict[str, Any]:
@@ -301,6 +333,7 @@ def command_fields(
     env: Mapping[str, str] | None,
     env_mode: str,
     cwd: str | None,
+    workspace: str | None = None,
 ) -> dict[str, Any]:
     """The command fields of a payload (the reverse of :func:`check_command`), defaults
     left out."""
@@ -315,12 +348,16 @@ def command_fields(
         data["env_mode"] = env_mode
     if cwd is not None:
         data["cwd"] = cwd
+    if workspace is not None:
+        data["workspace"] = workspace
     return data
 
 
 def encode_exec_request(request: ExecRequest) -> bytes:
     """``request`` as the ``exec`` payload (checked as the worker will check it)."""
-    data = command_fields(request.argv, request.shell, request.env, request.env_mode, request.cwd)
+    data = command_fields(
+        request.argv, request.shell, request.env, request.env_mode, request.cwd, request.workspace
+    )
     if request.timeout is not None:
         data["timeout"] = request.timeout
     if request.pty is not None:

@@ -110,6 +110,11 @@ __all__ = [
     "TUNNEL_DIAL_TIMEOUT",
     "TUNNEL_OPEN_TIMEOUT",
     "TUNNEL_READ_SIZE",
+    "WORKSPACE_GIT_OUTPUT",
+    "WORKSPACE_GIT_PARALLEL",
+    "WORKSPACE_GIT_TIMEOUT",
+    "WORKSPACE_MAX",
+    "WORKSPACE_MAX_URL",
     "FrameBudget",
     "HubLimits",
     "ServerLimits",
@@ -230,6 +235,17 @@ FILES_PARALLEL: Final = 8
 #: Terminal sessions (``pty.*``) one worker keeps at once, running or exited; a spawn past
 #: it forgets the oldest exited session, or is refused ``resource_exhausted`` if all run.
 PTY_MAX_SESSIONS: Final = 32
+#: Workspaces (git worktrees) one worker keeps, at most; a create past it is refused
+#: ``resource_exhausted``.
+WORKSPACE_MAX: Final = 256
+#: Bytes of a repository URL, at most.
+WORKSPACE_MAX_URL: Final = 2048
+#: Seconds one git command (clone, fetch, worktree add) may take before it is killed.
+WORKSPACE_GIT_TIMEOUT: Final = 600.0
+#: git commands a worker runs at once (more wait their turn, one per workspace call).
+WORKSPACE_GIT_PARALLEL: Final = 4
+#: Bytes of a failed git command's stderr kept for the error message (its tail).
+WORKSPACE_GIT_OUTPUT: Final = 8192
 #: A terminal's size: columns and rows 1 .. these, and at most PTY_MAX_CELLS cells (the
 #: emulator's screen costs memory per cell).
 PTY_MAX_COLS: Final = 1000

@@ -7,8 +7,8 @@ string of 1 .. 64 characters of ``[A-Za-z0-9_.-]`` the worker chose.
 
 * ``pty.spawn`` (RPC) :func:`decode_spawn_request`: at most one of ``"argv"`` (a non-empty
   list of strings) and ``"shell"`` (a string for ``/bin/sh -c``; neither: the worker's
-  login shell), ``"env"`` / ``"env_mode"`` / ``"cwd"`` as for ``exec``, ``"cols"`` and
-  ``"rows"`` (default 80 x 24). Answer: the session's :class:`SessionInfo`.
+  login shell), ``"env"`` / ``"env_mode"`` / ``"cwd"`` / ``"workspace"`` as for ``exec``,
+  ``"cols"`` and ``"rows"`` (default 80 x 24). Answer: the session's :class:`SessionInfo`.
 * ``pty.resize`` (RPC) ``{"id", "cols", "rows"}``; answer ``{}``.
 * ``pty.send`` (RPC) ``{"id", "data"}`` (text, sent as UTF-8) or ``{"id", "data_b64"}``
   (any bytes, base64), at most :data:`~leapcore.proto.limits.PTY_MAX_SEND` bytes;
@@ -48,6 +48,7 @@ from .exec_spec import (
     check_size,
     command_fields,
     json_object,
+    optional_workspace,
 )
 from .limits import PTY_MAX_SEND, PTY_SCROLLBACK_LINES
 
@@ -101,7 +102,9 @@ ATTACH_METHOD: Final = "pty.attach"
 
 
 _ID: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-_SPAWN_FIELDS: Final = frozenset({"argv", "shell", "env", "env_mode", "cwd", "cols", "rows"})
+_SPAWN_FIELDS: Final = frozenset(
+    {"argv", "shell", "env", "env_mode", "cwd", "workspace", "cols", "rows"}
+)
 
 
 def _only(data: Mapping[str, Any], allowed: frozenset[str] | set[str], what: str) -> None:
@@ -135,6 +138,8 @@ class SpawnRequest:
     cwd: str | None = None
     cols: int = DEFAULT_COLS
     rows: int = DEFAULT_ROWS
+    #: The id of the workspace to run in (``cwd`` then relative to it).
+    workspace: str | None = None
 
     def command(self, login_shell: str) -> list[str]:
         """The argv to start (``login_shell`` when neither ``argv`` nor ``shell``)."""
@@ -156,12 +161,14 @@ def _check_spawn(data: Mapping[str, Any]) -> SpawnRequest:
     _only(data, _SPAWN_FIELDS, "pty.spawn")
     argv, shell, env, env_mode, cwd = check_command(data, required=False)
     cols, rows = check_size(data.get("cols", DEFAULT_COLS), data.get("rows", DEFAULT_ROWS))
-    return SpawnRequest(argv, shell, env, env_mode, cwd, cols, rows)
+    return SpawnRequest(argv, shell, env, env_mode, cwd, cols, rows, optional_workspace(data))
 
 
 def encode_spawn_request(request: SpawnRequest) -> bytes:
     """``request`` as the ``pty.spawn`` payload (checked as the worker will check it)."""
-    data = command_fields(request.argv, request.shell, request.env, request.env_mode, request.cwd)
+    data = command_fields(
+        request.argv, request.shell, request.env, request.env_mode, request.cwd, request.workspace
+    )
     data["cols"], data["rows"] = request.cols, request.rows
     _check_spawn(data)
     return _dump(data)

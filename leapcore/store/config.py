@@ -98,6 +98,8 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # comma-separated in the environment). Deny wins; no allow rule: every destination.
     "tunnel_allow": (list, []),
     "tunnel_deny": (list, []),
+    # Where the workspace service keeps its clones and worktrees ("": data_dir/workspaces).
+    "workspace_root": (str, ""),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -121,7 +123,7 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
 }
 
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
-WORKER_PATH_KEYS: Final = ("data_dir", "ca_file")
+WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
 HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
 

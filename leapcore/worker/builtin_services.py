@@ -14,7 +14,9 @@ worker's destination rules (``worker.tunnel_policy``; see :mod:`leapcore.worker.
 and ``exec``, ``exec.stderr``, ``exec.wait``, ``exec.signal``, ``exec.resize`` (owner
 only): processes run for the owner (:mod:`leapcore.worker.exec`); and ``pty.*`` (owner
 only): terminal sessions kept by the worker (:mod:`leapcore.worker.pty`); and ``files.*``
-(owner only): file copies (:mod:`leapcore.worker.files`).
+(owner only): file copies (:mod:`leapcore.worker.files`); and ``workspace.*`` (owner only):
+git checkouts under ``worker.workspace_root`` (:mod:`leapcore.worker.workspaces`), which
+``exec`` and ``pty.spawn`` may start in.
 
 An embedding application adds its own methods to the table it passes to the worker::
 
@@ -38,10 +40,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
 from ..proto.channel_mux import PING_METHOD
-from .exec import add_exec_service
+from .exec import ExecService, add_exec_service
 from .files import add_files_service
-from .pty import add_pty_service
+from .pty import PtyService, add_pty_service
 from .tcp import add_tcp_service
+from .workspaces import WorkspaceService, add_workspace_service
 
 if TYPE_CHECKING:
     from .daemon import Worker
@@ -49,6 +52,7 @@ if TYPE_CHECKING:
 __all__ = [
     "INFO_METHOD",
     "Installer",
+    "add_process_services",
     "build_commit",
     "default_services",
     "info_document",
@@ -124,7 +128,8 @@ def info_document(worker: Worker) -> dict[str, Any]:
 
 
 def default_services(worker: Worker) -> Services:
-    """A table with ``info``, ``tcp``, ``exec`` and ``pty.*`` for ``worker``; add more methods
+    """A table with ``info``, ``tcp``, ``exec``, ``pty.*``, ``files.*`` and ``workspace.*``
+    for ``worker``; add more methods
     to it before running."""
     services = Services()
     build_commit()  # a git subprocess, once, at start-up: never inside a channel call
@@ -134,10 +139,22 @@ def default_services(worker: Worker) -> Services:
 
     services.add_rpc(INFO_METHOD, info)
     add_tcp_service(services, lambda: worker.tunnel_policy)
-    add_exec_service(services)
     add_files_service(services)
-    add_pty_service(services)
+    add_process_services(services, worker.workspace_root)
     return services
+
+
+def add_process_services(
+    services: Services, workspace_root: Path
+) -> tuple[ExecService, PtyService, WorkspaceService]:
+    """``exec``, ``pty.*`` and ``workspace.*`` on ``services``, joined: processes and
+    terminal sessions may start in a workspace (under ``workspace_root``), and a workspace
+    is busy while one started in it runs."""
+    workspaces = add_workspace_service(services, workspace_root)
+    exec_service = add_exec_service(services, workspace_dir=workspaces.directory)
+    pty_service = add_pty_service(services, workspace_dir=workspaces.directory)
+    workspaces.busy = lambda: [*exec_service.cwds(), *pty_service.cwds()]
+    return exec_service, pty_service, workspaces
 
 
 # -- installers named by MODULE:CALLABLE (leapcore-worker --services) --------------------

@@ -311,12 +311,17 @@ class Worker:
         max_incomplete_chunked: int = DEFAULT_MAX_INCOMPLETE,
         max_channel_bytes: int | None = None,
         tunnel_policy: TunnelPolicy | None = None,
+        workspace_root: Path | str | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
         if dial is None and hub_url:
             parse_hub_url(hub_url)  # a bad URL is a configuration error, before any dial
         self.data_dir = Path(data_dir)
+        #: Where the ``workspace`` service keeps clones and worktrees.
+        self.workspace_root = (
+            Path(workspace_root) if workspace_root else self.data_dir / "workspaces"
+        )
         #: The hub's URL ("" until :meth:`prepare` takes ``hub.json``'s).
         self.hub_url = hub_url
         self._own_dial = dial is None

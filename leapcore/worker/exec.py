@@ -40,6 +40,7 @@ import signal
 import subprocess
 from typing import Final
 
+import attrs
 import trio
 
 from ..errors import InvalidMessage, ServiceError
@@ -66,11 +67,14 @@ from ..proto.exec_spec import (
 )
 from ..proto.limits import EXEC_KILL_GRACE, EXEC_MAX_PROCESSES, EXEC_READ_SIZE, PTY_EXIT_DRAIN
 from .spawn import (
+    WorkspaceDir,
+    live_dirs,
     open_on_terminal,
     process_env,
     set_terminal_size,
     signal_group,
     spawn_failure,
+    start_dir,
     terminal_groups,
 )
 
@@ -164,9 +168,11 @@ class ExecService:
         *,
         max_processes: int = EXEC_MAX_PROCESSES,
         kill_grace: float = EXEC_KILL_GRACE,
+        workspace_dir: WorkspaceDir | None = None,
     ) -> None:
         self.max_processes = max_processes
         self.kill_grace = kill_grace
+        self.workspace_dir = workspace_dir
         self._runs: dict[tuple[int, int], _Run] = {}
         #: Processes (groups) alive per channel id, watched ones included.
         self._slots: dict[int, int] = {}
@@ -177,6 +183,10 @@ class ExecService:
         services.add_rpc(WAIT_METHOD, self._wait)
         services.add_rpc(SIGNAL_METHOD, self._signal)
         services.add_rpc(RESIZE_METHOD, self._resize)
+
+    def cwds(self) -> list[str]:
+        """The directories running processes were started in (given ones only)."""
+        return live_dirs(run.request.cwd for run in self._runs.values())
 
     def running(self, channel_id: int) -> int:
         """Processes (and watched groups) the channel ``channel_id`` has now."""
@@ -211,6 +221,12 @@ class ExecService:
     async def _start(
         self, ctx: CallContext, request: ExecRequest, opening: ByteStreamOpening
     ) -> None:
+        try:
+            cwd = await start_dir(self.workspace_dir, request.workspace, request.cwd)
+        except ServiceError as exc:
+            await opening.refuse(exc.error_code, exc.error_message)
+            return
+        request = attrs.evolve(request, cwd=cwd)
         env = process_env(request.env, request.env_mode, terminal=request.pty is not None)
         master = None
         try:
@@ -447,9 +463,13 @@ def add_exec_service(
     *,
     max_processes: int = EXEC_MAX_PROCESSES,
     kill_grace: float = EXEC_KILL_GRACE,
+    workspace_dir: WorkspaceDir | None = None,
 ) -> ExecService:
     """Register ``exec``, ``exec.stderr``, ``exec.wait`` and ``exec.signal`` (owner-only)
-    on ``services``; returns the service (its table of processes)."""
-    service = ExecService(max_processes=max_processes, kill_grace=kill_grace)
+    on ``services``; returns the service (its table of processes). ``workspace_dir``
+    resolves the ``"workspace"`` field (None: a worker without workspaces)."""
+    service = ExecService(
+        max_processes=max_processes, kill_grace=kill_grace, workspace_dir=workspace_dir
+    )
     service.install(services)
     return service

@@ -49,6 +49,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import attrs
 import trio
 
 from ..errors import InvalidMessage, ServiceError
@@ -92,11 +93,14 @@ from ..proto.pty_spec import (
 )
 from .pty_screen import TerminalScreen
 from .spawn import (
+    WorkspaceDir,
+    live_dirs,
     open_on_terminal,
     process_env,
     set_terminal_size,
     signal_group,
     spawn_failure,
+    start_dir,
     terminal_groups,
 )
 
@@ -209,7 +213,9 @@ class PtyService:
         max_sessions: int = PTY_MAX_SESSIONS,
         kill_grace: float = PTY_KILL_GRACE,
         scrollback: int = PTY_SCROLLBACK_LINES,
+        workspace_dir: WorkspaceDir | None = None,
     ) -> None:
+        self.workspace_dir = workspace_dir
         self.max_sessions = max_sessions
         self.kill_grace = kill_grace
         self.scrollback = scrollback
@@ -220,6 +226,10 @@ class PtyService:
         self._nursery: trio.Nursery | None = None
         self._token: Any = None
         self._starting: trio.Event | None = None
+
+    def cwds(self) -> list[str]:
+        """The directories running sessions were started in (given ones only)."""
+        return live_dirs(s.request.cwd for s in self.sessions.values() if not s.exited.is_set())
 
     def install(self, services: Services) -> None:
         services.add_rpc(SPAWN_METHOD, self._guard(self._spawn))
@@ -306,6 +316,8 @@ class PtyService:
 
     async def _spawn(self, payload: bytes) -> bytes:
         request = decode_spawn_request(payload)
+        cwd = await start_dir(self.workspace_dir, request.workspace, request.cwd)
+        request = attrs.evolve(request, cwd=cwd)
         nursery = await self._sessions_nursery()
         self._make_room()
         login_shell = os.environ.get("SHELL") or "/bin/sh"
@@ -504,9 +516,15 @@ def add_pty_service(
     max_sessions: int = PTY_MAX_SESSIONS,
     kill_grace: float = PTY_KILL_GRACE,
     scrollback: int = PTY_SCROLLBACK_LINES,
+    workspace_dir: WorkspaceDir | None = None,
 ) -> PtyService:
     """Register the ``pty.*`` methods (owner-only) on ``services``; returns the service
-    (its table of sessions)."""
-    service = PtyService(max_sessions=max_sessions, kill_grace=kill_grace, scrollback=scrollback)
+    (its table of sessions). ``workspace_dir``: as for :func:`add_exec_service`."""
+    service = PtyService(
+        max_sessions=max_sessions,
+        kill_grace=kill_grace,
+        scrollback=scrollback,
+        workspace_dir=workspace_dir,
+    )
     service.install(services)
     return service

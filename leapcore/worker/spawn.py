@@ -17,20 +17,24 @@ import fcntl
 import os
 import struct
 import termios
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Final, Literal
 
 import trio
 
+from ..errors import ServiceError
 from ..proto.exec_spec import EXEC_FAILURES
 
 __all__ = [
     "DEFAULT_TERM",
+    "WorkspaceDir",
+    "live_dirs",
     "open_on_terminal",
     "process_env",
     "set_terminal_size",
     "signal_group",
     "spawn_failure",
+    "start_dir",
     "terminal_groups",
 ]
 
@@ -39,6 +43,30 @@ DEFAULT_TERM: Final = "xterm-256color"
 #: Variables of the worker's environment a process on a terminal does not inherit (they
 #: would override the terminal's size).
 _SIZE_ENV: Final = ("COLUMNS", "LINES")
+
+
+#: Where a process asked to run in workspace ``id`` at ``cwd`` starts (raises
+#: :class:`~leapcore.errors.ServiceError` ``workspace_not_found``):
+#: :meth:`leapcore.worker.workspaces.WorkspaceService.directory`.
+WorkspaceDir = Callable[[str, str | None], Awaitable[str]]
+
+
+async def start_dir(
+    workspace_dir: WorkspaceDir | None, workspace: str | None, cwd: str | None
+) -> str | None:
+    """The directory a process starts in: ``cwd``, or (with ``workspace``) ``cwd`` taken
+    from that workspace's directory. A workspace on a worker that keeps none is
+    ``workspace_not_found``."""
+    if workspace is None:
+        return cwd
+    if workspace_dir is None:
+        raise ServiceError("workspace_not_found", "this worker keeps no workspaces")
+    return await workspace_dir(workspace, cwd)
+
+
+def live_dirs(cwds: Iterable[str | None]) -> list[str]:
+    """The absolute directories among ``cwds`` (None: the worker's own, left out)."""
+    return [os.path.abspath(cwd) for cwd in cwds if cwd is not None]
 
 
 def spawn_failure(exc: OSError, program: str, cwd: str | None) -> tuple[str, str]:

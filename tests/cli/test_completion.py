@@ -64,7 +64,9 @@ def complete(tmp_path: Path, line: str) -> list[str]:
 @pytest.mark.parametrize(
     ("line", "expected"),
     [
-        ("leapcore remote wor", ["worker"]),
+        ("leapcore remote wor", ["worker", "workspace"]),
+        ("leapcore remote works", ["workspace"]),
+        ("leapcore remote workspace ", ["create", "list", "remove"]),
         ("leapcore remote worker pi", ["ping", "pins"]),
         ("leapcore remote worker pins ", ["list", "remove", "show"]),
         ("leapcore com", ["completion"]),
@@ -191,6 +193,7 @@ printf 'reply:%s\n' "${COMPREPLY[@]}"
         assert any(line.startswith("complete ") and line.endswith(f" {prog}") for line in lines)
     assert [line.strip() for line in lines if line.startswith("reply:")] == [
         "reply:worker",
+        "reply:workspace",
         "reply:user",
     ]
 

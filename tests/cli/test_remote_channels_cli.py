@@ -96,7 +96,8 @@ def test_demo_once_shows_a_real_session(env: Env) -> None:
     assert (
         "capabilities:    exec, exec.resize, exec.signal, exec.stderr, exec.wait, files.list, "
         "files.mkdir, files.read, files.stat, files.write, info, ping, pty.attach, "
-        "pty.capture, pty.kill, pty.list, pty.resize, pty.send, pty.spawn, pty.wait, tcp"
+        "pty.capture, pty.kill, pty.list, pty.resize, pty.send, pty.spawn, pty.wait, tcp, "
+        "workspace.list, workspace.open, workspace.remove"
     ) in out
     assert out.rstrip().endswith("leapcore demo: stopped")
     assert not env.config.exists() or not any(env.config.iterdir())  # --once saves nothing

@@ -117,6 +117,7 @@ def test_own_methods_over_real_processes(env: Env, setup: Setup) -> None:
         builtin += [f"files.{m}" for m in ("list", "mkdir", "read", "stat", "write")]
         pty = ["attach", "capture", "kill", "list", "resize", "send", "spawn", "wait"]
         builtin += [f"pty.{m}" for m in pty]
+        builtin += [f"workspace.{m}" for m in ("list", "open", "remove")]
         assert info["info"]["capabilities"] == sorted([*builtin, *ADDED])
         ping = env.json("worker", "ping", "--count", "3", "--worker-id", ids[name])
         assert ping["worker_id"] == ids[name] and ping["count"] == 3

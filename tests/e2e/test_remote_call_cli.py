@@ -30,6 +30,7 @@ BUILTIN = {
     **{f"pty.{m}": ("rpc", False) for m in ("spawn", "wait")},
     "pty.attach": ("byte_stream", False),
     "tcp": ("byte_stream", False),
+    **{f"workspace.{m}": ("rpc", False) for m in ("list", "open", "remove")},
 }
 #: What the test worker serves, at least.
 SERVED = {**BUILTIN, **METHODS}

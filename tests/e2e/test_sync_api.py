@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.gitkit import origin_with_branches
 from support.procs import TIMEOUT, Env, Proc, wait_for, worker_box
 
 import leapcore
@@ -31,6 +32,7 @@ from leapcore.errors import (
     RemoteCallError,
     SyncClosed,
     Unauthenticated,
+    WorkspaceError,
 )
 from leapcore.store.pinstore import PinStore
 
@@ -203,6 +205,22 @@ def test_put_and_get(box: tuple[Env, Proc], tmp_path: Path) -> None:
     assert (back / "a.txt").read_bytes() == b"alpha\n"
     assert (back / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 1000
     assert (back / "sub" / "b.bin").stat().st_mode & 0o777 == 0o640
+
+
+def test_workspaces(box: tuple[Env, Proc], tmp_path: Path) -> None:
+    """Workspaces in the blocking API: create, run in it, list, remove."""
+    env, _ = box
+    origin, heads = origin_with_branches(tmp_path)
+    with connect(env, tmp_path) as hub, hub.open_channel("box") as ch:
+        ws = ch.workspace(origin.url, "main")
+        assert ws.new and ws.head == heads["main"]
+        assert ch.run(["cat", "README"], workspace=ws.id).stdout == b"hello\n"
+        assert [w.id for w in ch.workspaces()] == [ws.id]
+        with pytest.raises(WorkspaceError) as missing:
+            ch.workspace(origin.url, "no-such-branch")
+        assert missing.value.reason == "branch_not_found"
+        assert ch.remove_workspace(ws.id).id == ws.id
+        assert ch.workspaces() == []
 
 
 def test_errors_arrive_as_their_own_classes(box: tuple[Env, Proc], tmp_path: Path) -> None:

@@ -455,8 +455,10 @@ def test_a_relative_data_dir_flag_defaults_to_the_real_current_directory(
         (None, None, None, ""),
     ],
 )
-def test_worker_ca_file_in_a_config_file_is_relative_to_the_file(
+@pytest.mark.parametrize("key", ["ca_file", "workspace_root"])
+def test_worker_paths_in_a_config_file_are_relative_to_the_file(
     tmp_path: Path,
+    key: str,
     file_value: str | None,
     env_value: str | None,
     flag_value: str | None,
@@ -464,15 +466,15 @@ def test_worker_ca_file_in_a_config_file_is_relative_to_the_file(
 ) -> None:
     config = tmp_path / "etc" / "worker.toml"
     config.parent.mkdir()
-    config.write_text("" if file_value is None else f"ca_file = {file_value!r}\n")
-    env = {} if env_value is None else {"LEAPCORE_WORKER_CA_FILE": env_value}
-    flags = {} if flag_value is None else {"ca_file": flag_value}
+    config.write_text("" if file_value is None else f"{key} = {file_value!r}\n")
+    env = {} if env_value is None else {f"LEAPCORE_WORKER_{key.upper()}": env_value}
+    flags = {} if flag_value is None else {key: flag_value}
     settings, _ = worker_settings(
         flags=flags, env=env, home=tmp_path / "home", config_path=config, cwd=tmp_path / "cwd"
     )
     if expected.startswith(("etc", "home")):
         expected = str(tmp_path / expected)
-    assert settings["ca_file"] == expected
+    assert settings[key] == expected
 
 
 def test_hub_path_settings_in_a_config_file_are_relative_to_the_file(tmp_path: Path) -> None:

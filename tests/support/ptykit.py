@@ -6,7 +6,8 @@ screen until it shows what a test waits for."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import TypeVar
 
 import trio
 
@@ -16,12 +17,15 @@ from leapcore.proto.pty_spec import Capture
 from leapcore.worker.pty import PtyService, add_pty_service
 from support.channelpair import OWNER, MemoryPair, running
 
+W = TypeVar("W", bound="PtyWorker")
+
 #: Seconds a test on a running pair may take.
 DEADLINE = 60.0
 
 
 class PtyWorker:
-    """One worker's ``pty`` service and its method table."""
+    """One worker's ``pty`` service (``service``) and its method table (``services``);
+    a subclass may add more services to the table."""
 
     def __init__(self, **options: object) -> None:
         self.services = Services()
@@ -42,10 +46,9 @@ class PtyWorker:
 
 
 @asynccontextmanager
-async def pty_worker(**options: object) -> AsyncIterator[PtyWorker]:
-    """A worker whose sessions run in this block (all killed at its end); a test that takes
+async def serving(worker: W) -> AsyncIterator[W]:
+    """``worker``'s sessions run in this block (all killed at its end); a test that takes
     more than :data:`DEADLINE` seconds fails instead of hanging."""
-    worker = PtyWorker(**options)
     with trio.fail_after(DEADLINE):
         async with trio.open_nursery() as nursery:
             await nursery.start(worker.service.run)
@@ -55,6 +58,11 @@ async def pty_worker(**options: object) -> AsyncIterator[PtyWorker]:
                 with trio.CancelScope(shield=True):
                     await worker.service.aclose()
                 nursery.cancel_scope.cancel()
+
+
+def pty_worker(**options: object) -> AbstractAsyncContextManager[PtyWorker]:
+    """A worker whose sessions run in this block (see :func:`serving`)."""
+    return serving(PtyWorker(**options))
 
 
 async def screen_until(
