@@ -56,6 +56,7 @@ PLANS: dict[str, Plan] = {
     "h2_server": Plan(),
     "ws_server": Plan(),
     "socks5": Plan(),
+    "worker_policy": Plan(),
 }
 
 

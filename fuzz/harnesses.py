@@ -38,6 +38,8 @@ harness                what is fed the bytes                       documented er
                        bytes) as chunks, then EOF                  "need more" after EOF;
                                                                    same outcome however
                                                                    the bytes are split
+``worker_policy``      ``parse_policy`` of a policy file's bytes   ``ConfigError`` naming
+                       (accepted: its summary is plain data)       the file
 =====================  ==========================================  ======================
 
 (``HandshakeError`` and ``DecryptError`` are the ``RemoteProtocolError`` subclasses for network
@@ -86,6 +88,7 @@ from leapcore.crypto.transport import TransportSession
 from leapcore.errors import (
     ChannelClosedError,
     ChannelProtocolError,
+    ConfigError,
     DecryptError,
     HandshakeError,
     KeyFileError,
@@ -164,6 +167,7 @@ from leapcore.proto.socks5 import (
     Socks5Server,
     encode_reply,
 )
+from leapcore.proto.worker_policy import parse_policy
 from leapcore.store.keyfile import load_keypair
 from leapcore.store.pinstore import PinStore
 
@@ -1011,6 +1015,8 @@ def seeds(name: str) -> list[bytes]:
         return _ws_seeds()
     if name == "socks5":
         return _socks5_seeds()
+    if name == "worker_policy":
+        return _policy_seeds()
     raise KeyError(name)
 
 
@@ -1475,4 +1481,37 @@ def _socks5_seeds() -> list[bytes]:
         r(*(bytes([b]) for b in greeting + domain), b"GET / HTTP/1.0\r\n"),  # early data
         r(every_method[:255], every_method[255:], longest[:200], longest[200:]),
         r(greeting, domain) + b"\x00" + r(b"ignored after the EOF"),
+    ]
+
+
+# The worker's policy file (leapcore.proto.worker_policy), as the worker reads it.
+
+
+def _worker_policy(data: bytes) -> bool:
+    try:
+        policy = parse_policy(data, source="policy.toml", home="/home/fuzz")
+    except ConfigError as exc:
+        _expect(str(exc).startswith("policy.toml: "), f"error not naming the file: {exc}")
+        return False
+    summary = policy.summary()
+    _expect(json.loads(json.dumps(summary)) == summary, "the summary is not plain data")
+    return True
+
+
+def check_worker_policy(data: bytes) -> None:
+    """``parse_policy``: a policy, or ``ConfigError`` naming the file."""
+    _guarded("worker_policy", _worker_policy, data)
+
+
+HARNESSES["worker_policy"] = check_worker_policy
+_TARGETS["worker_policy"] = _worker_policy
+
+
+def _policy_seeds() -> list[bytes]:
+    return [
+        b"",
+        b'[exec]\nallow = ["pytest", "/usr/bin/git"]\ndeny = ["ssh"]\nmax_cpu_seconds = 60\n'
+        b'max_memory_mb = 512\nmax_open_files = 256\nrun_as_user = "builder"\n',
+        b'[files]\nroots = ["~/work", "/tmp/scratch"]\n[services]\ndisabled = ["pty"]\n',
+        b'[tunnel]\nallow = ["10.0.0.0/8:5432", "*.example.com:443"]\ndeny = ["[::1]"]\n',
     ]

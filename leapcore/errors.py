@@ -74,6 +74,7 @@ __all__ = [
     "PermissionDenied",
     "PinStoreError",
     "PlaintextTooLarge",
+    "PolicyDenied",
     "ProcessFailed",
     "ProcessOutputTooLarge",
     "ProcessTimedOut",
@@ -606,6 +607,21 @@ class RemoteCallError(Refused):
         super().__init__(f"{remote_code}: {message}" if message else remote_code)
         self.remote_code = remote_code
         self.remote_message = message
+
+
+class PolicyDenied(RemoteCallError):
+    """The worker's policy (``policy.toml``) refused the call before it touched anything
+    (``remote_code`` ``denied_by_policy``); ``str(exc)`` is
+    ``denied_by_policy: <rule>: <what>``, e.g. ``denied_by_policy: exec.deny ssh: ssh``."""
+
+    code = "denied_by_policy"
+
+
+def remote_call_error(code: str, message: str) -> RemoteCallError:
+    """The error for a worker's answer ``code``: :class:`PolicyDenied` for
+    ``denied_by_policy``, else :class:`RemoteCallError`."""
+    cls = PolicyDenied if code == PolicyDenied.code else RemoteCallError
+    return cls(code, message)
 
 
 class TunnelDialFailed(Refused):

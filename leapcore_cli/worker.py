@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import shlex
+import signal
 import socket
 import sys
 from collections.abc import Sequence
@@ -14,17 +16,18 @@ from pathlib import Path
 import trio
 
 from leapcore.errors import ConfigError
-from leapcore.net.signals import run_until_signal
+from leapcore.net.signals import call_on_signal, run_until_signal
 from leapcore.proto.tunnel_policy import TunnelPolicy
 from leapcore.store.config import LOG_LEVELS, worker_settings
 from leapcore.store.paths import cross_worker_pins_path
 from leapcore.store.pinstore import PinStore
+from leapcore.store.policyfile import load_policy
 from leapcore.store.workerstate import StartupAction
 from leapcore.worker.builtin_services import install_services
 from leapcore.worker.daemon import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels
 
 from . import completion, pincmd, service, workerid
-from .common import EXIT_OK, Parser, make_parser, run
+from .common import EXIT_OK, Parser, add_json_flag, emit_json, make_parser, run
 from .logs import setup_logging
 
 
@@ -70,6 +73,7 @@ RUN_FLAGS = (
     "log_format",
     "services",
     "workspace_root",
+    "policy",
 )
 EXIT_MESSAGES = {
     WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
@@ -129,6 +133,13 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         help="where workspaces (git clones and worktrees) live (default: DATA_DIR/workspaces)",
     )
     add(
+        "--policy",
+        metavar="FILE",
+        default=hide,
+        help="what the owner may make this worker do (default: DATA_DIR/policy.toml if it "
+        "exists; none: everything); kill -HUP reloads it",
+    )
+    add(
         "--config",
         metavar="FILE",
         type=Path,
@@ -162,14 +173,19 @@ def run_worker(args: argparse.Namespace) -> int:
         max_channel_bytes=settings["max_channel_bytes"] or None,
         tunnel_policy=TunnelPolicy.parse(settings["tunnel_allow"], settings["tunnel_deny"]),
         workspace_root=settings["workspace_root"] or None,
+        policy_file=settings["policy"] or None,
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()
 
     async def start() -> WorkerExit:
-        if action is StartupAction.REGISTER:
-            await worker.register()
-        return await worker.run()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call_on_signal, signal.SIGHUP, worker.reload_policy)
+            if action is StartupAction.REGISTER:
+                await worker.register()
+            result = await worker.run()
+            nursery.cancel_scope.cancel()
+        return result
 
     result = trio.run(
         functools.partial(run_until_signal, start, worker.stop, default=WorkerExit.STOPPED)
@@ -178,6 +194,24 @@ def run_worker(args: argparse.Namespace) -> int:
     if message is not None:
         kept = ", ".join(str(path) for path in worker.retired) or "nothing (no files were left)"
         print(message.format(kept=kept), file=sys.stderr)
+    return EXIT_OK
+
+
+def check_policy(args: argparse.Namespace) -> int:
+    """``leapcore-worker policy check FILE``."""
+    summary = load_policy(args.file, required=True).summary()
+    if args.json:
+        emit_json({"ok": True, "policy": summary})
+        return EXIT_OK
+    print(f"{args.file}: ok")
+    for table in ("exec", "files", "tunnel", "services"):
+        rules = summary[table]
+        if rules is None:
+            print(f"  [{table}] not set (the worker's tunnel_allow / tunnel_deny settings)")
+            continue
+        for key, value in rules.items():
+            shown = "not set" if value is None else json.dumps(value)
+            print(f"  {table}.{key} = {shown}")
     return EXIT_OK
 
 
@@ -210,6 +244,21 @@ def build_parser() -> Parser:
         store=cross_worker_store,
         add_location=_location_flags,
     )
+    policy = sub.add_parser(
+        "policy",
+        help="check a policy file",
+        description="Work with the worker's policy file (policy.toml).",
+    )
+    policy_verbs = policy.add_subparsers(dest="policy_verb", metavar="VERB", required=True)
+    check = policy_verbs.add_parser(
+        "check",
+        help="validate a policy file and show what it says",
+        description="Read FILE as the worker would (at start-up and on kill -HUP) and show "
+        "its rules; exit 2 with the problem when the worker would refuse it.",
+    )
+    check.add_argument("file", metavar="FILE", type=Path, help="the policy file")
+    add_json_flag(check)
+    check.set_defaults(handler=check_policy)
     workerid.add_parser(sub, add_location=_location_flags)
     service.add_parser(sub)
     completion.add_parser(sub)

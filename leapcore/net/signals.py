@@ -26,7 +26,7 @@ import trio
 from ..proto.limits import STOP_GRACE
 from .trioutil import single_exception
 
-__all__ = ["DEFAULT_SIGNALS", "run_until_signal"]
+__all__ = ["DEFAULT_SIGNALS", "call_on_signal", "run_until_signal"]
 
 log = logging.getLogger(__name__)
 
@@ -98,3 +98,13 @@ async def run_until_signal(
             nursery.start_soon(_watch, receiver, nursery, stop, grace)
             nursery.start_soon(run_main)
     return result
+
+
+async def call_on_signal(signum: int, action: Callable[[], object]) -> None:
+    """Call ``action()`` each time ``signum`` arrives, until cancelled (the worker's
+    ``SIGHUP``: reload the policy). A burst of the same signal may be taken as one call
+    (trio keeps one of each signal pending), which is enough for a reload."""
+    with trio.open_signal_receiver(signum) as signals:
+        async for _ in signals:
+            log.info("%s received", _name(signum))
+            action()

@@ -55,6 +55,7 @@ from ..errors import (
     StreamUsageError,
     TunnelDenied,
     TunnelDialFailed,
+    remote_call_error,
 )
 from ..net.pipe import WRITE_BATCH
 from ..proto.channel_events import (
@@ -154,6 +155,24 @@ class Services:
         self.public: set[str] = set()
         #: Byte-stream methods whose handler accepts or refuses the stream itself.
         self.manual_accept: set[str] = set()
+        #: Checks every call passes before its handler runs (after the owner check):
+        #: each takes the method's name and returns None, or the ``(code, message)`` to
+        #: refuse it with (the worker's ``services.disabled`` policy is one).
+        self.gates: list[Callable[[str], tuple[str, str] | None]] = []
+
+    def refusal(self, method: str) -> tuple[str, str] | None:
+        """The first of :attr:`gates` that refuses ``method``: its ``(code, message)``."""
+        for gate in self.gates:
+            refused = gate(method)
+            if refused is not None:
+                return refused
+        return None
+
+    def served(self) -> list[str]:
+        """The methods a caller may use, sorted: every one registered, ``ping`` included,
+        less those a gate refuses."""
+        methods = {PING_METHOD, *self.rpcs, *self.streams, *self.byte_streams}
+        return sorted(m for m in methods if m == PING_METHOD or self.refusal(m) is None)
 
     def _name(self, name: str, public: bool) -> None:
         if not name or name == PING_METHOD:
@@ -772,7 +791,7 @@ class Channel:
             elif isinstance(event, ByteStreamReset):
                 stream = self._byte_streams.pop(event.correlation_id, None)
                 if stream is not None:
-                    stream._fail(RemoteCallError(event.code, event.message))
+                    stream._fail(remote_call_error(event.code, event.message))
                 if stream is None or stream._pending:
                     # The opener gave up before the answer: stop its handler (a dial).
                     scope = self._handlers.get(event.correlation_id)
@@ -800,7 +819,7 @@ class Channel:
                 self._fail(ChannelLost(event.code, event.reason))
 
     def _remote_error(self, event: ErrorReceived) -> None:
-        error = RemoteCallError(event.code, event.message)
+        error = remote_call_error(event.code, event.message)
         cid = event.correlation_id
         if (call := self._calls.pop(cid, None)) is not None:
             call.finish(error=error)
@@ -1270,6 +1289,11 @@ class Channel:
         assert services is not None
         if not ctx.is_owner and method not in services.public:
             self.endpoint.send_error(cid, "permission_denied", "only the worker owner may use this")
+            return
+        refused = services.refusal(method)
+        if refused is not None:
+            log.info("channel %d: %s refused: %s: %s", self.channel_id, method, *refused)
+            self.endpoint.send_error(cid, *refused)
             return
         if not self._hold(cid, len(event.payload)):
             log.info(

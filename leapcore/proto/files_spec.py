@@ -81,6 +81,7 @@ FILE_REASONS: Final[dict[str, str]] = {
     "invalid_argument": "malformed request",
     "no_space": "no space left on the device",
     "io_error": "input/output error",
+    "denied_by_policy": "the worker's policy (files.roots) does not allow it",
 }
 FILE_TYPES: Final = ("file", "dir", "symlink", "other")
 

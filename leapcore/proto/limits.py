@@ -80,6 +80,9 @@ __all__ = [
     "MAX_STREAM_WINDOW",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
+    "POLICY_MAX_FILE_BYTES",
+    "POLICY_MAX_RULES",
+    "POLICY_MAX_RULE_LENGTH",
     "PTY_ATTACH_BACKLOG",
     "PTY_EXIT_DRAIN",
     "PTY_KILL_GRACE",
@@ -246,6 +249,12 @@ WORKSPACE_GIT_TIMEOUT: Final = 600.0
 WORKSPACE_GIT_PARALLEL: Final = 4
 #: Bytes of a failed git command's stderr kept for the error message (its tail).
 WORKSPACE_GIT_OUTPUT: Final = 8192
+#: A worker policy file's size, at most (bytes); a larger one is refused unread.
+POLICY_MAX_FILE_BYTES: Final = 1024 * 1024
+#: Entries in one list of a policy file (exec.allow, files.roots, ...), at most.
+POLICY_MAX_RULES: Final = 4096
+#: Characters of one entry of a policy file's list, at most.
+POLICY_MAX_RULE_LENGTH: Final = 4096
 #: A terminal's size: columns and rows 1 .. these, and at most PTY_MAX_CELLS cells (the
 #: emulator's screen costs memory per cell).
 PTY_MAX_COLS: Final = 1000

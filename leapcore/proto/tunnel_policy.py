@@ -291,12 +291,21 @@ class TunnelPolicy:
 
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
+    #: The settings' names, as refusals and errors show them.
+    names: tuple[str, str] = ("tunnel_allow", "tunnel_deny")
 
     @classmethod
-    def parse(cls, allow: Iterable[str] = (), deny: Iterable[str] = ()) -> TunnelPolicy:
+    def parse(
+        cls,
+        allow: Iterable[str] = (),
+        deny: Iterable[str] = (),
+        *,
+        names: tuple[str, str] = ("tunnel_allow", "tunnel_deny"),
+    ) -> TunnelPolicy:
         """From the ``tunnel_allow`` and ``tunnel_deny`` settings (ConfigError naming the
-        setting and the rule)."""
-        return cls(_parse_list(allow, "tunnel_allow"), _parse_list(deny, "tunnel_deny"))
+        setting and the rule); ``names``: the settings' names where they came from
+        elsewhere (the policy file's ``tunnel.allow`` and ``tunnel.deny``)."""
+        return cls(_parse_list(allow, names[0]), _parse_list(deny, names[1]), names)
 
     def _refusal(self, rule: str, host: str, port: int) -> Refusal:
         return Refusal(rule, f"{rule}: {join_host_port(host, port)}")
@@ -307,7 +316,7 @@ class TunnelPolicy:
         can match (no name rule matches and no address rule covers the port)."""
         for rule in self.deny:
             if rule.matches(host, port, None):
-                return self._refusal(f"tunnel_deny {rule.text}", host, port)
+                return self._refusal(f"{self.names[1]} {rule.text}", host, port)
         if not self.allow:
             return None
         if any(r.matches(host, port, None) for r in self.allow):
@@ -316,16 +325,16 @@ class TunnelPolicy:
             r.network is not None and r.matches_port(port) for r in self.allow
         ):
             return None  # an address rule may match what the name resolves to
-        return self._refusal("tunnel_allow (no rule matches)", host, port)
+        return self._refusal(f"{self.names[0]} (no rule matches)", host, port)
 
     def check(self, host: str, port: int, address: str) -> Refusal | None:
         """Whether ``host:port`` may be dialled at ``address`` (one resolved address)."""
         for rule in self.deny:
             if rule.matches(host, port, address):
-                return self._refusal(f"tunnel_deny {rule.text}", host, port)
+                return self._refusal(f"{self.names[1]} {rule.text}", host, port)
         if not self.allow or any(r.matches(host, port, address) for r in self.allow):
             return None
-        return self._refusal("tunnel_allow (no rule matches)", host, port)
+        return self._refusal(f"{self.names[0]} (no rule matches)", host, port)
 
     def filter(
         self, host: str, port: int, addresses: Sequence[str]

@@ -100,6 +100,8 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "tunnel_deny": (list, []),
     # Where the workspace service keeps its clones and worktrees ("": data_dir/workspaces).
     "workspace_root": (str, ""),
+    # The policy file ("": data_dir/policy.toml when it exists; a named one must exist).
+    "policy": (str, ""),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -123,7 +125,7 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
 }
 
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
-WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root")
+WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
 HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
 

@@ -688,7 +688,7 @@ class SQLiteHubStore:
         if not include_expired:
             query += " WHERE k.expires_at > ?"
             args = (now_ms,)
-        query += " ORDER BY k.created_at DESC, k.id"
+        query += " ORDER BY k.created_at DESC, k.rowid DESC"
         return [RegistrationKey(*r) for r in self._db.execute(query, args).fetchall()]
 
     def purge_expired_registration_keys(self, now_ms: int) -> int:

@@ -12,7 +12,8 @@ Pure functions: the environment and the home directory are arguments.
   ``unix:`` URL the whole URL with ``/``, ``\\`` and ``:`` replaced by ``_``.
 * Worker: default config dir ``~/.config/leapcore/worker``, config file
   ``worker.toml`` in it; the data dir is resolved by :func:`resolve_data_dir`;
-  sibling pins live in ``<data dir>/cross_worker_pins.json``.
+  sibling pins live in ``<data dir>/cross_worker_pins.json``, its policy in
+  ``<data dir>/policy.toml`` (:func:`worker_policy_path`).
 * Hub: default config dir ``~/.config/leapcore/hub``, config file ``hub.toml`` in
   it; the data dir follows the worker's rule (:func:`resolve_data_dir` with
   ``default_dir=hub_config_dir(home)``) and holds the database ``hub.db``.
@@ -43,6 +44,7 @@ __all__ = [
     "resolve_data_dir",
     "worker_config_dir",
     "worker_config_file",
+    "worker_policy_path",
 ]
 
 CLIENT_CONFIG_ENV: Final = "LEAPCORE_CONFIG_DIR"
@@ -138,3 +140,8 @@ def resolve_data_dir(
 
 def cross_worker_pins_path(data_dir: Path) -> Path:
     return data_dir / "cross_worker_pins.json"
+
+
+def worker_policy_path(data_dir: Path) -> Path:
+    """The worker's policy file when ``--policy`` names none."""
+    return data_dir / "policy.toml"

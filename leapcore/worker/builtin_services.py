@@ -40,9 +40,11 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
 from ..proto.channel_mux import PING_METHOD
+from ..proto.worker_policy import DENIED_BY_POLICY, ExecRules
 from .exec import ExecService, add_exec_service
 from .files import add_files_service
 from .pty import PtyService, add_pty_service
+from .spawn import no_exec_rules
 from .tcp import add_tcp_service
 from .workspaces import WorkspaceService, add_workspace_service
 
@@ -102,7 +104,7 @@ def service_list(services: Services) -> list[dict[str, Any]]:
             "kind": kinds[name],
             "public": name == PING_METHOD or name in services.public,
         }
-        for name in sorted(kinds)
+        for name in services.served()
     ]
 
 
@@ -111,7 +113,7 @@ def info_document(worker: Worker) -> dict[str, Any]:
     services: the same, with each one's kind and access)."""
     greeting = worker.greeting
     services = worker.services
-    methods = sorted({"ping", *services.rpcs, *services.streams, *services.byte_streams})
+    methods = services.served()
     return {
         "name": worker.name,
         "worker_id": greeting.worker_id if greeting is not None else None,
@@ -138,21 +140,30 @@ def default_services(worker: Worker) -> Services:
         return json.dumps(info_document(worker), sort_keys=True).encode()
 
     services.add_rpc(INFO_METHOD, info)
+    services.gates.append(lambda method: _disabled(worker, method))
     add_tcp_service(services, lambda: worker.tunnel_policy)
-    add_files_service(services)
-    add_process_services(services, worker.workspace_root)
+    add_files_service(services, policy=lambda: worker.policy.files)
+    add_process_services(services, worker.workspace_root, policy=lambda: worker.policy.exec)
     return services
 
 
+def _disabled(worker: Worker, method: str) -> tuple[str, str] | None:
+    refusal = worker.policy.services.check(method)
+    return None if refusal is None else (DENIED_BY_POLICY, refusal.message)
+
+
 def add_process_services(
-    services: Services, workspace_root: Path
+    services: Services,
+    workspace_root: Path,
+    *,
+    policy: Callable[[], ExecRules] = no_exec_rules,
 ) -> tuple[ExecService, PtyService, WorkspaceService]:
     """``exec``, ``pty.*`` and ``workspace.*`` on ``services``, joined: processes and
     terminal sessions may start in a workspace (under ``workspace_root``), and a workspace
-    is busy while one started in it runs."""
+    is busy while one started in it runs; ``policy`` gives the ``[exec]`` rules."""
     workspaces = add_workspace_service(services, workspace_root)
-    exec_service = add_exec_service(services, workspace_dir=workspaces.directory)
-    pty_service = add_pty_service(services, workspace_dir=workspaces.directory)
+    exec_service = add_exec_service(services, workspace_dir=workspaces.directory, policy=policy)
+    pty_service = add_pty_service(services, workspace_dir=workspaces.directory, policy=policy)
     workspaces.busy = lambda: [*exec_service.cwds(), *pty_service.cwds()]
     return exec_service, pty_service, workspaces
 

@@ -129,8 +129,10 @@ from ..proto.link_fields import check_fields
 from ..proto.link_state import LinkConnection, LinkRole
 from ..proto.pins import PinDecision
 from ..proto.tunnel_policy import ALLOW_ALL, TunnelPolicy
-from ..store.paths import cross_worker_pins_path
+from ..proto.worker_policy import WorkerPolicy
+from ..store.paths import cross_worker_pins_path, worker_policy_path
 from ..store.pinstore import PinStore
+from ..store.policyfile import load_policy
 from ..store.workerstate import (
     HUB_FILE,
     STATE_FILE,
@@ -312,6 +314,8 @@ class Worker:
         max_channel_bytes: int | None = None,
         tunnel_policy: TunnelPolicy | None = None,
         workspace_root: Path | str | None = None,
+        policy_file: Path | str | None = None,
+        policy: WorkerPolicy | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -356,9 +360,19 @@ class Worker:
         self.max_incomplete_chunked = max_incomplete_chunked
         #: Bytes held per channel (None: twice ``max_message_size``).
         self.max_channel_bytes = max_channel_bytes
-        #: Where the ``tcp`` service may connect (``tunnel_allow`` / ``tunnel_deny``; default:
-        #: anywhere). Read at each open, so it may be replaced while the worker runs.
-        self.tunnel_policy = tunnel_policy if tunnel_policy is not None else ALLOW_ALL
+        #: The ``tunnel_allow`` / ``tunnel_deny`` settings' rules (default: anywhere); the
+        #: policy file's ``[tunnel]`` takes their place (:attr:`tunnel_policy`).
+        self.tunnel_settings = tunnel_policy if tunnel_policy is not None else ALLOW_ALL
+        #: Where :meth:`reload_policy` reads the policy (None: nowhere; ``policy`` given).
+        self.policy_file: Path | None = (
+            Path(policy_file)
+            if policy_file
+            else (None if policy is not None else worker_policy_path(self.data_dir))
+        )
+        self._policy_required = bool(policy_file)
+        #: What the owner may make this worker do (:mod:`leapcore.proto.worker_policy`);
+        #: read at each call, replaced whole by :meth:`reload_policy`.
+        self.policy = self._settled(policy) if policy is not None else self._read_policy()
         self.state: WorkerState | None = None
         #: The hub this worker registered with (``hub.json``; None: none recorded).
         self.hub_record: HubRecord | None = None
@@ -368,7 +382,8 @@ class Worker:
         self._announced = False
         #: The ``error`` record that ended the last attempt (for the refusal's message).
         self._rejection: ErrorMessage | None = None
-        self.policy = ReconnectPolicy(Backoff(uniform=uniform))
+        #: When to dial again after a link ends.
+        self.reconnect_policy = ReconnectPolicy(Backoff(uniform=uniform))
         #: The greeting of the current link (None while not connected).
         self.greeting: WorkerGreeting | None = None
         #: Connection attempts made by :meth:`run` so far.
@@ -379,6 +394,46 @@ class Worker:
         self._stopped = False
         #: Set, then replaced, each time a link is greeted (see :meth:`wait_online`).
         self._greeting_event = trio.Event()
+
+    # -- policy ---------------------------------------------------------------------
+
+    @property
+    def tunnel_policy(self) -> TunnelPolicy:
+        """Where the ``tcp`` service may connect: the policy file's ``[tunnel]`` rules, else
+        the ``tunnel_allow`` / ``tunnel_deny`` settings'. Read at each open."""
+        tunnel = self.policy.tunnel
+        return self.tunnel_settings if tunnel is None else tunnel
+
+    @tunnel_policy.setter
+    def tunnel_policy(self, rules: TunnelPolicy) -> None:
+        self.tunnel_settings = rules
+
+    def _settled(self, policy: WorkerPolicy) -> WorkerPolicy:
+        settings = self.tunnel_settings
+        if policy.tunnel is not None and (settings.allow or settings.deny):
+            raise ConfigError(
+                f"{policy.source or 'the policy'}: tunnel rules are set both in [tunnel] and "
+                "in the tunnel_allow / tunnel_deny settings; keep one of them"
+            )
+        return policy
+
+    def _read_policy(self) -> WorkerPolicy:
+        if self.policy_file is None:
+            return self.policy
+        return self._settled(load_policy(self.policy_file, required=self._policy_required))
+
+    def reload_policy(self) -> bool:
+        """Read the policy file again (what ``kill -HUP`` does): True when the new policy
+        is in force; False, logged, when the file is broken -- the policy in force stays
+        (a broken file never opens anything up)."""
+        try:
+            policy = self._read_policy()
+        except ConfigError as exc:
+            log.warning("policy not reloaded, the one in force stays: %s", exc)
+            return False
+        self.policy = policy
+        log.info("policy reloaded from %s", policy.source or f"{self.policy_file} (no file)")
+        return True
 
     # -- status ---------------------------------------------------------------------
 
@@ -604,7 +659,7 @@ class Worker:
                 result = await self._connect_once()
                 if isinstance(result, WorkerExit):
                     return result
-                decision = self.policy.after_attempt(started, self._now(), result)
+                decision = self.reconnect_policy.after_attempt(started, self._now(), result)
                 if decision.action is ReconnectAction.WIPE_AND_EXIT:
                     self._retire("the hub it registered with deleted this worker")
                     return WorkerExit.WIPED
@@ -793,7 +848,7 @@ class Worker:
             log.info(
                 "hub going away (%s); reconnect in %ss", message.reason, message.reconnect_delay
             )
-            self.policy.hub_requested_delay(message.reconnect_delay)
+            self.reconnect_policy.hub_requested_delay(message.reconnect_delay)
         elif isinstance(message, Deregister):
             return await self._deregistered(attempt, message)
         elif isinstance(message, ChannelRequest):

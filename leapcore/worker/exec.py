@@ -38,6 +38,7 @@ import contextlib
 import logging
 import signal
 import subprocess
+from collections.abc import Callable
 from typing import Final
 
 import attrs
@@ -66,10 +67,13 @@ from ..proto.exec_spec import (
     encode_exit,
 )
 from ..proto.limits import EXEC_KILL_GRACE, EXEC_MAX_PROCESSES, EXEC_READ_SIZE, PTY_EXIT_DRAIN
+from ..proto.worker_policy import ExecRules
 from .spawn import (
     WorkspaceDir,
     live_dirs,
+    no_exec_rules,
     open_on_terminal,
+    plan_launch,
     process_env,
     set_terminal_size,
     signal_group,
@@ -169,10 +173,13 @@ class ExecService:
         max_processes: int = EXEC_MAX_PROCESSES,
         kill_grace: float = EXEC_KILL_GRACE,
         workspace_dir: WorkspaceDir | None = None,
+        policy: Callable[[], ExecRules] = no_exec_rules,
     ) -> None:
         self.max_processes = max_processes
         self.kill_grace = kill_grace
         self.workspace_dir = workspace_dir
+        #: The worker's ``[exec]`` rules, read at each start (a reload applies to the next).
+        self.policy = policy
         self._runs: dict[tuple[int, int], _Run] = {}
         #: Processes (groups) alive per channel id, watched ones included.
         self._slots: dict[int, int] = {}
@@ -228,12 +235,18 @@ class ExecService:
             return
         request = attrs.evolve(request, cwd=cwd)
         env = process_env(request.env, request.env_mode, terminal=request.pty is not None)
+        try:
+            launch = plan_launch(self.policy(), request.command, env, request.cwd)
+        except ServiceError as exc:
+            log.info("channel %d: exec %s refused: %s", ctx.channel_id, request.display, exc)
+            await opening.refuse(exc.error_code, exc.error_message)
+            return
         master = None
         try:
             if request.pty is not None:
                 cols, rows = request.pty
                 proc, master = await open_on_terminal(
-                    request.command, cols=cols, rows=rows, env=env, cwd=request.cwd
+                    request.command, cols=cols, rows=rows, env=env, cwd=request.cwd, launch=launch
                 )
             else:
                 stderr = {"stream": subprocess.PIPE, "stdout": subprocess.STDOUT}.get(
@@ -244,9 +257,9 @@ class ExecService:
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=stderr,
-                    env=env,
                     cwd=request.cwd,
                     start_new_session=True,
+                    **launch,
                 )
         except OSError as exc:
             code, message = spawn_failure(exc, request.command[0], request.cwd)
@@ -464,12 +477,17 @@ def add_exec_service(
     max_processes: int = EXEC_MAX_PROCESSES,
     kill_grace: float = EXEC_KILL_GRACE,
     workspace_dir: WorkspaceDir | None = None,
+    policy: Callable[[], ExecRules] = no_exec_rules,
 ) -> ExecService:
     """Register ``exec``, ``exec.stderr``, ``exec.wait`` and ``exec.signal`` (owner-only)
     on ``services``; returns the service (its table of processes). ``workspace_dir``
-    resolves the ``"workspace"`` field (None: a worker without workspaces)."""
+    resolves the ``"workspace"`` field (None: a worker without workspaces); ``policy``
+    gives the ``[exec]`` rules each start is checked against (default: none)."""
     service = ExecService(
-        max_processes=max_processes, kill_grace=kill_grace, workspace_dir=workspace_dir
+        max_processes=max_processes,
+        kill_grace=kill_grace,
+        workspace_dir=workspace_dir,
+        policy=policy,
     )
     service.install(services)
     return service

@@ -46,6 +46,7 @@ from ..proto.files_spec import (
     encode_stat,
 )
 from ..proto.limits import FILES_LIST_BATCH, FILES_READ_SIZE
+from ..proto.worker_policy import DENIED_BY_POLICY, FilesRules
 from ..store.safetree import (
     TempWrite,
     entry_of,
@@ -66,8 +67,15 @@ T = TypeVar("T")
 class FilesService:
     """The ``files`` methods (see the module docstring)."""
 
-    def __init__(self, *, home: Callable[[], Path] = Path.home) -> None:
+    def __init__(
+        self,
+        *,
+        home: Callable[[], Path] = Path.home,
+        policy: Callable[[], FilesRules] = FilesRules,
+    ) -> None:
         self.home = home
+        #: The worker's ``[files]`` rules, read at each call.
+        self.policy = policy
 
     def install(self, services: Services) -> None:
         services.add_rpc(STAT_METHOD, self._stat)
@@ -80,12 +88,24 @@ class FilesService:
         """``path`` made absolute: relative ones are taken from the home directory."""
         return path if os.path.isabs(path) else os.path.join(self.home(), path)
 
+    def allowed(self, path: str) -> str:
+        """``path`` (absolute), once the policy's ``files.roots`` allow it, symlinks
+        resolved (blocking); :class:`~leapcore.errors.FileTransferFailed`
+        ``denied_by_policy`` otherwise."""
+        rules = self.policy()
+        if rules.roots is not None:
+            refusal = rules.check(os.path.realpath(path))
+            if refusal is not None:
+                raise FileTransferFailed(DENIED_BY_POLICY, refusal.message)
+        return path
+
     # -- RPCs and the listing ------------------------------------------------------------
 
     async def _stat(self, ctx: CallContext, payload: bytes) -> bytes:
         path = self.resolve(_decoded(decode_path, payload))
 
         def look() -> Entry:
+            self.allowed(path)
             try:
                 return entry_of(os.stat(path))
             except OSError as exc:
@@ -98,12 +118,13 @@ class FilesService:
 
         def make() -> None:
             if request.root is None:
-                path = self.resolve(request.path)
+                path = self.allowed(self.resolve(request.path))
                 parent, name = os.path.split(os.path.normpath(path))
                 os.makedirs(parent, exist_ok=True)
                 root_fd, parts = open_dir(parent), tuple[str, ...]((name,))
             else:
-                root_fd, parts = open_dir(self.resolve(request.root)), request.parts
+                root_fd = open_dir(self.allowed(self.resolve(request.root)))
+                parts = request.parts
             try:
                 make_dirs(root_fd, parts, request.mode)
             finally:
@@ -116,6 +137,7 @@ class FilesService:
         top = self.resolve(_decoded(decode_path, payload))
 
         def check() -> None:
+            self.allowed(top)
             try:
                 st = os.stat(top)
             except OSError as exc:
@@ -144,6 +166,7 @@ class FilesService:
             path = self.resolve(decode_path(payload))
 
             def open_file() -> int:
+                self.allowed(path)
                 try:
                     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
                 except OSError as exc:
@@ -226,13 +249,13 @@ class FilesService:
     def _prepare(self, request: PathRequest) -> TempWrite:
         """Open the target's directory and create the temporary file (blocking)."""
         if request.root is None:
-            path = self.resolve(request.path)
+            path = self.allowed(self.resolve(request.path))
             parent, name = os.path.split(os.path.normpath(path))
             if not name or name in (".", ".."):
                 raise FileTransferFailed("is_a_directory", f"{path} is a directory")
             return TempWrite.create(open_dir(parent or "/"), name, path)
         parts = request.parts
-        root_fd = open_dir(self.resolve(request.root))
+        root_fd = open_dir(self.allowed(self.resolve(request.root)))
         try:
             dir_fd = open_under(root_fd, parts[:-1])
         finally:
@@ -257,9 +280,15 @@ async def _in_thread(function: Callable[[], T]) -> T:
         raise ServiceError(exc.reason, exc.detail) from None
 
 
-def add_files_service(services: Services, *, home: Callable[[], Path] = Path.home) -> FilesService:
+def add_files_service(
+    services: Services,
+    *,
+    home: Callable[[], Path] = Path.home,
+    policy: Callable[[], FilesRules] = FilesRules,
+) -> FilesService:
     """Register ``files.stat``, ``files.list``, ``files.read``, ``files.write`` and
-    ``files.mkdir`` (owner-only) on ``services``."""
-    service = FilesService(home=home)
+    ``files.mkdir`` (owner-only) on ``services``; ``policy`` gives the ``[files]`` rules
+    every call is checked against before it touches anything (default: none)."""
+    service = FilesService(home=home, policy=policy)
     service.install(services)
     return service

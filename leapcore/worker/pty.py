@@ -91,11 +91,14 @@ from ..proto.pty_spec import (
     encode_info,
     encode_list,
 )
+from ..proto.worker_policy import ExecRules
 from .pty_screen import TerminalScreen
 from .spawn import (
     WorkspaceDir,
     live_dirs,
+    no_exec_rules,
     open_on_terminal,
+    plan_launch,
     process_env,
     set_terminal_size,
     signal_group,
@@ -214,8 +217,11 @@ class PtyService:
         kill_grace: float = PTY_KILL_GRACE,
         scrollback: int = PTY_SCROLLBACK_LINES,
         workspace_dir: WorkspaceDir | None = None,
+        policy: Callable[[], ExecRules] = no_exec_rules,
     ) -> None:
         self.workspace_dir = workspace_dir
+        #: The worker's ``[exec]`` rules, read at each spawn.
+        self.policy = policy
         self.max_sessions = max_sessions
         self.kill_grace = kill_grace
         self.scrollback = scrollback
@@ -318,15 +324,21 @@ class PtyService:
         request = decode_spawn_request(payload)
         cwd = await start_dir(self.workspace_dir, request.workspace, request.cwd)
         request = attrs.evolve(request, cwd=cwd)
-        nursery = await self._sessions_nursery()
-        self._make_room()
         login_shell = os.environ.get("SHELL") or "/bin/sh"
         command = request.command(login_shell)
+        env = process_env(request.env, request.env_mode, terminal=True)
+        launch = plan_launch(self.policy(), command, env, request.cwd)
+        nursery = await self._sessions_nursery()
+        self._make_room()
         self._spawning += 1
         try:
-            env = process_env(request.env, request.env_mode, terminal=True)
             proc, master = await open_on_terminal(
-                command, cols=request.cols, rows=request.rows, env=env, cwd=request.cwd
+                command,
+                cols=request.cols,
+                rows=request.rows,
+                env=env,
+                cwd=request.cwd,
+                launch=launch,
             )
         except OSError as exc:
             raise ServiceError(*spawn_failure(exc, command[0], request.cwd)) from None
@@ -517,14 +529,17 @@ def add_pty_service(
     kill_grace: float = PTY_KILL_GRACE,
     scrollback: int = PTY_SCROLLBACK_LINES,
     workspace_dir: WorkspaceDir | None = None,
+    policy: Callable[[], ExecRules] = no_exec_rules,
 ) -> PtyService:
     """Register the ``pty.*`` methods (owner-only) on ``services``; returns the service
-    (its table of sessions). ``workspace_dir``: as for :func:`add_exec_service`."""
+    (its table of sessions). ``workspace_dir`` and ``policy``: as for
+    :func:`~leapcore.worker.exec.add_exec_service`."""
     service = PtyService(
         max_sessions=max_sessions,
         kill_grace=kill_grace,
         scrollback=scrollback,
         workspace_dir=workspace_dir,
+        policy=policy,
     )
     service.install(services)
     return service

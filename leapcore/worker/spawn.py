@@ -15,21 +15,28 @@ import contextlib
 import errno
 import fcntl
 import os
+import pwd
+import resource
+import stat
 import struct
 import termios
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import trio
 
 from ..errors import ServiceError
 from ..proto.exec_spec import EXEC_FAILURES
+from ..proto.worker_policy import DENIED_BY_POLICY, ExecRules, Program, program_in
 
 __all__ = [
     "DEFAULT_TERM",
     "WorkspaceDir",
     "live_dirs",
+    "locate_program",
+    "no_exec_rules",
     "open_on_terminal",
+    "plan_launch",
     "process_env",
     "set_terminal_size",
     "signal_group",
@@ -135,6 +142,108 @@ def _take_terminal() -> None:  # pragma: no cover - runs in the child before exe
     fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
+# -- the policy's part: which program, which limits, which user ------------------------------
+
+#: ``exec`` settings -> (resource, what one unit of the setting is in the resource's unit).
+_RLIMITS: Final = (
+    ("max_cpu_seconds", resource.RLIMIT_CPU, 1),
+    ("max_memory_mb", resource.RLIMIT_AS, 1024 * 1024),
+    ("max_open_files", resource.RLIMIT_NOFILE, 1),
+)
+
+
+def no_exec_rules() -> ExecRules:
+    """No ``[exec]`` rules: any program, no limits (a worker without a policy file)."""
+    return _NO_RULES
+
+
+_NO_RULES: Final = ExecRules()
+
+
+def _executable(path: str) -> bool:
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return False
+    return stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK)
+
+
+def locate_program(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -> Program:
+    """The program ``argv0`` names, found as exec finds it: a name through the ``PATH`` of
+    ``env`` (None: the worker's), a path from ``cwd``; with whether it lies in one of the
+    worker's own ``PATH`` directories."""
+    if "/" in argv0:
+        candidates = [os.path.join(cwd or os.getcwd(), argv0)]
+    else:
+        candidates = [os.path.join(d or ".", argv0) for d in os.get_exec_path(env)]
+    for candidate in candidates:
+        if _executable(candidate):
+            found = os.path.normpath(os.path.abspath(candidate))
+            return Program(
+                argv0,
+                found,
+                os.path.realpath(found),
+                program_in(os.get_exec_path(None), found),
+            )
+    return Program(argv0)
+
+
+def _limits(rules: ExecRules) -> list[tuple[int, int]]:
+    return [
+        (which, getattr(rules, setting) * unit)
+        for setting, which, unit in _RLIMITS
+        if getattr(rules, setting)
+    ]
+
+
+def _apply_limits(limits: Sequence[tuple[int, int]]) -> None:  # pragma: no cover - child
+    for which, value in limits:
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:
+            value = min(value, hard)  # lowering is always allowed, raising is not
+        resource.setrlimit(which, (value, value))
+
+
+def plan_launch(
+    rules: ExecRules,
+    command: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: str | None,
+) -> dict[str, Any]:
+    """Check ``command`` against the worker's ``[exec]`` rules and return the extra
+    keyword arguments to start it with (``executable``: the very file checked; ``env``;
+    ``preexec_fn`` setting the resource limits; ``user``, ``group``, ``extra_groups`` for
+    ``run_as_user``). Raises :class:`~leapcore.errors.ServiceError` ``denied_by_policy``
+    before anything starts; ``spawn_failed`` when ``run_as_user`` names no user."""
+    launch: dict[str, Any] = {"env": env}
+    if rules.restricts:
+        program = locate_program(command[0], env, cwd)
+        refusal = rules.check(program)
+        if refusal is not None:
+            raise ServiceError(DENIED_BY_POLICY, refusal.message)
+        if program.found is not None:
+            launch["executable"] = program.found
+    limits = _limits(rules)
+    if limits:
+        launch["preexec_fn"] = lambda: _apply_limits(limits)
+    if rules.run_as_user is not None:
+        try:
+            user = pwd.getpwnam(rules.run_as_user)
+        except KeyError:
+            raise ServiceError(
+                "spawn_failed", f"exec.run_as_user: no user {rules.run_as_user!r}"
+            ) from None
+        launch.update(
+            user=user.pw_uid,
+            group=user.pw_gid,
+            extra_groups=os.getgrouplist(user.pw_name, user.pw_gid),
+        )
+        base = dict(os.environ) if env is None else dict(env)
+        base.update(HOME=user.pw_dir, USER=user.pw_name, LOGNAME=user.pw_name)
+        launch["env"] = base
+    return launch
+
+
 async def open_on_terminal(
     command: Sequence[str],
     *,
@@ -142,10 +251,20 @@ async def open_on_terminal(
     rows: int,
     env: Mapping[str, str] | None,
     cwd: str | None,
+    launch: Mapping[str, Any] | None = None,
 ) -> tuple[trio.Process, trio.lowlevel.FdStream]:
     """Start ``command`` on a new pseudo-terminal of ``cols`` x ``rows``, in a session of
-    its own; returns the process and the terminal's master. :class:`OSError` when it
-    cannot start (see :func:`spawn_failure`); nothing is left open then."""
+    its own; returns the process and the terminal's master. ``launch``: what
+    :func:`plan_launch` returned (it replaces ``env``). :class:`OSError` when it cannot
+    start (see :func:`spawn_failure`); nothing is left open then."""
+    options = {"env": env, **(launch or {})}
+    limits = options.pop("preexec_fn", None)
+
+    def preexec() -> None:  # pragma: no cover - runs in the child before exec
+        _take_terminal()
+        if limits is not None:
+            limits()
+
     master, slave = os.openpty()
     try:
         set_terminal_size(slave, cols, rows)
@@ -154,10 +273,10 @@ async def open_on_terminal(
             stdin=slave,
             stdout=slave,
             stderr=slave,
-            env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_take_terminal,
+            preexec_fn=preexec,
+            **options,
         )
     except BaseException:
         os.close(master)
