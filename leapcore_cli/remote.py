@@ -20,8 +20,8 @@ by its id, its name or a unique start of its id (:mod:`leapcore.peer.resolve`).
 JSON schema (``--json``; stable):
 
 * ``login`` → ``{"hub": URL, "user": {"id", "name"}, "credentials": PATH, "ca_file"?}``
-* ``worker list`` → ``{"workers": [{"id", "name", "version", "labels", "online",
-  "last_seen_at"?, "encryption_mode"?, "fingerprint"?}, …]}``
+* ``worker list`` → ``{"workers": [{"id", "name", "version", "labels", "capabilities",
+  "os"?, "arch"?, "online", "last_seen_at"?, "encryption_mode"?, "fingerprint"?}, …]}``
 * ``worker reg-key create`` → ``{"registration_key", "expires_at", "command"}`` printed as
   soon as the key exists (the wait's outcome is the exit status, with a line on stderr)
 * ``worker reg-key list`` → ``{"keys": [{"id", "prefix", "created_at", "expires_at",
@@ -68,6 +68,7 @@ from leapcore.errors import (
     FailedPrecondition,
     KeyMismatch,
     LeapcoreError,
+    LocalError,
     RemoteProtocolError,
 )
 from leapcore.net.dial import TRANSPORTS
@@ -82,6 +83,7 @@ from leapcore.peer.connect import (
     save_default_hub,
 )
 from leapcore.peer.hubsession import HubSession, hub_session
+from leapcore.proto.capabilities import capability_problem, parse_label
 from leapcore.proto.limits import REG_KEY_EXTEND_WINDOW_MS
 from leapcore.store.pinstore import PinStore
 
@@ -363,14 +365,48 @@ def remote_worker_json(view: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _label_filter(args: argparse.Namespace) -> dict[str, str]:
+    """``--label K=V`` (repeatable) as a mapping; a usage error for text without ``=`` or a
+    key given twice."""
+    labels: dict[str, str] = {}
+    for text in args.label or ():
+        try:
+            key, value = parse_label(text)
+        except LocalError as exc:
+            args.parser_error(f"--label: {exc}")
+        if key in labels:
+            args.parser_error(f"--label: {key!r} is given twice")
+        labels[key] = value
+    return labels
+
+
+def _capability_filter(args: argparse.Namespace) -> list[str]:
+    """``--capability NAME`` (repeatable); a usage error for a name no worker can have."""
+    names: list[str] = args.capability or []
+    for name in names:
+        problem = capability_problem(name)
+        if problem is not None:
+            args.parser_error(f"--capability: {problem}")
+    return names
+
+
 def worker_list(args: argparse.Namespace) -> int:
+    labels = _label_filter(args)
+    capabilities = _capability_filter(args)
+    filtered = bool(labels or capabilities or args.online)
+
     async def body(session: HubSession) -> int:
-        workers = await session.list_workers()
+        workers = await session.find_workers(
+            labels=labels, capability=capabilities, online=True if args.online else None
+        )
         if args.json:
             emit_json({"workers": [remote_worker_json(w) for w in workers]})
             return EXIT_OK
         if not workers:
-            print(f"{safe(session.user_name)} has no registered workers")
+            if filtered:
+                print(f"none of {safe(session.user_name)}'s workers match")
+            else:
+                print(f"{safe(session.user_name)} has no registered workers")
             return EXIT_OK
         rows = [
             (
@@ -750,9 +786,24 @@ def _add_hub_verbs(worker_sub: Any) -> None:
     p = worker_sub.add_parser(
         "list",
         help="list your workers: online or not, last seen, encryption mode",
-        description="List the signed-in user's registered workers, as the hub sees them.",
+        description="List the signed-in user's registered workers, as the hub sees them "
+        "(the hub keeps only those matching every filter given).",
     )
     _session_flags(p)
+    p.add_argument(
+        "--label",
+        action="append",
+        metavar="K=V",
+        help="only workers with this label (repeatable: all must match)",
+    )
+    p.add_argument(
+        "--capability",
+        action="append",
+        metavar="NAME",
+        help="only workers that serve this capability: exec, pty, files, tcp, workspace, info "
+        "or a custom service's name (repeatable: all must be present)",
+    )
+    p.add_argument("--online", action="store_true", help="only workers online now")
     p.set_defaults(handler=worker_list, parser_error=p.error)
 
     p = worker_sub.add_parser(

@@ -23,10 +23,12 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    RecordError,
     RequestError,
     StorageError,
     Unauthenticated,
 )
+from ..proto.capabilities import WorkerFilter
 from ..proto.limits import HubLimits
 from ..records import b64encode
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
@@ -74,6 +76,9 @@ def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
         "name": worker.name,
         "version": worker.version,
         "labels": dict(worker.labels),
+        "capabilities": list(worker.capabilities),
+        "os": worker.os,
+        "arch": worker.arch,
         "online": hub.is_online(worker.id),
         "last_seen_at": worker.last_seen_at,
         "encryption_mode": worker.encryption_mode.value if worker.encryption_mode else None,
@@ -84,9 +89,16 @@ def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
 
 
 def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
-    _params(params)
-    workers = hub.store.list_workers(owner_id=user.id)
-    return {"workers": [_worker_view(hub, w) for w in workers]}
+    """The user's active workers; the optional parameters ``labels``, ``capabilities`` and
+    ``online`` keep only those that match (:class:`~leapcore.proto.capabilities.WorkerFilter`)."""
+    try:
+        wanted = WorkerFilter.from_params(params)
+    except RecordError as exc:
+        raise RequestError("invalid_argument", str(exc)) from None
+    views = [_worker_view(hub, w) for w in hub.store.list_workers(owner_id=user.id)]
+    return {
+        "workers": [v for v in views if wanted.matches(v["labels"], v["capabilities"], v["online"])]
+    }
 
 
 def _regkey_create(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -8,10 +8,10 @@ metrics and logs. The first frame of a link says what it is:
 
 * ``register``: consume a registration key, answer ``registered`` (or an
   ``error``) and end the link;
-* ``connect``: authenticate the worker's token, record the name and labels the
-  ``connect`` carries (if any), send ``worker_greeting`` first, publish the link (a
-  newer link for the same worker replaces and closes the older one), record
-  heartbeats; 10 s without any inbound message ends the link;
+* ``connect``: authenticate the worker's token, record the name, labels, capabilities,
+  ``os`` and ``arch`` the ``connect`` carries (if any), send ``worker_greeting`` first,
+  publish the link (a newer link for the same worker replaces and closes the older one),
+  record heartbeats; 10 s without any inbound message ends the link;
 * ``client_hello``: authenticate the user, answer ``client_greeting``, then
   serve ``hub_request`` calls (:mod:`leapcore.hub.rpc`) and channel opens; a
   client link silent for ``client_idle_timeout`` gets ``error`` ``unavailable``.
@@ -866,13 +866,12 @@ class Hub:
                 "maximum (max_workers_per_user)",
             )
             return True
-        if message.name is not None or message.labels is not None:
-            try:
-                worker = self._update_profile(worker, message)
-            except AlreadyExists as exc:
-                log.info("worker %s from %s: %s", worker.id, link.peer or "?", exc)
-                link.fail("already_exists", str(exc))
-                return True
+        try:
+            worker = self._update_profile(worker, message)
+        except AlreadyExists as exc:
+            log.info("worker %s from %s: %s", worker.id, link.peer or "?", exc)
+            link.fail("already_exists", str(exc))
+            return True
         if not self._admit_address(link):
             return True
         link.worker = worker
@@ -888,15 +887,29 @@ class Hub:
         return False
 
     def _update_profile(self, worker: Worker, message: Connect) -> Worker:
-        """Record the name and labels a ``connect`` carries (either may be absent: it stays
-        as it was); :class:`AlreadyExists` when another of the owner's live workers has that
-        name, and nothing changes. A profile that did not change is not written (nor
-        checked: two workers named alike before names were unique keep connecting)."""
+        """Record the name, labels, capabilities, ``os`` and ``arch`` a ``connect`` carries
+        (each may be absent: it stays as it was); :class:`AlreadyExists` when another of the
+        owner's live workers has that name, and nothing changes. A profile that did not
+        change is not written (nor checked: two workers named alike before names were
+        unique keep connecting)."""
         name = worker.name if message.name is None else message.name
         labels = dict(worker.labels) if message.labels is None else dict(message.labels)
-        if name == worker.name and labels == dict(worker.labels):
+        caps = worker.capabilities
+        if message.capabilities is not None:
+            caps = tuple(sorted(set(message.capabilities)))
+        os_name = worker.os if message.os is None else message.os
+        arch = worker.arch if message.arch is None else message.arch
+        if (name, labels, caps, os_name, arch) == (
+            worker.name,
+            dict(worker.labels),
+            worker.capabilities,
+            worker.os,
+            worker.arch,
+        ):
             return worker
-        updated = self.store.update_worker_profile(worker.id, name=name, labels=labels)
+        updated = self.store.update_worker_profile(
+            worker.id, name=name, labels=labels, capabilities=caps, os=os_name, arch=arch
+        )
         if name != worker.name:
             log.info("worker %s is now called %r (was %r)", worker.id, name, worker.name)
         return updated

@@ -41,7 +41,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Final
 
@@ -66,6 +66,7 @@ from ..errors import (
 from ..net.dial import connect_link
 from ..net.pipe import LinkPipe
 from ..net.trioutil import single_exception
+from ..proto.capabilities import WorkerFilter
 from ..proto.limits import (
     DEFAULT_MAX_MESSAGE_SIZE,
     GREETING_TIMEOUT,
@@ -382,6 +383,24 @@ class HubSession(PeerLink):
     async def list_workers(self) -> list[dict[str, Any]]:
         """The signed-in user's active workers (``workers.list``)."""
         result = await self.call("workers.list")
+        workers: list[dict[str, Any]] = result["workers"]
+        return workers
+
+    async def find_workers(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        capability: str | Iterable[str] | None = None,
+        online: bool | None = True,
+    ) -> list[dict[str, Any]]:
+        """The signed-in user's active workers that have every label of ``labels`` (equal
+        values), advertise every capability of ``capability`` (one name or several:
+        ``"pty"``, ``["exec", "files"]``) and are online (``online=True``, the default),
+        offline (``False``) or either (``None``). The hub filters (``workers.list`` with
+        filter parameters; a hub older than them answers ``invalid_argument``). A worker
+        that never advertised capabilities (older than them) matches no ``capability``."""
+        wanted = WorkerFilter.of(labels=labels, capability=capability, online=online)
+        result = await self.call("workers.list", **wanted.params())
         workers: list[dict[str, Any]] = result["workers"]
         return workers
 

@@ -48,7 +48,7 @@ import logging
 import math
 import os
 import threading
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, Generic, TypeVar
@@ -453,6 +453,20 @@ class SyncHub(_Closable):
     def list_workers(self) -> list[dict[str, Any]]:
         """The signed-in user's workers (``HubSession.list_workers``)."""
         return self._call(self.session.list_workers)
+
+    def find_workers(
+        self,
+        *,
+        labels: Mapping[str, str] | None = None,
+        capability: str | Iterable[str] | None = None,
+        online: bool | None = True,
+    ) -> list[dict[str, Any]]:
+        """The signed-in user's workers with these labels and capabilities, online (by
+        default), offline or either (``HubSession.find_workers``)."""
+        if capability is not None and not isinstance(capability, str):
+            capability = list(capability)
+        find = _kw(self.session.find_workers, labels=labels, capability=capability, online=online)
+        return self._call(find)
 
     def resolve_worker(self, ref: str) -> dict[str, Any]:
         """The worker ``ref`` names: its id, its name or a unique start of its id

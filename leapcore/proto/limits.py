@@ -57,6 +57,8 @@ __all__ = [
     "ID_LENGTH",
     "LIMIT_RANGES",
     "LIVENESS_TIMEOUT",
+    "MAX_CAPABILITIES",
+    "MAX_CAPABILITY",
     "MAX_CHANNELS",
     "MAX_CHANNELS_PER_LINK",
     "MAX_CHANNELS_PER_USER",
@@ -77,6 +79,7 @@ __all__ = [
     "MAX_PENDING_OUTPUT",
     "MAX_PENDING_REQUESTS",
     "MAX_PLAINTEXT",
+    "MAX_PLATFORM",
     "MAX_STREAM_WINDOW",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
@@ -156,6 +159,13 @@ MAX_STREAM_WINDOW: Final = 4 * 1024 * 1024
 #: Bytes of window growth one channel end lends its byte streams altogether: with the
 #: initial windows, the most a channel end promises to buffer for its byte streams.
 CHANNEL_WINDOW_BUDGET: Final = 8 * 1024 * 1024
+#: Capabilities a worker advertises in its ``connect`` (service groups: ``exec``, ``pty``, …;
+#: :mod:`leapcore.proto.capabilities`).
+MAX_CAPABILITIES: Final = 64
+#: One capability name: 1 .. this many characters of ``[A-Za-z0-9_.-]``.
+MAX_CAPABILITY: Final = 64
+#: A worker's ``os`` and ``arch`` in its ``connect`` (``linux``, ``x86_64``, …).
+MAX_PLATFORM: Final = 64
 
 
 def max_message_size_problem(value: object) -> str | None:

@@ -9,7 +9,10 @@ checks its name and labels at start-up). Limits are in characters, by field name
 text -- messages and reasons -- (:data:`MAX_TEXT`); labels are at most
 :data:`MAX_LABELS`, each key 1 .. :data:`MAX_LABEL_KEY` and each value at most
 :data:`MAX_LABEL_VALUE` characters; names, ids, versions and labels are printable (no
-control characters, :data:`PRINTABLE_FIELDS`); ``hub_request.params`` is at most
+control characters, :data:`PRINTABLE_FIELDS`); a worker's ``capabilities`` are at most
+:data:`~leapcore.proto.limits.MAX_CAPABILITIES` names
+(:func:`~leapcore.proto.capabilities.capability_problem`), its ``os`` and ``arch`` at most
+:data:`~leapcore.proto.limits.MAX_PLATFORM` printable characters; ``hub_request.params`` is at most
 :data:`MAX_PARAMS` bytes of JSON (``hub_response.result`` is bounded by the record,
 :data:`~leapcore.proto.link_codec.MAX_CONTROL_BODY`).
 
@@ -29,6 +32,8 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from ..errors import LeapcoreError, LocalError
+from .capabilities import capability_problem
+from .limits import MAX_CAPABILITIES, MAX_PLATFORM
 
 if TYPE_CHECKING:
     from .link_codec import ControlMessage
@@ -97,13 +102,26 @@ FIELD_LIMITS: Final[dict[str, int]] = {
     "message": MAX_TEXT,
     "reason": MAX_TEXT,
     "error_message": MAX_TEXT,
+    "os": MAX_PLATFORM,
+    "arch": MAX_PLATFORM,
 }
 #: Free-text fields: :func:`~leapcore.proto.link_codec.encode` clips them (:func:`clip_text`)
 #: instead of refusing them.
 TEXT_FIELDS: Final = frozenset({"message", "reason", "error_message"})
 #: Fields that must be printable (shown to people in tables and logs).
 PRINTABLE_FIELDS: Final = frozenset(
-    {"name", "owner_name", "user_name", "worker_id", "owner_id", "user_id", "hub_id", "version"}
+    {
+        "name",
+        "owner_name",
+        "user_name",
+        "worker_id",
+        "owner_id",
+        "user_id",
+        "hub_id",
+        "version",
+        "os",
+        "arch",
+    }
 )
 
 
@@ -131,6 +149,14 @@ def _field_problem(name: str, value: object) -> str | None:
                     f"has a value of {len(item)} characters for {key!r}; values are at most "
                     f"{MAX_LABEL_VALUE} printable characters"
                 )
+        return None
+    if name == "capabilities" and isinstance(value, list):
+        if len(value) > MAX_CAPABILITIES:
+            return f"has {len(value)} capabilities; the limit is {MAX_CAPABILITIES}"
+        for item in value:
+            problem = capability_problem(item)
+            if problem is not None:
+                return f"has a bad name: {problem}"
         return None
     if name == "params" and isinstance(value, dict):
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())

@@ -76,7 +76,9 @@ class Connect(ControlMessage):
     """Worker -> hub, first frame of a worker link. ``name`` and ``labels``, when present,
     are what the worker's configuration says now: the hub records them before it greets
     (an owner's other live worker already called ``name`` ends the link
-    ``already_exists``)."""
+    ``already_exists``). ``capabilities`` (the service groups it serves,
+    :mod:`leapcore.proto.capabilities`), ``os`` and ``arch`` are recorded likewise; a
+    worker older than them leaves them out."""
 
     type: ClassVar[str] = "connect"
 
@@ -84,6 +86,9 @@ class Connect(ControlMessage):
     auth_token: str = attrs.field(repr=False)
     name: str | None = None
     labels: dict[str, str] | None = None
+    capabilities: list[str] | None = None
+    os: str | None = None
+    arch: str | None = None
 
 
 @attrs.frozen

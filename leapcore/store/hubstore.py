@@ -164,6 +164,11 @@ class Worker:
     last_seen_at: int | None
     keys: PublicKeyBundle | None
     encryption_mode: EncryptionMode | None
+    #: What the worker advertised at its latest connect (empty and None until a worker
+    #: that sends them connects).
+    capabilities: tuple[str, ...] = ()
+    os: str | None = None
+    arch: str | None = None
 
 
 @attrs.frozen
@@ -242,6 +247,12 @@ _MIGRATIONS: Final[Sequence[str]] = (
     ALTER TABLE registration_keys ADD COLUMN key_prefix TEXT NOT NULL DEFAULT '';
     CREATE INDEX workers_owner_name ON workers(owner_id, name)
     """,
+    # 3: what a worker advertises at each connect: its capabilities, os and arch.
+    """
+    ALTER TABLE workers ADD COLUMN capabilities TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE workers ADD COLUMN os TEXT;
+    ALTER TABLE workers ADD COLUMN arch TEXT
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 #: A queued notification is given up after this many delivery attempts.
@@ -249,7 +260,8 @@ MAX_NOTIFICATION_ATTEMPTS: Final = 5
 
 _WORKER_COLUMNS: Final = (
     "w.id, w.owner_id, u.name, w.name, w.version, w.labels, w.status, w.auto_registered, "
-    "w.created_at, w.last_seen_at, w.x25519, w.mlkem, w.slhdsa, w.encryption_mode"
+    "w.created_at, w.last_seen_at, w.x25519, w.mlkem, w.slhdsa, w.encryption_mode, "
+    "w.capabilities, w.os, w.arch"
 )
 
 
@@ -783,18 +795,30 @@ class SQLiteHubStore:
                 "choose another name (--name) or deregister that worker first"
             )
 
-    def update_worker_profile(self, worker_id: str, *, name: str, labels: dict[str, str]) -> Worker:
-        """Set a worker's name and labels (what its configuration says on each connect);
+    def update_worker_profile(
+        self,
+        worker_id: str,
+        *,
+        name: str,
+        labels: dict[str, str],
+        capabilities: Sequence[str] | None = None,
+        os: str | None = None,
+        arch: str | None = None,
+    ) -> Worker:
+        """Set a worker's name and labels (what its configuration says on each connect), and
+        its capabilities, ``os`` and ``arch`` when given (None: each stays as it was);
         :class:`AlreadyExists` when another of the owner's live workers has that name, and
         nothing is changed."""
+        caps = None if capabilities is None else json.dumps(sorted(set(capabilities)))
         with self._tx() as db:
             row = db.execute("SELECT owner_id FROM workers WHERE id = ?", (worker_id,)).fetchone()
             if row is None:
                 raise NotFound(f"worker {worker_id} not found")
             self._check_name_free(db, row[0], name, worker_id=worker_id)
             db.execute(
-                "UPDATE workers SET name = ?, labels = ? WHERE id = ?",
-                (name, json.dumps(labels, sort_keys=True), worker_id),
+                "UPDATE workers SET name = ?, labels = ?, capabilities = COALESCE(?, capabilities),"
+                " os = COALESCE(?, os), arch = COALESCE(?, arch) WHERE id = ?",
+                (name, json.dumps(labels, sort_keys=True), caps, os, arch, worker_id),
             )
         return self.get_worker(worker_id)
 
@@ -815,6 +839,9 @@ class SQLiteHubStore:
             last_seen_at=row[9],
             keys=keys,
             encryption_mode=parse_encryption_mode(row[13]) if row[13] else None,
+            capabilities=tuple(json.loads(row[14])),
+            os=row[15],
+            arch=row[16],
         )
 
     def get_worker(self, worker_id: str) -> Worker:

@@ -37,7 +37,9 @@ when). ``hub_url`` may be empty for a registered worker: the recorded URL is use
 ``hub_url`` that differs from the recorded one is used (hubs move) and logged; once a hub
 greets the worker with the recorded id, the record's URL is updated. A worker that recorded
 no hub id (registered before hubs had ids) records the one of the first hub that greets
-it. Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records.
+it. Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records,
+and its capabilities, ``os`` and ``arch`` (:mod:`leapcore.worker.advertise`; the
+capabilities are those of :attr:`Worker.services` at that connect).
 
 Channels: once greeted, a :class:`~leapcore.worker.channels.ChannelServer` answers every
 ``channel_request`` (checks, then the responder handshake with its signature computed by
@@ -149,6 +151,7 @@ from ..store.workerstate import (
     save_state,
     startup_action,
 )
+from .advertise import capabilities, host_platform
 from .builtin_services import default_services
 from .channels import ChannelServer, check_bounds
 from .signpool import InlineSigner, OnDemandSigner, Signer
@@ -714,7 +717,14 @@ class Worker:
             mlkem_public_key=public.mlkem,
             slhdsa_public_key=public.slhdsa,
         )
-        connect = Connect(PROTOCOL_VERSION, state.auth_token, self.name, dict(self.labels))
+        connect = Connect(
+            PROTOCOL_VERSION,
+            state.auth_token,
+            self.name,
+            dict(self.labels),
+            capabilities(self.services),
+            *host_platform(),
+        )
         # Written directly, before the queue exists (behavior.md §2.1).
         try:
             await pipe.send(conn.send(connect))

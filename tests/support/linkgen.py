@@ -15,6 +15,8 @@ U64 = st.integers(0, 2**64 - 1)
 TEXT = st.text(max_size=24)
 #: Names, ids, versions and labels must be printable (link_fields' limits).
 PRINTABLE = st.text(max_size=24).filter(str.isprintable)
+#: A capability name (1..64 characters of [A-Za-z0-9_.-]).
+CAPABILITY = st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)
 JSON_LEAF = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | TEXT
 JSON = st.recursive(
     JSON_LEAF,
@@ -36,6 +38,8 @@ def _for_type(tp: Any, name: str = "") -> st.SearchStrategy[Any]:
         return st.dictionaries(PRINTABLE.filter(bool), PRINTABLE, max_size=3)
     if origin is dict:
         return st.dictionaries(TEXT, JSON, max_size=3)
+    if origin is list and args == (str,) and name == "capabilities":
+        return st.lists(CAPABILITY, max_size=4)
     if type(None) in args:
         (inner,) = [a for a in args if a is not type(None)]
         return st.none() | _for_type(inner, name)
