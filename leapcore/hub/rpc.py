@@ -27,6 +27,7 @@ from ..errors import (
     StorageError,
     Unauthenticated,
 )
+from ..proto.audit_events import Origin, user_actor
 from ..proto.limits import HubLimits
 from ..records import b64encode
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
@@ -49,7 +50,9 @@ class HubContext(Protocol):
         ...
 
 
-Method = Callable[[HubContext, User, Mapping[str, Any]], dict[str, Any]]
+#: A method: the hub, the caller, its parameters and where it calls from (the audit
+#: trail's actor and address, for the methods that change something).
+Method = Callable[[HubContext, User, Mapping[str, Any], Origin], dict[str, Any]]
 
 
 def _params(params: Mapping[str, Any], **spec: type) -> dict[str, Any]:
@@ -83,16 +86,20 @@ def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
     return view
 
 
-def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _workers_list(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     _params(params)
     workers = hub.store.list_workers(owner_id=user.id)
     return {"workers": [_worker_view(hub, w) for w in workers]}
 
 
-def _regkey_create(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_create(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     _params(params)
     record, key = hub.store.mint_registration_key(
-        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys
+        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys, origin=origin
     )
     return {"registration_key": key, "expires_at": record.expires_at}
 
@@ -104,18 +111,26 @@ def _key(params: Mapping[str, Any]) -> str:
     return key
 
 
-def _regkey_extend(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_extend(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     expires_at = hub.store.extend_registration_key(user.id, _key(params), hub.now_ms())
     return {"expires_at": expires_at}
 
 
-def _regkey_revoke(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_revoke(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     # The key itself, or its id (from regkey.list): either names it.
-    key_id = hub.store.revoke_registration_key_by_ref(_key(params), hub.now_ms(), owner=user.id)
+    key_id = hub.store.revoke_registration_key_by_ref(
+        _key(params), hub.now_ms(), owner=user.id, origin=origin
+    )
     return {"key_id": key_id}
 
 
-def _regkey_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_list(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     _params(params)
     now = hub.now_ms()
     keys = hub.store.list_registration_keys(now, include_expired=True)
@@ -134,14 +149,20 @@ def _regkey_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict
     }
 
 
-def _regkey_state(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_state(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     return {"state": hub.store.registration_key_state(user.id, _key(params), hub.now_ms())}
 
 
-def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _worker_deregister(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
-        note = hub.store.deregister_worker(worker_id, hub.now_ms(), requested_by=user.id)
+        note = hub.store.deregister_worker(
+            worker_id, hub.now_ms(), requested_by=user.id, origin=origin
+        )
     except NotFound:
         # Missing and foreign workers are indistinguishable.
         raise RequestError("not_found", "worker not found") from None
@@ -152,7 +173,9 @@ def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -
     }
 
 
-def _worker_keys(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _worker_keys(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
         worker = hub.store.get_worker(worker_id)
@@ -199,13 +222,23 @@ _ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (
 )
 
 
-def call(hub: HubContext, user: User, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run ``method`` for ``user``; :class:`RequestError` when it fails."""
+def call(
+    hub: HubContext,
+    user: User,
+    method: str,
+    params: Mapping[str, Any],
+    origin: Origin | None = None,
+) -> dict[str, Any]:
+    """Run ``method`` for ``user``; :class:`RequestError` when it fails. ``origin`` (the
+    link's actor and address) is what the audit trail records of a change; by default the
+    user, from nowhere known."""
+    if origin is None:
+        origin = Origin(user_actor(user.name))
     impl = METHODS.get(method)
     if impl is None:
         raise RequestError("invalid_argument", f"unknown method {method!r}")
     try:
-        return impl(hub, user, params)
+        return impl(hub, user, params, origin)
     except RequestError:
         raise
     except LeapcoreError as exc:
