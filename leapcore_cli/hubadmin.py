@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import re
 import shlex
@@ -481,7 +482,11 @@ def audit_json(event: AuditEvent) -> dict[str, Any]:
 
 
 def _detail_text(event: AuditEvent) -> str:
-    return " ".join(f"{key}={safe(str(value))}" for key, value in sorted(event.detail.items()))
+    """``key=value …``, sorted; a text as it is (escaped), a number or flag as in JSON."""
+    return " ".join(
+        f"{key}={safe(value) if isinstance(value, str) else json.dumps(value)}"
+        for key, value in sorted(event.detail.items())
+    )
 
 
 def audit_list(args: argparse.Namespace) -> int:
