@@ -48,6 +48,14 @@ They, the links closed by a revocation and the deregistrations and key revocatio
 through the hub are security events (:mod:`leapcore.net.security_log`): one record each,
 with a stable ``event`` name, the ``reason`` and the ``peer`` as record attributes.
 
+**Audit trail.** The security events are also recorded in the database
+(:mod:`leapcore.proto.audit_events`): registrations, deregistrations and key revocations
+by the store operation itself, in its transaction (the hub passes the link's
+:attr:`_Link.origin`); refused credentials (as rate-limited as their log lines, the rest
+folded into one row) and replaced worker links by :meth:`Hub._audit`. A failed audit write
+is logged and counted, never raised. Events older than ``audit_retention_days`` are
+pruned with the expired registration keys (:meth:`Hub.purge`).
+
 **Channels.** Every routing decision is made by the sans-IO core
 :class:`~leapcore.proto.hub_router.HubRouter` (:attr:`Hub.router`): who may open a channel
 to which worker, the channel table, the channel budgets, open deadlines

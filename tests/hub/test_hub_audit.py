@@ -8,6 +8,7 @@ import sqlite3
 from pathlib import Path
 
 import trio
+import trio.testing
 from support.hubpeer import Env, now_ms, running_hub, scrape, value
 
 from leapcore.hub.server import Hub
@@ -15,6 +16,7 @@ from leapcore.proto.audit_events import ANONYMOUS, AuditEvent
 from leapcore.proto.limits import HubLimits
 from leapcore.proto.link_codec import ClientHello, Connect, ErrorMessage, Register
 from leapcore.proto.link_state import LinkRole
+from leapcore.proto.ratelimit import LOG_LIMIT, LOG_WINDOW
 from leapcore.store.hubstore import SQLiteHubStore
 
 
@@ -81,6 +83,23 @@ async def test_refused_credentials_are_audited_without_the_credential(tmp_path: 
         text = table_text(tmp_path / "hub.db")
         for secret in (bad_worker, bad_api, bad_key):
             assert secret not in text
+
+
+async def test_a_flood_of_bad_tokens_is_folded_into_one_row(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with running_hub(tmp_path) as env:
+        for _ in range(LOG_LIMIT + 5):
+            assert await refused(env, LinkRole.WORKER, Connect(1, "w" * 48)) == "unauthenticated"
+        assert len(events(env.store, "token_refused")) == LOG_LIMIT
+        await trio.sleep(LOG_WINDOW + 1)  # the periodic check reports what was held back
+        newest = events(env.store, "token_refused")
+        assert len(newest) == LOG_LIMIT + 1
+        assert newest[0].detail == {
+            "credential": "worker_token",
+            "reason": "rate limited",
+            "suppressed": 5,
+        }
 
 
 async def test_owner_deregistration_and_key_revocation_are_audited(tmp_path: Path) -> None:
