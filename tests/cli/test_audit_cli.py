@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from support.procs import script
 
-from leapcore.proto.audit_events import ANONYMOUS, AuditEvent, Origin
+from leapcore.proto.audit_events import ADMIN_CLI, ANONYMOUS, AuditEvent
 from leapcore.store.hubstore import SQLiteHubStore
 
 HOUR = 3600.0
@@ -47,8 +47,8 @@ def admin(tmp_path: Path) -> Admin:
 
 
 @pytest.fixture
-def recorded(admin: Admin) -> dict[str, str]:
-    """A database with events about two workers, some of them old."""
+def recorded(admin: Admin) -> None:
+    """A database with events about two workers W1 and W2, some of them old."""
     now = time.time()
     store = SQLiteHubStore(admin.data / "hub.db")
     events = (
@@ -68,10 +68,9 @@ def recorded(admin: Admin) -> dict[str, str]:
     for event in events:
         assert store.record_audit(event)
     store.close()
-    return {"W1": "W1", "W2": "W2"}
 
 
-def test_list_json_by_worker_and_since(admin: Admin, recorded: dict[str, str]) -> None:
+def test_list_json_by_worker_and_since(admin: Admin, recorded: None) -> None:
     doc = admin.doc("audit", "list", "--worker", "W1", "--since", "2h")
     assert set(doc) == {"events"}
     assert [(e["kind"], e["id"]) for e in doc["events"]] == [
@@ -93,7 +92,7 @@ def test_list_json_by_worker_and_since(admin: Admin, recorded: dict[str, str]) -
     assert [e["worker_id"] for e in kind] == ["W2", "W1"]
 
 
-def test_since_takes_an_iso_time(admin: Admin, recorded: dict[str, str]) -> None:
+def test_since_takes_an_iso_time(admin: Admin, recorded: None) -> None:
     since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * HOUR))
     assert [e["id"] for e in admin.doc("audit", "list", "--since", since)["events"]] == [
         5,
@@ -104,7 +103,7 @@ def test_since_takes_an_iso_time(admin: Admin, recorded: dict[str, str]) -> None
     assert admin.doc("audit", "list", "--since", "2999-01-01")["events"] == []
 
 
-def test_human_lines(admin: Admin, recorded: dict[str, str]) -> None:
+def test_human_lines(admin: Admin, recorded: None) -> None:
     proc = admin.run("audit", "list", "--worker", "W1")
     assert (proc.returncode, proc.stderr) == (0, "")
     header, *lines = proc.stdout.splitlines()
@@ -128,7 +127,7 @@ def test_human_lines(admin: Admin, recorded: dict[str, str]) -> None:
     ],
 )
 def test_bad_flags_are_usage_errors(
-    admin: Admin, recorded: dict[str, str], flags: tuple[str, ...], problem: str
+    admin: Admin, recorded: None, flags: tuple[str, ...], problem: str
 ) -> None:
     proc = admin.run("audit", "list", *flags)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -154,4 +153,23 @@ def test_the_admin_clis_own_changes_are_audited(admin: Admin) -> None:
     assert events[1]["detail"] == {"user": "alice", "token_id": created["token_id"]}
     assert created["token"] not in json.dumps(events)
     store = SQLiteHubStore(admin.data / "hub.db", create=False)
-    assert store.list_audit(kind="api_token_revoked")[0].actor == Origin("admin-cli").actor
+    user_id = created["user"]["id"]
+    _, used = store.mint_registration_key(user_id, int(time.time() * 1000))
+    worker, _ = store.register_worker(
+        used, name="box", version="1.0", labels={}, now_ms=int(time.time() * 1000)
+    )
+    _, spare = store.mint_registration_key(user_id, int(time.time() * 1000))
+    store.close()
+    admin.doc("worker", "deregister", "--id", worker.id)
+    revoked = admin.doc("reg-key", "revoke", "--id", spare)["revoked"]  # by the key itself
+    events = admin.doc("audit", "list", "--limit", "2")["events"]
+    assert [(e["kind"], e["actor"], e["worker_id"], e["detail"]) for e in events] == [
+        (
+            "registration_key_revoked",
+            ADMIN_CLI,
+            None,
+            {"registration_key_id": revoked, "by": "administrator"},
+        ),
+        ("worker_deregistered", ADMIN_CLI, worker.id, {"by": "administrator"}),
+    ]
+    assert spare not in json.dumps(events)
