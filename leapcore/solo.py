@@ -47,6 +47,7 @@ from .errors import FailedPrecondition, LeapcoreError, LocalError, NotFound, Una
 from .hub.server import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
 from .net.signals import DEFAULT_SIGNALS, run_until_signal
 from .peer.connect import save_credentials
+from .proto.audit_events import Origin
 from .proto.limits import DEFAULT_MAX_WORKERS_PER_USER, STOP_GRACE, HubLimits
 from .store.atomicfile import write_atomic
 from .store.hubstore import Notification, SQLiteHubStore, WorkerStatus
@@ -101,7 +102,12 @@ class SoloHubStore(SQLiteHubStore):
         self.protected: set[str] = set()
 
     def deregister_worker(
-        self, worker_id: str, now_ms: int, *, requested_by: str | None
+        self,
+        worker_id: str,
+        now_ms: int,
+        *,
+        requested_by: str | None,
+        origin: Origin | None = None,
     ) -> Notification:
         if requested_by is not None and worker_id in self.protected:
             owner = None
@@ -109,7 +115,9 @@ class SoloHubStore(SQLiteHubStore):
                 owner = self.get_worker(worker_id).owner_id
             if owner == requested_by:
                 raise FailedPrecondition(PROTECTED_MESSAGE)
-        return super().deregister_worker(worker_id, now_ms, requested_by=requested_by)
+        return super().deregister_worker(
+            worker_id, now_ms, requested_by=requested_by, origin=origin
+        )
 
 
 @attrs.frozen(repr=False)

@@ -17,6 +17,12 @@ JSON schema (``--json``; stable, documented in docs/cli.md):
   ``worker deregister`` → ``{"deregistered": ID}``
 * ``reg-key list`` → ``{"keys": [KEY, …]}``; ``reg-key revoke`` → ``{"revoked": ID}``;
   ``reg-key purge-expired`` → ``{"purged": N}``
+* ``audit list`` → ``{"events": [EVENT, …]}``, newest first; EVENT is ``{"id": N, "at":
+  TIME, "kind": KIND, "actor": TEXT, "worker_id": ID or null, "address": TEXT or null,
+  "detail": {…}}``
+
+What the admin CLI changes (users, tokens, deregistrations, key revocations) is recorded
+in the audit trail with the actor ``admin-cli``.
 
 Times are RFC 3339 UTC with milliseconds and omitted when absent.
 """
@@ -25,7 +31,9 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -33,8 +41,10 @@ from pathlib import Path
 from typing import Any
 
 from leapcore.errors import StorageError
+from leapcore.proto.audit_events import ADMIN_CLI, KINDS, AuditEvent, Origin
 from leapcore.store.config import hub_settings
 from leapcore.store.hubstore import (
+    AUDIT_LIST_MAX,
     ApiToken,
     RegistrationKey,
     SQLiteHubStore,
@@ -47,6 +57,8 @@ from leapcore.store.paths import hub_database_path
 from .common import EXIT_OK, Parser, emit_json, print_table
 
 STATUS_CHOICES = ("active", "deregistering", "deleted", "all")
+#: What the admin CLI's changes are recorded as, in the audit trail.
+ORIGIN = Origin(ADMIN_CLI)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -224,7 +236,7 @@ def _print_token(user: User, token: str, token_id: str) -> None:
 
 def user_create(args: argparse.Namespace) -> int:
     store = open_store(args, create=True)
-    user, token = store.create_user(args.name, now_ms(), is_admin=args.admin)
+    user, token = store.create_user(args.name, now_ms(), is_admin=args.admin, origin=ORIGIN)
     token_id = store.find_token(token).id
     if args.json:
         emit_json({"user": user_json(user), "token": token, "token_id": token_id})
@@ -256,7 +268,7 @@ def user_list(args: argparse.Namespace) -> int:
 def token_create(args: argparse.Namespace) -> int:
     store = open_store(args)
     user = store.get_user(args.user)
-    token = store.create_token(user.id, now_ms())
+    token = store.create_token(user.id, now_ms(), origin=ORIGIN)
     token_id = store.find_token(token).id
     if args.json:
         emit_json({"user": user_json(user), "token": token, "token_id": token_id})
@@ -292,7 +304,7 @@ def token_list(args: argparse.Namespace) -> int:
 
 def token_revoke(args: argparse.Namespace) -> int:
     token_id = _require_id(args)
-    open_store(args).revoke_token(token_id, now_ms())
+    open_store(args).revoke_token(token_id, now_ms(), origin=ORIGIN)
     if args.json:
         emit_json({"revoked": token_id})
     else:
@@ -371,7 +383,7 @@ def worker_get(args: argparse.Namespace) -> int:
 
 def worker_deregister(args: argparse.Namespace) -> int:
     worker_id = _require_id(args)
-    open_store(args).deregister_worker(worker_id, now_ms(), requested_by=None)
+    open_store(args).deregister_worker(worker_id, now_ms(), requested_by=None, origin=ORIGIN)
     if args.json:
         emit_json({"deregistered": worker_id})
     else:
@@ -412,7 +424,9 @@ def key_list(args: argparse.Namespace) -> int:
 
 def key_revoke(args: argparse.Namespace) -> int:
     # Its id (from list) or the key itself (a leaked key is revoked by its value).
-    key_id = open_store(args).revoke_registration_key_by_ref(_require_id(args), now_ms())
+    key_id = open_store(args).revoke_registration_key_by_ref(
+        _require_id(args), now_ms(), origin=ORIGIN
+    )
     if args.json:
         emit_json({"revoked": key_id})
     else:
@@ -426,6 +440,91 @@ def key_purge(args: argparse.Namespace) -> int:
         emit_json({"purged": purged})
     else:
         print(f"purged {purged} expired or revoked registration key{'s' if purged != 1 else ''}")
+    return EXIT_OK
+
+
+# -- the audit trail -------------------------------------------------------------------------
+
+#: A relative ``--since``: a count and a unit (seconds, minutes, hours, days, weeks).
+_RELATIVE = re.compile(r"(\d{1,9})([smhdw])")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+#: Events ``audit list`` shows when no ``--limit`` is given.
+AUDIT_LIMIT_DEFAULT = 100
+
+
+def parse_since(text: str, now: float) -> float | None:
+    """``--since`` as seconds since the epoch: a duration back from ``now`` (``90s``,
+    ``15m``, ``2h``, ``7d``, ``1w``) or an ISO-8601 date or time (UTC unless it names an
+    offset); None when it is neither."""
+    text = text.strip()
+    relative = _RELATIVE.fullmatch(text)
+    if relative is not None:
+        return now - int(relative[1]) * _UNIT_SECONDS[relative[2]]
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def audit_json(event: AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "at": json_time(round(event.at * 1000)),
+        "kind": event.kind,
+        "actor": event.actor,
+        "worker_id": event.worker_id,
+        "address": event.address,
+        "detail": dict(event.detail),
+    }
+
+
+def _detail_text(event: AuditEvent) -> str:
+    """``key=value …``, sorted; a text as it is (escaped), a number or flag as in JSON."""
+    return " ".join(
+        f"{key}={safe(value) if isinstance(value, str) else json.dumps(value)}"
+        for key, value in sorted(event.detail.items())
+    )
+
+
+def audit_list(args: argparse.Namespace) -> int:
+    since = None
+    if args.since is not None:
+        since = parse_since(args.since, time.time())
+        if since is None:
+            args.parser_error(
+                f"--since: {args.since!r} is neither a duration (e.g. 90s, 15m, 2h, 7d, 1w) "
+                "nor an ISO-8601 time (e.g. 2026-01-31 or 2026-01-31T12:00:00Z)"
+            )
+    if args.kind is not None and args.kind not in KINDS:
+        args.parser_error(f"--kind: unknown event kind {args.kind!r} (one of {', '.join(KINDS)})")
+    if not 1 <= args.limit <= AUDIT_LIST_MAX:
+        args.parser_error(f"--limit must be between 1 and {AUDIT_LIST_MAX}")
+    events = open_store(args).list_audit(
+        since=since, worker_id=args.worker, kind=args.kind, limit=args.limit
+    )
+    if args.json:
+        emit_json({"events": [audit_json(e) for e in events]})
+    elif not events:
+        filtered = args.since or args.worker or args.kind
+        print("no matching audit events" if filtered else "no audit events")
+    else:
+        print_table(
+            ("TIME", "KIND", "ACTOR", "WORKER", "ADDRESS", "DETAIL"),
+            [
+                (
+                    json_time(round(e.at * 1000)),
+                    e.kind,
+                    safe(e.actor),
+                    e.worker_id or "-",
+                    safe(e.address or "-"),
+                    _detail_text(e) or "-",
+                )
+                for e in events
+            ],
+        )
     return EXIT_OK
 
 
@@ -470,11 +569,19 @@ def _verb(
     return parser
 
 
+def _group(groups: Any, name: str, text: str) -> Any:
+    """A group of verbs under ``admin`` (``user``, ``worker``, …); returns its subparsers."""
+    group = groups.add_parser(name, help=text)
+    _common_flags(group)
+    return group.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+
+
 def add_parser(sub: Any) -> None:
     """Add ``admin`` and its verbs under ``leapcore-hub``'s subcommands."""
     admin = sub.add_parser(
         "admin",
-        help="manage users, API tokens, workers and registration keys (offline)",
+        help="manage users, API tokens, workers and registration keys; read the audit trail "
+        "(offline)",
         description="Manage the hub's users, API tokens, workers and registration keys. "
         "Works directly on the hub's database, whether or not the hub is running.",
     )
@@ -489,9 +596,7 @@ def add_parser(sub: Any) -> None:
         hub_info,
     )
 
-    users = groups.add_parser("user", help="users and their API tokens")
-    _common_flags(users)
-    verbs = users.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+    verbs = _group(groups, "user", "users and their API tokens")
     p = _verb(
         verbs, "create", "create a user and print its first API token (shown once)", user_create
     )
@@ -507,9 +612,7 @@ def add_parser(sub: Any) -> None:
     p = _verb(verbs, "token-revoke", "revoke an API token", token_revoke)
     p.add_argument("--id", metavar="TOKEN_ID", help="the token's id (from token-list)")
 
-    workers = groups.add_parser("worker", help="registered workers")
-    _common_flags(workers)
-    verbs = workers.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
+    verbs = _group(groups, "worker", "registered workers")
     p = _verb(verbs, "list", "list workers (oldest first)", worker_list)
     p.add_argument(
         "--status",
@@ -528,12 +631,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--id", metavar="ID", help="the worker's id")
 
-    keys = groups.add_parser(
-        "reg-key",
-        help="registration keys (there is no create: a signed-in user mints them)",
+    verbs = _group(
+        groups, "reg-key", "registration keys (there is no create: a signed-in user mints them)"
     )
-    _common_flags(keys)
-    verbs = keys.add_subparsers(dest="verb", metavar="VERB", required=True, parser_class=Parser)
     p = _verb(verbs, "list", "list registration keys, newest first", key_list)
     p.add_argument(
         "--include-expired",
@@ -543,3 +643,21 @@ def add_parser(sub: Any) -> None:
     p = _verb(verbs, "revoke", "expire a registration key now", key_revoke)
     p.add_argument("--id", metavar="ID", help="the key's id (from list), or the key itself")
     _verb(verbs, "purge-expired", "delete expired, consumed and revoked keys", key_purge)
+
+    verbs = _group(groups, "audit", "the hub's audit trail of security events")
+    p = _verb(verbs, "list", "list recorded security events, newest first", audit_list)
+    p.add_argument(
+        "--since",
+        metavar="WHEN",
+        help="only events at or after WHEN: a duration back from now (90s, 15m, 2h, 7d, 1w) "
+        "or an ISO-8601 time (UTC unless it names an offset)",
+    )
+    p.add_argument("--worker", metavar="ID", help="only events about this worker")
+    p.add_argument("--kind", metavar="KIND", help=f"only events of this kind ({', '.join(KINDS)})")
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=AUDIT_LIMIT_DEFAULT,
+        metavar="N",
+        help=f"at most N events, the newest (default: {AUDIT_LIMIT_DEFAULT})",
+    )

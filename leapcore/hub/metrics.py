@@ -35,7 +35,9 @@ Names (all prefixed ``leapcore_hub_``):
   ``links_per_address`` (over a budget);
 * ``links_closed_total{reason}`` (counter): signed-in links the hub ended: ``idle`` (a
   client silent for ``client_idle_timeout``), ``token_revoked``, ``worker_deleted``,
-  ``deregistered`` (a deregistering worker's link, after its ack or its grace).
+  ``deregistered`` (a deregistering worker's link, after its ack or its grace);
+* ``audit_write_failures_total`` (counter): audit events the store could not record (the
+  operation they describe went on; each is also logged).
 """
 
 from __future__ import annotations
@@ -157,6 +159,11 @@ class HubMetrics:
             ["reason"],
             registry=reg,
         )
+        self.audit_write_failures = Counter(
+            f"{PREFIX}_audit_write_failures",
+            "Audit events the store could not record (the operation went on).",
+            registry=reg,
+        )
         for kind in LINK_KINDS:
             self.links.labels(kind=kind)
         for reason in SIGN_IN_REFUSALS:
@@ -192,6 +199,9 @@ class HubMetrics:
 
     def frame_dropped(self) -> None:
         self.frames_dropped.inc()
+
+    def audit_write_failed(self) -> None:
+        self.audit_write_failures.inc()
 
     def render(self, snapshot: Snapshot) -> bytes:
         """Set the gauges from ``snapshot`` and return the text exposition."""

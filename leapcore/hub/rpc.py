@@ -28,6 +28,7 @@ from ..errors import (
     StorageError,
     Unauthenticated,
 )
+from ..proto.audit_events import Origin, user_actor
 from ..proto.capabilities import WorkerFilter
 from ..proto.limits import HubLimits
 from ..records import b64encode
@@ -51,7 +52,9 @@ class HubContext(Protocol):
         ...
 
 
-Method = Callable[[HubContext, User, Mapping[str, Any]], dict[str, Any]]
+#: A method: the hub, the caller, its parameters and where it calls from (the audit
+#: trail's actor and address, for the methods that change something).
+Method = Callable[[HubContext, User, Mapping[str, Any], Origin], dict[str, Any]]
 
 
 def _params(params: Mapping[str, Any], **spec: type) -> dict[str, Any]:
@@ -88,7 +91,9 @@ def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
     return view
 
 
-def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _workers_list(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     """The user's active workers; the optional parameters ``labels``, ``capabilities`` and
     ``online`` keep only those that match (:class:`~leapcore.proto.capabilities.WorkerFilter`)."""
     try:
@@ -101,10 +106,12 @@ def _workers_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dic
     }
 
 
-def _regkey_create(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_create(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     _params(params)
     record, key = hub.store.mint_registration_key(
-        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys
+        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys, origin=origin
     )
     return {"registration_key": key, "expires_at": record.expires_at}
 
@@ -116,18 +123,26 @@ def _key(params: Mapping[str, Any]) -> str:
     return key
 
 
-def _regkey_extend(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_extend(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     expires_at = hub.store.extend_registration_key(user.id, _key(params), hub.now_ms())
     return {"expires_at": expires_at}
 
 
-def _regkey_revoke(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_revoke(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     # The key itself, or its id (from regkey.list): either names it.
-    key_id = hub.store.revoke_registration_key_by_ref(_key(params), hub.now_ms(), owner=user.id)
+    key_id = hub.store.revoke_registration_key_by_ref(
+        _key(params), hub.now_ms(), owner=user.id, origin=origin
+    )
     return {"key_id": key_id}
 
 
-def _regkey_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_list(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     _params(params)
     now = hub.now_ms()
     keys = hub.store.list_registration_keys(now, include_expired=True)
@@ -146,14 +161,20 @@ def _regkey_list(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict
     }
 
 
-def _regkey_state(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _regkey_state(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     return {"state": hub.store.registration_key_state(user.id, _key(params), hub.now_ms())}
 
 
-def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _worker_deregister(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
-        note = hub.store.deregister_worker(worker_id, hub.now_ms(), requested_by=user.id)
+        note = hub.store.deregister_worker(
+            worker_id, hub.now_ms(), requested_by=user.id, origin=origin
+        )
     except NotFound:
         # Missing and foreign workers are indistinguishable.
         raise RequestError("not_found", "worker not found") from None
@@ -164,7 +185,9 @@ def _worker_deregister(hub: HubContext, user: User, params: Mapping[str, Any]) -
     }
 
 
-def _worker_keys(hub: HubContext, user: User, params: Mapping[str, Any]) -> dict[str, Any]:
+def _worker_keys(
+    hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
+) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
         worker = hub.store.get_worker(worker_id)
@@ -211,13 +234,23 @@ _ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (
 )
 
 
-def call(hub: HubContext, user: User, method: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """Run ``method`` for ``user``; :class:`RequestError` when it fails."""
+def call(
+    hub: HubContext,
+    user: User,
+    method: str,
+    params: Mapping[str, Any],
+    origin: Origin | None = None,
+) -> dict[str, Any]:
+    """Run ``method`` for ``user``; :class:`RequestError` when it fails. ``origin`` (the
+    link's actor and address) is what the audit trail records of a change; by default the
+    user, from nowhere known."""
+    if origin is None:
+        origin = Origin(user_actor(user.name))
     impl = METHODS.get(method)
     if impl is None:
         raise RequestError("invalid_argument", f"unknown method {method!r}")
     try:
-        return impl(hub, user, params)
+        return impl(hub, user, params, origin)
     except RequestError:
         raise
     except LeapcoreError as exc:

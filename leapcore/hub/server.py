@@ -48,6 +48,14 @@ They, the links closed by a revocation and the deregistrations and key revocatio
 through the hub are security events (:mod:`leapcore.net.security_log`): one record each,
 with a stable ``event`` name, the ``reason`` and the ``peer`` as record attributes.
 
+**Audit trail.** The security events are also recorded in the database
+(:mod:`leapcore.proto.audit_events`): registrations, deregistrations and key revocations
+by the store operation itself, in its transaction (the hub passes the link's
+:attr:`_Link.origin`); refused credentials (as rate-limited as their log lines, the rest
+folded into one row) and replaced worker links by :meth:`Hub._audit`. A failed audit write
+is logged and counted, never raised. Events older than ``audit_retention_days`` are
+pruned with the expired registration keys (:meth:`Hub.purge`).
+
 **Channels.** Every routing decision is made by the sans-IO core
 :class:`~leapcore.proto.hub_router.HubRouter` (:attr:`Hub.router`): who may open a channel
 to which worker, the channel table, the channel budgets, open deadlines
@@ -105,6 +113,7 @@ from ..errors import (
 from ..net.listen import HttpResponse, LinkServer
 from ..net.pipe import WRITE_BATCH, LinkPipe, send_joined
 from ..net.security_log import security_event
+from ..proto.audit_events import ANONYMOUS, AuditEvent, Origin, user_actor, worker_actor
 from ..proto.heartbeat import Liveness
 from ..proto.hub_actions import (
     Action,
@@ -197,6 +206,13 @@ _SIGN_IN_EVENTS: Final = {
     "api_token": "api_token_rejected",
     "worker_token": "worker_token_rejected",
     "registration_key": "registration_key_rejected",
+}
+
+#: Failed sign-in kind -> its audit event kind and detail (:mod:`leapcore.proto.audit_events`).
+_SIGN_IN_AUDIT: Final[dict[str, tuple[str, dict[str, str]]]] = {
+    "api_token": ("token_refused", {"credential": "api_token"}),
+    "worker_token": ("token_refused", {"credential": "worker_token"}),
+    "registration_key": ("registration_key_refused", {}),
 }
 
 _DIRECTION_LABELS: Final = {
@@ -305,6 +321,17 @@ class _Link:
         if self.user is not None:
             return f"client {self.user.name}{where}"
         return f"link ({self.transport}){where}"
+
+    @property
+    def origin(self) -> Origin:
+        """Who acts on this link, and from where, for the audit trail."""
+        if self.worker is not None:
+            actor = worker_actor(self.worker.id)
+        elif self.user is not None:
+            actor = user_actor(self.user.name)
+        else:
+            actor = ANONYMOUS
+        return Origin(actor, self.peer or None)
 
     def end(self, code: str, message: str) -> None:
         """End the link from outside its serving loop: an ``error`` record, then close."""
@@ -480,6 +507,7 @@ class Hub:
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
+        self.store.on_audit_failure = self.metrics.audit_write_failed
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
 
@@ -542,7 +570,7 @@ class Hub:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
                     log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
-                    self._purge_registration_keys()
+                    self.purge()
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     nursery.start_soon(self._purge_forever)
@@ -657,18 +685,49 @@ class Hub:
     async def _purge_forever(self) -> None:
         while True:
             await trio.sleep(self.limits.purge_interval)
-            self._purge_registration_keys()
+            self.purge()
 
-    def _purge_registration_keys(self) -> None:
-        """Delete the registration keys expired more than ``registration_key_retention`` ago."""
+    def purge(self) -> None:
+        """Delete the registration keys expired more than ``registration_key_retention`` ago
+        and the audit events older than ``audit_retention_days`` (on the wall clock). Runs
+        when the hub starts and every ``purge_interval``; a store failure is logged."""
         cutoff = self.now_ms() - int(self.limits.registration_key_retention * 1000)
         try:
             purged = self.store.purge_expired_registration_keys(cutoff)
         except StorageError as exc:
             log.error("purging expired registration keys failed: %s", exc)
-            return
-        if purged:
-            log.info("purged %d expired registration keys", purged)
+        else:
+            if purged:
+                log.info("purged %d expired registration keys", purged)
+        before = self._wall_clock() - self.limits.audit_retention_days * 86400.0
+        try:
+            pruned = self.store.prune_audit(before)
+        except StorageError as exc:
+            log.error("pruning the audit trail failed: %s", exc)
+        else:
+            if pruned:
+                log.info(
+                    "pruned %d audit events older than %d days",
+                    pruned,
+                    self.limits.audit_retention_days,
+                )
+
+    def _audit(
+        self,
+        link: _Link,
+        kind: str,
+        *,
+        worker_id: str | None = None,
+        detail: dict[str, str | int | bool | None] | None = None,
+    ) -> None:
+        """Record an audit event of ``link`` that no store operation records (a refusal, a
+        replaced link); never raises (:meth:`SQLiteHubStore.record_audit`)."""
+        origin = link.origin
+        self.store.record_audit(
+            AuditEvent(
+                self._wall_clock(), kind, origin.actor, worker_id, origin.address, detail or {}
+            )
+        )
 
     # -- one link ---------------------------------------------------------------------------
 
@@ -811,6 +870,7 @@ class Hub:
                 version=message.version,
                 labels=dict(message.labels),
                 now_ms=self.now_ms(),
+                origin=link.origin,
             )
         except StorageError:
             self.metrics.registration("error")
@@ -880,8 +940,15 @@ class Hub:
             WorkerGreeting(worker.id, worker.owner_id, worker.owner_name, self.store.hub_id)
         )
         self.router.join(link, worker.owner_id, worker.id)
-        if self.router.worker_link(worker.id) is not None:
+        older = self.router.worker_link(worker.id)
+        if older is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
+            self._audit(
+                link,
+                "worker_replaced",
+                worker_id=worker.id,
+                detail={"previous_address": older.peer or None},
+            )
         self._apply(self.router.publish(link))
         log.info("%s is online (%s)", link.name, link.transport)
         return False
@@ -1070,6 +1137,10 @@ class Hub:
         if suppressed:
             self._log_suppressed(kind, suppressed)
         if allowed:
+            # The audit trail takes what the log takes (rate-limited per kind), so that a
+            # flood of bad credentials cannot fill the database; the rest are counted.
+            audit_kind, detail = _SIGN_IN_AUDIT[kind]
+            self._audit(link, audit_kind, detail={**detail, "reason": reason})
             security_event(
                 log,
                 _SIGN_IN_EVENTS[kind],
@@ -1084,6 +1155,15 @@ class Hub:
             )
 
     def _log_suppressed(self, kind: str, count: int) -> None:
+        audit_kind, detail = _SIGN_IN_AUDIT[kind]
+        self.store.record_audit(
+            AuditEvent(
+                self._wall_clock(),
+                audit_kind,
+                ANONYMOUS,
+                detail={**detail, "reason": "rate limited", "suppressed": count},
+            )
+        )
         security_event(
             log,
             "sign_ins_suppressed",
@@ -1116,7 +1196,7 @@ class Hub:
             assert link.user is not None
             user = link.user
         try:
-            result = call(self, user, request.method, request.params)
+            result = call(self, user, request.method, request.params, link.origin)
         except RequestError as exc:
             log.info("%s: %s failed: %s", link.name, request.method, exc.message)
             link.enqueue(

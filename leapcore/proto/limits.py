@@ -26,6 +26,7 @@ from ..errors import ConfigError
 __all__ = [
     "ACCEPT_BACKOFF_INITIAL",
     "ACCEPT_BACKOFF_MAX",
+    "AUDIT_RETENTION_DAYS",
     "BACKOFF_INITIAL",
     "BACKOFF_JITTER",
     "BACKOFF_MAX",
@@ -442,8 +443,10 @@ MAX_LINK_QUEUE_BYTES: Final = 4 * 1024 * 1024
 MAX_LIVE_REGISTRATION_KEYS: Final = 16
 #: Seconds an expired registration key is kept before it is purged.
 REGISTRATION_KEY_RETENTION: Final = 24 * 3600.0
-#: Seconds between purges of expired registration keys.
+#: Seconds between purges of expired registration keys (and of old audit events).
 PURGE_INTERVAL: Final = 3600.0
+#: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).
+AUDIT_RETENTION_DAYS: Final = 365
 #: Seconds between checks for revoked API tokens and deregistered or deleted workers.
 REVOCATION_CHECK_INTERVAL: Final = 0.5
 #: Seconds a deregistering worker's link may wait for its acknowledgement.
@@ -465,6 +468,7 @@ LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
     "max_live_registration_keys": (int, 1, 1_000_000),
     "registration_key_retention": (float, 0.0, 365 * 24 * 3600.0),
     "purge_interval": (float, 1.0, 7 * 24 * 3600.0),
+    "audit_retention_days": (int, 1, 36500),
     "revocation_check_interval": (float, 0.05, 60.0),
     "deregister_grace": (float, 1.0, 600.0),
     # The listener's (ServerLimits), within that class's own checks.
@@ -546,6 +550,8 @@ class HubLimits:
     * ``registration_key_retention`` (1 day) and ``purge_interval`` (1 h): keys expired (or
       used, or revoked) for longer than the retention are deleted when the hub starts and
       then every interval.
+    * ``audit_retention_days`` (365, 1 to 36500): audit events older than this many days
+      are deleted at the same times.
     * ``revocation_check_interval`` (0.5 s): how often the hub asks the store whether the API
       tokens of its client links are still live and its workers still active (the admin
       CLI, or another hub, may change them at any time).
@@ -577,6 +583,7 @@ class HubLimits:
         default=REGISTRATION_KEY_RETENTION, validator=_validate
     )
     purge_interval: float = attrs.field(default=PURGE_INTERVAL, validator=_validate)
+    audit_retention_days: int = attrs.field(default=AUDIT_RETENTION_DAYS, validator=_validate)
     revocation_check_interval: float = attrs.field(
         default=REVOCATION_CHECK_INTERVAL, validator=_validate
     )

@@ -29,7 +29,15 @@ Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
   :meth:`SQLiteHubStore.live_token_ids` and :meth:`SQLiteHubStore.worker_statuses` answer,
   in one query per batch, what a running hub polls to make revocation take effect at once.
 
-Time is passed in as ``now_ms`` (milliseconds since the Unix epoch, UTC).
+* The audit trail (``audit_events``, :mod:`leapcore.proto.audit_events`): an operation
+  given an ``origin`` records its event in its own transaction (a registration, a
+  deregistration, a key or token made or revoked); :meth:`SQLiteHubStore.record_audit` records
+  the others (refusals, replaced links). Writing an audit row never fails the operation
+  it records: a failed write is logged (and :attr:`SQLiteHubStore.on_audit_failure` called),
+  and the operation goes on. Rows are kept until :meth:`SQLiteHubStore.prune_audit`.
+
+Time is passed in as ``now_ms`` (milliseconds since the Unix epoch, UTC); an audit event's
+``at`` is in seconds.
 """
 
 from __future__ import annotations
@@ -37,11 +45,12 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import logging
 import os
 import secrets
 import sqlite3
 import string
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -61,6 +70,13 @@ from ..errors import (
     Unauthenticated,
     WorkerDeleted,
 )
+from ..proto.audit_events import (
+    AuditEvent,
+    Origin,
+    decode_detail,
+    encode_detail,
+    worker_actor,
+)
 from ..proto.limits import (
     DEFAULT_MAX_WORKERS_PER_USER,
     ID_LENGTH,
@@ -79,6 +95,8 @@ __all__ = [
     "WorkerStatus",
     "new_id",
 ]
+
+log = logging.getLogger(__name__)
 
 #: The characters of every id the store mints (:data:`~leapcore.proto.limits.ID_LENGTH` of
 #: them; registration keys live :data:`~leapcore.proto.limits.REG_KEY_LIFETIME_MS`).
@@ -253,8 +271,25 @@ _MIGRATIONS: Final[Sequence[str]] = (
     ALTER TABLE workers ADD COLUMN os TEXT;
     ALTER TABLE workers ADD COLUMN arch TEXT
     """,
+    # 4: the audit trail of security events (leapcore.proto.audit_events).
+    """
+    CREATE TABLE audit_events (
+        id INTEGER PRIMARY KEY,
+        at REAL NOT NULL,
+        kind TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        worker_id TEXT,
+        address TEXT,
+        detail TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_events_at ON audit_events(at);
+    CREATE INDEX audit_events_worker ON audit_events(worker_id, at)
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
+#: Audit events a listing returns when no ``limit`` is given (and the most it may ask).
+AUDIT_LIST_LIMIT: Final = 1000
+AUDIT_LIST_MAX: Final = 100_000
 #: A queued notification is given up after this many delivery attempts.
 MAX_NOTIFICATION_ATTEMPTS: Final = 5
 
@@ -343,6 +378,8 @@ class SQLiteHubStore:
             raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
         self.path = Path(path)
         self.max_workers_per_user = max_workers_per_user
+        #: Called (no arguments) when an audit row could not be written (the hub counts it).
+        self.on_audit_failure: Callable[[], None] | None = None
         if create:
             self._create_private_file()
         elif not self.path.exists():
@@ -454,10 +491,102 @@ class SQLiteHubStore:
         (version,) = self._db.execute("PRAGMA user_version").fetchone()
         return int(version)
 
+    # -- the audit trail -------------------------------------------------------------
+
+    def _audit_failed(self, event: AuditEvent, exc: Exception) -> None:
+        log.error("audit event %s (%s) not recorded: %s", event.kind, event.actor, exc)
+        if self.on_audit_failure is not None:
+            self.on_audit_failure()
+
+    @staticmethod
+    def _insert_audit(db: _Db, event: AuditEvent) -> None:
+        db.execute(
+            "INSERT INTO audit_events (at, kind, actor, worker_id, address, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                event.at,
+                event.kind,
+                event.actor,
+                event.worker_id,
+                event.address,
+                encode_detail(event.detail),
+            ),
+        )
+
+    def _audit(self, db: _Db, event: AuditEvent) -> None:
+        """Insert ``event`` inside the caller's transaction, in a savepoint: if the insert
+        fails, only it is undone (logged), and the operation it records still commits."""
+        db.execute("SAVEPOINT audit")
+        try:
+            self._insert_audit(db, event)
+        except StorageError as exc:
+            with suppress(StorageError):
+                db.execute("ROLLBACK TO audit")
+            self._audit_failed(event, exc)
+        with suppress(StorageError):
+            db.execute("RELEASE audit")
+
+    def record_audit(self, event: AuditEvent) -> bool:
+        """Record ``event`` on its own (a refusal, a replaced link: nothing else is written).
+        Never raises for a database failure: it is logged, and the answer is False."""
+        try:
+            with self._tx() as db:
+                self._insert_audit(db, event)
+        except StorageError as exc:
+            self._audit_failed(event, exc)
+            return False
+        return True
+
+    def list_audit(
+        self,
+        *,
+        since: float | None = None,
+        worker_id: str | None = None,
+        kind: str | None = None,
+        limit: int = AUDIT_LIST_LIMIT,
+    ) -> list[AuditEvent]:
+        """Recorded events, **newest first** (then by id, descending): those at or after
+        ``since`` (seconds since the epoch), about ``worker_id``, of ``kind``; at most
+        ``limit`` (1 to :data:`AUDIT_LIST_MAX`)."""
+        if not 1 <= limit <= AUDIT_LIST_MAX:
+            raise LocalError(f"limit must be between 1 and {AUDIT_LIST_MAX}")
+        query = "SELECT id, at, kind, actor, worker_id, address, detail FROM audit_events"
+        clauses: list[str] = []
+        args: list[Any] = []
+        if since is not None:
+            clauses.append("at >= ?")
+            args.append(since)
+        if worker_id is not None:
+            clauses.append("worker_id = ?")
+            args.append(worker_id)
+        if kind is not None:
+            clauses.append("kind = ?")
+            args.append(kind)
+        if clauses:
+            query += " WHERE " + " AND ".join(clauses)
+        query += " ORDER BY at DESC, id DESC LIMIT ?"
+        args.append(limit)
+        rows = self._db.execute(query, args).fetchall()
+        # A kind of a newer release is listed as it is (and its unknown detail fields left
+        # out by decode_detail): a listing never fails on one row.
+        with attrs.validators.disabled():
+            return [
+                AuditEvent(r[1], r[2], r[3], r[4], r[5], decode_detail(r[6]), id=r[0]) for r in rows
+            ]
+
+    def prune_audit(self, before: float) -> int:
+        """Delete the events recorded before ``before`` (seconds since the epoch); how many.
+        The hub passes its wall clock minus ``audit_retention_days``."""
+        with self._tx() as db:
+            return int(db.execute("DELETE FROM audit_events WHERE at < ?", (before,)).rowcount)
+
     # -- users and API tokens -------------------------------------------------------
 
-    def create_user(self, name: str, now_ms: int, *, is_admin: bool = False) -> tuple[User, str]:
-        """A new user and its first API token (returned once, stored hashed)."""
+    def create_user(
+        self, name: str, now_ms: int, *, is_admin: bool = False, origin: Origin | None = None
+    ) -> tuple[User, str]:
+        """A new user and its first API token (returned once, stored hashed); with
+        ``origin``, audited (``api_token_created``)."""
         name = name.strip()
         if not name or len(name) > 64 or not name.isprintable():
             raise LocalError("user name must be 1-64 printable characters")
@@ -469,15 +598,27 @@ class SQLiteHubStore:
                 "INSERT INTO users (id, name, is_admin, created_at) VALUES (?, ?, ?, ?)",
                 (user.id, name, int(is_admin), now_ms),
             )
-            token = self._insert_token(db, user.id, now_ms)
+            token = self._insert_token(db, user, now_ms, origin)
         return user, token
 
-    def _insert_token(self, db: _Db, user_id: str, now_ms: int) -> str:
+    def _insert_token(self, db: _Db, user: User, now_ms: int, origin: Origin | None) -> str:
         token = new_id()
+        token_id = new_id()
         db.execute(
             "INSERT INTO api_tokens (id, user_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
-            (new_id(), user_id, _digest(token), now_ms),
+            (token_id, user.id, _digest(token), now_ms),
         )
+        if origin is not None:
+            self._audit(
+                db,
+                AuditEvent(
+                    now_ms / 1000,
+                    "api_token_created",
+                    origin.actor,
+                    address=origin.address,
+                    detail={"user": user.name, "token_id": token_id},
+                ),
+            )
         return token
 
     def _user_by_ref(self, db: _Db, ref: str) -> User:
@@ -502,10 +643,11 @@ class SQLiteHubStore:
         ).fetchall()
         return [User(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
-    def create_token(self, user_ref: str, now_ms: int) -> str:
+    def create_token(self, user_ref: str, now_ms: int, *, origin: Origin | None = None) -> str:
+        """Another API token for a user (returned once); with ``origin``, audited."""
         with self._tx() as db:
             user = self._user_by_ref(db, user_ref)
-            return self._insert_token(db, user.id, now_ms)
+            return self._insert_token(db, user, now_ms, origin)
 
     def list_tokens(self, user_ref: str) -> list[ApiToken]:
         user = self.get_user(user_ref)
@@ -528,7 +670,8 @@ class SQLiteHubStore:
             raise NotFound("no API token matches")
         return ApiToken(*row)
 
-    def revoke_token(self, token_id: str, now_ms: int) -> None:
+    def revoke_token(self, token_id: str, now_ms: int, *, origin: Origin | None = None) -> None:
+        """Revoke a live API token; with ``origin``, audited (``api_token_revoked``)."""
         with self._tx() as db:
             changed = db.execute(
                 "UPDATE api_tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
@@ -536,6 +679,22 @@ class SQLiteHubStore:
             ).rowcount
             if not changed:
                 raise NotFound(f"no live API token with id {token_id!r}")
+            if origin is not None:
+                row = db.execute(
+                    "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id "
+                    "WHERE t.id = ?",
+                    (token_id,),
+                ).fetchone()
+                self._audit(
+                    db,
+                    AuditEvent(
+                        now_ms / 1000,
+                        "api_token_revoked",
+                        origin.actor,
+                        address=origin.address,
+                        detail={"user": row[0] if row else None, "token_id": token_id},
+                    ),
+                )
 
     def authenticate_user(self, token: str, now_ms: int) -> User:
         """The user an API token belongs to; :class:`Unauthenticated` otherwise."""
@@ -573,9 +732,10 @@ class SQLiteHubStore:
     # -- registration keys ----------------------------------------------------------------
 
     def mint_registration_key(
-        self, user_id: str, now_ms: int, *, max_live: int = 0
+        self, user_id: str, now_ms: int, *, max_live: int = 0, origin: Origin | None = None
     ) -> tuple[RegistrationKey, str]:
-        """A new key for ``user_id``, valid 5 minutes; the key itself is returned once.
+        """A new key for ``user_id``, valid 5 minutes; the key itself is returned once (with
+        ``origin``, audited by the key's id: ``registration_key_created``).
 
         ``max_live`` (0: no cap) caps the user's unexpired keys: one more is
         :class:`QuotaExceeded` and nothing is written."""
@@ -608,6 +768,17 @@ class SQLiteHubStore:
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (record.id, _digest(key), user.id, now_ms, record.expires_at, record.prefix),
             )
+            if origin is not None:
+                self._audit(
+                    db,
+                    AuditEvent(
+                        now_ms / 1000,
+                        "registration_key_created",
+                        origin.actor,
+                        address=origin.address,
+                        detail={"user": user.name, "registration_key_id": record.id},
+                    ),
+                )
         return record, key
 
     def extend_registration_key(self, user_id: str, key: str, now_ms: int) -> int:
@@ -635,9 +806,10 @@ class SQLiteHubStore:
         return new_expiry
 
     def revoke_registration_key(
-        self, key_id: str, now_ms: int, *, owner: str | None = None
+        self, key_id: str, now_ms: int, *, owner: str | None = None, origin: Origin | None = None
     ) -> None:
-        """Expire a key now (idempotent on a dead key); ``owner`` restricts to that user's keys."""
+        """Expire a key now (idempotent on a dead key); ``owner`` restricts to that user's keys.
+        With ``origin``, audited (``registration_key_revoked``, by the key's id)."""
         query = "UPDATE registration_keys SET expires_at = MIN(expires_at, ?) WHERE id = ?"
         args: tuple[Any, ...] = (now_ms - 1000, key_id)
         if owner is not None:
@@ -646,9 +818,23 @@ class SQLiteHubStore:
         with self._tx() as db:
             if not db.execute(query, args).rowcount:
                 raise NotFound(f"registration key not found: {key_id}")
+            if origin is not None:
+                self._audit(
+                    db,
+                    AuditEvent(
+                        now_ms / 1000,
+                        "registration_key_revoked",
+                        origin.actor,
+                        address=origin.address,
+                        detail={
+                            "registration_key_id": key_id,
+                            "by": "owner" if owner is not None else "administrator",
+                        },
+                    ),
+                )
 
     def revoke_registration_key_by_ref(
-        self, ref: str, now_ms: int, *, owner: str | None = None
+        self, ref: str, now_ms: int, *, owner: str | None = None, origin: Origin | None = None
     ) -> str:
         """Expire a key named by its id or by the key itself (a leaked key can be revoked by
         its value); returns the key's id. ``owner`` restricts to that user's keys."""
@@ -658,12 +844,14 @@ class SQLiteHubStore:
         if row is None:
             raise NotFound("registration key not found (give its id or the key itself)")
         try:
-            self.revoke_registration_key(row[0], now_ms, owner=owner)
+            self.revoke_registration_key(row[0], now_ms, owner=owner, origin=origin)
         except NotFound:
             raise NotFound("registration key not found (give its id or the key itself)") from None
         return str(row[0])
 
-    def revoke_registration_key_by_secret(self, user_id: str, key: str, now_ms: int) -> None:
+    def revoke_registration_key_by_secret(
+        self, user_id: str, key: str, now_ms: int, *, origin: Origin | None = None
+    ) -> None:
         """The owner revokes a key it holds (e.g. the CLI that minted it is interrupted)."""
         row = self._db.execute(
             "SELECT id FROM registration_keys WHERE key_hash = ? AND created_by = ?",
@@ -671,7 +859,7 @@ class SQLiteHubStore:
         ).fetchone()
         if row is None:
             raise NotFound("registration key not found")
-        self.revoke_registration_key(row[0], now_ms, owner=user_id)
+        self.revoke_registration_key(row[0], now_ms, owner=user_id, origin=origin)
 
     def registration_key_state(self, user_id: str, key: str, now_ms: int) -> str:
         """``live``, ``expired`` or ``consumed`` (used by a worker) for the caller's key."""
@@ -724,8 +912,12 @@ class SQLiteHubStore:
         labels: dict[str, str],
         now_ms: int,
         auto_registered: bool = False,
+        origin: Origin | None = None,
     ) -> tuple[Worker, str]:
-        """Consume ``key`` and create the worker, atomically; returns it and its auth token."""
+        """Consume ``key`` and create the worker, atomically; returns it and its auth token.
+
+        With ``origin`` the registration is audited in the same transaction
+        (``worker_registered``; its actor is the new worker, ``origin`` gives the address)."""
         if not key:
             raise Unauthenticated("registration key required")
         if not any((c.isalnum() and c.isascii()) or c in "._-" for c in version):
@@ -776,6 +968,24 @@ class SQLiteHubStore:
                     now_ms,
                 ),
             )
+            if origin is not None:
+                owner = db.execute("SELECT name FROM users WHERE id = ?", (owner_id,)).fetchone()
+                self._audit(
+                    db,
+                    AuditEvent(
+                        now_ms / 1000,
+                        "worker_registered",
+                        worker_actor(worker_id),
+                        worker_id,
+                        origin.address,
+                        {
+                            "user": owner[0] if owner else None,
+                            "name": name,
+                            "registration_key_id": key_id,
+                            "auto_registered": auto_registered,
+                        },
+                    ),
+                )
         return self.get_worker(worker_id), token
 
     def _check_name_free(
@@ -912,12 +1122,18 @@ class SQLiteHubStore:
                 db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, worker_id))
 
     def deregister_worker(
-        self, worker_id: str, now_ms: int, *, requested_by: str | None
+        self,
+        worker_id: str,
+        now_ms: int,
+        *,
+        requested_by: str | None,
+        origin: Origin | None = None,
     ) -> Notification:
         """``active`` → ``deregistering`` and queue the notification for the worker.
 
         ``requested_by`` is the owner's user id, or ``None`` for an administrator (who may
-        deregister any worker, including the auto-registered one).
+        deregister any worker, including the auto-registered one). With ``origin``, audited
+        in the same transaction (``worker_deregistered``).
         """
         with self._tx() as db:
             row = db.execute(
@@ -942,6 +1158,18 @@ class SQLiteHubStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 (note.id, worker_id, note.kind, reason, now_ms),
             )
+            if origin is not None:
+                self._audit(
+                    db,
+                    AuditEvent(
+                        now_ms / 1000,
+                        "worker_deregistered",
+                        origin.actor,
+                        worker_id,
+                        origin.address,
+                        {"by": "owner" if requested_by else "administrator"},
+                    ),
+                )
         return note
 
     def pending_notifications(self, worker_id: str) -> list[Notification]:

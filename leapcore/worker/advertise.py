@@ -15,8 +15,9 @@ __all__ = ["capabilities", "host_platform"]
 
 def capabilities(services: Services) -> list[str]:
     """The sorted capabilities ``services`` serves now (``exec``, ``files``, ``info``, ``pty``,
-    ``tcp``, ``workspace``, and the groups of any added methods; never ``ping``)."""
-    return capabilities_of([*services.rpcs, *services.streams, *services.byte_streams])
+    ``tcp``, ``workspace``, and the groups of any added methods; never ``ping``): a group
+    the worker's policy disables whole (``services.disabled``) is left out."""
+    return capabilities_of(services.served())
 
 
 def host_platform() -> tuple[str | None, str | None]:

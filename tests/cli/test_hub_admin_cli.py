@@ -475,7 +475,7 @@ def test_settings_precedence(hub: Hub) -> None:
     [
         (
             'colour = "red"\n',
-            "unknown setting 'colour' (known: client_idle_timeout, data_dir, deregister_grace, ",
+            "unknown setting 'colour' (known: audit_retention_days, client_idle_timeout, ",
         ),
         ("max_workers_per_user = '64'\n", "setting 'max_workers_per_user' must be int, got str"),
         ("data_dir = \n", "not valid TOML: "),

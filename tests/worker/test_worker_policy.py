@@ -26,6 +26,7 @@ from leapcore.errors import ConfigError, FileTransferFailed, PolicyDenied, Tunne
 from leapcore.peer.channel import Channel
 from leapcore.proto.tunnel_policy import TunnelPolicy
 from leapcore.store.policyfile import load_policy
+from leapcore.worker.advertise import capabilities
 from leapcore.worker.daemon import Worker
 
 DEADLINE = 30.0
@@ -232,6 +233,8 @@ async def test_disabled_services_are_refused_and_not_advertised(
     assert "files.write" not in info["capabilities"] and "files.read" in info["capabilities"]
     assert "files.write" not in [s["name"] for s in info["services"]]
     assert not (tmp_path / "copy").exists()
+    assert "pty" not in capabilities(worker.services)  # what the hub is told
+    assert {"exec", "files", "tcp"} <= set(capabilities(worker.services))
 
 
 # -- tunnels ------------------------------------------------------------------------------------
