@@ -106,6 +106,7 @@ __all__ = [
     "UnexpectedMessage",
     "UnexpectedStreamMessage",
     "UnsupportedProtocolVersion",
+    "WorkerBusy",
     "WorkerDeleted",
     "WorkerOffline",
     "WorkspaceError",
@@ -617,10 +618,17 @@ class PolicyDenied(RemoteCallError):
     code = "denied_by_policy"
 
 
+class WorkerBusy(RemoteCallError):
+    """The worker runs as many calls of this kind (capability) as its ``concurrency``
+    setting allows (``remote_code`` ``busy``): nothing was started; retry later."""
+
+    code = "busy"
+
+
 def remote_call_error(code: str, message: str) -> RemoteCallError:
     """The error for a worker's answer ``code``: :class:`PolicyDenied` for
-    ``denied_by_policy``, else :class:`RemoteCallError`."""
-    cls = PolicyDenied if code == PolicyDenied.code else RemoteCallError
+    ``denied_by_policy``, :class:`WorkerBusy` for ``busy``, else :class:`RemoteCallError`."""
+    cls = {PolicyDenied.code: PolicyDenied, WorkerBusy.code: WorkerBusy}.get(code, RemoteCallError)
     return cls(code, message)
 
 

@@ -44,6 +44,7 @@ from leapcore.errors import (
     PinStoreError,
     Refused,
     Unavailable,
+    WorkerBusy,
 )
 
 from .completion import autocomplete
@@ -64,6 +65,7 @@ EXIT_HUB_MISMATCH = 9
 EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
     (NotFound, EXIT_NOT_FOUND),
     (HubMismatch, EXIT_HUB_MISMATCH),
+    (WorkerBusy, EXIT_UNAVAILABLE),  # a Refused, but retrying later works
     (Refused, EXIT_REFUSED),
     (Unavailable, EXIT_UNAVAILABLE),
     (KeyFileError, EXIT_CORRUPT_STATE),

@@ -18,7 +18,7 @@ import trio
 from leapcore.errors import ConfigError
 from leapcore.net.signals import call_on_signal, run_until_signal
 from leapcore.proto.tunnel_policy import TunnelPolicy
-from leapcore.store.config import LOG_LEVELS, worker_settings
+from leapcore.store.config import LOG_LEVELS, parse_pairs, worker_settings
 from leapcore.store.paths import cross_worker_pins_path
 from leapcore.store.pinstore import PinStore
 from leapcore.store.policyfile import load_policy
@@ -74,6 +74,7 @@ RUN_FLAGS = (
     "services",
     "workspace_root",
     "policy",
+    "concurrency",
 )
 EXIT_MESSAGES = {
     WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
@@ -133,6 +134,14 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         help="where workspaces (git clones and worktrees) live (default: DATA_DIR/workspaces)",
     )
     add(
+        "--concurrency",
+        metavar="CAP=N,...",
+        type=_concurrency_flag,
+        default=hide,
+        help="calls in progress at once per capability, e.g. exec=8,pty=4 (one more is "
+        "refused busy; default: no limit)",
+    )
+    add(
         "--policy",
         metavar="FILE",
         default=hide,
@@ -146,6 +155,13 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         default=hide,
         help="worker config file (default: ~/.config/leapcore/worker/worker.toml if it exists)",
     )
+
+
+def _concurrency_flag(text: str) -> dict[str, int]:
+    try:
+        return parse_pairs("--concurrency", text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def run_worker(args: argparse.Namespace) -> int:
@@ -174,6 +190,7 @@ def run_worker(args: argparse.Namespace) -> int:
         tunnel_policy=TunnelPolicy.parse(settings["tunnel_allow"], settings["tunnel_deny"]),
         workspace_root=settings["workspace_root"] or None,
         policy_file=settings["policy"] or None,
+        concurrency=settings["concurrency"],
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()

@@ -58,6 +58,7 @@ from ..errors import (
     remote_call_error,
 )
 from ..net.pipe import WRITE_BATCH
+from ..proto.capabilities import BUSY, busy_message, capability_of
 from ..proto.channel_events import (
     BytesReceived,
     ByteStreamAccepted,
@@ -159,6 +160,16 @@ class Services:
         #: each takes the method's name and returns None, or the ``(code, message)`` to
         #: refuse it with (the worker's ``services.disabled`` policy is one).
         self.gates: list[Callable[[str], tuple[str, str] | None]] = []
+        #: Calls in progress at once, at most, per capability (``{"exec": 8}``: the part of
+        #: a method's name before its first ``.``); a capability not named has no limit.
+        #: One call more is refused ``busy`` (never queued).
+        self.limits: dict[str, int] = {}
+        #: Calls in progress now, per capability (every capability, limited or not).
+        self.active: dict[str, int] = {}
+        #: Methods that never count toward their capability's limit: those that serve
+        #: something already counted (``exec.wait`` of a running ``exec``) or that a service
+        #: limits itself (``pty.*``: live sessions, not calls).
+        self.uncounted: set[str] = set()
 
     def refusal(self, method: str) -> tuple[str, str] | None:
         """The first of :attr:`gates` that refuses ``method``: its ``(code, message)``."""
@@ -167,6 +178,30 @@ class Services:
             if refused is not None:
                 return refused
         return None
+
+    def enter(self, method: str) -> tuple[str, str] | None:
+        """Count a call of ``method`` as in progress, or the ``("busy", message)`` to refuse
+        it with when its capability is at its limit; every call entered is :meth:`leave`-d."""
+        if method in self.uncounted:
+            return None
+        capability = capability_of(method)
+        now = self.active.get(capability, 0)
+        limit = self.limits.get(capability)
+        if limit is not None and now >= limit:
+            return BUSY, busy_message(capability, now, limit)
+        self.active[capability] = now + 1
+        return None
+
+    def leave(self, method: str) -> None:
+        """A call :meth:`enter` counted has ended."""
+        if method in self.uncounted:
+            return
+        capability = capability_of(method)
+        left = self.active.get(capability, 0) - 1
+        if left > 0:
+            self.active[capability] = left
+        else:
+            self.active.pop(capability, None)
 
     def served(self) -> list[str]:
         """The methods a caller may use, sorted: every one registered, ``ping`` included,
@@ -1290,12 +1325,13 @@ class Channel:
         if not ctx.is_owner and method not in services.public:
             self.endpoint.send_error(cid, "permission_denied", "only the worker owner may use this")
             return
-        refused = services.refusal(method)
+        refused = services.refusal(method) or services.enter(method)
         if refused is not None:
             log.info("channel %d: %s refused: %s: %s", self.channel_id, method, *refused)
             self.endpoint.send_error(cid, *refused)
             return
         if not self._hold(cid, len(event.payload)):
+            services.leave(method)
             log.info(
                 "channel %d: %s refused: the channel holds %d bytes, its budget is %d",
                 self.channel_id,
@@ -1370,6 +1406,8 @@ class Channel:
             self._handlers.pop(cid, None)
             self._release(cid)
             self._drop_pending(cid)
+            if self._services is not None:
+                self._services.leave(ctx.method)
 
     def _manual_accept(self) -> set[str]:
         return set() if self._services is None else self._services.manual_accept

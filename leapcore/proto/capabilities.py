@@ -24,19 +24,25 @@ from typing import Any, Final
 
 import attrs
 
-from ..errors import LocalError, RecordError
+from ..errors import ConfigError, LocalError, RecordError
 from ..records import structure_strict
-from .limits import MAX_CAPABILITIES, MAX_CAPABILITY
+from .limits import CONCURRENCY_MAX, MAX_CAPABILITIES, MAX_CAPABILITY
 
 __all__ = [
+    "BUSY",
     "NOT_A_CAPABILITY",
     "WorkerFilter",
+    "busy_message",
     "capabilities_of",
     "capability_of",
     "capability_problem",
+    "parse_concurrency",
     "parse_label",
 ]
 
+#: The error code of a call refused because its capability is at the worker's
+#: concurrency limit (retry later).
+BUSY: Final = "busy"
 #: Methods every worker answers, which therefore say nothing about it.
 NOT_A_CAPABILITY: Final = frozenset({"ping"})
 _NAME: Final = re.compile(r"[A-Za-z0-9_.-]+")
@@ -137,3 +143,29 @@ class WorkerFilter:
             if problem is not None:
                 raise RecordError(f"workers.list capabilities: {problem}")
         return cls(decoded.labels or {}, frozenset(decoded.capabilities or []), decoded.online)
+
+
+def busy_message(capability: str, now: int, limit: int) -> str:
+    """What a call refused :data:`BUSY` says."""
+    return (
+        f"{capability}: {now} in progress, the worker's limit (concurrency {capability} = "
+        f"{limit}); retry later"
+    )
+
+
+def parse_concurrency(limits: Mapping[str, object]) -> dict[str, int]:
+    """A worker's per-capability concurrency limits (``{"exec": 8, "pty": 4}``: calls of
+    that capability's methods in progress at once), checked: each key a capability name,
+    each value an integer 1 .. :data:`~leapcore.proto.limits.CONCURRENCY_MAX`.
+    :class:`~leapcore.errors.ConfigError` otherwise."""
+    out: dict[str, int] = {}
+    for name, value in limits.items():
+        problem = capability_problem(name)
+        if problem is not None or name in NOT_A_CAPABILITY:
+            raise ConfigError(f"concurrency: {problem or f'{name!r} is not limited'}")
+        if type(value) is not int or not 1 <= value <= CONCURRENCY_MAX:
+            raise ConfigError(
+                f"concurrency: {name} must be an integer 1..{CONCURRENCY_MAX}, got {value!r}"
+            )
+        out[name] = value
+    return out

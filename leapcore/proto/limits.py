@@ -35,6 +35,7 @@ __all__ = [
     "CHANNEL_CREDIT",
     "CHANNEL_WINDOW_BUDGET",
     "CLIENT_IDLE_TIMEOUT",
+    "CONCURRENCY_MAX",
     "CREDIT_BATCH",
     "DEFAULT_MAX_INCOMPLETE",
     "DEFAULT_MAX_MESSAGE_SIZE",
@@ -260,6 +261,8 @@ WORKSPACE_GIT_TIMEOUT: Final = 600.0
 WORKSPACE_GIT_PARALLEL: Final = 4
 #: Bytes of a failed git command's stderr kept for the error message (its tail).
 WORKSPACE_GIT_OUTPUT: Final = 8192
+#: The largest per-capability concurrency limit a worker accepts (``concurrency``).
+CONCURRENCY_MAX: Final = 100_000
 #: A worker policy file's size, at most (bytes); a larger one is refused unread.
 POLICY_MAX_FILE_BYTES: Final = 1024 * 1024
 #: Entries in one list of a policy file (exec.allow, files.roots, ...), at most.

@@ -43,6 +43,7 @@ from typing import Any, Final
 import attrs
 
 from ..errors import ConfigError
+from ..proto.capabilities import parse_concurrency
 from ..proto.limits import (
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -66,6 +67,7 @@ __all__ = [
     "WORKER_PATH_KEYS",
     "hub_settings",
     "layer",
+    "parse_pairs",
     "read_config_file",
     "worker_settings",
 ]
@@ -102,6 +104,9 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "workspace_root": (str, ""),
     # The policy file ("": data_dir/policy.toml when it exists; a named one must exist).
     "policy": (str, ""),
+    # Calls in progress at once per capability ({exec = 8, pty = 4}; a TOML table, or
+    # exec=8,pty=4 in the environment); a capability not named has no limit.
+    "concurrency": (dict, {}),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -159,8 +164,17 @@ def _tunnel_rules(value: list[str]) -> str | None:
     return None
 
 
+def _concurrency(value: dict[str, int]) -> str | None:
+    try:
+        parse_concurrency(value)
+    except ConfigError as exc:
+        return f"is wrong: {exc}"
+    return None
+
+
 #: Worker values checked beyond their type.
 _WORKER_CHECKS: Final[dict[str, _Check]] = {
+    "concurrency": _concurrency,
     "max_message_size": max_message_size_problem,
     "log_format": _log_format,
     "tunnel_allow": _tunnel_rules,
@@ -206,6 +220,13 @@ def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where:
         raise ConfigError(
             f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
         )
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if type(item) is not int:
+                raise ConfigError(
+                    f"{where}: setting {key!r} must map names to integers, got "
+                    f"{name} = {type(item).__name__}"
+                )
     if isinstance(value, list):
         for item in value:
             if type(item) is not str:
@@ -241,14 +262,34 @@ def _from_env(
                 raise ConfigError(f"environment: {name} must be a finite number, got {text!r}")
         elif kind is list:
             out[key] = [item.strip() for item in text.split(",") if item.strip()]
+        elif kind is dict:
+            out[key] = parse_pairs(name, text)
         else:
             out[key] = text
     return out
 
 
+def parse_pairs(name: str, text: str) -> dict[str, int]:
+    """``exec=8,pty=4`` (a mapping setting in the environment or a flag) as a dict."""
+    out: dict[str, int] = {}
+    for item in (i.strip() for i in text.split(",")):
+        if not item:
+            continue
+        key, sep, number = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            out[key.strip()] = int(number.strip())
+        except ValueError:
+            raise ConfigError(f"{name}: {item!r} is not NAME=INTEGER") from None
+    return out
+
+
 def _copy(default: Any) -> Any:
-    """A default as a settings value (a list default is copied, never shared)."""
-    return list(default) if isinstance(default, list) else default
+    """A default as a settings value (a list or dict default is copied, never shared)."""
+    if isinstance(default, list | dict):
+        return type(default)(default)
+    return default
 
 
 def layer(

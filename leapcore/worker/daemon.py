@@ -103,6 +103,7 @@ from ..proto.backoff import (
     classify_link_error,
     system_uniform,
 )
+from ..proto.capabilities import parse_concurrency
 from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
 from ..proto.limits import (
     DEFAULT_MAX_INCOMPLETE,
@@ -319,6 +320,7 @@ class Worker:
         workspace_root: Path | str | None = None,
         policy_file: Path | str | None = None,
         policy: WorkerPolicy | None = None,
+        concurrency: Mapping[str, int] | None = None,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -348,6 +350,9 @@ class Worker:
         #: The methods channels offer
         #: (default: :func:`~leapcore.worker.builtin_services.default_services`).
         self.services = services if services is not None else default_services(self)
+        #: Calls in progress at once per capability (``{"exec": 8}``); one more is refused
+        #: ``busy``.
+        self.services.limits.update(parse_concurrency(concurrency or {}))
         self.max_message_size = validate_max_message_size(max_message_size)
         check_bounds(max_channels=max_channels, max_incomplete_chunked=max_incomplete_chunked)
         if max_channel_bytes is not None and (

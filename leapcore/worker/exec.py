@@ -190,6 +190,8 @@ class ExecService:
         services.add_rpc(WAIT_METHOD, self._wait)
         services.add_rpc(SIGNAL_METHOD, self._signal)
         services.add_rpc(RESIZE_METHOD, self._resize)
+        # A process counts once toward the exec limit: through its ``exec`` stream.
+        services.uncounted.update({STDERR_METHOD, WAIT_METHOD, SIGNAL_METHOD, RESIZE_METHOD})
 
     def cwds(self) -> list[str]:
         """The directories running processes were started in (given ones only)."""

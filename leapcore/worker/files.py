@@ -83,6 +83,8 @@ class FilesService:
         services.add_byte_stream(READ_METHOD, self._read, accept="manual")
         services.add_byte_stream(WRITE_METHOD, self._write, accept="manual")
         services.add_rpc(MKDIR_METHOD, self._mkdir)
+        # The files limit counts transfers (reads and writes), not lookups.
+        services.uncounted.update({STAT_METHOD, LIST_METHOD, MKDIR_METHOD})
 
     def resolve(self, path: str) -> str:
         """``path`` made absolute: relative ones are taken from the home directory."""

@@ -60,6 +60,7 @@ from ..peer.channel import (
     Services,
     wait_byte_stream_broken,
 )
+from ..proto.capabilities import BUSY, busy_message
 from ..proto.limits import (
     PTY_ATTACH_BACKLOG,
     PTY_EXIT_DRAIN,
@@ -232,6 +233,8 @@ class PtyService:
         self._nursery: trio.Nursery | None = None
         self._token: Any = None
         self._starting: trio.Event | None = None
+        #: The worker's concurrency limits (its method table's; see :meth:`install`).
+        self._limits: dict[str, int] = {}
 
     def cwds(self) -> list[str]:
         """The directories running sessions were started in (given ones only)."""
@@ -246,6 +249,12 @@ class PtyService:
         services.add_rpc(KILL_METHOD, self._guard(self._kill))
         services.add_rpc(WAIT_METHOD, self._guard(self._wait))
         services.add_byte_stream(ATTACH_METHOD, self._attach, accept="manual")
+        # The pty limit counts live sessions (checked by pty.spawn), not calls.
+        services.uncounted.update(
+            {SPAWN_METHOD, RESIZE_METHOD, SEND_METHOD, CAPTURE_METHOD, LIST_METHOD}
+        )
+        services.uncounted.update({KILL_METHOD, WAIT_METHOD, ATTACH_METHOD})
+        self._limits = services.limits
 
     @staticmethod
     def _guard(
@@ -305,6 +314,15 @@ class PtyService:
             raise ServiceError("not_found", f"no terminal session {session_id!r} on this worker")
         return session
 
+    def _check_limit(self) -> None:
+        """The worker's ``concurrency`` limit of ``pty``: live sessions (spawning included)."""
+        limit = self._limits.get("pty")
+        if limit is None:
+            return
+        live = self._spawning + sum(not s.exited.is_set() for s in self.sessions.values())
+        if live >= limit:
+            raise ServiceError(BUSY, busy_message("pty", live, limit))
+
     def _make_room(self) -> None:
         if len(self.sessions) + self._spawning < self.max_sessions:
             return
@@ -328,6 +346,7 @@ class PtyService:
         command = request.command(login_shell)
         env = process_env(request.env, request.env_mode, terminal=True)
         launch = plan_launch(self.policy(), command, env, request.cwd)
+        self._check_limit()
         nursery = await self._sessions_nursery()
         self._make_room()
         self._spawning += 1

@@ -62,6 +62,8 @@ def _expected(cls: type[LeapcoreError]) -> int:
         return EXIT_NOT_FOUND
     if issubclass(cls, errors.HubMismatch):
         return EXIT_HUB_MISMATCH
+    if issubclass(cls, errors.WorkerBusy):  # refused for now: retry later
+        return EXIT_UNAVAILABLE
     if issubclass(cls, errors.Refused):
         return EXIT_REFUSED
     if issubclass(cls, errors.Unavailable):
@@ -82,7 +84,7 @@ def test_retry_never_shares_a_code_with_attack_refusal_or_usage() -> None:
     by_meaning: dict[str, set[int]] = {"retry": set(), "other": set()}
     for cls in CLASSES:
         code = exit_code_for(_instance(cls))
-        retry = issubclass(cls, errors.Unavailable)
+        retry = issubclass(cls, (errors.Unavailable, errors.WorkerBusy))
         by_meaning["retry" if retry else "other"].add(code)
     assert by_meaning["retry"] == {EXIT_UNAVAILABLE}
     assert EXIT_UNAVAILABLE not in by_meaning["other"]
