@@ -75,6 +75,7 @@ RUN_FLAGS = (
     "workspace_root",
     "policy",
     "concurrency",
+    "audit_log",
 )
 EXIT_MESSAGES = {
     WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
@@ -142,6 +143,13 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         "refused busy; default: no limit)",
     )
     add(
+        "--audit-log",
+        metavar="FILE",
+        default=hide,
+        help="where every call is recorded, one JSON line each (default: DATA_DIR/audit.log; "
+        "off: nowhere)",
+    )
+    add(
         "--policy",
         metavar="FILE",
         default=hide,
@@ -191,6 +199,9 @@ def run_worker(args: argparse.Namespace) -> int:
         workspace_root=settings["workspace_root"] or None,
         policy_file=settings["policy"] or None,
         concurrency=settings["concurrency"],
+        audit_log=settings["audit_log"] or None,
+        audit_max_bytes=settings["audit_max_bytes"],
+        audit_retention_days=settings["audit_retention_days"],
     )
     install_services(settings["services"], worker)  # before any state is touched
     action = worker.prepare()

@@ -35,7 +35,8 @@ import inspect
 import logging
 import math
 import operator
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Final, Literal, overload
 
@@ -124,10 +125,34 @@ class CallContext:
     user_id: str
     owner_id: str
     method: str
+    #: What the handler wants its call's report to say besides the facts the channel knows
+    #: (``exec``: ``exit_status``, ``exit_signal``); see :class:`CallReport`.
+    notes: dict[str, Any] = attrs.field(factory=dict, eq=False, repr=False)
 
     @property
     def is_owner(self) -> bool:
         return bool(self.user_id) and self.user_id == self.owner_id
+
+
+@attrs.frozen
+class CallReport:
+    """One call a worker's channel served or refused, for :attr:`Services.observers` (the
+    worker's audit log): who (``user_id``), what (``method``, its request ``payload``),
+    ``outcome`` (``"ok"``, or the error code it was answered or reset with, ``"cancelled"``
+    when the channel ended first), ``message`` (a refusal's), ``duration`` (seconds),
+    ``bytes_in`` / ``bytes_out`` (a byte stream's data each way, a stream's items, an RPC's
+    answer) and the handler's ``notes``."""
+
+    channel_id: int
+    user_id: str
+    method: str
+    payload: bytes
+    outcome: str
+    message: str = ""
+    duration: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    notes: Mapping[str, Any] = attrs.Factory(dict)
 
 
 RpcHandler = Callable[[CallContext, bytes], Awaitable[bytes]]
@@ -170,6 +195,17 @@ class Services:
         #: something already counted (``exec.wait`` of a running ``exec``) or that a service
         #: limits itself (``pty.*``: live sessions, not calls).
         self.uncounted: set[str] = set()
+        #: Called with a :class:`CallReport` for every call served or refused (after it
+        #: ends); an observer that raises is logged, never the call's problem.
+        self.observers: list[Callable[[CallReport], None]] = []
+
+    def report(self, report: CallReport) -> None:
+        """Hand ``report`` to every observer."""
+        for observe in self.observers:
+            try:
+                observe(report)
+            except Exception:
+                log.exception("a call observer failed on %s", report.method)
 
     def refusal(self, method: str) -> tuple[str, str] | None:
         """The first of :attr:`gates` that refuses ``method``: its ``(code, message)``."""
@@ -361,6 +397,11 @@ class ByteStream(trio.abc.HalfCloseableStream):
         #: Called (once per break) when the stream fails or is closed here: lets a relay
         #: notice a reset without a task waiting on every change.
         self._on_broken: Callable[[], None] | None = None
+        #: Data bytes sent and received on this stream so far (for call reports).
+        self.bytes_sent = 0
+        self.bytes_received = 0
+        #: The code this side reset the stream with (None: it did not).
+        self.reset_code: str | None = None
 
     def _kick(self) -> None:
         self._changed.set()
@@ -419,6 +460,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                     raise self._broken() from exc
                 if taken:
                     view = view[taken:]
+                    self.bytes_sent += taken
                     self._channel._kick()
                     continue
                 await self._wait()
@@ -465,6 +507,7 @@ class ByteStream(trio.abc.HalfCloseableStream):
                 await self._wait()
                 self._check_closed()
             chunk = self._take(RECEIVE_JOIN_MAX if max_bytes is None else max_bytes)
+            self.bytes_received += len(chunk)
             endpoint = self._channel.endpoint
             endpoint.consume(self.correlation_id, len(chunk))
             if endpoint.has_outbound:  # a WINDOW_UPDATE (or other frames) to send
@@ -565,6 +608,7 @@ async def reset_byte_stream(stream: ByteStream, code: str, message: str) -> None
     with ``code`` (a :class:`trio.BrokenResourceError` caused by :class:`RemoteCallError`)."""
     if not stream._closed:
         stream._closed = True
+        stream.reset_code = code
         channel = stream._channel
         if stream._error is None:
             with suppress(LeapcoreError):
@@ -595,6 +639,9 @@ class ByteStreamOpening:
         #: The accepted stream (None until :meth:`accept`).
         self.stream: ByteStream | None = None
         self.refused = False
+        #: The code and message it was refused with (None: not refused by :meth:`refuse`).
+        self.refused_code: str | None = None
+        self.refused_message = ""
 
     @property
     def answered(self) -> bool:
@@ -619,6 +666,7 @@ class ByteStreamOpening:
         self._check()
         channel, cid = self._channel, self.correlation_id
         self.refused = True
+        self.refused_code, self.refused_message = code, message
         channel._drop_pending(cid)  # early data, if any, is discarded
         await channel._submit(lambda: channel.endpoint.send_error(cid, code, message))
 
@@ -1323,15 +1371,27 @@ class Channel:
         ctx = CallContext(self.channel_id, self.user_id, self.owner_id, method)
         assert services is not None
         if not ctx.is_owner and method not in services.public:
-            self.endpoint.send_error(cid, "permission_denied", "only the worker owner may use this")
+            self._refuse_call(
+                services,
+                ctx,
+                cid,
+                event.payload,
+                "permission_denied",
+                "only the worker owner may use this",
+            )
             return
         refused = services.refusal(method) or services.enter(method)
         if refused is not None:
             log.info("channel %d: %s refused: %s: %s", self.channel_id, method, *refused)
-            self.endpoint.send_error(cid, *refused)
+            self._refuse_call(services, ctx, cid, event.payload, *refused)
             return
         if not self._hold(cid, len(event.payload)):
             services.leave(method)
+            services.report(
+                CallReport(
+                    self.channel_id, self.user_id, method, event.payload, "resource_exhausted"
+                )
+            )
             log.info(
                 "channel %d: %s refused: the channel holds %d bytes, its budget is %d",
                 self.channel_id,
@@ -1353,6 +1413,21 @@ class Channel:
         self._handlers[cid] = scope
         self._nursery.start_soon(self._run_handler, scope, event, handler, ctx)
 
+    def _refuse_call(
+        self,
+        services: Services,
+        ctx: CallContext,
+        cid: int,
+        payload: bytes,
+        code: str,
+        message: str,
+    ) -> None:
+        """Answer a call with ERROR before any handler runs, and report it."""
+        self.endpoint.send_error(cid, code, message)
+        services.report(
+            CallReport(self.channel_id, self.user_id, ctx.method, payload, code, message)
+        )
+
     async def _run_handler(
         self,
         scope: trio.CancelScope,
@@ -1361,6 +1436,9 @@ class Channel:
         ctx: CallContext,
     ) -> None:
         cid = event.correlation_id
+        started = time.monotonic()
+        outcome, message, sent = "cancelled", "", 0
+        stream: ByteStream | None = None
         try:
             with scope:
                 try:
@@ -1369,6 +1447,7 @@ class Channel:
                         if not isinstance(result, bytes):
                             raise TypeError(f"handler {ctx.method!r} returned {type(result)}")
                         await self._submit(lambda: self.endpoint.send_response(cid, result))
+                        sent = len(result)
                     elif isinstance(event, StreamRequested):
                         agen = handler(ctx, event.payload)
                         if not inspect.isasyncgen(agen):
@@ -1380,9 +1459,17 @@ class Channel:
                                 await self._submit(
                                     functools.partial(self.endpoint.send_stream_item, cid, item)
                                 )
+                                sent += len(item)
                         await self._submit(lambda: self.endpoint.end_stream(cid))
                     elif ctx.method in self._manual_accept():
-                        await self._run_manual(handler, ctx, event.payload, cid)
+                        opening = ByteStreamOpening(self, cid)
+                        try:
+                            await self._run_manual(handler, ctx, event.payload, opening)
+                        finally:
+                            stream = opening.stream
+                            if opening.refused_code is not None:
+                                outcome = opening.refused_code
+                                message = opening.refused_message
                     else:
                         await self._submit(lambda: self.endpoint.accept_byte_stream(cid))
                         stream = self._accepted_stream(cid)
@@ -1391,30 +1478,57 @@ class Channel:
                         finally:
                             if not (stream._eof_sent or stream._closed or stream._error):
                                 await stream.send_eof()
+                    if outcome == "cancelled":
+                        outcome = "ok"
                 except ServiceError as exc:
+                    outcome, message = exc.error_code, exc.error_message
                     self._answer_error(cid, exc.error_code, exc.error_message)
                 except (ChannelLost, ChannelClosedError):
-                    pass
+                    outcome = "channel_lost"
                 except LeapcoreError as exc:
+                    outcome, message = exc.code, str(exc)
                     if self._error is None:
                         log.info("channel %d: %s: %s", self.channel_id, ctx.method, exc)
                         self._answer_error(cid, exc.code, str(exc))
                 except Exception:
+                    outcome = "internal"
                     log.exception("channel %d: handler %r failed", self.channel_id, ctx.method)
                     self._answer_error(cid, "internal", "internal error")
         finally:
             self._handlers.pop(cid, None)
             self._release(cid)
             self._drop_pending(cid)
-            if self._services is not None:
-                self._services.leave(ctx.method)
+            services = self._services
+            if services is not None:
+                services.leave(ctx.method)
+                received = 0
+                if stream is not None:
+                    sent, received = stream.bytes_sent, stream.bytes_received
+                    if outcome == "ok" and stream.reset_code is not None:
+                        outcome = stream.reset_code
+                services.report(
+                    CallReport(
+                        self.channel_id,
+                        self.user_id,
+                        ctx.method,
+                        event.payload,
+                        outcome,
+                        message,
+                        time.monotonic() - started,
+                        received,
+                        sent,
+                        dict(ctx.notes),
+                    )
+                )
 
     def _manual_accept(self) -> set[str]:
         return set() if self._services is None else self._services.manual_accept
 
-    async def _run_manual(self, handler: Any, ctx: CallContext, payload: bytes, cid: int) -> None:
+    async def _run_manual(
+        self, handler: Any, ctx: CallContext, payload: bytes, opening: ByteStreamOpening
+    ) -> None:
         """A byte-stream handler that accepts or refuses the stream itself."""
-        opening = ByteStreamOpening(self, cid)
+        cid = opening.correlation_id
         # An exception (ServiceError's code, else internal) refuses an unanswered stream,
         # resets an accepted one (see _answer_error).
         await handler(ctx, payload, opening)

@@ -26,6 +26,9 @@ from ..errors import ConfigError
 __all__ = [
     "ACCEPT_BACKOFF_INITIAL",
     "ACCEPT_BACKOFF_MAX",
+    "AUDIT_LOG_MAX_BYTES",
+    "AUDIT_LOG_MAX_BYTES_RANGE",
+    "AUDIT_LOG_RETENTION_DAYS",
     "AUDIT_RETENTION_DAYS",
     "BACKOFF_INITIAL",
     "BACKOFF_JITTER",
@@ -261,6 +264,12 @@ WORKSPACE_GIT_TIMEOUT: Final = 600.0
 WORKSPACE_GIT_PARALLEL: Final = 4
 #: Bytes of a failed git command's stderr kept for the error message (its tail).
 WORKSPACE_GIT_OUTPUT: Final = 8192
+#: The worker's audit log is rotated at this size (bytes; setting ``audit_max_bytes``,
+#: within AUDIT_LOG_MAX_BYTES_RANGE) ...
+AUDIT_LOG_MAX_BYTES: Final = 16 * 1024 * 1024
+AUDIT_LOG_MAX_BYTES_RANGE: Final = (64 * 1024, 1024**4)
+#: ... and its rotated files are deleted after this many days (``audit_retention_days``).
+AUDIT_LOG_RETENTION_DAYS: Final = 90
 #: The largest per-capability concurrency limit a worker accepts (``concurrency``).
 CONCURRENCY_MAX: Final = 100_000
 #: A worker policy file's size, at most (bytes); a larger one is refused unread.

@@ -45,6 +45,9 @@ import attrs
 from ..errors import ConfigError
 from ..proto.capabilities import parse_concurrency
 from ..proto.limits import (
+    AUDIT_LOG_MAX_BYTES,
+    AUDIT_LOG_MAX_BYTES_RANGE,
+    AUDIT_LOG_RETENTION_DAYS,
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_WORKERS_PER_USER,
@@ -107,6 +110,11 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # Calls in progress at once per capability ({exec = 8, pty = 4}; a TOML table, or
     # exec=8,pty=4 in the environment); a capability not named has no limit.
     "concurrency": (dict, {}),
+    # The audit log of every call ("": data_dir/audit.log; "off": none), rotated at
+    # audit_max_bytes, rotated files kept audit_retention_days.
+    "audit_log": (str, ""),
+    "audit_max_bytes": (int, AUDIT_LOG_MAX_BYTES),
+    "audit_retention_days": (int, AUDIT_LOG_RETENTION_DAYS),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"
@@ -130,7 +138,7 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
 }
 
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
-WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy")
+WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy", "audit_log")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
 HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
 
@@ -172,8 +180,17 @@ def _concurrency(value: dict[str, int]) -> str | None:
     return None
 
 
+def _range(low: int, high: int) -> _Check:
+    def check(value: int) -> str | None:
+        return None if low <= value <= high else f"must be {low} .. {high}, got {value}"
+
+    return check
+
+
 #: Worker values checked beyond their type.
 _WORKER_CHECKS: Final[dict[str, _Check]] = {
+    "audit_max_bytes": _range(*AUDIT_LOG_MAX_BYTES_RANGE),
+    "audit_retention_days": _range(1, 36500),
     "concurrency": _concurrency,
     "max_message_size": max_message_size_problem,
     "log_format": _log_format,
@@ -383,7 +400,7 @@ def _resolve_paths(
                 resolved = resolve_data_dir(value, config_file=None, home=home, default_dir=base)
                 settings[key] = str(resolved)
         elif file_values is not None and key in file_values:
-            if value:
+            if value and value != "off":  # "off": the audit log's way of saying none
                 settings[key] = str(resolve_data_dir(value, config_file=used, home=home))
         elif key == "data_dir":
             resolved = resolve_data_dir(value, config_file=used, home=home, default_dir=default_dir)

@@ -99,8 +99,11 @@ class ChannelServer:
         max_channels: int = MAX_CHANNELS,
         max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
         max_channel_bytes: int | None = None,
+        on_refused: Callable[[ChannelRequest, str, str], None] | None = None,
     ) -> None:
         self.keypair = keypair
+        #: Called with each request refused and its code and message (the audit log).
+        self._on_refused = on_refused
         self.mode = parse_encryption_mode(mode)
         self.owner_id = owner_id
         self.channels = ChannelTable()
@@ -163,6 +166,8 @@ class ChannelServer:
         if refusal is not None:
             code, message = refusal
             log.info("channel %d refused: %s", request.channel_id, message)
+            if self._on_refused is not None:
+                self._on_refused(request, code, message)
             await self._send(ChannelReject(request.request_id, request.channel_id, code, message))
             return
         self._opening.add(request.channel_id)

@@ -67,6 +67,7 @@ import datetime as dt
 import enum
 import logging
 import shlex
+import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -91,7 +92,7 @@ from ..errors import (
 from ..net.dial import TRANSPORTS, connect_link
 from ..net.pipe import LinkPipe, parse_hub_url
 from ..net.security_log import security_event
-from ..peer.channel import Channel, Services
+from ..peer.channel import CallReport, Channel, Services
 from ..peer.hubsession import PeerLink
 from ..peer.linkwriter import LinkWriter
 from ..peer.opener import open_channel
@@ -103,9 +104,12 @@ from ..proto.backoff import (
     classify_link_error,
     system_uniform,
 )
+from ..proto.call_audit import call_record, channel_record
 from ..proto.capabilities import parse_concurrency
 from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
 from ..proto.limits import (
+    AUDIT_LOG_MAX_BYTES,
+    AUDIT_LOG_RETENTION_DAYS,
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
     MAX_CHANNELS,
@@ -133,6 +137,7 @@ from ..proto.link_state import LinkConnection, LinkRole
 from ..proto.pins import PinDecision
 from ..proto.tunnel_policy import ALLOW_ALL, TunnelPolicy
 from ..proto.worker_policy import WorkerPolicy
+from ..store.auditlog import AuditLog
 from ..store.paths import cross_worker_pins_path, worker_policy_path
 from ..store.pinstore import PinStore
 from ..store.policyfile import load_policy
@@ -321,6 +326,9 @@ class Worker:
         policy_file: Path | str | None = None,
         policy: WorkerPolicy | None = None,
         concurrency: Mapping[str, int] | None = None,
+        audit_log: Path | str | None = None,
+        audit_max_bytes: int = AUDIT_LOG_MAX_BYTES,
+        audit_retention_days: int = AUDIT_LOG_RETENTION_DAYS,
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
@@ -353,6 +361,15 @@ class Worker:
         #: Calls in progress at once per capability (``{"exec": 8}``); one more is refused
         #: ``busy``.
         self.services.limits.update(parse_concurrency(concurrency or {}))
+        #: Every call and refused channel, one JSON line each (None: ``audit_log="off"``).
+        self.audit_log: AuditLog | None = None
+        if audit_log != "off":
+            self.audit_log = AuditLog(
+                Path(audit_log) if audit_log else self.data_dir / "audit.log",
+                max_bytes=audit_max_bytes,
+                retention_days=audit_retention_days,
+            )
+            self.services.observers.append(self._audit_call)
         self.max_message_size = validate_max_message_size(max_message_size)
         check_bounds(max_channels=max_channels, max_incomplete_chunked=max_incomplete_chunked)
         if max_channel_bytes is not None and (
@@ -402,6 +419,38 @@ class Worker:
         self._stopped = False
         #: Set, then replaced, each time a link is greeted (see :meth:`wait_online`).
         self._greeting_event = trio.Event()
+
+    # -- audit ----------------------------------------------------------------------
+
+    def _audit_call(self, report: CallReport) -> None:
+        if self.audit_log is not None:
+            self.audit_log.write(
+                call_record(
+                    at=time.time(),
+                    channel_id=report.channel_id,
+                    user_id=report.user_id,
+                    method=report.method,
+                    payload=report.payload,
+                    outcome=report.outcome,
+                    message=report.message,
+                    duration=report.duration,
+                    bytes_in=report.bytes_in,
+                    bytes_out=report.bytes_out,
+                    notes=report.notes,
+                )
+            )
+
+    def _audit_refused_channel(self, request: ChannelRequest, code: str, message: str) -> None:
+        if self.audit_log is not None:
+            self.audit_log.write(
+                channel_record(
+                    at=time.time(),
+                    channel_id=request.channel_id,
+                    user_id=request.user_id,
+                    code=code,
+                    message=message,
+                )
+            )
 
     # -- policy ---------------------------------------------------------------------
 
@@ -853,6 +902,7 @@ class Worker:
                     max_message_size=self.max_message_size,
                     clock=self._now,
                     max_channels=self.max_channels,
+                    on_refused=self._audit_refused_channel,
                     max_incomplete=self.max_incomplete_chunked,
                     max_channel_bytes=self.max_channel_bytes,
                 )

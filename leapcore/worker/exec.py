@@ -286,6 +286,10 @@ class ExecService:
                     await run.terminate(self.kill_grace)
                 await run.close_pipes()
             run.finished.set()
+            status = proc.returncode
+            if status is not None:  # for the call's report (the worker's audit log)
+                ctx.notes["exit_status"] = status if status >= 0 else None
+                ctx.notes["exit_signal"] = -status if status < 0 else None
             log.info(
                 "channel %d: exec pid %d ended (%s)",
                 ctx.channel_id,
