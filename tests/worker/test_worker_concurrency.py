@@ -125,3 +125,34 @@ async def test_the_pty_limit_counts_live_sessions(
         await channel.kill_terminal(first.id)  # ends it, and forgets it
         second = await channel.spawn_terminal(["true"])
         await channel.wait_terminal(second.id)
+
+
+async def test_n_plus_one_concurrent_calls_give_exactly_one_busy(
+    tmp_path: Path, generated_keypair: WorkerKeyPair
+) -> None:
+    limit = 3
+    outcomes: list[str] = []
+    async with limited_worker(tmp_path, generated_keypair, {"exec": limit}) as (worker, channel):
+        started = trio.Semaphore(0)
+        release = trio.Event()
+
+        async def one() -> None:
+            try:
+                async with channel.create_process(["cat"]) as proc:
+                    outcomes.append("started")
+                    started.release()
+                    await release.wait()
+                    await proc.stdin.send_eof()
+                    await proc.wait()
+            except WorkerBusy:
+                outcomes.append("busy")
+                started.release()
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(limit + 1):
+                nursery.start_soon(one)
+            for _ in range(limit + 1):
+                await started.acquire()
+            assert worker.services.active == {"exec": limit}
+            release.set()
+    assert sorted(outcomes) == ["busy"] + ["started"] * limit

@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -135,6 +136,17 @@ async def test_resource_limits_reach_the_process(
     assert result.stdout.decode().split() == ["64", "64", "7", str(300 * 1024)]
     assert on_terminal.stdout.strip() == b"64"
     assert hog.exit_status == 1 and b"MemoryError" in hog.stdout
+
+
+async def test_a_process_over_its_cpu_time_is_killed_and_reported_so(
+    tmp_path: Path, generated_keypair: WorkerKeyPair
+) -> None:
+    worker = make_worker(tmp_path, "[exec]\nmax_cpu_seconds = 1\n")
+    async with channel_to(worker, generated_keypair) as channel:
+        result = await channel.run_command("while :; do :; done")
+    # The kernel's SIGXCPU at the soft limit (the hard one, equal, would be SIGKILL).
+    assert result.exit_signal in (signal.SIGXCPU, signal.SIGKILL)
+    assert result.exit_status is None
 
 
 async def test_no_policy_means_no_limits(tmp_path: Path, generated_keypair: WorkerKeyPair) -> None:
