@@ -86,6 +86,9 @@ __all__ = [
     "MAX_PLAINTEXT",
     "MAX_PLATFORM",
     "MAX_STREAM_WINDOW",
+    "METRICS_MAX_CONNECTIONS",
+    "METRICS_MAX_REQUEST_HEAD",
+    "METRICS_REQUEST_TIMEOUT",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
     "POLICY_MAX_FILE_BYTES",
@@ -343,6 +346,14 @@ DEFAULT_MAX_WORKERS_PER_USER: Final = 64
 
 #: Channels open at once on a worker's link; worker setting ``max_channels``.
 MAX_CHANNELS: Final = 256
+#: The worker's metrics listener (``--metrics-listen``): seconds from accept to the answer
+#: written (the request head read, the response sent); a slower client is closed.
+METRICS_REQUEST_TIMEOUT: Final = 5.0
+#: The worker's metrics listener: connections served at once (from all addresses: loopback
+#: peers are one address); one more is answered 503 and closed.
+METRICS_MAX_CONNECTIONS: Final = 8
+#: The worker's metrics listener: bytes of a request head (larger: 400).
+METRICS_MAX_REQUEST_HEAD: Final = 8 * 1024
 
 # --- The listener's budgets -----------------------------------------------------------------
 # What one peer can make a :class:`~leapcore.net.listen.LinkServer` hold; what each one does
