@@ -198,10 +198,9 @@ def run_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
     setup_logging(settings["log_level"], settings["log_format"])
     metrics_at = None
+    allow_remote = getattr(args, "metrics_allow_remote", False)
     if settings["metrics_listen"].strip():
-        metrics_at = parse_metrics_listen(
-            settings["metrics_listen"], allow_remote=getattr(args, "metrics_allow_remote", False)
-        )
+        metrics_at = parse_metrics_listen(settings["metrics_listen"], allow_remote=allow_remote)
     data_dir = Path(settings["data_dir"])
     worker = Worker(
         data_dir,
@@ -232,7 +231,11 @@ def run_worker(args: argparse.Namespace) -> int:
             nursery.start_soon(call_on_signal, signal.SIGHUP, worker.reload_policy)
             if metrics_at is not None:
                 try:
-                    host, port = await nursery.start(serve_worker_metrics, worker, *metrics_at)
+                    host, port = await nursery.start(
+                        functools.partial(serve_worker_metrics, allow_remote=allow_remote),
+                        worker,
+                        *metrics_at,
+                    )
                 except OSError as exc:
                     where = "{}:{}".format(*metrics_at)
                     raise LocalError(

@@ -256,8 +256,9 @@ async def serve_worker_metrics(
         limits=limits if limits is not None else metrics_limits(),
         name="metrics listener",
     )
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(server.serve_tcp, host, port)
-        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-        log.info("metrics on http://%s:%d/metrics (and /healthz)", shown, bound[1])
-        task_status.started(bound)
+    listeners = await trio.open_tcp_listeners(port, host=host)  # OSError as itself
+    bound = listeners[0].socket.getsockname()[:2]
+    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+    log.info("metrics on http://%s:%d/metrics (and /healthz)", shown, bound[1])
+    task_status.started(bound)
+    await server.serve_listeners(listeners)

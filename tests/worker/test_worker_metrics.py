@@ -4,6 +4,7 @@ a real loopback socket from a real worker linked to a real hub in this process."
 from __future__ import annotations
 
 import functools
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -358,3 +359,13 @@ async def test_the_exposition_parses_and_labels_carry_no_secrets(
             for secret in (state.auth_token, env.token, env.worker_id, str(tmp_path)):
                 assert secret not in text
             env.worker.stop()
+
+
+async def test_an_address_in_use_raises_oserror_itself(tmp_path: Path) -> None:
+    worker = idle_worker(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        async with trio.open_nursery() as nursery:
+            with pytest.raises(OSError):
+                await nursery.start(serve_worker_metrics, worker, *taken.getsockname())
