@@ -126,10 +126,12 @@ async def test_register_then_deregistered_exits_0(tmp_path: Path) -> None:
     assert len(hub.links) == 2
 
 
-async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: object) -> None:
-    data = tmp_path / "data"
-    save_state(data, WorkerState("w-1", "tok-1", generated_keypair))  # type: ignore[arg-type]
-
+async def greeting_hub(
+    nursery: trio.Nursery, data: Path, keypair: object
+) -> tuple[str, trio.Event]:
+    """A fake hub that greets worker ``w-1`` (its state saved in ``data``) and answers its
+    heartbeats: ``(its URL, set once the worker is greeted)``."""
+    save_state(data, WorkerState("w-1", "tok-1", keypair))  # type: ignore[arg-type]
     greeted = trio.Event()
 
     async def script(link: HubLink, n: int) -> None:
@@ -137,12 +139,18 @@ async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: objec
         greeted.set()
         await link.drain()
 
+    hub = FakeHub(nursery, script)
+    host, port = await nursery.start(LinkServer(hub.on_link).serve_tcp, "127.0.0.1", 0)
+    return f"http://{host}:{port}", greeted
+
+
+async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: object) -> None:
+    data = tmp_path / "data"
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            hub = FakeHub(nursery, script)
-            host, port = await nursery.start(LinkServer(hub.on_link).serve_tcp, "127.0.0.1", 0)
+            url, greeted = await greeting_hub(nursery, data, generated_keypair)
             process = await trio.lowlevel.open_process(
-                [_script(), "run", "--hub", f"http://{host}:{port}", "--data-dir", str(data)],
+                [_script(), "run", "--hub", url, "--data-dir", str(data)],
                 env=_env(tmp_path),
                 stderr=subprocess.PIPE,
             )
@@ -398,24 +406,15 @@ async def test_the_worker_serves_its_metrics(
     tmp_path: Path, generated_keypair: object, listen: str, extra: list[str]
 ) -> None:
     data = tmp_path / "data"
-    save_state(data, WorkerState("w-1", "tok-1", generated_keypair))  # type: ignore[arg-type]
-    greeted = trio.Event()
-
-    async def script(link: HubLink, n: int) -> None:
-        await link.handshake()
-        greeted.set()
-        await link.drain()
-
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            hub = FakeHub(nursery, script)
-            host, port = await nursery.start(LinkServer(hub.on_link).serve_tcp, "127.0.0.1", 0)
+            url, greeted = await greeting_hub(nursery, data, generated_keypair)
             process = await trio.lowlevel.open_process(
                 [
                     _script(),
                     "run",
                     "--hub",
-                    f"http://{host}:{port}",
+                    url,
                     "--data-dir",
                     str(data),
                     "--metrics-listen",
