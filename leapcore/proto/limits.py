@@ -86,6 +86,8 @@ __all__ = [
     "MAX_PLAINTEXT",
     "MAX_PLATFORM",
     "MAX_STREAM_WINDOW",
+    "METRICS_CALL_BUCKETS",
+    "METRICS_MAX_CALL_SERIES",
     "METRICS_MAX_CONNECTIONS",
     "METRICS_MAX_REQUEST_HEAD",
     "METRICS_REQUEST_TIMEOUT",
@@ -354,6 +356,11 @@ METRICS_REQUEST_TIMEOUT: Final = 5.0
 METRICS_MAX_CONNECTIONS: Final = 8
 #: The worker's metrics listener: bytes of a request head (larger: 400).
 METRICS_MAX_REQUEST_HEAD: Final = 8 * 1024
+#: The worker's ``calls_total{capability,outcome}``: distinct label pairs kept; calls of
+#: further pairs are counted under ``{capability="other",outcome="other"}``.
+METRICS_MAX_CALL_SERIES: Final = 256
+#: The upper bounds (seconds) of the worker's ``call_duration_seconds`` buckets (then +Inf).
+METRICS_CALL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # --- The listener's budgets -----------------------------------------------------------------
 # What one peer can make a :class:`~leapcore.net.listen.LinkServer` hold; what each one does

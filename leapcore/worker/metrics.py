@@ -44,6 +44,15 @@ results). Names, all prefixed ``leapcore_worker_``:
 * ``tunnels_open`` (gauge): ``tcp`` relays open;
 * ``link_bytes_total{direction}`` (counter, ``sent`` or ``received``): bytes written to and
   read from the hub links, framing included;
+* ``calls_total{capability,outcome}`` (counter): calls served or refused on channels since
+  the metrics were created (from :attr:`~leapcore.peer.channel.Services.observers`):
+  ``capability`` the method's group (``exec``, ``pty``, ``info``, ``ping``…; ``unknown``
+  for a method the worker does not serve, ``other`` for a name that is no capability),
+  ``outcome`` ``ok`` or the error code (``other`` if it is not a plain code); at most
+  :data:`~leapcore.proto.limits.METRICS_MAX_CALL_SERIES` (256) pairs, later pairs counted
+  as ``{capability="other",outcome="other"}``;
+* ``call_duration_seconds`` (histogram): how long those calls ran, buckets 50 ms … 60 s
+  (:data:`~leapcore.proto.limits.METRICS_CALL_BUCKETS`);
 * and prometheus-client's ``process_*`` (CPU seconds, resident memory, open descriptors,
   start time; Linux only).
 
@@ -55,19 +64,25 @@ names from fixed sets only (never a token, path, command or user data).
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final
 
 import trio
-from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 
 from ..net.listen import HttpResponse, LinkServer
+from ..peer.channel import CallReport
 from ..proto.bindaddr import check_bind_address, parse_listen_address
+from ..proto.capabilities import capability_of, capability_problem
+from ..proto.channel_mux import PING_METHOD
 from ..proto.limits import (
+    METRICS_CALL_BUCKETS,
+    METRICS_MAX_CALL_SERIES,
     METRICS_MAX_CONNECTIONS,
     METRICS_MAX_REQUEST_HEAD,
     METRICS_REQUEST_TIMEOUT,
@@ -100,6 +115,8 @@ DEFAULT_METRICS_LISTEN: Final = "127.0.0.1:9100"
 _SETTING: Final = "metrics_listen"
 _WHY: Final = "the metrics endpoint is unauthenticated; --metrics-allow-remote lifts this"
 _TEXT: Final = "text/plain; charset=utf-8"
+#: A call outcome kept as a label value (an error code); anything else is ``other``.
+_CODE: Final = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
 def parse_metrics_listen(text: str, *, allow_remote: bool = False) -> tuple[str, int]:
@@ -214,6 +231,45 @@ class WorkerMetrics:
         self.registry = CollectorRegistry()
         self.registry.register(_Live(worker, clock(), clock))
         ProcessCollector(registry=self.registry)
+        self.calls = Counter(
+            f"{PREFIX}_calls",
+            "Channel calls served or refused, by capability and outcome.",
+            ["capability", "outcome"],
+            registry=self.registry,
+        )
+        self.call_duration = Histogram(
+            f"{PREFIX}_call_duration_seconds",
+            "How long channel calls ran.",
+            buckets=METRICS_CALL_BUCKETS,
+            registry=self.registry,
+        )
+        self._series: dict[tuple[str, str], Any] = {}
+        worker.services.observers.append(self.on_call)
+
+    def on_call(self, report: CallReport) -> None:
+        """Count one call (an observer of the worker's services table)."""
+        key = (self._capability(report.method), report.outcome)
+        child = self._series.get(key)
+        if child is None:
+            capability, outcome = key
+            if _CODE.fullmatch(outcome) is None:
+                outcome = "other"
+            if len(self._series) >= METRICS_MAX_CALL_SERIES:
+                capability = outcome = "other"
+            child = self.calls.labels(capability=capability, outcome=outcome)
+            if len(self._series) < METRICS_MAX_CALL_SERIES:
+                self._series[key] = child
+        child.inc()
+        self.call_duration.observe(report.duration)
+
+    def _capability(self, method: str) -> str:
+        services = self.worker.services
+        if method != PING_METHOD and not any(
+            method in table for table in (services.rpcs, services.streams, services.byte_streams)
+        ):
+            return "unknown"
+        capability = capability_of(method)
+        return capability if capability_problem(capability) is None else "other"
 
     def render(self) -> bytes:
         """The text exposition of every metric, now."""

@@ -18,9 +18,11 @@ from support.hubpeer import Samples, http1, parse, registered_worker, serve_hub
 
 import leapcore
 from leapcore.crypto.keys import WorkerKeyPair
-from leapcore.errors import ConfigError
+from leapcore.errors import ConfigError, RemoteCallError
 from leapcore.hub.server import Hub
+from leapcore.peer.channel import CallReport
 from leapcore.proto.limits import (
+    METRICS_MAX_CALL_SERIES,
     METRICS_MAX_CONNECTIONS,
     METRICS_MAX_REQUEST_HEAD,
     METRICS_REQUEST_TIMEOUT,
@@ -31,6 +33,7 @@ from leapcore.worker.channels import OPEN_RESULTS
 from leapcore.worker.daemon import Worker, WorkerExit
 from leapcore.worker.metrics import (
     CONTENT_TYPE,
+    WorkerMetrics,
     metrics_limits,
     parse_metrics_listen,
     serve_worker_metrics,
@@ -169,6 +172,21 @@ async def test_values_follow_the_worker(tmp_path: Path, generated_keypair: Worke
                     assert value(samples, "tunnels_open") == 1
                     await stream.aclose()
                     await until(env.metrics, lambda s: value(s, "tunnels_open") == 0)
+                    await channel.call("info")
+                    with pytest.raises(RemoteCallError):
+                        await channel.call("no.such.method")
+                    samples = await until(
+                        env.metrics,
+                        lambda s: ("leapcore_worker_calls_total", CALL_TCP_OK) in s,
+                    )
+                    assert value(samples, "calls_total", capability="info", outcome="ok") == 1
+                    capabilities = {
+                        dict(labels)["capability"]
+                        for (name, labels) in samples
+                        if name == "leapcore_worker_calls_total"
+                    }
+                    assert capabilities == {"info", "tcp"}  # a method not served: no label
+                    assert value(samples, "call_duration_seconds_count") == 2
                 await until(env.metrics, lambda s: value(s, "channels_open") == 0)
 
             # The hub goes away: the worker is down, /healthz still answers 200 and says so.
@@ -184,6 +202,9 @@ async def test_values_follow_the_worker(tmp_path: Path, generated_keypair: Worke
             await env.run_done.wait()
             assert env.worker.exit is WorkerExit.STOPPED
             assert await get(env.metrics, "/healthz") == (503, *_text(b"stopped (stopped)\n"))
+
+
+CALL_TCP_OK = (("capability", "tcp"), ("outcome", "ok"))
 
 
 def _text(body: bytes) -> tuple[dict[str, str], bytes]:
@@ -369,3 +390,29 @@ async def test_an_address_in_use_raises_oserror_itself(tmp_path: Path) -> None:
         async with trio.open_nursery() as nursery:
             with pytest.raises(OSError):
                 await nursery.start(serve_worker_metrics, worker, *taken.getsockname())
+
+
+def test_call_labels_are_bounded(tmp_path: Path) -> None:
+    worker = idle_worker(tmp_path)
+    metrics = WorkerMetrics(worker)
+    assert metrics.on_call in worker.services.observers
+
+    def call(method: str, outcome: str) -> None:
+        metrics.on_call(CallReport(1, "u", method, b"", outcome, duration=0.2))
+
+    call("exec", "ok")
+    call("exec.wait", "ok")
+    call("exec", "Not A Code!")
+    call("nope.x", "unimplemented")
+    for n in range(METRICS_MAX_CALL_SERIES + 20):
+        call("info", f"code_{n}")
+    samples = parse(metrics.render().decode())
+    assert value(samples, "calls_total", capability="exec", outcome="ok") == 2
+    assert value(samples, "calls_total", capability="exec", outcome="other") == 1
+    assert value(samples, "calls_total", capability="unknown", outcome="unimplemented") == 1
+    series = [k for k in samples if k[0] == "leapcore_worker_calls_total"]
+    assert len(series) == METRICS_MAX_CALL_SERIES + 1
+    assert value(samples, "calls_total", capability="other", outcome="other") == 23
+    assert value(samples, "call_duration_seconds_count") == METRICS_MAX_CALL_SERIES + 24
+    assert value(samples, "call_duration_seconds_bucket", le="0.25") == METRICS_MAX_CALL_SERIES + 24
+    assert value(samples, "call_duration_seconds_bucket", le="0.1") == 0
