@@ -15,7 +15,7 @@ from pathlib import Path
 
 import trio
 
-from leapcore.errors import ConfigError
+from leapcore.errors import ConfigError, LocalError
 from leapcore.net.signals import call_on_signal, run_until_signal
 from leapcore.proto.tunnel_policy import TunnelPolicy
 from leapcore.store.config import LOG_LEVELS, parse_pairs, worker_settings
@@ -25,6 +25,7 @@ from leapcore.store.policyfile import load_policy
 from leapcore.store.workerstate import StartupAction
 from leapcore.worker.builtin_services import install_services
 from leapcore.worker.daemon import CROSS_WORKER_HINT, Worker, WorkerExit, parse_labels
+from leapcore.worker.metrics import parse_metrics_listen, serve_worker_metrics
 
 from . import completion, pincmd, service, workerid
 from .common import EXIT_OK, Parser, add_json_flag, emit_json, make_parser, run
@@ -76,6 +77,7 @@ RUN_FLAGS = (
     "policy",
     "concurrency",
     "audit_log",
+    "metrics_listen",
 )
 EXIT_MESSAGES = {
     WorkerExit.DEREGISTERED: "leapcore-worker: deregistered by the hub; identity retired, "
@@ -157,6 +159,20 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
         "exists; none: everything); kill -HUP reloads it",
     )
     add(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default=hide,
+        help="serve the worker's own /metrics and /healthz on this loopback address (off by "
+        "default; port 0 picks a free port; unauthenticated)",
+    )
+    add(
+        "--metrics-allow-remote",
+        action="store_true",
+        default=hide,
+        help="let --metrics-listen bind a non-loopback address (anyone who can reach it reads "
+        "the metrics)",
+    )
+    add(
         "--config",
         metavar="FILE",
         type=Path,
@@ -181,6 +197,10 @@ def run_worker(args: argparse.Namespace) -> int:
     if settings["log_level"] not in LOG_LEVELS:
         raise ConfigError(f"log level must be one of {', '.join(LOG_LEVELS)}")
     setup_logging(settings["log_level"], settings["log_format"])
+    metrics_at = None
+    allow_remote = getattr(args, "metrics_allow_remote", False)
+    if settings["metrics_listen"].strip():
+        metrics_at = parse_metrics_listen(settings["metrics_listen"], allow_remote=allow_remote)
     data_dir = Path(settings["data_dir"])
     worker = Worker(
         data_dir,
@@ -209,6 +229,20 @@ def run_worker(args: argparse.Namespace) -> int:
     async def start() -> WorkerExit:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(call_on_signal, signal.SIGHUP, worker.reload_policy)
+            if metrics_at is not None:
+                try:
+                    host, port = await nursery.start(
+                        functools.partial(serve_worker_metrics, allow_remote=allow_remote),
+                        worker,
+                        *metrics_at,
+                    )
+                except OSError as exc:
+                    where = "{}:{}".format(*metrics_at)
+                    raise LocalError(
+                        f"cannot listen on {where} (metrics_listen): {exc.strerror or exc}"
+                    ) from None
+                shown = f"[{host}]" if ":" in host else host
+                print(f"leapcore-worker metrics on http://{shown}:{port}/metrics", flush=True)
             if action is StartupAction.REGISTER:
                 await worker.register()
             result = await worker.run()

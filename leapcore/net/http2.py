@@ -526,8 +526,10 @@ class _H2Server(_H2Connection):
                 del self._bodies[stream_id]
 
     async def _run_link(self, pipe: H2StreamPipe) -> None:
+        on_link = self.server.on_link
+        assert on_link is not None  # a server without links never speaks HTTP/2
         try:
-            await self.server.on_link(pipe, "h2", self.peer)
+            await on_link(pipe, "h2", self.peer)
         finally:
             await pipe.aclose()
             self.nursery.cancel_scope.cancel()

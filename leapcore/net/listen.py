@@ -199,23 +199,29 @@ class LinkServer:
     """Accepts connections and hands each link to ``on_link(pipe, transport, peer)``.
 
     ``routes`` maps a path to a function producing a plain HTTP response; ``limits``
-    bounds what one peer can make the server hold (:class:`ServerLimits`).
+    bounds what one peer can make the server hold (:class:`ServerLimits`). With
+    ``on_link=None`` the server takes no links and speaks HTTP/1.1 only: ``/link`` is a
+    path like any other (404 unless routed) and an HTTP/2 preface is answered ``400`` (the
+    worker's metrics listener). ``name`` names the listener in accept-error logs.
     """
 
     def __init__(
         self,
-        on_link: LinkHandler,
+        on_link: LinkHandler | None,
         *,
         routes: Mapping[str, Route] | None = None,
         ssl_context: ssl.SSLContext | None = None,
         limits: ServerLimits | None = None,
+        name: str = "hub listener",
     ) -> None:
         self.on_link = on_link
         self.routes = dict(routes or {})
         self.ssl_context = ssl_context
         self.limits = limits or ServerLimits()
+        self.name = name
         if ssl_context is not None:
-            ssl_context.set_alpn_protocols(["h2", "http/1.1"])
+            protocols = ["h2", "http/1.1"] if on_link is not None else ["http/1.1"]
+            ssl_context.set_alpn_protocols(protocols)
         #: Live connections per address (the per-address cap).
         self.connections: dict[str, int] = {}
         self._capped: set[str] = set()  # addresses at the cap, logged once per episode
@@ -347,6 +353,7 @@ class LinkServer:
         if pipe is None:
             return
         linked()
+        assert self.on_link is not None  # no upgrade without a link handler
         try:
             await self.on_link(pipe, "websocket", peer)
         finally:
@@ -379,7 +386,8 @@ class LinkServer:
             if tls.selected_alpn_protocol() == "h2":
                 return "h2", stream, b""
         head = await _read_head(stream, self.limits.max_header_list_size)
-        if head.startswith(H2_PREFACE):
+        links = self.on_link is not None
+        if links and head.startswith(H2_PREFACE):
             return "h2", stream, head
         request = _parse_head(head)
         if request is None:
@@ -387,7 +395,7 @@ class LinkServer:
             return None
         method, path, headers = request
         upgrade = headers.get("upgrade", "").lower() == "websocket"
-        if path == LINK_PATH and upgrade:
+        if links and path == LINK_PATH and upgrade:
             return "websocket", stream, head
         status, content_type, body = self.route(method, path)
         await _respond_http1(stream, status, content_type, body)
@@ -429,7 +437,7 @@ class LinkServer:
                 listener,
                 nursery,
                 self.handle,
-                name="hub listener",
+                name=self.name,
                 initial=self.limits.accept_backoff_initial,
                 maximum=self.limits.accept_backoff_max,
             )

@@ -63,6 +63,8 @@ class LinkWriter:
         self._error: LinkClosed | None = None
         #: Set once :meth:`run` has ended (everything queued was written, or dropped).
         self.done = trio.Event()
+        #: Bytes :meth:`run` has written so far.
+        self.written = 0
 
     @property
     def closed(self) -> bool:
@@ -148,6 +150,7 @@ class LinkWriter:
                     size += len(more)
                 self._room.unpark_all()
                 await send_joined(self._pipe, batch)
+                self.written += size
         except LinkClosed as exc:
             self._error = exc
             raise

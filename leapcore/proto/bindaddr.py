@@ -50,6 +50,7 @@ __all__ = [
     "TunnelType",
     "check_bind_address",
     "parse_forward_spec",
+    "parse_listen_address",
     "parse_socks_spec",
     "validate_tunnel",
 ]
@@ -92,18 +93,22 @@ def _is_loopback(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_loopback
 
 
-def check_bind_address(text: str, *, allow_remote: bool = False) -> str:
+def check_bind_address(
+    text: str,
+    *,
+    allow_remote: bool = False,
+    name: str = "bindAddr",
+    why: str = "the tunnel listener is unauthenticated",
+) -> str:
     """The address to bind for ``text`` (canonical; an IPv4-mapped address as its IPv4
     form), or :class:`ConfigError` with the table's message. ``allow_remote`` lifts the
-    loopback rule (never the IP-literal rule)."""
+    loopback rule (never the IP-literal rule). ``name`` and ``why`` word the messages for
+    another unauthenticated listener (the worker's metrics)."""
     ip = _parse_ip(_strip(text))
     if ip is None:
-        raise ConfigError(f"bindAddr must be an IP address, got {_quoted(text)}")
+        raise ConfigError(f"{name} must be an IP address, got {_quoted(text)}")
     if not allow_remote and not _is_loopback(ip):
-        raise ConfigError(
-            "bindAddr must be a loopback address (the tunnel listener is unauthenticated), "
-            f"got {_quoted(text)}"
-        )
+        raise ConfigError(f"{name} must be a loopback address ({why}), got {_quoted(text)}")
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
@@ -232,3 +237,16 @@ def parse_socks_spec(text: str | None, *, allow_remote: bool = False) -> Forward
         check_bind_address(parts[0], allow_remote=allow_remote),
         _port(parts[1], "bindPort", zero=True),
     )
+
+
+def parse_listen_address(
+    text: str, *, name: str, why: str, allow_remote: bool = False
+) -> tuple[str, int]:
+    """``HOST:PORT`` (an IPv6 address in brackets; PORT 0: any free port) of an
+    unauthenticated listener, ``name`` its setting: ``(host, port)`` with the host checked
+    by :func:`check_bind_address` (a loopback IP literal unless ``allow_remote``)."""
+    parts = _split(text.strip())
+    if len(parts) != 2:
+        raise ConfigError(f"{name} must be HOST:PORT (IPv6 in brackets), got {_quoted(text)}")
+    host = check_bind_address(parts[0], allow_remote=allow_remote, name=name, why=why)
+    return host, _port(parts[1], f"{name} port", zero=True)

@@ -86,6 +86,11 @@ __all__ = [
     "MAX_PLAINTEXT",
     "MAX_PLATFORM",
     "MAX_STREAM_WINDOW",
+    "METRICS_CALL_BUCKETS",
+    "METRICS_MAX_CALL_SERIES",
+    "METRICS_MAX_CONNECTIONS",
+    "METRICS_MAX_REQUEST_HEAD",
+    "METRICS_REQUEST_TIMEOUT",
     "MIN_MAX_MESSAGE_SIZE",
     "OPEN_TIMEOUT",
     "POLICY_MAX_FILE_BYTES",
@@ -343,6 +348,19 @@ DEFAULT_MAX_WORKERS_PER_USER: Final = 64
 
 #: Channels open at once on a worker's link; worker setting ``max_channels``.
 MAX_CHANNELS: Final = 256
+#: The worker's metrics listener (``--metrics-listen``): seconds from accept to the answer
+#: written (the request head read, the response sent); a slower client is closed.
+METRICS_REQUEST_TIMEOUT: Final = 5.0
+#: The worker's metrics listener: connections served at once (from all addresses: loopback
+#: peers are one address); one more is answered 503 and closed.
+METRICS_MAX_CONNECTIONS: Final = 8
+#: The worker's metrics listener: bytes of a request head (larger: 400).
+METRICS_MAX_REQUEST_HEAD: Final = 8 * 1024
+#: The worker's ``calls_total{capability,outcome}``: distinct label pairs kept; calls of
+#: further pairs are counted under ``{capability="other",outcome="other"}``.
+METRICS_MAX_CALL_SERIES: Final = 256
+#: The upper bounds (seconds) of the worker's ``call_duration_seconds`` buckets (then +Inf).
+METRICS_CALL_BUCKETS: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 # --- The listener's budgets -----------------------------------------------------------------
 # What one peer can make a :class:`~leapcore.net.listen.LinkServer` hold; what each one does

@@ -115,6 +115,9 @@ WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "audit_log": (str, ""),
     "audit_max_bytes": (int, AUDIT_LOG_MAX_BYTES),
     "audit_retention_days": (int, AUDIT_LOG_RETENTION_DAYS),
+    # HOST:PORT of the worker's own /metrics and /healthz ("": off). Loopback only unless
+    # --metrics-allow-remote (leapcore.worker.metrics).
+    "metrics_listen": (str, ""),
 }
 
 HUB_ENV_PREFIX: Final = "LEAPCORE_HUB_"

@@ -141,9 +141,11 @@ def default_services(worker: Worker) -> Services:
 
     services.add_rpc(INFO_METHOD, info)
     services.gates.append(lambda method: _disabled(worker, method))
-    add_tcp_service(services, lambda: worker.tunnel_policy)
+    worker.tcp_tunnels = add_tcp_service(services, lambda: worker.tunnel_policy)
     add_files_service(services, policy=lambda: worker.policy.files)
-    add_process_services(services, worker.workspace_root, policy=lambda: worker.policy.exec)
+    worker.exec_service, worker.pty_service, _ = add_process_services(
+        services, worker.workspace_root, policy=lambda: worker.policy.exec
+    )
     return services
 
 

@@ -34,6 +34,7 @@ runs in its own task, so the link's reader never waits for a handshake.
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -57,7 +58,13 @@ from ..proto.limits import (
 from ..proto.link_codec import ChannelAccept, ChannelReject, ChannelRequest, LinkMessage
 from .signpool import Signer
 
-__all__ = ["CHANNEL_BYTES_FACTOR", "MAX_OPENING", "MIN_STREAMS", "ChannelServer"]
+__all__ = [
+    "CHANNEL_BYTES_FACTOR",
+    "MAX_OPENING",
+    "MIN_STREAMS",
+    "OPEN_RESULTS",
+    "ChannelServer",
+]
 
 log = logging.getLogger("leapcore.worker")
 
@@ -69,6 +76,18 @@ CHANNEL_BYTES_FACTOR: Final = 2
 MIN_STREAMS: Final = 16
 
 Send = Callable[[LinkMessage], Awaitable[None]]
+
+#: What a ``channel_request`` can come to (the counts of ``results``): ``opened``, or the
+#: refusal's code.
+OPEN_RESULTS: Final = (
+    "opened",
+    "channel_already_active",
+    "no_authenticated_user",
+    "permission_denied",
+    "invalid_max_message_size",
+    "resource_exhausted",
+    "handshake_failed",
+)
 
 
 def check_bounds(**bounds: object) -> None:
@@ -100,6 +119,7 @@ class ChannelServer:
         max_incomplete: int = DEFAULT_MAX_INCOMPLETE,
         max_channel_bytes: int | None = None,
         on_refused: Callable[[ChannelRequest, str, str], None] | None = None,
+        results: collections.Counter[str] | None = None,
     ) -> None:
         self.keypair = keypair
         #: Called with each request refused and its code and message (the audit log).
@@ -135,6 +155,11 @@ class ChannelServer:
         self._opening: set[int] = set()
         #: Channels opened on this link so far.
         self.opened = 0
+        #: Requests answered, by result (:data:`OPEN_RESULTS`); the worker passes one
+        #: counter to every link's server, so it counts the worker's whole life.
+        self.results: collections.Counter[str] = (
+            results if results is not None else collections.Counter()
+        )
 
     def _active(self, channel_id: int) -> bool:
         return channel_id in self.channels.channels or channel_id in self._opening
@@ -165,6 +190,7 @@ class ChannelServer:
         refusal = self._refusal(request)
         if refusal is not None:
             code, message = refusal
+            self.results[code] += 1
             log.info("channel %d refused: %s", request.channel_id, message)
             if self._on_refused is not None:
                 self._on_refused(request, code, message)
@@ -179,6 +205,7 @@ class ChannelServer:
                 message2, session = await self._handshake(request.message1)
             except LeapcoreError as exc:
                 log.info("channel %d: handshake failed: %s", request.channel_id, exc)
+                self.results["handshake_failed"] += 1
                 await self._send(
                     ChannelReject(
                         request.request_id,
@@ -189,6 +216,7 @@ class ChannelServer:
                 )
                 return
             if request.channel_id in self.channels.channels:  # repeated after the handshake
+                self.results["channel_already_active"] += 1
                 await self._send(
                     ChannelReject(
                         request.request_id,
@@ -225,6 +253,7 @@ class ChannelServer:
             )
             self.channels.add(channel)
             self.opened += 1
+            self.results["opened"] += 1
         finally:
             self._opening.discard(request.channel_id)
         await self._send(ChannelAccept(request.request_id, request.channel_id, message2, size))

@@ -63,6 +63,7 @@ The worker's ``name``, ``version`` and ``labels`` must fit the link protocol's f
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import enum
 import logging
@@ -160,7 +161,10 @@ from ..store.workerstate import (
 from .advertise import capabilities, host_platform
 from .builtin_services import default_services
 from .channels import ChannelServer, check_bounds
+from .exec import ExecService
+from .pty import PtyService
 from .signpool import InlineSigner, OnDemandSigner, Signer
+from .tcp import TcpTunnels
 
 __all__ = [
     "HUB_REQUIRED",
@@ -260,13 +264,17 @@ class _MessageReader:
     def __init__(self, pipe: LinkPipe, conn: LinkConnection) -> None:
         self._pipe = pipe
         self._conn = conn
+        #: Bytes read from the pipe so far.
+        self.received = 0
 
     async def next(self) -> LinkMessage:
         while True:
             message = self._conn.next_message()
             if message is not None:
                 return message
-            self._conn.receive_data(await self._pipe.receive())
+            data = await self._pipe.receive()
+            self.received += len(data)
+            self._conn.receive_data(data)
 
 
 @attrs.define
@@ -285,6 +293,9 @@ class _Attempt:
     nursery: trio.Nursery | None = None
     channels: ChannelServer | None = None
     hub: PeerLink | None = None
+    reader: _MessageReader | None = None
+    #: Bytes written before the writer existed (``connect`` and the first heartbeat).
+    sent_directly: int = 0
 
     def finish(self, result: Outcome | WorkerExit) -> None:
         if self.result is None:
@@ -355,6 +366,12 @@ class Worker:
         self._dial = dial if dial is not None else self._dial_hub
         #: Computes handshake signatures (``None``: :meth:`run` opens a process pool).
         self.signer = signer
+        #: The built-in services' live tables, set by
+        #: :func:`~leapcore.worker.builtin_services.default_services` (None when the worker
+        #: was given its own table): what :mod:`leapcore.worker.metrics` counts.
+        self.exec_service: ExecService | None = None
+        self.pty_service: PtyService | None = None
+        self.tcp_tunnels: TcpTunnels | None = None
         #: The methods channels offer
         #: (default: :func:`~leapcore.worker.builtin_services.default_services`).
         self.services = services if services is not None else default_services(self)
@@ -413,6 +430,20 @@ class Worker:
         self.greeting: WorkerGreeting | None = None
         #: Connection attempts made by :meth:`run` so far.
         self.attempts = 0
+        #: Links the hub greeted so far.
+        self.greetings = 0
+        #: Channel requests answered on every link so far, by result: ``opened``, or the
+        #: refusal's code (:class:`~leapcore.worker.channels.ChannelServer`).
+        self.channel_opens: collections.Counter[str] = collections.Counter()
+        #: Bytes written to and read from the links that ended (see :meth:`link_bytes`).
+        self._bytes_sent = 0
+        self._bytes_received = 0
+        #: When (``now``) the worker last went without a greeted link (None while online).
+        self._offline_since: float | None = None
+        #: True while :meth:`run`'s connect loop runs.
+        self.running = False
+        #: Why :meth:`run` returned (None until it has).
+        self.exit: WorkerExit | None = None
         self._attempt: _Attempt | None = None
         self._run_scope: trio.CancelScope | None = None
         self._register_scope: trio.CancelScope | None = None
@@ -525,6 +556,28 @@ class Worker:
             hint=CROSS_WORKER_HINT.format(data_dir=shlex.quote(str(self.data_dir))),
             hub_url=self.hub_url,
         )
+
+    @property
+    def channel_server(self) -> ChannelServer | None:
+        """The current link's channels (None while no link is greeted)."""
+        return self._attempt.channels if self._attempt is not None else None
+
+    def link_bytes(self) -> tuple[int, int]:
+        """``(sent, received)``: bytes written to and read from every link so far (link
+        framing included; the current link's as far as they went)."""
+        sent, received = self._bytes_sent, self._bytes_received
+        attempt = self._attempt
+        if attempt is not None:
+            sent += attempt.sent_directly + attempt.writer.written
+            received += attempt.reader.received if attempt.reader is not None else 0
+        return sent, received
+
+    def offline_for(self) -> float | None:
+        """Seconds (by ``now``) since the worker last had a greeted link, or since
+        :meth:`run` started if it never had one; None while online or before :meth:`run`."""
+        if self.online or self._offline_since is None:
+            return None
+        return max(0.0, self._now() - self._offline_since)
 
     @property
     def latency(self) -> float | None:
@@ -688,14 +741,21 @@ class Worker:
         :class:`~leapcore.worker.signpool.SigningPool` of processes, started at the first open
         (:class:`~leapcore.worker.signpool.OnDemandSigner`) and closed when this call returns.
         """
-        if self.signer is None and self.encryption_mode == "post-quantum":
-            async with OnDemandSigner() as pool:
-                self.signer = pool
-                try:
-                    return await self._run(task_status=task_status)
-                finally:
-                    self.signer = None
-        return await self._run(task_status=task_status)
+        self.running, self.exit = True, None
+        self._offline_since = self._now()
+        try:
+            if self.signer is None and self.encryption_mode == "post-quantum":
+                async with OnDemandSigner() as pool:
+                    self.signer = pool
+                    try:
+                        self.exit = await self._run(task_status=task_status)
+                    finally:
+                        self.signer = None
+            else:
+                self.exit = await self._run(task_status=task_status)
+            return self.exit
+        finally:
+            self.running = False
 
     async def _run(self, *, task_status: Any) -> WorkerExit:
         if self.state is None:
@@ -748,6 +808,12 @@ class Worker:
             log.info("link ended: %s", exc)
             return Outcome.TRANSIENT
         finally:
+            attempt = self._attempt
+            if attempt is not None:
+                sent, received = self.link_bytes()
+                self._bytes_sent, self._bytes_received = sent, received
+                if attempt.greeted.is_set():
+                    self._offline_since = self._now()
             self._attempt = None
             self.greeting = None
 
@@ -781,8 +847,10 @@ class Worker:
         )
         # Written directly, before the queue exists (behavior.md §2.1).
         try:
-            await pipe.send(conn.send(connect))
-            await pipe.send(conn.send(first))
+            for message in (connect, first):
+                data = conn.send(message)
+                await pipe.send(data)
+                attempt.sent_directly += len(data)
         except LinkClosed:
             # The hub may have refused the connect and closed: read once for its reason.
             with trio.move_on_after(FLUSH_TIMEOUT):
@@ -863,7 +931,7 @@ class Worker:
                 await self._enqueue(attempt, Heartbeat(attempt.meter.probe(now)))
 
     async def _reader(self, attempt: _Attempt) -> None:
-        reader = _MessageReader(attempt.pipe, attempt.conn)
+        reader = attempt.reader = _MessageReader(attempt.pipe, attempt.conn)
         try:
             while True:
                 message = await reader.next()
@@ -883,6 +951,8 @@ class Worker:
             attempt.watchdog.on_greeting()
             attempt.greeted.set()
             self.greeting = message
+            self.greetings += 1
+            self._offline_since = None
             self._greeting_event.set()
             self._greeting_event = trio.Event()
             log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
@@ -905,6 +975,7 @@ class Worker:
                     on_refused=self._audit_refused_channel,
                     max_incomplete=self.max_incomplete_chunked,
                     max_channel_bytes=self.max_channel_bytes,
+                    results=self.channel_opens,
                 )
                 attempt.hub = PeerLink(attempt.writer, attempt.channels.channels)
         elif isinstance(message, HeartbeatAck):

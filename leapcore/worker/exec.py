@@ -197,6 +197,11 @@ class ExecService:
         """The directories running processes were started in (given ones only)."""
         return live_dirs(run.request.cwd for run in self._runs.values())
 
+    @property
+    def processes(self) -> int:
+        """Processes (and watched groups) alive now, on every channel."""
+        return sum(self._slots.values())
+
     def running(self, channel_id: int) -> int:
         """Processes (and watched groups) the channel ``channel_id`` has now."""
         return self._slots.get(channel_id, 0)

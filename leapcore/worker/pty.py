@@ -236,6 +236,11 @@ class PtyService:
         #: The worker's concurrency limits (its method table's; see :meth:`install`).
         self._limits: dict[str, int] = {}
 
+    @property
+    def live_sessions(self) -> int:
+        """Sessions whose process has not exited (kept exited ones are not counted)."""
+        return sum(1 for s in self.sessions.values() if not s.exited.is_set())
+
     def cwds(self) -> list[str]:
         """The directories running sessions were started in (given ones only)."""
         return live_dirs(s.request.cwd for s in self.sessions.values() if not s.exited.is_set())

@@ -52,6 +52,7 @@ from ..proto.tunnel_policy import (
 __all__ = [
     "HAPPY_EYEBALLS_DELAY",
     "READ_SIZE",
+    "TcpTunnels",
     "add_tcp_service",
     "connect_any",
     "dial",
@@ -275,15 +276,24 @@ async def relay(stream: ByteStream, sock: trio.SocketStream) -> str | None:
     return broken[0][0] if broken else None
 
 
+class TcpTunnels:
+    """The ``tcp`` method's count of relays open now (what the worker's metrics read)."""
+
+    def __init__(self) -> None:
+        self.open = 0
+
+
 def add_tcp_service(
     services: Services,
     policy: Callable[[], TunnelPolicy] = lambda: ALLOW_ALL,
     *,
     dial_timeout: float = TUNNEL_DIAL_TIMEOUT,
     name: str = TCP_METHOD,
-) -> None:
+) -> TcpTunnels:
     """Register the ``tcp`` byte-stream method (owner-only) on ``services``; ``policy`` is
-    called for each open, so a worker's current rules always apply."""
+    called for each open, so a worker's current rules always apply. Returns its count of
+    open relays."""
+    tunnels = TcpTunnels()
 
     async def tcp(ctx: CallContext, payload: bytes, opening: ByteStreamOpening) -> None:
         try:
@@ -307,8 +317,13 @@ def add_tcp_service(
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
             log.debug("channel %d: tcp to %s open", ctx.channel_id, request.target)
-        outcome = await relay(stream, sock)
+        tunnels.open += 1
+        try:
+            outcome = await relay(stream, sock)
+        finally:
+            tunnels.open -= 1
         if debug:
             log.debug("channel %d: tcp to %s done (%s)", ctx.channel_id, request.target, outcome)
 
     services.add_byte_stream(name, tcp, accept="manual")
+    return tunnels

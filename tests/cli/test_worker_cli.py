@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 from support.fakehub import FakeHub, HubLink
+from support.hubpeer import http1, parse
 
 from leapcore.net.listen import LinkServer
 from leapcore.proto.link_codec import Deregister, DeregisterAck, Register, Registered
@@ -122,10 +126,12 @@ async def test_register_then_deregistered_exits_0(tmp_path: Path) -> None:
     assert len(hub.links) == 2
 
 
-async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: object) -> None:
-    data = tmp_path / "data"
-    save_state(data, WorkerState("w-1", "tok-1", generated_keypair))  # type: ignore[arg-type]
-
+async def greeting_hub(
+    nursery: trio.Nursery, data: Path, keypair: object
+) -> tuple[str, trio.Event]:
+    """A fake hub that greets worker ``w-1`` (its state saved in ``data``) and answers its
+    heartbeats: ``(its URL, set once the worker is greeted)``."""
+    save_state(data, WorkerState("w-1", "tok-1", keypair))  # type: ignore[arg-type]
     greeted = trio.Event()
 
     async def script(link: HubLink, n: int) -> None:
@@ -133,12 +139,18 @@ async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: objec
         greeted.set()
         await link.drain()
 
+    hub = FakeHub(nursery, script)
+    host, port = await nursery.start(LinkServer(hub.on_link).serve_tcp, "127.0.0.1", 0)
+    return f"http://{host}:{port}", greeted
+
+
+async def test_sigterm_stops_gracefully(tmp_path: Path, generated_keypair: object) -> None:
+    data = tmp_path / "data"
     with trio.fail_after(40):
         async with trio.open_nursery() as nursery:
-            hub = FakeHub(nursery, script)
-            host, port = await nursery.start(LinkServer(hub.on_link).serve_tcp, "127.0.0.1", 0)
+            url, greeted = await greeting_hub(nursery, data, generated_keypair)
             process = await trio.lowlevel.open_process(
-                [_script(), "run", "--hub", f"http://{host}:{port}", "--data-dir", str(data)],
+                [_script(), "run", "--hub", url, "--data-dir", str(data)],
                 env=_env(tmp_path),
                 stderr=subprocess.PIPE,
             )
@@ -347,3 +359,115 @@ def test_services_setting_layers() -> None:
     assert isinstance(first, list)
     first.append("oops")
     assert services(None, None, None) == []  # the default is never shared
+
+
+# -- --metrics-listen ---------------------------------------------------------------------
+
+
+def test_a_remote_metrics_address_is_refused_without_the_escape(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    proc = worker_cli(tmp_path, "run", "--data-dir", str(data), "--metrics-listen", "0.0.0.0:9100")
+    assert proc.returncode == 2
+    assert proc.stderr == (
+        "error: metrics_listen must be a loopback address (the metrics endpoint is "
+        'unauthenticated; --metrics-allow-remote lifts this), got "0.0.0.0"\n'
+    )
+    assert not data.exists()  # refused before anything was touched
+    env = _env(tmp_path)
+    env["LEAPCORE_WORKER_METRICS_LISTEN"] = "localhost:9100"
+    proc = subprocess.run(
+        [_script(), "run", "--data-dir", str(data), "--metrics-allow-remote"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+    assert proc.returncode == 2
+    assert 'metrics_listen must be an IP address, got "localhost"' in proc.stderr
+
+
+async def _line(stream: trio.abc.ReceiveStream, buffer: bytearray) -> str:
+    while b"\n" not in buffer:
+        chunk = await stream.receive_some(4096)
+        assert chunk, f"stdout ended: {bytes(buffer)!r}"
+        buffer += chunk
+    line, _, rest = bytes(buffer).partition(b"\n")
+    buffer[:] = rest
+    return line.decode()
+
+
+@pytest.mark.parametrize(
+    ("listen", "extra"),
+    [("127.0.0.1:0", []), ("0.0.0.0:0", ["--metrics-allow-remote"])],
+    ids=["loopback", "allow-remote"],
+)
+async def test_the_worker_serves_its_metrics(
+    tmp_path: Path, generated_keypair: object, listen: str, extra: list[str]
+) -> None:
+    data = tmp_path / "data"
+    with trio.fail_after(40):
+        async with trio.open_nursery() as nursery:
+            url, greeted = await greeting_hub(nursery, data, generated_keypair)
+            process = await trio.lowlevel.open_process(
+                [
+                    _script(),
+                    "run",
+                    "--hub",
+                    url,
+                    "--data-dir",
+                    str(data),
+                    "--metrics-listen",
+                    listen,
+                    *extra,
+                ],
+                env=_env(tmp_path),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            assert process.stdout is not None and process.stderr is not None
+            try:
+                line = await _line(process.stdout, bytearray())
+            except AssertionError:
+                raise AssertionError(await process.stderr.receive_some(65536)) from None
+            match = re.fullmatch(r"leapcore-worker metrics on http://([0-9.]+):(\d+)/metrics", line)
+            assert match, line
+            assert match[1] == listen.rpartition(":")[0]
+            address = ("127.0.0.1", int(match[2]))
+            await greeted.wait()
+            while True:  # the worker has the greeting once it answers so
+                status, headers, body = await http1(address, b"GET /metrics HTTP/1.1\r\n\r\n")
+                samples = parse(body.decode())
+                if samples[("leapcore_worker_up", ())] == 1:
+                    break
+                await trio.sleep(0.01)
+            assert status == 200 and headers["content-type"].startswith("text/plain; version=")
+            assert samples[("leapcore_worker_links_greeted_total", ())] == 1
+            assert ("process_resident_memory_bytes", ()) in samples
+            status, _, body = await http1(address, b"GET /healthz HTTP/1.1\r\n\r\n")
+            assert (status, body) == (200, b"ok\nlink online\n")
+            process.send_signal(signal.SIGTERM)
+            code = await process.wait()
+            nursery.cancel_scope.cancel()
+    assert code == 0
+
+
+def test_a_metrics_port_in_use_is_an_error(tmp_path: Path, generated_keypair: object) -> None:
+    data = tmp_path / "data"
+    save_state(data, WorkerState("w-1", "tok-1", generated_keypair))  # type: ignore[arg-type]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = worker_cli(
+            tmp_path,
+            "run",
+            "--hub",
+            "http://127.0.0.1:9",
+            "--data-dir",
+            str(data),
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+        )
+    assert proc.returncode == 1
+    assert f"error: cannot listen on 127.0.0.1:{port} (metrics_listen): " in proc.stderr

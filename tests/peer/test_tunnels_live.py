@@ -10,10 +10,10 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
+from support.hubpeer import registered_worker, serve_hub
 
 import leapcore
 from leapcore.crypto.keys import WorkerKeyPair
@@ -21,7 +21,6 @@ from leapcore.errors import LinkClosed
 from leapcore.hub.server import Hub
 from leapcore.peer.tunnel import channel_pool, forward_local
 from leapcore.store.pinstore import PinStore
-from leapcore.store.workerstate import WorkerState, save_state
 from leapcore.worker.daemon import Worker
 from leapcore.worker.signpool import InlineSigner
 
@@ -93,24 +92,13 @@ async def hub_and_box(
     """(the worker, its id, alice's token, a nursery, the hub's cancel scope) with the hub
     serving and alice's worker ``box`` online."""
     hub = Hub(tmp_path / "hub.db")
-    user, token = hub.store.create_user("alice", now_ms())
-    _, key = hub.store.mint_registration_key(user.id, now_ms())
-    worker, auth = hub.store.register_worker(
-        key, name="box", version="1", labels={}, now_ms=now_ms()
-    )
     data = tmp_path / "box"
-    save_state(data, WorkerState(worker.id, auth, keypair))
-    hub_scope = trio.CancelScope()
-
-    async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        with hub_scope:
-            await hub.serve(task_status=task_status)
-
+    worker_id, token = registered_worker(hub, data, keypair)
     async with trio.open_nursery() as nursery:
-        host, port = await nursery.start(serve)
-        box = Box(hub, f"http://{host}:{port}", data, nursery)
+        url, hub_scope = await serve_hub(hub, nursery)
+        box = Box(hub, url, data, nursery)
         await box.start()
-        yield box, worker.id, token, nursery, hub_scope
+        yield box, worker_id, token, nursery, hub_scope
         nursery.cancel_scope.cancel()
 
 

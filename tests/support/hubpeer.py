@@ -164,9 +164,16 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 async def get_http1(url: str, path: str = "/metrics") -> tuple[int, dict[str, str], bytes]:
     address = parse_hub_url(url)
-    stream = await trio.open_tcp_stream(address.host, address.port)
+    request = f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+    return await http1((address.host, address.port), request)
+
+
+async def http1(address: tuple[str, int], request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``request`` raw and read the whole answer (the server closes after it):
+    ``(status, headers, body)``."""
+    stream = await trio.open_tcp_stream(*address)
     with trio.fail_after(10):
-        await stream.send_all(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        await stream.send_all(request)
         reply = b""
         while chunk := await stream.receive_some(65536):
             reply += chunk
@@ -308,3 +315,30 @@ async def workers(env: Env, count: int) -> AsyncIterator[list[tuple[str, Peer]]]
             nursery.start_soon(serve_worker, peer)
         yield out
         nursery.cancel_scope.cancel()
+
+
+def registered_worker(hub: Hub, data: Path, keypair: Any, name: str = "box") -> tuple[str, str]:
+    """User alice and her worker ``name`` registered at ``hub``, its state saved in ``data``
+    (with ``keypair``): ``(worker id, alice's token)``."""
+    from leapcore.store.workerstate import WorkerState, save_state
+
+    user, token = hub.store.create_user("alice", now_ms())
+    _, key = hub.store.mint_registration_key(user.id, now_ms())
+    worker, auth = hub.store.register_worker(
+        key, name=name, version="1", labels={}, now_ms=now_ms()
+    )
+    save_state(data, WorkerState(worker.id, auth, keypair))
+    return worker.id, token
+
+
+async def serve_hub(hub: Hub, nursery: trio.Nursery) -> tuple[str, trio.CancelScope]:
+    """Serve ``hub`` in ``nursery`` on a free loopback port: ``(its URL, a scope whose
+    cancelling stops the hub alone)``."""
+    scope = trio.CancelScope()
+
+    async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        with scope:
+            await hub.serve(task_status=task_status)
+
+    host, port = await nursery.start(serve)
+    return f"http://{host}:{port}", scope
