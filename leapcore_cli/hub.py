@@ -274,6 +274,7 @@ def serve(args: argparse.Namespace) -> int:
         if settings["tls_cert"]
         else None
     )
+    web = _web_options(settings)
     _log_descriptor_limit()
     db = hub_database_path(Path(settings["data_dir"]))
     created = not db.exists()
@@ -291,7 +292,6 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     unix_path = settings["listen_unix"] or None
-    web = _web_options(settings)
     try:
         with single_exception():
             trio.run(
