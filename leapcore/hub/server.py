@@ -67,6 +67,12 @@ counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
+**The web page.** ``serve(web=WebOptions(...))`` also serves the read-only web page
+(:mod:`leapcore.hub.web`) on a listener of its own. The hub tells it what changes through
+:attr:`Hub.presence` (:mod:`leapcore.hub.presence`): a worker registered, online (published),
+keyed (its first heartbeat), offline or deregistering; a refused token on the page goes
+through the same rate-limited log and audit path as a link's (:meth:`Hub.web_sign_in_failed`).
+
 Each link has one writer task and one reader that never waits for the writer:
 everything the reader answers or relays is queued without blocking. Control
 records go to a queue bounded by frame count (:data:`SEND_QUEUE`) and by bytes

@@ -235,12 +235,13 @@ class WebServer:
             peer = peer_address(stream)[1]
         except OSError:
             peer = "?"
-        if self.ssl_context is not None:
-            stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
         self.connections += 1
+        if self.ssl_context is not None and self.connections <= self.max_connections:
+            stream = trio.SSLStream(stream, self.ssl_context, server_side=True)
         try:
             if self.connections > self.max_connections:
-                await self._send(stream, _text(503, "too many connections\n"))
+                if self.ssl_context is None:  # over TLS: closed without a handshake
+                    await self._send(stream, _text(503, "too many connections\n"))
                 return
             await self._serve_one(stream, peer)
         except (

@@ -86,3 +86,39 @@ async def test_a_subscriber_that_falls_behind_is_dropped_never_waited_for() -> N
     fast.close()
     presence.changed("d")  # a closed subscriber is forgotten
     assert len(presence) == 0
+
+
+async def test_an_event_stream_that_is_not_read_is_closed_and_never_blocks_the_hub(
+    web: WebServer, mock_clock: trio.testing.MockClock
+) -> None:
+    mock_clock.autojump_threshold = 0
+    hub = web.hub
+    user, token = hub.store.create_user("alice", hub.now_ms())
+    _, token_id = hub.store.authenticate_client(token, hub.now_ms())
+    session = web.sessions.create(
+        lambda: "s1",
+        trio.current_time(),
+        user_id=user.id,
+        user_name="alice",
+        is_admin=False,
+        token_id=token_id,
+    )
+    client, server = trio.testing.lockstep_stream_pair()  # a write waits for a read
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(web.handle, server)
+        await client.send_all(
+            f"GET /api/events HTTP/1.1\r\nHost: x\r\nCookie: leapcore_session={session.id}"
+            "\r\n\r\n".encode()
+        )
+        await trio.testing.wait_all_tasks_blocked()
+        assert web.streams == 1 and len(hub.presence) == 1
+        for _ in range(hub.presence.queue + 1):  # never waits for the stream
+            hub.presence.changed(user.id)
+        assert hub.presence.dropped == 1 and len(hub.presence) == 0
+        start = trio.current_time()
+        with trio.fail_after(60):
+            while web.streams:
+                await trio.sleep(0.5)
+        # The head was never read: the write gave up after the send timeout.
+        assert trio.current_time() - start <= web.send_timeout + 0.5
+    assert web.connections == 0 and session.streams == 0
