@@ -28,7 +28,8 @@ except the event stream. Routes:
 
 **Security.** The session cookie is ``HttpOnly; SameSite=Strict; Path=/`` (``Secure`` over
 TLS) and holds a random id only; sessions live in memory
-(:class:`~leapcore.proto.web_session.SessionTable`: 12 h idle, at most 1024) and end when
+(:class:`~leapcore.proto.web_session.SessionTable`: 12 h idle, at most 16 per user and 1024
+in all) and end when
 their API token is revoked or its user deleted (checked with every request and every
 ``revocation_check_interval``). Every POST needs the ``X-Leapcore-CSRF`` header (the
 session's CSRF token; for the sign-in, any value: a custom header cannot be sent

@@ -124,6 +124,7 @@ __all__ = [
     "WEB_MAX_HEADERS",
     "WEB_MAX_REQUEST_HEAD",
     "WEB_MAX_SESSIONS",
+    "WEB_MAX_SESSIONS_PER_USER",
     "WEB_MAX_STREAMS",
     "WEB_MAX_STREAMS_PER_SESSION",
     "WEB_REGKEY_KEEPALIVE",
@@ -330,8 +331,10 @@ STOP_GRACE: Final = 10.0
 
 # --- The hub's web page (leapcore.hub.web) ----------------------------------------------------
 
-#: Signed-in web sessions held at once; one more evicts the least recently used.
+#: Signed-in web sessions held at once, in all and per user; one more evicts the least
+#: recently used (the user's own first).
 WEB_MAX_SESSIONS: Final = 1024
+WEB_MAX_SESSIONS_PER_USER: Final = 16
 #: Seconds a web session lives without a request (an open event stream counts).
 WEB_SESSION_IDLE: Final = 12 * 3600.0
 #: Event streams (``GET /api/events``) open at once, in all and per session; one more is 429.

@@ -10,9 +10,11 @@ Rules:
 
 * a session unused for ``idle`` seconds (:data:`~leapcore.proto.limits.WEB_SESSION_IDLE`)
   is gone; every request with it (and an open event stream's keep-alive) renews it;
-* at most ``max_sessions`` (:data:`~leapcore.proto.limits.WEB_MAX_SESSIONS`) are held: one
-  more evicts the least recently used (a browser that signs in again and again cannot grow
-  the table);
+* at most ``max_per_user`` (:data:`~leapcore.proto.limits.WEB_MAX_SESSIONS_PER_USER`) per
+  user and ``max_sessions`` (:data:`~leapcore.proto.limits.WEB_MAX_SESSIONS`) in all are
+  held: one more evicts the user's own least recently used session, or else the least
+  recently used of all (a browser that signs in again and again cannot grow the table, and
+  one user cannot push out the others' sessions);
 * the session remembers its API token's id: the driver ends it when the token is revoked;
 * :func:`cross_site` refuses a state-changing request that a browser says comes from another
   site (``Sec-Fetch-Site`` other than ``same-origin`` or ``none``) or whose ``Origin`` is not
@@ -30,7 +32,7 @@ from typing import Final
 
 import attrs
 
-from .limits import WEB_MAX_SESSIONS, WEB_SESSION_IDLE
+from .limits import WEB_MAX_SESSIONS, WEB_MAX_SESSIONS_PER_USER, WEB_SESSION_IDLE
 
 __all__ = [
     "COOKIE_NAME",
@@ -66,11 +68,16 @@ class SessionTable:
     """The live sessions, least recently used first."""
 
     def __init__(
-        self, *, max_sessions: int = WEB_MAX_SESSIONS, idle: float = WEB_SESSION_IDLE
+        self,
+        *,
+        max_sessions: int = WEB_MAX_SESSIONS,
+        max_per_user: int = WEB_MAX_SESSIONS_PER_USER,
+        idle: float = WEB_SESSION_IDLE,
     ) -> None:
-        if max_sessions < 1 or idle <= 0:
-            raise ValueError("max_sessions must be >= 1 and idle > 0")
+        if max_sessions < 1 or max_per_user < 1 or idle <= 0:
+            raise ValueError("max_sessions and max_per_user must be >= 1 and idle > 0")
         self.max_sessions = max_sessions
+        self.max_per_user = max_per_user
         self.idle = idle
         self._sessions: OrderedDict[str, Session] = OrderedDict()
 
@@ -87,8 +94,12 @@ class SessionTable:
         is_admin: bool,
         token_id: str,
     ) -> Session:
-        """A new session (the least recently used one is evicted when the table is full)."""
+        """A new session (the user's, or else anyone's, least recently used one is evicted
+        when the user has ``max_per_user`` or the table is full)."""
         self.expire(now)
+        mine = [s.id for s in self._sessions.values() if s.user_id == user_id]
+        for session_id in mine[: max(0, len(mine) - self.max_per_user + 1)]:
+            del self._sessions[session_id]
         while len(self._sessions) >= self.max_sessions:
             self._sessions.popitem(last=False)
         session = Session(new_id(), new_id(), user_id, user_name, is_admin, token_id, now)

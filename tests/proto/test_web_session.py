@@ -15,9 +15,9 @@ from leapcore.proto.web_session import (
 IDS = (f"id{n}" for n in itertools.count())
 
 
-def new(table: SessionTable, now: float, token: str = "t1") -> str:
+def new(table: SessionTable, now: float, token: str = "t1", user: str = "u") -> str:
     return table.create(
-        lambda: next(IDS), now, user_id="u", user_name="alice", is_admin=False, token_id=token
+        lambda: next(IDS), now, user_id=user, user_name="alice", is_admin=False, token_id=token
     ).id
 
 
@@ -40,6 +40,15 @@ def test_a_full_table_evicts_the_least_recently_used() -> None:
     c = new(table, 3)
     assert len(table) == 2
     assert table.peek(b) is None and table.peek(a) and table.peek(c)
+
+
+def test_one_user_cannot_push_out_the_others_sessions() -> None:
+    table = SessionTable(max_sessions=10, max_per_user=3, idle=1000)
+    others = [new(table, 0, user=f"other{n}") for n in range(5)]
+    mine = [new(table, 1 + n, user="mallory") for n in range(50)]
+    assert len(table) == 8
+    assert all(table.peek(s) is not None for s in others)
+    assert [s for s in mine if table.peek(s) is not None] == mine[-3:]
 
 
 def test_revoked_tokens_end_their_sessions() -> None:
