@@ -171,7 +171,6 @@ class WebServer:
         #: The hub's address as workers dial it, in the page's command.
         self.hub_url = hub_url
         self.ssl_context = ssl_context
-        self.scheme = "https" if ssl_context is not None else "http"
         self.sessions = sessions or SessionTable()
         self._new_id = new_id
         self.request_timeout = request_timeout
@@ -305,7 +304,7 @@ class WebServer:
             body, kind = static
             return response(200, body, kind)
         if request.method == "POST":
-            why = cross_site(request.headers, self.scheme)
+            why = cross_site(request.headers)
             if why is not None:
                 log.info("web: %s from %s refused: %s", request.path, peer, why)
                 return _json(403, {"error": "cross-site request refused"})

@@ -154,18 +154,22 @@ def csrf_ok(session: Session, header: str | None) -> bool:
     return hmac.compare_digest(session.csrf.encode(), header.encode("utf-8", "replace"))
 
 
-def cross_site(headers: Mapping[str, str], scheme: str) -> str | None:
+def cross_site(headers: Mapping[str, str]) -> str | None:
     """Why a state-changing request must be refused as coming from another site, or None.
 
     ``Sec-Fetch-Site`` (sent by current browsers), when present, must be ``same-origin``
-    (or ``none``: typed by the user); ``Origin``, when present, must be the origin of the
-    ``Host`` the request was sent to."""
+    (or ``none``: typed by the user); ``Origin``, when present, must be ``http://`` or
+    ``https://`` followed by the ``Host`` the request was sent to. The scheme is not compared:
+    behind a proxy that does TLS the browser's ``https`` origin reaches a plain-HTTP page
+    (the proxy must pass the browser's ``Host`` on)."""
     site = headers.get("sec-fetch-site")
     if site is not None and site not in ("same-origin", "none"):
         return f"Sec-Fetch-Site is {site!r}"
     origin = headers.get("origin")
-    if origin is not None and origin != f"{scheme}://{headers.get('host', '')}":
-        return "Origin is not this page's"
+    if origin is not None:
+        scheme, sep, authority = origin.partition("://")
+        if not sep or scheme not in ("http", "https") or authority != headers.get("host"):
+            return "Origin is not this page's"
     return None
 
 

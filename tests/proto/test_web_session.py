@@ -70,18 +70,22 @@ def test_the_csrf_token_is_compared_exactly() -> None:
 
 def test_cross_site_requests_are_recognised() -> None:
     host = {"host": "127.0.0.1:8080"}
-    assert cross_site(host, "http") is None  # an old browser, or not a browser
-    assert cross_site({**host, "sec-fetch-site": "same-origin"}, "http") is None
-    assert cross_site({**host, "sec-fetch-site": "none"}, "http") is None
-    assert cross_site({**host, "origin": "http://127.0.0.1:8080"}, "http") is None
+    assert cross_site(host) is None  # an old browser, or not a browser
+    assert cross_site({**host, "sec-fetch-site": "same-origin"}) is None
+    assert cross_site({**host, "sec-fetch-site": "none"}) is None
+    assert cross_site({**host, "origin": "http://127.0.0.1:8080"}) is None
+    # Behind a proxy that does TLS: the browser's origin is https, the page's is not.
+    assert cross_site({**host, "origin": "https://127.0.0.1:8080"}) is None
     for bad in (
         {"sec-fetch-site": "cross-site"},
         {"sec-fetch-site": "same-site"},
         {"origin": "http://evil.example"},
         {"origin": "null"},
-        {"origin": "https://127.0.0.1:8080"},  # another scheme is another origin
+        {"origin": "http://127.0.0.1:8081"},  # another port is another origin
+        {"origin": "http://127.0.0.1:8080.evil.example"},
+        {"origin": "ftp://127.0.0.1:8080"},
     ):
-        assert cross_site({**host, **bad}, "http") is not None
+        assert cross_site({**host, **bad}) is not None
 
 
 def test_cookies() -> None:
