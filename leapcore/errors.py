@@ -54,6 +54,7 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "HandshakeStateError",
+    "HttpRequestError",
     "HubMismatch",
     "HubRequestFailed",
     "HubUnavailable",
@@ -296,6 +297,17 @@ class RecordError(RemoteProtocolError):
     """A structured record had unknown, missing or mistyped fields."""
 
     code = "bad_record"
+
+
+class HttpRequestError(RemoteProtocolError):
+    """An HTTP request to the hub's web page was malformed or over a budget; ``status`` is
+    the HTTP status it is answered with (400, 408, 413, 431, 501, ...)."""
+
+    code = "bad_http_request"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LinkProtocolError(RemoteProtocolError):

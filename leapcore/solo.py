@@ -44,7 +44,7 @@ import trio
 
 from ._version import __version__
 from .errors import FailedPrecondition, LeapcoreError, LocalError, NotFound, Unauthenticated
-from .hub.server import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub
+from .hub.server import DEFAULT_LIMITS, HUB_MAX_MESSAGE_SIZE, Hub, url_of
 from .net.signals import DEFAULT_SIGNALS, run_until_signal
 from .peer.connect import save_credentials
 from .proto.audit_events import Origin
@@ -222,8 +222,7 @@ def prepare_solo(store: SQLiteHubStore, data_dir: Path, *, name: str | None = No
 
 
 def hub_url(host: str, port: int, *, tls: bool = False) -> str:
-    scheme = "https" if tls else "http"
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+    return url_of("https" if tls else "http", (host, port))
 
 
 def _dial_host(host: str) -> str:

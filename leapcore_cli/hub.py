@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import ipaddress
 import logging
 import os
 import resource
@@ -31,7 +32,8 @@ from typing import Any, Final
 import trio
 
 from leapcore.errors import ConfigError, LocalError
-from leapcore.hub.server import Hub
+from leapcore.hub.server import Hub, url_of
+from leapcore.hub.web import WebOptions
 from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 from leapcore.net.trioutil import single_exception
 from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
@@ -75,6 +77,8 @@ SERVE_FLAGS: Final = (
     "data_dir",
     "tls_cert",
     "tls_key",
+    "web_listen",
+    "public_url",
     "log_level",
     "log_format",
     "max_message_size",
@@ -106,6 +110,35 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, port
 
 
+def _web_options(settings: dict[str, Any]) -> WebOptions | None:
+    """The web page's listener (``web_listen``), None when off. Over TLS when the hub has a
+    certificate; a warning when it listens beyond loopback without."""
+    if not settings["web_listen"]:
+        return None
+    listen = parse_listen(settings["web_listen"])
+    context = None
+    if settings["tls_cert"]:
+        # Its own context: the link listener's offers h2, and the page speaks HTTP/1.1 only.
+        context = server_tls_context(settings["tls_cert"], settings["tls_key"])
+        context.set_alpn_protocols(["http/1.1"])
+    elif not _loopback(listen[0]):
+        log.warning(
+            "the web page listens on %s without TLS: API tokens and session cookies cross the "
+            "network in clear; give --tls-cert/--tls-key, or put it behind a TLS proxy",
+            settings["web_listen"],
+        )
+    return WebOptions(listen, context, settings["public_url"] or None)
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     try:
@@ -113,11 +146,6 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext:
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load TLS certificate {cert!r} / key {key!r}: {exc}") from None
     return context
-
-
-def _url(scheme: str, bound: tuple[str, int]) -> str:
-    host, port = bound[0], bound[1]
-    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 async def serve_until_signal(
@@ -128,6 +156,7 @@ async def serve_until_signal(
     unix_path: str | None,
     ssl_context: ssl.SSLContext | None,
     signals: Sequence[int] = DEFAULT_SIGNALS,
+    web: WebOptions | None = None,
 ) -> None:
     """Serve until a signal: the first one shuts the hub down gracefully (go-away to every
     link) with :data:`~leapcore.proto.limits.STOP_GRACE` seconds to finish; a second one
@@ -138,13 +167,20 @@ async def serve_until_signal(
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(
                 functools.partial(
-                    hub.serve, host=host, port=port, unix_path=unix_path, ssl_context=ssl_context
+                    hub.serve,
+                    host=host,
+                    port=port,
+                    unix_path=unix_path,
+                    ssl_context=ssl_context,
+                    web=web,
                 )
             )
             scheme = "https" if ssl_context is not None else "http"
-            print(f"leapcore-hub listening on {_url(scheme, bound)}", flush=True)
+            print(f"leapcore-hub listening on {url_of(scheme, bound)}", flush=True)
             if unix_path:
                 print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
+            if hub.web_bound is not None:
+                print(f"leapcore-hub web page on {url_of(scheme, hub.web_bound)}", flush=True)
 
     await run_until_signal(main, hub.shutdown, default=None, signals=signals)
 
@@ -238,6 +274,7 @@ def serve(args: argparse.Namespace) -> int:
         if settings["tls_cert"]
         else None
     )
+    web = _web_options(settings)
     _log_descriptor_limit()
     db = hub_database_path(Path(settings["data_dir"]))
     created = not db.exists()
@@ -265,10 +302,13 @@ def serve(args: argparse.Namespace) -> int:
                     port=port,
                     unix_path=unix_path,
                     ssl_context=ssl_context,
+                    web=web,
                 )
             )
     except OSError as exc:
         where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
+        if web is not None:
+            where += f" or {settings['web_listen']} (web page)"
         raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     print("leapcore-hub: stopped", file=sys.stderr)
     return EXIT_OK
@@ -285,6 +325,8 @@ def serve_solo(args: argparse.Namespace) -> int:
     settings, _ = hub_settings(flags=given, env=os.environ, home=Path.home(), config_path=config)
     if settings["tls_cert"] or settings["tls_key"]:
         raise ConfigError("--solo serves plain HTTP on loopback: drop --tls-cert / --tls-key")
+    if settings["web_listen"]:
+        raise ConfigError("--solo does not serve the web page: drop --web-listen")
     host, port = parse_listen(settings["listen"])
     setup_logging(settings["log_level"], settings["log_format"])
     _log_descriptor_limit()
@@ -335,6 +377,19 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         help="TCP address to listen on (default 127.0.0.1:4327; port 0 picks a free port)",
     )
     add("--listen-unix", metavar="PATH", default=hide, help="also listen on this Unix socket")
+    add(
+        "--web-listen",
+        metavar="HOST:PORT",
+        default=hide,
+        help="serve the read-only web page on this TCP address (default: off; keep it on "
+        "loopback unless the hub has --tls-cert)",
+    )
+    add(
+        "--public-url",
+        metavar="URL",
+        default=hide,
+        help="the hub URL the web page's worker command names (default: the --listen URL)",
+    )
     add(
         "--data-dir",
         metavar="DIR",

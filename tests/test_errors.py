@@ -185,7 +185,13 @@ def test_the_walk_finds_exception_classes() -> None:
 def test_protocol_failure_codes_are_protocol_error_codes() -> None:
     protocol = {cls.code for cls in CLASSES if issubclass(cls, RemoteProtocolError)}
     protocol.discard(RemoteProtocolError.code)
-    not_reported = {"key_mismatch", "tls_certificate_rejected", "resource_exhausted"}
+    # Never a code on a link: a pin check, a TLS check, a local budget, the web page's HTTP.
+    not_reported = {
+        "key_mismatch",
+        "tls_certificate_rejected",
+        "resource_exhausted",
+        "bad_http_request",
+    }
     assert protocol - not_reported == errors.PROTOCOL_FAILURE_CODES  # as docs/api.md says
     assert {"handshake_failed", "decrypt_failed", "relay_violation", "rekey_failed"} <= (
         errors.PROTOCOL_FAILURE_CODES

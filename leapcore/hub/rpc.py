@@ -34,7 +34,7 @@ from ..proto.limits import HubLimits
 from ..records import b64encode
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 
-__all__ = ["METHODS", "WORKER_METHODS", "call"]
+__all__ = ["METHODS", "WORKER_METHODS", "call", "worker_view"]
 
 
 class HubContext(Protocol):
@@ -73,7 +73,8 @@ def _params(params: Mapping[str, Any], **spec: type) -> dict[str, Any]:
     return out
 
 
-def _worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
+def worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
+    """What ``workers.list`` (and the web page) shows of one worker."""
     view: dict[str, Any] = {
         "id": worker.id,
         "name": worker.name,
@@ -100,7 +101,7 @@ def _workers_list(
         wanted = WorkerFilter.from_params(params)
     except RecordError as exc:
         raise RequestError("invalid_argument", str(exc)) from None
-    views = [_worker_view(hub, w) for w in hub.store.list_workers(owner_id=user.id)]
+    views = [worker_view(hub, w) for w in hub.store.list_workers(owner_id=user.id)]
     return {
         "workers": [v for v in views if wanted.matches(v["labels"], v["capabilities"], v["online"])]
     }

@@ -67,6 +67,12 @@ counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
+**The web page.** ``serve(web=WebOptions(...))`` also serves the read-only web page
+(:mod:`leapcore.hub.web`) on a listener of its own. The hub tells it what changes through
+:attr:`Hub.presence` (:mod:`leapcore.hub.presence`): a worker registered, online (published),
+keyed (its first heartbeat), offline or deregistering; a refused token on the page goes
+through the same rate-limited log and audit path as a link's (:meth:`Hub.web_sign_in_failed`).
+
 Each link has one writer task and one reader that never waits for the writer:
 everything the reader answers or relays is queued without blocking. Control
 records go to a queue bounded by frame count (:data:`SEND_QUEUE`) and by bytes
@@ -167,7 +173,9 @@ from ..proto.ratelimit import LogRateLimiter
 from ..proto.relay import RelayDirection
 from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
+from .presence import Presence
 from .rpc import WORKER_METHODS, call
+from .web import WebOptions, WebServer
 
 __all__ = [
     "HUB_MAX_MESSAGE_SIZE",
@@ -507,7 +515,12 @@ class Hub:
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
+        #: Worker changes, for the web page's event streams (:mod:`leapcore.hub.web`).
+        self.presence = Presence()
         self.store.on_audit_failure = self.metrics.audit_write_failed
+        #: The web page's server and its bound (host, port), when :meth:`serve` serves one.
+        self.web: WebServer | None = None
+        self.web_bound: tuple[str, int] | None = None
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
 
@@ -552,9 +565,14 @@ class Hub:
         port: int = 0,
         unix_path: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        web: WebOptions | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on TCP (and a Unix socket); ``task_status.started`` gets the TCP (host, port).
+
+        With ``web`` the web page (:mod:`leapcore.hub.web`) is served too; :attr:`web` is its
+        server and :attr:`web_bound` its bound (host, port) once ``task_status.started`` is
+        called.
 
         Returns after :meth:`shutdown`. The store is closed when it returns.
         """
@@ -577,6 +595,14 @@ class Hub:
                     bound = await nursery.start(self.server.serve_tcp, host, port)
                     if unix_path is not None:
                         await nursery.start(self.server.serve_unix, unix_path)
+                    if web is not None:
+                        scheme = "https" if ssl_context is not None else "http"
+                        self.web = WebServer(
+                            self,
+                            hub_url=web.public_url or url_of(scheme, bound),
+                            ssl_context=web.ssl_context,
+                        )
+                        self.web_bound = await nursery.start(self.web.serve, *web.listen)
                     task_status.started(bound)
         finally:
             self.store.close()
@@ -722,7 +748,16 @@ class Hub:
     ) -> None:
         """Record an audit event of ``link`` that no store operation records (a refusal, a
         replaced link); never raises (:meth:`SQLiteHubStore.record_audit`)."""
-        origin = link.origin
+        self._record(link.origin, kind, worker_id=worker_id, detail=detail)
+
+    def _record(
+        self,
+        origin: Origin,
+        kind: str,
+        *,
+        worker_id: str | None = None,
+        detail: dict[str, str | int | bool | None] | None = None,
+    ) -> None:
         self.store.record_audit(
             AuditEvent(
                 self._wall_clock(), kind, origin.actor, worker_id, origin.address, detail or {}
@@ -765,7 +800,9 @@ class Hub:
             published = link.worker is not None and self.router.worker_link(link.worker.id) is link
             self._apply(self.router.leave(link))
             if published:
+                assert link.worker is not None
                 log.info("%s is offline", link.name)
+                self.presence.changed(link.worker.owner_id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
 
@@ -894,6 +931,7 @@ class Hub:
             return True
         self.metrics.registration("ok")
         log.info("worker %s registered for %s", worker.id, worker.owner_name)
+        self.presence.changed(worker.owner_id)
         link.enqueue(Registered(worker.id, token, self.store.hub_id))
         return True
 
@@ -951,6 +989,7 @@ class Hub:
             )
         self._apply(self.router.publish(link))
         log.info("%s is online (%s)", link.name, link.transport)
+        self.presence.changed(worker.owner_id)
         return False
 
     def _update_profile(self, worker: Worker, message: Connect) -> Worker:
@@ -1009,6 +1048,7 @@ class Hub:
         assert link.worker is not None
         if self.router.worker_link(link.worker.id) is link:
             log.info("%s is deregistering; it no longer serves", link.name)
+            self.presence.changed(link.worker.owner_id)
         self._apply(self.router.retire(link))
         link.hard_deadline = min(link.hard_deadline, self._clock() + self.limits.deregister_grace)
         if link.waiting is not None:  # its reader may be waiting on a later deadline
@@ -1052,6 +1092,7 @@ class Hub:
                 self.store.record_heartbeat(
                     link.worker.id, self.now_ms(), keys=keys, mode=link.mode
                 )
+                self.presence.changed(link.worker.owner_id)
             else:
                 self.store.record_heartbeat(link.worker.id, self.now_ms())
         link.enqueue(HeartbeatAck(beat.seq))
@@ -1132,6 +1173,14 @@ class Hub:
 
     def _sign_in_failed(self, link: _Link, kind: str, reason: str) -> None:
         """Log a refused credential (never the credential), rate-limited per kind."""
+        self._refused(link.origin, link.peer, link.transport, kind, reason)
+
+    def web_sign_in_failed(self, peer: str, reason: str) -> None:
+        """The web page (:mod:`leapcore.hub.web`) refused an API token: logged, counted and
+        audited (``token_refused``, credential ``api_token``) like a link's bad token."""
+        self._refused(Origin(ANONYMOUS, peer or None), peer, "web", "api_token", reason)
+
+    def _refused(self, origin: Origin, peer: str, transport: str, kind: str, reason: str) -> None:
         self.metrics.sign_in_refused(kind)
         allowed, suppressed = self._signin_log.allow(kind, self._clock())
         if suppressed:
@@ -1140,18 +1189,18 @@ class Hub:
             # The audit trail takes what the log takes (rate-limited per kind), so that a
             # flood of bad credentials cannot fill the database; the rest are counted.
             audit_kind, detail = _SIGN_IN_AUDIT[kind]
-            self._audit(link, audit_kind, detail={**detail, "reason": reason})
+            self._record(origin, audit_kind, detail={**detail, "reason": reason})
             security_event(
                 log,
                 _SIGN_IN_EVENTS[kind],
                 "sign-in refused from %s (%s): %s: %s",
-                link.peer or "?",
-                link.transport,
+                peer or "?",
+                transport,
                 _SIGN_IN_KINDS[kind],
                 reason,
                 reason=reason,
-                peer=link.peer or "?",
-                transport=link.transport,
+                peer=peer or "?",
+                transport=transport,
             )
 
     def _log_suppressed(self, kind: str, count: int) -> None:
@@ -1219,6 +1268,8 @@ class Hub:
             return
         link.put(data)
         self._log_request_event(link, user, request.method, result)
+        if request.method == "worker.deregister":
+            self.presence.changed(user.id)
 
     def _log_request_event(
         self, link: _Link, user: User, method: str, result: dict[str, Any]
@@ -1319,6 +1370,12 @@ def _address(peer: str) -> str | None:
     if not sep:
         return peer
     return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def url_of(scheme: str, bound: tuple[str, int]) -> str:
+    """``scheme://host:port`` of a bound address (``[host]`` for IPv6)."""
+    host, port = bound[0], bound[1]
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def _healthz() -> HttpResponse:

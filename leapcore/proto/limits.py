@@ -126,6 +126,20 @@ __all__ = [
     "TUNNEL_DIAL_TIMEOUT",
     "TUNNEL_OPEN_TIMEOUT",
     "TUNNEL_READ_SIZE",
+    "WEB_EVENT_QUEUE",
+    "WEB_KEEPALIVE",
+    "WEB_MAX_BODY",
+    "WEB_MAX_CONNECTIONS",
+    "WEB_MAX_HEADERS",
+    "WEB_MAX_REQUEST_HEAD",
+    "WEB_MAX_SESSIONS",
+    "WEB_MAX_SESSIONS_PER_USER",
+    "WEB_MAX_STREAMS",
+    "WEB_MAX_STREAMS_PER_SESSION",
+    "WEB_REGKEY_KEEPALIVE",
+    "WEB_REQUEST_TIMEOUT",
+    "WEB_SEND_TIMEOUT",
+    "WEB_SESSION_IDLE",
     "WORKSPACE_GIT_OUTPUT",
     "WORKSPACE_GIT_PARALLEL",
     "WORKSPACE_GIT_TIMEOUT",
@@ -331,6 +345,35 @@ GRACE_WINDOW: Final = 10.0
 #: How long a hub, worker or solo process may take to stop after the first SIGINT/SIGTERM
 #: (a second signal, or this, cancels it outright).
 STOP_GRACE: Final = 10.0
+
+# --- The hub's web page (leapcore.hub.web) ----------------------------------------------------
+
+#: Signed-in web sessions held at once, in all and per user; one more evicts the least
+#: recently used (the user's own first).
+WEB_MAX_SESSIONS: Final = 1024
+WEB_MAX_SESSIONS_PER_USER: Final = 16
+#: Seconds a web session lives without a request (an open event stream counts).
+WEB_SESSION_IDLE: Final = 12 * 3600.0
+#: Event streams (``GET /api/events``) open at once, in all and per session; one more is 429.
+WEB_MAX_STREAMS: Final = 64
+WEB_MAX_STREAMS_PER_SESSION: Final = 4
+#: Connections to the web listener at once (event streams included); one more gets 503.
+WEB_MAX_CONNECTIONS: Final = 128
+#: Bytes of a request line and headers (431 beyond), headers in a request (431 beyond) and
+#: bytes of a request body (413 beyond).
+WEB_MAX_REQUEST_HEAD: Final = 8192
+WEB_MAX_HEADERS: Final = 48
+WEB_MAX_BODY: Final = 4096
+#: Seconds a client has to send its whole request (408 after), and to take each write.
+WEB_REQUEST_TIMEOUT: Final = 10.0
+WEB_SEND_TIMEOUT: Final = 10.0
+#: Seconds between an event stream's keep-alive comments (each re-checks the session).
+WEB_KEEPALIVE: Final = 15.0
+#: Presence changes queued per event stream; a stream that falls further behind is closed
+#: (the browser reconnects and gets the whole list again).
+WEB_EVENT_QUEUE: Final = 64
+#: Seconds between the page's keep-alive calls for a registration key while its panel is open.
+WEB_REGKEY_KEEPALIVE: Final = 30.0
 
 # --- Registration keys and the hub store ----------------------------------------------------
 

@@ -129,6 +129,10 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "data_dir": (str, "."),
     "tls_cert": (str, ""),
     "tls_key": (str, ""),
+    # The web page (leapcore.hub.web): HOST:PORT to serve it on ("" = off), and the hub URL
+    # its "Register worker" command names ("" = the listen address's URL).
+    "web_listen": (str, ""),
+    "public_url": (str, ""),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "log_level": (str, "info"),

@@ -60,6 +60,8 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "data_dir": ".",
         "tls_cert": "",
         "tls_key": "",
+        "web_listen": "",
+        "public_url": "",
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
         "log_level": "info",

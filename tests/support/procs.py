@@ -161,6 +161,8 @@ class Env:
         self.ca_file: Path | None = None
         self._tls_files: tuple[Path, Path] | None = None
         self._socket_dir: str | None = None
+        #: Extra ``leapcore-hub serve`` flags (``--web-listen ...``).
+        self.hub_flags: list[str] = []
 
     # -- plain commands ---------------------------------------------------------------
 
@@ -251,6 +253,7 @@ class Env:
         if self.setup.tls:
             cert, key = self._tls()
             args += ["--tls-cert", str(cert), "--tls-key", str(key)]
+        args += self.hub_flags
         self.hubs += 1
         hub = self.start(f"hub{self.hubs}", "leapcore-hub", "serve", *args)
         tcp = hub.line("leapcore-hub listening on ").split()[-1]

@@ -1,13 +1,14 @@
 """The stage for the hostile suite: a real hub process on loopback, its users and workers, a
 bystander with a channel open, and the hub process's memory and descriptors watched.
 
-:class:`Arena` starts (with :class:`procs.Env`) one ``leapcore-hub serve`` on 127.0.0.1 with the
-budgets in :data:`HUB_ENV` (``LEAPCORE_HUB_*``), two users — ``alice``, the bystander, and
-``mallory``, the attacker — and two real ``leapcore-worker`` processes in classic mode (the
-tests are not about post-quantum signatures, which cost ~125 ms each here): ``quiet``
-(alice's) and ``target`` (mallory's). :class:`Bystander` is alice's client in its own process
-(``hostile_bystander.py``), with one channel open to ``quiet``. :class:`Watch` samples the hub
-process's ``VmRSS`` and open descriptors (``/proc/PID``) in a thread while an attack runs.
+:class:`Arena` starts (with :class:`procs.Env`) one ``leapcore-hub serve`` on 127.0.0.1 with
+the budgets in :data:`HUB_ENV` (``LEAPCORE_HUB_*``) and its web page (:attr:`Arena.web`), two
+users — ``alice``, the bystander, and ``mallory``, the attacker — and two real
+``leapcore-worker`` processes in classic mode (the tests are not about post-quantum signatures,
+which cost ~125 ms each here): ``quiet`` (alice's) and ``target`` (mallory's).
+:class:`Bystander` is alice's client in its own process (``hostile_bystander.py``), with one
+channel open to ``quiet``. :class:`Watch` samples the hub process's ``VmRSS`` and open
+descriptors (``/proc/PID``) in a thread while an attack runs.
 
 Attack traffic comes from other loopback addresses (:data:`ATTACKER` …), never 127.0.0.1,
 so a per-address budget the attacker exhausts is never the bystander's.
@@ -212,6 +213,9 @@ class Arena:
     def __init__(self, tmp: Path) -> None:
         self.env = Env(tmp)
         self.env.env.update(HUB_ENV)
+        # The read-only web page too (tests/e2e/hostile/test_hostile_web.py).
+        self.env.hub_flags = ["--web-listen", "127.0.0.1:0"]
+        self.web: tuple[str, int] = ("127.0.0.1", 0)
         self.tests_path = self.env.tests_on_path()
         self.url = ""
         self.address: tuple[str, int] = ("127.0.0.1", 0)
@@ -236,6 +240,9 @@ class Arena:
         self.url = env.url
         host, port = self.url.removeprefix("http://").rsplit(":", 1)
         self.address = (host, int(port))
+        web = self.hub.line("leapcore-hub web page on ").split()[-1]
+        web_host, web_port = web.removeprefix("http://").rsplit(":", 1)
+        self.web = (web_host, int(web_port))
         self.alice = env.token
         created = self.admin("user", "create", "mallory")
         self.mallory, self.mallory_id = created["token"], created["user"]["id"]
