@@ -175,6 +175,8 @@ def render_systemd_unit(command: Sequence[str], *, user: bool) -> str:
         "[Service]",
         "Type=simple",
         f"ExecStart={exec_start}",
+        "# systemctl reload: the worker reads its policy file again.",
+        "ExecReload=/bin/kill -HUP $MAINPID",
         "# Exit 0 (stopped, deregistered): done. Other failures: start again after a pause,",
         "# except 2 (bad configuration, unregistered), 4 (unreadable state) and 9 (a hub",
         "# that does not know this worker): a restart cannot fix those.",

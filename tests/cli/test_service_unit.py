@@ -97,6 +97,7 @@ def test_system_unit(tmp_path: Path) -> None:
     ]
     assert service == {
         "Type": "simple",
+        "ExecReload": "/bin/kill -HUP $MAINPID",
         "Restart": "on-failure",
         "RestartSec": "5",
         "RestartPreventExitStatus": "2 4 9",
