@@ -60,6 +60,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    TokenExpired,
     Unauthenticated,
     WorkerDeleted,
 )
@@ -125,6 +126,7 @@ FLUSH_TIMEOUT: Final = 5.0
 ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
     "unauthenticated": Unauthenticated,
     "worker_deleted": WorkerDeleted,
+    "token_expired": TokenExpired,
     "already_exists": AlreadyExists,
     "not_found": NotFound,
     "failed_precondition": FailedPrecondition,
