@@ -1133,7 +1133,9 @@ class Hub:
 
     def _client_hello(self, link: _Link, message: ClientHello) -> bool:
         try:
-            user, token_id = self.store.authenticate_client(message.api_token, self.now_ms())
+            user, token_id, expires_at = self.store.authenticate_client(
+                message.api_token, self.now_ms()
+            )
         except TokenExpired as exc:
             self._sign_in_failed(link, "api_token_expired", str(exc))
             link.fail("token_expired", str(exc))
@@ -1164,7 +1166,7 @@ class Hub:
         self.router.join(link, user.id)
         self._user_links.setdefault(user.id, set()).add(link)
         link.liveness = Liveness(self._clock(), self.limits.client_idle_timeout)
-        link.enqueue(ClientGreeting(user.id, user.name, self.store.hub_id))
+        link.enqueue(ClientGreeting(user.id, user.name, self.store.hub_id, expires_at))
         return False
 
     def _admit_address(self, link: _Link) -> bool:

@@ -359,6 +359,9 @@ class HubSession(PeerLink):
         #: The signed-in user, as the hub greeted it.
         self.user_id = greeting.user_id
         self.user_name = greeting.user_name
+        #: When the API token this session signed in with expires (ms since the epoch, UTC;
+        #: None: never, or a hub that does not say).
+        self.token_expires_at = greeting.token_expires_at
 
     def _on_queued(self) -> None:
         self._last_sent = trio.current_time()

@@ -118,10 +118,14 @@ class ClientHello(ControlMessage):
 
 @attrs.frozen
 class ClientGreeting(ControlMessage):
+    """Hub -> client: who signed in, the hub's id, and when the API token the client signed
+    in with expires (``token_expires_at``, ms since the epoch; absent: never)."""
+
     type: ClassVar[str] = "client_greeting"
     user_id: str
     user_name: str
     hub_id: str = ""
+    token_expires_at: int | None = None
 
 
 # -- liveness -------------------------------------------------------------------

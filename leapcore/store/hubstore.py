@@ -742,9 +742,10 @@ class SQLiteHubStore:
         """The user an API token belongs to; :class:`Unauthenticated` otherwise."""
         return self.authenticate_client(token, now_ms)[0]
 
-    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str]:
-        """:meth:`authenticate_user`, and the token's id (for :meth:`live_token_ids`). A
-        token past its expiry is :class:`TokenExpired` (naming the day, UTC)."""
+    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str, int | None]:
+        """:meth:`authenticate_user`, the token's id (for :meth:`live_token_ids`) and its
+        expiry (ms; None: never). A token past its expiry is :class:`TokenExpired` (naming the
+        day, UTC)."""
         with self._tx() as db:
             row = db.execute(
                 "SELECT u.id, u.name, u.created_at, u.is_admin, t.id, t.expires_at "
@@ -760,7 +761,7 @@ class SQLiteHubStore:
                     "one (leapcore-hub admin user token-create)"
                 )
             db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms, row[4]))
-        return User(row[0], row[1], row[2], bool(row[3])), row[4]
+        return User(row[0], row[1], row[2], bool(row[3])), row[4], row[5]
 
     def live_token_ids(self, token_ids: Iterable[str]) -> set[str]:
         """Those of ``token_ids`` that still authenticate: not revoked, user not deleted.
@@ -1135,10 +1136,12 @@ class SQLiteHubStore:
     ) -> Worker:
         """The worker an auth token belongs to. A token this database never issued (or one
         retired by a rotation) is :class:`Unauthenticated`; a deleted worker's token is
-        :class:`WorkerDeleted` (the only answer on which a worker retires its identity); a
-        token past its expiry is :class:`TokenExpired`. The *pending* token of a rotation
-        (:meth:`offer_worker_token`) authenticates too, and using it completes the rotation
-        (:meth:`promote_worker_token`, audited with ``origin``)."""
+        :class:`WorkerDeleted` (the only answer on which a worker retires its identity); an
+        active worker's token past its expiry is :class:`TokenExpired` (a *deregistering*
+        worker's still signs in, so that it can be told and retire its identity). The
+        *pending* token of a rotation (:meth:`offer_worker_token`) authenticates too, and
+        using it completes the rotation (:meth:`promote_worker_token`, audited with
+        ``origin``)."""
         digest = _digest(token)
         with self._tx() as db:
             row = db.execute(
@@ -1153,7 +1156,11 @@ class SQLiteHubStore:
                 raise WorkerDeleted(f"worker {worker_id} was deregistered or deleted on this hub")
             if not current:
                 self._promote(db, worker_id, digest, now_ms, "used at connect", origin)
-            elif expires_at is not None and expires_at <= now_ms:
+            elif (
+                expires_at is not None
+                and expires_at <= now_ms
+                and status == WorkerStatus.ACTIVE.value
+            ):
                 raise TokenExpired(
                     f"worker token expired on {utc_text(expires_at)}; register the worker "
                     "again (leapcore-worker --registration-key)"

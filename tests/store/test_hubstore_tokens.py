@@ -187,3 +187,12 @@ def test_only_an_active_worker_is_offered_a_token(store: SQLiteHubStore) -> None
     store.deregister_worker(worker_id, T, requested_by=None)
     expect(NotFound, "not found", store.offer_worker_token, worker_id, T)
     expect(NotFound, "not found", store.offer_worker_token, "nope", T)
+
+
+def test_a_deregistering_workers_expired_token_still_signs_in(store: SQLiteHubStore) -> None:
+    """So that it can be sent its deregister and retire its identity (freeing its name)."""
+    worker_id, token = registered(store)
+    late = T + 100 * DAY_MS
+    expect(TokenExpired, "^worker token expired", store.authenticate_worker, token, late)
+    store.deregister_worker(worker_id, late, requested_by=None)
+    assert store.authenticate_worker(token, late).status.value == "deregistering"
