@@ -10,9 +10,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import trio
-from support.hubpeer import KEYS, Env, Peer, running_hub, until_closed
+from support.helpers import expect
+from support.hubpeer import KEYS, Env, Peer, WallClock, running_hub, until_closed
 
-from leapcore.errors import Unauthenticated
+from leapcore.errors import ConfigError, Unauthenticated
 from leapcore.proto.limits import DAY_MS, HubLimits
 from leapcore.proto.link_codec import (
     ClientHello,
@@ -31,19 +32,9 @@ from leapcore.store.hubstore import utc_text
 T = 1_700_000_000_000
 
 
-class Wall:
-    """The hub's wall clock, moved by the test (ms)."""
-
-    def __init__(self) -> None:
-        self.ms = T
-
-    def __call__(self) -> float:
-        return self.ms / 1000
-
-
 @asynccontextmanager
-async def hub(tmp_path: Path) -> AsyncIterator[tuple[Env, Wall]]:
-    wall = Wall()
+async def hub(tmp_path: Path) -> AsyncIterator[tuple[Env, WallClock]]:
+    wall = WallClock(T)
     limits = HubLimits(revocation_check_interval=0.05)
     async with running_hub(tmp_path, wall_clock=wall, limits=limits) as env:
         yield env, wall
@@ -205,7 +196,7 @@ async def test_an_expired_api_token_is_refused_token_expired(tmp_path: Path) -> 
 
 
 async def test_the_lifetimes_are_hub_settings(tmp_path: Path) -> None:
-    wall = Wall()
+    wall = WallClock(T)
     limits = HubLimits(worker_token_lifetime_days=30, token_rotation_window_days=3)
     async with running_hub(tmp_path, wall_clock=wall, limits=limits) as env:
         worker_id, token = await env.register()
@@ -218,3 +209,16 @@ async def test_the_lifetimes_are_hub_settings(tmp_path: Path) -> None:
             [offer] = extra
             assert isinstance(offer, RotateToken)
             assert offer.expires_at == wall.ms + 30 * DAY_MS
+
+
+def test_the_window_must_be_shorter_than_the_lifetime() -> None:
+    expect(
+        ConfigError,
+        r"^HubLimits.token_rotation_window_days \(7\) must be less than "
+        r"worker_token_lifetime_days \(7\)$",
+        HubLimits,
+        worker_token_lifetime_days=7,
+    )
+    expect(ConfigError, "must be between 2 and 3650", HubLimits, worker_token_lifetime_days=1)
+    expect(ConfigError, "must be between 1 and 365", HubLimits, token_rotation_window_days=0)
+    assert HubLimits(worker_token_lifetime_days=2, token_rotation_window_days=1)
