@@ -35,6 +35,15 @@ are then refused ``permission_denied``. A retired link is never published, count
 routed to (a newer one for the same worker replaces it) and ends after its
 ``deregister_ack`` or ``deregister_grace``.
 
+**Token expiry and rotation.** A worker token or API token past its expiry is refused
+``token_expired`` (the message says when). A published worker link whose token expires
+within ``token_rotation_window_days`` is sent ``rotate_token`` (at its connect, and at every
+revocation check), at most one offer under way per link; the store keeps the new token as
+the worker's pending one (both sign in) until the worker's ``rotate_token_ack`` (or a
+connect with the new token) makes it current and retires the old one (audited
+``worker_token_rotated``). Lifetimes come from the limits (``worker_token_lifetime_days``,
+``api_token_lifetime_days``).
+
 **The hub's id.** Every database has a random ``hub_id`` (``SQLiteHubStore.hub_id``),
 logged when the hub starts and named in ``registered``, both greetings and every
 ``error`` record the hub sends: a worker trusts ``worker_deleted`` (a token of a worker
