@@ -999,7 +999,8 @@ class Hub:
         """Offer a published worker link a new token (``rotate_token``) when its token
         expires within ``token_rotation_window_days`` and no offer is under way on the link.
         The new token is stored as the worker's pending one: both authenticate until the
-        worker acknowledges it (or connects with it)."""
+        worker acknowledges it (or connects with it). A store failure is logged and the offer
+        made at a later check."""
         worker = link.worker
         if worker is None or link.rotation is not None or link.ending:
             return
@@ -1008,7 +1009,11 @@ class Hub:
         now = self.now_ms()
         if worker.token_expires_at - now > self.limits.token_rotation_window_days * DAY_MS:
             return
-        token, expires_at = self.store.offer_worker_token(worker.id, now)
+        try:
+            token, expires_at = self.store.offer_worker_token(worker.id, now)
+        except LeapcoreError as exc:  # deregistered meanwhile, or the store failed: later
+            log.warning("%s: no new token offered: %s", link.name, exc)
+            return
         request_id = self.router.next_request_id()
         if link.enqueue(RotateToken(request_id, token, expires_at)):
             link.rotation = (request_id, token)

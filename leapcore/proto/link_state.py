@@ -15,7 +15,9 @@ Rules beyond the table, also enforced here:
 * A worker's first heartbeat carries its three public keys and a valid
   encryption mode; later heartbeats and every client heartbeat carry none.
 * A ``channel_credit`` grants a positive amount.
-* A ``rotate_token`` carries a token (not empty, printable).
+* A ``rotate_token`` carries a token (not empty, printable); its ``expires_at``, and a
+  ``client_greeting``'s ``token_expires_at``, are at most :data:`MAX_TIME_MS` (the end of
+  the year 9999: a time a calendar can show).
 * The ``code`` of ``channel_reject``, ``channel_refused``, ``channel_close``
   and ``error`` records comes from a fixed table (:data:`CODE_TABLES`).
 """
@@ -72,7 +74,17 @@ from .link_codec import (
     encode,
 )
 
-__all__ = ["LINK_TRANSITIONS", "Direction", "LinkConnection", "LinkRole", "LinkState"]
+__all__ = [
+    "LINK_TRANSITIONS",
+    "MAX_TIME_MS",
+    "Direction",
+    "LinkConnection",
+    "LinkRole",
+    "LinkState",
+]
+
+#: The latest expiry a record may carry (ms since the epoch): 9999-12-31T23:59:59.999Z.
+MAX_TIME_MS: Final = 253_402_300_799_999
 
 
 class _Enum(enum.Enum):
@@ -254,6 +266,13 @@ def _check_values(message: LinkMessage, error: type[LocalError | LinkProtocolErr
         message.auth_token and message.auth_token.isprintable()
     ):
         raise error("rotate_token must carry a non-empty, printable auth_token")
+    when = None
+    if isinstance(message, RotateToken):
+        when = message.expires_at
+    elif isinstance(message, ClientGreeting):
+        when = message.token_expires_at
+    if when is not None and when > MAX_TIME_MS:
+        raise error(f"{message.type}: an expiry after the year 9999 ({when} ms)")
 
 
 class LinkConnection:

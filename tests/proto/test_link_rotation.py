@@ -30,8 +30,8 @@ from leapcore.proto.link_codec import (
 )
 from leapcore.proto.link_fields import MAX_SECRET
 from leapcore.proto.link_state import LINK_TRANSITIONS as TABLE
+from leapcore.proto.link_state import MAX_TIME_MS, LinkConnection, LinkRole, LinkState
 from leapcore.proto.link_state import Direction as Way
-from leapcore.proto.link_state import LinkConnection, LinkRole, LinkState
 
 TOKEN = "n" * 48
 EXPIRES = 1_800_000_000_000
@@ -174,3 +174,29 @@ def test_token_expired_ends_the_reconnect_loop(greeted: bool, error_hub: str) ->
     policy = ReconnectPolicy()
     policy.hub_requested_delay(10)
     assert policy.after_attempt(0, 1, outcome).action is ReconnectAction.TOKEN_EXPIRED
+
+
+def test_an_expiry_past_the_year_9999_is_refused_both_ways() -> None:
+    """A calendar cannot show it (the worker logs the expiry, login prints it)."""
+    assert MAX_TIME_MS == 253_402_300_799_999
+    for message in (
+        RotateToken(1, TOKEN, MAX_TIME_MS + 1),
+        ClientGreeting("u", "alice", "", MAX_TIME_MS + 1),
+    ):
+        role = LinkRole.WORKER if isinstance(message, RotateToken) else LinkRole.CLIENT
+        hub = LinkConnection(LinkRole.HUB)
+        hub.peer_role = role
+        hub.state = (
+            LinkState.WORKER_ACTIVE if role is LinkRole.WORKER else LinkState.AUTHENTICATING_CLIENT
+        )
+        expect(LocalError, "after the year 9999", hub.send, message)
+        peer = LinkConnection(role)
+        peer.state = (
+            LinkState.WORKER_ACTIVE if role is LinkRole.WORKER else LinkState.AWAIT_GREETING
+        )
+        peer.receive_data(encode(message))
+        expect(LinkProtocolError, "after the year 9999", peer.next_message)
+    worker = LinkConnection(LinkRole.WORKER)
+    worker.state = LinkState.WORKER_ACTIVE
+    worker.receive_data(encode(RotateToken(1, TOKEN, MAX_TIME_MS)))
+    assert worker.next_message() == RotateToken(1, TOKEN, MAX_TIME_MS)
