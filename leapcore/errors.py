@@ -100,6 +100,7 @@ __all__ = [
     "SyncClosed",
     "TLSCertificateError",
     "TerminalNotFound",
+    "TokenExpired",
     "TunnelDenied",
     "TunnelDialFailed",
     "Unauthenticated",
@@ -520,6 +521,14 @@ class WorkerDeleted(Unauthenticated):
     the one rejection after which a worker may retire its identity."""
 
     code = "worker_deleted"
+
+
+class TokenExpired(Unauthenticated):
+    """A worker auth token or API token that is past its expiry (the message says when).
+    A worker so refused exits (``leapcore-worker`` exit 10) and must be registered again;
+    an expired API token is replaced by a new one (``leapcore-hub admin user token-create``)."""
+
+    code = "token_expired"
 
 
 class AlreadyExists(Refused):

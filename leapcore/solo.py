@@ -14,7 +14,9 @@ The hub keeps its database in ``<data dir>/hub.db``; the worker its state in
 and the worker is registered **through the store** (no network involved); the user's API
 token is kept in ``<data dir>/solo.json`` (mode 0600). Later starts reuse both: same
 worker id, same keys, no re-registration. A worker whose state or hub record is gone (or
-was deregistered by an administrator) is registered again.
+was deregistered by an administrator) is registered again. A solo worker's token that
+expired while the solo hub was not running is renewed at start through the store (its
+connected link renews it in the rotation window otherwise).
 
 :meth:`SoloHub.run_until_signal` is :meth:`~SoloHub.run` for a process: it serves until
 SIGINT or SIGTERM, which shut the worker and then the hub down (:mod:`leapcore.net.signals`).
@@ -54,6 +56,7 @@ from .store.hubstore import Notification, SQLiteHubStore, WorkerStatus
 from .store.paths import hub_database_path
 from .store.workerstate import (
     HubRecord,
+    WorkerState,
     ensure_keys,
     format_utc,
     load_hub,
@@ -178,6 +181,22 @@ def _solo_user(store: SQLiteHubStore, data_dir: Path) -> tuple[str, str, str, bo
     return user.id, user.name, token, created
 
 
+def _renew_expired(
+    store: SQLiteHubStore, worker_dir: Path, state: WorkerState, expires_at: int | None
+) -> None:
+    """The solo worker's token expired while the solo hub was not running (it is renewed
+    over the link otherwise): renew it through the store, as a rotation does -- the new
+    token pending, saved to ``state.json``, then made current -- so that no step leaves the
+    worker without a token that works."""
+    now = _now_ms()
+    if expires_at is None or expires_at > now:
+        return
+    token, _ = store.offer_worker_token(state.worker_id, now)
+    save_state(worker_dir, attrs.evolve(state, auth_token=token))
+    store.promote_worker_token(state.worker_id, token, now)
+    log.info("the solo worker's token had expired; renewed it")
+
+
 def prepare_solo(store: SQLiteHubStore, data_dir: Path, *, name: str | None = None) -> SoloIdentity:
     """Make (first start) or find (later starts) the solo user and worker; no network."""
     user_id, user_name, token, created_user = _solo_user(store, data_dir)
@@ -194,6 +213,7 @@ def prepare_solo(store: SQLiteHubStore, data_dir: Path, *, name: str | None = No
             and record.owner_id == user_id
             and record.status is WorkerStatus.ACTIVE
         ):
+            _renew_expired(store, worker_dir, state, record.token_expires_at)
             return SoloIdentity(
                 user_id, user_name, token, record.id, record.name, worker_dir, created_user, False
             )

@@ -43,6 +43,7 @@ from leapcore.errors import (
     NotFound,
     PinStoreError,
     Refused,
+    TokenExpired,
     Unavailable,
     WorkerBusy,
 )
@@ -59,6 +60,7 @@ EXIT_KEY_MISMATCH = 6
 EXIT_UNAVAILABLE = 7
 EXIT_REFUSED = 8
 EXIT_HUB_MISMATCH = 9
+EXIT_TOKEN_EXPIRED = 10
 
 #: Error class -> exit code, after the two protocol codes (see :func:`exit_code_for`);
 #: the first match in this order wins.
@@ -66,6 +68,7 @@ EXIT_CODES: tuple[tuple[type[LeapcoreError], int], ...] = (
     (NotFound, EXIT_NOT_FOUND),
     (HubMismatch, EXIT_HUB_MISMATCH),
     (WorkerBusy, EXIT_UNAVAILABLE),  # a Refused, but retrying later works
+    (TokenExpired, EXIT_TOKEN_EXPIRED),
     (Refused, EXIT_REFUSED),
     (Unavailable, EXIT_UNAVAILABLE),
     (KeyFileError, EXIT_CORRUPT_STATE),

@@ -123,6 +123,7 @@ def token_json(token: ApiToken) -> dict[str, Any]:
     _put_time(doc, "created_at", token.created_at)
     _put_time(doc, "last_used_at", token.last_used_at)
     _put_time(doc, "revoked_at", token.revoked_at)
+    _put_time(doc, "expires_at", token.expires_at)
     return doc
 
 
@@ -139,6 +140,7 @@ def worker_json(worker: Worker) -> dict[str, Any]:
     }
     _put_time(doc, "created_at", worker.created_at)
     _put_time(doc, "last_seen_at", worker.last_seen_at)
+    _put_time(doc, "token_expires_at", worker.token_expires_at)
     if worker.encryption_mode is not None:
         doc["encryption_mode"] = worker.encryption_mode.value
     if worker.keys is not None:
@@ -174,7 +176,11 @@ def open_store(args: argparse.Namespace, *, create: bool = False) -> SQLiteHubSt
             "`leapcore-hub admin user create NAME --admin` creates one)"
         )
     return SQLiteHubStore(
-        path, max_workers_per_user=settings["max_workers_per_user"], create=create
+        path,
+        max_workers_per_user=settings["max_workers_per_user"],
+        create=create,
+        worker_token_lifetime_days=settings["worker_token_lifetime_days"],
+        api_token_lifetime_days=settings["api_token_lifetime_days"],
     )
 
 
@@ -288,13 +294,14 @@ def token_list(args: argparse.Namespace) -> int:
         print(f"{safe(user.name)} has no API tokens")
     else:
         print_table(
-            ("TOKEN ID", "CREATED", "LAST USED", "REVOKED"),
+            ("TOKEN ID", "CREATED", "LAST USED", "REVOKED", "EXPIRES"),
             [
                 (
                     t.id,
                     human_time(t.created_at),
                     human_time(t.last_used_at, "never"),
                     human_time(t.revoked_at),
+                    human_time(t.expires_at, "never"),
                 )
                 for t in tokens
             ],
@@ -340,7 +347,7 @@ def worker_list(args: argparse.Namespace) -> int:
         print(f"no {which} workers" + (f" owned by {safe(args.user)}" if args.user else ""))
     else:
         print_table(
-            ("ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST SEEN"),
+            ("ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST SEEN", "TOKEN EXPIRES"),
             [
                 (
                     w.id,
@@ -349,6 +356,7 @@ def worker_list(args: argparse.Namespace) -> int:
                     w.status.value,
                     human_time(w.created_at),
                     human_time(w.last_seen_at, "never"),
+                    human_time(w.token_expires_at, "never"),
                 )
                 for w in workers
             ],
@@ -372,6 +380,7 @@ def worker_get(args: argparse.Namespace) -> int:
         ("auto-registered", "yes" if w.auto_registered else "no"),
         ("created", human_time(w.created_at)),
         ("last seen", human_time(w.last_seen_at, "never")),
+        ("token expires", human_time(w.token_expires_at, "never")),
         ("encryption", w.encryption_mode.value if w.encryption_mode else "unknown"),
         ("fingerprint", w.keys.fingerprint if w.keys else "unknown (no keys reported yet)"),
         ("labels", labels or "none"),

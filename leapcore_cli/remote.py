@@ -341,11 +341,18 @@ def login(args: argparse.Namespace) -> int:
         doc: dict[str, Any] = {"hub": hub, "user": user, "credentials": str(path)}
         if saved is not None and saved.ca_file:
             doc["ca_file"] = saved.ca_file
+        if session.token_expires_at is not None:
+            doc["token_expires_at"] = json_time(session.token_expires_at)
         if args.json:
             emit_json(doc)
         else:
             print(f"logged in to {hub} as {safe(session.user_name)} (id {session.user_id})")
             print(f"credentials saved in {path}")
+            if "token_expires_at" in doc:
+                print(
+                    f"the API token expires {doc['token_expires_at']} (ask an administrator "
+                    "for a new one before then)"
+                )
             if "ca_file" in doc:
                 print(f"trusting the CA in {doc['ca_file']} for it")
             print(f"{hub} is now the default hub (--hub and LEAPCORE_HUB override it)")

@@ -59,8 +59,8 @@ LAUNCHD_LABEL: Final = "dev.leapcore.worker"
 #: Seconds between a failure and the restart.
 RESTART_DELAY: Final = 5
 #: Exit codes a restart cannot fix: bad configuration or unregistered (2), unreadable state
-#: (4), a hub that does not know this worker (9).
-NO_RESTART_CODES: Final = (2, 4, 9)
+#: (4), a hub that does not know this worker (9), an expired worker token (10).
+NO_RESTART_CODES: Final = (2, 4, 9, 10)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _PLAIN = re.compile(r"[A-Za-z0-9_@%+=:,./$-]+")
 

@@ -99,7 +99,7 @@ def test_error_codes_are_unique() -> None:
 
 def test_exit_codes_in_cli_docs_match_the_code() -> None:
     text = (DOCS / "cli.md").read_text()
-    documented = {int(m) for m in re.findall(r"^\| (\d) \|", text, re.MULTILINE)}
+    documented = {int(m) for m in re.findall(r"^\| (\d{1,2}) \|", text, re.MULTILINE)}
     actual = {
         value
         for name, value in vars(common).items()

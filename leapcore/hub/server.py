@@ -35,6 +35,15 @@ are then refused ``permission_denied``. A retired link is never published, count
 routed to (a newer one for the same worker replaces it) and ends after its
 ``deregister_ack`` or ``deregister_grace``.
 
+**Token expiry and rotation.** A worker token or API token past its expiry is refused
+``token_expired`` (the message says when). A published worker link whose token expires
+within ``token_rotation_window_days`` is sent ``rotate_token`` (at its connect, and at every
+revocation check), at most one offer under way per link; the store keeps the new token as
+the worker's pending one (both sign in) until the worker's ``rotate_token_ack`` (or a
+connect with the new token) makes it current and retires the old one (audited
+``worker_token_rotated``). Lifetimes come from the limits (``worker_token_lifetime_days``,
+``api_token_lifetime_days``).
+
 **The hub's id.** Every database has a random ``hub_id`` (``SQLiteHubStore.hub_id``),
 logged when the hub starts and named in ``registered``, both greetings and every
 ``error`` record the hub sends: a worker trusts ``worker_deleted`` (a token of a worker
@@ -113,6 +122,7 @@ from ..errors import (
     QuotaExceeded,
     RequestError,
     StorageError,
+    TokenExpired,
     Unauthenticated,
     WorkerDeleted,
 )
@@ -138,6 +148,7 @@ from ..proto.hub_actions import (
 )
 from ..proto.hub_router import HubRouter
 from ..proto.limits import (
+    DAY_MS,
     DEFAULT_MAX_MESSAGE_SIZE,
     GO_AWAY_DELAY,
     MAX_LINK_QUEUE_BYTES,
@@ -165,13 +176,22 @@ from ..proto.link_codec import (
     Register,
     Registered,
     RelayedData,
+    RotateToken,
+    RotateTokenAck,
     WorkerGreeting,
     encode,
 )
 from ..proto.link_state import LinkConnection, LinkRole, LinkState
 from ..proto.ratelimit import LogRateLimiter
 from ..proto.relay import RelayDirection
-from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
+from ..store.hubstore import (
+    Notification,
+    SQLiteHubStore,
+    User,
+    Worker,
+    WorkerStatus,
+    utc_text,
+)
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
 from .rpc import WORKER_METHODS, call
@@ -207,12 +227,16 @@ WORKER_DELETED: Final = "this worker was deregistered or deleted on this hub"
 _SIGN_IN_KINDS: Final = {
     "api_token": "bad API token",
     "worker_token": "bad worker token",
+    "api_token_expired": "expired API token",
+    "worker_token_expired": "expired worker token",
     "registration_key": "refused registration key",
 }
 #: Failed sign-in kind -> its security event (:mod:`leapcore.net.security_log`).
 _SIGN_IN_EVENTS: Final = {
     "api_token": "api_token_rejected",
     "worker_token": "worker_token_rejected",
+    "api_token_expired": "api_token_rejected",
+    "worker_token_expired": "worker_token_rejected",
     "registration_key": "registration_key_rejected",
 }
 
@@ -220,6 +244,8 @@ _SIGN_IN_EVENTS: Final = {
 _SIGN_IN_AUDIT: Final[dict[str, tuple[str, dict[str, str]]]] = {
     "api_token": ("token_refused", {"credential": "api_token"}),
     "worker_token": ("token_refused", {"credential": "worker_token"}),
+    "api_token_expired": ("token_expired", {"credential": "api_token"}),
+    "worker_token_expired": ("token_expired", {"credential": "worker_token"}),
     "registration_key": ("registration_key_refused", {}),
 }
 
@@ -297,6 +323,9 @@ class _Link:
         self.ending = False
         #: Deregister request id -> notification id, awaiting the worker's ack.
         self.deregs: dict[int, str] = {}
+        #: A worker link's token rotation under way: the ``rotate_token`` request id and the
+        #: new token, until the worker acknowledges it.
+        self.rotation: tuple[int, str] | None = None
         #: The queues of the channels whose frames come to this link, by channel id.
         self.flows: dict[int, _Flow] = {}
 
@@ -521,6 +550,8 @@ class Hub:
         #: The web page's server and its bound (host, port), when :meth:`serve` serves one.
         self.web: WebServer | None = None
         self.web_bound: tuple[str, int] | None = None
+        self.store.worker_token_lifetime_ms = limits.worker_token_lifetime_days * DAY_MS
+        self.store.api_token_lifetime_ms = limits.api_token_lifetime_days * DAY_MS
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
 
@@ -694,6 +725,8 @@ class Hub:
                     )
                     self.metrics.link_closed("worker_deleted")
                     link.end("worker_deleted", WORKER_DELETED)
+                elif status is WorkerStatus.ACTIVE:
+                    self._offer_rotation(link)
                 elif status is WorkerStatus.DEREGISTERING and not self.router.is_retired(link):
                     note = self.store.deregistration_notice(link.worker.id, self.now_ms())
                     security_event(
@@ -879,6 +912,8 @@ class Hub:
             return False
         if isinstance(message, DeregisterAck):
             return self._deregister_ack(link, message)
+        if isinstance(message, RotateTokenAck):
+            return self._rotate_ack(link, message)
         if isinstance(message, Register):
             return self._register(link, message)
         if isinstance(message, Connect):
@@ -943,7 +978,13 @@ class Hub:
             link.fail("unauthenticated", "auth_token required")
             return True
         try:
-            worker = self.store.authenticate_worker(message.auth_token, self.now_ms())
+            worker = self.store.authenticate_worker(
+                message.auth_token, self.now_ms(), origin=link.origin
+            )
+        except TokenExpired as exc:
+            self._sign_in_failed(link, "worker_token_expired", str(exc))
+            link.fail("token_expired", str(exc))
+            return True
         except WorkerDeleted:
             self._sign_in_failed(link, "worker_token", "token of a deleted worker")
             link.fail("worker_deleted", WORKER_DELETED)
@@ -990,6 +1031,51 @@ class Hub:
         self._apply(self.router.publish(link))
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
+        self._offer_rotation(link)
+        return False
+
+    def _offer_rotation(self, link: _Link) -> None:
+        """Offer a published worker link a new token (``rotate_token``) when its token
+        expires within ``token_rotation_window_days`` and no offer is under way on the link.
+        The new token is stored as the worker's pending one: both authenticate until the
+        worker acknowledges it (or connects with it). A store failure is logged and the offer
+        made at a later check."""
+        worker = link.worker
+        if worker is None or link.rotation is not None or link.ending:
+            return
+        if worker.token_expires_at is None or self.router.worker_link(worker.id) is not link:
+            return
+        now = self.now_ms()
+        if worker.token_expires_at - now > self.limits.token_rotation_window_days * DAY_MS:
+            return
+        try:
+            token, expires_at = self.store.offer_worker_token(worker.id, now)
+        except LeapcoreError as exc:  # deregistered meanwhile, or the store failed: later
+            log.warning("%s: no new token offered: %s", link.name, exc)
+            return
+        request_id = self.router.next_request_id()
+        if link.enqueue(RotateToken(request_id, token, expires_at)):
+            link.rotation = (request_id, token)
+            log.info(
+                "%s: token expires %s; offered a new one (expires %s)",
+                link.name,
+                utc_text(worker.token_expires_at),
+                utc_text(expires_at),
+            )
+
+    def _rotate_ack(self, link: _Link, message: RotateTokenAck) -> bool:
+        """The worker saved its new token: it becomes the worker's token, the old one is
+        retired (audited ``worker_token_rotated``)."""
+        rotation = link.rotation
+        if rotation is None or rotation[0] != message.request_id or link.worker is None:
+            raise LinkProtocolError(f"rotate_token_ack for unknown request {message.request_id}")
+        link.rotation = None
+        worker_id = link.worker.id
+        if self.store.promote_worker_token(
+            worker_id, rotation[1], self.now_ms(), origin=link.origin
+        ):
+            log.info("%s saved its new token; the old one is retired", link.name)
+        link.worker = self.store.get_worker(worker_id)
         return False
 
     def _update_profile(self, worker: Worker, message: Connect) -> Worker:
@@ -1102,7 +1188,13 @@ class Hub:
 
     def _client_hello(self, link: _Link, message: ClientHello) -> bool:
         try:
-            user, token_id = self.store.authenticate_client(message.api_token, self.now_ms())
+            user, token_id, expires_at = self.store.authenticate_client(
+                message.api_token, self.now_ms()
+            )
+        except TokenExpired as exc:
+            self._sign_in_failed(link, "api_token_expired", str(exc))
+            link.fail("token_expired", str(exc))
+            return True
         except Unauthenticated as exc:
             self._sign_in_failed(link, "api_token", str(exc))
             link.fail("unauthenticated", str(exc))
@@ -1129,7 +1221,7 @@ class Hub:
         self.router.join(link, user.id)
         self._user_links.setdefault(user.id, set()).add(link)
         link.liveness = Liveness(self._clock(), self.limits.client_idle_timeout)
-        link.enqueue(ClientGreeting(user.id, user.name, self.store.hub_id))
+        link.enqueue(ClientGreeting(user.id, user.name, self.store.hub_id, expires_at))
         return False
 
     def _admit_address(self, link: _Link) -> bool:
@@ -1175,10 +1267,12 @@ class Hub:
         """Log a refused credential (never the credential), rate-limited per kind."""
         self._refused(link.origin, link.peer, link.transport, kind, reason)
 
-    def web_sign_in_failed(self, peer: str, reason: str) -> None:
+    def web_sign_in_failed(self, peer: str, reason: str, *, expired: bool = False) -> None:
         """The web page (:mod:`leapcore.hub.web`) refused an API token: logged, counted and
-        audited (``token_refused``, credential ``api_token``) like a link's bad token."""
-        self._refused(Origin(ANONYMOUS, peer or None), peer, "web", "api_token", reason)
+        audited (``token_refused``, or ``token_expired``, credential ``api_token``) like a
+        link's bad token."""
+        kind = "api_token_expired" if expired else "api_token"
+        self._refused(Origin(ANONYMOUS, peer or None), peer, "web", kind, reason)
 
     def _refused(self, origin: Origin, peer: str, transport: str, kind: str, reason: str) -> None:
         self.metrics.sign_in_refused(kind)

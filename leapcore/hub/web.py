@@ -61,7 +61,14 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 import trio
 
-from ..errors import HttpRequestError, LeapcoreError, RequestError, StorageError, Unauthenticated
+from ..errors import (
+    HttpRequestError,
+    LeapcoreError,
+    RequestError,
+    StorageError,
+    TokenExpired,
+    Unauthenticated,
+)
 from ..net.accept import accept_connections
 from ..net.listen import peer_address
 from ..proto.audit_events import Origin, user_actor
@@ -366,7 +373,10 @@ class WebServer:
         try:
             if not token:
                 raise Unauthenticated("no API token given")
-            user, token_id = self.hub.store.authenticate_client(token, self.hub.now_ms())
+            user, token_id, _expires = self.hub.store.authenticate_client(token, self.hub.now_ms())
+        except TokenExpired as exc:
+            self.hub.web_sign_in_failed(peer, str(exc), expired=True)
+            return _json(401, {"error": str(exc)})
         except Unauthenticated as exc:
             self.hub.web_sign_in_failed(peer, str(exc))
             return _json(401, {"error": "this API token is not valid"})

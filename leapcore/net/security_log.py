@@ -23,11 +23,11 @@ __all__ = ["EVENTS", "FIELDS", "security_event"]
 EVENTS: Final[dict[str, tuple[int, str]]] = {
     "api_token_rejected": (
         logging.WARNING,
-        "a client signed in with an unknown or revoked API token, or a deleted user's",
+        "a client signed in with an unknown, revoked or expired API token, or a deleted user's",
     ),
     "worker_token_rejected": (
         logging.WARNING,
-        "a worker connected with an unknown token, or the token of a deleted worker",
+        "a worker connected with an unknown or expired token, or the token of a deleted worker",
     ),
     "registration_key_rejected": (
         logging.WARNING,

@@ -60,6 +60,7 @@ from ..errors import (
     NotFound,
     PermissionDenied,
     QuotaExceeded,
+    TokenExpired,
     Unauthenticated,
     WorkerDeleted,
 )
@@ -125,6 +126,7 @@ FLUSH_TIMEOUT: Final = 5.0
 ERROR_CLASSES: Final[dict[str, Callable[[str], LeapcoreError]]] = {
     "unauthenticated": Unauthenticated,
     "worker_deleted": WorkerDeleted,
+    "token_expired": TokenExpired,
     "already_exists": AlreadyExists,
     "not_found": NotFound,
     "failed_precondition": FailedPrecondition,
@@ -357,6 +359,9 @@ class HubSession(PeerLink):
         #: The signed-in user, as the hub greeted it.
         self.user_id = greeting.user_id
         self.user_name = greeting.user_name
+        #: When the API token this session signed in with expires (ms since the epoch, UTC;
+        #: None: never, or a hub that does not say).
+        self.token_expires_at = greeting.token_expires_at
 
     def _on_queued(self) -> None:
         self._last_sent = trio.current_time()

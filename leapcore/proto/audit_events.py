@@ -48,6 +48,10 @@ KINDS: Final[dict[str, str]] = {
     "worker_replaced": "a worker connected again while its older link was live; the older "
     "link was closed",
     "token_refused": "a worker token or API token was refused (detail.credential says which)",
+    "token_expired": "a worker token or API token past its expiry was refused "
+    "(detail.credential says which)",
+    "worker_token_rotated": "a worker's new token became its token and the old one was retired "
+    "(detail.reason: acknowledged, or used at connect)",
     "registration_key_refused": "a registration was refused: the key is unknown, expired, "
     "revoked or already used",
     "registration_key_created": "a user minted a registration key",
@@ -59,7 +63,7 @@ KINDS: Final[dict[str, str]] = {
 #: The keys a detail object may hold. None of them is a secret.
 DETAIL_FIELDS: Final = frozenset(
     {
-        "credential",  # token_refused: "worker_token" or "api_token"
+        "credential",  # token_refused, token_expired: "worker_token" or "api_token"
         "reason",
         "user",
         "name",

@@ -25,6 +25,7 @@ error code             its ``hub_id`` is       greeted?   outcome (action)
 ``worker_deleted``     another (or none)       any        HUB_MISMATCH (exit 9)
 ``unauthenticated``    any                     no         HUB_MISMATCH (exit 9)
 ``unauthenticated``    any                     yes        TRANSIENT (retry)
+``token_expired``      any                     any        TOKEN_EXPIRED (exit 10)
 ``already_exists``     any                     any        NAME_TAKEN (fail)
 anything else          any                     any        TRANSIENT (retry)
 =====================  ======================  =========  =========================
@@ -131,6 +132,9 @@ class Outcome(enum.Enum):
     #: A hub that is not the one the worker registered with (or its own, on an empty
     #: database) does not know the token, or claims a deletion it cannot have made.
     HUB_MISMATCH = "hub-mismatch"
+    #: The hub says the worker's token is past its expiry (``token_expired``): the worker
+    #: must be registered again; its files are left as they are.
+    TOKEN_EXPIRED = "token-expired"
     #: The hub refused the worker's name: another of the owner's workers has it.
     NAME_TAKEN = "name-taken"
     #: The hub rejected the registration key (invalid, expired or consumed).
@@ -143,6 +147,7 @@ class ReconnectAction(enum.Enum):
     STOP = "stop"  # shutting down: no retry
     WIPE_AND_EXIT = "wipe-and-exit"  # retire local state (renamed, kept), exit 0
     HUB_MISMATCH = "hub-mismatch"  # leave every file untouched, exit 9
+    TOKEN_EXPIRED = "token-expired"  # leave every file untouched, exit 10
     FAIL = "fail"  # permanent error: exit non-zero with the hub's message
     RETRY = "retry"  # wait `delay`, then reconnect
 
@@ -160,6 +165,7 @@ PERMANENT: Final[dict[Outcome, ReconnectAction]] = {
     Outcome.CANCELLED: ReconnectAction.STOP,
     Outcome.WORKER_DELETED: ReconnectAction.WIPE_AND_EXIT,
     Outcome.HUB_MISMATCH: ReconnectAction.HUB_MISMATCH,
+    Outcome.TOKEN_EXPIRED: ReconnectAction.TOKEN_EXPIRED,
     Outcome.NAME_TAKEN: ReconnectAction.FAIL,
     Outcome.REGISTRATION_REJECTED: ReconnectAction.FAIL,
 }
@@ -194,6 +200,7 @@ REJECTIONS: Final[dict[tuple[str, HubRelation], Outcome]] = {
     ("worker_deleted", HubRelation.OTHER): Outcome.HUB_MISMATCH,
     **{("unauthenticated", r): Outcome.HUB_MISMATCH for r in HubRelation},
     **{("already_exists", r): Outcome.NAME_TAKEN for r in HubRelation},
+    **{("token_expired", r): Outcome.TOKEN_EXPIRED for r in HubRelation},
 }
 
 

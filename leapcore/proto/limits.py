@@ -26,6 +26,7 @@ from ..errors import ConfigError
 __all__ = [
     "ACCEPT_BACKOFF_INITIAL",
     "ACCEPT_BACKOFF_MAX",
+    "API_TOKEN_LIFETIME_DAYS",
     "AUDIT_LOG_MAX_BYTES",
     "AUDIT_LOG_MAX_BYTES_RANGE",
     "AUDIT_LOG_RETENTION_DAYS",
@@ -40,6 +41,7 @@ __all__ = [
     "CLIENT_IDLE_TIMEOUT",
     "CONCURRENCY_MAX",
     "CREDIT_BATCH",
+    "DAY_MS",
     "DEFAULT_MAX_INCOMPLETE",
     "DEFAULT_MAX_MESSAGE_SIZE",
     "DEFAULT_MAX_WORKERS_PER_USER",
@@ -123,6 +125,7 @@ __all__ = [
     "SIGNIN_TIMEOUT",
     "SOCKS_MAX_PENDING_HANDSHAKES",
     "STOP_GRACE",
+    "TOKEN_ROTATION_WINDOW_DAYS",
     "TUNNEL_DIAL_TIMEOUT",
     "TUNNEL_OPEN_TIMEOUT",
     "TUNNEL_READ_SIZE",
@@ -140,6 +143,7 @@ __all__ = [
     "WEB_REQUEST_TIMEOUT",
     "WEB_SEND_TIMEOUT",
     "WEB_SESSION_IDLE",
+    "WORKER_TOKEN_LIFETIME_DAYS",
     "WORKSPACE_GIT_OUTPUT",
     "WORKSPACE_GIT_PARALLEL",
     "WORKSPACE_GIT_TIMEOUT",
@@ -520,6 +524,14 @@ REGISTRATION_KEY_RETENTION: Final = 24 * 3600.0
 PURGE_INTERVAL: Final = 3600.0
 #: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).
 AUDIT_RETENTION_DAYS: Final = 365
+#: Milliseconds in a day (token lifetimes are set in days).
+DAY_MS: Final = 86_400_000
+#: Days a worker's auth token lives (then it is refused ``token_expired``).
+WORKER_TOKEN_LIFETIME_DAYS: Final = 90
+#: Days an API token lives.
+API_TOKEN_LIFETIME_DAYS: Final = 90
+#: Days before its worker token expires that a connected worker is offered a new one.
+TOKEN_ROTATION_WINDOW_DAYS: Final = 7
 #: Seconds between checks for revoked API tokens and deregistered or deleted workers.
 REVOCATION_CHECK_INTERVAL: Final = 0.5
 #: Seconds a deregistering worker's link may wait for its acknowledgement.
@@ -542,6 +554,9 @@ LIMIT_RANGES: Final[dict[str, tuple[type, float, float]]] = {
     "registration_key_retention": (float, 0.0, 365 * 24 * 3600.0),
     "purge_interval": (float, 1.0, 7 * 24 * 3600.0),
     "audit_retention_days": (int, 1, 36500),
+    "worker_token_lifetime_days": (int, 2, 3650),
+    "api_token_lifetime_days": (int, 1, 3650),
+    "token_rotation_window_days": (int, 1, 365),
     "revocation_check_interval": (float, 0.05, 60.0),
     "deregister_grace": (float, 1.0, 600.0),
     # The listener's (ServerLimits), within that class's own checks.
@@ -625,6 +640,12 @@ class HubLimits:
       then every interval.
     * ``audit_retention_days`` (365, 1 to 36500): audit events older than this many days
       are deleted at the same times.
+    * ``worker_token_lifetime_days`` (90, 2 to 3650) and ``api_token_lifetime_days`` (90, 1
+      to 3650): a worker auth token or an API token made from now on expires this many days
+      after it was made; an expired one is refused (``token_expired``).
+    * ``token_rotation_window_days`` (7, 1 to 365, less than the worker token lifetime): a
+      connected worker whose token expires within this many days is offered a new one
+      (``rotate_token``), at its connect and at every revocation check.
     * ``revocation_check_interval`` (0.5 s): how often the hub asks the store whether the API
       tokens of its client links are still live and its workers still active (the admin
       CLI, or another hub, may change them at any time).
@@ -657,6 +678,13 @@ class HubLimits:
     )
     purge_interval: float = attrs.field(default=PURGE_INTERVAL, validator=_validate)
     audit_retention_days: int = attrs.field(default=AUDIT_RETENTION_DAYS, validator=_validate)
+    worker_token_lifetime_days: int = attrs.field(
+        default=WORKER_TOKEN_LIFETIME_DAYS, validator=_validate
+    )
+    api_token_lifetime_days: int = attrs.field(default=API_TOKEN_LIFETIME_DAYS, validator=_validate)
+    token_rotation_window_days: int = attrs.field(
+        default=TOKEN_ROTATION_WINDOW_DAYS, validator=_validate
+    )
     revocation_check_interval: float = attrs.field(
         default=REVOCATION_CHECK_INTERVAL, validator=_validate
     )
@@ -670,6 +698,14 @@ class HubLimits:
     max_pending_output: int = attrs.field(default=MAX_PENDING_OUTPUT, validator=_validate)
     max_control_frames: int = attrs.field(default=MAX_CONTROL_FRAMES, validator=_validate)
     max_pending_connections: int = attrs.field(default=MAX_PENDING_CONNECTIONS, validator=_validate)
+
+    def __attrs_post_init__(self) -> None:
+        if self.token_rotation_window_days >= self.worker_token_lifetime_days:
+            raise ConfigError(
+                f"HubLimits.token_rotation_window_days ({self.token_rotation_window_days}) "
+                "must be less than worker_token_lifetime_days "
+                f"({self.worker_token_lifetime_days})"
+            )
 
     def server_limits(self) -> ServerLimits:
         """The listener's budgets among these."""

@@ -63,6 +63,8 @@ from .link_records import (
     OpenChannel,
     Register,
     Registered,
+    RotateToken,
+    RotateTokenAck,
     WorkerGreeting,
 )
 
@@ -102,6 +104,8 @@ __all__ = [
     "Register",
     "Registered",
     "RelayedData",
+    "RotateToken",
+    "RotateTokenAck",
     "WorkerGreeting",
     "encode",
     "encode_many",
@@ -137,6 +141,7 @@ CLOSE_CODES: Final = frozenset(
 LINK_ERRORS: Final = frozenset(
     {
         "unauthenticated",
+        "token_expired",
         "worker_deleted",
         "already_exists",
         "permission_denied",
@@ -243,6 +248,8 @@ CONTROL_TYPES: Final[dict[str, type[ControlMessage]]] = {
         GoAway,
         Deregister,
         DeregisterAck,
+        RotateToken,
+        RotateTokenAck,
         HubRequest,
         HubResponse,
         ErrorMessage,

@@ -33,6 +33,8 @@ __all__ = [
     "OpenChannel",
     "Register",
     "Registered",
+    "RotateToken",
+    "RotateTokenAck",
     "WorkerGreeting",
 ]
 
@@ -116,10 +118,14 @@ class ClientHello(ControlMessage):
 
 @attrs.frozen
 class ClientGreeting(ControlMessage):
+    """Hub -> client: who signed in, the hub's id, and when the API token the client signed
+    in with expires (``token_expires_at``, ms since the epoch; absent: never)."""
+
     type: ClassVar[str] = "client_greeting"
     user_id: str
     user_name: str
     hub_id: str = ""
+    token_expires_at: int | None = None
 
 
 # -- liveness -------------------------------------------------------------------
@@ -274,6 +280,29 @@ class Deregister(ControlMessage):
 @attrs.frozen
 class DeregisterAck(ControlMessage):
     type: ClassVar[str] = "deregister_ack"
+    request_id: int
+
+
+@attrs.frozen
+class RotateToken(ControlMessage):
+    """Hub -> worker: the worker's token expires soon; here is its successor, valid until
+    ``expires_at`` (ms since the epoch, UTC). The hub accepts both tokens until the worker
+    uses the new one or acknowledges it; the worker saves it, then answers
+    :class:`RotateTokenAck` with the same ``request_id``."""
+
+    type: ClassVar[str] = "rotate_token"
+
+    request_id: int
+    auth_token: str = attrs.field(repr=False)
+    expires_at: int
+
+
+@attrs.frozen
+class RotateTokenAck(ControlMessage):
+    """Worker -> hub: the token of ``rotate_token`` ``request_id`` is saved durably; the
+    hub makes it the worker's token and retires the old one."""
+
+    type: ClassVar[str] = "rotate_token_ack"
     request_id: int
 
 

@@ -15,6 +15,9 @@ Rules beyond the table, also enforced here:
 * A worker's first heartbeat carries its three public keys and a valid
   encryption mode; later heartbeats and every client heartbeat carry none.
 * A ``channel_credit`` grants a positive amount.
+* A ``rotate_token`` carries a token (not empty, printable); its ``expires_at``, and a
+  ``client_greeting``'s ``token_expires_at``, are at most :data:`MAX_TIME_MS` (the end of
+  the year 9999: a time a calendar can show).
 * The ``code`` of ``channel_reject``, ``channel_refused``, ``channel_close``
   and ``error`` records comes from a fixed table (:data:`CODE_TABLES`).
 """
@@ -65,11 +68,23 @@ from .link_codec import (
     Register,
     Registered,
     RelayedData,
+    RotateToken,
+    RotateTokenAck,
     WorkerGreeting,
     encode,
 )
 
-__all__ = ["LINK_TRANSITIONS", "Direction", "LinkConnection", "LinkRole", "LinkState"]
+__all__ = [
+    "LINK_TRANSITIONS",
+    "MAX_TIME_MS",
+    "Direction",
+    "LinkConnection",
+    "LinkRole",
+    "LinkState",
+]
+
+#: The latest expiry a record may carry (ms since the epoch): 9999-12-31T23:59:59.999Z.
+MAX_TIME_MS: Final = 253_402_300_799_999
 
 
 class _Enum(enum.Enum):
@@ -123,6 +138,7 @@ _WORKER_UP: Final = (
     ChannelReject,
     ChannelClose,
     DeregisterAck,
+    RotateTokenAck,
     OpenChannel,
     HubRequest,
     ChannelData,
@@ -136,6 +152,7 @@ _WORKER_DOWN: Final = (
     ChannelClose,
     GoAway,
     Deregister,
+    RotateToken,
     HubResponse,
     ChannelData,
 )
@@ -242,9 +259,20 @@ def _check_code(message: LinkMessage, error: type[LocalError | LinkProtocolError
         )
 
 
-def _check_credit(message: LinkMessage, error: type[LocalError | LinkProtocolError]) -> None:
+def _check_values(message: LinkMessage, error: type[LocalError | LinkProtocolError]) -> None:
     if isinstance(message, ChannelCredit) and message.credit == 0:
         raise error("channel_credit must grant a positive credit")
+    if isinstance(message, RotateToken) and not (
+        message.auth_token and message.auth_token.isprintable()
+    ):
+        raise error("rotate_token must carry a non-empty, printable auth_token")
+    when = None
+    if isinstance(message, RotateToken):
+        when = message.expires_at
+    elif isinstance(message, ClientGreeting):
+        when = message.token_expires_at
+    if when is not None and when > MAX_TIME_MS:
+        raise error(f"{message.type}: an expiry after the year 9999 ({when} ms)")
 
 
 class LinkConnection:
@@ -284,7 +312,7 @@ class LinkConnection:
             return message.frame
         if not isinstance(message, ChannelData):  # no rule beyond the table for data
             _check_code(message, LocalError)
-            _check_credit(message, LocalError)
+            _check_values(message, LocalError)
             if isinstance(message, Heartbeat):
                 self._check_heartbeat(message, LocalError)
         data = encode(message)
@@ -344,7 +372,7 @@ class LinkConnection:
 
     def _check_received(self, message: LinkMessage) -> None:
         _check_code(message, LinkProtocolError)
-        _check_credit(message, LinkProtocolError)
+        _check_values(message, LinkProtocolError)
         if isinstance(message, _HELLOS):
             if message.protocol_version != PROTOCOL_VERSION:
                 raise UnsupportedProtocolVersion(

@@ -42,6 +42,7 @@ Time is passed in as ``now_ms`` (milliseconds since the Unix epoch, UTC); an aud
 
 from __future__ import annotations
 
+import datetime as dt
 import enum
 import hashlib
 import json
@@ -67,6 +68,7 @@ from ..errors import (
     PermissionDenied,
     QuotaExceeded,
     StorageError,
+    TokenExpired,
     Unauthenticated,
     WorkerDeleted,
 )
@@ -78,10 +80,13 @@ from ..proto.audit_events import (
     worker_actor,
 )
 from ..proto.limits import (
+    API_TOKEN_LIFETIME_DAYS,
+    DAY_MS,
     DEFAULT_MAX_WORKERS_PER_USER,
     ID_LENGTH,
     REG_KEY_EXTEND_WINDOW_MS,
     REG_KEY_LIFETIME_MS,
+    WORKER_TOKEN_LIFETIME_DAYS,
 )
 from .atomicfile import ensure_private_dir
 
@@ -94,6 +99,7 @@ __all__ = [
     "Worker",
     "WorkerStatus",
     "new_id",
+    "utc_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -129,6 +135,11 @@ def new_id() -> str:
     return "".join(secrets.choice(ALPHABET) for _ in range(ID_LENGTH))
 
 
+def utc_text(ms: int) -> str:
+    """A time in ms since the epoch as messages write it: ``2026-12-05 08:15 UTC``."""
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
 def _digest(secret: str) -> bytes:
     return hashlib.sha256(secret.encode("utf-8")).digest()
 
@@ -154,6 +165,9 @@ class ApiToken:
     created_at: int
     revoked_at: int | None
     last_used_at: int | None
+    #: When the token expires (ms since the epoch; None: never, a token revoked before
+    #: the database was migrated to schema 5).
+    expires_at: int | None = None
 
 
 @attrs.frozen
@@ -187,6 +201,9 @@ class Worker:
     capabilities: tuple[str, ...] = ()
     os: str | None = None
     arch: str | None = None
+    #: When the worker's auth token expires (ms since the epoch; None: never, a token
+    #: of a deleted worker when the database was migrated to schema 5).
+    token_expires_at: int | None = None
 
 
 @attrs.frozen
@@ -285,6 +302,23 @@ _MIGRATIONS: Final[Sequence[str]] = (
     CREATE INDEX audit_events_at ON audit_events(at);
     CREATE INDEX audit_events_worker ON audit_events(worker_id, at)
     """,
+    # 5: token expiry and worker token rotation. Tokens that exist when the database is
+    # migrated get the default lifetime from the migration's time (never NULL: an upgrade
+    # must neither lock every worker out at once nor leave old tokens valid for ever);
+    # connected workers are offered their successors in the rotation window as usual.
+    f"""
+    ALTER TABLE workers ADD COLUMN token_expires_at INTEGER;
+    ALTER TABLE workers ADD COLUMN pending_token_hash BLOB;
+    ALTER TABLE workers ADD COLUMN pending_expires_at INTEGER;
+    ALTER TABLE api_tokens ADD COLUMN expires_at INTEGER;
+    UPDATE workers SET token_expires_at =
+        CAST(strftime('%s', 'now') AS INTEGER) * 1000 + {WORKER_TOKEN_LIFETIME_DAYS * DAY_MS}
+        WHERE status != 'deleted';
+    UPDATE api_tokens SET expires_at =
+        CAST(strftime('%s', 'now') AS INTEGER) * 1000 + {API_TOKEN_LIFETIME_DAYS * DAY_MS}
+        WHERE revoked_at IS NULL;
+    CREATE UNIQUE INDEX workers_pending_token ON workers(pending_token_hash)
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 #: Audit events a listing returns when no ``limit`` is given (and the most it may ask).
@@ -296,7 +330,7 @@ MAX_NOTIFICATION_ATTEMPTS: Final = 5
 _WORKER_COLUMNS: Final = (
     "w.id, w.owner_id, u.name, w.name, w.version, w.labels, w.status, w.auto_registered, "
     "w.created_at, w.last_seen_at, w.x25519, w.mlkem, w.slhdsa, w.encryption_mode, "
-    "w.capabilities, w.os, w.arch"
+    "w.capabilities, w.os, w.arch, w.token_expires_at"
 )
 
 
@@ -363,6 +397,8 @@ class SQLiteHubStore:
         max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
         create: bool = True,
         timeout: float = 10.0,
+        worker_token_lifetime_days: int = WORKER_TOKEN_LIFETIME_DAYS,
+        api_token_lifetime_days: int = API_TOKEN_LIFETIME_DAYS,
     ) -> None:
         """Open (and migrate) the database at ``path``.
 
@@ -372,12 +408,17 @@ class SQLiteHubStore:
         :class:`StorageError` and nothing is created. A file that is not SQLite, or an
         SQLite database of another application, is refused untouched. ``timeout`` is how
         long a write waits for another connection's write lock (then :class:`StorageError`,
-        "database is locked"); every SQLite failure is a :class:`StorageError`.
+        "database is locked"); every SQLite failure is a :class:`StorageError`. A worker
+        token, or an API token, made from now on lives ``worker_token_lifetime_days``, or
+        ``api_token_lifetime_days`` (the hub settings of those names; the attributes
+        :attr:`worker_token_lifetime_ms` and :attr:`api_token_lifetime_ms` may be changed).
         """
         if max_workers_per_user < 0:
             raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
         self.path = Path(path)
         self.max_workers_per_user = max_workers_per_user
+        self.worker_token_lifetime_ms = worker_token_lifetime_days * DAY_MS
+        self.api_token_lifetime_ms = api_token_lifetime_days * DAY_MS
         #: Called (no arguments) when an audit row could not be written (the hub counts it).
         self.on_audit_failure: Callable[[], None] | None = None
         if create:
@@ -605,8 +646,9 @@ class SQLiteHubStore:
         token = new_id()
         token_id = new_id()
         db.execute(
-            "INSERT INTO api_tokens (id, user_id, token_hash, created_at) VALUES (?, ?, ?, ?)",
-            (token_id, user.id, _digest(token), now_ms),
+            "INSERT INTO api_tokens (id, user_id, token_hash, created_at, expires_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (token_id, user.id, _digest(token), now_ms, now_ms + self.api_token_lifetime_ms),
         )
         if origin is not None:
             self._audit(
@@ -652,7 +694,7 @@ class SQLiteHubStore:
     def list_tokens(self, user_ref: str) -> list[ApiToken]:
         user = self.get_user(user_ref)
         rows = self._db.execute(
-            "SELECT id, user_id, created_at, revoked_at, last_used_at FROM api_tokens "
+            "SELECT id, user_id, created_at, revoked_at, last_used_at, expires_at FROM api_tokens "
             "WHERE user_id = ? ORDER BY created_at, id",
             (user.id,),
         ).fetchall()
@@ -662,7 +704,7 @@ class SQLiteHubStore:
         """The record of an API token, given the token itself (revoked ones included);
         touches nothing (unlike :meth:`authenticate_user`)."""
         row = self._db.execute(
-            "SELECT id, user_id, created_at, revoked_at, last_used_at FROM api_tokens "
+            "SELECT id, user_id, created_at, revoked_at, last_used_at, expires_at FROM api_tokens "
             "WHERE token_hash = ?",
             (_digest(token),),
         ).fetchone()
@@ -700,19 +742,26 @@ class SQLiteHubStore:
         """The user an API token belongs to; :class:`Unauthenticated` otherwise."""
         return self.authenticate_client(token, now_ms)[0]
 
-    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str]:
-        """:meth:`authenticate_user`, and the token's id (for :meth:`live_token_ids`)."""
+    def authenticate_client(self, token: str, now_ms: int) -> tuple[User, str, int | None]:
+        """:meth:`authenticate_user`, the token's id (for :meth:`live_token_ids`) and its
+        expiry (ms; None: never). A token past its expiry is :class:`TokenExpired` (naming the
+        day, UTC)."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT u.id, u.name, u.created_at, u.is_admin, t.id FROM api_tokens t "
-                "JOIN users u ON u.id = t.user_id "
+                "SELECT u.id, u.name, u.created_at, u.is_admin, t.id, t.expires_at "
+                "FROM api_tokens t JOIN users u ON u.id = t.user_id "
                 "WHERE t.token_hash = ? AND t.revoked_at IS NULL AND u.deleted_at IS NULL",
                 (_digest(token),),
             ).fetchone()
             if row is None:
                 raise Unauthenticated("invalid API token")
+            if row[5] is not None and row[5] <= now_ms:
+                raise TokenExpired(
+                    f"API token expired on {utc_text(row[5])}; ask an administrator for a new "
+                    "one (leapcore-hub admin user token-create)"
+                )
             db.execute("UPDATE api_tokens SET last_used_at = ? WHERE id = ?", (now_ms, row[4]))
-        return User(row[0], row[1], row[2], bool(row[3])), row[4]
+        return User(row[0], row[1], row[2], bool(row[3])), row[4], row[5]
 
     def live_token_ids(self, token_ids: Iterable[str]) -> set[str]:
         """Those of ``token_ids`` that still authenticate: not revoked, user not deleted.
@@ -953,8 +1002,8 @@ class SQLiteHubStore:
                 raise Unauthenticated("registration key invalid or already consumed")
             db.execute(
                 "INSERT INTO workers (id, owner_id, token_hash, name, version, labels, status, "
-                "auto_registered, registered_with, created_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "auto_registered, registered_with, created_at, token_expires_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     worker_id,
                     owner_id,
@@ -966,6 +1015,7 @@ class SQLiteHubStore:
                     int(auto_registered),
                     key_id,
                     now_ms,
+                    now_ms + self.worker_token_lifetime_ms,
                 ),
             )
             if origin is not None:
@@ -1052,6 +1102,7 @@ class SQLiteHubStore:
             capabilities=tuple(json.loads(row[14])),
             os=row[15],
             arch=row[16],
+            token_expires_at=row[17],
         )
 
     def get_worker(self, worker_id: str) -> Worker:
@@ -1080,20 +1131,104 @@ class SQLiteHubStore:
         query += " ORDER BY w.created_at, w.id"
         return [self._worker(r) for r in self._db.execute(query, args).fetchall()]
 
-    def authenticate_worker(self, token: str, now_ms: int) -> Worker:
-        """The worker an auth token belongs to. A token this database never issued is
-        :class:`Unauthenticated`; a deleted worker's token is :class:`WorkerDeleted` (the
-        only answer on which a worker retires its identity)."""
+    def authenticate_worker(
+        self, token: str, now_ms: int, *, origin: Origin | None = None
+    ) -> Worker:
+        """The worker an auth token belongs to. A token this database never issued (or one
+        retired by a rotation) is :class:`Unauthenticated`; a deleted worker's token is
+        :class:`WorkerDeleted` (the only answer on which a worker retires its identity); an
+        active worker's token past its expiry is :class:`TokenExpired` (a *deregistering*
+        worker's still signs in, so that it can be told and retire its identity). The
+        *pending* token of a rotation (:meth:`offer_worker_token`) authenticates too, and
+        using it completes the rotation (:meth:`promote_worker_token`, audited with
+        ``origin``)."""
+        digest = _digest(token)
         with self._tx() as db:
             row = db.execute(
-                "SELECT id, status FROM workers WHERE token_hash = ?", (_digest(token),)
+                "SELECT id, status, token_expires_at, token_hash = ? FROM workers "
+                "WHERE token_hash = ? OR pending_token_hash = ?",
+                (digest, digest, digest),
             ).fetchone()
             if row is None:
                 raise Unauthenticated("invalid auth token")
-            if row[1] == WorkerStatus.DELETED.value:
-                raise WorkerDeleted(f"worker {row[0]} was deregistered or deleted on this hub")
-            db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, row[0]))
-        return self.get_worker(row[0])
+            worker_id, status, expires_at, current = row
+            if status == WorkerStatus.DELETED.value:
+                raise WorkerDeleted(f"worker {worker_id} was deregistered or deleted on this hub")
+            if not current:
+                self._promote(db, worker_id, digest, now_ms, "used at connect", origin)
+            elif (
+                expires_at is not None
+                and expires_at <= now_ms
+                and status == WorkerStatus.ACTIVE.value
+            ):
+                raise TokenExpired(
+                    f"worker token expired on {utc_text(expires_at)}; register the worker "
+                    "again (leapcore-worker --registration-key)"
+                )
+            db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, worker_id))
+        return self.get_worker(worker_id)
+
+    def offer_worker_token(self, worker_id: str, now_ms: int) -> tuple[str, int]:
+        """Make a successor of a worker's token: returns it (once) and its expiry; only its
+        digest is kept, as the worker's *pending* token (any earlier pending one is
+        replaced). Until :meth:`promote_worker_token`, the current and the pending token both
+        authenticate. :class:`NotFound` for a worker that is not active."""
+        token = new_id()
+        expires_at = now_ms + self.worker_token_lifetime_ms
+        with self._tx() as db:
+            changed = db.execute(
+                "UPDATE workers SET pending_token_hash = ?, pending_expires_at = ? "
+                "WHERE id = ? AND status = ?",
+                (_digest(token), expires_at, worker_id, WorkerStatus.ACTIVE.value),
+            ).rowcount
+            if not changed:
+                raise NotFound(f"worker {worker_id} not found")
+        return token, expires_at
+
+    def promote_worker_token(
+        self, worker_id: str, token: str, now_ms: int, *, origin: Origin | None = None
+    ) -> bool:
+        """The worker saved its pending ``token`` (it acknowledged it): make it the worker's
+        token and retire the old one, which no longer authenticates. False, changing nothing,
+        when ``token`` is not the worker's pending token (already promoted, or replaced)."""
+        with self._tx() as db:
+            return self._promote(db, worker_id, _digest(token), now_ms, "acknowledged", origin)
+
+    def _promote(
+        self,
+        db: _Db,
+        worker_id: str,
+        digest: bytes,
+        now_ms: int,
+        how: str,
+        origin: Origin | None,
+    ) -> bool:
+        changed = db.execute(
+            "UPDATE workers SET token_hash = pending_token_hash, "
+            "token_expires_at = pending_expires_at, pending_token_hash = NULL, "
+            "pending_expires_at = NULL WHERE id = ? AND pending_token_hash = ?",
+            (worker_id, digest),
+        ).rowcount
+        if changed and origin is not None:
+            self._audit(
+                db,
+                AuditEvent(
+                    now_ms / 1000,
+                    "worker_token_rotated",
+                    worker_actor(worker_id),
+                    worker_id,
+                    origin.address,
+                    {"reason": how},
+                ),
+            )
+        return bool(changed)
+
+    def pending_token_expiry(self, worker_id: str) -> int | None:
+        """The expiry of a worker's pending token (None: no rotation under way)."""
+        row = self._db.execute(
+            "SELECT pending_expires_at FROM workers WHERE id = ?", (worker_id,)
+        ).fetchone()
+        return None if row is None else row[0]
 
     def record_heartbeat(
         self,

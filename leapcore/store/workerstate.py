@@ -6,6 +6,11 @@ six key fields of :mod:`leapcore.crypto.keys` (standard base64). It has no owner
 (the hub names the owner on every connect) and never holds a registration key.
 It is written atomically, mode 0600, in a 0700 directory.
 
+A **token rotation** (the hub's ``rotate_token``) rewrites it whole with the new
+``auth_token`` (:func:`save_state`; the format is unchanged, and no pending token is kept on
+disk): the atomic, fsynced replace is the swap, so the file always holds the old token or
+the new one, and the hub accepts both until it has seen the new one acknowledged or used.
+
 :func:`startup_action` is the startup decision table (``spec/behavior.md``
 §3.3), pure:
 

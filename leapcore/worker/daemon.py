@@ -29,8 +29,14 @@ retires the identity the same way and :meth:`run` returns :attr:`WorkerExit.WIPE
 token the hub does not know (``unauthenticated`` before the greeting), or
 ``worker_deleted`` from a hub with another id, changes no file and raises
 :class:`~leapcore.errors.HubMismatch`; ``already_exists`` (the owner has another worker of
-this name) raises :class:`~leapcore.errors.AlreadyExists`. Everything else ends the attempt
-and is retried with backoff.
+this name) raises :class:`~leapcore.errors.AlreadyExists`; ``token_expired`` (the token is
+past its expiry) changes no file and raises :class:`~leapcore.errors.TokenExpired`
+(``leapcore-worker`` exits 10). Everything else ends the attempt and is retried with backoff.
+
+**Token rotation.** A ``rotate_token`` (the hub's offer of a successor to a token that
+expires soon) is saved by replacing ``state.json`` atomically and durably, and only then
+acknowledged (``rotate_token_ack``); the hub accepts both tokens until it sees the new one
+acknowledged or used, so a crash at any step leaves a token that works.
 
 **The hub.** ``hub.json`` records the hub the worker registered with (its id, its URL and
 when). ``hub_url`` may be empty for a registered worker: the recorded URL is used. A
@@ -67,7 +73,9 @@ import collections
 import datetime as dt
 import enum
 import logging
+import os
 import shlex
+import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -89,6 +97,7 @@ from ..errors import (
     LinkClosed,
     LinkProtocolError,
     RegistrationRejected,
+    TokenExpired,
 )
 from ..net.dial import TRANSPORTS, connect_link
 from ..net.pipe import LinkPipe, parse_hub_url
@@ -131,6 +140,8 @@ from ..proto.link_codec import (
     LinkMessage,
     Register,
     Registered,
+    RotateToken,
+    RotateTokenAck,
     WorkerGreeting,
 )
 from ..proto.link_fields import check_fields
@@ -188,6 +199,11 @@ HUB_REQUIRED: Final = (
 REGISTER_TIMEOUT: Final = 30.0
 #: Seconds allowed to flush the deregister ack before the link is torn down.
 FLUSH_TIMEOUT: Final = 5.0
+#: Test-only hook (never set it in production): ``before-save`` or ``after-save`` makes the
+#: worker SIGKILL itself on a ``rotate_token``, before writing the new token or after
+#: writing it and before acknowledging it, so that tests can crash a real worker between
+#: the steps of a token rotation.
+ROTATION_CRASH_ENV: Final = "LEAPCORE_TEST_ROTATION_CRASH"
 #: How a cross-worker key mismatch says to clear the pin.
 CROSS_WORKER_HINT: Final = (
     "pin previously recorded; clear with `leapcore-worker cross-worker-pins remove "
@@ -782,6 +798,8 @@ class Worker:
                     return WorkerExit.WIPED
                 if decision.action is ReconnectAction.HUB_MISMATCH:
                     raise self._mismatch()
+                if decision.action is ReconnectAction.TOKEN_EXPIRED:
+                    raise self._expired()
                 if decision.action is ReconnectAction.FAIL:
                     rejection = self._rejection
                     raise AlreadyExists(
@@ -987,6 +1005,8 @@ class Worker:
             self.reconnect_policy.hub_requested_delay(message.reconnect_delay)
         elif isinstance(message, Deregister):
             return await self._deregistered(attempt, message)
+        elif isinstance(message, RotateToken):
+            await self._rotate_token(attempt, message)
         elif isinstance(message, ChannelRequest):
             assert attempt.channels is not None  # requests come after the greeting
             await attempt.channels.handle_request(message)
@@ -1008,6 +1028,29 @@ class Worker:
         await attempt.writer.drain(FLUSH_TIMEOUT)  # the writer writes the ack, then stops
         self._retire("deregistered by the hub")
         return WorkerExit.DEREGISTERED
+
+    async def _rotate_token(self, attempt: _Attempt, message: RotateToken) -> None:
+        """Save the successor of the worker's token, then acknowledge it. ``state.json`` is
+        replaced atomically and durably (:func:`save_state`), so at every instant it holds
+        the old token or the new one, and the hub accepts both until it sees the new one
+        acknowledged or used. A failed write is logged and not acknowledged: the old token
+        stays the worker's, and the next connect is offered a new one again."""
+        assert self.state is not None
+        crash = os.environ.get(ROTATION_CRASH_ENV, "")
+        if crash == "before-save":
+            os.kill(os.getpid(), signal.SIGKILL)
+        state = attrs.evolve(self.state, auth_token=message.auth_token)
+        try:
+            path = save_state(self.data_dir, state)
+        except LeapcoreError as exc:
+            log.warning("could not save the new auth token (the old one stays): %s", exc)
+            return
+        self.state = state
+        expires = dt.datetime.fromtimestamp(message.expires_at / 1000, dt.UTC)
+        log.info("new auth token saved to %s (expires %s)", path, format_utc(expires))
+        if crash == "after-save":
+            os.kill(os.getpid(), signal.SIGKILL)
+        await self._enqueue(attempt, RotateTokenAck(message.request_id))
 
     # -- the hub's identity ----------------------------------------------------------
 
@@ -1056,6 +1099,16 @@ class Worker:
         self.hub_record = None
         kept = ", ".join(str(path) for path in self.retired) or "no files to keep"
         log.warning("%s: identity retired; kept as %s", why, kept)
+
+    def _expired(self) -> TokenExpired:
+        """The refusal of an expired token (nothing is changed: register again)."""
+        error = self._rejection
+        text = error.message if error is not None else "the worker token expired"
+        return TokenExpired(
+            f"hub at {self.hub_url} refused this worker's token: {text}; {STATE_FILE} left "
+            f"untouched (move it and {HUB_FILE} aside, then start the worker with a new "
+            "--registration-key)"
+        )
 
     def _mismatch(self) -> HubMismatch:
         """The refusal for a token a hub does not know (nothing is changed)."""

@@ -32,6 +32,7 @@ from leapcore_cli.common import (
     EXIT_OK,
     EXIT_PROTOCOL,
     EXIT_REFUSED,
+    EXIT_TOKEN_EXPIRED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
     exit_code_for,
@@ -64,6 +65,8 @@ def _expected(cls: type[LeapcoreError]) -> int:
         return EXIT_HUB_MISMATCH
     if issubclass(cls, errors.WorkerBusy):  # refused for now: retry later
         return EXIT_UNAVAILABLE
+    if issubclass(cls, errors.TokenExpired):
+        return EXIT_TOKEN_EXPIRED
     if issubclass(cls, errors.Refused):
         return EXIT_REFUSED
     if issubclass(cls, errors.Unavailable):
@@ -128,6 +131,7 @@ ROWS: dict[int, str] = {
     EXIT_UNAVAILABLE: "nothing listening where the hub should be; a worker offline",
     EXIT_REFUSED: "a token the hub refuses; a worker that never reported its keys",
     EXIT_HUB_MISMATCH: "a worker whose token the hub does not know",
+    EXIT_TOKEN_EXPIRED: "an API token past its expiry",
 }
 
 
@@ -212,6 +216,14 @@ def test_each_outcome_has_its_exit_code(env: Env) -> None:
         proc = env.run("leapcore", "remote", "worker", "list", "--json",
                        LEAPCORE_HUB=url, LEAPCORE_TOKEN="not-a-token")  # fmt: skip
         check.exits(proc, EXIT_REFUSED, "unauthenticated")
+
+        # A token past its expiry (10): one made 91 days ago lived 90.
+        old = store.create_token(store.list_users()[0].id, _now_ms() - 91 * 86_400_000)
+        proc = env.run("leapcore", "remote", "worker", "list", "--json",
+                       LEAPCORE_HUB=url, LEAPCORE_TOKEN=old)  # fmt: skip
+        assert check.exits(proc, EXIT_TOKEN_EXPIRED, "token_expired").startswith(
+            "API token expired on "
+        )
 
         # Not found (3): an unknown worker.
         proc = env.remote("worker", "info", "--worker", "no-such-worker", "--json")

@@ -3,6 +3,7 @@ pointed at a temporary directory. State is set up and checked through SQLiteHubS
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import re
@@ -184,9 +185,14 @@ def test_tokens_create_list_revoke(hub: Hub) -> None:
     expect(Unauthenticated, "^invalid API token$", store.authenticate_user, third, T)
 
     table = hub.ok("user", "token-list", "alice").splitlines()
-    assert table[0].split() == ["TOKEN", "ID", "CREATED", "LAST", "USED", "REVOKED"]
+    assert table[0].split() == ["TOKEN", "ID", "CREATED", "LAST", "USED", "REVOKED", "EXPIRES"]
     revoked = next(line for line in table if line.startswith(second_id))
-    assert re.search(r"Z  \d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ$", revoked)  # a revocation time
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ"
+    assert re.search(rf"Z  {stamp}  {stamp}$", revoked)  # a revocation time, an expiry
+    # Every token made here expires 90 days (the default lifetime) after it was made.
+    for token in listed["tokens"]:
+        made = dt.datetime.fromisoformat(token["created_at"])
+        assert dt.datetime.fromisoformat(token["expires_at"]) - made == dt.timedelta(days=90)
 
     # Revoking twice, unknown users, a missing --id.
     assert hub.doc("user", "token-revoke", "--id", second_id, code=3) == {
@@ -241,6 +247,7 @@ def test_worker_json_rows(hub: Hub, fleet: dict[str, Worker]) -> None:
         "auto_registered": False,
         "created_at": T_JSON,
         "last_seen_at": "2023-11-14T22:13:25.123Z",
+        "token_expires_at": "2024-02-12T22:13:20.123Z",  # 90 days after registration
         "encryption_mode": "classic",
         "fingerprint": KEYS.fingerprint,
         "labels": {"arch": "arm64", "os": "linux"},
@@ -255,6 +262,7 @@ def test_worker_json_rows(hub: Hub, fleet: dict[str, Worker]) -> None:
         "status",
         "auto_registered",
         "created_at",
+        "token_expires_at",
         "labels",
     }
     assert rows["a2"]["auto_registered"] is True
@@ -283,13 +291,15 @@ def test_worker_list_filters(hub: Hub, fleet: dict[str, Worker]) -> None:
     }
 
     lines = hub.ok("worker", "list", "--status", "all").splitlines()
-    assert lines[0].split() == ["ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST", "SEEN"]
+    assert lines[0].split() == [
+        "ID", "NAME", "OWNER", "STATUS", "CREATED", "LAST", "SEEN", "TOKEN", "EXPIRES"
+    ]  # fmt: skip
     row = {line.split()[0]: line for line in lines[1:]}
     assert set(row) == {w.id for w in fleet.values()}
     assert row[fleet["a1"].id].split()[1:4] == ["a1", "alice", "active"]
-    assert row[fleet["a1"].id].endswith(f"{T_HUMAN}  2023-11-14 22:13:25Z")
+    assert row[fleet["a1"].id].endswith(f"{T_HUMAN}  2023-11-14 22:13:25Z  2024-02-12 22:13:20Z")
     assert row[fleet["a2"].id].split()[1:5] == ["a2", "(auto)", "alice", "active"]
-    assert row[fleet["a2"].id].endswith("never")
+    assert re.search(r"  never +2024-02-12 22:13:20Z$", row[fleet["a2"].id])
     assert row[fleet["b1"].id].split()[3] == "deregistering"
     assert hub.ok("worker", "list", "--user", "bob") == "no active workers owned by bob\n"
 
@@ -309,6 +319,7 @@ def test_worker_get(hub: Hub, fleet: dict[str, Worker]) -> None:
         "auto-registered": "no",
         "created": T_HUMAN,
         "last seen": "2023-11-14 22:13:25Z",
+        "token expires": "2024-02-12 22:13:20Z",
         "encryption": "classic",
         "fingerprint": KEYS.fingerprint,
         "labels": "arch=arm64, os=linux",
@@ -475,7 +486,7 @@ def test_settings_precedence(hub: Hub) -> None:
     [
         (
             'colour = "red"\n',
-            "unknown setting 'colour' (known: audit_retention_days, client_idle_timeout, ",
+            "unknown setting 'colour' (known: api_token_lifetime_days, audit_retention_days, ",
         ),
         ("max_workers_per_user = '64'\n", "setting 'max_workers_per_user' must be int, got str"),
         ("data_dir = \n", "not valid TOML: "),

@@ -4,6 +4,7 @@ default, and the token read from a file, from stdin or from a prompt that does n
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import select
@@ -80,6 +81,13 @@ def test_login_saves_the_default_hub_for_later_commands(env: Env) -> None:
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     user_id = doc["user"]["id"]
+    # The hub says when the token expires: 90 days (the default lifetime) after it was made.
+    expires_text = doc.pop("token_expires_at")
+    expires = dt.datetime.fromisoformat(expires_text)
+    made = dt.datetime.fromisoformat(
+        env.admin("user", "token-list", "alice")["tokens"][0]["created_at"]
+    )
+    assert expires - made == dt.timedelta(days=90)
     assert doc == {
         "hub": env.url,
         "user": {"id": doc["user"]["id"], "name": "alice"},
@@ -111,6 +119,7 @@ def test_login_saves_the_default_hub_for_later_commands(env: Env) -> None:
     assert proc.stdout.splitlines() == [
         f"logged in to {env.url} as alice (id {user_id})",
         f"credentials saved in {env.config / f'{host}.json'}",
+        f"the API token expires {expires_text} (ask an administrator for a new one before then)",
         f"{env.url} is now the default hub (--hub and LEAPCORE_HUB override it)",
     ]
 

@@ -100,7 +100,7 @@ def test_system_unit(tmp_path: Path) -> None:
         "ExecReload": "/bin/kill -HUP $MAINPID",
         "Restart": "on-failure",
         "RestartSec": "5",
-        "RestartPreventExitStatus": "2 4 9",
+        "RestartPreventExitStatus": "2 4 9 10",
         "NoNewPrivileges": "yes",
         "PrivateTmp": "yes",
         "UMask": "0077",
@@ -350,6 +350,6 @@ def test_install_a_launchd_agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 def test_the_unit_names_match_the_docs() -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "cli.md").read_text()
     section = docs.split("## `leapcore-worker service`", 1)[1].split("\n## ", 1)[0]
-    for needle in (UNIT_NAME, "dev.leapcore.worker.plist", "RestartPreventExitStatus=2 4 9"):
+    for needle in (UNIT_NAME, "dev.leapcore.worker.plist", "RestartPreventExitStatus=2 4 9 10"):
         assert needle in section
     assert re.search(r"Restart=on-failure", section)

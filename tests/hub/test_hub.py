@@ -413,5 +413,8 @@ async def test_tls(tmp_path: Path) -> None:
             ) as pipe:
                 peer = Peer(pipe, LinkRole.CLIENT)
                 await peer.send(ClientHello(1, env.token))
-                assert await peer.recv() == ClientGreeting(env.user_id, "alice", hub.store.hub_id)
+                expires = hub.store.find_token(env.token).expires_at
+                assert await peer.recv() == ClientGreeting(
+                    env.user_id, "alice", hub.store.hub_id, expires
+                )
         await hub.shutdown()

@@ -79,6 +79,9 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "registration_key_retention": 86400.0,
         "purge_interval": 3600.0,
         "audit_retention_days": 365,
+        "worker_token_lifetime_days": 90,
+        "api_token_lifetime_days": 90,
+        "token_rotation_window_days": 7,
         "revocation_check_interval": 0.5,
         "deregister_grace": 10.0,
         "handshake_timeout": 10.0,
@@ -153,7 +156,8 @@ def test_explicit_config_must_exist(tmp_path: Path) -> None:
     [
         (
             "colour = 'red'\n",
-            "unknown setting 'colour' (known: audit_retention_days, client_idle_timeout, "
+            "unknown setting 'colour' (known: api_token_lifetime_days, audit_retention_days, "
+            "client_idle_timeout, "
             "data_dir, deregister_grace, handshake_timeout, listen, ",
         ),
         ("max_workers_per_user = '3'\n", "setting 'max_workers_per_user' must be int, got str"),

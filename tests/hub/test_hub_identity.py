@@ -67,7 +67,9 @@ async def test_registered_and_both_greetings_name_the_hub(tmp_path: Path) -> Non
         assert greeting == WorkerGreeting(reply.worker_id, env.user_id, "alice", hub_id)
         async with env.link(LinkRole.CLIENT) as client:
             await client.send(ClientHello(1, env.token))
-            assert await client.recv() == ClientGreeting(env.user_id, "alice", hub_id)
+            expires = env.store.find_token(env.token).expires_at
+            assert expires is not None  # the greeting says when the token expires
+            assert await client.recv() == ClientGreeting(env.user_id, "alice", hub_id, expires)
     # The same database is the same hub, whatever process serves it.
     hub = Hub(tmp_path / "hub.db")
     async with trio.open_nursery() as nursery:

@@ -288,6 +288,23 @@ async def test_a_refused_token_is_audited_and_counted(tmp_path: Path) -> None:
         assert after == before + 1
 
 
+async def test_an_expired_token_is_refused_saying_so(tmp_path: Path) -> None:
+    async with web_hub(tmp_path) as web:
+        web.clock[0] += 91 * 86400  # past the API token's 90 days
+        status, headers, body = await web.call(
+            "POST",
+            "/api/sign-in",
+            csrf="x",
+            body=f"token={web.env.token}".encode(),
+            content_type="application/x-www-form-urlencoded",
+        )
+        assert status == 401 and "set-cookie" not in headers
+        assert json.loads(body)["error"].startswith("API token expired on ")
+        assert web.env.token.encode() not in body
+        (event,) = web.hub.store.list_audit(kind="token_expired")
+        assert event.detail["credential"] == "api_token"
+
+
 @pytest.mark.parametrize(
     ("csrf", "extra", "content_type", "status"),
     [

@@ -4,8 +4,12 @@ own new hub for a stranger."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+from support.helpers import expect
+
+from leapcore.errors import Unauthenticated
 from leapcore.solo import SOLO_WORKER_DIR, prepare_solo
 from leapcore.store.hubstore import SQLiteHubStore
 from leapcore.store.paths import hub_database_path
@@ -39,3 +43,23 @@ def test_a_reset_solo_database_moves_the_hub_record_to_the_new_hub(tmp_path: Pat
     assert (record.hub_id, record.hub_url) == (fresh.hub_id, "http://127.0.0.1:4327")
     assert record.registered_at is not None
     assert load_state(worker_dir).worker_id == renewed.worker_id
+
+
+def test_an_expired_solo_worker_token_is_renewed_at_start(tmp_path: Path) -> None:
+    """The solo hub was not run for longer than the token lived: the next start renews the
+    worker's token through the store (same worker, new token), never exits on it."""
+    store = SQLiteHubStore(hub_database_path(tmp_path))
+    identity = prepare_solo(store, tmp_path, name="solo-box")
+    worker_dir = tmp_path / SOLO_WORKER_DIR
+    old = load_state(worker_dir).auth_token
+    store._db.execute(  # autocommit: the token expired long ago
+        "UPDATE workers SET token_expires_at = 1 WHERE id = ?", (identity.worker_id,)
+    )
+    again = prepare_solo(store, tmp_path, name="solo-box")
+    assert (again.registered, again.worker_id) == (False, identity.worker_id)
+    new = load_state(worker_dir).auth_token
+    assert new != old
+    now = int(time.time() * 1000)
+    assert store.authenticate_worker(new, now).id == identity.worker_id
+    expect(Unauthenticated, "^invalid auth token$", store.authenticate_worker, old, now)
+    store.close()

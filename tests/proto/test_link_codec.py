@@ -208,7 +208,7 @@ def test_encode_refuses_what_cannot_be_sent() -> None:
 
 
 def test_every_record_type_is_distinct() -> None:
-    assert len(CONTROL_TYPES) == len({c.__name__ for c in CONTROL_TYPES.values()}) == 22
+    assert len(CONTROL_TYPES) == len({c.__name__ for c in CONTROL_TYPES.values()}) == 24
 
 
 # ---------------------------------------------------------------------------

@@ -38,6 +38,8 @@ from leapcore.proto.link_codec import (
     OpenChannel,
     Register,
     Registered,
+    RotateToken,
+    RotateTokenAck,
     WorkerGreeting,
     encode,
 )
@@ -79,6 +81,8 @@ SAMPLES: dict[str, LinkMessage] = {
         GoAway(10, "hub is shutting down"),
         Deregister(3, "worker deregistered by owner"),
         DeregisterAck(3),
+        RotateToken(4, "n" * 48, 1_800_000_000_000),
+        RotateTokenAck(4),
         HubRequest(1, "workers.list", {}),
         HubResponse(1, {"workers": []}),
         ErrorMessage("unauthenticated", "invalid auth token"),

@@ -94,12 +94,13 @@ def test_every_row_of_rejections_is_a_permanent_outcome() -> None:
     """The table covers every relation for each code it names, and each outcome it gives
     ends the reconnect loop (never a retry), whatever go-away delay is pending."""
     codes = {code for code, _ in REJECTIONS}
-    assert codes == {"worker_deleted", "unauthenticated", "already_exists"}
+    assert codes == {"worker_deleted", "unauthenticated", "already_exists", "token_expired"}
     assert set(REJECTIONS) == set(itertools.product(codes, HubRelation))
     actions = {
         Outcome.WORKER_DELETED: ReconnectAction.WIPE_AND_EXIT,
         Outcome.HUB_MISMATCH: ReconnectAction.HUB_MISMATCH,
         Outcome.NAME_TAKEN: ReconnectAction.FAIL,
+        Outcome.TOKEN_EXPIRED: ReconnectAction.TOKEN_EXPIRED,
     }
     for outcome in set(REJECTIONS.values()):
         policy = ReconnectPolicy()

@@ -127,6 +127,16 @@ class Env:
             yield peer
 
 
+class WallClock:
+    """A hub's ``wall_clock`` that a test moves: ``ms``, milliseconds since the epoch."""
+
+    def __init__(self, ms: int) -> None:
+        self.ms = ms
+
+    def __call__(self) -> float:
+        return self.ms / 1000
+
+
 @asynccontextmanager
 async def running_hub(tmp_path: Path, **kw: Any) -> AsyncIterator[Env]:
     hub = Hub(tmp_path / "hub.db", **kw)
