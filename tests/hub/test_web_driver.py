@@ -94,7 +94,7 @@ async def test_an_event_stream_that_is_not_read_is_closed_and_never_blocks_the_h
     mock_clock.autojump_threshold = 0
     hub = web.hub
     user, token = hub.store.create_user("alice", hub.now_ms())
-    _, token_id = hub.store.authenticate_client(token, hub.now_ms())
+    _, token_id, _ = hub.store.authenticate_client(token, hub.now_ms())
     session = web.sessions.create(
         lambda: "s1",
         trio.current_time(),
