@@ -151,6 +151,7 @@ from ..proto.limits import (
     DAY_MS,
     DEFAULT_MAX_MESSAGE_SIZE,
     GO_AWAY_DELAY,
+    LAST_SEEN_FLUSH_INTERVAL,
     MAX_LINK_QUEUE_BYTES,
     HubLimits,
     validate_max_message_size,
@@ -541,6 +542,10 @@ class Hub:
         self._address_links: dict[str, set[_Link]] = {}
         #: Failed sign-ins are logged at most this often per kind.
         self._signin_log = LogRateLimiter()
+        #: Heartbeats' times not yet written (worker id -> ms), and when they last were
+        #: (see :meth:`flush_last_seen`).
+        self._seen: dict[str, int] = {}
+        self._seen_flushed = -math.inf  # (no trio clock before serve)
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
@@ -636,6 +641,7 @@ class Hub:
                         self.web_bound = await nursery.start(self.web.serve, *web.listen)
                     task_status.started(bound)
         finally:
+            self.flush_last_seen()
             self.store.close()
 
     async def shutdown(self) -> None:
@@ -673,9 +679,27 @@ class Hub:
         """A deadline on :attr:`_clock` as trio time."""
         return trio.current_time() + max(0.0, deadline - self._clock())
 
+    def flush_last_seen(self) -> None:
+        """Write the heartbeats' times kept since the last call, in one transaction (a failed
+        write keeps them for the next). Presence needs seconds, not one SQLite transaction
+        per heartbeat: this runs every :data:`LAST_SEEN_FLUSH_INTERVAL`, when a worker's
+        link ends, and when the hub stops."""
+        self._seen_flushed = -math.inf  # (no trio clock before serve)
+        if not self._seen:
+            return
+        seen, self._seen = self._seen, {}
+        try:
+            self.store.record_last_seen(seen)
+        except LeapcoreError as exc:
+            log.error("last seen times not written: %s: %s", type(exc).__name__, exc)
+            for worker_id, at in seen.items():
+                self._seen[worker_id] = max(at, self._seen.get(worker_id, 0))
+
     async def _check_revocations_forever(self) -> None:
         while True:
             await trio.sleep(self.limits.revocation_check_interval)
+            if self._clock() - self._seen_flushed >= LAST_SEEN_FLUSH_INTERVAL:
+                self.flush_last_seen()
             try:
                 self.check_revocations()
             except LeapcoreError as exc:  # the store failed: try again next time
@@ -832,6 +856,8 @@ class Hub:
             self._signed_out(link)
             published = link.worker is not None and self.router.worker_link(link.worker.id) is link
             self._apply(self.router.leave(link))
+            if link.worker is not None and link.worker.id in self._seen:
+                self.flush_last_seen()  # its last heartbeat is on record when it goes
             if published:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
@@ -1180,7 +1206,7 @@ class Hub:
                 )
                 self.presence.changed(link.worker.owner_id)
             else:
-                self.store.record_heartbeat(link.worker.id, self.now_ms())
+                self._seen[link.worker.id] = self.now_ms()  # written in a batch
         link.enqueue(HeartbeatAck(beat.seq))
         return False
 

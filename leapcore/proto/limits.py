@@ -398,6 +398,9 @@ MAX_LIVE_REGISTRATION_KEYS: Final = 16
 REGISTRATION_KEY_RETENTION: Final = 24 * 3600.0
 #: Seconds between purges of expired registration keys (and of old audit events).
 PURGE_INTERVAL: Final = 3600.0
+#: Seconds a worker's ``last_seen_at`` may wait in the hub's memory before it is written
+#: (heartbeats are batched into one transaction; a link's end writes at once).
+LAST_SEEN_FLUSH_INTERVAL: Final = 5.0
 #: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).
 AUDIT_RETENTION_DAYS: Final = 365
 #: Milliseconds in a day (token lifetimes are set in days).

@@ -51,7 +51,7 @@ import os
 import secrets
 import sqlite3
 import string
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Final
@@ -376,6 +376,12 @@ class _Db:
     def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
         try:
             return _Rows(self._conn.execute(sql, args), self)
+        except sqlite3.DatabaseError as exc:
+            raise self.error(exc) from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
         except sqlite3.DatabaseError as exc:
             raise self.error(exc) from None
 
@@ -1255,6 +1261,17 @@ class SQLiteHubStore:
                 )
             else:
                 db.execute("UPDATE workers SET last_seen_at = ? WHERE id = ?", (now_ms, worker_id))
+
+    def record_last_seen(self, seen: Mapping[str, int]) -> None:
+        """``last_seen_at`` of many workers (worker id -> ms) in one transaction; a time never
+        moves back (two hubs, or a late batch)."""
+        if not seen:
+            return
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE workers SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE id = ?",
+                [(at, worker_id) for worker_id, at in seen.items()],
+            )
 
     def deregister_worker(
         self,
