@@ -81,6 +81,7 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
     import trio
 
     from leapcore.hub.server import Hub
+    from leapcore.proto.limits import HubLimits
 
     raise_fd_limit()
     dead: list[str] = []
@@ -106,7 +107,13 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
             return super()._heartbeat(link, beat)
 
     async def main() -> None:
-        hub = TimedHub(db, max_workers_per_user=links)
+        # Every simulated worker dials from 127.0.0.1: lift the per-address budgets (a
+        # listener's connections, signed-in links), which exist for real clients.
+        per_address = links + 64
+        limits = HubLimits(
+            max_connections_per_address=per_address, max_links_per_address=per_address
+        )
+        hub = TimedHub(db, max_workers_per_user=links, limits=limits)
         hub.arrivals = {}
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
