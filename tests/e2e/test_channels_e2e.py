@@ -14,6 +14,7 @@ import attrs
 import pytest
 import trio
 import trio.testing
+from support.channelpair import answers_to_requests
 
 import leapcore
 from leapcore.crypto.keys import WorkerKeyPair
@@ -28,10 +29,9 @@ from leapcore.errors import (
 from leapcore.hub.server import Hub
 from leapcore.peer.channel import ByteStream, CallContext, Channel, Services
 from leapcore.peer.hubsession import HubSession
-from leapcore.proto.link_codec import ChannelReject, ChannelRequest, LinkMessage
+from leapcore.proto.link_codec import ChannelReject, ChannelRequest
 from leapcore.store.pinstore import PinStore
 from leapcore.store.workerstate import WorkerState, save_state
-from leapcore.worker.channels import ChannelServer
 from leapcore.worker.daemon import Worker
 from leapcore.worker.signpool import InlineSigner
 
@@ -303,25 +303,13 @@ async def test_cross_worker_channel_between_siblings(
 async def test_a_forged_user_is_refused_by_the_worker(generated_keypair: WorkerKeyPair) -> None:
     """The worker checks the hub-supplied user itself: a raw link (or a lying hub) naming
     someone other than the owner, or no one, is refused before any cryptography."""
-    sent: list[LinkMessage] = []
-
-    async def send(message: LinkMessage) -> None:
-        sent.append(message)
-
-    async with trio.open_nursery() as nursery:
-        server = ChannelServer(
-            keypair=generated_keypair,
-            mode="classic",
-            owner_id="u-owner",
-            send=send,
-            signer=InlineSigner(),
-            services=Services(),
-            nursery=nursery,
-        )
-        size = 16 * 1024 * 1024
-        await server.handle_request(ChannelRequest(1, 5, "u-mallory", b"\0" * 48, size))
-        await server.handle_request(ChannelRequest(2, 6, "", b"\0" * 48, size))
-        await server.handle_request(ChannelRequest(3, 7, "u-owner", b"\0" * 48, 12))
+    size = 16 * 1024 * 1024
+    requests = [
+        ChannelRequest(1, 5, "u-mallory", b"\0" * 48, size),
+        ChannelRequest(2, 6, "", b"\0" * 48, size),
+        ChannelRequest(3, 7, "u-owner", b"\0" * 48, 12),
+    ]
+    sent, server = await answers_to_requests(generated_keypair, requests, services=Services())
     assert sent == [
         ChannelReject(1, 5, "permission_denied", "only the worker owner may open channels"),
         ChannelReject(2, 6, "no_authenticated_user", "no authenticated user id"),
