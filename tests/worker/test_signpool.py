@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
@@ -253,3 +255,67 @@ async def test_on_demand_signer_starts_its_pool_at_the_first_signature(
         assert signer.pool is not None and len(signer.pool.pids) == 1
     with pytest.raises(SigningPoolClosed):
         await signer.sign(generated_keypair.slhdsa_private, b"again")
+
+
+#: Signs one message with an OnDemandSigner in a fresh interpreter (the forkserver is one per
+#: process, so only a fresh one shows how the first start goes), then prints the start
+#: method the pool used ("inline" when it fell back) and whether the signature verified.
+_FRESH_SIGNER = """
+import resource, sys, trio
+from leapcore.crypto.primitives import slhdsa_verify
+from leapcore.worker.signpool import OnDemandSigner, SigningPool
+
+async def main() -> None:
+    secret, public = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+    if sys.argv[3] == "no-descriptors":  # nothing left for the pool's pipes
+        import os
+        used = len(os.listdir("/proc/self/fd"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
+    async with OnDemandSigner(processes=1) as signer:
+        signature = await signer.sign(secret, b"transcript")
+        pool = signer.pool
+        method = pool._executor._mp_context.get_start_method() if pool is not None else "inline"
+    slhdsa_verify(public, b"transcript", signature)
+    print(method, "verified")
+
+trio.run(main)
+"""
+
+
+def _sign_in_a_fresh_process(
+    keypair: WorkerKeyPair, env: dict[str, str], mode: str = ""
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-c",
+        _FRESH_SIGNER,
+        keypair.slhdsa_private.hex(),
+        keypair.slhdsa_public.hex(),
+        mode,
+    ]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_deep_temporary_directory_starts_the_pool_with_spawn(
+    tmp_path: Path, generated_keypair: WorkerKeyPair
+) -> None:
+    """A TMPDIR so deep that the forkserver's socket path cannot be bound (AF_UNIX paths
+    hold 107 bytes) used to fail the worker's first post-quantum open."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    env = {**os.environ, "TMPDIR": str(deep)}
+    done = _sign_in_a_fresh_process(generated_keypair, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["spawn", "verified"]
+    shallow = _sign_in_a_fresh_process(generated_keypair, {**os.environ, "TMPDIR": "/tmp"})
+    assert shallow.stdout.split() == ["forkserver", "verified"], shallow.stderr
+
+
+def test_the_signer_signs_on_the_loop_when_no_process_can_start(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    done = _sign_in_a_fresh_process(generated_keypair, dict(os.environ), "no-descriptors")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["inline", "verified"]
+    assert "signing processes could not start" in done.stderr
