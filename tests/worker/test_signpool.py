@@ -16,9 +16,14 @@ from pathlib import Path
 import pytest
 import trio
 
+from leapcore.crypto.handshake import Initiator
 from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode
 from leapcore.crypto.primitives import SLHDSA_SIGNATURE_SIZE, slhdsa_sign, slhdsa_verify
 from leapcore.errors import LocalError
+from leapcore.peer.channel import Services
+from leapcore.proto.link_codec import ChannelReject, ChannelRequest, LinkMessage
+from leapcore.worker.channels import ChannelServer
 from leapcore.worker.signpool import (
     InlineSigner,
     OnDemandSigner,
@@ -319,3 +324,36 @@ def test_the_signer_signs_on_the_loop_when_no_process_can_start(
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["inline", "verified"]
     assert "signing processes could not start" in done.stderr
+
+
+class _FailingSigner:
+    async def sign(self, secret_key: bytes, message: bytes) -> bytes:
+        raise RuntimeError("the signer broke")
+
+
+async def test_a_failing_signer_refuses_that_open_only(generated_keypair: WorkerKeyPair) -> None:
+    """A signer that raises something unexpected ends the one open (``handshake_failed``),
+    not the worker's link: the server goes on to answer the next request."""
+    sent: list[LinkMessage] = []
+
+    async def send(message: LinkMessage) -> None:
+        sent.append(message)
+
+    message1 = Initiator(generated_keypair.public, EncryptionMode.POST_QUANTUM).write_message1()
+    async with trio.open_nursery() as nursery:
+        server = ChannelServer(
+            keypair=generated_keypair,
+            mode="post-quantum",
+            owner_id="u-owner",
+            send=send,
+            signer=_FailingSigner(),
+            services=Services(),
+            nursery=nursery,
+        )
+        await server.handle_request(ChannelRequest(1, 5, "u-owner", message1, 1 << 24))
+        await server.handle_request(ChannelRequest(2, 6, "u-mallory", message1, 1 << 24))
+    internal = "handshake failed: an internal error on the worker"
+    assert sorted(sent, key=lambda m: getattr(m, "request_id", 0)) == [
+        ChannelReject(1, 5, "handshake_failed", internal),
+        ChannelReject(2, 6, "permission_denied", "only the worker owner may open channels"),
+    ]
