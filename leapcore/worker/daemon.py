@@ -732,7 +732,11 @@ class Worker:
                     try:
                         registered = await self._register_once(self.registration_key)
                     except _Transient as exc:
-                        failures.append(f"{url}: {exc}" if len(self.hub_urls) > 1 else str(exc))
+                        if len(self.hub_urls) == 1:
+                            failures.append(str(exc))
+                            continue
+                        failures.append(f"{url}: {exc}")
+                        log.info("registration at %s failed: %s; trying the next hub URL", url, exc)
                         continue
                     failover.use(url)
                     break
