@@ -10,7 +10,10 @@ the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
 is the remote CLI's default ``--worker-id``); values are checked against
 each key's type. A list setting (the worker's ``services``) is a TOML array of
 strings, or comma-separated in the environment (blank items dropped); like every
-setting, a later layer replaces it whole.
+setting, a later layer replaces it whole. The worker's ``hub`` is a list too, stricter: a
+TOML string or list, commas in the environment and in each ``--hub`` value, and an empty
+element is an error (:func:`~leapcore.proto.hub_failover.split_hub_urls`); at most
+:data:`~leapcore.proto.limits.MAX_HUB_URLS`, none twice.
 
 A ``float`` setting also takes an integer (``client_idle_timeout = 300``).
 

@@ -43,7 +43,19 @@ when). ``hub_url`` may be empty for a registered worker: the recorded URL is use
 ``hub_url`` that differs from the recorded one is used (hubs move) and logged; once a hub
 greets the worker with the recorded id, the record's URL is updated. A worker that recorded
 no hub id (registered before hubs had ids) records the one of the first hub that greets
-it. Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records,
+it.
+
+**Several hubs.** ``hub_urls`` names the hubs of one deployment (one database, one hub id),
+at most :data:`~leapcore.proto.limits.MAX_HUB_URLS`, all parsed at construction.
+Registration takes the first hub that answers; the connect loop moves through the list by
+the passes of :class:`~leapcore.proto.hub_failover.HubFailover` (a dead hub is left at once,
+the backoff waits only after a whole pass failed, a ``go_away`` moves on without its delay
+while other URLs remain). ``hub.json`` keeps the URL the hub was last reached at. A hub of the
+list that refuses the token, or greets the worker under another hub id, is logged (ERROR)
+and dropped for the life of the process, no file changed; only the last usable one's
+refusal raises :class:`~leapcore.errors.HubMismatch`.
+
+Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records,
 and its capabilities, ``os`` and ``arch`` (:mod:`leapcore.worker.advertise`; the
 capabilities are those of :attr:`Worker.services` at that connect).
 

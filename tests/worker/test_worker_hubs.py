@@ -282,3 +282,55 @@ def test_the_worker_checks_its_hub_urls(tmp_path: Path) -> None:
     )
     worker = Worker(tmp_path, hub_url=f" {A} ", name="box")  # the one-URL keyword still works
     assert (worker.hub_urls, worker.hub_url) == ((A,), A)
+
+
+# -- one name, several addresses -----------------------------------------------------------------
+
+
+class TwoAddresses(trio.abc.HostnameResolver):
+    """Resolves ``hubs.test`` to a dead loopback address first, then a live one."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.asked = 0
+
+    async def getaddrinfo(
+        self,
+        host: bytes | None,
+        port: bytes | str | int | None,
+        family: int = 0,
+        type: int = 0,
+        proto: int = 0,
+        flags: int = 0,
+    ):  # type: ignore[no-untyped-def]
+        assert host == b"hubs.test", host
+        self.asked += 1
+        tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+        return [(*tcp, ("127.0.0.3", self.port)), (*tcp, ("127.0.0.1", self.port))]
+
+    async def getnameinfo(self, sockaddr: tuple[str, int], flags: int) -> tuple[str, str]:
+        raise NotImplementedError
+
+
+async def test_a_dead_address_of_a_name_leads_to_the_next(
+    tmp_path: Path, generated_keypair: WorkerKeyPair
+) -> None:
+    """What :func:`trio.open_tcp_stream` already does for a hub URL whose name has several
+    addresses: one that refuses the connection is left for the next, in the same dial."""
+    hub = Hub(tmp_path / "hub.db")
+    data = tmp_path / "worker"
+    registered_worker(hub, data, generated_keypair)
+    async with trio.open_nursery() as nursery:
+        url, _scope = await serve_hub(hub, nursery)
+        resolver = TwoAddresses(int(url.rsplit(":", 1)[1]))
+        previous = trio.socket.set_custom_hostname_resolver(resolver)
+        try:
+            worker = worker_at(data, [f"http://hubs.test:{resolver.port}"])
+            nursery.start_soon(worker.serve)
+            await wait_until(lambda: linked_to(hub, worker))
+            assert (resolver.asked, worker.attempts) == (1, 1)  # one dial, two addresses
+        finally:
+            trio.socket.set_custom_hostname_resolver(previous)
+        worker.stop()
+        await wait_until(lambda: worker.exit is WorkerExit.STOPPED)
+        await hub.shutdown()
