@@ -50,6 +50,7 @@ def test_every_layer_takes_several_urls(tmp_path: Path) -> None:
     assert settings(tmp_path, env={"LEAPCORE_WORKER_HUB": ""}) == []  # blank: unset
     flags = cli_flags("--hub", A, "--hub", f"{B},{C}")
     assert flags["hub"] == [A, f"{B},{C}"]
+    assert cli_flags("run", "--hub", A, "--hub", B)["hub"] == [A, B]
     # A later layer replaces the list whole: the flags win over the environment and the file.
     env = {"LEAPCORE_WORKER_HUB": B}
     assert settings(tmp_path, flags=flags, env=env, toml=f'hub = ["{C}"]') == [A, B, C]
