@@ -22,7 +22,7 @@ from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.errors import ConfigError, LinkClosed
 from leapcore.hub.server import Hub
 from leapcore.net.pipe import LinkPipe
-from leapcore.proto.link_codec import GoAway
+from leapcore.proto.link_codec import GoAway, Register, Registered
 from leapcore.store.workerstate import HUB_FILE, STATE_FILE, HubRecord, load_hub, save_hub
 from leapcore.worker.daemon import Worker, WorkerExit
 from leapcore.worker.signpool import InlineSigner
@@ -166,7 +166,7 @@ Dials = list[tuple[float, str]]
 
 
 def scripted_worker(
-    data: Path, hub: FakeHub, urls: list[str], dead: set[str], dials: Dials
+    data: Path, hub: FakeHub, urls: list[str], dead: set[str], dials: Dials, **kw: object
 ) -> Worker:
     """A worker whose ``dial`` records (time, URL), fails at once for the URLs in ``dead``
     and reaches ``hub`` for the others."""
@@ -187,6 +187,7 @@ def scripted_worker(
         uniform=Recorder(),  # 0.5: every wait is its base
         signer=InlineSigner(),
         dial=dial,
+        **kw,  # type: ignore[arg-type]
     )
     return worker
 
@@ -246,6 +247,43 @@ async def test_the_backoff_waits_after_a_whole_pass(
     start = dials[0][0]
     assert [round(t - start, 6) for t, _ in dials] == [0, 0, 0, 1, 1, 1, 3, 3, 3]
     assert [url for _, url in dials] == [A, B, C] * 3
+
+
+async def test_registration_passes_over_the_list(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every URL dead twice: each pass is tried at once, the backoff only between passes; then
+    the first hub that answers takes the registration, and the worker connects there."""
+    caplog.set_level(logging.INFO, logger="leapcore.worker")
+    dials: Dials = []
+    dead = {A, B}
+
+    async def script(link: HubLink, n: int) -> None:
+        if n == 0:
+            assert isinstance(await link.recv(), Register)
+            await link.send(Registered("w-42", "tok-42", "0123456789abcdef"))
+            return
+        await link.handshake()
+        await link.drain()
+
+    async with hub_running(script) as hub:
+        worker = scripted_worker(tmp_path, hub, [A, B], dead, dials, registration_key="k" * 24)
+        worker.prepare()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(worker.register)
+            while len(dials) < 4:
+                await trio.sleep(0.25)
+            dead.discard(B)
+            await wait_until(lambda: worker.state is not None and worker.state.registered)
+    start = dials[0][0]
+    assert [(round(t - start, 6), url) for t, url in dials] == [
+        (0, A), (0, B), (1, A), (1, B), (3, A), (3, B),
+    ]  # fmt: skip
+    record = load_hub(tmp_path)
+    assert record is not None and record.hub_url == B
+    assert worker.failover is not None and worker.failover.current == B  # passes start there
+    assert f"registration at {A} failed: cannot reach the hub at {A}" in caplog.text
+    assert "registration failed: http://a.example:1: cannot reach" in caplog.text
 
 
 @pytest.fixture
