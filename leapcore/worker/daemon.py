@@ -488,6 +488,9 @@ class Worker:
         self.attempts = 0
         #: Links the hub greeted so far.
         self.greetings = 0
+        #: Moves to the next hub URL at once (a failed dial, a dropped link or a ``go_away``
+        #: while other URLs were left in the pass).
+        self.hub_moves = 0
         #: Channel requests answered on every link so far, by result: ``opened``, or the
         #: refusal's code (:class:`~leapcore.worker.channels.ChannelServer`).
         self.channel_opens: collections.Counter[str] = collections.Counter()
@@ -634,6 +637,11 @@ class Worker:
         if self.online or self._offline_since is None:
             return None
         return max(0.0, self._now() - self._offline_since)
+
+    @property
+    def hub_index(self) -> int:
+        """The position in :attr:`hub_urls` of the hub dialled now or last (0: the first)."""
+        return self.hub_urls.index(self.hub_url) if self.hub_url in self.hub_urls else 0
 
     @property
     def latency(self) -> float | None:
@@ -885,6 +893,7 @@ class Worker:
                     break
                 if decision.delay == 0 and failover.current != self.hub_url:
                     log.info("link to %s ended; trying %s now", self.hub_url, failover.current)
+                    self.hub_moves += 1
                     continue
                 log.info("disconnected; reconnecting in %.3fs", decision.delay)
                 await trio.sleep(decision.delay)

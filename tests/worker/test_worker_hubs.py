@@ -16,7 +16,7 @@ import trio
 import trio.testing
 from support.fakehub import FakeHub, HubLink, Recorder, hub_running
 from support.helpers import expect
-from support.hubpeer import now_ms, registered_worker, serve_hub, wait_until
+from support.hubpeer import now_ms, parse, registered_worker, serve_hub, wait_until
 
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.errors import ConfigError, LinkClosed
@@ -25,6 +25,7 @@ from leapcore.net.pipe import LinkPipe
 from leapcore.proto.link_codec import GoAway, Register, Registered
 from leapcore.store.workerstate import HUB_FILE, STATE_FILE, HubRecord, load_hub, save_hub
 from leapcore.worker.daemon import Worker, WorkerExit
+from leapcore.worker.metrics import WorkerMetrics
 from leapcore.worker.signpool import InlineSigner
 
 A, B, C = "http://a.example:1", "http://b.example:2", "http://c.example:3"
@@ -101,6 +102,9 @@ async def test_a_worker_moves_between_the_hubs_of_one_database(
         assert "reconnecting in" not in caplog.text  # no backoff wait: every move was at once
         assert f"link to {urls[0]} ended; trying {urls[1]} now" in caplog.text
         assert f"link to {urls[1]} ended; trying {urls[2]} now" in caplog.text
+        samples = parse(WorkerMetrics(worker).render().decode())
+        assert samples[("leapcore_worker_hub_moves_total", ())] == 2
+        assert samples[("leapcore_worker_hub_index", ())] == 3  # the list's fourth URL
         worker.stop()
         await wait_until(lambda: worker.exit is WorkerExit.STOPPED)
         await hubs[2].shutdown()
