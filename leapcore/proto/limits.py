@@ -111,6 +111,9 @@ BACKOFF_JITTER: Final = 0.2
 BACKOFF_RESET_AFTER: Final = 30.0
 #: The wait a hub that is shutting down asks of its workers (a whole number of seconds).
 GO_AWAY_DELAY: Final = 10
+#: Hub URLs one worker may be given (``--hub`` repeated, a comma-separated list); more is a
+#: configuration error (:mod:`leapcore.proto.hub_failover`).
+MAX_HUB_URLS: Final = 16
 #: Seconds a channel open may take: the hub's wait for the worker's answer, and a
 #: client's whole open (request, handshake and first Ping).
 OPEN_TIMEOUT: Final = 30.0

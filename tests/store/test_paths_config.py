@@ -258,7 +258,7 @@ def test_worker_settings_without_a_config_file(tmp_path: Path) -> None:
     settings, used = worker_settings(flags={}, env={}, home=tmp_path, config_path=None)
     assert used is None
     assert settings["data_dir"] == str(tmp_path / ".config/leapcore/worker")
-    assert settings["hub"] == ""  # never a default hub: the worker must be told (or remember)
+    assert settings["hub"] == []  # never a default hub: the worker must be told (or remember)
     assert {k: v for k, v in settings.items() if k != "data_dir"} == {
         k: default for k, (_t, default) in WORKER_KEYS.items() if k != "data_dir"
     }
