@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from support.helpers import expect
@@ -30,6 +32,7 @@ from leapcore.store.hubstore import (
     KEY_PREFIX_LENGTH,
     SCHEMA_VERSION,
     HubStore,
+    Notification,
     SQLiteHubStore,
     WorkerStatus,
     new_id,
@@ -310,6 +313,61 @@ def test_deregistration_rules(store: HubStore) -> None:
     # An administrator may.
     note = store.deregister_worker(solo.id, T, requested_by=None)
     assert note.reason == "worker deregistered by administrator"
+
+
+def _racing(calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` at once in threads (released together); what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:  # the race's outcome, checked by the caller
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_four_hubs_deregistering_one_worker_queue_one_notification(
+    make_store: StoreMaker,
+) -> None:
+    store = make_store.open()
+    user, _ = store.create_user("alice", T)
+    worker, _ = register(store, user.id)
+    hubs = [make_store.open() for _ in range(4)]  # a connection each, as four hubs
+    results = _racing(
+        [lambda h=h: h.deregister_worker(worker.id, T, requested_by=None) for h in hubs]
+    )
+    notes = [r for r in results if isinstance(r, Notification)]
+    lost = [r for r in results if isinstance(r, NotFound)]
+    assert (len(notes), len(lost)) == (1, 3), results
+    assert [n.id for n in store.pending_notifications(worker.id)] == [notes[0].id]
+
+
+def test_two_hubs_registering_one_name_for_one_owner_make_one_worker(
+    make_store: StoreMaker,
+) -> None:
+    """Two keys of one owner, the same worker name, two hubs at once: the owner's row is
+    locked for the name check, so one registers and the other is told the name is taken."""
+    store = make_store.open()
+    user, _ = store.create_user("alice", T)
+    keys = [store.mint_registration_key(user.id, T)[1] for _ in range(2)]
+    hubs = [make_store.open() for _ in range(2)]
+    results = _racing(
+        [
+            lambda h=h, k=k: h.register_worker(k, name="box", version="1", labels={}, now_ms=T)
+            for h, k in zip(hubs, keys, strict=True)
+        ]
+    )
+    assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "tuple"], results
+    assert [w.name for w in store.list_workers(owner_id=user.id)] == ["box"]
 
 
 def test_notification_gives_up_after_five_attempts(store: HubStore) -> None:
