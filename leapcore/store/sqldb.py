@@ -14,6 +14,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
 
 from ..errors import StorageError
+from ..proto.limits import DEFAULT_STORE_POOL_SIZE, MAX_STORE_POOL_SIZE
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
@@ -27,9 +28,9 @@ __all__ = [
 ]
 
 #: Connections a hub keeps to PostgreSQL at most (the hub setting ``store_pool_size``),
-#: and the most that setting may say.
-DEFAULT_POOL_SIZE: Final = 8
-MAX_POOL_SIZE: Final = 100
+#: and the most that setting may say (constants of :mod:`leapcore.proto.limits`).
+DEFAULT_POOL_SIZE: Final = DEFAULT_STORE_POOL_SIZE
+MAX_POOL_SIZE: Final = MAX_STORE_POOL_SIZE
 
 
 class Rows(Protocol):

@@ -187,3 +187,36 @@ def test_the_store_recovers_when_its_connections_are_cut(pg_server: PgServer, pg
     )
     assert [u.name for u in store.list_users()] == ["alice"]
     store.close()
+
+
+def test_many_concurrent_calls_never_open_more_than_the_pool_size(
+    pg_server: PgServer, pg_url: str
+) -> None:
+    """Sixteen threads hammering one store with a pool of 2: at most 2 connections."""
+    store = PostgresHubStore(pg_url, pool_size=2)
+    store.create_user("alice", T)
+    name = pg_server.dbname(pg_url)
+    seen: list[int] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            store.get_user("alice")
+            store.list_users()
+
+    threads = [threading.Thread(target=hammer) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+    try:
+        with psycopg.connect(pg_server.url("postgres"), autocommit=True) as watcher:
+            for _ in range(20):
+                (count,) = watcher.execute(
+                    "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = %s", (name,)
+                ).fetchone() or (0,)
+                seen.append(count)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    store.close()
+    assert max(seen) <= 2 and max(seen) >= 1, seen
