@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import psycopg
-from support.procs import script
+from support.procs import Env, script
 
 from leapcore.errors import StorageError
 from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION
@@ -78,3 +78,22 @@ def test_an_unreachable_server_names_it_without_the_password(tmp_path: Path) -> 
     assert proc.returncode == exit_code_for(StorageError("x"))
     assert f"postgresql://hub@{tmp_path}/hubdb: cannot connect" in proc.stderr
     assert "pw-not-shown" not in proc.stderr + proc.stdout
+
+
+def test_a_hub_on_postgresql_serves_a_worker_end_to_end(tmp_path: Path, pg_url: str) -> None:
+    """``leapcore-hub serve`` with ``LEAPCORE_HUB_STORE``: the admin commands and the hub
+    share the PostgreSQL database, a worker registers and comes online, and no SQLite file
+    is made in the data directory."""
+    env = Env(tmp_path)
+    env.env["LEAPCORE_HUB_STORE"] = pg_url
+    try:
+        env.start_hub()
+        env.login()
+        env.start_worker("box", env.reg_key())
+        env.wait_online("box")
+        [worker] = env.admin("worker", "list")["workers"]
+        assert worker["name"] == "box"
+        assert env.admin("info")["database"].startswith("postgresql://")
+        assert not (env.hub_dir / "hub.db").exists()
+    finally:
+        env.cleanup()
