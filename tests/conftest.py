@@ -19,6 +19,7 @@ secret masked).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -119,6 +120,7 @@ def pg_server() -> Iterator[pgserver.PgServer]:
             pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
         pytest.skip(reason)
     server = pgserver.start_server(bin_dir)
+    atexit.register(pgserver.remove, server)  # also when the session is interrupted
     try:
         yield server
     finally:

@@ -176,5 +176,7 @@ def start_server(bin_dir: Path) -> PgServer:
 
 
 def remove(server: PgServer) -> None:
-    server.stop()
-    shutil.rmtree(server.root, ignore_errors=True)
+    """Stop the server and delete its directory (again: nothing)."""
+    if server.root.exists():
+        server.stop()
+        shutil.rmtree(server.root, ignore_errors=True)
