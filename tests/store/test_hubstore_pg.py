@@ -220,3 +220,14 @@ def test_many_concurrent_calls_never_open_more_than_the_pool_size(
             thread.join(timeout=60)
     store.close()
     assert max(seen) <= 2 and max(seen) >= 1, seen
+
+
+def test_a_call_that_finds_no_free_connection_in_time_is_a_storage_error(pg_url: str) -> None:
+    """Every connection busy past the pool's wait (``connect_timeout``): StorageError."""
+    store = PostgresHubStore(pg_url, pool_size=1, connect_timeout=1)
+    with store._db.transaction():  # holds the only connection
+        expect(
+            StorageError, f"^{re.escape(store.location)}: hub database error: ", store.list_users
+        )
+    assert store.list_users() == []  # and the pool serves again once it is free
+    store.close()
