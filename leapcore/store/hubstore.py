@@ -1,10 +1,18 @@
 """The hub's persistent state: users, API tokens, registration keys, workers, notifications.
 
-:class:`SQLiteHubStore` keeps it in SQLite, WAL mode (safe for the admin CLI
-to use while the hub runs). Its public methods are the whole interface the
-hub and the admin CLI use, and nothing outside this module writes SQL, so a
-deployment that outgrows one hub can bring another implementation (e.g.
-PostgreSQL) with the same methods without touching the hub.
+:class:`HubStore` holds every query, written once in the SQL that SQLite and PostgreSQL
+share; its public methods are the whole interface the hub and the admin CLI use, and
+nothing outside the store writes SQL. The backend is a small piece
+(:class:`~leapcore.store.sqldb.Database`): :class:`SQLiteHubStore` keeps the state in one
+SQLite file, WAL mode (safe for the admin CLI to use while the hub runs;
+:mod:`.sqlitedb`), :class:`PostgresHubStore` in a PostgreSQL database that several hubs
+may share (:mod:`.pgdb`); :func:`open_hub_store` picks one from a location. A migration is
+written in SQLite's spelling and must stay portable: PostgreSQL gets it through
+:data:`leapcore.store.pgdb.DIALECT` (types only), so use ``?`` placeholders, no SQLite-only
+functions (two-argument ``MIN``/``MAX``: ``CASE``; ``INSERT OR IGNORE``: ``ON CONFLICT DO
+NOTHING``) and no ``rowid`` (:attr:`~leapcore.store.sqldb.Database.row_order` instead);
+where a check must hold until commit on PostgreSQL, lock the rows it reads
+(:attr:`~leapcore.store.sqldb.Database.for_update`).
 
 Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
 
