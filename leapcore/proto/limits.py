@@ -269,6 +269,10 @@ REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
 REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
 #: Active workers one user may register (0: unlimited); hub setting ``max_workers_per_user``.
 DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+#: Connections one hub keeps to PostgreSQL at most, and the most that hub setting
+#: ``store_pool_size`` may say (``leapcore.store.pgdb``).
+DEFAULT_STORE_POOL_SIZE: Final = 8
+MAX_STORE_POOL_SIZE: Final = 100
 
 # --- The worker's budgets -------------------------------------------------------------------
 

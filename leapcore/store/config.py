@@ -62,6 +62,7 @@ from ..proto.limits import (
     max_message_size_problem,
 )
 from ..proto.tunnel_policy import parse_rule
+from .sqldb import DEFAULT_POOL_SIZE, MAX_POOL_SIZE
 
 __all__ = [
     "HUB_ENV_PREFIX",
@@ -73,6 +74,7 @@ __all__ = [
     "WORKER_KEYS",
     "WORKER_PATH_KEYS",
     "hub_settings",
+    "hub_store_location",
     "layer",
     "parse_pairs",
     "read_config_file",
@@ -140,6 +142,10 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "public_url": (str, ""),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
+    # Where the hub's state is (hub_store_location): "" = data_dir/hub.db (SQLite); an SQLite
+    # file's path; or a postgresql:// URL, with at most store_pool_size connections.
+    "store": (str, ""),
+    "store_pool_size": (int, DEFAULT_POOL_SIZE),
     "log_level": (str, "info"),
     "log_format": (str, "text"),
     # The budgets of leapcore.proto.limits.HubLimits, under the same names.
@@ -223,6 +229,7 @@ _WORKER_CHECKS: Final[dict[str, _Check]] = {
 _HUB_CHECKS: Final[dict[str, _Check]] = {
     "max_workers_per_user": _workers_per_user,
     "max_message_size": max_message_size_problem,
+    "store_pool_size": _range(1, MAX_POOL_SIZE),
     "log_level": _log_level,
     "log_format": _log_format,
     **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
@@ -529,3 +536,18 @@ def hub_settings(
         default_dir=hub_config_dir(home),
     )
     return settings, used
+
+
+def hub_store_location(settings: Mapping[str, Any]) -> str | Path:
+    """Where :func:`hub_settings`' hub keeps its state: the ``store`` setting's
+    ``postgresql://`` (or ``postgres://``) URL as it is; an SQLite file's path (a relative one
+    is taken in ``data_dir``); with no ``store``, ``data_dir``/``hub.db``."""
+    from .paths import hub_database_path
+
+    value = str(settings.get("store") or "")
+    data_dir = Path(settings["data_dir"])
+    if not value:
+        return hub_database_path(data_dir)
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return data_dir / Path(value).expanduser()
