@@ -57,6 +57,7 @@ import json
 import logging
 import secrets
 import string
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, suppress
 from pathlib import Path
@@ -126,6 +127,8 @@ KEY_PREFIX_LENGTH: Final = 6
 #: A hub id: this many random lowercase hex digits, made once per database.
 HUB_ID_HEX: Final = 16
 
+#: The notification channel (PostgreSQL LISTEN/NOTIFY) of :meth:`HubStore.watch_changes`.
+CHANGES_CHANNEL: Final = "leapcore_hub_changes"
 #: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
 BATCH: Final = 500
 
@@ -629,6 +632,7 @@ class HubStore:
             ).rowcount
             if not changed:
                 raise NotFound(f"no live API token with id {token_id!r}")
+            db.notify(CHANGES_CHANNEL, f"api_token_revoked:{token_id}")
             if origin is not None:
                 row = db.execute(
                     "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id "
@@ -779,6 +783,7 @@ class HubStore:
         with self._tx() as db:
             if not db.execute(query, args).rowcount:
                 raise NotFound(f"registration key not found: {key_id}")
+            db.notify(CHANGES_CHANNEL, f"registration_key_revoked:{key_id}")
             if origin is not None:
                 self._audit(
                     db,
@@ -1181,6 +1186,19 @@ class HubStore:
                 [(at, at, worker_id) for worker_id, at in seen.items()],
             )
 
+    @property
+    def announces_changes(self) -> bool:
+        """Whether :meth:`watch_changes` works (PostgreSQL: yes; SQLite: no, hubs poll)."""
+        return self._db.announces_changes
+
+    def watch_changes(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_change(what)`` when any process using this database revokes an API
+        token (``"api_token_revoked:ID"``), deregisters a worker (``"worker_deregistered:ID"``)
+        or revokes a registration key (``"registration_key_revoked:ID"``), and with ``""``
+        after each (re)connection (changes may have been missed: check everything). Blocks
+        until ``stop`` is set (run it in a thread); :class:`LocalError` on SQLite."""
+        self._db.watch(CHANGES_CHANNEL, on_change, stop)
+
     def deregister_worker(
         self,
         worker_id: str,
@@ -1220,6 +1238,7 @@ class HubStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 (note.id, worker_id, note.kind, reason, now_ms),
             )
+            db.notify(CHANGES_CHANNEL, f"worker_deregistered:{worker_id}")
             if origin is not None:
                 self._audit(
                     db,

@@ -10,18 +10,24 @@
 * Transactions are READ COMMITTED; what must have a single winner (a registration key's
   consumption, a deregistration) is a conditional ``UPDATE`` or locks its rows with
   ``SELECT ... FOR UPDATE`` (:attr:`PostgresDatabase.for_update`).
+* Change notifications: :meth:`_Conn.notify` is ``pg_notify`` (delivered when the
+  transaction commits); :meth:`PostgresDatabase.watch` LISTENs on a connection of its own,
+  outside the pool, and listens again after the connection is lost.
 * Every psycopg error is a :class:`StorageError` naming the server and database
   (:attr:`PostgresDatabase.location`), never the password.
 """
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Iterable, Iterator, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final
 
 import psycopg
+from psycopg import sql as psql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool
 
@@ -34,6 +40,12 @@ __all__ = [
     "pg_migration",
 ]
 
+log = logging.getLogger(__name__)
+
+#: How often a watching connection checks whether it should stop (seconds).
+WATCH_CHECK_INTERVAL: Final = 0.5
+#: How long a watch waits before listening again after its connection was lost (seconds).
+WATCH_RECONNECT_DELAY: Final = 1.0
 #: The advisory lock a migration holds (any fixed 64-bit number: "leapcore" in ASCII).
 MIGRATION_LOCK: Final = 0x6C65617063_6F7265
 #: SQLite's spelling in a migration, and PostgreSQL's, in order.
@@ -87,6 +99,9 @@ class _Conn:
         except psycopg.Error as exc:
             raise self._db.error(exc) from None
 
+    def notify(self, channel: str, payload: str) -> None:
+        self.execute("SELECT pg_notify(?, ?)", (channel, payload))
+
 
 def _location(params: dict[str, Any]) -> str:
     user = f"{params['user']}@" if params.get("user") else ""
@@ -100,6 +115,7 @@ class PostgresDatabase:
 
     row_order = "id"
     for_update = " FOR UPDATE"
+    announces_changes = True
 
     def __init__(
         self, url: str, *, pool_size: int = DEFAULT_POOL_SIZE, connect_timeout: float = 10.0
@@ -116,6 +132,8 @@ class PostgresDatabase:
                 "the hub store is not a valid PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE)"
             ) from None
         self.location = _location(params)
+        self._url = url
+        self._connect_timeout = max(1, round(connect_timeout))
         self._password = str(params.get("password") or "")
         self.max_concurrent_calls = pool_size
         self.context = "cannot connect to the hub database"
@@ -202,6 +220,24 @@ class PostgresDatabase:
                     db.execute(statement)
             db.execute("UPDATE leapcore_schema SET version = ?", (latest,))
         return before, latest
+
+    def watch(self, channel: str, on_message: Callable[[str], None], stop: threading.Event) -> None:
+        """LISTEN on its own connection (outside the pool), checking ``stop`` every
+        :data:`WATCH_CHECK_INTERVAL`; a lost connection is opened again after
+        :data:`WATCH_RECONNECT_DELAY` (logged once per loss, without the password)."""
+        while not stop.is_set():
+            try:
+                with psycopg.connect(
+                    self._url, autocommit=True, connect_timeout=self._connect_timeout
+                ) as conn:
+                    conn.execute(psql.SQL("LISTEN {}").format(psql.Identifier(channel)))
+                    on_message("")
+                    while not stop.is_set():
+                        for note in conn.notifies(timeout=WATCH_CHECK_INTERVAL):
+                            on_message(note.payload)
+            except psycopg.Error as exc:
+                log.warning("%s; listening again in %g s", self.error(exc), WATCH_RECONNECT_DELAY)
+                stop.wait(WATCH_RECONNECT_DELAY)
 
     def opened(self, latest: int) -> None:
         """Nothing to check before migrating (:meth:`migrate` refuses what it must)."""

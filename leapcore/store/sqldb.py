@@ -9,6 +9,7 @@ versioned migrations and turns its driver's errors into
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Final, Protocol
@@ -51,6 +52,11 @@ class Conn(Protocol):
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Tell every process watching ``channel`` (:meth:`Database.watch`) once this
+        transaction commits; nothing where the backend has no notifications."""
+        ...
+
 
 class Database(Protocol):
     """A backend. Every failure of the database is a :class:`StorageError` naming
@@ -68,6 +74,16 @@ class Database(Protocol):
     #: A column of every table that orders rows of equal time (SQLite's ``rowid``, the
     #: order of insertion; ``id`` on PostgreSQL).
     row_order: str
+
+    #: Whether :meth:`watch` works (PostgreSQL's LISTEN/NOTIFY; not SQLite).
+    announces_changes: bool
+
+    def watch(self, channel: str, on_message: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_message(payload)`` for every :meth:`Conn.notify` on ``channel``, from
+        any process, until ``stop`` is set; blocking (run it in a thread). After each
+        (re)connection it calls ``on_message("")``: what was sent while no connection
+        listened is lost, so the caller checks everything again."""
+        ...
 
     def transaction(self) -> AbstractContextManager[Conn]:
         """One write transaction: committed when the block ends, rolled back when it

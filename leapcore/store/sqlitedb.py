@@ -12,12 +12,12 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-from ..errors import StorageError
+from ..errors import LocalError, StorageError
 from .atomicfile import ensure_private_dir
 from .sqldb import CheckedRows, refuse_newer, statements
 
@@ -51,6 +51,9 @@ class _Conn:
         except sqlite3.DatabaseError as exc:
             raise self.error(exc) from None
 
+    def notify(self, channel: str, payload: str) -> None:
+        """Nothing: hubs sharing one SQLite file find changes by polling."""
+
     @property
     def in_transaction(self) -> bool:
         return self._conn.in_transaction
@@ -65,6 +68,7 @@ class SQLiteDatabase:
     max_concurrent_calls = 1
     row_order = "rowid"
     for_update = ""
+    announces_changes = False
 
     def __init__(self, path: Path | str, *, create: bool = True, timeout: float = 10.0) -> None:
         """Open the file at ``path``: with ``create``, made when missing (its directory with
@@ -161,6 +165,9 @@ class SQLiteDatabase:
                     db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number + 1}")
         return before, latest
+
+    def watch(self, channel: str, on_message: Callable[[str], None], stop: threading.Event) -> None:
+        raise LocalError("an SQLite hub store has no change notifications (hubs poll it)")
 
     def close(self) -> None:
         with self._lock:
