@@ -193,6 +193,7 @@ from ..store.hubstore import (
     WorkerStatus,
     utc_text,
 )
+from .cluster import Cluster, ClusterOptions
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
 from .rpc import WORKER_METHODS, call
@@ -516,10 +517,12 @@ class Hub:
         wall_clock: Callable[[], float] = time.time,
         store: SQLiteHubStore | None = None,
         limits: HubLimits = DEFAULT_LIMITS,
+        cluster: ClusterOptions | None = None,
     ) -> None:
         """``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
-        are the budgets of :class:`~leapcore.proto.limits.HubLimits`."""
+        are the budgets of :class:`~leapcore.proto.limits.HubLimits`. ``cluster``: this hub
+        is one of several sharing the database (:mod:`leapcore.hub.cluster`)."""
         validate_max_message_size(max_message_size)
         if store is None:
             store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
@@ -559,6 +562,8 @@ class Hub:
         self.store.api_token_lifetime_ms = limits.api_token_lifetime_days * DAY_MS
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
+        #: This hub's part in a cluster of hubs sharing its database, or None.
+        self.cluster = Cluster(self, cluster) if cluster is not None else None
 
     # -- what hubrpc needs ------------------------------------------------------------
 
@@ -566,7 +571,10 @@ class Hub:
         return int(self._wall_clock() * 1000)
 
     def is_online(self, worker_id: str) -> bool:
-        return self.router.worker_link(worker_id) is not None
+        """Linked here, or (in a cluster) holding a live presence lease on another hub."""
+        if self.router.worker_link(worker_id) is not None:
+            return True
+        return self.cluster is not None and self.cluster.online_elsewhere(worker_id)
 
     @property
     def online_workers(self) -> frozenset[str]:
@@ -625,6 +633,8 @@ class Hub:
                 async with trio.open_nursery() as nursery:
                     log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
                     self.purge()
+                    if self.cluster is not None:
+                        await nursery.start(self.cluster.run)
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     nursery.start_soon(self._purge_forever)
@@ -645,14 +655,16 @@ class Hub:
             self.store.close()
 
     async def shutdown(self) -> None:
-        """Close every channel, tell every peer to come back in 10 s (2 s budget in all),
-        then close every link."""
+        """Close every channel, tell every peer to come back in 10 s (at once when other hubs
+        of its cluster are alive: they take the workers) (2 s budget in all), then close
+        every link."""
         self._apply(self.router.shutdown())
         links = list(self._links)
+        delay = 0 if self.cluster is not None and self.cluster.others_alive else GO_AWAY_DELAY
         with trio.move_on_after(SHUTDOWN_BUDGET):
             async with trio.open_nursery() as nursery:
                 for link in links:
-                    if link.enqueue(GoAway(GO_AWAY_DELAY, "hub is shutting down")):
+                    if link.enqueue(GoAway(delay, "hub is shutting down")):
                         nursery.start_soon(link.flushed)
         for link in links:
             link.scope.cancel()
@@ -861,6 +873,8 @@ class Hub:
             if published:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
+                if self.cluster is not None:
+                    self.cluster.worker_down(link.worker.id)
                 self.presence.changed(link.worker.owner_id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
@@ -1055,6 +1069,8 @@ class Hub:
                 detail={"previous_address": older.peer or None},
             )
         self._apply(self.router.publish(link))
+        if self.cluster is not None:
+            self.cluster.worker_up(worker.id)
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
         self._offer_rotation(link)
@@ -1439,7 +1455,8 @@ class Hub:
         elif isinstance(action, Offer):
             self._apply(self.router.offered(action, action.link.enqueue(action.message)))
         elif isinstance(action, Lookup):
-            self._apply(self.router.found(action, self._target(action.message.worker_id)))
+            if self.cluster is None or not self.cluster.routes(action):
+                self._apply(self.router.found(action, self._target(action.message.worker_id)))
         elif isinstance(action, ChannelGone):
             for end in action.ends:
                 end.flows.pop(action.channel_id, None)
