@@ -112,6 +112,15 @@ T = TypeVar("T")
 
 #: Seconds a link coming up or going waits for others before the presence write.
 PRESENCE_BATCH: Final = 0.2
+#: What ends one hub-to-hub link (logged; never the hub): the network, a timeout, a bad
+#: frame, the other hub's refusal, or a bug in handling one record.
+_LINK_ENDS: Final = (
+    OSError,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    LeapcoreError,
+)
 #: Link records each side of a hub-to-hub link may send (besides cluster records).
 _FROM_DIALLER: Final = frozenset({"channel_close", "channel_credit", "data"})
 _FROM_LISTENER: Final = frozenset(
@@ -735,8 +744,8 @@ class Cluster:
                         await self._dialler_handshake(link, stream, decoder)
                     log.info("%s is up (%s)", link, address)
                     await self._serve(link, stream, decoder)
-        except (OSError, trio.TooSlowError, LeapcoreError, trio.BrokenResourceError) as exc:
-            log.warning("%s (%s): %s", link, address, _describe(exc))
+        except* _LINK_ENDS as group:
+            log.warning("%s (%s): %s", link, address, _describe(group))
         finally:
             link.close()
             if self._out.get(link.remote) is link:
@@ -785,8 +794,8 @@ class Cluster:
                         await self._listener_handshake(link, stream, decoder, peer)
                     log.info("%s is up (%s)", link, peer)
                     await self._serve(link, stream, decoder)
-        except (OSError, trio.TooSlowError, LeapcoreError, trio.BrokenResourceError) as exc:
-            log.warning("hub-to-hub link from %s: %s", peer, _describe(exc))
+        except* _LINK_ENDS as group:
+            log.warning("hub-to-hub link from %s: %s", peer, _describe(group))
         finally:
             self._inbound.discard(link)
             link.close()
@@ -872,6 +881,8 @@ def _peer_of(stream: trio.SocketStream) -> str:
 
 
 def _describe(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
     if isinstance(exc, trio.TooSlowError):
         return "timed out"
     if isinstance(exc, OSError):

@@ -133,6 +133,13 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # its "Register worker" command names ("" = the listen address's URL).
     "web_listen": (str, ""),
     "public_url": (str, ""),
+    # Several hubs on one database (leapcore.hub.cluster): the hub-to-hub listener
+    # (HOST:PORT, "" = none), the address other hubs dial ("" = the listen address), the
+    # 0600 file holding the shared cluster secret, and a stable node id ("" = random).
+    "cluster_listen": (str, ""),
+    "cluster_advertise": (str, ""),
+    "cluster_secret_file": (str, ""),
+    "node_name": (str, ""),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "log_level": (str, "info"),
@@ -147,7 +154,7 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
 WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy", "audit_log")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
-HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
+HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix", "cluster_secret_file")
 
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")

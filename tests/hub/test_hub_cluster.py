@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 from support.hubpeer import (
     SIZE,
     Env,
@@ -39,10 +40,21 @@ from leapcore.proto.cluster_wire import (
     ClusterDecoder,
     ClusterError,
     ClusterHello,
+    ClusterPing,
     ClusterProof,
+    ClusterReady,
     encode_cluster,
+    proof,
+    proof_ok,
 )
-from leapcore.proto.limits import CHANNEL_CREDIT, CLUSTER_LEASE, GO_AWAY_DELAY
+from leapcore.proto.limits import (
+    CHANNEL_CREDIT,
+    CLUSTER_HANDSHAKE_TIMEOUT,
+    CLUSTER_IDLE_TIMEOUT,
+    CLUSTER_LEASE,
+    CLUSTER_MAX_CONNECTIONS,
+    GO_AWAY_DELAY,
+)
 from leapcore.proto.link_codec import (
     ChannelAccept,
     ChannelClose,
@@ -54,6 +66,7 @@ from leapcore.proto.link_codec import (
     GoAway,
     HeartbeatAck,
     OpenChannel,
+    encode,
 )
 
 SECRET = b"a shared cluster secret, 32 bytes!"
@@ -379,3 +392,70 @@ async def test_cluster_status_cli(tmp_path: Path) -> None:
             assert lines[0].split()[:2] == ["NODE", "ADVERTISE"]
             assert lines[2].split()[0] == "b" and lines[2].split()[-3:] == ["live", "1", "0"]
             assert lines[-1] == "2 live hubs, 1 workers online, 0 channels"
+
+
+# -- budgets of the hub-to-hub listener (docs/budgets.md), on trio's MockClock ----------------
+
+
+async def signed_in(address: tuple[str, int], node: str = "x") -> tuple[trio.SocketStream, Any]:
+    """A raw dialler that knows the secret, signed in: (its stream, a record reader)."""
+    stream = await trio.open_tcp_stream(*address)
+    decoder = ClusterDecoder(frozenset({"channel_opened", "channel_close", "data"}))
+
+    async def record() -> Any:
+        while (message := decoder.next()) is None:
+            data = await stream.receive_some()
+            if not data:
+                return None
+            decoder.receive_data(data)
+        return message
+
+    mine = os.urandom(32)
+    await stream.send_all(encode_cluster(ClusterHello(CLUSTER_VERSION, node, mine)))
+    challenge = await record()
+    assert isinstance(challenge, ClusterChallenge)
+    nonces, nodes = (mine, challenge.nonce), (node, challenge.node_id)
+    assert proof_ok(SECRET, challenge.proof, dialler=False, nonces=nonces, nodes=nodes)
+    await stream.send_all(
+        encode_cluster(ClusterProof(proof(SECRET, dialler=True, nonces=nonces, nodes=nodes)))
+    )
+    assert await record() == ClusterReady()
+    return stream, record
+
+
+async def test_cluster_listener_budgets(
+    tmp_path: Path, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with hubs(tmp_path, options("a")) as (a,):
+        assert a.hub.cluster is not None and a.hub.cluster.bound is not None
+        address = a.hub.cluster.bound
+        # Silent before signing in: closed after the handshake budget.
+        silent = await trio.open_tcp_stream(*address)
+        start = trio.current_time()
+        assert await silent.receive_some() == b""
+        assert trio.current_time() - start == pytest.approx(CLUSTER_HANDSHAKE_TIMEOUT, abs=0.1)
+        # A frame over the size limit: closed without a word.
+        big = await trio.open_tcp_stream(*address)
+        await big.send_all(b"\xff\xff\xff\xff\x03")
+        assert await big.receive_some() == b""
+        # Signed in, then silent: closed once the idle budget passed without a ping answered.
+        stream, record = await signed_in(address)
+        start = trio.current_time()
+        while (message := await record()) is not None:
+            assert isinstance(message, ClusterPing)
+        assert trio.current_time() - start == pytest.approx(CLUSTER_IDLE_TIMEOUT, abs=0.1)
+        # Signed in, then a record the dialling side may not send: that link alone ends.
+        stream, record = await signed_in(address)
+        await stream.send_all(encode(ChannelOpened(1, 1, b"m2", 65519)))
+        assert await record() is None
+        # At most CLUSTER_MAX_CONNECTIONS at once: the next one is closed unread.
+        held = [await trio.open_tcp_stream(*address) for _ in range(CLUSTER_MAX_CONNECTIONS)]
+        await wait_until(lambda: len(a.hub.cluster._inbound) == CLUSTER_MAX_CONNECTIONS)  # type: ignore[union-attr]
+        extra = await trio.open_tcp_stream(*address)
+        assert await extra.receive_some() == b""
+        for s in held:
+            await s.aclose()
+        # The hub still serves.
+        worker_id, token = await a.env.register()
+        async with a.env.worker(token):
+            assert a.hub.is_online(worker_id)
