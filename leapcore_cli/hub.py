@@ -87,6 +87,8 @@ SERVE_FLAGS: Final = (
     "cluster_advertise",
     "cluster_secret_file",
     "node_name",
+    "cluster_lease",
+    "cluster_renew_interval",
     "log_level",
     "log_format",
     "max_message_size",
@@ -157,6 +159,8 @@ def cluster_options(settings: dict[str, Any]) -> ClusterOptions | None:
         advertise=settings["cluster_advertise"],
         secret=read_secret_file(settings["cluster_secret_file"]),
         node_name=settings["node_name"],
+        lease=settings["cluster_lease"],
+        renew_interval=settings["cluster_renew_interval"],
     )
 
 
@@ -452,6 +456,11 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         default=hide,
         help="this hub's node id in the cluster (default: random at each start)",
     )
+    for key, text in (
+        ("cluster_lease", "seconds a hub's lease and its workers' presence last (default 15)"),
+        ("cluster_renew_interval", "seconds between a hub's lease renewals (default 5)"),
+    ):
+        add("--" + key.replace("_", "-"), metavar="SECONDS", type=float, default=hide, help=text)
     add(
         "--data-dir",
         metavar="DIR",

@@ -406,6 +406,10 @@ LAST_SEEN_FLUSH_INTERVAL: Final = 5.0
 # stopped renewing shows offline once its lease (CLUSTER_LEASE) ends.
 CLUSTER_RENEW_INTERVAL: Final = 5.0
 CLUSTER_LEASE: Final = 15.0
+#: Their accepted ranges (hub settings ``cluster_renew_interval``, ``cluster_lease``; the
+#: lease must also be longer than the interval).
+CLUSTER_RENEW_RANGE: Final = (0.1, 600.0)
+CLUSTER_LEASE_RANGE: Final = (0.5, 3600.0)
 #: Hub-to-hub links: seconds for the dial and the secret's challenge-response, the ping
 #: interval, and the silence after which a link is dead.
 CLUSTER_HANDSHAKE_TIMEOUT: Final = 10.0

@@ -48,6 +48,10 @@ from ..proto.limits import (
     AUDIT_LOG_MAX_BYTES,
     AUDIT_LOG_MAX_BYTES_RANGE,
     AUDIT_LOG_RETENTION_DAYS,
+    CLUSTER_LEASE,
+    CLUSTER_LEASE_RANGE,
+    CLUSTER_RENEW_INTERVAL,
+    CLUSTER_RENEW_RANGE,
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_WORKERS_PER_USER,
@@ -140,6 +144,9 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     "cluster_advertise": (str, ""),
     "cluster_secret_file": (str, ""),
     "node_name": (str, ""),
+    # Seconds a hub's lease (and its workers' presence) lasts, and between its renewals.
+    "cluster_lease": (float, CLUSTER_LEASE),
+    "cluster_renew_interval": (float, CLUSTER_RENEW_INTERVAL),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     "log_level": (str, "info"),
@@ -194,8 +201,8 @@ def _concurrency(value: dict[str, int]) -> str | None:
     return None
 
 
-def _range(low: int, high: int) -> _Check:
-    def check(value: int) -> str | None:
+def _range(low: float, high: float) -> _Check:
+    def check(value: float) -> str | None:
         return None if low <= value <= high else f"must be {low} .. {high}, got {value}"
 
     return check
@@ -218,6 +225,8 @@ _HUB_CHECKS: Final[dict[str, _Check]] = {
     "max_message_size": max_message_size_problem,
     "log_level": _log_level,
     "log_format": _log_format,
+    "cluster_lease": _range(*CLUSTER_LEASE_RANGE),
+    "cluster_renew_interval": _range(*CLUSTER_RENEW_RANGE),
     **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
 }
 

@@ -355,6 +355,41 @@ def test_the_secret_file_must_be_private(tmp_path: Path) -> None:
         ClusterOptions(listen=("127.0.0.1", 0))
 
 
+def test_cluster_settings(tmp_path: Path) -> None:
+    from leapcore.store.config import hub_settings
+    from leapcore_cli.hub import cluster_options
+
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    secret.chmod(0o600)
+
+    def settings(**flags: Any) -> dict[str, Any]:
+        return hub_settings(flags=flags, env={}, home=tmp_path, config_path=None)[0]
+
+    assert cluster_options(settings()) is None
+    made = cluster_options(
+        settings(
+            cluster_listen="127.0.0.1:0",
+            cluster_secret_file=str(secret),
+            node_name="n1",
+            cluster_lease=3.0,
+            cluster_renew_interval=0.5,
+        )
+    )
+    assert made == ClusterOptions(
+        listen=("127.0.0.1", 0), secret=SECRET, node_name="n1", lease=3.0, renew_interval=0.5
+    )
+    assert SECRET.decode() not in repr(made)
+    with pytest.raises(ConfigError, match="needs cluster_secret_file"):
+        cluster_options(settings(cluster_listen="127.0.0.1:0"))
+    with pytest.raises(ConfigError, match="longer than"):
+        cluster_options(
+            settings(cluster_secret_file=str(secret), cluster_lease=1.0, cluster_renew_interval=2.0)
+        )
+    with pytest.raises(ConfigError, match="cluster_lease"):
+        settings(cluster_lease=0.1)
+
+
 # -- shutdown and status -----------------------------------------------------------------------
 
 

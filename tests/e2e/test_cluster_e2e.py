@@ -1,0 +1,101 @@
+"""Three ``leapcore-hub`` processes on ONE database act as one (real processes on loopback,
+harness in ``support/procs.py``): each worker links to one of them, a client signed in to
+the first sees every worker online and pings one linked to the third (an end-to-end
+channel through two hubs), and when a hub is killed with SIGKILL its worker shows offline
+once its presence lease ends while the others stay online.
+
+The workers take one ``--hub`` each here; moving a worker to another hub on failure is the
+worker's own (several ``--hub`` URLs), tested with it. Leases are shortened
+(``--cluster-lease``) so the test waits seconds, not the default 15 s; every wait is a
+bounded poll on a condition.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from support.hubpeer import now_ms
+from support.procs import Env, Proc, env_fixture, wait_for  # noqa: F401 (env_fixture)
+from support.secretlog import record_secret
+
+from leapcore.store.hubstore import SQLiteHubStore
+
+LEASE = 2.0
+RENEW = 0.25
+
+
+def start_hubs(env: Env, count: int) -> list[tuple[Proc, str]]:
+    secret = env.tmp / "cluster.secret"
+    secret.write_text("a secret all three hubs share\n")
+    secret.chmod(0o600)
+    flags = ["--cluster-listen", "127.0.0.1:0", "--cluster-secret-file", str(secret)]
+    flags += ["--cluster-lease", str(LEASE), "--cluster-renew-interval", str(RENEW)]
+    env.hub_flags = [*flags, "--node-name", "h1"]
+    first = env.start_hub()
+    env.login()
+    more = [
+        env.start(
+            f"hub{i}",
+            "leapcore-hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(env.hub_dir),
+            *flags,
+            "--node-name",
+            f"h{i}",
+        )
+        for i in range(2, count + 1)
+    ]
+    out = [(first, env.url)]
+    out += [(hub, hub.line("leapcore-hub listening on ").split()[-1]) for hub in more]
+    return out
+
+
+def test_three_hub_processes_share_one_database(env: Env) -> None:
+    hubs = start_hubs(env, 3)
+    first_url = env.url
+    store = SQLiteHubStore(env.hub_dir / "hub.db", create=False)  # keys minted at once
+    try:
+        alice = store.get_user("alice")
+        keys = [record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in hubs]
+    finally:
+        store.close()
+    for i, ((_hub, url), key) in enumerate(zip(hubs, keys, strict=True), 1):
+        env.url = url
+        env.start_worker(f"w{i}", key, flags=["--encryption-mode", "classic"])
+    env.url = first_url  # the client stays on the first hub
+    listed = env.wait_online("w1", "w2", "w3")
+    status = env.admin("cluster", "status")
+    assert sorted((h["node_id"], h["workers"], h["live"]) for h in status["hubs"]) == [
+        ("h1", 1, True),
+        ("h2", 1, True),
+        ("h3", 1, True),
+    ]
+    # A channel opened at h1 to a worker linked to h3: end to end through two hubs.
+    ping = env.json("worker", "ping", "--count", "3", "--worker-id", listed["w3"]["id"])
+    assert ping["count"] == 3 and len(ping["rtt_ms"]) == 3
+
+    hubs[2][0].signal(signal.SIGKILL)
+    assert hubs[2][0].wait() == -signal.SIGKILL
+    killed = time.monotonic()
+
+    def w3_offline() -> dict[str, dict[str, object]] | None:
+        listed = env.workers()
+        return None if listed["w3"]["online"] else listed
+
+    listed = wait_for(w3_offline, "w3 to show offline", timeout=15)
+    print(f"w3 offline at h1 {time.monotonic() - killed:.2f}s after h3 was killed")
+    assert time.monotonic() - killed < LEASE + 3 * RENEW + 5  # the lease, a tick, slack
+    assert listed["w1"]["online"] and listed["w2"]["online"]
+    status = env.admin("cluster", "status")
+    assert sorted((h["node_id"], h["live"]) for h in status["hubs"]) == [
+        ("h1", True),
+        ("h2", True),
+        ("h3", False),
+    ]
+    assert status["workers_online"] == 2
+    # TO DO after the worker's failover (several --hub URLs) is merged: w3 moves to h1 or
+    # h2 within its backoff bounds, does not register again, and channels to it reopen.
