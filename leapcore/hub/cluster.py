@@ -175,7 +175,7 @@ class ClusterOptions:
 class _Flow:
     """One channel's frames towards the other hub (one direction), gated by its credit."""
 
-    __slots__ = ("channel_id", "direction", "frames", "queued", "scheduled", "wire_id")
+    __slots__ = ("channel_id", "direction", "ended", "frames", "queued", "scheduled", "wire_id")
 
     def __init__(self, channel_id: int, direction: RelayDirection, wire_id: int) -> None:
         self.channel_id = channel_id
@@ -184,6 +184,8 @@ class _Flow:
         self.frames: deque[tuple[bytes, int]] = deque()
         self.queued = 0
         self.scheduled = False
+        #: The channel ended at this hub: the flow goes once its last frame is written.
+        self.ended = False
 
 
 class _Flows(dict[int, _Flow]):
@@ -291,15 +293,24 @@ class _PeerLink:
         return self.wire_of.get(channel_id) if self.dialler else channel_id
 
     def forget(self, channel_id: int) -> None:
-        """A channel ended at this hub: its mapping, flow and credit go."""
+        """A channel ended at this hub: its mapping goes, and its flow and credit once the
+        frames still queued (its close among them) are written."""
         wire = self.wire_id(channel_id)
         if self.dialler:
             self.wire_of.pop(channel_id, None)
             if wire is not None:
                 self.local_of.pop(wire, None)
-        if wire is not None:
-            self.flows.pop(wire, None)
-            self.gate.pop(wire, None)
+        if wire is None:
+            return
+        flow = self.flows.get(wire)
+        if flow is not None and flow.frames:
+            flow.ended = True
+            return
+        self._drop_flow(wire)
+
+    def _drop_flow(self, wire: int) -> None:
+        self.flows.pop(wire, None)
+        self.gate.pop(wire, None)
 
     def put(self, data: bytes) -> bool:
         if self.closed:
@@ -400,6 +411,8 @@ class _PeerLink:
                     self._ready.append(flow)
                 else:
                     flow.scheduled = False
+                    if flow.ended and self.flows.get(flow.wire_id) is flow:
+                        self._drop_flow(flow.wire_id)
                 batch.append(data)
                 size += len(data)
                 written.append((flow, cost))

@@ -24,6 +24,7 @@ from support.hubpeer import (
     Env,
     Peer,
     WallClock,
+    gate_next_link,
     now_ms,
     recv,
     wait_until,
@@ -123,23 +124,21 @@ async def serve_echo(worker: Peer) -> None:
             await worker.send(message)
 
 
-async def transfer(sender: Peer, receiver: Peer, channel: int, payload: bytes) -> bytes:
-    """Send ``payload`` on ``channel`` in full frames within the hub's credit; what the
-    receiver got (its frames' channel ids checked by the caller through ``channel``)."""
+async def send_within_credit(sender: Peer, channel: int, payload: bytes) -> None:
+    """Send ``payload`` on ``channel`` in full frames, within the credit the hub grants."""
     credit = CHANNEL_CREDIT
     more = trio.Event()
-    got = bytearray()
 
     async def credits() -> None:
-        nonlocal credit, more
+        nonlocal credit
         while True:
             message = await sender.recv()
             if isinstance(message, ChannelCredit):
                 credit += message.credit
                 more.set()
 
-    async def send() -> None:
-        nonlocal credit, more
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(credits)
         for i in range(0, len(payload), FULL):
             chunk = payload[i : i + FULL]
             while credit < len(chunk):
@@ -147,16 +146,19 @@ async def transfer(sender: Peer, receiver: Peer, channel: int, payload: bytes) -
                 await more.wait()
             credit -= len(chunk)
             await sender.send(ChannelData(channel, 1 + i // FULL, 0, chunk))
+        nursery.cancel_scope.cancel()
 
+
+async def transfer(sender: Peer, receiver: Peer, channel: int, payload: bytes) -> bytes:
+    """:func:`send_within_credit`, and what the receiver got meanwhile."""
+    got = bytearray()
     with trio.fail_after(20):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(credits)
-            nursery.start_soon(send)
+            nursery.start_soon(send_within_credit, sender, channel, payload)
             while len(got) < len(payload):
                 frame = await recv(receiver, (HeartbeatAck, ChannelCredit))
                 assert isinstance(frame, ChannelData), frame
                 got += frame.ciphertext
-            nursery.cancel_scope.cancel()
     return bytes(got)
 
 
@@ -268,6 +270,47 @@ async def test_a_channel_opened_at_a_to_a_worker_on_b(tmp_path: Path) -> None:
             refused = await recv(client, (HeartbeatAck, ChannelCredit))
             assert isinstance(refused, ChannelRefused) and refused.code == "not_found"
             nursery.cancel_scope.cancel()
+
+
+async def test_a_close_waits_for_frames_held_for_the_other_hubs_credit(tmp_path: Path) -> None:
+    """B's writer to the worker is held, so B grants A no credit: A keeps the client's
+    frames past the first CHANNEL_CREDIT. The client's close then waits behind them, and
+    once B writes again the worker gets every byte, then the close."""
+    async with hubs(tmp_path, options("a"), options("b")) as (a, b):
+        worker_id, token = await b.env.register()
+        gate = gate_next_link(b.hub)
+        async with b.env.worker(token) as worker, a.env.client() as client:
+            await wait_until(lambda: a.hub.is_online(worker_id))
+            await client.send(OpenChannel(1, worker_id, b"m1", SIZE))
+            request = await recv(worker)
+            assert isinstance(request, ChannelRequest)
+            await worker.send(ChannelAccept(request.request_id, request.channel_id, b"m2", 65519))
+            opened = await recv(client)
+            assert isinstance(opened, ChannelOpened)
+            gate.hold()
+            payload = os.urandom(2 * CHANNEL_CREDIT // FULL * FULL)
+            got = bytearray()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(send_within_credit, client, opened.channel_id, payload)
+                # A holds what B has not granted: more than the credit never left A.
+                await wait_until(
+                    lambda: a.hub.channel_buffered(opened.channel_id) >= CHANNEL_CREDIT // 2
+                )
+                await client.send(ChannelClose(opened.channel_id, "closed", "done"))
+                await wait_until(lambda: a.hub.open_channels == 0)
+                gate.release()
+                while True:
+                    message = await recv(worker, (HeartbeatAck, ChannelCredit))
+                    if isinstance(message, ChannelClose):
+                        break
+                    assert isinstance(message, ChannelData), message
+                    got += message.ciphertext
+                nursery.cancel_scope.cancel()
+            assert message == ChannelClose(request.channel_id, "closed", "done")
+            assert bytes(got) == payload[: len(got)] and len(got) >= 3 * CHANNEL_CREDIT // 2
+            await wait_until(lambda: b.hub.open_channels == 0)
+            assert a.hub.cluster is not None
+            assert not any(link.flows for link in a.hub.cluster._out.values())
 
 
 async def test_channels_to_a_hub_that_goes_away_close(tmp_path: Path) -> None:
