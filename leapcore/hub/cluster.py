@@ -599,7 +599,14 @@ class Cluster:
                     sockname = listeners[0].socket.getsockname()
                     self.bound = (sockname[0], sockname[1])
                     if not self.advertise:
-                        self.advertise = f"{sockname[0]}:{sockname[1]}"
+                        host = sockname[0]
+                        host = f"[{host}]" if ":" in host else host
+                        self.advertise = f"{host}:{sockname[1]}"
+                        if host in ("0.0.0.0", "[::]"):
+                            log.warning(
+                                "cluster_listen is on every address: set cluster_advertise "
+                                "to the address the other hubs can dial for this one"
+                            )
                 await self._store(
                     self.hub.store.cluster_join,
                     self.node_id,

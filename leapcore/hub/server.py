@@ -76,6 +76,12 @@ counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
+**Several hubs as one.** With ``Hub(cluster=ClusterOptions(...))`` the hub shares its
+database with other hub processes (:mod:`leapcore.hub.cluster`): its worker links come up
+and go into the shared presence table, an open for a worker linked to another hub is
+carried there (the :class:`~leapcore.proto.hub_actions.Lookup` hook), and its shutdown
+sends workers on at once when other hubs are alive.
+
 **The web page.** ``serve(web=WebOptions(...))`` also serves the read-only web page
 (:mod:`leapcore.hub.web`) on a listener of its own. The hub tells it what changes through
 :attr:`Hub.presence` (:mod:`leapcore.hub.presence`): a worker registered, online (published),
@@ -873,9 +879,13 @@ class Hub:
             if published:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
-                if self.cluster is not None:
-                    self.cluster.worker_down(link.worker.id)
                 self.presence.changed(link.worker.owner_id)
+            if (
+                self.cluster is not None
+                and link.worker is not None
+                and self.router.worker_link(link.worker.id) is None
+            ):
+                self.cluster.worker_down(link.worker.id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
 
@@ -1177,6 +1187,8 @@ class Hub:
         if self.router.worker_link(link.worker.id) is link:
             log.info("%s is deregistering; it no longer serves", link.name)
             self.presence.changed(link.worker.owner_id)
+            if self.cluster is not None:
+                self.cluster.worker_down(link.worker.id)
         self._apply(self.router.retire(link))
         link.hard_deadline = min(link.hard_deadline, self._clock() + self.limits.deregister_grace)
         if link.waiting is not None:  # its reader may be waiting on a later deadline

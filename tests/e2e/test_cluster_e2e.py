@@ -27,7 +27,7 @@ RENEW = 0.25
 
 def start_hubs(env: Env, count: int) -> list[tuple[Proc, str]]:
     secret = env.tmp / "cluster.secret"
-    secret.write_text("a secret all three hubs share\n")
+    secret.write_text(record_secret("a secret all three hubs share") + "\n")  # never logged
     secret.chmod(0o600)
     flags = ["--cluster-listen", "127.0.0.1:0", "--cluster-secret-file", str(secret)]
     flags += ["--cluster-lease", str(LEASE), "--cluster-renew-interval", str(RENEW)]

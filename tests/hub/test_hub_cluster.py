@@ -30,6 +30,7 @@ from support.hubpeer import (
     wait_until,
 )
 from support.procs import script
+from support.secretlog import record_secret
 
 from leapcore.errors import ConfigError, LeapcoreError
 from leapcore.hub.cluster import ClusterOptions, read_secret_file
@@ -64,13 +65,14 @@ from leapcore.proto.link_codec import (
     ChannelOpened,
     ChannelRefused,
     ChannelRequest,
+    Deregister,
     GoAway,
     HeartbeatAck,
     OpenChannel,
     encode,
 )
 
-SECRET = b"a shared cluster secret, 32 bytes!"
+SECRET = record_secret("a shared cluster secret, 32 bytes!").encode()  # never in a log
 FULL = 65535
 #: Ticks short enough for a test to wait for.
 FAST: dict[str, Any] = {"renew_interval": 0.1}
@@ -186,6 +188,20 @@ async def test_presence_across_hubs_and_the_latest_link_wins(tmp_path: Path) -> 
             # Its link to A ends: offline everywhere.
             await wait_until(lambda: not b.hub.is_online(worker_id))
             assert not a.hub.is_online(worker_id)
+
+
+async def test_a_worker_deregistered_at_one_hub_goes_offline_everywhere(tmp_path: Path) -> None:
+    async with hubs(tmp_path, options("a"), options("b")) as (a, b):
+        worker_id, token = await b.env.register()
+        async with b.env.worker(token) as on_b, a.env.client() as client:
+            await wait_until(lambda: a.hub.is_online(worker_id))
+            answer = await client.request("worker.deregister", 3, worker_id=worker_id)
+            assert answer.result is not None and answer.result["notified"] is False
+            # B, which holds the link, learns at its next revocation check and retires it.
+            deregister = await recv(on_b)
+            assert isinstance(deregister, Deregister), deregister
+            await wait_until(lambda: not a.hub.is_online(worker_id))
+            assert b.hub.store.worker_node(worker_id, now_ms()) is None
 
 
 async def test_a_hub_that_stops_renewing_loses_its_workers(tmp_path: Path) -> None:
