@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -71,6 +72,7 @@ from leapcore.proto.link_codec import (
     OpenChannel,
     encode,
 )
+from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, SQLiteHubStore
 
 SECRET = record_secret("a shared cluster secret, 32 bytes!").encode()  # never in a log
 FULL = 65535
@@ -226,6 +228,34 @@ async def test_a_hub_that_stops_renewing_loses_its_workers(tmp_path: Path) -> No
             assert not a.hub.is_online(worker_id)
             assert a.hub.store.worker_node(worker_id, clock.ms) is None
             assert [n.node_id for n in a.hub.store.cluster_nodes(clock.ms)] == ["a"]
+
+
+def test_schema_6_adds_the_cluster_tables_to_a_schema_5_database(tmp_path: Path) -> None:
+    path = tmp_path / "hub.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for sql in _MIGRATIONS[:5]:
+        db.executescript(sql)
+    db.execute("PRAGMA user_version = 5")
+    db.close()
+    path.chmod(0o600)
+    store = SQLiteHubStore(path)
+    try:
+        assert store.schema_version == SCHEMA_VERSION == 6
+        store.cluster_join("n1", "127.0.0.1:1", 1000, 15_000)
+        tick = store.cluster_renew("n1", 2000, 15_000, up={"w": 2000})
+        assert (tick.held, tick.remote, tick.peers) == ({"w"}, frozenset(), {})
+        # An older link's presence never overwrites a newer one (the latest link wins).
+        store.cluster_join("n2", "127.0.0.1:2", 2000, 15_000)
+        tick = store.cluster_renew("n2", 2500, 15_000, up={"w": 1500})
+        assert tick.held == set() and tick.remote == {"w"} and set(tick.peers) == {"n1"}
+        node = store.worker_node("w", 3000)
+        assert node is not None and node.node_id == "n1"
+        assert store.worker_node("w", 2000 + 15_000) is None  # the lease ended
+        store.cluster_leave("n1")
+        assert store.worker_node("w", 3000) is None
+        assert [n.node_id for n in store.cluster_nodes(3000)] == ["n2"]
+    finally:
+        store.close()
 
 
 # -- channels through two hubs ---------------------------------------------------------------
