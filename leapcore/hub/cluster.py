@@ -80,6 +80,7 @@ from ..proto.limits import (
     CLUSTER_IDLE_TIMEOUT,
     CLUSTER_LEASE,
     CLUSTER_MAX_CONNECTIONS,
+    CLUSTER_MAX_LOOKUPS,
     CLUSTER_PING_INTERVAL,
     CLUSTER_RENEW_INTERVAL,
     CLUSTER_SECRET_MIN,
@@ -559,6 +560,8 @@ class Cluster:
         self._out: dict[str, _PeerLink] = {}
         self._inbound: set[_PeerLink] = set()
         self._nursery: trio.Nursery | None = None
+        #: Opens being looked up (:data:`~leapcore.proto.limits.CLUSTER_MAX_LOOKUPS`).
+        self._lookups = 0
         reg = hub.metrics.registry
         self.auth_failures = Counter(
             "leapcore_hub_cluster_auth_failures",
@@ -694,10 +697,20 @@ class Cluster:
             return False
         if self.hub.router.worker_link(lookup.message.worker_id) is not None:
             return False
+        if self._lookups >= CLUSTER_MAX_LOOKUPS:
+            log.warning("%d opens are being looked up already; this one is not", self._lookups)
+            return False  # answered from what this hub knows: the worker is not linked here
+        self._lookups += 1
         self._nursery.start_soon(self._route, lookup)
         return True
 
     async def _route(self, lookup: Lookup[Any]) -> None:
+        try:
+            await self._carry(lookup)
+        finally:
+            self._lookups -= 1
+
+    async def _carry(self, lookup: Lookup[Any]) -> None:
         hub = self.hub
         worker_id = lookup.message.worker_id
         try:

@@ -417,6 +417,9 @@ CLUSTER_PING_INTERVAL: Final = 5.0
 CLUSTER_IDLE_TIMEOUT: Final = 15.0
 #: Hub-to-hub connections accepted at once (signed in or not); more are closed unread.
 CLUSTER_MAX_CONNECTIONS: Final = 64
+#: Opens being looked up in the database at once to be carried to another hub (more are
+#: answered as for a worker offline, ``worker_offline``).
+CLUSTER_MAX_LOOKUPS: Final = 256
 #: Least bytes in a cluster secret file (after stripping surrounding whitespace).
 CLUSTER_SECRET_MIN: Final = 16
 #: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).

@@ -56,6 +56,7 @@ from leapcore.proto.limits import (
     CLUSTER_IDLE_TIMEOUT,
     CLUSTER_LEASE,
     CLUSTER_MAX_CONNECTIONS,
+    CLUSTER_MAX_LOOKUPS,
     GO_AWAY_DELAY,
 )
 from leapcore.proto.link_codec import (
@@ -583,3 +584,33 @@ async def test_cluster_listener_budgets(
         worker_id, token = await a.env.register()
         async with a.env.worker(token):
             assert a.hub.is_online(worker_id)
+
+
+async def test_opens_looked_up_at_once_are_bounded(tmp_path: Path) -> None:
+    async with hubs(tmp_path, options("a"), options("b")) as (a, b):
+        worker_id, token = await b.env.register()
+        cluster = a.hub.cluster
+        assert cluster is not None
+        async with b.env.worker(token) as worker, a.env.client() as client:
+            await wait_until(lambda: a.hub.is_online(worker_id))
+            slow = trio.Event()
+            plain = cluster._store
+
+            async def held(fn: Any, *args: Any, **kw: Any) -> Any:
+                await slow.wait()  # the database is slow
+                return await plain(fn, *args, **kw)
+
+            cluster._store = held  # type: ignore[method-assign]
+            cluster._lookups = CLUSTER_MAX_LOOKUPS - 1
+            await client.send(OpenChannel(1, worker_id, b"m1", SIZE))  # the last one allowed
+            await wait_until(lambda: cluster._lookups == CLUSTER_MAX_LOOKUPS)
+            await client.send(OpenChannel(2, worker_id, b"m1", SIZE))  # one too many
+            refused = await recv(client)
+            assert refused == ChannelRefused(2, "worker_offline", refused.message)
+            slow.set()
+            request = await recv(worker)
+            assert isinstance(request, ChannelRequest)
+            await worker.send(ChannelAccept(request.request_id, request.channel_id, b"m2", 65519))
+            opened = await recv(client)
+            assert isinstance(opened, ChannelOpened) and opened.request_id == 1
+            assert cluster._lookups == CLUSTER_MAX_LOOKUPS - 1
