@@ -553,8 +553,9 @@ class Cluster:
         self._up: dict[str, int] = {}
         self._down: set[str] = set()
         self._wake = trio.Event()
-        #: Workers online on other hubs, and the other live hubs, as of the last tick.
-        self.remote: frozenset[str] = frozenset()
+        #: Workers online on other hubs (-> owner id), and the other live hubs, as of the
+        #: last tick.
+        self.remote: dict[str, str] = {}
         self.peers: dict[str, ClusterNode] = {}
         self.renewed_at = -math.inf
         self._out: dict[str, _PeerLink] = {}
@@ -678,7 +679,11 @@ class Cluster:
             self._down |= down - set(self._up)
             return
         self.renewed_at = hub._clock()
-        self.remote = tick.remote
+        before, self.remote = self.remote, tick.remote
+        for owner_id in {  # the web page's streams follow workers on other hubs too
+            (before.get(w) or tick.remote[w]) for w in before.keys() ^ tick.remote.keys()
+        }:
+            hub.presence.changed(owner_id)
         self.peers = tick.peers
         for worker_id in local - tick.held:
             link = hub.router.worker_link(worker_id)

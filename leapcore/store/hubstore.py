@@ -1498,14 +1498,16 @@ class SQLiteHubStore:
                 (now_ms, until, len(held), channels, node_id),
             )
             remote = {
-                str(r[0])
+                str(r[0]): str(r[1])
                 for r in db.execute(
-                    "SELECT worker_id FROM worker_presence WHERE node_id != ? AND lease_until > ?",
+                    "SELECT p.worker_id, w.owner_id FROM worker_presence p "
+                    "JOIN workers w ON w.id = p.worker_id "
+                    "WHERE p.node_id != ? AND p.lease_until > ?",
                     (node_id, now_ms),
                 ).fetchall()
             }
         peers = {n.node_id: n for n in self.cluster_nodes(now_ms) if n.node_id != node_id}
-        return ClusterTick(held, frozenset(remote), peers)
+        return ClusterTick(held, remote, peers)
 
     def cluster_leave(self, node_id: str) -> None:
         """A hub process stops: its presence rows and its lease row are deleted."""
@@ -1564,7 +1566,7 @@ class ClusterTick:
 
     #: The workers this hub holds the presence of.
     held: set[str]
-    #: The workers online (a live lease) on other hubs.
-    remote: frozenset[str]
+    #: The workers online (a live lease) on other hubs -> their owners' ids.
+    remote: dict[str, str]
     #: The other hubs with a live lease, by node id.
     peers: dict[str, ClusterNode]

@@ -173,8 +173,11 @@ async def transfer(sender: Peer, receiver: Peer, channel: int, payload: bytes) -
 async def test_presence_across_hubs_and_the_latest_link_wins(tmp_path: Path) -> None:
     async with hubs(tmp_path, options("a"), options("b")) as (a, b):
         worker_id, token = await b.env.register()
+        events = a.hub.presence.subscribe()  # what A's web page streams follow
+        assert events is not None
         async with b.env.worker(token) as on_b, a.env.client() as client:
             await wait_until(lambda: a.hub.is_online(worker_id))
+            assert events.receive_nowait() == a.env.user_id
             listed = await client.request("workers.list", 2)
             assert listed.result is not None
             assert [w["online"] for w in listed.result["workers"]] == [True]
@@ -242,18 +245,21 @@ def test_schema_6_adds_the_cluster_tables_to_a_schema_5_database(tmp_path: Path)
     store = SQLiteHubStore(path)
     try:
         assert store.schema_version == SCHEMA_VERSION == 6
+        user, _ = store.create_user("alice", 1000)
+        key = store.mint_registration_key(user.id, 1000)[1]
+        w = store.register_worker(key, name="w", version="1", labels={}, now_ms=1000)[0].id
         store.cluster_join("n1", "127.0.0.1:1", 1000, 15_000)
-        tick = store.cluster_renew("n1", 2000, 15_000, up={"w": 2000})
-        assert (tick.held, tick.remote, tick.peers) == ({"w"}, frozenset(), {})
+        tick = store.cluster_renew("n1", 2000, 15_000, up={w: 2000})
+        assert (tick.held, tick.remote, tick.peers) == ({w}, {}, {})
         # An older link's presence never overwrites a newer one (the latest link wins).
         store.cluster_join("n2", "127.0.0.1:2", 2000, 15_000)
-        tick = store.cluster_renew("n2", 2500, 15_000, up={"w": 1500})
-        assert tick.held == set() and tick.remote == {"w"} and set(tick.peers) == {"n1"}
-        node = store.worker_node("w", 3000)
+        tick = store.cluster_renew("n2", 2500, 15_000, up={w: 1500})
+        assert tick.held == set() and tick.remote == {w: user.id} and set(tick.peers) == {"n1"}
+        node = store.worker_node(w, 3000)
         assert node is not None and node.node_id == "n1"
-        assert store.worker_node("w", 2000 + 15_000) is None  # the lease ended
+        assert store.worker_node(w, 2000 + 15_000) is None  # the lease ended
         store.cluster_leave("n1")
-        assert store.worker_node("w", 3000) is None
+        assert store.worker_node(w, 3000) is None
         assert [n.node_id for n in store.cluster_nodes(3000)] == ["n2"]
     finally:
         store.close()
