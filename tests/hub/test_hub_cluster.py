@@ -325,6 +325,22 @@ async def test_a_channel_opened_at_a_to_a_worker_on_b(tmp_path: Path) -> None:
             nursery.cancel_scope.cancel()
 
 
+async def test_an_open_for_a_hub_that_cannot_be_dialled_is_refused(tmp_path: Path) -> None:
+    async with hubs(tmp_path, options("a")) as (a,):
+        worker_id, _token = await a.env.register()
+        # The database says a live hub "ghost" holds the worker, at an address nobody serves.
+        store, now = a.hub.store, now_ms()
+        store.cluster_join("ghost", "127.0.0.1:1", now, 15_000)
+        store.cluster_renew("ghost", now, 15_000, up={worker_id: now})
+        async with a.env.client() as client:
+            await wait_until(lambda: a.hub.is_online(worker_id))
+            await client.send(OpenChannel(1, worker_id, b"m1", SIZE))
+            refused = await recv(client)
+            assert isinstance(refused, ChannelRefused) and refused.code == "worker_offline"
+            assert a.hub.open_channels == 0 and a.hub.router.pending_count == 0
+            assert a.hub.cluster is not None and a.hub.cluster._out == {}
+
+
 async def test_a_close_waits_for_frames_held_for_the_other_hubs_credit(tmp_path: Path) -> None:
     """B's writer to the worker is held, so B grants A no credit: A keeps the client's
     frames past the first CHANNEL_CREDIT. The client's close then waits behind them, and
