@@ -283,7 +283,6 @@ class _PeerLink:
         self.local_of: dict[int, int] = {}
         self.cancelled: set[int] = set()
         self._ping = 0
-        self.last_received = -math.inf
 
     def __str__(self) -> str:
         return f"hub-to-hub link {'to' if self.dialler else 'from'} {self.remote or '?'}"
