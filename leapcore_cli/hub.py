@@ -350,6 +350,8 @@ def serve(args: argparse.Namespace) -> int:
         where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
         if web is not None:
             where += f" or {settings['web_listen']} (web page)"
+        if settings["cluster_listen"]:
+            where += f" or {settings['cluster_listen']} (hub-to-hub links)"
         raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     print("leapcore-hub: stopped", file=sys.stderr)
     return EXIT_OK

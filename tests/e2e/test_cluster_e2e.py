@@ -99,3 +99,15 @@ def test_three_hub_processes_share_one_database(env: Env) -> None:
     assert status["workers_online"] == 2
     # TO DO after the worker's failover (several --hub URLs) is merged: w3 moves to h1 or
     # h2 within its backoff bounds, does not register again, and channels to it reopen.
+
+
+def test_bad_cluster_settings_are_usage_errors(env: Env) -> None:
+    secret = env.tmp / "open.secret"
+    secret.write_text(record_secret("a secret others may read, alas") + "\n")
+    secret.chmod(0o644)
+    serve = ["leapcore-hub", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(env.hub_dir)]
+    done = env.run(*serve, "--cluster-listen", "127.0.0.1:0")
+    assert done.returncode == 2 and "cluster_listen needs cluster_secret_file" in done.stderr
+    done = env.run(*serve, "--cluster-secret-file", str(secret))
+    assert done.returncode == 2 and "make it 0600" in done.stderr
+    assert "alas" not in done.stderr
