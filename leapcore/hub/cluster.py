@@ -548,8 +548,9 @@ class Cluster:
         #: The bound hub-to-hub listener, once :meth:`run` started.
         self.bound: tuple[str, int] | None = None
         self.advertise = options.advertise
-        #: Workers whose link came up (-> when, ms) or went, not yet written.
-        self._up: dict[str, int] = {}
+        #: Workers whose link came up (-> when, ms, and their owner's id) or went, not yet
+        #: written.
+        self._up: dict[str, tuple[int, str]] = {}
         self._down: set[str] = set()
         self._wake = trio.Event()
         #: Workers online on other hubs (-> owner id), and the other live hubs, as of the
@@ -642,10 +643,10 @@ class Cluster:
             self._wake = trio.Event()
             await self.renew()
 
-    def worker_up(self, worker_id: str) -> None:
+    def worker_up(self, worker_id: str, owner_id: str) -> None:
         """A worker's link was published here."""
         self._down.discard(worker_id)
-        self._up[worker_id] = self.hub.now_ms()
+        self._up[worker_id] = (self.hub.now_ms(), owner_id)
         self._wake.set()
 
     def worker_down(self, worker_id: str) -> None:
@@ -673,8 +674,8 @@ class Cluster:
             )
         except LeapcoreError as exc:
             log.error("cluster: lease renewal failed: %s: %s", type(exc).__name__, exc)
-            for worker_id, at in up.items():
-                self._up.setdefault(worker_id, at)
+            for worker_id, value in up.items():
+                self._up.setdefault(worker_id, value)
             self._down |= down - set(self._up)
             return
         self.renewed_at = hub._clock()

@@ -1080,7 +1080,7 @@ class Hub:
             )
         self._apply(self.router.publish(link))
         if self.cluster is not None:
-            self.cluster.worker_up(worker.id)
+            self.cluster.worker_up(worker.id, worker.owner_id)
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
         self._offer_rotation(link)

@@ -334,6 +334,7 @@ _MIGRATIONS: Final[Sequence[str]] = (
     CREATE TABLE worker_presence (
         worker_id TEXT PRIMARY KEY,
         node_id TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
         linked_at BIGINT NOT NULL,
         lease_until BIGINT NOT NULL
     );
@@ -1452,13 +1453,13 @@ class SQLiteHubStore:
         now_ms: int,
         lease_ms: int,
         *,
-        up: Mapping[str, int] | None = None,
+        up: Mapping[str, tuple[int, str]] | None = None,
         down: Iterable[str] = (),
         channels: int = 0,
     ) -> ClusterTick:
         """One renewal tick of ``node_id``, in one transaction: the presence of the workers
-        whose link came up (``up``: worker id -> when; the latest link wins, whichever hub
-        holds it) and went down
+        whose link came up (``up``: worker id -> (when, its owner's id); the latest link
+        wins, whichever hub holds it) and went down
         (``down``: only rows this node still holds), every lease it holds renewed to
         ``now_ms + lease_ms``, its own row with its counts; then what it needs to know: the
         workers it still holds (one missing from it was taken over by another hub), the
@@ -1467,12 +1468,15 @@ class SQLiteHubStore:
         until = now_ms + lease_ms
         with self._tx() as db:
             db.executemany(
-                "INSERT INTO worker_presence (worker_id, node_id, linked_at, lease_until) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
-                "node_id = excluded.node_id, linked_at = excluded.linked_at, "
-                "lease_until = excluded.lease_until "
+                "INSERT INTO worker_presence (worker_id, node_id, owner_id, linked_at, "
+                "lease_until) VALUES (?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "node_id = excluded.node_id, owner_id = excluded.owner_id, "
+                "linked_at = excluded.linked_at, lease_until = excluded.lease_until "
                 "WHERE worker_presence.linked_at <= excluded.linked_at",
-                [(worker_id, node_id, at, until) for worker_id, at in (up or {}).items()],
+                [
+                    (worker_id, node_id, owner_id, at, until)
+                    for worker_id, (at, owner_id) in (up or {}).items()
+                ],
             )
             db.executemany(
                 "DELETE FROM worker_presence WHERE worker_id = ? AND node_id = ?",
@@ -1500,9 +1504,8 @@ class SQLiteHubStore:
             remote = {
                 str(r[0]): str(r[1])
                 for r in db.execute(
-                    "SELECT p.worker_id, w.owner_id FROM worker_presence p "
-                    "JOIN workers w ON w.id = p.worker_id "
-                    "WHERE p.node_id != ? AND p.lease_until > ?",
+                    "SELECT worker_id, owner_id FROM worker_presence "
+                    "WHERE node_id != ? AND lease_until > ?",
                     (node_id, now_ms),
                 ).fetchall()
             }

@@ -249,11 +249,11 @@ def test_schema_6_adds_the_cluster_tables_to_a_schema_5_database(tmp_path: Path)
         key = store.mint_registration_key(user.id, 1000)[1]
         w = store.register_worker(key, name="w", version="1", labels={}, now_ms=1000)[0].id
         store.cluster_join("n1", "127.0.0.1:1", 1000, 15_000)
-        tick = store.cluster_renew("n1", 2000, 15_000, up={w: 2000})
+        tick = store.cluster_renew("n1", 2000, 15_000, up={w: (2000, user.id)})
         assert (tick.held, tick.remote, tick.peers) == ({w}, {}, {})
         # An older link's presence never overwrites a newer one (the latest link wins).
         store.cluster_join("n2", "127.0.0.1:2", 2000, 15_000)
-        tick = store.cluster_renew("n2", 2500, 15_000, up={w: 1500})
+        tick = store.cluster_renew("n2", 2500, 15_000, up={w: (1500, user.id)})
         assert tick.held == set() and tick.remote == {w: user.id} and set(tick.peers) == {"n1"}
         node = store.worker_node(w, 3000)
         assert node is not None and node.node_id == "n1"
@@ -331,7 +331,7 @@ async def test_an_open_for_a_hub_that_cannot_be_dialled_is_refused(tmp_path: Pat
         # The database says a live hub "ghost" holds the worker, at an address nobody serves.
         store, now = a.hub.store, now_ms()
         store.cluster_join("ghost", "127.0.0.1:1", now, 15_000)
-        store.cluster_renew("ghost", now, 15_000, up={worker_id: now})
+        store.cluster_renew("ghost", now, 15_000, up={worker_id: (now, a.env.user_id)})
         async with a.env.client() as client:
             await wait_until(lambda: a.hub.is_online(worker_id))
             await client.send(OpenChannel(1, worker_id, b"m1", SIZE))
