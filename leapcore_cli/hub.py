@@ -39,8 +39,7 @@ from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 from leapcore.net.trioutil import single_exception
 from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
 from leapcore.solo import SoloHub
-from leapcore.store.config import hub_settings
-from leapcore.store.paths import hub_database_path
+from leapcore.store.config import hub_settings, hub_store_location
 
 from . import completion, hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
@@ -79,6 +78,8 @@ SERVE_FLAGS: Final = (
     "listen",
     "listen_unix",
     "data_dir",
+    "store",
+    "store_pool_size",
     "tls_cert",
     "tls_key",
     "web_listen",
@@ -316,16 +317,17 @@ def serve(args: argparse.Namespace) -> int:
     )
     web = _web_options(settings)
     _log_descriptor_limit()
-    db = hub_database_path(Path(settings["data_dir"]))
-    created = not db.exists()
+    db = hub_store_location(settings)
+    created = isinstance(db, Path) and not db.exists()
     hub = Hub(
         db,
+        store_pool_size=settings["store_pool_size"],
         max_workers_per_user=settings["max_workers_per_user"],
         max_message_size=settings["max_message_size"],
         limits=HubLimits.from_settings(settings),
         cluster=cluster_options(settings),
     )
-    if created:
+    if created and isinstance(db, Path):
         print(
             f"leapcore-hub: created a new, empty hub database {db}; add a user with "
             f"`leapcore-hub admin user create NAME --admin --data-dir {db.parent}`",
@@ -370,6 +372,8 @@ def serve_solo(args: argparse.Namespace) -> int:
         raise ConfigError("--solo serves plain HTTP on loopback: drop --tls-cert / --tls-key")
     if settings["web_listen"]:
         raise ConfigError("--solo does not serve the web page: drop --web-listen")
+    if settings["store"]:
+        raise ConfigError("--solo keeps its state in its data directory: drop --store")
     host, port = parse_listen(settings["listen"])
     setup_logging(settings["log_level"], settings["log_format"])
     _log_descriptor_limit()
@@ -468,6 +472,20 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         metavar="DIR",
         default=hide,
         help="the directory holding hub.db (created if missing)",
+    )
+    add(
+        "--store",
+        metavar="PATH_OR_URL",
+        default=hide,
+        help="where the hub's state is: postgresql://USER@HOST/DB (several hubs may share "
+        "it), or an SQLite file (default: hub.db in the data directory)",
+    )
+    add(
+        "--store-pool-size",
+        metavar="N",
+        type=int,
+        default=hide,
+        help="at most N connections to PostgreSQL (default 8; 1 .. 100)",
     )
     add("--tls-cert", metavar="FILE", default=hide, help="PEM certificate chain (with --tls-key)")
     add("--tls-key", metavar="FILE", default=hide, help="PEM private key (with --tls-cert)")

@@ -1,15 +1,17 @@
 """``leapcore-hub admin …``: users, API tokens, workers and registration keys, offline.
 
-Works directly on the hub's SQLite database (``<data dir>/hub.db``) through
-:class:`~leapcore.store.hubstore.SQLiteHubStore`, whether or not the hub runs (the
-database is in WAL mode). This module parses, calls the store and prints;
-every rule lives in the store. The data dir comes from :func:`leapcore.store.config.hub_settings`
-(``--data-dir`` > ``$LEAPCORE_HUB_DATA_DIR`` > the config file > the default).
+Works directly on the hub's database (``<data dir>/hub.db``, or the ``store`` setting's
+SQLite file or PostgreSQL URL) through :func:`~leapcore.store.hubstore.open_hub_store`,
+whether or not the hub runs (SQLite is in WAL mode). This module parses, calls the store and
+prints; every rule lives in the store. The data dir and the store come from
+:func:`leapcore.store.config.hub_settings` (``--data-dir`` / ``--store`` >
+``$LEAPCORE_HUB_DATA_DIR`` / ``$LEAPCORE_HUB_STORE`` > the config file > the default).
 
 JSON schema (``--json``; stable, documented in docs/cli.md):
 
-* ``info`` → ``{"hub_id": ID, "database": PATH, "schema_version": N, "users": N,
-  "active_workers": N, "deregistering_workers": N}``
+* ``info`` → ``{"hub_id": ID, "database": PATH_OR_URL, "schema_version": N, "users": N,
+  "active_workers": N, "deregistering_workers": N}`` (a URL never shows its password)
+* ``migrate`` → ``{"database": PATH_OR_URL, "from_version": N, "to_version": N}``
 * ``user create`` / ``user token-create`` → ``{"user": USER, "token": SECRET, "token_id": ID}``
 * ``user list`` → ``{"users": [USER, …]}``; ``user token-list`` →
   ``{"user": USER, "tokens": [TOKEN, …]}``; ``user token-revoke`` → ``{"revoked": ID}``
@@ -46,18 +48,18 @@ from typing import Any
 
 from leapcore.errors import StorageError
 from leapcore.proto.audit_events import ADMIN_CLI, KINDS, AuditEvent, Origin
-from leapcore.store.config import hub_settings
+from leapcore.store.config import hub_settings, hub_store_location
 from leapcore.store.hubstore import (
     AUDIT_LIST_MAX,
     ApiToken,
     ClusterNode,
+    HubStore,
     RegistrationKey,
-    SQLiteHubStore,
     User,
     Worker,
     WorkerStatus,
+    open_hub_store,
 )
-from leapcore.store.paths import hub_database_path
 
 from .common import EXIT_OK, Parser, emit_json, print_table
 
@@ -167,21 +169,31 @@ def key_json(key: RegistrationKey) -> dict[str, Any]:
 # -- the store -------------------------------------------------------------------------------
 
 
-def open_store(args: argparse.Namespace, *, create: bool = False) -> SQLiteHubStore:
-    """The hub's database, found exactly as the hub finds it; only ``user create`` may
-    make a new one (so a mistyped ``--data-dir`` does not silently start an empty hub)."""
-    flags = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+#: Connections the admin CLI opens to PostgreSQL at most (it makes one call at a time).
+ADMIN_POOL_SIZE = 2
+
+
+def open_store(args: argparse.Namespace, *, create: bool = False) -> HubStore:
+    """The hub's database, found exactly as the hub finds it (and migrated); only ``user
+    create`` may make a new SQLite file (so a mistyped ``--data-dir`` does not silently start
+    an empty hub)."""
+    flags = {
+        key: value
+        for key, value in (("data_dir", args.data_dir), ("store", args.store))
+        if value is not None
+    }
     settings, _ = hub_settings(
         flags=flags, env=os.environ, home=Path.home(), config_path=args.config
     )
-    path = hub_database_path(Path(settings["data_dir"]))
-    if not create and not path.exists():
+    location = hub_store_location(settings)
+    if isinstance(location, Path) and not create and not location.exists():
         raise StorageError(
-            f"{path}: no hub database here (check --data-dir / --config; "
+            f"{location}: no hub database here (check --data-dir / --store / --config; "
             "`leapcore-hub admin user create NAME --admin` creates one)"
         )
-    return SQLiteHubStore(
-        path,
+    return open_hub_store(
+        location,
+        pool_size=ADMIN_POOL_SIZE,
         max_workers_per_user=settings["max_workers_per_user"],
         create=create,
         worker_token_lifetime_days=settings["worker_token_lifetime_days"],
@@ -206,7 +218,7 @@ def hub_info(args: argparse.Namespace) -> int:
     store = open_store(args)
     doc: dict[str, Any] = {
         "hub_id": store.hub_id,
-        "database": str(store.path.absolute()),
+        "database": store.location,
         "schema_version": store.schema_version,
         "users": len(store.list_users()),
         "active_workers": len(store.list_workers(status=WorkerStatus.ACTIVE)),
@@ -225,6 +237,27 @@ def hub_info(args: argparse.Namespace) -> int:
     )
     for name, value in fields:
         print(f"{name:<16} {value}")
+    return EXIT_OK
+
+
+def hub_migrate(args: argparse.Namespace) -> int:
+    """``admin migrate``: bring the database's schema up to this leapcore's (opening it does
+    that; a hub does it at start too) and say from which version to which."""
+    store = open_store(args)
+    doc = {
+        "database": store.location,
+        "from_version": store.migrated_from,
+        "to_version": store.schema_version,
+    }
+    store.close()
+    if args.json:
+        emit_json(doc)
+    elif doc["from_version"] == doc["to_version"]:
+        print(f"{safe(store.location)}: schema {doc['to_version']} is current; nothing to do")
+    else:
+        print(
+            f"{safe(store.location)}: migrated schema {doc['from_version']} -> {doc['to_version']}"
+        )
     return EXIT_OK
 
 
@@ -322,7 +355,7 @@ def user_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"users": [user_json(u) for u in users]})
     elif not users:
-        print(f"no users in {store.path}")
+        print(f"no users in {store.location}")
     else:
         print_table(
             ("ID", "NAME", "ADMIN", "CREATED"),
@@ -615,6 +648,13 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         "the config file's data_dir, then ~/.config/leapcore/hub)",
     )
     parser.add_argument(
+        "--store",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help="the hub's database: postgresql://USER@HOST/DB, or an SQLite file (default: "
+        "$LEAPCORE_HUB_STORE, then the config file's store, then hub.db in the data directory)",
+    )
+    parser.add_argument(
         "--config",
         metavar="FILE",
         type=Path,
@@ -658,7 +698,7 @@ def add_parser(sub: Any) -> None:
         "Works directly on the hub's database, whether or not the hub is running.",
     )
     _common_flags(admin)
-    admin.set_defaults(data_dir=None, config=None, json=False)
+    admin.set_defaults(data_dir=None, store=None, config=None, json=False)
     groups = admin.add_subparsers(dest="group", metavar="GROUP", required=True, parser_class=Parser)
 
     _verb(
@@ -666,6 +706,12 @@ def add_parser(sub: Any) -> None:
         "info",
         "show this hub's id, database, schema version and counts of users and workers",
         hub_info,
+    )
+    _verb(
+        groups,
+        "migrate",
+        "bring the database's schema up to this leapcore's (a hub does it at start too)",
+        hub_migrate,
     )
 
     verbs = _group(groups, "user", "users and their API tokens")

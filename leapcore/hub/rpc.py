@@ -32,7 +32,7 @@ from ..proto.audit_events import Origin, user_actor
 from ..proto.capabilities import WorkerFilter
 from ..proto.limits import HubLimits
 from ..records import b64encode
-from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
+from ..store.hubstore import HubStore, Notification, User, Worker, WorkerStatus
 
 __all__ = ["METHODS", "WORKER_METHODS", "call", "worker_view"]
 
@@ -40,7 +40,7 @@ __all__ = ["METHODS", "WORKER_METHODS", "call", "worker_view"]
 class HubContext(Protocol):
     """What a method needs from the hub."""
 
-    store: SQLiteHubStore
+    store: HubStore
     limits: HubLimits
 
     def now_ms(self) -> int: ...

@@ -192,13 +192,15 @@ from ..proto.link_state import LinkConnection, LinkRole, LinkState
 from ..proto.ratelimit import LogRateLimiter
 from ..proto.relay import RelayDirection
 from ..store.hubstore import (
+    HubStore,
     Notification,
-    SQLiteHubStore,
     User,
     Worker,
     WorkerStatus,
+    open_hub_store,
     utc_text,
 )
+from ..store.sqldb import DEFAULT_POOL_SIZE
 from .cluster import Cluster, ClusterOptions
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
@@ -521,18 +523,23 @@ class Hub:
         max_message_size: int = HUB_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
-        store: SQLiteHubStore | None = None,
+        store: HubStore | None = None,
         limits: HubLimits = DEFAULT_LIMITS,
+        store_pool_size: int = DEFAULT_POOL_SIZE,
         cluster: ClusterOptions | None = None,
     ) -> None:
-        """``store`` replaces the store opened at ``store_path`` (solo mode passes one that
+        """``store_path``: an SQLite file, or a ``postgresql://`` URL (at most
+        ``store_pool_size`` connections; :func:`~leapcore.store.hubstore.open_hub_store`).
+        ``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
         are the budgets of :class:`~leapcore.proto.limits.HubLimits`. ``cluster``: this hub
         is one of several sharing the database (:mod:`leapcore.hub.cluster`)."""
         validate_max_message_size(max_message_size)
         if store is None:
-            store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
-        self.store = store
+            store = open_hub_store(
+                store_path, pool_size=store_pool_size, max_workers_per_user=max_workers_per_user
+            )
+        self.store: HubStore = store
         #: The largest message size forwarded in a ``channel_request``.
         self.max_message_size = max_message_size
         self.limits = limits
@@ -637,7 +644,7 @@ class Hub:
             with trio.CancelScope() as scope:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
-                    log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
+                    log.info("hub id %s (database %s)", self.store.hub_id, self.store.location)
                     self.purge()
                     if self.cluster is not None:
                         await nursery.start(self.cluster.run)

@@ -111,6 +111,9 @@ BACKOFF_JITTER: Final = 0.2
 BACKOFF_RESET_AFTER: Final = 30.0
 #: The wait a hub that is shutting down asks of its workers (a whole number of seconds).
 GO_AWAY_DELAY: Final = 10
+#: Hub URLs one worker may be given (``--hub`` repeated, a comma-separated list); more is a
+#: configuration error (:mod:`leapcore.proto.hub_failover`).
+MAX_HUB_URLS: Final = 16
 #: Seconds a channel open may take: the hub's wait for the worker's answer, and a
 #: client's whole open (request, handshake and first Ping).
 OPEN_TIMEOUT: Final = 30.0
@@ -266,6 +269,10 @@ REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
 REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
 #: Active workers one user may register (0: unlimited); hub setting ``max_workers_per_user``.
 DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+#: Connections one hub keeps to PostgreSQL at most, and the most that hub setting
+#: ``store_pool_size`` may say (``leapcore.store.pgdb``).
+DEFAULT_STORE_POOL_SIZE: Final = 8
+MAX_STORE_POOL_SIZE: Final = 100
 
 # --- The worker's budgets -------------------------------------------------------------------
 

@@ -70,6 +70,8 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "cluster_renew_interval": 5.0,
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
+        "store": "",
+        "store_pool_size": 8,
         "log_level": "info",
         "log_format": "text",
         "signin_timeout": 10.0,
