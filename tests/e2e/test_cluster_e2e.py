@@ -2,10 +2,9 @@
 harness in ``support/procs.py``): each worker links to one of them, a client signed in to
 the first sees every worker online and pings one linked to the third (an end-to-end
 channel through two hubs), and when a hub is killed with SIGKILL its worker shows offline
-once its presence lease ends while the others stay online.
-
-The workers take one ``--hub`` each here; moving a worker to another hub on failure is the
-worker's own (several ``--hub`` URLs), tested with it. Leases are shortened
+once its presence lease ends while the others stay online — unless it knows another hub
+(several ``--hub`` URLs): then it is online there at once, the same worker, and channels
+to it open again. Leases are shortened
 (``--cluster-lease``) so the test waits seconds, not the default 15 s; every wait is a
 bounded poll on a condition.
 """
@@ -56,23 +55,27 @@ def start_hubs(env: Env, count: int) -> list[tuple[Proc, str]]:
 
 def test_three_hub_processes_share_one_database(env: Env) -> None:
     hubs = start_hubs(env, 3)
-    first_url = env.url
+    urls = [url for _hub, url in hubs]
     store = SQLiteHubStore(env.hub_dir / "hub.db", create=False)  # keys minted at once
     try:
         alice = store.get_user("alice")
-        keys = [record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in hubs]
+        keys = [record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in "1234"]
     finally:
         store.close()
-    for i, ((_hub, url), key) in enumerate(zip(hubs, keys, strict=True), 1):
-        env.url = url
-        env.start_worker(f"w{i}", key, flags=["--encryption-mode", "classic"])
-    env.url = first_url  # the client stays on the first hub
-    listed = env.wait_online("w1", "w2", "w3")
+    # w1, w2, w3 on h1, h2, h3; w3 also knows h1 (several --hub URLs: it moves on when its
+    # hub fails); w4 knows only h3.
+    placement = {"w1": [urls[0]], "w2": [urls[1]], "w3": [urls[2], urls[0]], "w4": [urls[2]]}
+    for (name, where), key in zip(placement.items(), keys, strict=True):
+        env.url = where[0]
+        more = [flag for url in where[1:] for flag in ("--hub", url)]
+        env.start_worker(name, key, flags=["--encryption-mode", "classic", *more])
+    env.url = urls[0]  # the client stays on the first hub
+    listed = env.wait_online(*placement)
     status = env.admin("cluster", "status")
     assert sorted((h["node_id"], h["workers"], h["live"]) for h in status["hubs"]) == [
         ("h1", 1, True),
         ("h2", 1, True),
-        ("h3", 1, True),
+        ("h3", 2, True),
     ]
     # A channel opened at h1 to a worker linked to h3: end to end through two hubs.
     ping = env.json("worker", "ping", "--count", "3", "--worker-id", listed["w3"]["id"])
@@ -82,23 +85,25 @@ def test_three_hub_processes_share_one_database(env: Env) -> None:
     assert hubs[2][0].wait() == -signal.SIGKILL
     killed = time.monotonic()
 
-    def w3_offline() -> dict[str, dict[str, object]] | None:
-        listed = env.workers()
-        return None if listed["w3"]["online"] else listed
+    def moved_and_lost() -> dict[str, dict[str, object]] | None:
+        now = env.workers()
+        return now if now["w3"]["online"] and not now["w4"]["online"] else None
 
-    listed = wait_for(w3_offline, "w3 to show offline", timeout=15)
-    print(f"w3 offline at h1 {time.monotonic() - killed:.2f}s after h3 was killed")
+    after = wait_for(moved_and_lost, "w3 on h1 and w4 offline", timeout=15)
+    print(f"w3 online at h1, w4 offline, {time.monotonic() - killed:.2f}s after h3 was killed")
     assert time.monotonic() - killed < LEASE + 3 * RENEW + 5  # the lease, a tick, slack
-    assert listed["w1"]["online"] and listed["w2"]["online"]
+    assert after["w1"]["online"] and after["w2"]["online"]
+    # The same worker, not registered again (still four workers); a channel to it opens again.
+    assert after["w3"]["id"] == listed["w3"]["id"] and len(after) == 4
+    ping = env.json("worker", "ping", "--count", "2", "--worker-id", listed["w3"]["id"])
+    assert ping["count"] == 2
     status = env.admin("cluster", "status")
-    assert sorted((h["node_id"], h["live"]) for h in status["hubs"]) == [
-        ("h1", True),
-        ("h2", True),
-        ("h3", False),
+    assert sorted((h["node_id"], h["workers"], h["live"]) for h in status["hubs"]) == [
+        ("h1", 2, True),
+        ("h2", 1, True),
+        ("h3", 0, False),
     ]
-    assert status["workers_online"] == 2
-    # TO DO after the worker's failover (several --hub URLs) is merged: w3 moves to h1 or
-    # h2 within its backoff bounds, does not register again, and channels to it reopen.
+    assert status["workers_online"] == 3
 
 
 def test_bad_cluster_settings_are_usage_errors(env: Env) -> None:
