@@ -32,6 +32,7 @@ from typing import Any, Final
 import trio
 
 from leapcore.errors import ConfigError, LocalError
+from leapcore.hub.cluster import ClusterOptions, read_secret_file
 from leapcore.hub.server import Hub, url_of
 from leapcore.hub.web import WebOptions
 from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
@@ -83,6 +84,12 @@ SERVE_FLAGS: Final = (
     "tls_key",
     "web_listen",
     "public_url",
+    "cluster_listen",
+    "cluster_advertise",
+    "cluster_secret_file",
+    "node_name",
+    "cluster_lease",
+    "cluster_renew_interval",
     "log_level",
     "log_format",
     "max_message_size",
@@ -132,6 +139,30 @@ def _web_options(settings: dict[str, Any]) -> WebOptions | None:
             settings["web_listen"],
         )
     return WebOptions(listen, context, settings["public_url"] or None)
+
+
+def cluster_options(settings: dict[str, Any]) -> ClusterOptions | None:
+    """The hub's cluster settings; None (a hub alone) when neither ``cluster_listen`` nor
+    ``cluster_secret_file`` is set."""
+    if not settings["cluster_listen"] and not settings["cluster_secret_file"]:
+        if settings["cluster_advertise"] or settings["node_name"]:
+            raise ConfigError("cluster_advertise and node_name need cluster_secret_file")
+        return None
+    if not settings["cluster_secret_file"]:
+        raise ConfigError("cluster_listen needs cluster_secret_file")
+    listen = parse_listen(settings["cluster_listen"]) if settings["cluster_listen"] else None
+    if settings["cluster_advertise"]:
+        parse_listen(settings["cluster_advertise"])  # HOST:PORT, checked
+    if len(settings["node_name"]) > 64 or not settings["node_name"].isprintable():
+        raise ConfigError("node_name must be at most 64 printable characters")
+    return ClusterOptions(
+        listen=listen,
+        advertise=settings["cluster_advertise"],
+        secret=read_secret_file(settings["cluster_secret_file"]),
+        node_name=settings["node_name"],
+        lease=settings["cluster_lease"],
+        renew_interval=settings["cluster_renew_interval"],
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -185,6 +216,12 @@ async def serve_until_signal(
                 print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
             if hub.web_bound is not None:
                 print(f"leapcore-hub web page on {url_of(scheme, hub.web_bound)}", flush=True)
+            if hub.cluster is not None:
+                where = hub.cluster.advertise or "nowhere: no cluster_listen"
+                print(
+                    f"leapcore-hub cluster node {hub.cluster.node_id}, hub-to-hub links on {where}",
+                    flush=True,
+                )
 
     await run_until_signal(main, hub.shutdown, default=None, signals=signals)
 
@@ -288,6 +325,7 @@ def serve(args: argparse.Namespace) -> int:
         max_workers_per_user=settings["max_workers_per_user"],
         max_message_size=settings["max_message_size"],
         limits=HubLimits.from_settings(settings),
+        cluster=cluster_options(settings),
     )
     if created and isinstance(db, Path):
         print(
@@ -314,6 +352,8 @@ def serve(args: argparse.Namespace) -> int:
         where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
         if web is not None:
             where += f" or {settings['web_listen']} (web page)"
+        if settings["cluster_listen"]:
+            where += f" or {settings['cluster_listen']} (hub-to-hub links)"
         raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     print("leapcore-hub: stopped", file=sys.stderr)
     return EXIT_OK
@@ -397,6 +437,36 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         default=hide,
         help="the hub URL the web page's worker command names (default: the --listen URL)",
     )
+    add(
+        "--cluster-listen",
+        metavar="HOST:PORT",
+        default=hide,
+        help="accept hub-to-hub links from the other hubs sharing this database here "
+        "(default: off; needs --cluster-secret-file; never open it to clients)",
+    )
+    add(
+        "--cluster-advertise",
+        metavar="HOST:PORT",
+        default=hide,
+        help="the address other hubs dial for this hub (default: the --cluster-listen address)",
+    )
+    add(
+        "--cluster-secret-file",
+        metavar="FILE",
+        default=hide,
+        help="a 0600 file holding the secret every hub of the cluster shares",
+    )
+    add(
+        "--node-name",
+        metavar="NAME",
+        default=hide,
+        help="this hub's node id in the cluster (default: random at each start)",
+    )
+    for key, text in (
+        ("cluster_lease", "seconds a hub's lease and its workers' presence last (default 15)"),
+        ("cluster_renew_interval", "seconds between a hub's lease renewals (default 5)"),
+    ):
+        add("--" + key.replace("_", "-"), metavar="SECONDS", type=float, default=hide, help=text)
     add(
         "--data-dir",
         metavar="DIR",

@@ -19,6 +19,10 @@ JSON schema (``--json``; stable, documented in docs/cli.md):
   ``worker deregister`` → ``{"deregistered": ID}``
 * ``reg-key list`` → ``{"keys": [KEY, …]}``; ``reg-key revoke`` → ``{"revoked": ID}``;
   ``reg-key purge-expired`` → ``{"purged": N}``
+* ``cluster status`` → ``{"hubs": [HUB, …], "live_hubs": N, "workers_online": N,
+  "channels": N}``; HUB is ``{"node_id": ID, "advertise": "HOST:PORT" or "", "started_at":
+  TIME, "renewed_at": TIME, "lease_until": TIME, "lease_age_ms": N, "live": BOOL, "workers":
+  N, "channels": N}``, live hubs and those whose lease ran out (killed) alike, oldest first
 * ``audit list`` → ``{"events": [EVENT, …]}``, newest first; EVENT is ``{"id": N, "at":
   TIME, "kind": KIND, "actor": TEXT, "worker_id": ID or null, "address": TEXT or null,
   "detail": {…}}``
@@ -48,6 +52,7 @@ from leapcore.store.config import hub_settings, hub_store_location
 from leapcore.store.hubstore import (
     AUDIT_LIST_MAX,
     ApiToken,
+    ClusterNode,
     HubStore,
     RegistrationKey,
     User,
@@ -253,6 +258,64 @@ def hub_migrate(args: argparse.Namespace) -> int:
         print(
             f"{safe(store.location)}: migrated schema {doc['from_version']} -> {doc['to_version']}"
         )
+    return EXIT_OK
+
+
+# -- the cluster ----------------------------------------------------------------------------
+
+
+def node_json(node: ClusterNode, now: int) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "advertise": node.advertise,
+        "started_at": json_time(node.started_at),
+        "renewed_at": json_time(node.renewed_at),
+        "lease_until": json_time(node.lease_until),
+        "lease_age_ms": max(0, now - node.renewed_at),
+        "live": node.lease_until > now,
+        "workers": node.workers,
+        "channels": node.channels,
+    }
+
+
+def cluster_status(args: argparse.Namespace) -> int:
+    """``admin cluster status``: the hubs, live ones first counted in the totals."""
+    store = open_store(args)
+    now = now_ms()
+    nodes = store.cluster_nodes(now, include_expired=True)
+    hubs = [node_json(n, now) for n in nodes]
+    live = [h for h in hubs if h["live"]]
+    doc = {
+        "hubs": hubs,
+        "live_hubs": len(live),
+        "workers_online": sum(h["workers"] for h in live),
+        "channels": sum(h["channels"] for h in live),
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    if not hubs:
+        print("no hub has joined a cluster on this database")
+        return EXIT_OK
+    print_table(
+        ("NODE", "ADVERTISE", "STARTED", "LEASE AGE", "STATE", "WORKERS", "CHANNELS"),
+        [
+            (
+                safe(n.node_id),
+                safe(n.advertise) or "-",
+                human_time(n.started_at),
+                f"{h['lease_age_ms'] / 1000:.1f}s",
+                "live" if h["live"] else "expired",
+                str(n.workers),
+                str(n.channels),
+            )
+            for n, h in zip(nodes, hubs, strict=True)
+        ],
+    )
+    print(
+        f"{doc['live_hubs']} live hubs, {doc['workers_online']} workers online, "
+        f"{doc['channels']} channels"
+    )
     return EXIT_OK
 
 
@@ -698,6 +761,14 @@ def add_parser(sub: Any) -> None:
     p = _verb(verbs, "revoke", "expire a registration key now", key_revoke)
     p.add_argument("--id", metavar="ID", help="the key's id (from list), or the key itself")
     _verb(verbs, "purge-expired", "delete expired, consumed and revoked keys", key_purge)
+
+    verbs = _group(groups, "cluster", "the hubs sharing this database")
+    _verb(
+        verbs,
+        "status",
+        "list the hubs: node id, advertised address, started, lease age, workers, channels",
+        cluster_status,
+    )
 
     verbs = _group(groups, "audit", "the hub's audit trail of security events")
     p = _verb(verbs, "list", "list recorded security events, newest first", audit_list)

@@ -76,6 +76,12 @@ counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
+**Several hubs as one.** With ``Hub(cluster=ClusterOptions(...))`` the hub shares its
+database with other hub processes (:mod:`leapcore.hub.cluster`): its worker links come up
+and go into the shared presence table, an open for a worker linked to another hub is
+carried there (the :class:`~leapcore.proto.hub_actions.Lookup` hook), and its shutdown
+sends workers on at once when other hubs are alive.
+
 **The web page.** ``serve(web=WebOptions(...))`` also serves the read-only web page
 (:mod:`leapcore.hub.web`) on a listener of its own. The hub tells it what changes through
 :attr:`Hub.presence` (:mod:`leapcore.hub.presence`): a worker registered, online (published),
@@ -195,6 +201,7 @@ from ..store.hubstore import (
     utc_text,
 )
 from ..store.sqldb import DEFAULT_POOL_SIZE
+from .cluster import Cluster, ClusterOptions
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
 from .rpc import WORKER_METHODS, call
@@ -519,12 +526,14 @@ class Hub:
         store: HubStore | None = None,
         limits: HubLimits = DEFAULT_LIMITS,
         store_pool_size: int = DEFAULT_POOL_SIZE,
+        cluster: ClusterOptions | None = None,
     ) -> None:
         """``store_path``: an SQLite file, or a ``postgresql://`` URL (at most
         ``store_pool_size`` connections; :func:`~leapcore.store.hubstore.open_hub_store`).
         ``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
-        are the budgets of :class:`~leapcore.proto.limits.HubLimits`."""
+        are the budgets of :class:`~leapcore.proto.limits.HubLimits`. ``cluster``: this hub
+        is one of several sharing the database (:mod:`leapcore.hub.cluster`)."""
         validate_max_message_size(max_message_size)
         if store is None:
             store = open_hub_store(
@@ -566,6 +575,8 @@ class Hub:
         self.store.api_token_lifetime_ms = limits.api_token_lifetime_days * DAY_MS
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
+        #: This hub's part in a cluster of hubs sharing its database, or None.
+        self.cluster = Cluster(self, cluster) if cluster is not None else None
 
     # -- what hubrpc needs ------------------------------------------------------------
 
@@ -573,7 +584,10 @@ class Hub:
         return int(self._wall_clock() * 1000)
 
     def is_online(self, worker_id: str) -> bool:
-        return self.router.worker_link(worker_id) is not None
+        """Linked here, or (in a cluster) holding a live presence lease on another hub."""
+        if self.router.worker_link(worker_id) is not None:
+            return True
+        return self.cluster is not None and self.cluster.online_elsewhere(worker_id)
 
     @property
     def online_workers(self) -> frozenset[str]:
@@ -632,6 +646,8 @@ class Hub:
                 async with trio.open_nursery() as nursery:
                     log.info("hub id %s (database %s)", self.store.hub_id, self.store.location)
                     self.purge()
+                    if self.cluster is not None:
+                        await nursery.start(self.cluster.run)
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     nursery.start_soon(self._purge_forever)
@@ -652,14 +668,16 @@ class Hub:
             self.store.close()
 
     async def shutdown(self) -> None:
-        """Close every channel, tell every peer to come back in 10 s (2 s budget in all),
-        then close every link."""
+        """Close every channel, tell every peer to come back in 10 s (at once when other hubs
+        of its cluster are alive: they take the workers) (2 s budget in all), then close
+        every link."""
         self._apply(self.router.shutdown())
         links = list(self._links)
+        delay = 0 if self.cluster is not None and self.cluster.others_alive else GO_AWAY_DELAY
         with trio.move_on_after(SHUTDOWN_BUDGET):
             async with trio.open_nursery() as nursery:
                 for link in links:
-                    if link.enqueue(GoAway(GO_AWAY_DELAY, "hub is shutting down")):
+                    if link.enqueue(GoAway(delay, "hub is shutting down")):
                         nursery.start_soon(link.flushed)
         for link in links:
             link.scope.cancel()
@@ -869,6 +887,12 @@ class Hub:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
                 self.presence.changed(link.worker.owner_id)
+            if (
+                self.cluster is not None
+                and link.worker is not None
+                and self.router.worker_link(link.worker.id) is None
+            ):
+                self.cluster.worker_down(link.worker.id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
 
@@ -1062,6 +1086,8 @@ class Hub:
                 detail={"previous_address": older.peer or None},
             )
         self._apply(self.router.publish(link))
+        if self.cluster is not None:
+            self.cluster.worker_up(worker.id, worker.owner_id)
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
         self._offer_rotation(link)
@@ -1168,6 +1194,8 @@ class Hub:
         if self.router.worker_link(link.worker.id) is link:
             log.info("%s is deregistering; it no longer serves", link.name)
             self.presence.changed(link.worker.owner_id)
+            if self.cluster is not None:
+                self.cluster.worker_down(link.worker.id)
         self._apply(self.router.retire(link))
         link.hard_deadline = min(link.hard_deadline, self._clock() + self.limits.deregister_grace)
         if link.waiting is not None:  # its reader may be waiting on a later deadline
@@ -1446,7 +1474,8 @@ class Hub:
         elif isinstance(action, Offer):
             self._apply(self.router.offered(action, action.link.enqueue(action.message)))
         elif isinstance(action, Lookup):
-            self._apply(self.router.found(action, self._target(action.message.worker_id)))
+            if self.cluster is None or not self.cluster.routes(action):
+                self._apply(self.router.found(action, self._target(action.message.worker_id)))
         elif isinstance(action, ChannelGone):
             for end in action.ends:
                 end.flows.pop(action.channel_id, None)

@@ -408,6 +408,27 @@ PURGE_INTERVAL: Final = 3600.0
 #: Seconds a worker's ``last_seen_at`` may wait in the hub's memory before it is written
 #: (heartbeats are batched into one transaction; a link's end writes at once).
 LAST_SEEN_FLUSH_INTERVAL: Final = 5.0
+# Several hubs as one (leapcore.hub.cluster): a hub renews its lease and its workers'
+# presence leases every CLUSTER_RENEW_INTERVAL, in one transaction; a worker on a hub that
+# stopped renewing shows offline once its lease (CLUSTER_LEASE) ends.
+CLUSTER_RENEW_INTERVAL: Final = 5.0
+CLUSTER_LEASE: Final = 15.0
+#: Their accepted ranges (hub settings ``cluster_renew_interval``, ``cluster_lease``; the
+#: lease must also be longer than the interval).
+CLUSTER_RENEW_RANGE: Final = (0.1, 600.0)
+CLUSTER_LEASE_RANGE: Final = (0.5, 3600.0)
+#: Hub-to-hub links: seconds for the dial and the secret's challenge-response, the ping
+#: interval, and the silence after which a link is dead.
+CLUSTER_HANDSHAKE_TIMEOUT: Final = 10.0
+CLUSTER_PING_INTERVAL: Final = 5.0
+CLUSTER_IDLE_TIMEOUT: Final = 15.0
+#: Hub-to-hub connections accepted at once (signed in or not); more are closed unread.
+CLUSTER_MAX_CONNECTIONS: Final = 64
+#: Opens being looked up in the database at once to be carried to another hub (more are
+#: answered as for a worker offline, ``worker_offline``).
+CLUSTER_MAX_LOOKUPS: Final = 256
+#: Least bytes in a cluster secret file (after stripping surrounding whitespace).
+CLUSTER_SECRET_MIN: Final = 16
 #: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).
 AUDIT_RETENTION_DAYS: Final = 365
 #: Milliseconds in a day (token lifetimes are set in days).

@@ -52,6 +52,10 @@ from ..proto.limits import (
     AUDIT_LOG_MAX_BYTES,
     AUDIT_LOG_MAX_BYTES_RANGE,
     AUDIT_LOG_RETENTION_DAYS,
+    CLUSTER_LEASE,
+    CLUSTER_LEASE_RANGE,
+    CLUSTER_RENEW_INTERVAL,
+    CLUSTER_RENEW_RANGE,
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_WORKERS_PER_USER,
@@ -140,6 +144,16 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # its "Register worker" command names ("" = the listen address's URL).
     "web_listen": (str, ""),
     "public_url": (str, ""),
+    # Several hubs on one database (leapcore.hub.cluster): the hub-to-hub listener
+    # (HOST:PORT, "" = none), the address other hubs dial ("" = the listen address), the
+    # 0600 file holding the shared cluster secret, and a stable node id ("" = random).
+    "cluster_listen": (str, ""),
+    "cluster_advertise": (str, ""),
+    "cluster_secret_file": (str, ""),
+    "node_name": (str, ""),
+    # Seconds a hub's lease (and its workers' presence) lasts, and between its renewals.
+    "cluster_lease": (float, CLUSTER_LEASE),
+    "cluster_renew_interval": (float, CLUSTER_RENEW_INTERVAL),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
     # Where the hub's state is (hub_store_location): "" = data_dir/hub.db (SQLite); an SQLite
@@ -162,7 +176,7 @@ _TEXT_LISTS: Final = frozenset({"hub"})
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
 WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy", "audit_log")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
-HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
+HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix", "cluster_secret_file")
 
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")
@@ -206,8 +220,8 @@ def _hub_urls(value: list[str]) -> str | None:
     return hub_urls_problem(value)
 
 
-def _range(low: int, high: int) -> _Check:
-    def check(value: int) -> str | None:
+def _range(low: float, high: float) -> _Check:
+    def check(value: float) -> str | None:
         return None if low <= value <= high else f"must be {low} .. {high}, got {value}"
 
     return check
@@ -232,6 +246,8 @@ _HUB_CHECKS: Final[dict[str, _Check]] = {
     "store_pool_size": _range(1, MAX_POOL_SIZE),
     "log_level": _log_level,
     "log_format": _log_format,
+    "cluster_lease": _range(*CLUSTER_LEASE_RANGE),
+    "cluster_renew_interval": _range(*CLUSTER_RENEW_RANGE),
     **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
 }
 

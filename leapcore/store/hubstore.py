@@ -333,6 +333,27 @@ _MIGRATIONS: Final[Sequence[str]] = (
         WHERE revoked_at IS NULL;
     CREATE UNIQUE INDEX workers_pending_token ON workers(pending_token_hash)
     """,
+    # 6: several hubs as one (leapcore.hub.cluster): each hub process's lease, and which
+    # hub holds each online worker's link, with a lease its hub renews in batches.
+    """
+    CREATE TABLE hub_nodes (
+        node_id TEXT PRIMARY KEY,
+        advertise TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        renewed_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        workers BIGINT NOT NULL DEFAULT 0,
+        channels BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE worker_presence (
+        worker_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        linked_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL
+    );
+    CREATE INDEX worker_presence_node ON worker_presence(node_id)
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 #: Audit events a listing returns when no ``limit`` is given (and the most it may ask).
@@ -1337,6 +1358,151 @@ class HubStore:
     def require_admin(self, user: User) -> None:
         if not user.is_admin:
             raise PermissionDenied("administrators only")
+
+    # -- several hubs as one (leapcore.hub.cluster) -------------------------------------------
+    # Portable SQL only (the PostgreSQL store runs the same statements): ``?`` placeholders,
+    # ON CONFLICT upserts, no SQLite-only functions.
+
+    def cluster_join(self, node_id: str, advertise: str, now_ms: int, lease_ms: int) -> None:
+        """A hub process starts as ``node_id``: its lease row (re)made, and every presence
+        row a previous run under the same name left dropped (it holds no link yet)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM worker_presence WHERE node_id = ?", (node_id,))
+            db.execute(
+                "INSERT INTO hub_nodes (node_id, advertise, started_at, renewed_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                "advertise = excluded.advertise, started_at = excluded.started_at, "
+                "renewed_at = excluded.renewed_at, lease_until = excluded.lease_until, "
+                "workers = 0, channels = 0",
+                (node_id, advertise, now_ms, now_ms, now_ms + lease_ms),
+            )
+
+    def cluster_renew(
+        self,
+        node_id: str,
+        now_ms: int,
+        lease_ms: int,
+        *,
+        up: Mapping[str, tuple[int, str]] | None = None,
+        down: Iterable[str] = (),
+        channels: int = 0,
+    ) -> ClusterTick:
+        """One renewal tick of ``node_id``, in one transaction: the presence of the workers
+        whose link came up (``up``: worker id -> (when, its owner's id); the latest link
+        wins, whichever hub holds it) and went down
+        (``down``: only rows this node still holds), every lease it holds renewed to
+        ``now_ms + lease_ms``, its own row with its counts; then what it needs to know: the
+        workers it still holds (one missing from it was taken over by another hub), the
+        other live hubs and the workers online on them. Presence and hub rows expired for
+        more than :data:`PRESENCE_RETENTION_MS` are deleted."""
+        until = now_ms + lease_ms
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO worker_presence (worker_id, node_id, owner_id, linked_at, "
+                "lease_until) VALUES (?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "node_id = excluded.node_id, owner_id = excluded.owner_id, "
+                "linked_at = excluded.linked_at, lease_until = excluded.lease_until "
+                "WHERE worker_presence.linked_at <= excluded.linked_at",
+                [
+                    (worker_id, node_id, owner_id, at, until)
+                    for worker_id, (at, owner_id) in (up or {}).items()
+                ],
+            )
+            db.executemany(
+                "DELETE FROM worker_presence WHERE worker_id = ? AND node_id = ?",
+                [(worker_id, node_id) for worker_id in down],
+            )
+            db.execute(
+                "UPDATE worker_presence SET lease_until = ? WHERE node_id = ?", (until, node_id)
+            )
+            for table in ("worker_presence", "hub_nodes"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE lease_until < ?",
+                    (now_ms - PRESENCE_RETENTION_MS,),
+                )
+            held = {
+                str(r[0])
+                for r in db.execute(
+                    "SELECT worker_id FROM worker_presence WHERE node_id = ?", (node_id,)
+                ).fetchall()
+            }
+            db.execute(
+                "UPDATE hub_nodes SET renewed_at = ?, lease_until = ?, workers = ?, channels = ? "
+                "WHERE node_id = ?",
+                (now_ms, until, len(held), channels, node_id),
+            )
+            remote = {
+                str(r[0]): str(r[1])
+                for r in db.execute(
+                    "SELECT worker_id, owner_id FROM worker_presence "
+                    "WHERE node_id != ? AND lease_until > ?",
+                    (node_id, now_ms),
+                ).fetchall()
+            }
+        peers = {n.node_id: n for n in self.cluster_nodes(now_ms) if n.node_id != node_id}
+        return ClusterTick(held, remote, peers)
+
+    def cluster_leave(self, node_id: str) -> None:
+        """A hub process stops: its presence rows and its lease row are deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM worker_presence WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM hub_nodes WHERE node_id = ?", (node_id,))
+
+    def cluster_nodes(self, now_ms: int, *, include_expired: bool = False) -> list[ClusterNode]:
+        """The hubs with a live lease (with ``include_expired``, every hub row), oldest
+        first, each with how many workers it holds a live lease for."""
+        rows = self._all(
+            "SELECT n.node_id, n.advertise, n.started_at, n.renewed_at, n.lease_until, "
+            "(SELECT COUNT(*) FROM worker_presence p "
+            "WHERE p.node_id = n.node_id AND p.lease_until > ?), n.channels "
+            "FROM hub_nodes n WHERE n.lease_until > ? ORDER BY n.started_at, n.node_id",
+            (now_ms, -1 if include_expired else now_ms),
+        )
+        return [ClusterNode(str(r[0]), str(r[1]), *(int(v) for v in r[2:])) for r in rows]
+
+    def worker_node(self, worker_id: str, now_ms: int) -> ClusterNode | None:
+        """The live hub holding a live presence lease for ``worker_id``, or None."""
+        row = self._one(
+            "SELECT n.node_id, n.advertise, n.started_at, n.renewed_at, n.lease_until, "
+            "n.workers, n.channels "
+            "FROM worker_presence p JOIN hub_nodes n ON n.node_id = p.node_id "
+            "WHERE p.worker_id = ? AND p.lease_until > ? AND n.lease_until > ?",
+            (worker_id, now_ms, now_ms),
+        )
+        if row is None:
+            return None
+        return ClusterNode(str(row[0]), str(row[1]), *(int(v) for v in row[2:]))
+
+
+#: Presence rows whose lease ended longer ago than this are deleted at a renewal (ms).
+PRESENCE_RETENTION_MS: Final = 3_600_000
+
+
+@attrs.frozen
+class ClusterNode:
+    """One hub process sharing this database (``hub_nodes``)."""
+
+    node_id: str
+    #: The HOST:PORT other hubs dial for hub-to-hub links ("" when it listens for none).
+    advertise: str
+    started_at: int
+    #: When it last renewed its lease, and until when that lease runs (ms).
+    renewed_at: int
+    lease_until: int
+    workers: int
+    channels: int
+
+
+@attrs.frozen
+class ClusterTick:
+    """What a renewal tick tells its hub (:meth:`HubStore.cluster_renew`)."""
+
+    #: The workers this hub holds the presence of.
+    held: set[str]
+    #: The workers online (a live lease) on other hubs -> their owners' ids.
+    remote: dict[str, str]
+    #: The other hubs with a live lease, by node id.
+    peers: dict[str, ClusterNode]
 
 
 class SQLiteHubStore(HubStore):
