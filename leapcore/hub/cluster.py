@@ -68,9 +68,11 @@ from ..proto.cluster_wire import (
     ClusterProof,
     ClusterReady,
     ClusterRecord,
+    SealedRecords,
     encode_cluster,
     proof,
     proof_ok,
+    session_keys,
     with_channel_id,
 )
 from ..proto.hub_actions import Forward, Lookup
@@ -776,12 +778,12 @@ class Cluster:
                 with trio.fail_after(CLUSTER_HANDSHAKE_TIMEOUT):
                     stream = await trio.open_tcp_stream(host.strip("[]"), int(port))
                 async with stream:
-                    link.stream = stream
                     decoder = ClusterDecoder(_FROM_LISTENER)
                     with trio.fail_after(CLUSTER_HANDSHAKE_TIMEOUT):
-                        await self._dialler_handshake(link, stream, decoder)
+                        sealed = await self._dialler_handshake(link, stream, decoder)
+                    link.stream = sealed
                     log.info("%s is up (%s)", link, address)
-                    await self._serve(link, stream, decoder)
+                    await self._serve(link, sealed, decoder)
         except* _LINK_ENDS as group:
             log.warning("%s (%s): %s", link, address, _describe(group))
         finally:
@@ -791,7 +793,7 @@ class Cluster:
 
     async def _dialler_handshake(
         self, link: _PeerLink, stream: trio.abc.Stream, decoder: ClusterDecoder
-    ) -> None:
+    ) -> _SealedStream:
         secret = self.options.secret
         mine = secrets.token_bytes(NONCE_BYTES)
         await stream.send_all(encode_cluster(ClusterHello(CLUSTER_VERSION, self.node_id, mine)))
@@ -812,6 +814,8 @@ class Cluster:
         ready = await _read_record(stream, decoder)
         if not isinstance(ready, ClusterReady):
             raise LinkProtocolError(_refusal(ready, "cluster_ready"))
+        outbound, inbound = session_keys(secret, nonces=nonces, nodes=nodes)
+        return _SealedStream(stream, SealedRecords(outbound, inbound), decoder.take_unread())
 
     async def _accept(self, stream: trio.SocketStream) -> None:
         peer = _peer_of(stream)
@@ -822,16 +826,16 @@ class Cluster:
             await stream.aclose()
             return
         link = _PeerLink(self, dialler=False, remote="")
-        link.stream = stream
         self._inbound.add(link)
         try:
             with link.scope:
                 async with stream:
                     decoder = ClusterDecoder(_FROM_DIALLER)
                     with trio.fail_after(CLUSTER_HANDSHAKE_TIMEOUT):
-                        await self._listener_handshake(link, stream, decoder, peer)
+                        sealed = await self._listener_handshake(link, stream, decoder, peer)
+                    link.stream = sealed
                     log.info("%s is up (%s)", link, peer)
-                    await self._serve(link, stream, decoder)
+                    await self._serve(link, sealed, decoder)
         except* _LINK_ENDS as group:
             log.warning("hub-to-hub link from %s: %s", peer, _describe(group))
         finally:
@@ -840,7 +844,7 @@ class Cluster:
 
     async def _listener_handshake(
         self, link: _PeerLink, stream: trio.abc.Stream, decoder: ClusterDecoder, peer: str
-    ) -> None:
+    ) -> _SealedStream:
         secret = self.options.secret
         hello = await _read_record(stream, decoder)
         if not isinstance(hello, ClusterHello):
@@ -866,6 +870,8 @@ class Cluster:
             raise LinkProtocolError("wrong cluster secret")
         link.remote = hello.node_id
         await stream.send_all(encode_cluster(ClusterReady()))
+        inbound, outbound = session_keys(secret, nonces=nonces, nodes=nodes)
+        return _SealedStream(stream, SealedRecords(outbound, inbound), decoder.take_unread())
 
     async def _serve(
         self, link: _PeerLink, stream: trio.abc.Stream, decoder: ClusterDecoder
@@ -891,6 +897,39 @@ class Cluster:
             await trio.sleep(CLUSTER_PING_INTERVAL)
             link._ping += 1
             link.put(encode_cluster(ClusterPing(link._ping)))
+
+
+class _SealedStream(trio.abc.Stream):
+    """A signed-in link's stream: what is sent is sealed, what arrives is opened
+    (:class:`~leapcore.proto.cluster_wire.SealedRecords`). ``unread``: bytes that came
+    behind the sign-in, still sealed."""
+
+    def __init__(self, stream: trio.abc.Stream, records: SealedRecords, unread: bytes) -> None:
+        self._stream = stream
+        self._records = records
+        self._unread = unread
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self._stream.send_all(self._records.seal(data))
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self._stream.wait_send_all_might_not_block()
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes:
+        """The plaintext of the next whole record(s); b"" at the end of the stream."""
+        while True:
+            raw: bytes | bytearray = self._unread
+            self._unread = b""
+            if not raw:
+                raw = await self._stream.receive_some()
+                if not raw:
+                    return b""
+            plain = self._records.open(raw)
+            if plain:
+                return plain
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
 
 
 async def _read_record(

@@ -22,7 +22,9 @@ IP address, channels per link, per user and per worker, pending opens per worker
 bytes queued per link, live registration keys per user (expired ones are purged at start
 and every ``purge_interval``).
 
-**Revocation at once.** Every ``revocation_check_interval`` the hub asks its store (in one
+**Revocation at once.** Every ``revocation_check_interval``, and at once when another hub
+on the same PostgreSQL database announces a revocation or deregistration (LISTEN/NOTIFY,
+:meth:`~leapcore.store.hubstore.HubStore.watch_changes`), the hub asks its store (in one
 batched query each) which of its links' API tokens are still live and what its workers'
 statuses are, because the admin CLI or another hub may change them: a revoked token's (or
 deleted user's) links get ``error`` ``unauthenticated``, a deleted worker's link
@@ -105,9 +107,11 @@ thread that opened it, so they are not moved to worker threads.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -562,6 +566,8 @@ class Hub:
         #: (see :meth:`flush_last_seen`).
         self._seen: dict[str, int] = {}
         self._seen_flushed = -math.inf  # (no trio clock before serve)
+        #: Set when the store announces a change (PostgreSQL): check revocations now.
+        self._store_changed = trio.Event()
         self._serve_scope: trio.CancelScope | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
@@ -650,6 +656,8 @@ class Hub:
                         await nursery.start(self.cluster.run)
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
+                    if self.store.announces_changes:
+                        nursery.start_soon(self._watch_store_changes)
                     nursery.start_soon(self._purge_forever)
                     bound = await nursery.start(self.server.serve_tcp, host, port)
                     if unix_path is not None:
@@ -722,7 +730,9 @@ class Hub:
 
     async def _check_revocations_forever(self) -> None:
         while True:
-            await trio.sleep(self.limits.revocation_check_interval)
+            with trio.move_on_after(self.limits.revocation_check_interval):
+                await self._store_changed.wait()
+            self._store_changed = trio.Event()
             if self._clock() - self._seen_flushed >= LAST_SEEN_FLUSH_INTERVAL:
                 self.flush_last_seen()
             try:
@@ -731,6 +741,24 @@ class Hub:
                 log.error("revocation check failed: %s: %s", type(exc).__name__, exc)
             for kind, count in self._signin_log.expired(self._clock()):
                 self._log_suppressed(kind, count)
+
+    async def _watch_store_changes(self) -> None:
+        """Check revocations as soon as any hub on this database announces a change
+        (:meth:`~leapcore.store.hubstore.HubStore.watch_changes`, PostgreSQL's LISTEN):
+        the watch runs in a thread, and wakes :meth:`_check_revocations_forever`."""
+        token = trio.lowlevel.current_trio_token()
+        stop = threading.Event()
+
+        def heard(_what: str) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                trio.from_thread.run_sync(self._store_changed.set, trio_token=token)
+
+        try:
+            await trio.to_thread.run_sync(
+                self.store.watch_changes, heard, stop, abandon_on_cancel=True
+            )
+        finally:
+            stop.set()  # the abandoned thread returns within the watch's check interval
 
     def check_revocations(self) -> None:
         """End the links whose credentials no longer hold, asking the store (the admin CLI

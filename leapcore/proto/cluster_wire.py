@@ -29,6 +29,14 @@ its ``request_id``. From then on both ways carry ``channel_close``, ``channel_cr
 data frames under the *listening* hub's channel id; the dialling hub translates to and from
 its own ids (:func:`with_channel_id` rewrites a data frame's header, the ciphertext is
 never touched). ``cluster_ping`` / ``cluster_pong`` keep an idle link known alive.
+
+**Everything after sign-in is sealed** (:class:`SealedRecords`): each side derives two keys
+from the secret and the sign-in transcript (:func:`session_keys`, one per direction), and
+from the first byte after ``cluster_ready`` the stream is a sequence of records
+``u32 length || ChaCha20-Poly1305(key, nonce = record counter, plaintext)``, at most
+:data:`MAX_SEALED_PLAINTEXT` bytes of plaintext each. A record that does not open (a
+changed, injected, replayed or reordered byte) ends the link, so nobody on the path
+between two hubs can open channels in a user's name or read the user ids that travel.
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ from typing import ClassVar, Final
 
 import attrs
 
+from ..crypto.primitives import aead_decrypt, aead_encrypt
 from ..errors import FrameTooLarge, LinkProtocolError, LocalError
 from ..records import b64encode, structure_strict, unstructure
 from .link_codec import (
@@ -56,6 +65,7 @@ from .link_codec import (
 __all__ = [
     "CLUSTER_VERSION",
     "KIND_CLUSTER",
+    "MAX_SEALED_PLAINTEXT",
     "NONCE_BYTES",
     "ClusterChallenge",
     "ClusterDecoder",
@@ -67,9 +77,11 @@ __all__ = [
     "ClusterProof",
     "ClusterReady",
     "ClusterRecord",
+    "SealedRecords",
     "encode_cluster",
     "proof",
     "proof_ok",
+    "session_keys",
     "with_channel_id",
 ]
 
@@ -93,6 +105,9 @@ _DATA_START: Final = _CHANNEL_AT + _DATA_HEADER.size
 _MAX_FRAME: Final = 1 + max(MAX_CONTROL_BODY, _DATA_HEADER.size + 65535)
 
 #: Role labels of the two proofs.
+#: Plaintext bytes in one sealed record, at most (a send is cut into records this long).
+MAX_SEALED_PLAINTEXT: Final = 256 * 1024
+_TAG_BYTES: Final = 16
 _DIALLER: Final = b"leapcore-cluster-v1 dialler"
 _LISTENER: Final = b"leapcore-cluster-v1 listener"
 
@@ -242,6 +257,13 @@ class ClusterDecoder:
     def receive_data(self, data: bytes | bytearray | memoryview) -> None:
         self._buffer += data
 
+    def take_unread(self) -> bytes:
+        """The bytes received but not decoded yet, removed (what came behind the sign-in
+        is sealed, and is opened before it is decoded)."""
+        unread = bytes(self._buffer)
+        self._buffer.clear()
+        return unread
+
     def next(self) -> ClusterRecord | LinkMessage | RelayedData | None:
         """The next whole record or frame, or None until more bytes arrive."""
         if self._error is not None:
@@ -313,3 +335,70 @@ def proof_ok(
     """Whether ``given`` is the right proof (compared in constant time)."""
     expected = proof(secret, dialler=dialler, nonces=nonces, nodes=nodes)
     return hmac.compare_digest(expected, given)
+
+
+def session_keys(
+    secret: bytes, *, nonces: tuple[bytes, bytes], nodes: tuple[str, str]
+) -> tuple[bytes, bytes]:
+    """The sealing keys of one signed-in link: (dialler -> listener, listener -> dialler),
+    each an HMAC-SHA256 of the sign-in transcript under the secret with its own label."""
+    keys = []
+    for label in (b"keys " + _DIALLER, b"keys " + _LISTENER):
+        mac = hmac.new(secret, label, hashlib.sha256)
+        for part in (*nonces, *(n.encode() for n in nodes)):
+            mac.update(_LENGTH.pack(len(part)))
+            mac.update(part)
+        keys.append(mac.digest())
+    return keys[0], keys[1]
+
+
+class SealedRecords:
+    """One side of a signed-in link's sealed byte stream (see the module docstring):
+    :meth:`seal` what to send, :meth:`open` what arrives. A record that does not
+    authenticate, or claims more than a record may hold, is a :class:`LinkProtocolError`
+    and the opener stays broken."""
+
+    def __init__(self, send_key: bytes, receive_key: bytes) -> None:
+        self._send_key = send_key
+        self._receive_key = receive_key
+        self._sent = 0
+        self._received = 0
+        self._buffer = bytearray()
+        self._error: LinkProtocolError | None = None
+
+    def seal(self, data: bytes | bytearray | memoryview) -> bytes:
+        view = memoryview(data)
+        out: list[bytes] = []
+        for at in range(0, len(view), MAX_SEALED_PLAINTEXT):
+            sealed = aead_encrypt(
+                self._send_key, self._sent, b"", bytes(view[at : at + MAX_SEALED_PLAINTEXT])
+            )
+            self._sent += 1
+            out += (_LENGTH.pack(len(sealed)), sealed)
+        return b"".join(out)
+
+    def open(self, data: bytes | bytearray | memoryview) -> bytes:
+        """The plaintext of every whole record now received (b"" until one is whole)."""
+        if self._error is not None:
+            raise self._error
+        self._buffer += data
+        out = []
+        buf = self._buffer
+        while len(buf) >= _LENGTH.size:
+            (length,) = _LENGTH.unpack_from(buf)
+            if not _TAG_BYTES < length <= MAX_SEALED_PLAINTEXT + _TAG_BYTES:
+                self._error = LinkProtocolError(f"sealed record of {length} bytes")
+                raise self._error
+            end = _LENGTH.size + length
+            if len(buf) < end:
+                break
+            plain = aead_decrypt(
+                self._receive_key, self._received, b"", bytes(buf[_LENGTH.size : end])
+            )
+            if plain is None:
+                self._error = LinkProtocolError("a sealed record does not authenticate")
+                raise self._error
+            self._received += 1
+            del buf[:end]
+            out.append(plain)
+        return b"".join(out)

@@ -46,9 +46,11 @@ from leapcore.proto.cluster_wire import (
     ClusterPing,
     ClusterProof,
     ClusterReady,
+    SealedRecords,
     encode_cluster,
     proof,
     proof_ok,
+    session_keys,
 )
 from leapcore.proto.limits import (
     CHANNEL_CREDIT,
@@ -544,17 +546,30 @@ async def test_cluster_status_cli(tmp_path: Path) -> None:
 # -- budgets of the hub-to-hub listener (docs/budgets.md), on trio's MockClock ----------------
 
 
-async def signed_in(address: tuple[str, int], node: str = "x") -> tuple[trio.SocketStream, Any]:
-    """A raw dialler that knows the secret, signed in: (its stream, a record reader)."""
+class SealedDialler:
+    """The raw dialler's side of a signed-in link: sends are sealed."""
+
+    def __init__(self, stream: trio.SocketStream, records: SealedRecords) -> None:
+        self.stream = stream
+        self.records = records
+
+    async def send_all(self, data: bytes) -> None:
+        await self.stream.send_all(self.records.seal(data))
+
+
+async def signed_in(address: tuple[str, int], node: str = "x") -> tuple[SealedDialler, Any]:
+    """A raw dialler that knows the secret, signed in: (its sealed sender, a record reader
+    that opens what comes after the sign-in)."""
     stream = await trio.open_tcp_stream(*address)
     decoder = ClusterDecoder(frozenset({"channel_opened", "channel_close", "data"}))
+    sealed: list[SealedRecords] = []
 
     async def record() -> Any:
         while (message := decoder.next()) is None:
             data = await stream.receive_some()
             if not data:
                 return None
-            decoder.receive_data(data)
+            decoder.receive_data(sealed[0].open(data) if sealed else data)
         return message
 
     mine = os.urandom(32)
@@ -567,7 +582,9 @@ async def signed_in(address: tuple[str, int], node: str = "x") -> tuple[trio.Soc
         encode_cluster(ClusterProof(proof(SECRET, dialler=True, nonces=nonces, nodes=nodes)))
     )
     assert await record() == ClusterReady()
-    return stream, record
+    sealed.append(SealedRecords(*session_keys(SECRET, nonces=nonces, nodes=nodes)))
+    decoder.receive_data(sealed[0].open(decoder.take_unread()))
+    return SealedDialler(stream, sealed[0]), record
 
 
 async def test_cluster_listener_budgets(
@@ -594,6 +611,12 @@ async def test_cluster_listener_budgets(
         # Signed in, then a record the dialling side may not send: that link alone ends.
         stream, record = await signed_in(address)
         await stream.send_all(encode(ChannelOpened(1, 1, b"m2", 65519)))
+        assert await record() is None
+        # Signed in, then a sealed record changed on the way (one bit): that link ends.
+        dialler, record = await signed_in(address)
+        tampered = bytearray(dialler.records.seal(encode_cluster(ClusterPing(1))))
+        tampered[-1] ^= 1
+        await dialler.stream.send_all(bytes(tampered))
         assert await record() is None
         # At most CLUSTER_MAX_CONNECTIONS at once: the next one is closed unread.
         held = [await trio.open_tcp_stream(*address) for _ in range(CLUSTER_MAX_CONNECTIONS)]

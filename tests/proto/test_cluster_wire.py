@@ -8,17 +8,22 @@ import json
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from leapcore.errors import FrameTooLarge, LinkProtocolError
 from leapcore.proto.cluster_wire import (
     KIND_CLUSTER,
+    MAX_SEALED_PLAINTEXT,
     ClusterDecoder,
     ClusterHello,
     ClusterOpen,
     ClusterPing,
+    SealedRecords,
     encode_cluster,
     proof,
     proof_ok,
+    session_keys,
     with_channel_id,
 )
 from leapcore.proto.link_codec import ChannelClose, ChannelData, ChannelOpened, encode
@@ -120,3 +125,68 @@ def test_proofs_are_bound_to_role_nonces_nodes_and_secret() -> None:
     # Lengths are framed: moving a byte from one field to the next changes the proof.
     shifted = proof(SECRET, dialler=True, nonces=NONCES, nodes=("ab", ""))
     assert shifted != proof(SECRET, dialler=True, nonces=NONCES, nodes=("a", "b"))
+
+
+# -- sealed records after sign-in ------------------------------------------------------------
+
+_NONCES = (b"d" * 32, b"l" * 32)
+_NODES = ("hub-a", "hub-b")
+
+
+def _pair() -> tuple[SealedRecords, SealedRecords]:
+    """(dialler's side, listener's side) of one link."""
+    d2l, l2d = session_keys(b"s" * 32, nonces=_NONCES, nodes=_NODES)
+    assert d2l != l2d
+    return SealedRecords(d2l, l2d), SealedRecords(l2d, d2l)
+
+
+@given(
+    sends=st.lists(st.binary(max_size=3000), max_size=8),
+    cuts=st.lists(st.integers(min_value=1, max_value=700), max_size=30),
+)
+def test_sealed_records_round_trip_however_the_bytes_are_cut(
+    sends: list[bytes], cuts: list[int]
+) -> None:
+    dialler, listener = _pair()
+    wire = b"".join(dialler.seal(s) for s in sends)
+    got, at = [], 0
+    for cut in [*cuts, len(wire)]:
+        got.append(listener.open(wire[at : at + cut]))
+        at += cut
+    assert b"".join(got) == b"".join(sends)
+
+
+def test_a_long_send_is_cut_into_records_and_comes_back_whole() -> None:
+    dialler, listener = _pair()
+    data = bytes(range(256)) * (MAX_SEALED_PLAINTEXT // 256 * 2 + 3)
+    wire = dialler.seal(data)
+    assert len(wire) == len(data) + 3 * (4 + 16)  # three records
+    assert listener.open(wire) == data
+
+
+@pytest.mark.parametrize("change", ["flip", "replay", "reorder", "other_direction", "too_long"])
+def test_a_changed_stream_does_not_open(change: str) -> None:
+    dialler, listener = _pair()
+    first, second = dialler.seal(b"cluster_open as alice"), dialler.seal(b"second")
+    if change == "flip":
+        wire = first[:-1] + bytes([first[-1] ^ 1])
+    elif change == "replay":
+        assert listener.open(first) == b"cluster_open as alice"
+        wire = first
+    elif change == "reorder":
+        wire = second + first
+    elif change == "other_direction":
+        wire = listener.seal(b"reflected")  # the listener's own record sent back to it
+    else:
+        wire = struct.pack(">I", MAX_SEALED_PLAINTEXT + 17)
+    with pytest.raises(LinkProtocolError):
+        listener.open(wire)
+    with pytest.raises(LinkProtocolError):  # and it stays broken
+        listener.open(dialler.seal(b"more"))
+
+
+def test_the_keys_belong_to_one_link() -> None:
+    keys = session_keys(b"s" * 32, nonces=_NONCES, nodes=_NODES)
+    assert keys != session_keys(b"t" * 32, nonces=_NONCES, nodes=_NODES)
+    assert keys != session_keys(b"s" * 32, nonces=(b"x" * 32, _NONCES[1]), nodes=_NODES)
+    assert keys != session_keys(b"s" * 32, nonces=_NONCES, nodes=("hub-a", "hub-c"))
