@@ -424,11 +424,13 @@ def sim_main(tokens: list[str], offset: int, stride: int, conn: Any) -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(io_loop)
             nursery.start_soon(timers)
-            reported = False
+            next_report = 0.0
             while True:
-                if not reported and up_count == len(links):
-                    conn.send(("ready", time.time()))
-                    reported = True
+                now = trio.current_time()
+                if now >= next_report:  # progress for the parent, who stops the ramp
+                    recent = Counter(why for _, why in drops[-200:]).most_common(3)
+                    conn.send(("progress", (up_count, len(drops), recent)))
+                    next_report = now + (0.1 if up_count < len(links) else 2.0)
                 if conn.poll():
                     _, window = conn.recv()
                     break
@@ -471,6 +473,45 @@ def sim_main(tokens: list[str], offset: int, stride: int, conn: Any) -> None:
 # -- the parent ----------------------------------------------------------------------------------
 
 
+def expect_skipping(conn: Any, kind: str, timeout: float) -> Any:
+    """:func:`expect`, passing over the simulator's progress reports."""
+    deadline = time.time() + timeout
+    while True:
+        if not conn.poll(max(0.0, deadline - time.time())):
+            raise RuntimeError(f"no {kind!r} from a child within {timeout:.0f}s")
+        got, payload = conn.recv()
+        if got == kind:
+            return payload
+        if got != "progress":
+            raise RuntimeError(f"expected {kind!r}, got {got!r}")
+
+
+def wait_ramp(conns: list[Any], links: int, deadline: float) -> tuple[float, bool]:
+    """Until every link is up or ``deadline``: (when the ramp ended, whether all came up).
+    Progress goes to stderr every 5 s."""
+    progress: dict[int, tuple[int, int, list[tuple[str, int]]]] = {}
+    up = 0
+    shown = time.time()
+    while time.time() < deadline:
+        for i, c in enumerate(conns):
+            while c.poll():
+                got, payload = c.recv()
+                if got != "progress":
+                    raise RuntimeError(f"expected progress, got {got!r}")
+                progress[i] = payload
+        up = sum(p[0] for p in progress.values())
+        if up == links:
+            return time.time(), True
+        if time.time() - shown >= 5:
+            shown = time.time()
+            drops = sum(p[1] for p in progress.values())
+            reasons = [r for p in progress.values() for r in p[2]]
+            print(f"ramp: {up}/{links} up, {drops} drops {reasons}", file=sys.stderr)
+        time.sleep(0.05)
+    print(f"ramp: not every link came up by the deadline; measuring {up}", file=sys.stderr)
+    return time.time(), False
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     links: int = args.links
     nproc = max(1, min(args.processes, links))
@@ -504,8 +545,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             c.send((port, ramp_start, args.rate))
         time.sleep(max(0.0, ramp_start - time.time()))
         hub_cpu_ramp0 = cpu_seconds(hub.pid)
-        ready = [expect(c, "ready", max(10.0, hard_deadline - time.time())) for _, c in sims]
-        ramp_end = max(ready)
+        ramp_end, ramp_complete = wait_ramp(
+            [c for _, c in sims], links, ramp_start + args.ramp_timeout + 1.5 * ramp_guess
+        )
         hub_cpu_ramp1 = cpu_seconds(hub.pid)
         rss_ramp = rss_kib(hub.pid)
         time.sleep(args.settle)
@@ -517,14 +559,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         hub_cpu1 = cpu_seconds(hub.pid)
         sim_cpu1 = [cpu_seconds(proc.pid) for proc, _ in sims]
         load_end = os.getloadavg()
-        metrics = http_get(port, "/metrics").decode()
+        try:
+            metrics = http_get(port, "/metrics").decode()
+        except OSError as exc:  # a hub too busy to accept (its listen queue full)
+            print(f"/metrics not read: {exc}", file=sys.stderr)
+            metrics = ""
         for _, c in sims:
             c.send(("stop", (win_start, win_end)))
-        reports = [expect(c, "done", 60) for _, c in sims]
+        reports = [expect_skipping(c, "done", 60) for _, c in sims]
         hub_report = stop_hub(hub_conn, children, 60)
 
     window = win_end - win_start
-    online_metric = workers_online(metrics)
+    online_metric = workers_online(metrics) if metrics else math.nan
     hub_gaps = [
         b - a - IDLE_INTERVAL
         for times in hub_report["arrivals"].values()
@@ -555,6 +601,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "setup_store_s": round(setup_s, 2),
         "ramp": {
             "rate_asked_per_s": args.rate,
+            "all_up": ramp_complete,
             "seconds": round(ramp_s, 2),
             "links_per_s": round(links / ramp_s, 1) if ramp_s > 0 else None,
             "hub_cpu_share": (hub_cpu_ramp1 - hub_cpu_ramp0) / ramp_s if ramp_s > 0 else None,
@@ -592,6 +639,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "hub_rss_below_1_gib": rss_peak < 1024 * 1024,
         "lateness_p99_below_1_s": late["p99"] is not None and late["p99"] < 1.0,
         "no_link_declared_dead": result["hub_declared_dead"] == 0,
+        "every_link_up": ramp_complete and result["links_up_at_end"] == links,
     }
     if late["p99"] is None:  # a window shorter than the heartbeat period: nothing to judge
         result["targets"]["lateness_p99_below_1_s"] = None
@@ -613,6 +661,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0, help="steady-state window (60)")
     parser.add_argument("--processes", type=int, default=3, help="simulator processes (3)")
     parser.add_argument("--rate", type=float, default=250.0, help="dials per second (250)")
+    parser.add_argument(
+        "--ramp-timeout",
+        type=float,
+        default=60.0,
+        help="seconds beyond 1.5 x links/rate to wait for every link to be up (60)",
+    )
     add_common_options(parser)
     args = parser.parse_args()
     result = run(args)
