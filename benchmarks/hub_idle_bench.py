@@ -86,12 +86,12 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
     from leapcore.proto.limits import HubLimits
 
     raise_fd_limit()
-    dead: list[str] = []
+    dead: list[tuple[float, str]] = []  # (wall clock, log line)
 
     class Count(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "idle timeout" in record.getMessage():
-                dead.append(record.getMessage())
+                dead.append((record.created, record.getMessage()))
 
     logger = logging.getLogger("leapcore.hub.server")
     logger.setLevel(logging.INFO)

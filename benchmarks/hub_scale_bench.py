@@ -564,6 +564,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         except OSError as exc:  # a hub too busy to accept (its listen queue full)
             print(f"/metrics not read: {exc}", file=sys.stderr)
             metrics = ""
+        stop_sent = time.time()
         for _, c in sims:
             c.send(("stop", (win_start, win_end)))
         reports = [expect_skipping(c, "done", 60) for _, c in sims]
@@ -627,7 +628,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "heartbeat_lateness_s": late,
         "hub_interarrival_late_s": percentiles(hub_gaps),
         "simulator_timer_late_max_s": max(rep["timer_late_max"] for rep in reports),
-        "hub_declared_dead": len(hub_report["dead"]),
+        # Until the simulators were told to stop; a hub far behind may time out more links
+        # while they close (counted apart).
+        "hub_declared_dead": sum(1 for t, _ in hub_report["dead"] if t <= stop_sent),
+        "hub_declared_dead_at_teardown": sum(1 for t, _ in hub_report["dead"] if t > stop_sent),
+        "hub_declared_dead_in_ramp": sum(1 for t, _ in hub_report["dead"] if t <= ramp_end),
         "drops": len(drops),
         "drops_in_window": sum(1 for t, _ in drops if win_start <= t <= win_end),
         "drop_reasons": dict(Counter(why for _, why in drops).most_common(5)),
@@ -699,7 +704,9 @@ def main() -> int:
         print(f"heartbeat lateness:       {fmt(result['heartbeat_lateness_s'])}")
         print(f"hub inter-arrival - 6 s:  {fmt(result['hub_interarrival_late_s'])}")
         print(
-            f"declared dead by the hub: {result['hub_declared_dead']}; drops "
+            f"declared dead by the hub: {result['hub_declared_dead']} "
+            f"({result['hub_declared_dead_in_ramp']} in the ramp; "
+            f"{result['hub_declared_dead_at_teardown']} more at teardown); drops "
             f"{result['drops']} ({result['drops_in_window']} in the window), "
             f"re-dials {result['redials']} {result['drop_reasons'] or ''}"
         )
