@@ -78,8 +78,16 @@ def raise_fd_limit() -> tuple[int, int]:
 # -- the hub process ----------------------------------------------------------------------------
 
 
-def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | None = None) -> None:
-    """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures."""
+def hub_main(
+    db: str,
+    links: int,
+    conn: Any,
+    deadline: float,
+    profile: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures.
+    ``settings``: more :class:`HubLimits` fields (an experiment's, never a default's)."""
     import trio
 
     from leapcore.hub.server import Hub
@@ -113,7 +121,9 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
         # listener's connections, signed-in links), which exist for real clients.
         per_address = links + 64
         limits = HubLimits(
-            max_connections_per_address=per_address, max_links_per_address=per_address
+            max_connections_per_address=per_address,
+            max_links_per_address=per_address,
+            **(settings or {}),
         )
         hub = TimedHub(db, max_workers_per_user=links, limits=limits)
         hub.arrivals = {}
@@ -313,11 +323,14 @@ def start_hub(
     profile: str | None,
     children: list[Any],
     quiet: float = 1.0,
+    settings: dict[str, Any] | None = None,
 ) -> tuple[Any, Any, int, int]:
     """The hub process (in ``children``), its pipe, its port and its RSS (KiB) before any
     link, ``quiet`` seconds after one ``/healthz`` request (its imports and buffers)."""
     hub_conn, hub_child = ctx.Pipe()
-    hub = ctx.Process(target=hub_main, args=(str(db), links, hub_child, deadline, profile))
+    hub = ctx.Process(
+        target=hub_main, args=(str(db), links, hub_child, deadline, profile, settings)
+    )
     hub.start()
     children.append(hub)
     port = expect(hub_conn, "port", 60)

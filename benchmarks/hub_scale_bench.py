@@ -518,6 +518,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()
     old_soft, new_soft = check_fd_limit(links + FD_SPARE, "the hub process")
     ctx = mp.get_context("spawn")
+    settings: dict[str, Any] = {}
+    if args.revocation_check_interval is not None:  # an experiment: what the check costs
+        settings["revocation_check_interval"] = args.revocation_check_interval
     started = time.time()
     ramp_guess = links / args.rate
     with reaped() as children, tempfile.TemporaryDirectory(prefix="hub-scale-") as tmp:
@@ -536,7 +539,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             children.append(proc)
             sims.append((proc, parent))
         hub, hub_conn, port, rss_idle = start_hub(
-            ctx, db, links, hard_deadline + 15, args.profile_hub, children, quiet=0.3
+            ctx,
+            db,
+            links,
+            hard_deadline + 15,
+            args.profile_hub,
+            children,
+            quiet=0.3,
+            settings=settings,
         )
         for _, c in sims:
             expect(c, "loaded", 60)
@@ -594,6 +604,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "links": links,
         "simulator_processes": nproc,
         "nofile_soft_limit": [old_soft, new_soft],
+        "hub_settings_changed": settings,
         "hub_budgets_lifted": {
             "max_connections_per_address": links + 64,
             "max_links_per_address": links + 64,
@@ -671,6 +682,12 @@ def main() -> int:
         type=float,
         default=60.0,
         help="seconds beyond 1.5 x links/rate to wait for every link to be up (60)",
+    )
+    parser.add_argument(
+        "--revocation-check-interval",
+        type=float,
+        metavar="S",
+        help="an experiment: the hub's revocation check every S s (default: the hub's, 0.5)",
     )
     add_common_options(parser)
     args = parser.parse_args()
