@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -101,6 +102,17 @@ def hub_main(
             if "idle timeout" in record.getMessage():
                 dead.append((record.created, record.getMessage()))
 
+    # The cyclic garbage collector's pauses (wall clock at the end, generation, seconds).
+    collections: list[tuple[float, int, float]] = []
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((time.time(), info["generation"], time.perf_counter() - gc_start[0]))
+
+    gc.callbacks.append(on_gc)
     logger = logging.getLogger("leapcore.hub.server")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -133,7 +145,7 @@ def hub_main(
             while time.time() < deadline and not conn.poll():
                 await trio.sleep(0.2)
             await hub.shutdown()
-        conn.send(("done", {"arrivals": hub.arrivals, "dead": dead}))
+        conn.send(("done", {"arrivals": hub.arrivals, "dead": dead, "gc": collections}))
 
     if profile is None:
         trio.run(main)

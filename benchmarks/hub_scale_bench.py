@@ -641,6 +641,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "simulator_timer_late_max_s": max(rep["timer_late_max"] for rep in reports),
         # Until the simulators were told to stop; a hub far behind may time out more links
         # while they close (counted apart).
+        "hub_gc_in_window": gc_pauses(hub_report["gc"], win_start, win_end),
         "hub_declared_dead": sum(1 for t, _ in hub_report["dead"] if t <= stop_sent),
         "hub_declared_dead_at_teardown": sum(1 for t, _ in hub_report["dead"] if t > stop_sent),
         "hub_declared_dead_in_ramp": sum(1 for t, _ in hub_report["dead"] if t <= ramp_end),
@@ -660,6 +661,22 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if late["p99"] is None:  # a window shorter than the heartbeat period: nothing to judge
         result["targets"]["lateness_p99_below_1_s"] = None
     return result
+
+
+def gc_pauses(
+    collections: list[tuple[float, int, float]], start: float, end: float
+) -> dict[str, Any]:
+    """The hub's garbage collections ending in [start, end]: per generation, how many, the
+    longest pause and the total (seconds)."""
+    out: dict[str, Any] = {}
+    for generation in (0, 1, 2):
+        pauses = [d for t, g, d in collections if g == generation and start <= t <= end]
+        out[f"gen{generation}"] = {
+            "count": len(pauses),
+            "max_s": round(max(pauses, default=0.0), 4),
+            "total_s": round(sum(pauses), 4),
+        }
+    return out
 
 
 def fmt(p: dict[str, float | None], scale: float = 1e3, unit: str = "ms") -> str:
@@ -727,6 +744,7 @@ def main() -> int:
             f"{result['drops']} ({result['drops_in_window']} in the window), "
             f"re-dials {result['redials']} {result['drop_reasons'] or ''}"
         )
+        print(f"hub garbage collections:  {result['hub_gc_in_window']}")
         print(f"targets: {result['targets']}")
     return 0 if all(v is not False for v in result["targets"].values()) else 1
 
