@@ -560,6 +560,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         hub_cpu_ramp1 = cpu_seconds(hub.pid)
         rss_ramp = rss_kib(hub.pid)
+        if args.gc_freeze:
+            hub_conn.send("gc_freeze")
         time.sleep(args.settle)
         win_start = time.time()
         hub_cpu0 = cpu_seconds(hub.pid)
@@ -605,6 +607,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "simulator_processes": nproc,
         "nofile_soft_limit": [old_soft, new_soft],
         "hub_settings_changed": settings,
+        "hub_gc_frozen_after_ramp": args.gc_freeze,
         "hub_budgets_lifted": {
             "max_connections_per_address": links + 64,
             "max_links_per_address": links + 64,
@@ -705,6 +708,11 @@ def main() -> int:
         type=float,
         metavar="S",
         help="an experiment: the hub's revocation check every S s (default: the hub's, 0.5)",
+    )
+    parser.add_argument(
+        "--gc-freeze",
+        action="store_true",
+        help="an experiment: the hub calls gc.freeze() once every link is up",
     )
     add_common_options(parser)
     args = parser.parse_args()
