@@ -128,6 +128,8 @@ def hub_main(
                 self.arrivals.setdefault(link.worker.id, []).append(time.time())
             return super()._heartbeat(link, beat)
 
+    tracked: dict[str, int] = {}  # objects the collector tracks: idle, and frozen
+
     async def main() -> None:
         # Every simulated worker dials from 127.0.0.1: lift the per-address budgets (a
         # listener's connections, signed-in links), which exist for real clients.
@@ -141,15 +143,18 @@ def hub_main(
         hub.arrivals = {}
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
+            tracked["idle"] = len(gc.get_objects())
             conn.send(("port", port))
             while time.time() < deadline:
                 if conn.poll():
                     if conn.recv() != "gc_freeze":
                         break
                     gc.freeze()  # an experiment: what the collector's passes cost
+                    tracked["frozen"] = gc.get_freeze_count()
                 await trio.sleep(0.2)
             await hub.shutdown()
-        conn.send(("done", {"arrivals": hub.arrivals, "dead": dead, "gc": collections}))
+        report = {"arrivals": hub.arrivals, "dead": dead, "gc": collections, "tracked": tracked}
+        conn.send(("done", report))
 
     if profile is None:
         trio.run(main)

@@ -608,6 +608,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nofile_soft_limit": [old_soft, new_soft],
         "hub_settings_changed": settings,
         "hub_gc_frozen_after_ramp": args.gc_freeze,
+        # With --gc-freeze: objects the collector tracked once every link was up, per link
+        # over those tracked before any link.
+        "hub_gc_tracked_per_link": (
+            round((hub_report["tracked"]["frozen"] - hub_report["tracked"]["idle"]) / links, 1)
+            if "frozen" in hub_report["tracked"]
+            else None
+        ),
         "hub_budgets_lifted": {
             "max_connections_per_address": links + 64,
             "max_links_per_address": links + 64,
