@@ -39,6 +39,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +130,7 @@ def hub_main(
             return super()._heartbeat(link, beat)
 
     tracked: dict[str, int] = {}  # objects the collector tracks: idle, and frozen
+    idle_kinds: Counter[str] = Counter()
 
     async def main() -> None:
         # Every simulated worker dials from 127.0.0.1: lift the per-address budgets (a
@@ -143,14 +145,18 @@ def hub_main(
         hub.arrivals = {}
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
-            tracked["idle"] = len(gc.get_objects())
+            idle_kinds.update(type(o).__qualname__ for o in gc.get_objects())
+            tracked["idle"] = idle_kinds.total()
             conn.send(("port", port))
             while time.time() < deadline:
                 if conn.poll():
                     if conn.recv() != "gc_freeze":
                         break
+                    kinds = Counter(type(o).__qualname__ for o in gc.get_objects())
                     gc.freeze()  # an experiment: what the collector's passes cost
                     tracked["frozen"] = gc.get_freeze_count()
+                    for kind, count in (kinds - idle_kinds).most_common(12):
+                        tracked[f"kind:{kind}"] = count
                 await trio.sleep(0.2)
             await hub.shutdown()
         report = {"arrivals": hub.arrivals, "dead": dead, "gc": collections, "tracked": tracked}

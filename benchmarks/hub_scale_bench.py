@@ -615,6 +615,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             if "frozen" in hub_report["tracked"]
             else None
         ),
+        "hub_gc_tracked_kinds_per_link": {
+            key[5:]: round(n / links, 2)
+            for key, n in hub_report["tracked"].items()
+            if key.startswith("kind:")
+        },
         "hub_budgets_lifted": {
             "max_connections_per_address": links + 64,
             "max_links_per_address": links + 64,
