@@ -25,6 +25,8 @@ and are killed at the end if still alive).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import itertools
 import json
 import logging
@@ -37,6 +39,8 @@ import resource
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,21 +80,40 @@ def raise_fd_limit() -> tuple[int, int]:
 # -- the hub process ----------------------------------------------------------------------------
 
 
-def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | None = None) -> None:
-    """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures."""
+def hub_main(
+    db: str,
+    links: int,
+    conn: Any,
+    deadline: float,
+    profile: str | None = None,
+    settings: dict[str, Any] | None = None,
+) -> None:
+    """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures.
+    ``settings``: more :class:`HubLimits` fields (an experiment's, never a default's)."""
     import trio
 
     from leapcore.hub.server import Hub
     from leapcore.proto.limits import HubLimits
 
     raise_fd_limit()
-    dead: list[str] = []
+    dead: list[tuple[float, str]] = []  # (wall clock, log line)
 
     class Count(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if "idle timeout" in record.getMessage():
-                dead.append(record.getMessage())
+                dead.append((record.created, record.getMessage()))
 
+    # The cyclic garbage collector's pauses (wall clock at the end, generation, seconds).
+    collections: list[tuple[float, int, float]] = []
+    gc_start = [0.0]
+
+    def on_gc(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        else:
+            collections.append((time.time(), info["generation"], time.perf_counter() - gc_start[0]))
+
+    gc.callbacks.append(on_gc)
     logger = logging.getLogger("leapcore.hub.server")
     logger.setLevel(logging.INFO)
     logger.propagate = False
@@ -106,22 +129,38 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
                 self.arrivals.setdefault(link.worker.id, []).append(time.time())
             return super()._heartbeat(link, beat)
 
+    tracked: dict[str, int] = {}  # objects the collector tracks: idle, and frozen
+    idle_kinds: Counter[str] = Counter()
+
     async def main() -> None:
         # Every simulated worker dials from 127.0.0.1: lift the per-address budgets (a
         # listener's connections, signed-in links), which exist for real clients.
         per_address = links + 64
         limits = HubLimits(
-            max_connections_per_address=per_address, max_links_per_address=per_address
+            max_connections_per_address=per_address,
+            max_links_per_address=per_address,
+            **(settings or {}),
         )
         hub = TimedHub(db, max_workers_per_user=links, limits=limits)
         hub.arrivals = {}
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
+            idle_kinds.update(type(o).__qualname__ for o in gc.get_objects())
+            tracked["idle"] = idle_kinds.total()
             conn.send(("port", port))
-            while time.time() < deadline and not conn.poll():
+            while time.time() < deadline:
+                if conn.poll():
+                    if conn.recv() != "gc_freeze":
+                        break
+                    kinds = Counter(type(o).__qualname__ for o in gc.get_objects())
+                    gc.freeze()  # an experiment: what the collector's passes cost
+                    tracked["frozen"] = gc.get_freeze_count()
+                    for kind, count in (kinds - idle_kinds).most_common(12):
+                        tracked[f"kind:{kind}"] = count
                 await trio.sleep(0.2)
             await hub.shutdown()
-        conn.send(("done", {"arrivals": hub.arrivals, "dead": dead}))
+        report = {"arrivals": hub.arrivals, "dead": dead, "gc": collections, "tracked": tracked}
+        conn.send(("done", report))
 
     if profile is None:
         trio.run(main)
@@ -290,74 +329,112 @@ def max_gap(times: list[float], start: float, end: float) -> float | None:
     return max(gaps) if gaps else None
 
 
-def run(
-    links: int, seconds: float, per_process: int, settle: float, profile: str | None = None
-) -> dict[str, Any]:
-    old_soft, new_soft = raise_fd_limit()
-    ramp = max(3.0, links / 200)
-    ctx = mp.get_context("spawn")
+@contextlib.contextmanager
+def reaped() -> Iterator[list[Any]]:
+    """A list to put child processes in; any still alive at the end is killed."""
     children: list[Any] = []
-    started = time.time()
     try:
-        with tempfile.TemporaryDirectory(prefix="hub-idle-") as tmp:
-            db = Path(tmp) / "hub.db"
-            t0 = time.perf_counter()
-            tokens = setup_store(db, links)
-            setup_s = time.perf_counter() - t0
-            budget = 60 + ramp + settle + seconds + links / 20
-            hard_deadline = time.time() + budget
-            hub_conn, hub_child = ctx.Pipe()
-            hub = ctx.Process(
-                target=hub_main, args=(str(db), links, hub_child, hard_deadline + 15, profile)
-            )
-            hub.start()
-            children.append(hub)
-            port = expect(hub_conn, "port", 60)
-            http_get(port, "/healthz")  # the first request's imports and buffers
-            time.sleep(1.0)
-            rss_idle = rss_kib(hub.pid)
-            url = f"http://127.0.0.1:{port}"
-            groups = [tokens[i : i + per_process] for i in range(0, links, per_process)]
-            worker_conns = []
-            for group in groups:
-                parent, child = ctx.Pipe()
-                proc = ctx.Process(
-                    target=workers_main, args=(url, group, ramp, child, hard_deadline)
-                )
-                proc.start()
-                children.append(proc)
-                worker_conns.append(parent)
-            for c in worker_conns:
-                expect(c, "ready", max(10.0, hard_deadline - time.time()))
-            all_up = time.time()
-            time.sleep(settle)
-            win_start, cpu_start = time.time(), cpu_seconds(hub.pid)
-            rss_samples = []
-            while time.time() < win_start + seconds:
-                time.sleep(min(1.0, win_start + seconds - time.time()))
-                rss_samples.append(rss_kib(hub.pid))
-            win_end, cpu_end = time.time(), cpu_seconds(hub.pid)
-            metrics = http_get(port, "/metrics").decode()
-            for c in worker_conns:
-                c.send("stop")
-            worker_stats: list[dict[str, Any]] = []
-            for c in worker_conns:
-                worker_stats += expect(c, "done", 30)
-            hub_conn.send("stop")
-            hub_report = expect(hub_conn, "done", 30)
-            for proc in children:
-                proc.join(15)
+        yield children
     finally:
         for proc in children:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
 
-    online_metric = next(
+
+def start_hub(
+    ctx: Any,
+    db: Path,
+    links: int,
+    deadline: float,
+    profile: str | None,
+    children: list[Any],
+    quiet: float = 1.0,
+    settings: dict[str, Any] | None = None,
+) -> tuple[Any, Any, int, int]:
+    """The hub process (in ``children``), its pipe, its port and its RSS (KiB) before any
+    link, ``quiet`` seconds after one ``/healthz`` request (its imports and buffers)."""
+    hub_conn, hub_child = ctx.Pipe()
+    hub = ctx.Process(
+        target=hub_main, args=(str(db), links, hub_child, deadline, profile, settings)
+    )
+    hub.start()
+    children.append(hub)
+    port = expect(hub_conn, "port", 60)
+    http_get(port, "/healthz")
+    time.sleep(quiet)
+    return hub, hub_conn, port, rss_kib(hub.pid)
+
+
+def sample_rss(pid: int, until: float) -> list[int]:
+    """``pid``'s RSS (KiB) once a second until the wall-clock time ``until``."""
+    samples = []
+    while time.time() < until:
+        time.sleep(max(0.0, min(1.0, until - time.time())))
+        samples.append(rss_kib(pid))
+    return samples
+
+
+def stop_hub(hub_conn: Any, children: list[Any], timeout: float = 30.0) -> dict[str, Any]:
+    """Stop the hub, take its report, wait for every child."""
+    hub_conn.send("stop")
+    report: dict[str, Any] = expect(hub_conn, "done", timeout)
+    for proc in children:
+        proc.join(15)
+    return report
+
+
+def workers_online(metrics: str) -> float:
+    """``leapcore_hub_workers_online`` in a ``/metrics`` page."""
+    return next(
         float(line.split()[-1])
         for line in metrics.splitlines()
         if line.startswith("leapcore_hub_workers_online ")
     )
+
+
+def run(
+    links: int, seconds: float, per_process: int, settle: float, profile: str | None = None
+) -> dict[str, Any]:
+    old_soft, new_soft = raise_fd_limit()
+    ramp = max(3.0, links / 200)
+    ctx = mp.get_context("spawn")
+    started = time.time()
+    with reaped() as children, tempfile.TemporaryDirectory(prefix="hub-idle-") as tmp:
+        db = Path(tmp) / "hub.db"
+        t0 = time.perf_counter()
+        tokens = setup_store(db, links)
+        setup_s = time.perf_counter() - t0
+        budget = 60 + ramp + settle + seconds + links / 20
+        hard_deadline = time.time() + budget
+        hub, hub_conn, port, rss_idle = start_hub(
+            ctx, db, links, hard_deadline + 15, profile, children
+        )
+        url = f"http://127.0.0.1:{port}"
+        groups = [tokens[i : i + per_process] for i in range(0, links, per_process)]
+        worker_conns = []
+        for group in groups:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=workers_main, args=(url, group, ramp, child, hard_deadline))
+            proc.start()
+            children.append(proc)
+            worker_conns.append(parent)
+        for c in worker_conns:
+            expect(c, "ready", max(10.0, hard_deadline - time.time()))
+        all_up = time.time()
+        time.sleep(settle)
+        win_start, cpu_start = time.time(), cpu_seconds(hub.pid)
+        rss_samples = sample_rss(hub.pid, win_start + seconds)
+        win_end, cpu_end = time.time(), cpu_seconds(hub.pid)
+        metrics = http_get(port, "/metrics").decode()
+        for c in worker_conns:
+            c.send("stop")
+        worker_stats: list[dict[str, Any]] = []
+        for c in worker_conns:
+            worker_stats += expect(c, "done", 30)
+        hub_report = stop_hub(hub_conn, children)
+
+    online_metric = workers_online(metrics)
     hub_gaps = [
         g
         for times in hub_report["arrivals"].values()
@@ -399,17 +476,22 @@ def run(
     }
 
 
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--settle``, ``--json`` and ``--profile-hub``."""
+    parser.add_argument("--settle", type=float, default=8.0, help="seconds after all are up (8)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--profile-hub", metavar="FILE", help="cProfile the hub process (whole run) into FILE"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--links", type=int, default=None, help="idle worker links (1000)")
     parser.add_argument("--seconds", type=float, default=None, help="steady-state window (30)")
     parser.add_argument("--quick", action="store_true", help="200 links, 15 s window")
     parser.add_argument("--per-process", type=int, default=250, help="workers per process")
-    parser.add_argument("--settle", type=float, default=8.0, help="seconds after all are up")
-    parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument(
-        "--profile-hub", metavar="FILE", help="cProfile the hub process (whole run) into FILE"
-    )
+    add_common_options(parser)
     args = parser.parse_args()
     links = args.links or (200 if args.quick else 1000)
     seconds = args.seconds or (15.0 if args.quick else 30.0)

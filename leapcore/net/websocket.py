@@ -29,6 +29,7 @@ library only ever sees the handshake head, so its parser is at a frame boundary 
 from __future__ import annotations
 
 import collections
+import os
 import secrets
 import struct
 from collections.abc import Sequence
@@ -76,6 +77,8 @@ _MASK_BIT: Final = 0x80
 _U16: Final = struct.Struct("!H")
 _U64: Final = struct.Struct("!Q")
 _HEAD_END: Final = b"\r\n\r\n"
+#: Whether writes may go straight to a socket's descriptor (``os.write`` on a socket is POSIX).
+_DIRECT_WRITES: Final = os.name == "posix"
 
 
 def _frame_head(length: int, mask_bit: int) -> bytes:
@@ -166,15 +169,66 @@ class WebSocketPipe:
         self._frames.append(binary_frame(parts, mask=not self._masked))
         await self._flush()
 
+    def send_now(self, data: bytes) -> int | None:
+        """Write ``data`` as one message now, without waiting, when nothing else is being
+        written. ``None`` when it was not (TLS, another stream, a write or protocol output
+        under way, the socket full or broken): nothing was written, send it as usual. Else
+        the bytes the socket did not take (0: all went out), held to go first in the next
+        write: :meth:`flush` writes them."""
+        if (
+            self._closing
+            or self._protocol.state is not OPEN
+            or self._write_lock.locked()
+            or self._owed
+            or self._frames
+            or len(data) > SEND_CHUNK
+        ):
+            return None
+        fd = self._direct_fd()
+        if fd < 0:
+            return None
+        owed = self._protocol.data_to_send()
+        if owed:
+            self._owe(owed)
+            return None
+        frame = binary_frame((data,), mask=not self._masked)
+        try:
+            sent = os.write(fd, frame)
+        except OSError:  # full, or broken: the usual path waits, or says so
+            return None
+        if sent < len(frame):
+            self._frames.append(frame[sent:])
+        return len(frame) - sent
+
+    async def flush(self) -> None:
+        """Write what :meth:`send_now` held (and anything owed)."""
+        await self._flush()
+
     async def _flush(self) -> None:
         """Write, in order, whatever is owed, the data frames built by :meth:`send`, then
-        whatever the protocol has queued since (pongs, a close)."""
+        whatever the protocol has queued since (pongs, a close).
+
+        On a plain TCP socket, what the kernel takes at once is written straight to the
+        descriptor, in one joined write, without trio's send path (a scheduler pass per
+        write: most of an idle link's cost, a heartbeat ack each); only a rest the socket
+        did not take waits for it through trio."""
         async with self._write_lock:
             writes = [*self._owed, *self._frames, *self._protocol.data_to_send()]
             self._frames.clear()
             self._owed.clear()
             self._owed_pong = -1
             try:
+                fd = self._direct_fd()
+                if fd >= 0 and writes and all(writes):
+                    data = writes[0] if len(writes) == 1 else b"".join(writes)
+                    try:
+                        sent = os.write(fd, data)
+                    except BlockingIOError:
+                        sent = 0
+                    if sent == len(data):
+                        await trio.lowlevel.checkpoint()
+                        return
+                    writes = [data[sent:]]
                 for data in writes:
                     if data:
                         await self._stream.send_all(data)
@@ -182,6 +236,14 @@ class WebSocketPipe:
                         await self._stream.send_eof()
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 raise LinkClosed(f"link closed while sending: {exc}") from None
+
+    def _direct_fd(self) -> int:
+        """The descriptor to write to directly, or -1 (TLS, another stream, not POSIX, or
+        closed: a closed trio socket's ``fileno()`` is -1, so a reused number is never hit)."""
+        stream = self._stream
+        if _DIRECT_WRITES and type(stream) is trio.SocketStream:
+            return stream.socket.fileno()
+        return -1
 
     # -- receiving (the link's one reader) -------------------------------------------------
 

@@ -21,6 +21,7 @@ from support.hubpeer import (
     wait_until,
 )
 
+import leapcore.hub.server as hub_server
 from leapcore.hub.server import SEND_QUEUE, WORKER_DELETED, Hub
 from leapcore.net.dial import connect_link
 from leapcore.proto.limits import REG_KEY_LIFETIME_MS
@@ -134,6 +135,23 @@ async def test_connect_greets_first_and_persists_keys(tmp_path: Path) -> None:
             assert await peer.recv() == HeartbeatAck(9)
             assert (env.store.get_worker(worker_id).last_seen_at or 0) >= seen
         await wait_until(lambda: not env.hub.is_online(worker_id))
+
+
+async def test_heartbeat_acks_are_right_on_every_link_past_the_ack_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Acks are encoded once per (link state, sequence number) and shared; a cache that
+    fills up is emptied, and worker and client links (other states) still get their own."""
+    monkeypatch.setattr(hub_server, "ACK_CACHE", 3)
+    async with running_hub(tmp_path) as env:
+        _, token_a = await env.register()
+        _, token_b = await env.register()
+        async with env.worker(token_a) as a, env.worker(token_b) as b, env.client() as c:
+            for seq in range(2, 9):
+                for peer in (a, b, c):
+                    await peer.send(Heartbeat(seq))
+                    assert await peer.recv() == HeartbeatAck(seq)
+        assert len(env.hub._acks) <= 3
 
 
 async def test_liveness_closes_a_silent_link(

@@ -125,3 +125,41 @@ async def test_send_parts_writes_one_frame_of_them_joined() -> None:
     await pipe.send(b"gh")
     frames = _parse_all(b"".join(stream.sent), mask=True)
     assert [bytes(f.data) for f in frames] == [b"abcdef", b"gh"]
+
+
+# With a 4 KiB send buffer, Linux refuses the 1000-byte frame whole once full and takes the
+# first 30 000-byte one in part.
+@pytest.mark.parametrize("size", [1000, 30_000], ids=["refused-whole", "written-in-part"])
+async def test_writes_straight_to_a_full_socket_keep_their_order(size: int) -> None:
+    """``send_now`` writes to the socket at once until it is full: then it writes nothing
+    (``None``), or holds the rest of a frame it could write only in part, which the next
+    write sends first; frames through the usual path (direct writes too) follow in order."""
+    near, far = trio.socket.socketpair()
+    near.setsockopt(trio.socket.SOL_SOCKET, trio.socket.SO_SNDBUF, 4096)
+    pipe = WebSocketPipe(trio.SocketStream(near), ServerProtocol(state=OPEN))
+    assert pipe._direct_fd() >= 0
+    expected: list[bytes] = []
+    held: int | None = 0
+    while held == 0:
+        payload = bytes([len(expected) % 256]) * size
+        held = pipe.send_now(payload)
+        if held is not None:
+            expected.append(payload)
+    if held:  # a frame written in part: nothing else goes straight out before its rest
+        assert pipe.send_now(b"x") is None
+    wire = bytearray()
+
+    async def read_all(total: int) -> None:
+        while len(wire) < total:
+            wire.extend(await far.recv(65536))
+
+    tail = [b"after-1", b"after-2" * 300]
+    total = sum(len(binary_frame([p], mask=False)) for p in [*expected, *tail])
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(read_all, total)
+        await pipe.flush()
+        for payload in tail:
+            await pipe.send(payload)
+    assert [bytes(f.data) for f in _parse_all(bytes(wire), mask=False)] == [*expected, *tail]
+    far.close()
+    near.close()
