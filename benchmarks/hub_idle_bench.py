@@ -16,7 +16,9 @@ Measured over a steady-state window that starts once every link is up plus a set
   and between consecutive ``heartbeat_ack``s at the workers, minus the 6 s schedule, and the
   largest heartbeat round trip seen by a worker;
 * links the hub declared dead (its 10 s idle timeout), which must be 0, and links the workers
-  saw end before they were told to stop.
+  saw end before they were told to stop;
+* the hub's store calls in the window, by store method (``Hub.store_call``, each one a
+  worker-thread hand-off; idle heartbeats make none: their times are written in batches).
 
 Not a module of leapcore; it stops everything it started (children have their own deadlines
 and are killed at the end if still alive).
@@ -100,11 +102,17 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
         """Records each heartbeat's arrival (wall clock) per worker: the bench's only addition."""
 
         arrivals: dict[str, list[float]]
+        #: (wall time, store method) of each store call made through ``store_call``.
+        store_calls: list[tuple[float, str]]
 
-        def _heartbeat(self, link: Any, beat: Any) -> bool:
+        def _heartbeat(self, link: Any, beat: Any) -> Any:
             if link.worker is not None:
                 self.arrivals.setdefault(link.worker.id, []).append(time.time())
-            return super()._heartbeat(link, beat)
+            return super()._heartbeat(link, beat)  # (a coroutine since store calls are async)
+
+        async def store_call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            self.store_calls.append((time.time(), fn.__name__))
+            return await super().store_call(fn, *args, **kwargs)
 
     async def main() -> None:
         # Every simulated worker dials from 127.0.0.1: lift the per-address budgets (a
@@ -115,13 +123,15 @@ def hub_main(db: str, links: int, conn: Any, deadline: float, profile: str | Non
         )
         hub = TimedHub(db, max_workers_per_user=links, limits=limits)
         hub.arrivals = {}
+        hub.store_calls = []
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
             conn.send(("port", port))
             while time.time() < deadline and not conn.poll():
                 await trio.sleep(0.2)
             await hub.shutdown()
-        conn.send(("done", {"arrivals": hub.arrivals, "dead": dead}))
+        report = {"arrivals": hub.arrivals, "dead": dead, "store_calls": hub.store_calls}
+        conn.send(("done", report))
 
     if profile is None:
         trio.run(main)
@@ -368,6 +378,13 @@ def run(
     ]
     rtts = [r for st in worker_stats for t, r in st["rtts"] if win_start <= t <= win_end]
     ended = [st["ended"] for st in worker_stats if st["ended"] is not None]
+    store_calls: dict[str, int] = {}
+    for at, name in hub_report["store_calls"]:
+        if win_start <= at <= win_end:
+            store_calls[name] = store_calls.get(name, 0) + 1
+    heartbeats = sum(
+        1 for times in hub_report["arrivals"].values() for t in times if win_start <= t <= win_end
+    )
     rss_links = max(rss_samples)
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -392,6 +409,8 @@ def run(
         "worker_max_send_late_s": max(st["send_late"] for st in worker_stats),
         "heartbeat_rtt_max_ms": max(rtts) * 1e3 if rtts else math.nan,
         "heartbeat_rtt_median_ms": sorted(rtts)[len(rtts) // 2] * 1e3 if rtts else math.nan,
+        "heartbeats_in_window": heartbeats,
+        "store_calls_in_window": store_calls,
         "hub_declared_dead": len(hub_report["dead"]),
         "links_ended_early": len(ended),
         "ended_examples": ended[:3],
@@ -441,6 +460,11 @@ def main() -> int:
         print(
             f"links declared dead by the hub: {result['hub_declared_dead']}; "
             f"ended early: {result['links_ended_early']}"
+        )
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(result["store_calls_in_window"].items()))
+        print(
+            f"store calls in the window: {calls or 'none'} "
+            f"({result['heartbeats_in_window']} heartbeats)"
         )
     ok = result["hub_declared_dead"] == 0 and result["links_ended_early"] == 0
     return 0 if ok else 1

@@ -394,7 +394,7 @@ class _Db:
 
 
 class SQLiteHubStore:
-    """The hub's state in one SQLite file (WAL). One instance per thread."""
+    """The hub's state in one SQLite file (WAL). Any thread may call it, one call at a time."""
 
     def __init__(
         self,
@@ -434,7 +434,12 @@ class SQLiteHubStore:
         try:
             # mode=rw: never let SQLite create the file (with its default 0644) itself.
             uri = self.path.absolute().as_uri() + "?mode=rw"
-            conn = sqlite3.connect(uri, uri=True, timeout=timeout, isolation_level=None)
+            # check_same_thread=False: the hub calls the store from worker threads
+            # (Hub.store_call), one call at a time (its limiter of max_concurrent_calls,
+            # 1 here); the connection is never used by two threads at once.
+            conn = sqlite3.connect(
+                uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
+            )
         except sqlite3.DatabaseError as exc:
             raise StorageError(f"{self.path}: cannot open the hub database: {exc}") from None
         self._db = _Db(conn, self.path)

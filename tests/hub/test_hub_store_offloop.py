@@ -1,0 +1,238 @@
+"""Store calls run off the event loop (``Hub.store_call``): a real hub on loopback whose
+SQLite store holds one call on a ``threading.Event`` the test keeps. Meanwhile a worker's
+heartbeats are acknowledged and frames relayed on an open channel; once released the call
+completes as usual. Store calls never overlap (the limiter of 1 for SQLite, counted in the
+store), and the hub closes its store only after a call in flight returned."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import trio
+import trio.testing
+from support.hubpeer import (
+    SIZE,
+    Env,
+    Peer,
+    recv,
+    running_hub,
+    wait_until,
+)
+
+from leapcore.errors import LinkClosed
+from leapcore.hub.server import Hub
+from leapcore.proto.link_codec import (
+    ChannelAccept,
+    ChannelData,
+    ChannelOpened,
+    ChannelRequest,
+    Heartbeat,
+    HeartbeatAck,
+    OpenChannel,
+)
+from leapcore.store.hubstore import SQLiteHubStore
+
+#: The store methods the hub calls while serving that these tests count.
+COUNTED = (
+    "authenticate_client",
+    "authenticate_worker",
+    "get_worker",
+    "list_workers",
+    "live_token_ids",
+    "worker_statuses",
+    "record_heartbeat",
+    "record_last_seen",
+    "record_audit",
+)
+
+
+def _counted(name: str) -> Callable[..., Any]:
+    def method(self: CountingStore, *args: Any, **kwargs: Any) -> Any:
+        return self.run(name, getattr(SQLiteHubStore, name), *args, **kwargs)
+
+    method.__name__ = name
+    return method
+
+
+class CountingStore(SQLiteHubStore):
+    """A real SQLite store that counts the calls made from the hub's threads (how many at
+    once, at most) and can hold the calls of one method until :attr:`release` is set."""
+
+    def __init__(self, path: Path, *, dwell: float = 0.0) -> None:
+        super().__init__(path)
+        #: Each counted call lasts at least this long (so that overlaps would show).
+        self.dwell = dwell
+        #: The method whose calls wait for :attr:`release` (None: none).
+        self.held: str | None = None
+        self.release = threading.Event()
+        #: Set when a held call is waiting.
+        self.blocked = threading.Event()
+        self._lock = threading.Lock()
+        #: ``active``: this thread is in a counted call (a store method calling another).
+        self._inner = threading.local()
+        self.running = 0
+        self.most = 0
+        self.calls = 0
+        #: Held calls that returned.
+        self.completed: list[str] = []
+        self.closed = False
+
+    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        nested = getattr(self._inner, "active", False)
+        if nested or threading.current_thread() is threading.main_thread():
+            return fn(self, *args, **kwargs)  # the test's own calls, or one inside a call
+        self._inner.active = True
+        try:
+            return self._outer(name, fn, *args, **kwargs)
+        finally:
+            self._inner.active = False
+
+    def _outer(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            self.running += 1
+            self.calls += 1
+            self.most = max(self.most, self.running)
+        try:
+            if name == self.held:
+                self.blocked.set()
+                assert self.release.wait(30), "never released"
+            if self.dwell:
+                time.sleep(self.dwell)
+            result = fn(self, *args, **kwargs)
+            if name == self.held:
+                self.completed.append(name)
+            return result
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def close(self) -> None:
+        assert self.running == 0, "closed while a call runs"
+        self.closed = True
+        super().close()
+
+    locals().update({name: _counted(name) for name in COUNTED})
+
+
+async def channel_to(client: Peer, worker: Peer, worker_id: str) -> int:
+    await client.send(OpenChannel(1, worker_id, b"m1", SIZE))
+    request = await recv(worker)
+    assert isinstance(request, ChannelRequest), request
+    await worker.send(
+        ChannelAccept(request.request_id, request.channel_id, b"m2", request.max_message_size)
+    )
+    opened = await recv(client)
+    assert isinstance(opened, ChannelOpened), opened
+    return opened.channel_id
+
+
+async def sign_in(env: Env, done: trio.Event) -> None:
+    async with env.client():
+        done.set()
+
+
+async def sign_in_or_be_closed(env: Env, done: trio.Event) -> None:
+    with contextlib.suppress(LinkClosed):
+        await sign_in(env, done)
+
+
+async def test_a_blocked_store_call_stops_neither_heartbeats_nor_relayed_frames(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "hub.db")
+    async with running_hub(tmp_path, store=store) as env:
+        worker_id, token = await env.register()
+        async with env.worker(token) as worker, env.client() as client:
+            channel = await channel_to(client, worker, worker_id)
+            store.held = "authenticate_client"
+            signed_in = trio.Event()
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(sign_in, env, signed_in)  # its sign-in waits in a thread
+                await wait_until(store.blocked.is_set)
+                for seq in range(2, 12):
+                    await worker.send(Heartbeat(seq))
+                    assert await recv(worker, ()) == HeartbeatAck(seq)
+                    out = ChannelData(channel, seq, 0, bytes([seq]) * 64)
+                    await client.send(out)
+                    assert await recv(worker) == out
+                    back = ChannelData(channel, seq, 0, bytes([seq]) * 32)
+                    await worker.send(back)
+                    assert await recv(client) == back
+                # All that while the call was held: it has not returned, nobody signed in.
+                assert store.running == 1 and not store.completed and not signed_in.is_set()
+                store.release.set()
+                with trio.fail_after(10):
+                    await signed_in.wait()  # the held call completed, the client got in
+            assert store.completed == ["authenticate_client"]
+            assert store.most == 1
+
+
+async def test_store_calls_never_run_more_at_once_than_the_limiter_allows(
+    tmp_path: Path,
+) -> None:
+    store = CountingStore(tmp_path / "hub.db", dwell=0.001)
+    async with running_hub(tmp_path, store=store) as env:
+        assert env.hub.store_limiter.total_tokens == 1  # SQLite: one call at a time
+        for name in ("a", "b"):
+            await env.register(name=name)
+
+        async def busy_client() -> None:
+            async with env.client() as client:
+                for request_id in range(1, 6):
+                    response = await client.request("workers.list", request_id)
+                    assert response.result is not None
+                    assert len(response.result["workers"]) == 2
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(busy_client)
+    assert store.calls >= 8 * 6  # every sign-in and request, each in a thread
+    assert store.most == 1
+    assert store.closed
+
+
+async def test_the_store_is_closed_only_after_the_call_in_flight_returned(
+    tmp_path: Path,
+) -> None:
+    """Shutting down cancels the link whose sign-in waits for the store: the call is never
+    abandoned (it returns first), and the store is closed after it."""
+    store = CountingStore(tmp_path / "hub.db")
+    signed_in = trio.Event()
+    async with trio.open_nursery() as outer:
+        async with running_hub(tmp_path, store=store) as env:
+            store.held = "authenticate_client"
+            outer.start_soon(sign_in_or_be_closed, env, signed_in)
+            await wait_until(store.blocked.is_set)
+
+            async def release_once_stuck() -> None:
+                await wait_until(lambda: env.hub.router.closing)  # the shutdown began
+                await trio.testing.wait_all_tasks_blocked()  # and waits for the call
+                assert not store.closed and not store.completed
+                store.release.set()
+
+            outer.start_soon(release_once_stuck)
+        # running_hub returned: the hub shut down and closed its store.
+        assert store.completed == ["authenticate_client"] and store.closed
+        outer.cancel_scope.cancel()
+    assert not signed_in.is_set()  # its link was closed by the shutdown
+
+
+def test_the_limiter_is_sized_by_the_store(tmp_path: Path) -> None:
+    class PooledStore(SQLiteHubStore):
+        max_concurrent_calls = 4
+
+    hub = Hub(tmp_path / "unused.db", store=PooledStore(tmp_path / "hub.db"))
+    try:
+        assert hub.store_limiter.total_tokens == 4
+    finally:
+        hub.store.close()
+    hub = Hub(tmp_path / "hub.db")  # SQLite, which says nothing: one call at a time
+    try:
+        assert hub.store_limiter.total_tokens == 1
+    finally:
+        hub.store.close()
