@@ -730,7 +730,7 @@ class Hub:
         transaction per heartbeat: this runs every :data:`LAST_SEEN_FLUSH_INTERVAL`, soon
         after a worker's link ends, and when the hub stops. Two flushes may overlap: a time
         never moves back (``record_last_seen`` keeps the later one)."""
-        self._seen_flushed = -math.inf  # (no trio clock before serve)
+        self._seen_flushed = self._clock()
         if not self._seen:
             return
         seen, self._seen = self._seen, {}
