@@ -1,8 +1,9 @@
 """Store calls run off the event loop (``Hub.store_call``): a real hub on loopback whose
-SQLite store holds one call on a ``threading.Event`` the test keeps. Meanwhile a worker's
-heartbeats are acknowledged and frames relayed on an open channel; once released the call
-completes as usual. Store calls never overlap (the limiter of 1 for SQLite, counted in the
-store), and the hub closes its store only after a call in flight returned."""
+SQLite store holds one call (a sign-in's, or a ``workers.list``'s) on a ``threading.Event``
+the test keeps. Meanwhile a worker's heartbeats are acknowledged and frames relayed on an
+open channel; once released the call completes as usual. Store calls never overlap (the
+limiter of 1 for SQLite, counted in the store), and the hub closes its store only after a
+call in flight returned."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 from support.hubpeer import (
@@ -141,18 +143,32 @@ async def sign_in_or_be_closed(env: Env, done: trio.Event) -> None:
         await sign_in(env, done)
 
 
+async def list_workers(env: Env, done: trio.Event, listed: list[str]) -> None:
+    async with env.client() as other:
+        response = await other.request("workers.list")
+        assert response.result is not None
+        listed.extend(w["id"] for w in response.result["workers"])
+        done.set()
+
+
+@pytest.mark.parametrize("held", ["authenticate_client", "list_workers"])
 async def test_a_blocked_store_call_stops_neither_heartbeats_nor_relayed_frames(
-    tmp_path: Path,
+    tmp_path: Path, held: str
 ) -> None:
+    """Another client's sign-in, or its ``workers.list``, waits in the store thread."""
     store = CountingStore(tmp_path / "hub.db")
     async with running_hub(tmp_path, store=store) as env:
         worker_id, token = await env.register()
         async with env.worker(token) as worker, env.client() as client:
             channel = await channel_to(client, worker, worker_id)
-            store.held = "authenticate_client"
-            signed_in = trio.Event()
+            store.held = held
+            answered = trio.Event()
+            listed: list[str] = []
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(sign_in, env, signed_in)  # its sign-in waits in a thread
+                if held == "authenticate_client":
+                    nursery.start_soon(sign_in, env, answered)
+                else:
+                    nursery.start_soon(list_workers, env, answered, listed)
                 await wait_until(store.blocked.is_set)
                 for seq in range(2, 12):
                     await worker.send(Heartbeat(seq))
@@ -163,12 +179,13 @@ async def test_a_blocked_store_call_stops_neither_heartbeats_nor_relayed_frames(
                     back = ChannelData(channel, seq, 0, bytes([seq]) * 32)
                     await worker.send(back)
                     assert await recv(client) == back
-                # All that while the call was held: it has not returned, nobody signed in.
-                assert store.running == 1 and not store.completed and not signed_in.is_set()
+                # All that while the call was held: it has not returned, nothing answered.
+                assert store.running == 1 and not store.completed and not answered.is_set()
                 store.release.set()
                 with trio.fail_after(10):
-                    await signed_in.wait()  # the held call completed, the client got in
-            assert store.completed == ["authenticate_client"]
+                    await answered.wait()  # the held call completed and was answered
+            assert store.completed == [held]
+            assert listed == ([worker_id] if held == "list_workers" else [])
             assert store.most == 1
 
 
