@@ -664,6 +664,7 @@ class Hub:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
+                    self._seen_flushed = self._clock()  # the first batch 5 s from now
                     log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
                     await self.purge()
                     nursery.start_soon(self._expire_opens)
