@@ -32,14 +32,14 @@ from typing import Any, Final
 import trio
 
 from leapcore.errors import ConfigError, LocalError
+from leapcore.hub.cluster import ClusterOptions, read_secret_file
 from leapcore.hub.server import Hub, url_of
 from leapcore.hub.web import WebOptions
 from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 from leapcore.net.trioutil import single_exception
 from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
 from leapcore.solo import SoloHub
-from leapcore.store.config import hub_settings
-from leapcore.store.paths import hub_database_path
+from leapcore.store.config import hub_settings, hub_store_location
 
 from . import completion, hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
@@ -78,10 +78,18 @@ SERVE_FLAGS: Final = (
     "listen",
     "listen_unix",
     "data_dir",
+    "store",
+    "store_pool_size",
     "tls_cert",
     "tls_key",
     "web_listen",
     "public_url",
+    "cluster_listen",
+    "cluster_advertise",
+    "cluster_secret_file",
+    "node_name",
+    "cluster_lease",
+    "cluster_renew_interval",
     "log_level",
     "log_format",
     "max_message_size",
@@ -131,6 +139,30 @@ def _web_options(settings: dict[str, Any]) -> WebOptions | None:
             settings["web_listen"],
         )
     return WebOptions(listen, context, settings["public_url"] or None)
+
+
+def cluster_options(settings: dict[str, Any]) -> ClusterOptions | None:
+    """The hub's cluster settings; None (a hub alone) when neither ``cluster_listen`` nor
+    ``cluster_secret_file`` is set."""
+    if not settings["cluster_listen"] and not settings["cluster_secret_file"]:
+        if settings["cluster_advertise"] or settings["node_name"]:
+            raise ConfigError("cluster_advertise and node_name need cluster_secret_file")
+        return None
+    if not settings["cluster_secret_file"]:
+        raise ConfigError("cluster_listen needs cluster_secret_file")
+    listen = parse_listen(settings["cluster_listen"]) if settings["cluster_listen"] else None
+    if settings["cluster_advertise"]:
+        parse_listen(settings["cluster_advertise"])  # HOST:PORT, checked
+    if len(settings["node_name"]) > 64 or not settings["node_name"].isprintable():
+        raise ConfigError("node_name must be at most 64 printable characters")
+    return ClusterOptions(
+        listen=listen,
+        advertise=settings["cluster_advertise"],
+        secret=read_secret_file(settings["cluster_secret_file"]),
+        node_name=settings["node_name"],
+        lease=settings["cluster_lease"],
+        renew_interval=settings["cluster_renew_interval"],
+    )
 
 
 def _loopback(host: str) -> bool:
@@ -184,6 +216,12 @@ async def serve_until_signal(
                 print(f"leapcore-hub listening on unix:{unix_path}", flush=True)
             if hub.web_bound is not None:
                 print(f"leapcore-hub web page on {url_of(scheme, hub.web_bound)}", flush=True)
+            if hub.cluster is not None:
+                where = hub.cluster.advertise or "nowhere: no cluster_listen"
+                print(
+                    f"leapcore-hub cluster node {hub.cluster.node_id}, hub-to-hub links on {where}",
+                    flush=True,
+                )
 
     await run_until_signal(main, hub.shutdown, default=None, signals=signals)
 
@@ -279,15 +317,17 @@ def serve(args: argparse.Namespace) -> int:
     )
     web = _web_options(settings)
     _log_descriptor_limit()
-    db = hub_database_path(Path(settings["data_dir"]))
-    created = not db.exists()
+    db = hub_store_location(settings)
+    created = isinstance(db, Path) and not db.exists()
     hub = Hub(
         db,
+        store_pool_size=settings["store_pool_size"],
         max_workers_per_user=settings["max_workers_per_user"],
         max_message_size=settings["max_message_size"],
         limits=HubLimits.from_settings(settings),
+        cluster=cluster_options(settings),
     )
-    if created:
+    if created and isinstance(db, Path):
         print(
             f"leapcore-hub: created a new, empty hub database {db}; add a user with "
             f"`leapcore-hub admin user create NAME --admin --data-dir {db.parent}`",
@@ -312,6 +352,8 @@ def serve(args: argparse.Namespace) -> int:
         where = f"{host}:{port}" + (f" or unix:{unix_path}" if unix_path else "")
         if web is not None:
             where += f" or {settings['web_listen']} (web page)"
+        if settings["cluster_listen"]:
+            where += f" or {settings['cluster_listen']} (hub-to-hub links)"
         raise LocalError(f"cannot listen on {where}: {exc.strerror or exc}") from None
     print("leapcore-hub: stopped", file=sys.stderr)
     return EXIT_OK
@@ -330,6 +372,8 @@ def serve_solo(args: argparse.Namespace) -> int:
         raise ConfigError("--solo serves plain HTTP on loopback: drop --tls-cert / --tls-key")
     if settings["web_listen"]:
         raise ConfigError("--solo does not serve the web page: drop --web-listen")
+    if settings["store"]:
+        raise ConfigError("--solo keeps its state in its data directory: drop --store")
     host, port = parse_listen(settings["listen"])
     setup_logging(settings["log_level"], settings["log_format"])
     _log_descriptor_limit()
@@ -394,10 +438,54 @@ def _serve_flags(parser: argparse.ArgumentParser, prefix: str = "") -> None:
         help="the hub URL the web page's worker command names (default: the --listen URL)",
     )
     add(
+        "--cluster-listen",
+        metavar="HOST:PORT",
+        default=hide,
+        help="accept hub-to-hub links from the other hubs sharing this database here "
+        "(default: off; needs --cluster-secret-file; never open it to clients)",
+    )
+    add(
+        "--cluster-advertise",
+        metavar="HOST:PORT",
+        default=hide,
+        help="the address other hubs dial for this hub (default: the --cluster-listen address)",
+    )
+    add(
+        "--cluster-secret-file",
+        metavar="FILE",
+        default=hide,
+        help="a 0600 file holding the secret every hub of the cluster shares",
+    )
+    add(
+        "--node-name",
+        metavar="NAME",
+        default=hide,
+        help="this hub's node id in the cluster (default: random at each start)",
+    )
+    for key, text in (
+        ("cluster_lease", "seconds a hub's lease and its workers' presence last (default 15)"),
+        ("cluster_renew_interval", "seconds between a hub's lease renewals (default 5)"),
+    ):
+        add("--" + key.replace("_", "-"), metavar="SECONDS", type=float, default=hide, help=text)
+    add(
         "--data-dir",
         metavar="DIR",
         default=hide,
         help="the directory holding hub.db (created if missing)",
+    )
+    add(
+        "--store",
+        metavar="PATH_OR_URL",
+        default=hide,
+        help="where the hub's state is: postgresql://USER@HOST/DB (several hubs may share "
+        "it), or an SQLite file (default: hub.db in the data directory)",
+    )
+    add(
+        "--store-pool-size",
+        metavar="N",
+        type=int,
+        default=hide,
+        help="at most N connections to PostgreSQL (default 8; 1 .. 100)",
     )
     add("--tls-cert", metavar="FILE", default=hide, help="PEM certificate chain (with --tls-key)")
     add("--tls-key", metavar="FILE", default=hide, help="PEM private key (with --tls-cert)")

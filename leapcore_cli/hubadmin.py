@@ -1,15 +1,17 @@
 """``leapcore-hub admin …``: users, API tokens, workers and registration keys, offline.
 
-Works directly on the hub's SQLite database (``<data dir>/hub.db``) through
-:class:`~leapcore.store.hubstore.SQLiteHubStore`, whether or not the hub runs (the
-database is in WAL mode). This module parses, calls the store and prints;
-every rule lives in the store. The data dir comes from :func:`leapcore.store.config.hub_settings`
-(``--data-dir`` > ``$LEAPCORE_HUB_DATA_DIR`` > the config file > the default).
+Works directly on the hub's database (``<data dir>/hub.db``, or the ``store`` setting's
+SQLite file or PostgreSQL URL) through :func:`~leapcore.store.hubstore.open_hub_store`,
+whether or not the hub runs (SQLite is in WAL mode). This module parses, calls the store and
+prints; every rule lives in the store. The data dir and the store come from
+:func:`leapcore.store.config.hub_settings` (``--data-dir`` / ``--store`` >
+``$LEAPCORE_HUB_DATA_DIR`` / ``$LEAPCORE_HUB_STORE`` > the config file > the default).
 
 JSON schema (``--json``; stable, documented in docs/cli.md):
 
-* ``info`` → ``{"hub_id": ID, "database": PATH, "schema_version": N, "users": N,
-  "active_workers": N, "deregistering_workers": N}``
+* ``info`` → ``{"hub_id": ID, "database": PATH_OR_URL, "schema_version": N, "users": N,
+  "active_workers": N, "deregistering_workers": N}`` (a URL never shows its password)
+* ``migrate`` → ``{"database": PATH_OR_URL, "from_version": N, "to_version": N}``
 * ``user create`` / ``user token-create`` → ``{"user": USER, "token": SECRET, "token_id": ID}``
 * ``user list`` → ``{"users": [USER, …]}``; ``user token-list`` →
   ``{"user": USER, "tokens": [TOKEN, …]}``; ``user token-revoke`` → ``{"revoked": ID}``
@@ -17,6 +19,10 @@ JSON schema (``--json``; stable, documented in docs/cli.md):
   ``worker deregister`` → ``{"deregistered": ID}``
 * ``reg-key list`` → ``{"keys": [KEY, …]}``; ``reg-key revoke`` → ``{"revoked": ID}``;
   ``reg-key purge-expired`` → ``{"purged": N}``
+* ``cluster status`` → ``{"hubs": [HUB, …], "live_hubs": N, "workers_online": N,
+  "channels": N}``; HUB is ``{"node_id": ID, "advertise": "HOST:PORT" or "", "started_at":
+  TIME, "renewed_at": TIME, "lease_until": TIME, "lease_age_ms": N, "live": BOOL, "workers":
+  N, "channels": N}``, live hubs and those whose lease ran out (killed) alike, oldest first
 * ``audit list`` → ``{"events": [EVENT, …]}``, newest first; EVENT is ``{"id": N, "at":
   TIME, "kind": KIND, "actor": TEXT, "worker_id": ID or null, "address": TEXT or null,
   "detail": {…}}``
@@ -42,17 +48,18 @@ from typing import Any
 
 from leapcore.errors import StorageError
 from leapcore.proto.audit_events import ADMIN_CLI, KINDS, AuditEvent, Origin
-from leapcore.store.config import hub_settings
+from leapcore.store.config import hub_settings, hub_store_location
 from leapcore.store.hubstore import (
     AUDIT_LIST_MAX,
     ApiToken,
+    ClusterNode,
+    HubStore,
     RegistrationKey,
-    SQLiteHubStore,
     User,
     Worker,
     WorkerStatus,
+    open_hub_store,
 )
-from leapcore.store.paths import hub_database_path
 
 from .common import EXIT_OK, Parser, emit_json, print_table
 
@@ -162,21 +169,31 @@ def key_json(key: RegistrationKey) -> dict[str, Any]:
 # -- the store -------------------------------------------------------------------------------
 
 
-def open_store(args: argparse.Namespace, *, create: bool = False) -> SQLiteHubStore:
-    """The hub's database, found exactly as the hub finds it; only ``user create`` may
-    make a new one (so a mistyped ``--data-dir`` does not silently start an empty hub)."""
-    flags = {"data_dir": args.data_dir} if args.data_dir is not None else {}
+#: Connections the admin CLI opens to PostgreSQL at most (it makes one call at a time).
+ADMIN_POOL_SIZE = 2
+
+
+def open_store(args: argparse.Namespace, *, create: bool = False) -> HubStore:
+    """The hub's database, found exactly as the hub finds it (and migrated); only ``user
+    create`` may make a new SQLite file (so a mistyped ``--data-dir`` does not silently start
+    an empty hub)."""
+    flags = {
+        key: value
+        for key, value in (("data_dir", args.data_dir), ("store", args.store))
+        if value is not None
+    }
     settings, _ = hub_settings(
         flags=flags, env=os.environ, home=Path.home(), config_path=args.config
     )
-    path = hub_database_path(Path(settings["data_dir"]))
-    if not create and not path.exists():
+    location = hub_store_location(settings)
+    if isinstance(location, Path) and not create and not location.exists():
         raise StorageError(
-            f"{path}: no hub database here (check --data-dir / --config; "
+            f"{location}: no hub database here (check --data-dir / --store / --config; "
             "`leapcore-hub admin user create NAME --admin` creates one)"
         )
-    return SQLiteHubStore(
-        path,
+    return open_hub_store(
+        location,
+        pool_size=ADMIN_POOL_SIZE,
         max_workers_per_user=settings["max_workers_per_user"],
         create=create,
         worker_token_lifetime_days=settings["worker_token_lifetime_days"],
@@ -201,7 +218,7 @@ def hub_info(args: argparse.Namespace) -> int:
     store = open_store(args)
     doc: dict[str, Any] = {
         "hub_id": store.hub_id,
-        "database": str(store.path.absolute()),
+        "database": store.location,
         "schema_version": store.schema_version,
         "users": len(store.list_users()),
         "active_workers": len(store.list_workers(status=WorkerStatus.ACTIVE)),
@@ -220,6 +237,85 @@ def hub_info(args: argparse.Namespace) -> int:
     )
     for name, value in fields:
         print(f"{name:<16} {value}")
+    return EXIT_OK
+
+
+def hub_migrate(args: argparse.Namespace) -> int:
+    """``admin migrate``: bring the database's schema up to this leapcore's (opening it does
+    that; a hub does it at start too) and say from which version to which."""
+    store = open_store(args)
+    doc = {
+        "database": store.location,
+        "from_version": store.migrated_from,
+        "to_version": store.schema_version,
+    }
+    store.close()
+    if args.json:
+        emit_json(doc)
+    elif doc["from_version"] == doc["to_version"]:
+        print(f"{safe(store.location)}: schema {doc['to_version']} is current; nothing to do")
+    else:
+        print(
+            f"{safe(store.location)}: migrated schema {doc['from_version']} -> {doc['to_version']}"
+        )
+    return EXIT_OK
+
+
+# -- the cluster ----------------------------------------------------------------------------
+
+
+def node_json(node: ClusterNode, now: int) -> dict[str, Any]:
+    return {
+        "node_id": node.node_id,
+        "advertise": node.advertise,
+        "started_at": json_time(node.started_at),
+        "renewed_at": json_time(node.renewed_at),
+        "lease_until": json_time(node.lease_until),
+        "lease_age_ms": max(0, now - node.renewed_at),
+        "live": node.lease_until > now,
+        "workers": node.workers,
+        "channels": node.channels,
+    }
+
+
+def cluster_status(args: argparse.Namespace) -> int:
+    """``admin cluster status``: the hubs, live ones first counted in the totals."""
+    store = open_store(args)
+    now = now_ms()
+    nodes = store.cluster_nodes(now, include_expired=True)
+    hubs = [node_json(n, now) for n in nodes]
+    live = [h for h in hubs if h["live"]]
+    doc = {
+        "hubs": hubs,
+        "live_hubs": len(live),
+        "workers_online": sum(h["workers"] for h in live),
+        "channels": sum(h["channels"] for h in live),
+    }
+    if args.json:
+        emit_json(doc)
+        return EXIT_OK
+    if not hubs:
+        print("no hub has joined a cluster on this database")
+        return EXIT_OK
+    print_table(
+        ("NODE", "ADVERTISE", "STARTED", "LEASE AGE", "STATE", "WORKERS", "CHANNELS"),
+        [
+            (
+                safe(n.node_id),
+                safe(n.advertise) or "-",
+                human_time(n.started_at),
+                f"{h['lease_age_ms'] / 1000:.1f}s",
+                "live" if h["live"] else "expired",
+                str(n.workers),
+                str(n.channels),
+            )
+            for n, h in zip(nodes, hubs, strict=True)
+        ],
+    )
+    print(
+        f"{doc['live_hubs']} live hubs, {doc['workers_online']} workers online, "
+        f"{doc['channels']} channels"
+    )
     return EXIT_OK
 
 
@@ -259,7 +355,7 @@ def user_list(args: argparse.Namespace) -> int:
     if args.json:
         emit_json({"users": [user_json(u) for u in users]})
     elif not users:
-        print(f"no users in {store.path}")
+        print(f"no users in {store.location}")
     else:
         print_table(
             ("ID", "NAME", "ADMIN", "CREATED"),
@@ -552,6 +648,13 @@ def _common_flags(parser: argparse.ArgumentParser) -> None:
         "the config file's data_dir, then ~/.config/leapcore/hub)",
     )
     parser.add_argument(
+        "--store",
+        metavar="PATH_OR_URL",
+        default=argparse.SUPPRESS,
+        help="the hub's database: postgresql://USER@HOST/DB, or an SQLite file (default: "
+        "$LEAPCORE_HUB_STORE, then the config file's store, then hub.db in the data directory)",
+    )
+    parser.add_argument(
         "--config",
         metavar="FILE",
         type=Path,
@@ -595,7 +698,7 @@ def add_parser(sub: Any) -> None:
         "Works directly on the hub's database, whether or not the hub is running.",
     )
     _common_flags(admin)
-    admin.set_defaults(data_dir=None, config=None, json=False)
+    admin.set_defaults(data_dir=None, store=None, config=None, json=False)
     groups = admin.add_subparsers(dest="group", metavar="GROUP", required=True, parser_class=Parser)
 
     _verb(
@@ -603,6 +706,12 @@ def add_parser(sub: Any) -> None:
         "info",
         "show this hub's id, database, schema version and counts of users and workers",
         hub_info,
+    )
+    _verb(
+        groups,
+        "migrate",
+        "bring the database's schema up to this leapcore's (a hub does it at start too)",
+        hub_migrate,
     )
 
     verbs = _group(groups, "user", "users and their API tokens")
@@ -652,6 +761,14 @@ def add_parser(sub: Any) -> None:
     p = _verb(verbs, "revoke", "expire a registration key now", key_revoke)
     p.add_argument("--id", metavar="ID", help="the key's id (from list), or the key itself")
     _verb(verbs, "purge-expired", "delete expired, consumed and revoked keys", key_purge)
+
+    verbs = _group(groups, "cluster", "the hubs sharing this database")
+    _verb(
+        verbs,
+        "status",
+        "list the hubs: node id, advertised address, started, lease age, workers, channels",
+        cluster_status,
+    )
 
     verbs = _group(groups, "audit", "the hub's audit trail of security events")
     p = _verb(verbs, "list", "list recorded security events, newest first", audit_list)

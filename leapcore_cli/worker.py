@@ -94,9 +94,12 @@ def _run_flags(parser: argparse.ArgumentParser) -> None:
     add(
         "--hub",
         metavar="URL",
+        action="append",
         default=hide,
-        help="the hub's URL (http://, https:// or unix:); no default: required to register, "
-        "and a registered worker without it dials the hub it registered with (hub.json)",
+        help="the hub's URL (http://, https:// or unix:); repeat it (or separate URLs with "
+        "commas) for several hubs of one deployment, tried in order, at most 16; no default: "
+        "required to register, and a registered worker without it dials the hub it "
+        "registered with (hub.json)",
     )
     add(
         "--registration-key",
@@ -204,7 +207,7 @@ def run_worker(args: argparse.Namespace) -> int:
     data_dir = Path(settings["data_dir"])
     worker = Worker(
         data_dir,
-        hub_url=settings["hub"].strip(),  # empty: hub.json's (a registered worker only)
+        hub_urls=settings["hub"],  # empty: hub.json's (a registered worker only)
         name=settings["name"] or socket.gethostname(),
         transport=settings["transport"],
         ca_file=settings["ca_file"] or None,

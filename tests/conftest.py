@@ -19,6 +19,7 @@ secret masked).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -28,7 +29,7 @@ from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
-from support import secretlog
+from support import pgserver, secretlog
 from support.vectorkit import (
     ALL_VECTORS,
     PQ_VECTORS,
@@ -40,7 +41,7 @@ from support.vectorkit import (
 from leapcore.crypto.handshake import Initiator, Responder
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.crypto.mode import EncryptionMode
-from leapcore.store.hubstore import SQLiteHubStore
+from leapcore.store.hubstore import HubStore
 from leapcore_cli.logs import JsonFormatter, quiet_libraries
 
 # Crypto calls vary a lot in time on a loaded 2-core machine: no per-example deadlines. In CI
@@ -103,6 +104,39 @@ def pq_handshake_keys(generated_keypair: WorkerKeyPair) -> tuple[bytes, bytes]:
     return si._send.key, si._recv.key
 
 
+# -- a PostgreSQL server (support.pgserver) ------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[pgserver.PgServer]:
+    """One real PostgreSQL server for the session (skipped without binaries, unless CI)."""
+    bin_dir = pgserver.find_bin_dir()
+    if bin_dir is None:
+        reason = (
+            "no PostgreSQL server binaries (initdb, pg_ctl) on PATH or under "
+            "/usr/lib/postgresql/*/bin: install Debian's postgresql package"
+        )
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the PostgreSQL tests: {reason}")
+        pytest.skip(reason)
+    server = pgserver.start_server(bin_dir)
+    atexit.register(pgserver.remove, server)  # also when the session is interrupted
+    try:
+        yield server
+    finally:
+        pgserver.remove(server)
+
+
+@pytest.fixture
+def pg_url(pg_server: pgserver.PgServer) -> Iterator[str]:
+    """The URL of a new, empty database on :func:`pg_server`, dropped after the test."""
+    url = pg_server.create_database()
+    try:
+        yield url
+    finally:
+        pg_server.release_database(url)
+
+
 # -- no secret in any log --------------------------------------------------------------------
 
 #: The hub store's methods that mint a secret -> where the secret is in what they return.
@@ -143,7 +177,7 @@ def _session_logs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     quiet_libraries(logging.INFO)
     with pytest.MonkeyPatch.context() as patch:
         for name, pick in _MINTING.items():
-            patch.setattr(SQLiteHubStore, name, _recording(getattr(SQLiteHubStore, name), pick))
+            patch.setattr(HubStore, name, _recording(getattr(HubStore, name), pick))
         try:
             yield directory
         finally:

@@ -32,7 +32,7 @@ from ..proto.audit_events import Origin, user_actor
 from ..proto.capabilities import WorkerFilter
 from ..proto.limits import HubLimits
 from ..records import b64encode
-from ..store.hubstore import Notification, SQLiteHubStore, User, Worker, WorkerStatus
+from ..store.hubstore import HubStore, Notification, User, Worker, WorkerStatus
 
 __all__ = ["METHODS", "WORKER_METHODS", "call", "worker_view"]
 
@@ -43,7 +43,7 @@ _T = TypeVar("_T")
 class HubContext(Protocol):
     """What a method needs from the hub."""
 
-    store: SQLiteHubStore
+    store: HubStore
     limits: HubLimits
 
     def now_ms(self) -> int: ...

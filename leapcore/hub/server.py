@@ -76,6 +76,12 @@ counted, lines logged, store look-ups of the worker an open names.
 
 ``GET /metrics`` serves Prometheus metrics (:mod:`leapcore.hub.metrics`).
 
+**Several hubs as one.** With ``Hub(cluster=ClusterOptions(...))`` the hub shares its
+database with other hub processes (:mod:`leapcore.hub.cluster`): its worker links come up
+and go into the shared presence table, an open for a worker linked to another hub is
+carried there (the :class:`~leapcore.proto.hub_actions.Lookup` hook), and its shutdown
+sends workers on at once when other hubs are alive.
+
 **The web page.** ``serve(web=WebOptions(...))`` also serves the read-only web page
 (:mod:`leapcore.hub.web`) on a listener of its own. The hub tells it what changes through
 :attr:`Hub.presence` (:mod:`leapcore.hub.presence`): a worker registered, online (published),
@@ -197,13 +203,16 @@ from ..proto.link_state import LinkConnection, LinkRole, LinkState
 from ..proto.ratelimit import LogRateLimiter
 from ..proto.relay import RelayDirection
 from ..store.hubstore import (
+    HubStore,
     Notification,
-    SQLiteHubStore,
     User,
     Worker,
     WorkerStatus,
+    open_hub_store,
     utc_text,
 )
+from ..store.sqldb import DEFAULT_POOL_SIZE
+from .cluster import Cluster, ClusterOptions
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
 from .rpc import WORKER_METHODS, call
@@ -532,18 +541,26 @@ class Hub:
         max_message_size: int = HUB_MAX_MESSAGE_SIZE,
         clock: Callable[[], float] = trio.current_time,
         wall_clock: Callable[[], float] = time.time,
-        store: SQLiteHubStore | None = None,
+        store: HubStore | None = None,
         limits: HubLimits = DEFAULT_LIMITS,
+        store_pool_size: int = DEFAULT_POOL_SIZE,
+        cluster: ClusterOptions | None = None,
     ) -> None:
-        """``store`` replaces the store opened at ``store_path`` (solo mode passes one that
+        """``store_path``: an SQLite file, or a ``postgresql://`` URL (at most
+        ``store_pool_size`` connections; :func:`~leapcore.store.hubstore.open_hub_store`).
+        ``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
-        are the budgets of :class:`~leapcore.proto.limits.HubLimits`."""
+        are the budgets of :class:`~leapcore.proto.limits.HubLimits`. ``cluster``: this hub
+        is one of several sharing the database (:mod:`leapcore.hub.cluster`)."""
         validate_max_message_size(max_message_size)
         if store is None:
-            store = SQLiteHubStore(store_path, max_workers_per_user=max_workers_per_user)
-        self.store = store
+            store = open_hub_store(
+                store_path, pool_size=store_pool_size, max_workers_per_user=max_workers_per_user
+            )
+        self.store: HubStore = store
         #: At most this many store calls run at once, each in a worker thread
-        #: (:meth:`store_call`): the store's ``max_concurrent_calls``, 1 for SQLite.
+        #: (:meth:`store_call`): the store's ``max_concurrent_calls`` (1 for SQLite, the
+        #: pool's size for PostgreSQL).
         calls = getattr(store, "max_concurrent_calls", STORE_CALLS_AT_ONCE)
         self.store_limiter = trio.CapacityLimiter(calls)
         #: The largest message size forwarded in a ``channel_request``.
@@ -585,6 +602,8 @@ class Hub:
         self.store.api_token_lifetime_ms = limits.api_token_lifetime_days * DAY_MS
         self._routes = {"/healthz": _healthz, "/metrics": self._metrics_route}
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
+        #: This hub's part in a cluster of hubs sharing its database, or None.
+        self.cluster = Cluster(self, cluster) if cluster is not None else None
 
     # -- the store ------------------------------------------------------------------------
 
@@ -606,7 +625,10 @@ class Hub:
         return int(self._wall_clock() * 1000)
 
     def is_online(self, worker_id: str) -> bool:
-        return self.router.worker_link(worker_id) is not None
+        """Linked here, or (in a cluster) holding a live presence lease on another hub."""
+        if self.router.worker_link(worker_id) is not None:
+            return True
+        return self.cluster is not None and self.cluster.online_elsewhere(worker_id)
 
     @property
     def online_workers(self) -> frozenset[str]:
@@ -665,8 +687,10 @@ class Hub:
                 async with trio.open_nursery() as nursery:
                     self._nursery = nursery
                     self._seen_flushed = self._clock()  # the first batch 5 s from now
-                    log.info("hub id %s (database %s)", self.store.hub_id, self.store.path)
+                    log.info("hub id %s (database %s)", self.store.hub_id, self.store.location)
                     await self.purge()
+                    if self.cluster is not None:
+                        await nursery.start(self.cluster.run)
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     nursery.start_soon(self._purge_forever)
@@ -691,14 +715,16 @@ class Hub:
                 await self.store_call(self.store.close)
 
     async def shutdown(self) -> None:
-        """Close every channel, tell every peer to come back in 10 s (2 s budget in all),
-        then close every link."""
+        """Close every channel, tell every peer to come back in 10 s (at once when other hubs
+        of its cluster are alive: they take the workers) (2 s budget in all), then close
+        every link."""
         self._apply(self.router.shutdown())
         links = list(self._links)
+        delay = 0 if self.cluster is not None and self.cluster.others_alive else GO_AWAY_DELAY
         with trio.move_on_after(SHUTDOWN_BUDGET):
             async with trio.open_nursery() as nursery:
                 for link in links:
-                    if link.enqueue(GoAway(GO_AWAY_DELAY, "hub is shutting down")):
+                    if link.enqueue(GoAway(delay, "hub is shutting down")):
                         nursery.start_soon(link.flushed)
         for link in links:
             link.scope.cancel()
@@ -935,6 +961,12 @@ class Hub:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
                 self.presence.changed(link.worker.owner_id)
+            if (
+                self.cluster is not None
+                and link.worker is not None
+                and self.router.worker_link(link.worker.id) is None
+            ):
+                self.cluster.worker_down(link.worker.id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
 
@@ -1026,9 +1058,11 @@ class Hub:
         if isinstance(message, OpenChannel):
             actions = self.router.open_channel(link, message, self._clock())
             if len(actions) == 1 and isinstance(actions[0], Lookup):
-                # The rest of the checks need the store's word on the worker.
-                target = await self._target(message.worker_id)
-                actions = self.router.found(actions[0], target)
+                lookup = actions[0]
+                if self.cluster is not None and self.cluster.routes(lookup):
+                    actions = []  # the cluster looks the worker up and answers the router
+                else:  # the rest of the checks need the store's word on the worker
+                    actions = self.router.found(lookup, await self._target(message.worker_id))
             self._apply(actions)
             self._reset_open_timer()
             return False
@@ -1129,6 +1163,8 @@ class Hub:
         if older is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
         self._apply(self.router.publish(link))
+        if self.cluster is not None:
+            self.cluster.worker_up(worker.id, worker.owner_id)
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
         if older is not None:
@@ -1266,6 +1302,8 @@ class Hub:
         if self.router.worker_link(link.worker.id) is link:
             log.info("%s is deregistering; it no longer serves", link.name)
             self.presence.changed(link.worker.owner_id)
+            if self.cluster is not None:
+                self.cluster.worker_down(link.worker.id)
         self._apply(self.router.retire(link))
         link.hard_deadline = min(link.hard_deadline, self._clock() + self.limits.deregister_grace)
         if link.waiting is not None:  # its reader may be waiting on a later deadline
@@ -1553,8 +1591,9 @@ class Hub:
             self.metrics.channel_open(action.result)
         elif isinstance(action, Offer):
             self._apply(self.router.offered(action, action.link.enqueue(action.message)))
-        elif isinstance(action, Lookup):  # only an open's own answer (see _dispatch)
-            raise LocalError("a worker lookup needs the store: not carried out here")
+        elif isinstance(action, Lookup):  # (an open from another hub: a link's is awaited)
+            if self.cluster is None or not self.cluster.routes(action):
+                self._look_up_soon(action)
         elif isinstance(action, ChannelGone):
             for end in action.ends:
                 end.flows.pop(action.channel_id, None)
@@ -1564,6 +1603,27 @@ class Hub:
             self.metrics.frame_dropped()
         elif isinstance(action, FrameRejected):
             self.metrics.frame_rejected(action.reason)
+
+    def _look_up_soon(self, lookup: Lookup[_Link]) -> None:
+        """Finish an open in the background once the store answers (an open that came
+        without a reader to wait for it: from another hub of the cluster)."""
+        if self._nursery is None:
+            self._apply(self.router.found(lookup, None))
+            return
+        self._nursery.start_soon(self._look_up, lookup)
+
+    async def _look_up(self, lookup: Lookup[_Link]) -> None:
+        try:
+            target = await self._target(lookup.message.worker_id)
+        except LeapcoreError as exc:  # the store failed: the open is refused, the hub goes on
+            log.error("looking worker %s up failed: %s", lookup.message.worker_id, exc)
+            target = None
+        try:
+            actions = self.router.found(lookup, target)
+        except LocalError:  # the opener left meanwhile
+            return
+        self._apply(actions)
+        self._reset_open_timer()
 
     async def _target(self, worker_id: str) -> Target | None:
         """What the store says about the worker an open names (None: no such worker)."""

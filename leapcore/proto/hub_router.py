@@ -427,9 +427,12 @@ class HubRouter(Generic[L]):
             return refused(*asked, "user_quota", held=user_held)
         return []
 
-    def found(self, lookup: Lookup[L], target: Target | None) -> list[Action[L]]:
+    def found(
+        self, lookup: Lookup[L], target: Target | None, *, via: L | None = None
+    ) -> list[Action[L]]:
         """The rest of an open's checks, with what the store said about its worker; an
-        :class:`Offer` of the ``channel_request`` if they pass."""
+        :class:`Offer` of the ``channel_request`` if they pass. ``via``: a joined link that
+        serves the worker though it is not published here (another hub's)."""
         link, message = lookup.link, lookup.message
         problem = self._open_checks(link, message)
         if problem:
@@ -441,7 +444,7 @@ class HubRouter(Generic[L]):
             return refused(*asked, "not_found")
         if target.owner_id != peer.owner_id:
             return refused(*asked, "not_owner")
-        destination = self._workers.get(target.worker_id)
+        destination = self._workers.get(target.worker_id) if via is None else self._peer(via)
         if destination is None:
             return refused(*asked, "offline")
         waiting = len(destination.requests)

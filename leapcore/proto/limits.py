@@ -111,6 +111,9 @@ BACKOFF_JITTER: Final = 0.2
 BACKOFF_RESET_AFTER: Final = 30.0
 #: The wait a hub that is shutting down asks of its workers (a whole number of seconds).
 GO_AWAY_DELAY: Final = 10
+#: Hub URLs one worker may be given (``--hub`` repeated, a comma-separated list); more is a
+#: configuration error (:mod:`leapcore.proto.hub_failover`).
+MAX_HUB_URLS: Final = 16
 #: Seconds a channel open may take: the hub's wait for the worker's answer, and a
 #: client's whole open (request, handshake and first Ping).
 OPEN_TIMEOUT: Final = 30.0
@@ -266,6 +269,10 @@ REG_KEY_LIFETIME_MS: Final = 5 * 60 * 1000
 REG_KEY_EXTEND_WINDOW_MS: Final = 2 * 60 * 1000
 #: Active workers one user may register (0: unlimited); hub setting ``max_workers_per_user``.
 DEFAULT_MAX_WORKERS_PER_USER: Final = 64
+#: Connections one hub keeps to PostgreSQL at most, and the most that hub setting
+#: ``store_pool_size`` may say (``leapcore.store.pgdb``).
+DEFAULT_STORE_POOL_SIZE: Final = 8
+MAX_STORE_POOL_SIZE: Final = 100
 
 # --- The worker's budgets -------------------------------------------------------------------
 
@@ -404,6 +411,27 @@ LAST_SEEN_FLUSH_INTERVAL: Final = 5.0
 #: Store calls a hub runs at once, each in a worker thread, when its store does not say
 #: (its ``max_concurrent_calls``): SQLite's one connection serves one call at a time.
 STORE_CALLS_AT_ONCE: Final = 1
+# Several hubs as one (leapcore.hub.cluster): a hub renews its lease and its workers'
+# presence leases every CLUSTER_RENEW_INTERVAL, in one transaction; a worker on a hub that
+# stopped renewing shows offline once its lease (CLUSTER_LEASE) ends.
+CLUSTER_RENEW_INTERVAL: Final = 5.0
+CLUSTER_LEASE: Final = 15.0
+#: Their accepted ranges (hub settings ``cluster_renew_interval``, ``cluster_lease``; the
+#: lease must also be longer than the interval).
+CLUSTER_RENEW_RANGE: Final = (0.1, 600.0)
+CLUSTER_LEASE_RANGE: Final = (0.5, 3600.0)
+#: Hub-to-hub links: seconds for the dial and the secret's challenge-response, the ping
+#: interval, and the silence after which a link is dead.
+CLUSTER_HANDSHAKE_TIMEOUT: Final = 10.0
+CLUSTER_PING_INTERVAL: Final = 5.0
+CLUSTER_IDLE_TIMEOUT: Final = 15.0
+#: Hub-to-hub connections accepted at once (signed in or not); more are closed unread.
+CLUSTER_MAX_CONNECTIONS: Final = 64
+#: Opens being looked up in the database at once to be carried to another hub (more are
+#: answered as for a worker offline, ``worker_offline``).
+CLUSTER_MAX_LOOKUPS: Final = 256
+#: Least bytes in a cluster secret file (after stripping surrounding whitespace).
+CLUSTER_SECRET_MIN: Final = 16
 #: Days an audit event is kept (:mod:`leapcore.proto.audit_events`).
 AUDIT_RETENTION_DAYS: Final = 365
 #: Milliseconds in a day (token lifetimes are set in days).

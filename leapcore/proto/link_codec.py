@@ -107,6 +107,7 @@ __all__ = [
     "RotateToken",
     "RotateTokenAck",
     "WorkerGreeting",
+    "decode_b64_fields",
     "encode",
     "encode_many",
 ]
@@ -328,7 +329,17 @@ def _decode_control(body: bytes) -> ControlMessage:
     cls = CONTROL_TYPES.get(kind)
     if cls is None:
         raise LinkProtocolError(f"unknown control record type {kind!r}")
-    for name in _BYTES_FIELDS[cls]:
+    decode_b64_fields(data, kind, _BYTES_FIELDS[cls])
+    message = structure_strict(data, cls, what=f"{kind} record", error=LinkProtocolError)
+    _check_ranges(message)
+    check_fields(message, error=LinkProtocolError)
+    return message
+
+
+def decode_b64_fields(data: dict[str, object], kind: str, names: Iterable[str]) -> None:
+    """Decode in place the base64 byte fields ``names`` of the record ``kind`` (an absent
+    one is left for the strict structuring to name); a bad one is a LinkProtocolError."""
+    for name in names:
         value = data.get(name)
         if value is not None:
             if not isinstance(value, str):
@@ -337,10 +348,6 @@ def _decode_control(body: bytes) -> ControlMessage:
                 data[name] = b64decode_strict(value, field=f"{kind}.{name}")
             except RecordError as exc:
                 raise LinkProtocolError(str(exc)) from None
-    message = structure_strict(data, cls, what=f"{kind} record", error=LinkProtocolError)
-    _check_ranges(message)
-    check_fields(message, error=LinkProtocolError)
-    return message
 
 
 def _decode_data(body: bytes) -> ChannelData:

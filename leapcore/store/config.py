@@ -10,7 +10,10 @@ the environment, where other tools share the prefix (``LEAPCORE_WORKER_ID``
 is the remote CLI's default ``--worker-id``); values are checked against
 each key's type. A list setting (the worker's ``services``) is a TOML array of
 strings, or comma-separated in the environment (blank items dropped); like every
-setting, a later layer replaces it whole.
+setting, a later layer replaces it whole. The worker's ``hub`` is a list too, stricter: a
+TOML string or list, commas in the environment and in each ``--hub`` value, and an empty
+element is an error (:func:`~leapcore.proto.hub_failover.split_hub_urls`); at most
+:data:`~leapcore.proto.limits.MAX_HUB_URLS`, none twice.
 
 A ``float`` setting also takes an integer (``client_idle_timeout = 300``).
 
@@ -44,10 +47,15 @@ import attrs
 
 from ..errors import ConfigError
 from ..proto.capabilities import parse_concurrency
+from ..proto.hub_failover import hub_urls_problem, split_hub_urls
 from ..proto.limits import (
     AUDIT_LOG_MAX_BYTES,
     AUDIT_LOG_MAX_BYTES_RANGE,
     AUDIT_LOG_RETENTION_DAYS,
+    CLUSTER_LEASE,
+    CLUSTER_LEASE_RANGE,
+    CLUSTER_RENEW_INTERVAL,
+    CLUSTER_RENEW_RANGE,
     DEFAULT_MAX_INCOMPLETE,
     DEFAULT_MAX_MESSAGE_SIZE,
     DEFAULT_MAX_WORKERS_PER_USER,
@@ -58,6 +66,7 @@ from ..proto.limits import (
     max_message_size_problem,
 )
 from ..proto.tunnel_policy import parse_rule
+from .sqldb import DEFAULT_POOL_SIZE, MAX_POOL_SIZE
 
 __all__ = [
     "HUB_ENV_PREFIX",
@@ -69,6 +78,7 @@ __all__ = [
     "WORKER_KEYS",
     "WORKER_PATH_KEYS",
     "hub_settings",
+    "hub_store_location",
     "layer",
     "parse_pairs",
     "read_config_file",
@@ -80,7 +90,8 @@ WORKER_ENV_PREFIX: Final = "LEAPCORE_WORKER_"
 #: Worker settings: key -> (type, default). A file may set any of them.
 WORKER_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # No default hub: an unregistered worker must be told; a registered one uses hub.json's.
-    "hub": (str, ""),
+    # Several URLs (one deployment's hubs): a TOML list, or commas in any text value.
+    "hub": (list, []),
     "registration_key": (str, ""),
     "name": (str, ""),
     "data_dir": (str, "."),
@@ -133,8 +144,22 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     # its "Register worker" command names ("" = the listen address's URL).
     "web_listen": (str, ""),
     "public_url": (str, ""),
+    # Several hubs on one database (leapcore.hub.cluster): the hub-to-hub listener
+    # (HOST:PORT, "" = none), the address other hubs dial ("" = the listen address), the
+    # 0600 file holding the shared cluster secret, and a stable node id ("" = random).
+    "cluster_listen": (str, ""),
+    "cluster_advertise": (str, ""),
+    "cluster_secret_file": (str, ""),
+    "node_name": (str, ""),
+    # Seconds a hub's lease (and its workers' presence) lasts, and between its renewals.
+    "cluster_lease": (float, CLUSTER_LEASE),
+    "cluster_renew_interval": (float, CLUSTER_RENEW_INTERVAL),
     "max_workers_per_user": (int, DEFAULT_MAX_WORKERS_PER_USER),
     "max_message_size": (int, DEFAULT_MAX_MESSAGE_SIZE),
+    # Where the hub's state is (hub_store_location): "" = data_dir/hub.db (SQLite); an SQLite
+    # file's path; or a postgresql:// URL, with at most store_pool_size connections.
+    "store": (str, ""),
+    "store_pool_size": (int, DEFAULT_POOL_SIZE),
     "log_level": (str, "info"),
     "log_format": (str, "text"),
     # The budgets of leapcore.proto.limits.HubLimits, under the same names.
@@ -144,10 +169,14 @@ HUB_KEYS: Final[dict[str, tuple[type, Any]]] = {
     },
 }
 
+#: List settings that may also be written as text, several items separated by commas, none
+#: empty (the worker's ``hub``: a string in the file, the environment, each ``--hub``).
+_TEXT_LISTS: Final = frozenset({"hub"})
+
 #: Worker settings that name a file or directory (see :func:`_resolve_paths`).
 WORKER_PATH_KEYS: Final = ("data_dir", "ca_file", "workspace_root", "policy", "audit_log")
 #: Hub settings that name a file, directory or socket (see :func:`_resolve_paths`).
-HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix")
+HUB_PATH_KEYS: Final = ("data_dir", "tls_cert", "tls_key", "listen_unix", "cluster_secret_file")
 
 
 LOG_LEVELS: Final = ("debug", "info", "warn", "error")
@@ -187,8 +216,12 @@ def _concurrency(value: dict[str, int]) -> str | None:
     return None
 
 
-def _range(low: int, high: int) -> _Check:
-    def check(value: int) -> str | None:
+def _hub_urls(value: list[str]) -> str | None:
+    return hub_urls_problem(value)
+
+
+def _range(low: float, high: float) -> _Check:
+    def check(value: float) -> str | None:
         return None if low <= value <= high else f"must be {low} .. {high}, got {value}"
 
     return check
@@ -199,6 +232,7 @@ _WORKER_CHECKS: Final[dict[str, _Check]] = {
     "audit_max_bytes": _range(*AUDIT_LOG_MAX_BYTES_RANGE),
     "audit_retention_days": _range(1, 36500),
     "concurrency": _concurrency,
+    "hub": _hub_urls,
     "max_message_size": max_message_size_problem,
     "log_format": _log_format,
     "tunnel_allow": _tunnel_rules,
@@ -209,8 +243,11 @@ _WORKER_CHECKS: Final[dict[str, _Check]] = {
 _HUB_CHECKS: Final[dict[str, _Check]] = {
     "max_workers_per_user": _workers_per_user,
     "max_message_size": max_message_size_problem,
+    "store_pool_size": _range(1, MAX_POOL_SIZE),
     "log_level": _log_level,
     "log_format": _log_format,
+    "cluster_lease": _range(*CLUSTER_LEASE_RANGE),
+    "cluster_renew_interval": _range(*CLUSTER_RENEW_RANGE),
     **{name: functools.partial(check_limit, name) for name in LIMIT_RANGES},
 }
 
@@ -229,7 +266,9 @@ def read_config_file(path: Path, keys: Mapping[str, tuple[type, Any]]) -> dict[s
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for key, value in data.items():
-        _check(key, value, keys, where=str(path))
+        checked = _check(key, value, keys, where=str(path))
+        if key in _TEXT_LISTS:
+            data[key] = checked
     return data
 
 
@@ -240,6 +279,10 @@ def _check(key: str, value: Any, keys: Mapping[str, tuple[type, Any]], *, where:
     kind = spec[0]
     if kind is float and type(value) is int:
         value = float(value)
+    if kind is list and key in _TEXT_LISTS and type(value) in (str, list):
+        if not all(type(item) is str for item in value):
+            raise ConfigError(f"{where}: setting {key!r} must be a string or a list of strings")
+        value = split_hub_urls(value, where=f"{where}: setting {key!r}")
     if type(value) is not kind:
         raise ConfigError(
             f"{where}: setting {key!r} must be {kind.__name__}, got {type(value).__name__}"
@@ -284,6 +327,8 @@ def _from_env(
                 raise ConfigError(f"environment: {name} must be a number, got {text!r}") from None
             if not math.isfinite(out[key]):
                 raise ConfigError(f"environment: {name} must be a finite number, got {text!r}")
+        elif kind is list and key in _TEXT_LISTS:
+            out[key] = split_hub_urls(text, where=f"environment: {name}")
         elif kind is list:
             out[key] = [item.strip() for item in text.split(",") if item.strip()]
         elif kind is dict:
@@ -507,3 +552,18 @@ def hub_settings(
         default_dir=hub_config_dir(home),
     )
     return settings, used
+
+
+def hub_store_location(settings: Mapping[str, Any]) -> str | Path:
+    """Where :func:`hub_settings`' hub keeps its state: the ``store`` setting's
+    ``postgresql://`` (or ``postgres://``) URL as it is; an SQLite file's path (a relative one
+    is taken in ``data_dir``); with no ``store``, ``data_dir``/``hub.db``."""
+    from .paths import hub_database_path
+
+    value = str(settings.get("store") or "")
+    data_dir = Path(settings["data_dir"])
+    if not value:
+        return hub_database_path(data_dir)
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    return data_dir / Path(value).expanduser()

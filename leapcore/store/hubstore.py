@@ -1,10 +1,18 @@
 """The hub's persistent state: users, API tokens, registration keys, workers, notifications.
 
-:class:`SQLiteHubStore` keeps it in SQLite, WAL mode (safe for the admin CLI
-to use while the hub runs). Its public methods are the whole interface the
-hub and the admin CLI use, and nothing outside this module writes SQL, so a
-deployment that outgrows one hub can bring another implementation (e.g.
-PostgreSQL) with the same methods without touching the hub.
+:class:`HubStore` holds every query, written once in the SQL that SQLite and PostgreSQL
+share; its public methods are the whole interface the hub and the admin CLI use, and
+nothing outside the store writes SQL. The backend is a small piece
+(:class:`~leapcore.store.sqldb.Database`): :class:`SQLiteHubStore` keeps the state in one
+SQLite file, WAL mode (safe for the admin CLI to use while the hub runs;
+:mod:`.sqlitedb`), :class:`PostgresHubStore` in a PostgreSQL database that several hubs
+may share (:mod:`.pgdb`); :func:`open_hub_store` picks one from a location. A migration is
+written in SQLite's spelling and must stay portable: PostgreSQL gets it through
+:data:`leapcore.store.pgdb.DIALECT` (types only), so use ``?`` placeholders, no SQLite-only
+functions (two-argument ``MIN``/``MAX``: ``CASE``; ``INSERT OR IGNORE``: ``ON CONFLICT DO
+NOTHING``) and no ``rowid`` (:attr:`~leapcore.store.sqldb.Database.row_order` instead);
+where a check must hold until commit on PostgreSQL, lock the rows it reads
+(:attr:`~leapcore.store.sqldb.Database.for_update`).
 
 Rules kept here (``design.md``, ``spec/behavior.md`` §3.1–3.2, §5.2, §7):
 
@@ -47,12 +55,11 @@ import enum
 import hashlib
 import json
 import logging
-import os
 import secrets
-import sqlite3
 import string
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import AbstractContextManager, suppress
 from pathlib import Path
 from typing import Any, Final
 
@@ -88,17 +95,22 @@ from ..proto.limits import (
     REG_KEY_LIFETIME_MS,
     WORKER_TOKEN_LIFETIME_DAYS,
 )
-from .atomicfile import ensure_private_dir
+from .sqldb import DEFAULT_POOL_SIZE, Conn, Database, refuse_newer
+from .sqlitedb import SQLiteDatabase
 
 __all__ = [
     "SCHEMA_VERSION",
     "ApiToken",
+    "HubStore",
+    "PostgresHubStore",
     "RegistrationKey",
     "SQLiteHubStore",
     "User",
     "Worker",
     "WorkerStatus",
+    "is_postgres_location",
     "new_id",
+    "open_hub_store",
     "utc_text",
 ]
 
@@ -115,6 +127,8 @@ KEY_PREFIX_LENGTH: Final = 6
 #: A hub id: this many random lowercase hex digits, made once per database.
 HUB_ID_HEX: Final = 16
 
+#: The notification channel (PostgreSQL LISTEN/NOTIFY) of :meth:`HubStore.watch_changes`.
+CHANGES_CHANNEL: Final = "leapcore_hub_changes"
 #: Ids per query in the batched lookups (well under SQLite's bound-parameter limit).
 BATCH: Final = 500
 
@@ -216,7 +230,7 @@ class Notification:
 
 
 # ---------------------------------------------------------------------------
-# SQLite
+# The schema: SQLite's spelling (PostgreSQL's is made by leapcore.store.pgdb.DIALECT)
 
 _MIGRATIONS: Final[Sequence[str]] = (
     # 1: the initial schema.
@@ -319,6 +333,27 @@ _MIGRATIONS: Final[Sequence[str]] = (
         WHERE revoked_at IS NULL;
     CREATE UNIQUE INDEX workers_pending_token ON workers(pending_token_hash)
     """,
+    # 6: several hubs as one (leapcore.hub.cluster): each hub process's lease, and which
+    # hub holds each online worker's link, with a lease its hub renews in batches.
+    """
+    CREATE TABLE hub_nodes (
+        node_id TEXT PRIMARY KEY,
+        advertise TEXT NOT NULL,
+        started_at BIGINT NOT NULL,
+        renewed_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL,
+        workers BIGINT NOT NULL DEFAULT 0,
+        channels BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE TABLE worker_presence (
+        worker_id TEXT PRIMARY KEY,
+        node_id TEXT NOT NULL,
+        owner_id TEXT NOT NULL,
+        linked_at BIGINT NOT NULL,
+        lease_until BIGINT NOT NULL
+    );
+    CREATE INDEX worker_presence_node ON worker_presence(node_id)
+    """,
 )
 SCHEMA_VERSION: Final = len(_MIGRATIONS)
 #: Audit events a listing returns when no ``limit`` is given (and the most it may ask).
@@ -334,214 +369,99 @@ _WORKER_COLUMNS: Final = (
 )
 
 
-class _Rows:
-    """A cursor whose SQLite errors are :class:`StorageError` (see :class:`_Db`)."""
-
-    def __init__(self, cursor: sqlite3.Cursor, db: _Db) -> None:
-        self._cursor = cursor
-        self._db = db
-
-    @property
-    def rowcount(self) -> int:
-        return self._cursor.rowcount
-
-    def fetchone(self) -> Any:
-        try:
-            return self._cursor.fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise self._db.error(exc) from None
-
-    def fetchall(self) -> list[Any]:
-        try:
-            return self._cursor.fetchall()
-        except sqlite3.DatabaseError as exc:
-            raise self._db.error(exc) from None
-
-
-class _Db:
-    """The SQLite connection, raising :class:`StorageError` naming the file instead of
-    ``sqlite3`` errors (a locked, read-only, full or damaged database), so callers handle
-    one hierarchy. Programming errors (bad SQL, wrong bindings) are not converted."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path) -> None:
-        self._conn = conn
-        self.path = path
-        self.context = "cannot open the hub database"
-
-    def error(self, exc: sqlite3.DatabaseError) -> StorageError:
-        if isinstance(exc, sqlite3.ProgrammingError):
-            raise exc
-        return StorageError(f"{self.path}: {self.context}: {exc}")
-
-    def execute(self, sql: str, args: Sequence[Any] = ()) -> _Rows:
-        try:
-            return _Rows(self._conn.execute(sql, args), self)
-        except sqlite3.DatabaseError as exc:
-            raise self.error(exc) from None
-
-    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        try:
-            self._conn.executemany(sql, rows)
-        except sqlite3.DatabaseError as exc:
-            raise self.error(exc) from None
-
-    @property
-    def in_transaction(self) -> bool:
-        return self._conn.in_transaction
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-class SQLiteHubStore:
-    """The hub's state in one SQLite file (WAL). Any thread may call it, one call at a time."""
+class HubStore:
+    """Every query of the hub's state, on a :class:`~leapcore.store.sqldb.Database`
+    backend (:class:`SQLiteHubStore`, :class:`PostgresHubStore`; :func:`open_hub_store`
+    picks one from a location). Its methods may be called from several threads at once:
+    each takes a connection of its own (SQLite serialises them; see
+    :attr:`max_concurrent_calls`)."""
 
     def __init__(
         self,
-        path: Path | str,
+        db: Database,
         *,
         max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
-        create: bool = True,
-        timeout: float = 10.0,
         worker_token_lifetime_days: int = WORKER_TOKEN_LIFETIME_DAYS,
         api_token_lifetime_days: int = API_TOKEN_LIFETIME_DAYS,
     ) -> None:
-        """Open (and migrate) the database at ``path``.
-
-        With ``create`` (the default) a missing database is made: its directory with mode
-        0700 when missing, the file itself with mode 0600 (SQLite gives the ``-wal`` and
-        ``-shm`` files the database's mode). Without it, a missing file is a
-        :class:`StorageError` and nothing is created. A file that is not SQLite, or an
-        SQLite database of another application, is refused untouched. ``timeout`` is how
-        long a write waits for another connection's write lock (then :class:`StorageError`,
-        "database is locked"); every SQLite failure is a :class:`StorageError`. A worker
-        token, or an API token, made from now on lives ``worker_token_lifetime_days``, or
-        ``api_token_lifetime_days`` (the hub settings of those names; the attributes
-        :attr:`worker_token_lifetime_ms` and :attr:`api_token_lifetime_ms` may be changed).
-        """
+        """Migrate ``db`` to :data:`SCHEMA_VERSION` (:attr:`migrated_from` says from which
+        version) and make its hub id. A worker token, or an API token, made from now on
+        lives ``worker_token_lifetime_days``, or ``api_token_lifetime_days`` (the hub
+        settings of those names; the attributes :attr:`worker_token_lifetime_ms` and
+        :attr:`api_token_lifetime_ms` may be changed). ``db`` is closed when this fails."""
         if max_workers_per_user < 0:
+            db.close()
             raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
-        self.path = Path(path)
+        self._db = db
+        #: Where the data is, for messages (a path, or a URL without its password).
+        self.location = db.location
         self.max_workers_per_user = max_workers_per_user
         self.worker_token_lifetime_ms = worker_token_lifetime_days * DAY_MS
         self.api_token_lifetime_ms = api_token_lifetime_days * DAY_MS
         #: Called (no arguments) when an audit row could not be written (the hub counts it).
         self.on_audit_failure: Callable[[], None] | None = None
-        if create:
-            self._create_private_file()
-        elif not self.path.exists():
-            raise StorageError(f"{self.path}: no hub database")
         try:
-            # mode=rw: never let SQLite create the file (with its default 0644) itself.
-            uri = self.path.absolute().as_uri() + "?mode=rw"
-            # check_same_thread=False: the hub calls the store from worker threads
-            # (Hub.store_call), one call at a time (its limiter of max_concurrent_calls,
-            # 1 here); the connection is never used by two threads at once.
-            conn = sqlite3.connect(
-                uri, uri=True, timeout=timeout, isolation_level=None, check_same_thread=False
-            )
-        except sqlite3.DatabaseError as exc:
-            raise StorageError(f"{self.path}: cannot open the hub database: {exc}") from None
-        self._db = _Db(conn, self.path)
-        try:
-            self._check_application()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._migrate()
+            db.opened(SCHEMA_VERSION)
+            self.migrated_from = self._migrate()
             self.hub_id = self._ensure_hub_id()
         except BaseException:
-            self._db.close()
+            db.close()
             raise
-        self._db.context = "hub database error"
+        db.ready()
 
-    def _create_private_file(self) -> None:
-        try:
-            ensure_private_dir(self.path.parent)
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return
-        except OSError as exc:
-            raise StorageError(
-                f"{self.path}: cannot create the hub database: {exc.strerror or exc}"
-            ) from None
-        try:
-            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-        finally:
-            os.close(fd)
-
-    def _check_application(self) -> None:
-        """Refuse, before changing anything, an SQLite database that some other program
-        made or that a newer leapcore migrated."""
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        self._refuse_newer(version)
-        if version == 0:
-            (tables,) = self._db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            if tables:
-                raise StorageError(
-                    f"{self.path}: an SQLite database, but not a leapcore hub database"
-                )
+    @property
+    def max_concurrent_calls(self) -> int:
+        """How many calls may usefully run at once (SQLite 1, PostgreSQL its pool size)."""
+        return self._db.max_concurrent_calls
 
     def close(self) -> None:
         self._db.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[_Db]:
-        """One write transaction, taken with the write lock up front (BEGIN IMMEDIATE).
+    def _tx(self) -> AbstractContextManager[Conn]:
+        """One write transaction (rolled back when the block raises)."""
+        return self._db.transaction()
 
-        Whatever fails (the body, or COMMIT itself), the transaction is rolled back so the
-        connection stays usable; a failing rollback never hides the original error.
-        """
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-            self._db.execute("COMMIT")
-        except BaseException:
-            if self._db.in_transaction:  # SQLite may already have rolled back by itself
-                with suppress(StorageError):
-                    self._db.execute("ROLLBACK")
-            raise
+    def _one(self, sql: str, args: Sequence[Any] = ()) -> Any:
+        with self._db.reading() as db:
+            return db.execute(sql, args).fetchone()
 
-    def _migrate(self) -> None:
-        # Opening an up-to-date database must not wait for the write lock (the running hub
-        # may hold it): only a migration takes it, and then checks the version again.
-        version = self.schema_version
-        self._refuse_newer(version)
-        if version == SCHEMA_VERSION:
-            return
-        with self._tx() as db:
-            (version,) = db.execute("PRAGMA user_version").fetchone()
-            self._refuse_newer(version)
-            for number in range(version, SCHEMA_VERSION):
-                for statement in _MIGRATIONS[number].split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {number + 1}")
+    def _all(self, sql: str, args: Sequence[Any] = ()) -> list[Any]:
+        with self._db.reading() as db:
+            return db.execute(sql, args).fetchall()
+
+    def _migrate(self) -> int:
+        """Migrate to :data:`SCHEMA_VERSION`; the version found. Opening an up-to-date
+        database takes no lock (a running hub may hold SQLite's write lock)."""
+        version = self._db.schema_version()
+        refuse_newer(self._db.location, version, SCHEMA_VERSION)
+        if version < SCHEMA_VERSION:
+            version, _ = self._db.migrate(_MIGRATIONS)
+        return version
 
     def _ensure_hub_id(self) -> str:
         """The database's hub id, made (random, once) on first use and never changed."""
-        row = self._db.execute("SELECT value FROM hub_meta WHERE key = 'hub_id'").fetchone()
+        row = self._one("SELECT value FROM hub_meta WHERE key = 'hub_id'")
         if row is not None:
             return str(row[0])
         with self._tx() as db:
             db.execute(
-                "INSERT OR IGNORE INTO hub_meta (key, value) VALUES ('hub_id', ?)",
+                "INSERT INTO hub_meta (key, value) VALUES ('hub_id', ?) "
+                "ON CONFLICT (key) DO NOTHING",
                 (secrets.token_hex(HUB_ID_HEX // 2),),
             )
             (value,) = db.execute("SELECT value FROM hub_meta WHERE key = 'hub_id'").fetchone()
         return str(value)
 
-    def _refuse_newer(self, version: int) -> None:
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path}: database schema {version} is newer than this leapcore "
-                f"({SCHEMA_VERSION}); upgrade leapcore"
-            )
+    def _lock_user(self, db: Conn, user_id: str) -> None:
+        """Lock a user's row until the transaction ends (PostgreSQL; SQLite's write
+        transactions are serialised whole): checks over the user's workers or keys then
+        hold until commit."""
+        if self._db.for_update:
+            db.execute(f"SELECT id FROM users WHERE id = ?{self._db.for_update}", (user_id,))
 
     @property
     def schema_version(self) -> int:
-        (version,) = self._db.execute("PRAGMA user_version").fetchone()
-        return int(version)
+        return self._db.schema_version()
 
     # -- the audit trail -------------------------------------------------------------
 
@@ -551,7 +471,7 @@ class SQLiteHubStore:
             self.on_audit_failure()
 
     @staticmethod
-    def _insert_audit(db: _Db, event: AuditEvent) -> None:
+    def _insert_audit(db: Conn, event: AuditEvent) -> None:
         db.execute(
             "INSERT INTO audit_events (at, kind, actor, worker_id, address, detail) "
             "VALUES (?, ?, ?, ?, ?, ?)",
@@ -565,7 +485,7 @@ class SQLiteHubStore:
             ),
         )
 
-    def _audit(self, db: _Db, event: AuditEvent) -> None:
+    def _audit(self, db: Conn, event: AuditEvent) -> None:
         """Insert ``event`` inside the caller's transaction, in a savepoint: if the insert
         fails, only it is undone (logged), and the operation it records still commits."""
         db.execute("SAVEPOINT audit")
@@ -618,7 +538,7 @@ class SQLiteHubStore:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY at DESC, id DESC LIMIT ?"
         args.append(limit)
-        rows = self._db.execute(query, args).fetchall()
+        rows = self._all(query, args)
         # A kind of a newer release is listed as it is (and its unknown detail fields left
         # out by decode_detail): a listing never fails on one row.
         with attrs.validators.disabled():
@@ -653,7 +573,7 @@ class SQLiteHubStore:
             token = self._insert_token(db, user, now_ms, origin)
         return user, token
 
-    def _insert_token(self, db: _Db, user: User, now_ms: int, origin: Origin | None) -> str:
+    def _insert_token(self, db: Conn, user: User, now_ms: int, origin: Origin | None) -> str:
         token = new_id()
         token_id = new_id()
         db.execute(
@@ -674,7 +594,7 @@ class SQLiteHubStore:
             )
         return token
 
-    def _user_by_ref(self, db: _Db, ref: str) -> User:
+    def _user_by_ref(self, db: Conn, ref: str) -> User:
         # An id wins over a name: a user may be named like another user's id.
         row = db.execute(
             "SELECT id, name, created_at, is_admin FROM users "
@@ -687,13 +607,14 @@ class SQLiteHubStore:
 
     def get_user(self, ref: str) -> User:
         """A user by id or name."""
-        return self._user_by_ref(self._db, ref)
+        with self._db.reading() as db:
+            return self._user_by_ref(db, ref)
 
     def list_users(self) -> list[User]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT id, name, created_at, is_admin FROM users WHERE deleted_at IS NULL "
             "ORDER BY name"
-        ).fetchall()
+        )
         return [User(r[0], r[1], r[2], bool(r[3])) for r in rows]
 
     def create_token(self, user_ref: str, now_ms: int, *, origin: Origin | None = None) -> str:
@@ -704,21 +625,21 @@ class SQLiteHubStore:
 
     def list_tokens(self, user_ref: str) -> list[ApiToken]:
         user = self.get_user(user_ref)
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT id, user_id, created_at, revoked_at, last_used_at, expires_at FROM api_tokens "
             "WHERE user_id = ? ORDER BY created_at, id",
             (user.id,),
-        ).fetchall()
+        )
         return [ApiToken(*r) for r in rows]
 
     def find_token(self, token: str) -> ApiToken:
         """The record of an API token, given the token itself (revoked ones included);
         touches nothing (unlike :meth:`authenticate_user`)."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT id, user_id, created_at, revoked_at, last_used_at, expires_at FROM api_tokens "
             "WHERE token_hash = ?",
             (_digest(token),),
-        ).fetchone()
+        )
         if row is None:
             raise NotFound("no API token matches")
         return ApiToken(*row)
@@ -732,6 +653,7 @@ class SQLiteHubStore:
             ).rowcount
             if not changed:
                 raise NotFound(f"no live API token with id {token_id!r}")
+            db.notify(CHANGES_CHANNEL, f"api_token_revoked:{token_id}")
             if origin is not None:
                 row = db.execute(
                     "SELECT u.name FROM api_tokens t JOIN users u ON u.id = t.user_id "
@@ -781,11 +703,11 @@ class SQLiteHubStore:
         live: set[str] = set()
         for chunk in _chunks(token_ids):
             marks = ", ".join("?" * len(chunk))
-            rows = self._db.execute(
+            rows = self._all(
                 f"SELECT t.id FROM api_tokens t JOIN users u ON u.id = t.user_id "
                 f"WHERE t.id IN ({marks}) AND t.revoked_at IS NULL AND u.deleted_at IS NULL",
                 chunk,
-            ).fetchall()
+            )
             live.update(r[0] for r in rows)
         return live
 
@@ -803,6 +725,7 @@ class SQLiteHubStore:
         with self._tx() as db:
             user = self._user_by_ref(db, user_id)
             if max_live:
+                self._lock_user(db, user.id)
                 (live,) = db.execute(
                     "SELECT COUNT(*) FROM registration_keys "
                     "WHERE created_by = ? AND expires_at > ?",
@@ -870,14 +793,18 @@ class SQLiteHubStore:
     ) -> None:
         """Expire a key now (idempotent on a dead key); ``owner`` restricts to that user's keys.
         With ``origin``, audited (``registration_key_revoked``, by the key's id)."""
-        query = "UPDATE registration_keys SET expires_at = MIN(expires_at, ?) WHERE id = ?"
-        args: tuple[Any, ...] = (now_ms - 1000, key_id)
+        query = (
+            "UPDATE registration_keys SET expires_at = "
+            "CASE WHEN expires_at < ? THEN expires_at ELSE ? END WHERE id = ?"
+        )
+        args: tuple[Any, ...] = (now_ms - 1000, now_ms - 1000, key_id)
         if owner is not None:
             query += " AND created_by = ?"
             args += (owner,)
         with self._tx() as db:
             if not db.execute(query, args).rowcount:
                 raise NotFound(f"registration key not found: {key_id}")
+            db.notify(CHANGES_CHANNEL, f"registration_key_revoked:{key_id}")
             if origin is not None:
                 self._audit(
                     db,
@@ -898,9 +825,9 @@ class SQLiteHubStore:
     ) -> str:
         """Expire a key named by its id or by the key itself (a leaked key can be revoked by
         its value); returns the key's id. ``owner`` restricts to that user's keys."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT id FROM registration_keys WHERE id = ? OR key_hash = ?", (ref, _digest(ref))
-        ).fetchone()
+        )
         if row is None:
             raise NotFound("registration key not found (give its id or the key itself)")
         try:
@@ -913,27 +840,25 @@ class SQLiteHubStore:
         self, user_id: str, key: str, now_ms: int, *, origin: Origin | None = None
     ) -> None:
         """The owner revokes a key it holds (e.g. the CLI that minted it is interrupted)."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT id FROM registration_keys WHERE key_hash = ? AND created_by = ?",
             (_digest(key), user_id),
-        ).fetchone()
+        )
         if row is None:
             raise NotFound("registration key not found")
         self.revoke_registration_key(row[0], now_ms, owner=user_id, origin=origin)
 
     def registration_key_state(self, user_id: str, key: str, now_ms: int) -> str:
         """``live``, ``expired`` or ``consumed`` (used by a worker) for the caller's key."""
-        row = self._db.execute(
+        row = self._one(
             "SELECT id, expires_at FROM registration_keys WHERE key_hash = ? AND created_by = ?",
             (_digest(key), user_id),
-        ).fetchone()
+        )
         if row is None:
             raise NotFound("registration key not found")
         if row[1] > now_ms:
             return "live"
-        used = self._db.execute(
-            "SELECT 1 FROM workers WHERE registered_with = ?", (row[0],)
-        ).fetchone()
+        used = self._one("SELECT 1 FROM workers WHERE registered_with = ?", (row[0],))
         return "consumed" if used else "expired"
 
     def list_registration_keys(
@@ -948,8 +873,10 @@ class SQLiteHubStore:
         if not include_expired:
             query += " WHERE k.expires_at > ?"
             args = (now_ms,)
-        query += " ORDER BY k.created_at DESC, k.rowid DESC"
-        return [RegistrationKey(*r) for r in self._db.execute(query, args).fetchall()]
+        # Newest first; keys made in the same millisecond: the later first on SQLite (rowid),
+        # in a fixed order on PostgreSQL (which keeps no insertion order).
+        query += f" ORDER BY k.created_at DESC, k.{self._db.row_order} DESC"
+        return [RegistrationKey(*r) for r in self._all(query, args)]
 
     def purge_expired_registration_keys(self, now_ms: int) -> int:
         """Delete the keys expired (used or revoked) at ``now_ms``; how many were deleted.
@@ -985,14 +912,16 @@ class SQLiteHubStore:
         token = new_id()
         worker_id = new_id()
         with self._tx() as db:
+            # The key's row is locked (PostgreSQL): a racer waits here, then finds it used.
             row = db.execute(
                 "SELECT id, created_by FROM registration_keys "
-                "WHERE key_hash = ? AND expires_at > ?",
+                f"WHERE key_hash = ? AND expires_at > ?{self._db.for_update}",
                 (_digest(key), now_ms),
             ).fetchone()
             if row is None:
                 raise Unauthenticated("registration key invalid or already consumed")
             key_id, owner_id = row
+            self._lock_user(db, owner_id)  # the cap and the name checks hold until commit
             cap = self.max_workers_per_user
             if cap:
                 (count,) = db.execute(
@@ -1009,7 +938,7 @@ class SQLiteHubStore:
                 "UPDATE registration_keys SET expires_at = ? WHERE id = ? AND expires_at > ?",
                 (now_ms - 1000, key_id, now_ms),
             ).rowcount
-            if not consumed:  # pragma: no cover - BEGIN IMMEDIATE serialises racers
+            if not consumed:  # pragma: no cover - the lock above serialises racers
                 raise Unauthenticated("registration key invalid or already consumed")
             db.execute(
                 "INSERT INTO workers (id, owner_id, token_hash, name, version, labels, status, "
@@ -1050,7 +979,7 @@ class SQLiteHubStore:
         return self.get_worker(worker_id), token
 
     def _check_name_free(
-        self, db: _Db, owner_id: str, name: str, *, worker_id: str | None = None
+        self, db: Conn, owner_id: str, name: str, *, worker_id: str | None = None
     ) -> None:
         """:class:`AlreadyExists` when another live worker of ``owner_id`` is called ``name``
         (names are unique per owner, so a person can address a worker by its name)."""
@@ -1085,6 +1014,7 @@ class SQLiteHubStore:
             row = db.execute("SELECT owner_id FROM workers WHERE id = ?", (worker_id,)).fetchone()
             if row is None:
                 raise NotFound(f"worker {worker_id} not found")
+            self._lock_user(db, row[0])
             self._check_name_free(db, row[0], name, worker_id=worker_id)
             db.execute(
                 "UPDATE workers SET name = ?, labels = ?, capabilities = COALESCE(?, capabilities),"
@@ -1117,11 +1047,11 @@ class SQLiteHubStore:
         )
 
     def get_worker(self, worker_id: str) -> Worker:
-        row = self._db.execute(
+        row = self._one(
             f"SELECT {_WORKER_COLUMNS} FROM workers w LEFT JOIN users u ON u.id = w.owner_id "
             "WHERE w.id = ?",
             (worker_id,),
-        ).fetchone()
+        )
         if row is None:
             raise NotFound(f"worker {worker_id} not found")
         return self._worker(row)
@@ -1140,7 +1070,7 @@ class SQLiteHubStore:
         if clauses:
             query += " WHERE " + " AND ".join(clauses)
         query += " ORDER BY w.created_at, w.id"
-        return [self._worker(r) for r in self._db.execute(query, args).fetchall()]
+        return [self._worker(r) for r in self._all(query, args)]
 
     def authenticate_worker(
         self, token: str, now_ms: int, *, origin: Origin | None = None
@@ -1207,7 +1137,7 @@ class SQLiteHubStore:
 
     def _promote(
         self,
-        db: _Db,
+        db: Conn,
         worker_id: str,
         digest: bytes,
         now_ms: int,
@@ -1236,9 +1166,7 @@ class SQLiteHubStore:
 
     def pending_token_expiry(self, worker_id: str) -> int | None:
         """The expiry of a worker's pending token (None: no rotation under way)."""
-        row = self._db.execute(
-            "SELECT pending_expires_at FROM workers WHERE id = ?", (worker_id,)
-        ).fetchone()
+        row = self._one("SELECT pending_expires_at FROM workers WHERE id = ?", (worker_id,))
         return None if row is None else row[0]
 
     def record_heartbeat(
@@ -1274,9 +1202,23 @@ class SQLiteHubStore:
             return
         with self._tx() as db:
             db.executemany(
-                "UPDATE workers SET last_seen_at = MAX(COALESCE(last_seen_at, 0), ?) WHERE id = ?",
-                [(at, worker_id) for worker_id, at in seen.items()],
+                "UPDATE workers SET last_seen_at = CASE WHEN COALESCE(last_seen_at, 0) > ? "
+                "THEN last_seen_at ELSE ? END WHERE id = ?",
+                [(at, at, worker_id) for worker_id, at in seen.items()],
             )
+
+    @property
+    def announces_changes(self) -> bool:
+        """Whether :meth:`watch_changes` works (PostgreSQL: yes; SQLite: no, hubs poll)."""
+        return self._db.announces_changes
+
+    def watch_changes(self, on_change: Callable[[str], None], stop: threading.Event) -> None:
+        """Call ``on_change(what)`` when any process using this database revokes an API
+        token (``"api_token_revoked:ID"``), deregisters a worker (``"worker_deregistered:ID"``)
+        or revokes a registration key (``"registration_key_revoked:ID"``), and with ``""``
+        after each (re)connection (changes may have been missed: check everything). Blocks
+        until ``stop`` is set (run it in a thread); :class:`LocalError` on SQLite."""
+        self._db.watch(CHANGES_CHANNEL, on_change, stop)
 
     def deregister_worker(
         self,
@@ -1294,7 +1236,9 @@ class SQLiteHubStore:
         """
         with self._tx() as db:
             row = db.execute(
-                "SELECT owner_id, status, auto_registered FROM workers WHERE id = ?", (worker_id,)
+                "SELECT owner_id, status, auto_registered FROM workers "
+                f"WHERE id = ?{self._db.for_update}",
+                (worker_id,),
             ).fetchone()
             if (
                 row is None
@@ -1315,6 +1259,7 @@ class SQLiteHubStore:
                 "VALUES (?, ?, ?, ?, ?)",
                 (note.id, worker_id, note.kind, reason, now_ms),
             )
+            db.notify(CHANGES_CHANNEL, f"worker_deregistered:{worker_id}")
             if origin is not None:
                 self._audit(
                     db,
@@ -1330,11 +1275,11 @@ class SQLiteHubStore:
         return note
 
     def pending_notifications(self, worker_id: str) -> list[Notification]:
-        rows = self._db.execute(
+        rows = self._all(
             "SELECT id, worker_id, kind, reason, attempts FROM notifications "
             "WHERE worker_id = ? AND status = 'pending' ORDER BY created_at, id",
             (worker_id,),
-        ).fetchall()
+        )
         return [Notification(*r) for r in rows]
 
     def notification_attempted(self, notification_id: str) -> None:
@@ -1349,7 +1294,8 @@ class SQLiteHubStore:
         """The worker acknowledged: a deregister notification marks the worker deleted."""
         with self._tx() as db:
             row = db.execute(
-                "SELECT worker_id, kind FROM notifications WHERE id = ?", (notification_id,)
+                f"SELECT worker_id, kind FROM notifications WHERE id = ?{self._db.for_update}",
+                (notification_id,),
             ).fetchone()
             if row is None:
                 raise NotFound(f"notification {notification_id} not found")
@@ -1369,9 +1315,7 @@ class SQLiteHubStore:
         out: dict[str, WorkerStatus] = {}
         for chunk in _chunks(worker_ids):
             marks = ", ".join("?" * len(chunk))
-            rows = self._db.execute(
-                f"SELECT id, status FROM workers WHERE id IN ({marks})", chunk
-            ).fetchall()
+            rows = self._all(f"SELECT id, status FROM workers WHERE id IN ({marks})", chunk)
             out.update((r[0], WorkerStatus(r[1])) for r in rows)
         return out
 
@@ -1383,7 +1327,9 @@ class SQLiteHubStore:
         delivered, or a new one when there is none (a worker deregistered by an older
         release). :class:`FailedPrecondition` when the worker is not deregistering."""
         with self._tx() as db:
-            row = db.execute("SELECT status FROM workers WHERE id = ?", (worker_id,)).fetchone()
+            row = db.execute(
+                f"SELECT status FROM workers WHERE id = ?{self._db.for_update}", (worker_id,)
+            ).fetchone()
             if row is None or row[0] != WorkerStatus.DEREGISTERING.value:
                 raise FailedPrecondition(f"worker {worker_id} is not deregistering")
             found = db.execute(
@@ -1403,12 +1349,238 @@ class SQLiteHubStore:
         return note
 
     def is_owner(self, worker_id: str, user_id: str) -> bool:
-        row = self._db.execute(
+        row = self._one(
             "SELECT 1 FROM workers WHERE id = ? AND owner_id = ? AND status = ?",
             (worker_id, user_id, WorkerStatus.ACTIVE.value),
-        ).fetchone()
+        )
         return row is not None
 
     def require_admin(self, user: User) -> None:
         if not user.is_admin:
             raise PermissionDenied("administrators only")
+
+    # -- several hubs as one (leapcore.hub.cluster) -------------------------------------------
+    # Portable SQL only (the PostgreSQL store runs the same statements): ``?`` placeholders,
+    # ON CONFLICT upserts, no SQLite-only functions.
+
+    def cluster_join(self, node_id: str, advertise: str, now_ms: int, lease_ms: int) -> None:
+        """A hub process starts as ``node_id``: its lease row (re)made, and every presence
+        row a previous run under the same name left dropped (it holds no link yet)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM worker_presence WHERE node_id = ?", (node_id,))
+            db.execute(
+                "INSERT INTO hub_nodes (node_id, advertise, started_at, renewed_at, lease_until) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (node_id) DO UPDATE SET "
+                "advertise = excluded.advertise, started_at = excluded.started_at, "
+                "renewed_at = excluded.renewed_at, lease_until = excluded.lease_until, "
+                "workers = 0, channels = 0",
+                (node_id, advertise, now_ms, now_ms, now_ms + lease_ms),
+            )
+
+    def cluster_renew(
+        self,
+        node_id: str,
+        now_ms: int,
+        lease_ms: int,
+        *,
+        up: Mapping[str, tuple[int, str]] | None = None,
+        down: Iterable[str] = (),
+        channels: int = 0,
+    ) -> ClusterTick:
+        """One renewal tick of ``node_id``, in one transaction: the presence of the workers
+        whose link came up (``up``: worker id -> (when, its owner's id); the latest link
+        wins, whichever hub holds it) and went down
+        (``down``: only rows this node still holds), every lease it holds renewed to
+        ``now_ms + lease_ms``, its own row with its counts; then what it needs to know: the
+        workers it still holds (one missing from it was taken over by another hub), the
+        other live hubs and the workers online on them. Presence and hub rows expired for
+        more than :data:`PRESENCE_RETENTION_MS` are deleted."""
+        until = now_ms + lease_ms
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO worker_presence (worker_id, node_id, owner_id, linked_at, "
+                "lease_until) VALUES (?, ?, ?, ?, ?) ON CONFLICT (worker_id) DO UPDATE SET "
+                "node_id = excluded.node_id, owner_id = excluded.owner_id, "
+                "linked_at = excluded.linked_at, lease_until = excluded.lease_until "
+                "WHERE worker_presence.linked_at <= excluded.linked_at",
+                [
+                    (worker_id, node_id, owner_id, at, until)
+                    for worker_id, (at, owner_id) in (up or {}).items()
+                ],
+            )
+            db.executemany(
+                "DELETE FROM worker_presence WHERE worker_id = ? AND node_id = ?",
+                [(worker_id, node_id) for worker_id in down],
+            )
+            db.execute(
+                "UPDATE worker_presence SET lease_until = ? WHERE node_id = ?", (until, node_id)
+            )
+            for table in ("worker_presence", "hub_nodes"):
+                db.execute(
+                    f"DELETE FROM {table} WHERE lease_until < ?",
+                    (now_ms - PRESENCE_RETENTION_MS,),
+                )
+            held = {
+                str(r[0])
+                for r in db.execute(
+                    "SELECT worker_id FROM worker_presence WHERE node_id = ?", (node_id,)
+                ).fetchall()
+            }
+            db.execute(
+                "UPDATE hub_nodes SET renewed_at = ?, lease_until = ?, workers = ?, channels = ? "
+                "WHERE node_id = ?",
+                (now_ms, until, len(held), channels, node_id),
+            )
+            remote = {
+                str(r[0]): str(r[1])
+                for r in db.execute(
+                    "SELECT worker_id, owner_id FROM worker_presence "
+                    "WHERE node_id != ? AND lease_until > ?",
+                    (node_id, now_ms),
+                ).fetchall()
+            }
+        peers = {n.node_id: n for n in self.cluster_nodes(now_ms) if n.node_id != node_id}
+        return ClusterTick(held, remote, peers)
+
+    def cluster_leave(self, node_id: str) -> None:
+        """A hub process stops: its presence rows and its lease row are deleted."""
+        with self._tx() as db:
+            db.execute("DELETE FROM worker_presence WHERE node_id = ?", (node_id,))
+            db.execute("DELETE FROM hub_nodes WHERE node_id = ?", (node_id,))
+
+    def cluster_nodes(self, now_ms: int, *, include_expired: bool = False) -> list[ClusterNode]:
+        """The hubs with a live lease (with ``include_expired``, every hub row), oldest
+        first, each with how many workers it holds a live lease for."""
+        rows = self._all(
+            "SELECT n.node_id, n.advertise, n.started_at, n.renewed_at, n.lease_until, "
+            "(SELECT COUNT(*) FROM worker_presence p "
+            "WHERE p.node_id = n.node_id AND p.lease_until > ?), n.channels "
+            "FROM hub_nodes n WHERE n.lease_until > ? ORDER BY n.started_at, n.node_id",
+            (now_ms, -1 if include_expired else now_ms),
+        )
+        return [ClusterNode(str(r[0]), str(r[1]), *(int(v) for v in r[2:])) for r in rows]
+
+    def worker_node(self, worker_id: str, now_ms: int) -> ClusterNode | None:
+        """The live hub holding a live presence lease for ``worker_id``, or None."""
+        row = self._one(
+            "SELECT n.node_id, n.advertise, n.started_at, n.renewed_at, n.lease_until, "
+            "n.workers, n.channels "
+            "FROM worker_presence p JOIN hub_nodes n ON n.node_id = p.node_id "
+            "WHERE p.worker_id = ? AND p.lease_until > ? AND n.lease_until > ?",
+            (worker_id, now_ms, now_ms),
+        )
+        if row is None:
+            return None
+        return ClusterNode(str(row[0]), str(row[1]), *(int(v) for v in row[2:]))
+
+
+#: Presence rows whose lease ended longer ago than this are deleted at a renewal (ms).
+PRESENCE_RETENTION_MS: Final = 3_600_000
+
+
+@attrs.frozen
+class ClusterNode:
+    """One hub process sharing this database (``hub_nodes``)."""
+
+    node_id: str
+    #: The HOST:PORT other hubs dial for hub-to-hub links ("" when it listens for none).
+    advertise: str
+    started_at: int
+    #: When it last renewed its lease, and until when that lease runs (ms).
+    renewed_at: int
+    lease_until: int
+    workers: int
+    channels: int
+
+
+@attrs.frozen
+class ClusterTick:
+    """What a renewal tick tells its hub (:meth:`HubStore.cluster_renew`)."""
+
+    #: The workers this hub holds the presence of.
+    held: set[str]
+    #: The workers online (a live lease) on other hubs -> their owners' ids.
+    remote: dict[str, str]
+    #: The other hubs with a live lease, by node id.
+    peers: dict[str, ClusterNode]
+
+
+class SQLiteHubStore(HubStore):
+    """The hub's state in one SQLite file (WAL; :mod:`leapcore.store.sqlitedb`)."""
+
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
+        create: bool = True,
+        timeout: float = 10.0,
+        worker_token_lifetime_days: int = WORKER_TOKEN_LIFETIME_DAYS,
+        api_token_lifetime_days: int = API_TOKEN_LIFETIME_DAYS,
+    ) -> None:
+        """Open (and migrate) the database at ``path``.
+
+        With ``create`` (the default) a missing database is made: its directory with mode
+        0700 when missing, the file itself with mode 0600. Without it, a missing file is a
+        :class:`StorageError` and nothing is created. A file that is not SQLite, or an
+        SQLite database of another application, is refused untouched. ``timeout`` is how
+        long a write waits for another connection's write lock; every SQLite failure is a
+        :class:`StorageError`. The rest: :class:`HubStore`."""
+        if max_workers_per_user < 0:
+            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+        self.path = Path(path)
+        super().__init__(
+            SQLiteDatabase(self.path, create=create, timeout=timeout),
+            max_workers_per_user=max_workers_per_user,
+            worker_token_lifetime_days=worker_token_lifetime_days,
+            api_token_lifetime_days=api_token_lifetime_days,
+        )
+
+
+class PostgresHubStore(HubStore):
+    """The hub's state in a PostgreSQL database (:mod:`leapcore.store.pgdb`), which
+    several hubs may share."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        max_workers_per_user: int = DEFAULT_MAX_WORKERS_PER_USER,
+        connect_timeout: float = 10.0,
+        worker_token_lifetime_days: int = WORKER_TOKEN_LIFETIME_DAYS,
+        api_token_lifetime_days: int = API_TOKEN_LIFETIME_DAYS,
+    ) -> None:
+        """Connect to ``url`` (``postgresql://…``) with at most ``pool_size`` connections,
+        and migrate. The database must exist; it must be empty or a leapcore hub database.
+        The rest: :class:`HubStore`."""
+        if max_workers_per_user < 0:
+            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+        from .pgdb import PostgresDatabase  # psycopg is loaded only when it is used
+
+        super().__init__(
+            PostgresDatabase(url, pool_size=pool_size, connect_timeout=connect_timeout),
+            max_workers_per_user=max_workers_per_user,
+            worker_token_lifetime_days=worker_token_lifetime_days,
+            api_token_lifetime_days=api_token_lifetime_days,
+        )
+
+
+def is_postgres_location(location: str | Path) -> bool:
+    """Whether a store location names PostgreSQL (``postgresql://``, ``postgres://``)."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))
+
+
+def open_hub_store(
+    location: str | Path,
+    *,
+    create: bool = True,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    **opts: Any,
+) -> HubStore:
+    """The hub store at ``location``: a ``postgresql://`` (or ``postgres://``) URL is
+    PostgreSQL (``pool_size`` connections at most), anything else the path of an SQLite
+    file (``create``: made when missing). ``opts``: those of :class:`HubStore`."""
+    if is_postgres_location(location):
+        return PostgresHubStore(str(location), pool_size=pool_size, **opts)
+    return SQLiteHubStore(location, create=create, **opts)

@@ -41,6 +41,7 @@ from ..errors import ConfigError
 from ..peer.channel import CallContext, Services
 from ..proto.channel_mux import PING_METHOD
 from ..proto.worker_policy import DENIED_BY_POLICY, ExecRules
+from .advertise import host_platform
 from .exec import ExecService, add_exec_service
 from .files import add_files_service
 from .pty import PtyService, add_pty_service
@@ -114,13 +115,14 @@ def info_document(worker: Worker) -> dict[str, Any]:
     greeting = worker.greeting
     services = worker.services
     methods = services.served()
+    os_name, arch = host_platform()
     return {
         "name": worker.name,
         "worker_id": greeting.worker_id if greeting is not None else None,
         "version": worker.version,
         "commit": build_commit(),
-        "os": platform.system().lower(),
-        "arch": platform.machine(),
+        "os": os_name,
+        "arch": arch,
         "python": platform.python_version(),
         "encryption_mode": worker.encryption_mode,
         "labels": dict(worker.labels),

@@ -203,16 +203,18 @@ class ChannelServer:
         try:
             try:
                 message2, session = await self._handshake(request.message1)
-            except LeapcoreError as exc:
-                log.info("channel %d: handshake failed: %s", request.channel_id, exc)
+            except Exception as exc:
+                # A bad message 1 is a LeapcoreError; anything else is a bug or a failing
+                # signer. Either way it ends this open, never the link and its other channels.
+                if isinstance(exc, LeapcoreError):
+                    log.info("channel %d: handshake failed: %s", request.channel_id, exc)
+                    why = f"handshake failed: {exc}"
+                else:
+                    log.exception("channel %d: handshake failed", request.channel_id)
+                    why = "handshake failed: an internal error on the worker"
                 self.results["handshake_failed"] += 1
                 await self._send(
-                    ChannelReject(
-                        request.request_id,
-                        request.channel_id,
-                        "handshake_failed",
-                        f"handshake failed: {exc}",
-                    )
+                    ChannelReject(request.request_id, request.channel_id, "handshake_failed", why)
                 )
                 return
             if request.channel_id in self.channels.channels:  # repeated after the handshake

@@ -43,7 +43,19 @@ when). ``hub_url`` may be empty for a registered worker: the recorded URL is use
 ``hub_url`` that differs from the recorded one is used (hubs move) and logged; once a hub
 greets the worker with the recorded id, the record's URL is updated. A worker that recorded
 no hub id (registered before hubs had ids) records the one of the first hub that greets
-it. Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records,
+it.
+
+**Several hubs.** ``hub_urls`` names the hubs of one deployment (one database, one hub id),
+at most :data:`~leapcore.proto.limits.MAX_HUB_URLS`, all parsed at construction.
+Registration takes the first hub that answers; the connect loop moves through the list by
+the passes of :class:`~leapcore.proto.hub_failover.HubFailover` (a dead hub is left at once,
+the backoff waits only after a whole pass failed, a ``go_away`` moves on without its delay
+while other URLs remain). ``hub.json`` keeps the URL the hub was last reached at. A hub of the
+list that refuses the token, or greets the worker under another hub id, is logged (ERROR)
+and dropped for the life of the process, no file changed; only the last usable one's
+refusal raises :class:`~leapcore.errors.HubMismatch`.
+
+Every ``connect`` carries the worker's ``name`` and ``labels``, which the hub records,
 and its capabilities, ``os`` and ``arch`` (:mod:`leapcore.worker.advertise`; the
 capabilities are those of :attr:`Worker.services` at that connect).
 
@@ -100,7 +112,7 @@ from ..errors import (
     TokenExpired,
 )
 from ..net.dial import TRANSPORTS, connect_link
-from ..net.pipe import LinkPipe, parse_hub_url
+from ..net.pipe import HubAddress, LinkPipe, parse_hub_url
 from ..net.security_log import security_event
 from ..peer.channel import CallReport, Channel, Services
 from ..peer.hubsession import PeerLink
@@ -117,6 +129,7 @@ from ..proto.backoff import (
 from ..proto.call_audit import call_record, channel_record
 from ..proto.capabilities import parse_concurrency
 from ..proto.heartbeat import GreetingWatchdog, HeartbeatSchedule, LatencyMeter
+from ..proto.hub_failover import HubFailover, check_hub_urls
 from ..proto.limits import (
     AUDIT_LOG_MAX_BYTES,
     AUDIT_LOG_RETENTION_DAYS,
@@ -241,6 +254,21 @@ class _CrossWorkerPins(PinStore):
             raise
 
 
+def _address_key(address: HubAddress) -> tuple[str, str, int, str]:
+    return (address.scheme, address.host.lower(), address.port, address.unix_path)
+
+
+def _check_addresses(urls: Sequence[str]) -> None:
+    """Parse every hub URL (:func:`~leapcore.net.pipe.parse_hub_url`) and refuse two that name
+    the same place (``http://h`` and ``http://h:80``): :class:`ConfigError`."""
+    seen: dict[tuple[str, str, int, str], str] = {}
+    for url in urls:
+        key = _address_key(parse_hub_url(url))
+        if key in seen:
+            raise ConfigError(f"hub URLs {seen[key]!r} and {url!r} name the same hub address")
+        seen[key] = url
+
+
 def parse_labels(text: str) -> dict[str, str]:
     """``k=v,k2=v2`` (white space around items ignored; empty text: no labels)."""
     labels: dict[str, str] = {}
@@ -332,6 +360,7 @@ class Worker:
         data_dir: Path | str,
         *,
         hub_url: str = "",
+        hub_urls: Sequence[str] = (),
         name: str,
         transport: str = "websocket",
         ca_file: str | None = None,
@@ -359,15 +388,20 @@ class Worker:
     ) -> None:
         if transport not in TRANSPORTS:
             raise ConfigError(f"unknown transport {transport!r}: use websocket or h2")
-        if dial is None and hub_url:
-            parse_hub_url(hub_url)  # a bad URL is a configuration error, before any dial
+        if hub_url and hub_urls:
+            raise ConfigError("give the hub as hub_url or hub_urls, not both")
+        #: The hub URLs given (empty: ``hub.json``'s, once :meth:`prepare` has read it).
+        self.hub_urls = check_hub_urls(list(hub_urls) if hub_urls else [hub_url] if hub_url else [])
+        if dial is None:
+            _check_addresses(self.hub_urls)  # bad URLs are configuration errors, before any dial
         self.data_dir = Path(data_dir)
         #: Where the ``workspace`` service keeps clones and worktrees.
         self.workspace_root = (
             Path(workspace_root) if workspace_root else self.data_dir / "workspaces"
         )
-        #: The hub's URL ("" until :meth:`prepare` takes ``hub.json``'s).
-        self.hub_url = hub_url
+        #: The URL of the hub dialled now or last ("" until :meth:`prepare` takes
+        #: ``hub.json``'s when no URL was given).
+        self.hub_url = self.hub_urls[0] if self.hub_urls else ""
         self._own_dial = dial is None
         self.name = name
         self.transport = transport
@@ -442,12 +476,21 @@ class Worker:
         self._rejection: ErrorMessage | None = None
         #: When to dial again after a link ends.
         self.reconnect_policy = ReconnectPolicy(Backoff(uniform=uniform))
+        #: Which of :attr:`hub_urls` to dial, and when (None until there is a URL).
+        self.failover: HubFailover | None = (
+            HubFailover(self.hub_urls, self.reconnect_policy) if self.hub_urls else None
+        )
+        #: The current attempt's hub sent ``go_away``.
+        self._went_away = False
         #: The greeting of the current link (None while not connected).
         self.greeting: WorkerGreeting | None = None
         #: Connection attempts made by :meth:`run` so far.
         self.attempts = 0
         #: Links the hub greeted so far.
         self.greetings = 0
+        #: Moves to the next hub URL at once (a failed dial, a dropped link or a ``go_away``
+        #: while other URLs were left in the pass).
+        self.hub_moves = 0
         #: Channel requests answered on every link so far, by result: ``opened``, or the
         #: refusal's code (:class:`~leapcore.worker.channels.ChannelServer`).
         self.channel_opens: collections.Counter[str] = collections.Counter()
@@ -596,6 +639,11 @@ class Worker:
         return max(0.0, self._now() - self._offline_since)
 
     @property
+    def hub_index(self) -> int:
+        """The position in :attr:`hub_urls` of the hub dialled now or last (0: the first)."""
+        return self.hub_urls.index(self.hub_url) if self.hub_url in self.hub_urls else 0
+
+    @property
     def latency(self) -> float | None:
         """The last heartbeat round trip (seconds) on the current link, if measured."""
         return self._attempt.meter.last if self._attempt is not None else None
@@ -623,7 +671,7 @@ class Worker:
             return
         saved = load_hub(self.data_dir) if state.registered else None
         self.hub_record = saved
-        if not self.hub_url:
+        if not self.hub_urls:
             if saved is None:
                 if state.registered:
                     raise ConfigError(
@@ -631,22 +679,29 @@ class Worker:
                         f"(no {self.data_dir / HUB_FILE})"
                     )
                 raise ConfigError(HUB_REQUIRED)
-            self.hub_url = saved.hub_url
+            self.hub_urls = (saved.hub_url,)
             log.info(
                 "no hub URL given: using %s, the hub this worker registered with (hub id %s)",
                 saved.hub_url,
                 saved.hub_id or "not recorded",
             )
             if self._own_dial:
-                parse_hub_url(self.hub_url)
-        elif saved is not None and saved.hub_url != self.hub_url:
+                parse_hub_url(saved.hub_url)
+        elif saved is not None and saved.hub_url not in self.hub_urls:
             log.info(
                 "using hub URL %s; this worker registered with hub %s at %s (the hub id is "
                 "checked: a hub that does not know this worker changes nothing)",
-                self.hub_url,
+                ", ".join(self.hub_urls),
                 saved.hub_id or "(id not recorded)",
                 saved.hub_url,
             )
+        # Passes start at the URL that worked last (hub.json's), when it is in the list.
+        self.failover = HubFailover(
+            self.hub_urls, self.reconnect_policy, preferred=saved.hub_url if saved else ""
+        )
+        self.hub_url = self.failover.current
+        if len(self.hub_urls) > 1:
+            log.info("hub URLs, in order: %s", ", ".join(self.hub_urls))
         self._hub_resolved = True
 
     def _announce(self, state: WorkerState) -> None:
@@ -678,7 +733,8 @@ class Worker:
         """
         if not self.registration_key:
             raise ConfigError("registration key is required")
-        if not self.hub_url:
+        failover = self.failover
+        if failover is None:
             raise ConfigError(HUB_REQUIRED)
         if self.state is None or self.state.keys is None:
             self.state = ensure_keys(self.data_dir, load_state(self.data_dir))
@@ -689,11 +745,26 @@ class Worker:
             if self._stopped:
                 scope.cancel()
             while registered is None:
-                try:
-                    registered = await self._register_once(self.registration_key)
-                except _Transient as exc:
+                # One pass over the URLs, at once; the backoff between passes.
+                failures: list[str] = []
+                for url in failover.order():
+                    self.hub_url = url
+                    try:
+                        registered = await self._register_once(self.registration_key)
+                    except _Transient as exc:
+                        if len(self.hub_urls) == 1:
+                            failures.append(str(exc))
+                            continue
+                        failures.append(f"{url}: {exc}")
+                        log.info("registration at %s failed: %s; trying the next hub URL", url, exc)
+                        continue
+                    failover.use(url)
+                    break
+                if registered is None:
                     delay = backoff.next()
-                    log.warning("registration failed: %s; retrying in %.1fs", exc, delay)
+                    log.warning(
+                        "registration failed: %s; retrying in %.1fs", "; ".join(failures), delay
+                    )
                     await trio.sleep(delay)
         self._register_scope = None
         if registered is None:
@@ -785,14 +856,26 @@ class Worker:
             if self._stopped:
                 scope.cancel()
             task_status.started()
+            failover = self.failover
+            assert failover is not None  # _settle_hub made it
             while not self._stopped:
+                self.hub_url = failover.current
                 started = self._now()
                 self.attempts += 1
                 self._rejection = None
+                self._went_away = False
                 result = await self._connect_once()
                 if isinstance(result, WorkerExit):
                     return result
-                decision = self.reconnect_policy.after_attempt(started, self._now(), result)
+                decision = failover.after_attempt(
+                    started, self._now(), result, went_away=self._went_away
+                )
+                if result is Outcome.HUB_MISMATCH and decision.action is ReconnectAction.RETRY:
+                    log.error(
+                        "%s; %s is not dialled again: it is not this worker's deployment",
+                        self._mismatch(),
+                        self.hub_url,
+                    )
                 if decision.action is ReconnectAction.WIPE_AND_EXIT:
                     self._retire("the hub it registered with deleted this worker")
                     return WorkerExit.WIPED
@@ -808,6 +891,10 @@ class Worker:
                     )
                 if decision.action is not ReconnectAction.RETRY or self._stopped:
                     break
+                if decision.delay == 0 and failover.current != self.hub_url:
+                    log.info("link to %s ended; trying %s now", self.hub_url, failover.current)
+                    self.hub_moves += 1
+                    continue
                 log.info("disconnected; reconnecting in %.3fs", decision.delay)
                 await trio.sleep(decision.delay)
         self._run_scope = None
@@ -966,6 +1053,8 @@ class Worker:
             attempt.hub.handle(message)  # the hot path: no walk through the record types
             return None
         if isinstance(message, WorkerGreeting):
+            if self._foreign(message):
+                return Outcome.HUB_MISMATCH
             attempt.watchdog.on_greeting()
             attempt.greeted.set()
             self.greeting = message
@@ -973,7 +1062,14 @@ class Worker:
             self._offline_since = None
             self._greeting_event.set()
             self._greeting_event = trio.Event()
-            log.info("connected as %s (owner %s)", message.worker_id, message.owner_name)
+            log.info(
+                "connected as %s (owner %s) to %s",
+                message.worker_id,
+                message.owner_name,
+                self.hub_url,
+            )
+            if self.failover is not None:
+                self.failover.greeted()
             self._record_hub(message)
             if attempt.channels is None and attempt.nursery is not None:
                 assert self.state is not None and self.state.keys is not None
@@ -999,9 +1095,15 @@ class Worker:
         elif isinstance(message, HeartbeatAck):
             attempt.meter.on_echo(message.seq, self._now())
         elif isinstance(message, GoAway):
+            others = len(self.failover.usable) > 1 if self.failover is not None else False
             log.info(
-                "hub going away (%s); reconnect in %ss", message.reason, message.reconnect_delay
+                "hub going away (%s); %s",
+                message.reason,
+                "moving to the next hub URL"
+                if others
+                else f"reconnect in {message.reconnect_delay}s",
             )
+            self._went_away = True
             self.reconnect_policy.hub_requested_delay(message.reconnect_delay)
         elif isinstance(message, Deregister):
             return await self._deregistered(attempt, message)
@@ -1053,6 +1155,22 @@ class Worker:
         await self._enqueue(attempt, RotateTokenAck(message.request_id))
 
     # -- the hub's identity ----------------------------------------------------------
+
+    def _foreign(self, greeting: WorkerGreeting) -> bool:
+        """True (logged, nothing recorded) when a worker given several hub URLs is greeted by
+        a hub whose id is not the recorded one: the URLs of one list are one deployment (one
+        database, one hub id), so this hub is another deployment's and is not switched to."""
+        saved = self.hub_record
+        if len(self.hub_urls) < 2 or saved is None or not saved.hub_id or not greeting.hub_id:
+            return False
+        if greeting.hub_id == saved.hub_id:
+            return False
+        self._rejection = ErrorMessage(
+            "hub_id_mismatch",
+            f"it greeted this worker as hub {greeting.hub_id}",
+            greeting.hub_id,
+        )
+        return True
 
     def _record_hub(self, greeting: WorkerGreeting) -> None:
         """Keep ``hub.json`` true after a greeting (the hub accepted the token, so it is the
@@ -1120,6 +1238,8 @@ class Worker:
         reached = f"hub at {self.hub_url} (hub id {hub_id or 'not given'})"
         if code == "worker_deleted":
             what = "says it deleted this worker but is not the hub it registered with"
+        elif code == "hub_id_mismatch":
+            what = "is not the hub this worker registered with"
         else:
             what = "does not know this worker"
         if saved is None:

@@ -34,6 +34,10 @@ results). Names, all prefixed ``leapcore_worker_``:
 * ``reconnects_total`` (counter): attempts after the first (each a dial again after a link
   or attempt ended);
 * ``links_greeted_total`` (counter): links the hub greeted;
+* ``hub_moves_total`` (counter): moves to the next of several hub URLs at once (a failed
+  dial, a dropped link or a ``go_away``; :class:`~leapcore.proto.hub_failover.HubFailover`);
+* ``hub_index`` (gauge): the position in the worker's hub URL list of the hub dialled now or
+  last (0: the first; always 0 with one URL);
 * ``heartbeat_rtt_seconds`` (gauge): the last heartbeat round trip on the current link
   (absent until one is measured);
 * ``channels_open`` (gauge): channels open on the current link;
@@ -175,6 +179,8 @@ class _Live(Collector):
         yield counter("connect_attempts", "Links dialled by the connect loop.", w.attempts)
         yield counter("reconnects", "Connection attempts after the first.", max(0, w.attempts - 1))
         yield counter("links_greeted", "Links the hub greeted.", w.greetings)
+        yield counter("hub_moves", "Moves to the next hub URL at once.", w.hub_moves)
+        yield gauge("hub_index", "The position of the hub dialled now or last.", w.hub_index)
         rtt = GaugeMetricFamily(
             f"{PREFIX}_heartbeat_rtt_seconds", "The last heartbeat round trip on the link."
         )

@@ -18,9 +18,11 @@ the synchronous ``sign(message)`` callable a :class:`~leapcore.crypto.handshake.
 How the pool behaves:
 
 * The processes are started with a non-fork start method ("forkserver" on Linux, "spawn"
-  elsewhere): forking a process whose trio threads are running is unsafe. Each child lowers
-  its priority (``os.nice(10)``) so that the event-loop process wins the CPU on a busy
-  machine, and ignores SIGINT (the parent handles signals and shuts the pool down).
+  elsewhere, and "spawn" on Linux too when the temporary directory is so deep that the
+  forkserver's socket path would not fit): forking a process whose trio threads are running
+  is unsafe. Each child lowers its priority (``os.nice(10)``) so that the event-loop process
+  wins the CPU on a busy machine, and ignores SIGINT (the parent handles signals and shuts
+  the pool down).
 * Entering the pool starts every process and waits until each has imported the signing
   code, so the first real open does not pay the start-up cost. Entering and leaving run
   their blocking parts in a thread: the event loop keeps running.
@@ -35,6 +37,9 @@ How the pool behaves:
 * :meth:`SigningPool.sign` before entering or after leaving the pool raises
   :class:`SigningPoolClosed`, a :class:`~leapcore.errors.LocalError` (using a closed
   pool is a bug of the caller), as do callers still waiting when the pool closes.
+* :class:`OnDemandSigner` (what the worker daemon uses) falls back to signing on the event
+  loop, with one warning in the log, when the system will not start the processes (an
+  ``OSError``: no process or descriptor left): the worker keeps accepting channels.
 * Secret-key bytes only travel over the pool's pipe to a child; they are never logged
   or put into an error message.
 """
@@ -43,10 +48,12 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import logging
 import multiprocessing
 import os
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
@@ -67,6 +74,8 @@ __all__ = [
     "SigningPoolBroken",
     "SigningPoolClosed",
 ]
+
+log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
@@ -149,8 +158,22 @@ def _sign_in_child(secret_key: bytes, message: bytes) -> bytes:
     return slhdsa_sign(secret_key, message)
 
 
+#: The longest Unix-socket path the kernel takes (``sun_path`` holds 108 bytes with its NUL).
+UNIX_PATH_MAX = 107
+#: What the forkserver adds to the temporary directory for its listening socket
+#: (``/pymp-XXXXXXXX/listener-XXXXXXXX``).
+FORKSERVER_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
 def _mp_context() -> multiprocessing.context.BaseContext:
-    if sys.platform.startswith("linux") and "forkserver" in multiprocessing.get_all_start_methods():
+    """ "forkserver" on Linux when its socket's path fits under the temporary directory
+    (a deep ``TMPDIR`` makes it fail with "AF_UNIX path too long"), else "spawn"."""
+    fits = len(os.fsencode(tempfile.gettempdir())) + FORKSERVER_SOCKET_SUFFIX <= UNIX_PATH_MAX
+    if (
+        fits
+        and sys.platform.startswith("linux")
+        and "forkserver" in multiprocessing.get_all_start_methods()
+    ):
         return multiprocessing.get_context("forkserver")
     return multiprocessing.get_context("spawn")
 
@@ -379,31 +402,44 @@ class OnDemandSigner:
 
     def __init__(self, processes: int | None = None) -> None:
         self._processes = processes
-        self._pool: SigningPool | None = None
+        self._pool: SigningPool | InlineSigner | None = None
         self._lock = trio.Lock()
         self._closed = False
 
     @property
     def pool(self) -> SigningPool | None:
-        """The pool, once started."""
-        return self._pool
+        """The pool, once started (None too when it could not start: see :meth:`sign`)."""
+        return self._pool if isinstance(self._pool, SigningPool) else None
 
     async def sign(self, secret_key: bytes, message: bytes) -> bytes:
-        pool = self._pool
-        if pool is None:
+        signer = self._pool
+        if signer is None:
             async with self._lock:
                 if self._closed:
                     raise SigningPoolClosed("the signer is closed")
                 if self._pool is None:
-                    started = SigningPool(self._processes)
-                    await started.__aenter__()
-                    self._pool = started
-                pool = self._pool
-        return await pool.sign(secret_key, message)
+                    self._pool = await self._start()
+                signer = self._pool
+        return await signer.sign(secret_key, message)
+
+    async def _start(self) -> SigningPool | InlineSigner:
+        """A started pool or, when this system will not start its processes (no process
+        or descriptor left, no usable temporary directory), signing on the event loop: the
+        worker keeps serving, each post-quantum open stalling it for one signature."""
+        started = SigningPool(self._processes)
+        try:
+            await started.__aenter__()
+        except OSError as exc:
+            log.warning(
+                "signing processes could not start (%s): signing on the event loop instead",
+                exc.strerror or exc,
+            )
+            return InlineSigner()
+        return started
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._pool is not None:
+        if isinstance(self._pool, SigningPool):
             await self._pool.aclose()
 
     async def __aenter__(self) -> Self:

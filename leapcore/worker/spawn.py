@@ -17,6 +17,7 @@ import fcntl
 import os
 import pwd
 import resource
+import shutil
 import stat
 import struct
 import termios
@@ -173,19 +174,15 @@ def locate_program(argv0: str, env: Mapping[str, str] | None, cwd: str | None) -
     ``env`` (None: the worker's), a path from ``cwd``; with whether it lies in one of the
     worker's own ``PATH`` directories."""
     if "/" in argv0:
-        candidates = [os.path.join(cwd or os.getcwd(), argv0)]
+        path = os.path.join(cwd or os.getcwd(), argv0)
+        found = path if _executable(path) else None
     else:
-        candidates = [os.path.join(d or ".", argv0) for d in os.get_exec_path(env)]
-    for candidate in candidates:
-        if _executable(candidate):
-            found = os.path.normpath(os.path.abspath(candidate))
-            return Program(
-                argv0,
-                found,
-                os.path.realpath(found),
-                program_in(os.get_exec_path(None), found),
-            )
-    return Program(argv0)
+        search = os.pathsep.join(d or "." for d in os.get_exec_path(env))
+        found = shutil.which(argv0, path=search)
+    if found is None:
+        return Program(argv0)
+    found = os.path.normpath(os.path.abspath(found))
+    return Program(argv0, found, os.path.realpath(found), program_in(os.get_exec_path(None), found))
 
 
 def _limits(rules: ExecRules) -> list[tuple[int, int]]:

@@ -62,8 +62,16 @@ def test_hub_keys_and_defaults(tmp_path: Path) -> None:
         "tls_key": "",
         "web_listen": "",
         "public_url": "",
+        "cluster_listen": "",
+        "cluster_advertise": "",
+        "cluster_secret_file": "",
+        "node_name": "",
+        "cluster_lease": 15.0,
+        "cluster_renew_interval": 5.0,
         "max_workers_per_user": 64,
         "max_message_size": 16777216,
+        "store": "",
+        "store_pool_size": 8,
         "log_level": "info",
         "log_format": "text",
         "signin_timeout": 10.0,
@@ -157,7 +165,8 @@ def test_explicit_config_must_exist(tmp_path: Path) -> None:
         (
             "colour = 'red'\n",
             "unknown setting 'colour' (known: api_token_lifetime_days, audit_retention_days, "
-            "client_idle_timeout, "
+            "client_idle_timeout, cluster_advertise, cluster_lease, cluster_listen, "
+            "cluster_renew_interval, cluster_secret_file, "
             "data_dir, deregister_grace, handshake_timeout, listen, ",
         ),
         ("max_workers_per_user = '3'\n", "setting 'max_workers_per_user' must be int, got str"),

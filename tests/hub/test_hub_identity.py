@@ -206,9 +206,8 @@ async def test_an_unchanged_name_is_not_checked_again(tmp_path: Path) -> None:
     async with running_hub(tmp_path) as env:
         first = await register(env, "box")
         second = await register(env, "crate")
-        env.store._db.execute(  # as a database from before the rule may hold them
-            "UPDATE workers SET name = 'box' WHERE id = ?", (second.worker_id,)
-        )
+        with env.store._tx() as db:  # as a database from before the rule may hold them
+            db.execute("UPDATE workers SET name = 'box' WHERE id = ?", (second.worker_id,))
         [greeting] = await connect(env, Connect(1, second.auth_token, "box", {}))
         assert isinstance(greeting, WorkerGreeting)
         [error] = await connect(env, Connect(1, second.auth_token, "box", {"new": "label"}))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import trio
-from support.hubpeer import Env, SharedStore, now_ms, scrape, value
+from support.hubpeer import Env, now_ms, scrape, value
 
 from leapcore.hub.server import Hub
 from leapcore.hub.web import WebOptions, worker_command
@@ -104,8 +104,7 @@ class Web:
 @asynccontextmanager
 async def web_hub(tmp_path: Path, **web: Any) -> AsyncIterator[Web]:
     clock = [time.time()]
-    store = SharedStore(tmp_path / "hub.db")  # the test calls it too, while the hub serves
-    hub = Hub(tmp_path / "hub.db", wall_clock=lambda: clock[0], store=store)
+    hub = Hub(tmp_path / "hub.db", wall_clock=lambda: clock[0])
     async with trio.open_nursery() as nursery:
         options = WebOptions(("127.0.0.1", 0))
         host, port = await nursery.start(

@@ -52,9 +52,8 @@ def test_an_expired_solo_worker_token_is_renewed_at_start(tmp_path: Path) -> Non
     identity = prepare_solo(store, tmp_path, name="solo-box")
     worker_dir = tmp_path / SOLO_WORKER_DIR
     old = load_state(worker_dir).auth_token
-    store._db.execute(  # autocommit: the token expired long ago
-        "UPDATE workers SET token_expires_at = 1 WHERE id = ?", (identity.worker_id,)
-    )
+    with store._tx() as db:  # the token expired long ago
+        db.execute("UPDATE workers SET token_expires_at = 1 WHERE id = ?", (identity.worker_id,))
     again = prepare_solo(store, tmp_path, name="solo-box")
     assert (again.registered, again.worker_id) == (False, identity.worker_id)
     new = load_state(worker_dir).auth_token

@@ -1,4 +1,4 @@
-"""The hub store's audit trail on real SQLite files: the migration that adds it, recording,
+"""The hub store's audit trail on SQLite and PostgreSQL: the migration that adds it, recording,
 listing, filtering and pruning, the event vocabulary's rules, and no secret in the table."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from support.storekit import StoreMaker
 
 from leapcore.errors import LocalError
 from leapcore.proto.audit_events import (
@@ -19,16 +20,11 @@ from leapcore.proto.audit_events import (
     Origin,
     encode_detail,
 )
-from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, SQLiteHubStore
+from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, HubStore, SQLiteHubStore
 
 T = 1_700_000_000_000
 #: The migration that adds the audit trail (found by what it makes, not by its number).
 AUDIT_MIGRATION = next(i for i, sql in enumerate(_MIGRATIONS) if "audit_events" in sql)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteHubStore:
-    return SQLiteHubStore(tmp_path / "hub.db")
 
 
 def rows(path: Path) -> list[tuple[object, ...]]:
@@ -63,7 +59,7 @@ def test_a_database_of_the_previous_schema_is_migrated(tmp_path: Path) -> None:
     assert indexes == {"audit_events_at", "audit_events_worker"}
 
 
-def test_record_list_filter_and_prune(store: SQLiteHubStore) -> None:
+def test_record_list_filter_and_prune(store: HubStore) -> None:
     at = T / 1000
     recorded = [
         AuditEvent(at, "worker_registered", "worker:w1", "w1", "10.0.0.1:5000", {"name": "a"}),
@@ -97,7 +93,8 @@ def test_record_list_filter_and_prune(store: SQLiteHubStore) -> None:
     assert store.prune_audit(at + 10) == 0
 
 
-def test_no_credential_reaches_the_audit_table(tmp_path: Path, store: SQLiteHubStore) -> None:
+def test_no_credential_reaches_the_audit_table(make_store: StoreMaker) -> None:
+    store = make_store.open()
     origin = Origin(ADMIN_CLI)
     user, first = store.create_user("alice", T, origin=origin)
     second = store.create_token(user.id, T, origin=origin)
@@ -123,22 +120,24 @@ def test_no_credential_reaches_the_audit_table(tmp_path: Path, store: SQLiteHubS
     [registered] = store.list_audit(kind="worker_registered")
     assert registered.detail["registration_key_id"] == record.id
     assert registered.address == "b:2"
-    text = "\n".join(repr(cell) for row in rows(tmp_path / "hub.db") for cell in row)
+    text = "\n".join(
+        repr(cell) for row in make_store.raw("SELECT * FROM audit_events") for cell in row
+    )
     for secret in (first, second, key, other, auth):
         assert secret not in text
 
 
-def test_an_operation_without_origin_is_not_audited(store: SQLiteHubStore) -> None:
+def test_an_operation_without_origin_is_not_audited(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     store.mint_registration_key(user.id, T)
     assert store.list_audit() == []
 
 
-def test_a_failed_audit_insert_keeps_the_operation(tmp_path: Path, store: SQLiteHubStore) -> None:
+def test_a_failed_audit_insert_keeps_the_operation(make_store: StoreMaker) -> None:
+    store = make_store.open()
     failures: list[None] = []
     store.on_audit_failure = lambda: failures.append(None)
-    with sqlite3.connect(tmp_path / "hub.db") as db:
-        db.execute("DROP TABLE audit_events")
+    make_store.raw("DROP TABLE audit_events")
     user, token = store.create_user("alice", T, origin=Origin(ADMIN_CLI))
     assert store.authenticate_user(token, T) == user  # committed all the same
     assert not store.record_audit(AuditEvent(T / 1000, "token_refused", ANONYMOUS))

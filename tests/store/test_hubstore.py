@@ -1,13 +1,16 @@
-"""The hub's SQLite store: real database files, real processes for the race."""
+"""The hub store on SQLite and on PostgreSQL (``make_store``, ``store``: tests/store/conftest.py):
+real database files, a real server, real processes for the race."""
 
 from __future__ import annotations
 
 import multiprocessing
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
-import pytest
 from support.helpers import expect
+from support.storekit import StoreMaker
 
 from leapcore.crypto.keys import PublicKeyBundle
 from leapcore.crypto.mode import EncryptionMode
@@ -28,21 +31,19 @@ from leapcore.store.hubstore import (
     HUB_ID_HEX,
     KEY_PREFIX_LENGTH,
     SCHEMA_VERSION,
+    HubStore,
+    Notification,
     SQLiteHubStore,
     WorkerStatus,
     new_id,
+    open_hub_store,
 )
 
 T = 1_700_000_000_000
 MIN = 60_000
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteHubStore:
-    return SQLiteHubStore(tmp_path / "hub.db")
-
-
-def register(store: SQLiteHubStore, user_id: str, now: int = T, **kw: object):  # type: ignore[no-untyped-def]
+def register(store: HubStore, user_id: str, now: int = T, **kw: object):  # type: ignore[no-untyped-def]
     _, key = store.mint_registration_key(user_id, now)
     name = kw.pop("name", f"box-{key[:8]}")  # names are unique per owner
     return store.register_worker(key, name=name, version="0.1.0", labels={}, now_ms=now, **kw)
@@ -54,12 +55,16 @@ def test_ids_are_48_alphanumerics() -> None:
     assert all(len(i) == ID_LENGTH and set(i) <= set(ALPHABET) for i in ids)
 
 
-def test_schema_is_migrated_and_versioned(tmp_path: Path) -> None:
-    store = SQLiteHubStore(tmp_path / "hub.db")
-    assert store.schema_version == SCHEMA_VERSION
+def test_schema_is_migrated_and_versioned(make_store: StoreMaker) -> None:
+    store = make_store.open()
+    assert (store.migrated_from, store.schema_version) == (0, SCHEMA_VERSION)
     store.close()
-    again = SQLiteHubStore(tmp_path / "hub.db")  # reopening migrates nothing
-    assert again.schema_version == SCHEMA_VERSION
+    again = make_store.open()  # reopening migrates nothing
+    assert (again.migrated_from, again.schema_version) == (SCHEMA_VERSION, SCHEMA_VERSION)
+
+
+def test_sqlite_is_in_wal_mode(tmp_path: Path) -> None:
+    SQLiteHubStore(tmp_path / "hub.db").close()
     mode = sqlite3.connect(tmp_path / "hub.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
 
@@ -78,7 +83,7 @@ def test_a_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
     assert path.read_bytes() == b"not a database" * 100
 
 
-def test_users_and_tokens(store: SQLiteHubStore) -> None:
+def test_users_and_tokens(store: HubStore) -> None:
     user, token = store.create_user("alice", T)
     assert store.authenticate_user(token, T + 1) == user
     second = store.create_token("alice", T + 2)
@@ -104,7 +109,7 @@ def test_tokens_are_stored_hashed(tmp_path: Path) -> None:
         assert secret.encode() not in raw
 
 
-def test_registration_key_lifetime_and_extension(store: SQLiteHubStore) -> None:
+def test_registration_key_lifetime_and_extension(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     record, key = store.mint_registration_key(user.id, T)
     assert record.expires_at == T + REG_KEY_LIFETIME_MS == T + 5 * MIN
@@ -130,7 +135,7 @@ def test_registration_key_lifetime_and_extension(store: SQLiteHubStore) -> None:
     expect(LocalError, "required", store.extend_registration_key, user.id, "", T)
 
 
-def test_registration_consumes_the_key_once(store: SQLiteHubStore) -> None:
+def test_registration_consumes_the_key_once(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     _, key = store.mint_registration_key(user.id, T)
     worker, token = store.register_worker(
@@ -153,7 +158,7 @@ def test_registration_consumes_the_key_once(store: SQLiteHubStore) -> None:
     expect(FailedPrecondition, "expired", store.extend_registration_key, user.id, key, T + 2)
 
 
-def test_expired_and_revoked_keys_do_not_register(store: SQLiteHubStore) -> None:
+def test_expired_and_revoked_keys_do_not_register(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     record, key = store.mint_registration_key(user.id, T)
     kwargs = {"name": "n", "version": "1", "labels": {}}
@@ -181,8 +186,8 @@ def test_expired_and_revoked_keys_do_not_register(store: SQLiteHubStore) -> None
     )
 
 
-def test_worker_cap_refuses_without_consuming(tmp_path: Path) -> None:
-    store = SQLiteHubStore(tmp_path / "hub.db", max_workers_per_user=2)
+def test_worker_cap_refuses_without_consuming(make_store: StoreMaker) -> None:
+    store = make_store.open(max_workers_per_user=2)
     user, _ = store.create_user("alice", T)
     register(store, user.id)
     register(store, user.id)
@@ -198,7 +203,7 @@ def test_worker_cap_refuses_without_consuming(tmp_path: Path) -> None:
         now_ms=T,
     )
     assert store.registration_key_state(user.id, key, T) == "live"  # not consumed
-    unlimited = SQLiteHubStore(tmp_path / "hub.db", max_workers_per_user=0)
+    unlimited = make_store.open(max_workers_per_user=0)
     unlimited.register_worker(key, name="third", version="1", labels={}, now_ms=T)
     assert len(unlimited.list_workers(owner_id=user.id)) == 3
 
@@ -206,7 +211,7 @@ def test_worker_cap_refuses_without_consuming(tmp_path: Path) -> None:
 def _race(
     path: str, key: str, start: multiprocessing.synchronize.Event, out: multiprocessing.Queue
 ) -> None:  # type: ignore[type-arg]
-    store = SQLiteHubStore(path)
+    store = open_hub_store(path)  # a connection of its own, as another hub's
     start.wait()
     try:
         worker, _ = store.register_worker(key, name="racer", version="1", labels={}, now_ms=T + 1)
@@ -215,14 +220,15 @@ def _race(
         out.put(("lost", str(exc)))
 
 
-def test_four_racers_for_one_key_exactly_one_wins(tmp_path: Path) -> None:
-    path = tmp_path / "hub.db"
-    store = SQLiteHubStore(path)
+def test_four_racers_for_one_key_exactly_one_wins(make_store: StoreMaker) -> None:
+    """Four processes, each with its own store (as four hubs on one database)."""
+    path = make_store.location()
+    store = make_store.open()
     user, _ = store.create_user("alice", T)
     _, key = store.mint_registration_key(user.id, T)
     ctx = multiprocessing.get_context("spawn")
     start, out = ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=_race, args=(str(path), key, start, out)) for _ in range(4)]
+    procs = [ctx.Process(target=_race, args=(path, key, start, out)) for _ in range(4)]
     for p in procs:
         p.start()
     start.set()
@@ -238,7 +244,7 @@ def test_four_racers_for_one_key_exactly_one_wins(tmp_path: Path) -> None:
     assert [w.id for w in store.list_workers()] == [r[1] for r in results if r[0] == "won"]
 
 
-def test_worker_authentication_heartbeat_and_keys(store: SQLiteHubStore) -> None:
+def test_worker_authentication_heartbeat_and_keys(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     worker, token = register(store, user.id)
     assert store.authenticate_worker(token, T + 5).last_seen_at == T + 5
@@ -252,7 +258,7 @@ def test_worker_authentication_heartbeat_and_keys(store: SQLiteHubStore) -> None
     expect(Unauthenticated, "^invalid auth token$", store.authenticate_worker, "x" * 48, T)
 
 
-def test_deregistration_by_owner_then_acknowledged(store: SQLiteHubStore) -> None:
+def test_deregistration_by_owner_then_acknowledged(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     worker, token = register(store, user.id)
     note = store.deregister_worker(worker.id, T + 1, requested_by=user.id)
@@ -283,7 +289,7 @@ def test_deregistration_by_owner_then_acknowledged(store: SQLiteHubStore) -> Non
     )
 
 
-def test_deregistration_rules(store: SQLiteHubStore) -> None:
+def test_deregistration_rules(store: HubStore) -> None:
     alice, _ = store.create_user("alice", T)
     mallory, _ = store.create_user("mallory", T)
     worker, _ = register(store, alice.id)
@@ -309,7 +315,62 @@ def test_deregistration_rules(store: SQLiteHubStore) -> None:
     assert note.reason == "worker deregistered by administrator"
 
 
-def test_notification_gives_up_after_five_attempts(store: SQLiteHubStore) -> None:
+def _racing(calls: list[Callable[[], object]]) -> list[object]:
+    """Run ``calls`` at once in threads (released together); what each returned or raised."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(index: int) -> None:
+        barrier.wait()
+        try:
+            results[index] = calls[index]()
+        except Exception as exc:  # the race's outcome, checked by the caller
+            results[index] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    return results
+
+
+def test_four_hubs_deregistering_one_worker_queue_one_notification(
+    make_store: StoreMaker,
+) -> None:
+    store = make_store.open()
+    user, _ = store.create_user("alice", T)
+    worker, _ = register(store, user.id)
+    hubs = [make_store.open() for _ in range(4)]  # a connection each, as four hubs
+    results = _racing(
+        [lambda h=h: h.deregister_worker(worker.id, T, requested_by=None) for h in hubs]
+    )
+    notes = [r for r in results if isinstance(r, Notification)]
+    lost = [r for r in results if isinstance(r, NotFound)]
+    assert (len(notes), len(lost)) == (1, 3), results
+    assert [n.id for n in store.pending_notifications(worker.id)] == [notes[0].id]
+
+
+def test_two_hubs_registering_one_name_for_one_owner_make_one_worker(
+    make_store: StoreMaker,
+) -> None:
+    """Two keys of one owner, the same worker name, two hubs at once: the owner's row is
+    locked for the name check, so one registers and the other is told the name is taken."""
+    store = make_store.open()
+    user, _ = store.create_user("alice", T)
+    keys = [store.mint_registration_key(user.id, T)[1] for _ in range(2)]
+    hubs = [make_store.open() for _ in range(2)]
+    results = _racing(
+        [
+            lambda h=h, k=k: h.register_worker(k, name="box", version="1", labels={}, now_ms=T)
+            for h, k in zip(hubs, keys, strict=True)
+        ]
+    )
+    assert sorted(type(r).__name__ for r in results) == ["AlreadyExists", "tuple"], results
+    assert [w.name for w in store.list_workers(owner_id=user.id)] == ["box"]
+
+
+def test_notification_gives_up_after_five_attempts(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     worker, _ = register(store, user.id)
     note = store.deregister_worker(worker.id, T, requested_by=user.id)
@@ -320,7 +381,7 @@ def test_notification_gives_up_after_five_attempts(store: SQLiteHubStore) -> Non
     assert store.pending_notifications(worker.id) == []
 
 
-def test_admin_key_listing_revoke_and_purge(store: SQLiteHubStore) -> None:
+def test_admin_key_listing_revoke_and_purge(store: HubStore) -> None:
     user, _ = store.create_user("alice", T)
     first, _ = store.mint_registration_key(user.id, T)
     second, _ = store.mint_registration_key(user.id, T + 1)
@@ -334,7 +395,7 @@ def test_admin_key_listing_revoke_and_purge(store: SQLiteHubStore) -> None:
     assert store.list_registration_keys(T + 3)[0].creator_name == "alice"
 
 
-def test_list_workers_filters(store: SQLiteHubStore) -> None:
+def test_list_workers_filters(store: HubStore) -> None:
     alice, _ = store.create_user("alice", T)
     bob, _ = store.create_user("bob", T)
     a1, _ = register(store, alice.id)
@@ -348,26 +409,26 @@ def test_list_workers_filters(store: SQLiteHubStore) -> None:
     assert store.is_owner(a1.id, alice.id) and not store.is_owner(a1.id, bob.id)
 
 
-def test_admin_check(store: SQLiteHubStore) -> None:
+def test_admin_check(store: HubStore) -> None:
     admin, _ = store.create_user("root", T, is_admin=True)
     user, _ = store.create_user("alice", T)
     store.require_admin(admin)
     expect(PermissionDenied, "administrators only", store.require_admin, user)
 
 
-def test_hub_id_is_random_stable_and_per_database(tmp_path: Path) -> None:
-    first = SQLiteHubStore(tmp_path / "a.db")
+def test_hub_id_is_random_stable_and_per_database(make_store: StoreMaker) -> None:
+    first = make_store.open("a")
     hub_id = first.hub_id
     assert len(hub_id) == HUB_ID_HEX and set(hub_id) <= set("0123456789abcdef")
     first.close()
-    again = SQLiteHubStore(tmp_path / "a.db")
+    again = make_store.open("a")
     assert again.hub_id == hub_id  # kept across restarts
-    other = SQLiteHubStore(tmp_path / "b.db")
+    other = make_store.open("b")
     assert other.hub_id != hub_id  # a fresh database is a different hub
 
 
 def test_registration_key_keeps_a_prefix_and_is_revocable_by_id_or_value(
-    store: SQLiteHubStore,
+    store: HubStore,
 ) -> None:
     user, _ = store.create_user("alice", T)
     by_id, key1 = store.mint_registration_key(user.id, T)
@@ -393,7 +454,7 @@ def test_registration_key_keeps_a_prefix_and_is_revocable_by_id_or_value(
     )
 
 
-def test_worker_names_are_unique_per_owner(store: SQLiteHubStore) -> None:
+def test_worker_names_are_unique_per_owner(store: HubStore) -> None:
     alice, _ = store.create_user("alice", T)
     bob, _ = store.create_user("bob", T)
     first, _ = register(store, alice.id, name="box")

@@ -6,28 +6,29 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, SQLiteHubStore
+from support.storekit import StoreMaker
+
+from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, HubStore, SQLiteHubStore
 
 T = 1_700_000_000_000
 
 
-def _register(store: SQLiteHubStore, name: str = "box") -> str:
+def _register(store: HubStore, name: str = "box") -> str:
     user, _ = store.create_user("alice", T)
     _, key = store.mint_registration_key(user.id, T)
     worker, _ = store.register_worker(key, name=name, version="0.1.0", labels={}, now_ms=T)
     return worker.id
 
 
-def test_a_new_worker_has_no_capabilities_os_or_arch(tmp_path: Path) -> None:
-    store = SQLiteHubStore(tmp_path / "hub.db")
+def test_a_new_worker_has_no_capabilities_os_or_arch(store: HubStore) -> None:
     worker = store.get_worker(_register(store))
     assert (worker.capabilities, worker.os, worker.arch) == ((), None, None)
 
 
 def test_each_connect_records_what_it_carries_and_keeps_what_it_leaves_out(
-    tmp_path: Path,
+    make_store: StoreMaker,
 ) -> None:
-    store = SQLiteHubStore(tmp_path / "hub.db")
+    store = make_store.open()
     worker_id = _register(store)
     updated = store.update_worker_profile(
         worker_id,
@@ -50,7 +51,7 @@ def test_each_connect_records_what_it_carries_and_keeps_what_it_leaves_out(
     none = store.update_worker_profile(worker_id, name="box", labels={}, capabilities=[])
     assert none.capabilities == ()
     # Listed with them, and kept across a reopen.
-    reopened = SQLiteHubStore(tmp_path / "hub.db")
+    reopened = make_store.open()
     [listed] = reopened.list_workers()
     assert (listed.capabilities, listed.os, listed.arch) == ((), "darwin", "arm64")
 

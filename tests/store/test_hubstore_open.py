@@ -3,6 +3,7 @@ the small additions the admin CLI needs (``find_token``, id-first user lookup)."
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import re
 import sqlite3
@@ -14,7 +15,7 @@ import pytest
 from support.helpers import expect
 
 from leapcore.errors import NotFound, StorageError
-from leapcore.store.hubstore import SCHEMA_VERSION, SQLiteHubStore
+from leapcore.store.hubstore import SCHEMA_VERSION, HubStore, SQLiteHubStore
 
 T = 1_700_000_000_000
 
@@ -146,8 +147,7 @@ def test_opening_does_not_wait_for_another_writer(tmp_path: Path) -> None:
     assert [u.name for u in first.list_users()] == ["alice", "bob"]
 
 
-def test_find_token(tmp_path: Path) -> None:
-    store = SQLiteHubStore(tmp_path / "hub.db")
+def test_find_token(store: HubStore) -> None:
     user, token = store.create_user("alice", T)
     second = store.create_token("alice", T + 1)
     first_record = store.find_token(token)
@@ -229,3 +229,12 @@ def test_sqlite_failures_on_reads_are_storage_errors(tmp_path: Path) -> None:
     )
     # The failed deregistration was rolled back as a whole.
     assert store.get_worker(worker.id).status.value == "active"
+
+
+def test_the_store_may_be_called_from_other_threads(tmp_path: Path) -> None:
+    """One SQLite connection, used from worker threads (calls serialised by the store)."""
+    store = SQLiteHubStore(tmp_path / "hub.db")
+    assert store.max_concurrent_calls == 1
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        users = list(pool.map(lambda n: store.create_user(f"u{n}", T)[0].name, range(8)))
+    assert sorted(users) == sorted(u.name for u in store.list_users())

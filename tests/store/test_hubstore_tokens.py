@@ -5,28 +5,26 @@ retirement of the old token, and their audit rows."""
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 import time
-from pathlib import Path
 
-import pytest
 from support.helpers import expect
+from support.storekit import StoreMaker
 
 from leapcore.errors import NotFound, TokenExpired, Unauthenticated
 from leapcore.proto.audit_events import Origin
 from leapcore.proto.limits import DAY_MS
-from leapcore.store.hubstore import _MIGRATIONS, SCHEMA_VERSION, SQLiteHubStore, utc_text
+from leapcore.store.hubstore import (
+    _MIGRATIONS,
+    SCHEMA_VERSION,
+    HubStore,
+    utc_text,
+)
 
 T = 1_700_000_000_000
 ORIGIN = Origin("worker:x", "10.0.0.9:5000")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> SQLiteHubStore:
-    return SQLiteHubStore(tmp_path / "hub.db")
-
-
-def registered(store: SQLiteHubStore, at: int = T) -> tuple[str, str]:
+def registered(store: HubStore, at: int = T) -> tuple[str, str]:
     user, _ = store.create_user(f"u{at}", at)
     _, key = store.mint_registration_key(user.id, at)
     worker, token = store.register_worker(key, name="box", version="1.0", labels={}, now_ms=at)
@@ -34,39 +32,35 @@ def registered(store: SQLiteHubStore, at: int = T) -> tuple[str, str]:
 
 
 def test_schema_5_is_the_token_migration() -> None:
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION >= 5  # (6: several hubs as one)
     assert "token_expires_at" in _MIGRATIONS[4] and "pending_token_hash" in _MIGRATIONS[4]
 
 
-def test_a_schema_4_database_gets_expiries_from_the_migration_time(tmp_path: Path) -> None:
+def test_a_schema_4_database_gets_expiries_from_the_migration_time(make_store: StoreMaker) -> None:
     """Live tokens made before schema 5 expire the default 90 days after the upgrade (none
     is locked out by it); a deleted worker's and a revoked token's expiry stays NULL."""
-    path = tmp_path / "hub.db"
-    db = sqlite3.connect(path, isolation_level=None)
-    for sql in _MIGRATIONS[:4]:
-        db.executescript(sql)
-    db.execute("INSERT INTO hub_meta (key, value) VALUES ('hub_id', '0123456789abcdef')")
-    db.execute("INSERT INTO users (id, name, created_at) VALUES ('u', 'alice', ?)", (T,))
+    make_store.at_schema(4)
+    raw = make_store.raw
+    raw("INSERT INTO hub_meta (key, value) VALUES ('hub_id', '0123456789abcdef')")
+    raw("INSERT INTO users (id, name, created_at) VALUES ('u', 'alice', ?)", (T,))
     digest = hashlib.sha256(b"old-worker-token").digest()
     for wid, token_hash, status in (
         ("w1", digest, "active"),
         ("w2", hashlib.sha256(b"gone").digest(), "deleted"),
     ):
-        db.execute(
+        raw(
             "INSERT INTO workers (id, owner_id, token_hash, name, version, status, created_at) "
             "VALUES (?, 'u', ?, ?, '1.0', ?, ?)",
             (wid, token_hash, wid, status, T),
         )
     for tid, secret, revoked in (("t1", b"api-live", None), ("t2", b"api-revoked", T)):
-        db.execute(
+        raw(
             "INSERT INTO api_tokens (id, user_id, token_hash, created_at, revoked_at) "
             "VALUES (?, 'u', ?, ?, ?)",
             (tid, hashlib.sha256(secret).digest(), T, revoked),
         )
-    db.execute("PRAGMA user_version = 4")
-    db.close()
     before = int(time.time() * 1000)
-    store = SQLiteHubStore(path)
+    store = make_store.open()
     after = int(time.time() * 1000)
     assert store.schema_version == SCHEMA_VERSION
     live = store.get_worker("w1").token_expires_at
@@ -83,10 +77,8 @@ def test_a_schema_4_database_gets_expiries_from_the_migration_time(tmp_path: Pat
     assert store.authenticate_user("api-live", after).name == "alice"
 
 
-def test_new_tokens_expire_after_the_configured_lifetime(tmp_path: Path) -> None:
-    store = SQLiteHubStore(
-        tmp_path / "hub.db", worker_token_lifetime_days=30, api_token_lifetime_days=10
-    )
+def test_new_tokens_expire_after_the_configured_lifetime(make_store: StoreMaker) -> None:
+    store = make_store.open(worker_token_lifetime_days=30, api_token_lifetime_days=10)
     user, api = store.create_user("alice", T)
     assert store.find_token(api).expires_at == T + 10 * DAY_MS
     _, key = store.mint_registration_key(user.id, T)
@@ -94,7 +86,7 @@ def test_new_tokens_expire_after_the_configured_lifetime(tmp_path: Path) -> None
     assert worker.token_expires_at == T + 30 * DAY_MS
 
 
-def test_an_expired_worker_token_is_refused_saying_when(store: SQLiteHubStore) -> None:
+def test_an_expired_worker_token_is_refused_saying_when(store: HubStore) -> None:
     worker_id, token = registered(store)
     expiry = T + 90 * DAY_MS
     assert store.authenticate_worker(token, expiry - 1).id == worker_id
@@ -106,7 +98,7 @@ def test_an_expired_worker_token_is_refused_saying_when(store: SQLiteHubStore) -
     assert exc.code == "token_expired"
 
 
-def test_an_expired_api_token_is_refused_saying_so(store: SQLiteHubStore) -> None:
+def test_an_expired_api_token_is_refused_saying_so(store: HubStore) -> None:
     _, token = store.create_user("alice", T)
     expiry = T + 90 * DAY_MS
     assert store.authenticate_user(token, expiry - 1).name == "alice"
@@ -120,7 +112,7 @@ def test_an_expired_api_token_is_refused_saying_so(store: SQLiteHubStore) -> Non
 
 
 def test_rotation_keeps_both_tokens_until_the_ack_then_retires_the_old(
-    store: SQLiteHubStore,
+    store: HubStore,
 ) -> None:
     worker_id, old = registered(store)
     now = T + 85 * DAY_MS
@@ -148,7 +140,7 @@ def test_rotation_keeps_both_tokens_until_the_ack_then_retires_the_old(
 
 
 def test_connecting_with_the_pending_token_completes_the_rotation(
-    store: SQLiteHubStore,
+    store: HubStore,
 ) -> None:
     """A lost ack (or a crash after the save): the pending token signs in and is promoted."""
     worker_id, old = registered(store)
@@ -161,7 +153,7 @@ def test_connecting_with_the_pending_token_completes_the_rotation(
     assert event.detail == {"reason": "used at connect"}
 
 
-def test_a_second_offer_replaces_the_first(store: SQLiteHubStore) -> None:
+def test_a_second_offer_replaces_the_first(store: HubStore) -> None:
     """The worker did not save the first (it connected with the old token again)."""
     worker_id, old = registered(store)
     now = T + 85 * DAY_MS
@@ -173,7 +165,7 @@ def test_a_second_offer_replaces_the_first(store: SQLiteHubStore) -> None:
     expect(Unauthenticated, "^invalid auth token$", store.authenticate_worker, old, now)
 
 
-def test_the_pending_token_works_even_when_the_old_one_expired(store: SQLiteHubStore) -> None:
+def test_the_pending_token_works_even_when_the_old_one_expired(store: HubStore) -> None:
     worker_id, old = registered(store)
     offered_at = T + 85 * DAY_MS
     new, _ = store.offer_worker_token(worker_id, offered_at)
@@ -182,14 +174,14 @@ def test_the_pending_token_works_even_when_the_old_one_expired(store: SQLiteHubS
     assert store.authenticate_worker(new, late).id == worker_id
 
 
-def test_only_an_active_worker_is_offered_a_token(store: SQLiteHubStore) -> None:
+def test_only_an_active_worker_is_offered_a_token(store: HubStore) -> None:
     worker_id, _ = registered(store)
     store.deregister_worker(worker_id, T, requested_by=None)
     expect(NotFound, "not found", store.offer_worker_token, worker_id, T)
     expect(NotFound, "not found", store.offer_worker_token, "nope", T)
 
 
-def test_a_deregistering_workers_expired_token_still_signs_in(store: SQLiteHubStore) -> None:
+def test_a_deregistering_workers_expired_token_still_signs_in(store: HubStore) -> None:
     """So that it can be sent its deregister and retire its identity (freeing its name)."""
     worker_id, token = registered(store)
     late = T + 100 * DAY_MS

@@ -26,6 +26,7 @@ from leapcore.proto.limits import (
 from leapcore.store.config import (
     WORKER_KEYS,
     hub_settings,
+    hub_store_location,
     layer,
     read_config_file,
     worker_settings,
@@ -39,6 +40,7 @@ from leapcore.store.paths import (
     worker_config_dir,
     worker_config_file,
 )
+from leapcore.store.sqldb import DEFAULT_POOL_SIZE, MAX_POOL_SIZE
 
 HOME = Path("/home/ada")
 
@@ -258,7 +260,7 @@ def test_worker_settings_without_a_config_file(tmp_path: Path) -> None:
     settings, used = worker_settings(flags={}, env={}, home=tmp_path, config_path=None)
     assert used is None
     assert settings["data_dir"] == str(tmp_path / ".config/leapcore/worker")
-    assert settings["hub"] == ""  # never a default hub: the worker must be told (or remember)
+    assert settings["hub"] == []  # never a default hub: the worker must be told (or remember)
     assert {k: v for k, v in settings.items() if k != "data_dir"} == {
         k: default for k, (_t, default) in WORKER_KEYS.items() if k != "data_dir"
     }
@@ -562,3 +564,38 @@ def test_real_commands_put_a_relative_data_dir_where_it_was_written(tmp_path: Pa
         )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["store"] == str(store / "cross_worker_pins.json")
+
+
+def test_the_hub_store_setting_flag_then_environment_then_file(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    config = tmp_path / "hub.toml"
+    config.write_text('store = "file.db"\nstore_pool_size = 4\n')
+    url = "postgresql://hub@db.example/leapcore"
+    env = {"LEAPCORE_HUB_STORE": url}
+
+    def location(flags: dict[str, object], env: dict[str, str]) -> object:
+        settings, _ = hub_settings(flags=flags, env=env, home=home, config_path=config)
+        return hub_store_location(settings)
+
+    # The file's relative SQLite path is in the data directory (the file's, by default).
+    assert location({}, {}) == tmp_path / "file.db"
+    assert location({}, env) == url
+    assert location({"store": "postgres://other/db"}, env) == "postgres://other/db"
+    bare, _ = hub_settings(flags={}, env={}, home=home, config_path=None)
+    assert hub_store_location(bare) == Path(bare["data_dir"]) / "hub.db"
+    assert bare["store_pool_size"] == DEFAULT_POOL_SIZE
+    settings, _ = hub_settings(flags={}, env={}, home=home, config_path=config)
+    assert settings["store_pool_size"] == 4
+
+
+@pytest.mark.parametrize("size", [0, MAX_POOL_SIZE + 1])
+def test_the_store_pool_size_is_range_checked(tmp_path: Path, size: int) -> None:
+    expect(
+        ConfigError,
+        f"store_pool_size.*must be 1 .. {MAX_POOL_SIZE}",
+        hub_settings,
+        flags={"store_pool_size": size},
+        env={},
+        home=tmp_path,
+        config_path=None,
+    )

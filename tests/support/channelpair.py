@@ -5,7 +5,7 @@ execkit)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -15,6 +15,9 @@ from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.peer.channel import Channel, Services
 from leapcore.proto.channel_mux import DEFAULT_MAX_STREAMS, ChannelEndpoint
 from leapcore.proto.link_codec import ChannelData, LinkMessage
+from leapcore.proto.link_records import ChannelRequest
+from leapcore.worker.channels import ChannelServer
+from leapcore.worker.signpool import InlineSigner
 
 OWNER = "u-owner"
 
@@ -83,3 +86,33 @@ async def running(pair: MemoryPair) -> AsyncIterator[None]:
         await nursery.start(pair.worker.run)
         yield
         nursery.cancel_scope.cancel()
+
+
+async def answers_to_requests(
+    keypair: WorkerKeyPair,
+    requests: Sequence[ChannelRequest],
+    *,
+    services: Services,
+    on_refused: Callable[[ChannelRequest, str, str], None] | None = None,
+) -> tuple[list[LinkMessage], ChannelServer]:
+    """What a real ``ChannelServer`` (owner :data:`OWNER`, classic mode) sends back for raw
+    ``requests``, as a raw link (or a lying hub) would make them."""
+    sent: list[LinkMessage] = []
+
+    async def send(message: LinkMessage) -> None:
+        sent.append(message)
+
+    async with trio.open_nursery() as nursery:
+        server = ChannelServer(
+            keypair=keypair,
+            mode="classic",
+            owner_id=OWNER,
+            send=send,
+            signer=InlineSigner(),
+            services=services,
+            nursery=nursery,
+            on_refused=on_refused,
+        )
+        for request in requests:
+            await server.handle_request(request)
+    return sent, server

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import inspect
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -39,7 +37,6 @@ from leapcore.proto.link_codec import (
     WorkerGreeting,
 )
 from leapcore.proto.link_state import LinkConnection, LinkRole
-from leapcore.store.hubstore import SQLiteHubStore
 
 KEYS = {name: os.urandom(size) for name, (_, size) in PUBLIC_KEY_FIELDS.items()}
 
@@ -140,38 +137,8 @@ class WallClock:
         return self.ms / 1000
 
 
-class SharedStore(SQLiteHubStore):
-    """The hub's store as tests use it: the test calls it on the trio thread while the hub
-    calls it in its store thread (``Hub.store_call``), on one SQLite connection. Each public
-    call holds one lock, so that a transaction of one never interleaves with the other's
-    (the hub's own calls never overlap: its limiter)."""
-
-    def __init__(self, path: Path, **kw: Any) -> None:
-        self._shared = threading.RLock()
-        super().__init__(path, **kw)
-
-
-def _shared_call(name: str) -> Any:
-    inner = getattr(SQLiteHubStore, name)
-
-    def method(self: SharedStore, *args: Any, **kwargs: Any) -> Any:
-        with self._shared:
-            return inner(self, *args, **kwargs)
-
-    method.__name__ = name
-    return method
-
-
-for _name, _value in vars(SQLiteHubStore).items():
-    if inspect.isfunction(_value) and not _name.startswith("_"):
-        setattr(SharedStore, _name, _shared_call(_name))
-
-
 @asynccontextmanager
 async def running_hub(tmp_path: Path, **kw: Any) -> AsyncIterator[Env]:
-    if "store" not in kw:
-        workers = kw.get("max_workers_per_user", 64)
-        kw["store"] = SharedStore(tmp_path / "hub.db", max_workers_per_user=workers)
     hub = Hub(tmp_path / "hub.db", **kw)
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))

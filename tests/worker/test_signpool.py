@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 import trio
 
+from leapcore.crypto.handshake import Initiator
 from leapcore.crypto.keys import WorkerKeyPair
+from leapcore.crypto.mode import EncryptionMode
 from leapcore.crypto.primitives import SLHDSA_SIGNATURE_SIZE, slhdsa_sign, slhdsa_verify
 from leapcore.errors import LocalError
+from leapcore.peer.channel import Services
+from leapcore.proto.link_codec import ChannelReject, ChannelRequest, LinkMessage
+from leapcore.worker.channels import ChannelServer
 from leapcore.worker.signpool import (
     InlineSigner,
     OnDemandSigner,
@@ -26,9 +32,6 @@ from leapcore.worker.signpool import (
     SigningPoolClosed,
 )
 
-#: The product requirement is 20 ms; the test allows more because this machine is shared
-#: and noisy (the measured worst lateness is printed: run with -s to see it).
-POOL_STALL_BOUND = 0.050
 TICK = 0.005
 
 
@@ -37,47 +40,36 @@ def _crash(secret_key: bytes, message: bytes) -> bytes:
     os._exit(3)
 
 
-async def worst_lateness(work: Callable[[], Awaitable[object]]) -> float:
-    """The worst lateness of a ``TICK`` periodic ticker while ``work`` runs."""
-    worst = 0.0
+async def ticks_while_signing(signer: Signer, key: bytes, n: int, out: dict[bytes, bytes]) -> int:
+    """How many times a ``TICK`` periodic ticker ran while any of ``n`` concurrent
+    signatures was in progress. A signer that blocks the loop lets it run at most once per
+    signature (at the checkpoint before it blocks); one that keeps the loop free lets it run
+    all along. A count, not a duration: a busy machine slows both, it does not flip them."""
+    in_progress = 0
+    ticks = 0
 
-    async def ticker(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        nonlocal worst
-        deadline = trio.current_time()
-        task_status.started()
+    async def ticker() -> None:
+        nonlocal ticks
         while True:
-            deadline += TICK
-            await trio.sleep_until(deadline)
-            now = trio.current_time()
-            worst = max(worst, now - deadline)
-            deadline = max(deadline, now)  # after a stall, do not fire the missed ticks
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(ticker)
-        await work()
-        # Let the ticker take the tick that was due while the work ended (and so measure a
-        # stall that lasted until the very end) before stopping it.
-        await trio.sleep(3 * TICK)
-        nursery.cancel_scope.cancel()
-    return worst
-
-
-def burst(
-    signer: Signer, key: bytes, n: int, out: dict[bytes, bytes]
-) -> Callable[[], Awaitable[None]]:
-    """``n`` concurrent signatures, into ``out`` (message -> signature). They are checked
-    afterwards: a verification takes ~7 ms of the loop and would count as a stall."""
+            await trio.sleep(TICK)
+            ticks += in_progress > 0
 
     async def one(i: int) -> None:
+        nonlocal in_progress
         message = b"burst %d" % i
-        out[message] = await signer.sign(key, message)
+        in_progress += 1
+        try:
+            out[message] = await signer.sign(key, message)
+        finally:
+            in_progress -= 1
 
-    async def run() -> None:
-        async with trio.open_nursery() as nursery:
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(ticker)
+        async with trio.open_nursery() as signing:
             for i in range(n):
-                nursery.start_soon(one, i)
-
-    return run
+                signing.start_soon(one, i)
+        nursery.cancel_scope.cancel()
+    return ticks
 
 
 async def test_signatures_verify_and_are_randomized(generated_keypair: WorkerKeyPair) -> None:
@@ -107,18 +99,17 @@ async def test_pool_keeps_the_loop_running_inline_does_not(
     pooled: dict[bytes, bytes] = {}
     inline: dict[bytes, bytes] = {}
     async with SigningPool(processes=2) as pool:
-        pool_worst = await worst_lateness(burst(pool, key, 16, pooled))
+        pool_ticks = await ticks_while_signing(pool, key, 16, pooled)
     # Two inline signatures are enough to show the stall (each blocks the loop entirely).
-    inline_worst = await worst_lateness(burst(InlineSigner(), key, 2, inline))
-    print(
-        f"\nworst ticker lateness: pool {pool_worst * 1e3:.1f} ms, "
-        f"inline {inline_worst * 1e3:.1f} ms"
-    )
+    inline_ticks = await ticks_while_signing(InlineSigner(), key, 2, inline)
+    print(f"\nticks while signing: pool {pool_ticks}, inline {inline_ticks}")
     assert len(pooled) == 16 and len(inline) == 2
     for message, signature in [*pooled.items(), *inline.items()]:
         slhdsa_verify(generated_keypair.slhdsa_public, message, signature)
-    assert inline_worst >= 0.100  # the measurement can fail
-    assert pool_worst < POOL_STALL_BOUND
+    assert inline_ticks <= 2
+    # Signing on the loop would allow at most one tick per signature (16). 16 signatures on
+    # 2 processes take >= 8 signatures' time (~1 s): a free loop ticks ~200 times in it.
+    assert pool_ticks > 16
 
 
 async def test_cancelled_signs_do_not_break_the_pool(generated_keypair: WorkerKeyPair) -> None:
@@ -253,3 +244,100 @@ async def test_on_demand_signer_starts_its_pool_at_the_first_signature(
         assert signer.pool is not None and len(signer.pool.pids) == 1
     with pytest.raises(SigningPoolClosed):
         await signer.sign(generated_keypair.slhdsa_private, b"again")
+
+
+#: Signs one message with an OnDemandSigner in a fresh interpreter (the forkserver is one per
+#: process, so only a fresh one shows how the first start goes), then prints the start
+#: method the pool used ("inline" when it fell back) and whether the signature verified.
+_FRESH_SIGNER = """
+import resource, sys, trio
+from leapcore.crypto.primitives import slhdsa_verify
+from leapcore.worker.signpool import OnDemandSigner, SigningPool
+
+async def main() -> None:
+    secret, public = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2])
+    if sys.argv[3] == "no-descriptors":  # nothing left for the pool's pipes
+        import os
+        used = len(os.listdir("/proc/self/fd"))
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        resource.setrlimit(resource.RLIMIT_NOFILE, (used, hard))
+    async with OnDemandSigner(processes=1) as signer:
+        signature = await signer.sign(secret, b"transcript")
+        pool = signer.pool
+        method = pool._executor._mp_context.get_start_method() if pool is not None else "inline"
+    slhdsa_verify(public, b"transcript", signature)
+    print(method, "verified")
+
+trio.run(main)
+"""
+
+
+def _sign_in_a_fresh_process(
+    keypair: WorkerKeyPair, env: dict[str, str], mode: str = ""
+) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable,
+        "-c",
+        _FRESH_SIGNER,
+        keypair.slhdsa_private.hex(),
+        keypair.slhdsa_public.hex(),
+        mode,
+    ]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_deep_temporary_directory_starts_the_pool_with_spawn(
+    tmp_path: Path, generated_keypair: WorkerKeyPair
+) -> None:
+    """A TMPDIR so deep that the forkserver's socket path cannot be bound (AF_UNIX paths
+    hold 107 bytes) used to fail the worker's first post-quantum open."""
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    env = {**os.environ, "TMPDIR": str(deep)}
+    done = _sign_in_a_fresh_process(generated_keypair, env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["spawn", "verified"]
+    shallow = _sign_in_a_fresh_process(generated_keypair, {**os.environ, "TMPDIR": "/tmp"})
+    assert shallow.stdout.split() == ["forkserver", "verified"], shallow.stderr
+
+
+def test_the_signer_signs_on_the_loop_when_no_process_can_start(
+    generated_keypair: WorkerKeyPair,
+) -> None:
+    done = _sign_in_a_fresh_process(generated_keypair, dict(os.environ), "no-descriptors")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["inline", "verified"]
+    assert "signing processes could not start" in done.stderr
+
+
+class _FailingSigner:
+    async def sign(self, secret_key: bytes, message: bytes) -> bytes:
+        raise RuntimeError("the signer broke")
+
+
+async def test_a_failing_signer_refuses_that_open_only(generated_keypair: WorkerKeyPair) -> None:
+    """A signer that raises something unexpected ends the one open (``handshake_failed``),
+    not the worker's link: the server goes on to answer the next request."""
+    sent: list[LinkMessage] = []
+
+    async def send(message: LinkMessage) -> None:
+        sent.append(message)
+
+    message1 = Initiator(generated_keypair.public, EncryptionMode.POST_QUANTUM).write_message1()
+    async with trio.open_nursery() as nursery:
+        server = ChannelServer(
+            keypair=generated_keypair,
+            mode="post-quantum",
+            owner_id="u-owner",
+            send=send,
+            signer=_FailingSigner(),
+            services=Services(),
+            nursery=nursery,
+        )
+        await server.handle_request(ChannelRequest(1, 5, "u-owner", message1, 1 << 24))
+        await server.handle_request(ChannelRequest(2, 6, "u-mallory", message1, 1 << 24))
+    internal = "handshake failed: an internal error on the worker"
+    assert sorted(sent, key=lambda m: getattr(m, "request_id", 0)) == [
+        ChannelReject(1, 5, "handshake_failed", internal),
+        ChannelReject(2, 6, "permission_denied", "only the worker owner may open channels"),
+    ]

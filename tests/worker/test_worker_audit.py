@@ -13,16 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from support.channelpair import MemoryPair, running
+from support.channelpair import MemoryPair, answers_to_requests, running
 
 from leapcore.crypto.keys import WorkerKeyPair
 from leapcore.errors import PolicyDenied, RemoteCallError
 from leapcore.peer.channel import Channel
-from leapcore.proto.link_codec import LinkMessage
 from leapcore.proto.link_records import ChannelRequest
-from leapcore.worker.channels import ChannelServer
 from leapcore.worker.daemon import Worker
-from leapcore.worker.signpool import InlineSigner
 
 SECRET = "hunter2-never-logged"
 
@@ -99,23 +96,12 @@ async def test_a_refused_channel_is_recorded(
     tmp_path: Path, generated_keypair: WorkerKeyPair
 ) -> None:
     worker = Worker(tmp_path, name="w")
-    sent: list[LinkMessage] = []
-
-    async def send(message: LinkMessage) -> None:
-        sent.append(message)
-
-    async with trio.open_nursery() as nursery:
-        server = ChannelServer(
-            keypair=generated_keypair,
-            mode="classic",
-            owner_id="u-owner",
-            send=send,
-            signer=InlineSigner(),
-            services=worker.services,
-            nursery=nursery,
-            on_refused=worker._audit_refused_channel,
-        )
-        await server.handle_request(ChannelRequest(1, 5, "u-mallory", b"\0" * 48, 1 << 24))
+    await answers_to_requests(
+        generated_keypair,
+        [ChannelRequest(1, 5, "u-mallory", b"\0" * 48, 1 << 24)],
+        services=worker.services,
+        on_refused=worker._audit_refused_channel,
+    )
     (record,) = lines(tmp_path / "audit.log")
     assert record["event"] == "channel_refused" and record["security"] is True
     assert (record["user"], record["outcome"]) == ("u-mallory", "permission_denied")

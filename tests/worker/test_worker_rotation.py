@@ -30,9 +30,9 @@ def _file_token(data: Path) -> str:
 
 
 def _hashes(store: object, worker_id: str) -> tuple[bytes, bytes | None]:
-    row = store._db.execute(  # type: ignore[attr-defined]
+    row = store._one(  # type: ignore[attr-defined]
         "SELECT token_hash, pending_token_hash FROM workers WHERE id = ?", (worker_id,)
-    ).fetchone()
+    )
     return row[0], row[1]
 
 

@@ -1,0 +1,118 @@
+"""Three ``leapcore-hub`` processes on ONE database act as one (real processes on loopback,
+harness in ``support/procs.py``): each worker links to one of them, a client signed in to
+the first sees every worker online and pings one linked to the third (an end-to-end
+channel through two hubs), and when a hub is killed with SIGKILL its worker shows offline
+once its presence lease ends while the others stay online — unless it knows another hub
+(several ``--hub`` URLs): then it is online there at once, the same worker, and channels
+to it open again. Leases are shortened
+(``--cluster-lease``) so the test waits seconds, not the default 15 s; every wait is a
+bounded poll on a condition.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from support.hubpeer import now_ms
+from support.procs import Env, Proc, env_fixture, wait_for  # noqa: F401 (env_fixture)
+from support.secretlog import record_secret
+
+from leapcore.store.hubstore import SQLiteHubStore
+
+LEASE = 2.0
+RENEW = 0.25
+
+
+def start_hubs(env: Env, count: int) -> list[tuple[Proc, str]]:
+    secret = env.tmp / "cluster.secret"
+    secret.write_text(record_secret("a secret all three hubs share") + "\n")  # never logged
+    secret.chmod(0o600)
+    flags = ["--cluster-listen", "127.0.0.1:0", "--cluster-secret-file", str(secret)]
+    flags += ["--cluster-lease", str(LEASE), "--cluster-renew-interval", str(RENEW)]
+    env.hub_flags = [*flags, "--node-name", "h1"]
+    first = env.start_hub()
+    env.login()
+    more = [
+        env.start(
+            f"hub{i}",
+            "leapcore-hub",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            str(env.hub_dir),
+            *flags,
+            "--node-name",
+            f"h{i}",
+        )
+        for i in range(2, count + 1)
+    ]
+    out = [(first, env.url)]
+    out += [(hub, hub.line("leapcore-hub listening on ").split()[-1]) for hub in more]
+    return out
+
+
+def test_three_hub_processes_share_one_database(env: Env) -> None:
+    hubs = start_hubs(env, 3)
+    urls = [url for _hub, url in hubs]
+    store = SQLiteHubStore(env.hub_dir / "hub.db", create=False)  # keys minted at once
+    try:
+        alice = store.get_user("alice")
+        keys = [record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in "1234"]
+    finally:
+        store.close()
+    # w1, w2, w3 on h1, h2, h3; w3 also knows h1 (several --hub URLs: it moves on when its
+    # hub fails); w4 knows only h3.
+    placement = {"w1": [urls[0]], "w2": [urls[1]], "w3": [urls[2], urls[0]], "w4": [urls[2]]}
+    for (name, where), key in zip(placement.items(), keys, strict=True):
+        env.url = where[0]
+        more = [flag for url in where[1:] for flag in ("--hub", url)]
+        env.start_worker(name, key, flags=["--encryption-mode", "classic", *more])
+    env.url = urls[0]  # the client stays on the first hub
+    listed = env.wait_online(*placement)
+    status = env.admin("cluster", "status")
+    assert sorted((h["node_id"], h["workers"], h["live"]) for h in status["hubs"]) == [
+        ("h1", 1, True),
+        ("h2", 1, True),
+        ("h3", 2, True),
+    ]
+    # A channel opened at h1 to a worker linked to h3: end to end through two hubs.
+    ping = env.json("worker", "ping", "--count", "3", "--worker-id", listed["w3"]["id"])
+    assert ping["count"] == 3 and len(ping["rtt_ms"]) == 3
+
+    hubs[2][0].signal(signal.SIGKILL)
+    assert hubs[2][0].wait() == -signal.SIGKILL
+    killed = time.monotonic()
+
+    def moved_and_lost() -> dict[str, dict[str, object]] | None:
+        now = env.workers()
+        return now if now["w3"]["online"] and not now["w4"]["online"] else None
+
+    after = wait_for(moved_and_lost, "w3 on h1 and w4 offline", timeout=15)
+    print(f"w3 online at h1, w4 offline, {time.monotonic() - killed:.2f}s after h3 was killed")
+    assert time.monotonic() - killed < LEASE + 3 * RENEW + 5  # the lease, a tick, slack
+    assert after["w1"]["online"] and after["w2"]["online"]
+    # The same worker, not registered again (still four workers); a channel to it opens again.
+    assert after["w3"]["id"] == listed["w3"]["id"] and len(after) == 4
+    ping = env.json("worker", "ping", "--count", "2", "--worker-id", listed["w3"]["id"])
+    assert ping["count"] == 2
+    status = env.admin("cluster", "status")
+    assert sorted((h["node_id"], h["workers"], h["live"]) for h in status["hubs"]) == [
+        ("h1", 2, True),
+        ("h2", 1, True),
+        ("h3", 0, False),
+    ]
+    assert status["workers_online"] == 3
+
+
+def test_bad_cluster_settings_are_usage_errors(env: Env) -> None:
+    secret = env.tmp / "open.secret"
+    secret.write_text(record_secret("a secret others may read, alas") + "\n")
+    secret.chmod(0o644)
+    serve = ["leapcore-hub", "serve", "--listen", "127.0.0.1:0", "--data-dir", str(env.hub_dir)]
+    done = env.run(*serve, "--cluster-listen", "127.0.0.1:0")
+    assert done.returncode == 2 and "cluster_listen needs cluster_secret_file" in done.stderr
+    done = env.run(*serve, "--cluster-secret-file", str(secret))
+    assert done.returncode == 2 and "make it 0600" in done.stderr
+    assert "alas" not in done.stderr
