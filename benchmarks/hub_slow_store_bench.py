@@ -1,14 +1,15 @@
 """A slow store call against the hub's heartbeats and relayed frames.
 
-One hub in this process (trio, real loopback WebSocket links) whose SQLite store makes every
-``list_workers`` call last ``--slow`` seconds (a ``time.sleep`` inside the call, as a slow
-query or a locked database would). One worker link and one client link with a channel open
-to it probe the hub back to back: a heartbeat and its ``heartbeat_ack``, then a 64-byte
-frame client → worker → client through the hub. A second client asks ``workers.list``
-(``--calls`` times, one after the other) while the probes go on, and once more without any
-slow call as the baseline. Reported: the probes' round trips (median and max) with and
-without the slow calls, how many probes completed while a slow call was running, and how
-long each ``workers.list`` took.
+One hub in this process (trio, real loopback WebSocket links) whose store makes every
+``list_workers`` call last ``--slow`` seconds more: on SQLite (the default, a temporary file)
+a ``time.sleep`` inside the call, as a locked database would; with ``--store
+postgresql://...`` (an empty database) a ``SELECT pg_sleep(...)`` on the call's connection.
+One worker link and one client link with a channel open to it probe the hub back to back: a
+heartbeat and its ``heartbeat_ack``, then a 64-byte frame client → worker → client through
+the hub. A second client asks ``workers.list`` (``--calls`` times, one after the other)
+while the probes go on, and once more without any slow call as the baseline. Reported: the
+probes' round trips (median and max) with and without the slow calls, how many probes
+completed while a slow call was running, and how long each ``workers.list`` took.
 
 Before store calls ran in worker threads (``Hub.store_call``), a slow call stopped the whole
 event loop: every probe waited for it. Not a module of leapcore.
@@ -35,19 +36,30 @@ from leapcore.net.dial import connect_link
 from leapcore.net.pipe import LinkPipe
 from leapcore.proto import link_codec as lc
 from leapcore.proto.link_state import LinkConnection, LinkRole
-from leapcore.store.hubstore import SQLiteHubStore, Worker
+from leapcore.store.hubstore import HubStore, PostgresHubStore, Worker, open_hub_store
 
 SIZE = 1 << 20
 
 
-class SlowStore(SQLiteHubStore):
-    """``list_workers`` lasts ``slow`` seconds more (a slow query)."""
+#: Seconds each ``list_workers`` call lasts more (changed while the hub runs).
+SLOW = [0.0]
 
-    slow = 0.0
 
-    def list_workers(self, *args: Any, **kwargs: Any) -> list[Worker]:
-        time.sleep(self.slow)
-        return super().list_workers(*args, **kwargs)
+def slow_store(location: str | Path) -> HubStore:
+    """The store at ``location``, its ``list_workers`` made slow by :data:`SLOW`."""
+    store = open_hub_store(location)
+    inner = store.list_workers
+
+    def list_workers(*args: Any, **kwargs: Any) -> list[Worker]:
+        if SLOW[0]:
+            if isinstance(store, PostgresHubStore):
+                store._one("SELECT pg_sleep(?)", (SLOW[0],))  # a slow query
+            else:
+                time.sleep(SLOW[0])
+        return inner(*args, **kwargs)
+
+    store.list_workers = list_workers  # type: ignore[method-assign]
+    return store
 
 
 class Peer:
@@ -78,15 +90,16 @@ def summary(rtts: list[float]) -> dict[str, float | int]:
     }
 
 
-async def run(slow: float, calls: int, data: Path) -> dict[str, Any]:
-    store = SlowStore(data / "hub.db")
+async def run(slow: float, calls: int, data: Path, location: str | None) -> dict[str, Any]:
+    store = slow_store(location or data / "hub.db")
     now = int(time.time() * 1000)
     user, api_token = store.create_user("bench", now)
     _, key = store.mint_registration_key(user.id, now)
     worker, token = store.register_worker(key, name="w", version="1", labels={}, now_ms=now)
-    hub = Hub(data / "hub.db", store=store)
+    hub = Hub(data / "unused.db", store=store)
     keys = {name: os.urandom(size) for name, (_, size) in PUBLIC_KEY_FIELDS.items()}
-    out: dict[str, Any] = {"slow_s": slow, "calls": calls}
+    backend = "postgresql" if isinstance(store, PostgresHubStore) else "sqlite"
+    out: dict[str, Any] = {"store": backend, "slow_s": slow, "calls": calls}
     async with trio.open_nursery() as nursery:
         host, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
         url = f"http://{host}:{port}"
@@ -140,10 +153,10 @@ async def run(slow: float, calls: int, data: Path) -> dict[str, Any]:
 
             nursery.start_soon(probe)
             await trio.sleep(1.0)  # the baseline
-            SlowStore.slow = 0.0
+            SLOW[0] = 0.0
             baseline = await ask(1)
             phase[0] = "slow"
-            SlowStore.slow = slow
+            SLOW[0] = slow
             took = [await ask(2 + i) for i in range(calls)]
             stop.set()
             out["workers_list_s"] = {
@@ -160,9 +173,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slow", type=float, default=1.0, help="seconds per slow call (1)")
     parser.add_argument("--calls", type=int, default=3, help="slow calls in a row (3)")
+    parser.add_argument("--store", help="a postgresql:// URL of an empty database (SQLite)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="hub-slow-") as tmp:
-        result = trio.run(run, args.slow, args.calls, Path(tmp))
+        result = trio.run(run, args.slow, args.calls, Path(tmp), args.store)
     result["command"] = " ".join([os.path.basename(sys.executable), *sys.argv])
     print(json.dumps(result, indent=2))
     return 0
