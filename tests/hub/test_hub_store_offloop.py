@@ -1,9 +1,10 @@
 """Store calls run off the event loop (``Hub.store_call``): a real hub on loopback whose
-SQLite store holds one call (a sign-in's, or a ``workers.list``'s) on a ``threading.Event``
-the test keeps. Meanwhile a worker's heartbeats are acknowledged and frames relayed on an
-open channel; once released the call completes as usual. Store calls never overlap (the
-limiter of 1 for SQLite, counted in the store), and the hub closes its store only after a
-call in flight returned."""
+store holds one call (a sign-in's, or a ``workers.list``'s) on a ``threading.Event`` the test
+keeps. Meanwhile a worker's heartbeats are acknowledged and frames relayed on an open
+channel; once released the call completes as usual. Store calls never run more at once than
+the limiter allows (1 for SQLite, the pool's size for PostgreSQL; counted in the store), and
+the hub closes its store only after a call in flight returned. Each on SQLite and on a real
+PostgreSQL server (``pg_url``)."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ from leapcore.proto.link_codec import (
     HeartbeatAck,
     OpenChannel,
 )
-from leapcore.store.hubstore import SQLiteHubStore
+from leapcore.store.hubstore import HubStore, SQLiteHubStore, open_hub_store
 
 #: The store methods the hub calls while serving that these tests count.
 COUNTED = (
@@ -53,20 +54,13 @@ COUNTED = (
 )
 
 
-def _counted(name: str) -> Callable[..., Any]:
-    def method(self: CountingStore, *args: Any, **kwargs: Any) -> Any:
-        return self.run(name, getattr(SQLiteHubStore, name), *args, **kwargs)
+class Counter:
+    """Counts the calls a real store (SQLite or PostgreSQL) gets from the hub's threads (how
+    many at once, at most), and can hold the calls of one method until :attr:`release` is
+    set: its methods in :data:`COUNTED`, and ``close``, are wrapped on the instance."""
 
-    method.__name__ = name
-    return method
-
-
-class CountingStore(SQLiteHubStore):
-    """A real SQLite store that counts the calls made from the hub's threads (how many at
-    once, at most) and can hold the calls of one method until :attr:`release` is set."""
-
-    def __init__(self, path: Path, *, dwell: float = 0.0) -> None:
-        super().__init__(path)
+    def __init__(self, store: HubStore, *, dwell: float = 0.0) -> None:
+        self.store = store
         #: Each counted call lasts at least this long (so that overlaps would show).
         self.dwell = dwell
         #: The method whose calls wait for :attr:`release` (None: none).
@@ -83,16 +77,29 @@ class CountingStore(SQLiteHubStore):
         #: Held calls that returned.
         self.completed: list[str] = []
         self.closed = False
+        for name in COUNTED:
+            setattr(store, name, self._wrap(name, getattr(store, name)))
+        close = store.close
 
-    def run(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        nested = getattr(self._inner, "active", False)
-        if nested or threading.current_thread() is threading.main_thread():
-            return fn(self, *args, **kwargs)  # the test's own calls, or one inside a call
-        self._inner.active = True
-        try:
-            return self._outer(name, fn, *args, **kwargs)
-        finally:
-            self._inner.active = False
+        def closing() -> None:
+            assert self.running == 0, "closed while a call runs"
+            self.closed = True
+            close()
+
+        store.close = closing  # type: ignore[method-assign]
+
+    def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def method(*args: Any, **kwargs: Any) -> Any:
+            nested = getattr(self._inner, "active", False)
+            if nested or threading.current_thread() is threading.main_thread():
+                return fn(*args, **kwargs)  # the test's own calls, or one inside a call
+            self._inner.active = True
+            try:
+                return self._outer(name, fn, *args, **kwargs)
+            finally:
+                self._inner.active = False
+
+        return method
 
     def _outer(self, name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         with self._lock:
@@ -105,7 +112,7 @@ class CountingStore(SQLiteHubStore):
                 assert self.release.wait(30), "never released"
             if self.dwell:
                 time.sleep(self.dwell)
-            result = fn(self, *args, **kwargs)
+            result = fn(*args, **kwargs)
             if name == self.held:
                 self.completed.append(name)
             return result
@@ -113,12 +120,14 @@ class CountingStore(SQLiteHubStore):
             with self._lock:
                 self.running -= 1
 
-    def close(self) -> None:
-        assert self.running == 0, "closed while a call runs"
-        self.closed = True
-        super().close()
 
-    locals().update({name: _counted(name) for name in COUNTED})
+@pytest.fixture(params=["sqlite", "postgresql"])
+def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Where the hub's store is: an SQLite file, or an empty PostgreSQL database."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_url")
+        return url
+    return str(tmp_path / "hub.db")
 
 
 async def channel_to(client: Peer, worker: Peer, worker_id: str) -> int:
@@ -153,11 +162,11 @@ async def list_workers(env: Env, done: trio.Event, listed: list[str]) -> None:
 
 @pytest.mark.parametrize("held", ["authenticate_client", "list_workers"])
 async def test_a_blocked_store_call_stops_neither_heartbeats_nor_relayed_frames(
-    tmp_path: Path, held: str
+    tmp_path: Path, location: str, held: str
 ) -> None:
     """Another client's sign-in, or its ``workers.list``, waits in the store thread."""
-    store = CountingStore(tmp_path / "hub.db")
-    async with running_hub(tmp_path, store=store) as env:
+    store = Counter(open_hub_store(location))
+    async with running_hub(tmp_path, store=store.store) as env:
         worker_id, token = await env.register()
         async with env.worker(token) as worker, env.client() as client:
             channel = await channel_to(client, worker, worker_id)
@@ -186,15 +195,17 @@ async def test_a_blocked_store_call_stops_neither_heartbeats_nor_relayed_frames(
                     await answered.wait()  # the held call completed and was answered
             assert store.completed == [held]
             assert listed == ([worker_id] if held == "list_workers" else [])
-            assert store.most == 1
+            assert store.most <= env.hub.store_limiter.total_tokens
 
 
 async def test_store_calls_never_run_more_at_once_than_the_limiter_allows(
-    tmp_path: Path,
+    tmp_path: Path, location: str
 ) -> None:
-    store = CountingStore(tmp_path / "hub.db", dwell=0.001)
-    async with running_hub(tmp_path, store=store) as env:
-        assert env.hub.store_limiter.total_tokens == 1  # SQLite: one call at a time
+    """SQLite: one call at a time; PostgreSQL: as many as its pool has connections (2)."""
+    store = Counter(open_hub_store(location, pool_size=2), dwell=0.001)
+    pool = 2 if location.startswith("postgresql") else 1
+    async with running_hub(tmp_path, store=store.store) as env:
+        assert env.hub.store_limiter.total_tokens == pool
         for name in ("a", "b"):
             await env.register(name=name)
 
@@ -209,19 +220,19 @@ async def test_store_calls_never_run_more_at_once_than_the_limiter_allows(
             for _ in range(8):
                 nursery.start_soon(busy_client)
     assert store.calls >= 8 * 6  # every sign-in and request, each in a thread
-    assert store.most == 1
+    assert store.most == pool  # never more; and so many did overlap
     assert store.closed
 
 
 async def test_the_store_is_closed_only_after_the_call_in_flight_returned(
-    tmp_path: Path,
+    tmp_path: Path, location: str
 ) -> None:
     """Shutting down cancels the link whose sign-in waits for the store: the call is never
     abandoned (it returns first), and the store is closed after it."""
-    store = CountingStore(tmp_path / "hub.db")
+    store = Counter(open_hub_store(location))
     signed_in = trio.Event()
     async with trio.open_nursery() as outer:
-        async with running_hub(tmp_path, store=store) as env:
+        async with running_hub(tmp_path, store=store.store) as env:
             store.held = "authenticate_client"
             outer.start_soon(sign_in_or_be_closed, env, signed_in)
             await wait_until(store.blocked.is_set)
