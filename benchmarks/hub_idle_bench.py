@@ -16,7 +16,9 @@ Measured over a steady-state window that starts once every link is up plus a set
   and between consecutive ``heartbeat_ack``s at the workers, minus the 6 s schedule, and the
   largest heartbeat round trip seen by a worker;
 * links the hub declared dead (its 10 s idle timeout), which must be 0, and links the workers
-  saw end before they were told to stop.
+  saw end before they were told to stop;
+* the hub's store calls in the window, by store method (``Hub.store_call``, each one a
+  worker-thread hand-off; idle heartbeats make none: their times are written in batches).
 
 Not a module of leapcore; it stops everything it started (children have their own deadlines
 and are killed at the end if still alive).
@@ -123,11 +125,17 @@ def hub_main(
         """Records each heartbeat's arrival (wall clock) per worker: the bench's only addition."""
 
         arrivals: dict[str, list[float]]
+        #: (wall time, store method) of each store call made through ``store_call``.
+        store_calls: list[tuple[float, str]]
 
-        def _heartbeat(self, link: Any, beat: Any) -> bool:
+        def _heartbeat(self, link: Any, beat: Any) -> Any:
             if link.worker is not None:
                 self.arrivals.setdefault(link.worker.id, []).append(time.time())
-            return super()._heartbeat(link, beat)
+            return super()._heartbeat(link, beat)  # (a coroutine since store calls are async)
+
+        async def store_call(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+            self.store_calls.append((time.time(), fn.__name__))
+            return await super().store_call(fn, *args, **kwargs)
 
     tracked: dict[str, int] = {}  # objects the collector tracks: idle, and frozen
     idle_kinds: Counter[str] = Counter()
@@ -143,6 +151,7 @@ def hub_main(
         )
         hub = TimedHub(db, max_workers_per_user=links, limits=limits)
         hub.arrivals = {}
+        hub.store_calls = []
         async with trio.open_nursery() as nursery:
             _, port = await nursery.start(lambda task_status: hub.serve(task_status=task_status))
             idle_kinds.update(type(o).__qualname__ for o in gc.get_objects())
@@ -159,7 +168,13 @@ def hub_main(
                         tracked[f"kind:{kind}"] = count
                 await trio.sleep(0.2)
             await hub.shutdown()
-        report = {"arrivals": hub.arrivals, "dead": dead, "gc": collections, "tracked": tracked}
+        report = {
+            "arrivals": hub.arrivals,
+            "dead": dead,
+            "gc": collections,
+            "tracked": tracked,
+            "store_calls": hub.store_calls,
+        }
         conn.send(("done", report))
 
     if profile is None:
@@ -445,6 +460,13 @@ def run(
     ]
     rtts = [r for st in worker_stats for t, r in st["rtts"] if win_start <= t <= win_end]
     ended = [st["ended"] for st in worker_stats if st["ended"] is not None]
+    store_calls: dict[str, int] = {}
+    for at, name in hub_report["store_calls"]:
+        if win_start <= at <= win_end:
+            store_calls[name] = store_calls.get(name, 0) + 1
+    heartbeats = sum(
+        1 for times in hub_report["arrivals"].values() for t in times if win_start <= t <= win_end
+    )
     rss_links = max(rss_samples)
     return {
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
@@ -469,6 +491,8 @@ def run(
         "worker_max_send_late_s": max(st["send_late"] for st in worker_stats),
         "heartbeat_rtt_max_ms": max(rtts) * 1e3 if rtts else math.nan,
         "heartbeat_rtt_median_ms": sorted(rtts)[len(rtts) // 2] * 1e3 if rtts else math.nan,
+        "heartbeats_in_window": heartbeats,
+        "store_calls_in_window": store_calls,
         "hub_declared_dead": len(hub_report["dead"]),
         "links_ended_early": len(ended),
         "ended_examples": ended[:3],
@@ -523,6 +547,11 @@ def main() -> int:
         print(
             f"links declared dead by the hub: {result['hub_declared_dead']}; "
             f"ended early: {result['links_ended_early']}"
+        )
+        calls = ", ".join(f"{k} {v}" for k, v in sorted(result["store_calls_in_window"].items()))
+        print(
+            f"store calls in the window: {calls or 'none'} "
+            f"({result['heartbeats_in_window']} heartbeats)"
         )
     ok = result["hub_declared_dead"] == 0 and result["links_ended_early"] == 0
     return 0 if ok else 1

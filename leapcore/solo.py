@@ -341,7 +341,9 @@ class SoloHub:
             with trio.fail_after(READY_TIMEOUT):
                 await self.worker.wait_online()
                 while True:
-                    record = self.hub.store.get_worker(self.identity.worker_id)
+                    record = await self.hub.store_call(
+                        self.hub.store.get_worker, self.identity.worker_id
+                    )
                     if record.keys is not None:
                         break
                     await trio.sleep(0.01)

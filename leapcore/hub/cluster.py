@@ -578,8 +578,9 @@ class Cluster:
         )
 
     async def _store(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Every store call of the cluster goes through here (on the loop, for now)."""
-        return fn(*args, **kwargs)
+        """Every store call of the cluster goes through here: off the event loop
+        (:meth:`~leapcore.hub.server.Hub.store_call`)."""
+        return await self.hub.store_call(fn, *args, **kwargs)
 
     @property
     def others_alive(self) -> bool:
@@ -721,7 +722,7 @@ class Cluster:
         hub = self.hub
         worker_id = lookup.message.worker_id
         try:
-            target = await self._store(hub._target, worker_id)
+            target = await hub._target(worker_id)
             node = None
             if target is not None and target.active:
                 node = await self._store(hub.store.worker_node, worker_id, hub.now_ms())

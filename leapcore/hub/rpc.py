@@ -6,14 +6,14 @@
 checked strictly: an unknown method, a missing, unknown or mistyped parameter
 is an ``invalid_argument`` answer, never a crash of the link.
 
-The store calls are small synchronous SQLite statements made on the caller's
-thread (see :mod:`leapcore.hub.server`).
+Every store call goes through the hub's ``store_call``: a worker thread, never the event
+loop (see :mod:`leapcore.hub.server`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any, Final, Protocol
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Final, ParamSpec, Protocol, TypeVar
 
 from ..errors import (
     AlreadyExists,
@@ -36,6 +36,9 @@ from ..store.hubstore import HubStore, Notification, User, Worker, WorkerStatus
 
 __all__ = ["METHODS", "WORKER_METHODS", "call", "worker_view"]
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
 
 class HubContext(Protocol):
     """What a method needs from the hub."""
@@ -47,14 +50,18 @@ class HubContext(Protocol):
 
     def is_online(self, worker_id: str) -> bool: ...
 
-    def notify_deregister(self, note: Notification) -> bool:
+    async def store_call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` off the event loop (``Hub.store_call``)."""
+        ...
+
+    async def notify_deregister(self, note: Notification) -> bool:
         """Send ``note`` now if its worker holds a link; True when it was sent."""
         ...
 
 
 #: A method: the hub, the caller, its parameters and where it calls from (the audit
 #: trail's actor and address, for the methods that change something).
-Method = Callable[[HubContext, User, Mapping[str, Any], Origin], dict[str, Any]]
+Method = Callable[[HubContext, User, Mapping[str, Any], Origin], Awaitable[dict[str, Any]]]
 
 
 def _params(params: Mapping[str, Any], **spec: type) -> dict[str, Any]:
@@ -92,7 +99,7 @@ def worker_view(hub: HubContext, worker: Worker) -> dict[str, Any]:
     return view
 
 
-def _workers_list(
+async def _workers_list(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     """The user's active workers; the optional parameters ``labels``, ``capabilities`` and
@@ -101,18 +108,23 @@ def _workers_list(
         wanted = WorkerFilter.from_params(params)
     except RecordError as exc:
         raise RequestError("invalid_argument", str(exc)) from None
-    views = [worker_view(hub, w) for w in hub.store.list_workers(owner_id=user.id)]
+    workers = await hub.store_call(hub.store.list_workers, owner_id=user.id)
+    views = [worker_view(hub, w) for w in workers]
     return {
         "workers": [v for v in views if wanted.matches(v["labels"], v["capabilities"], v["online"])]
     }
 
 
-def _regkey_create(
+async def _regkey_create(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     _params(params)
-    record, key = hub.store.mint_registration_key(
-        user.id, hub.now_ms(), max_live=hub.limits.max_live_registration_keys, origin=origin
+    record, key = await hub.store_call(
+        hub.store.mint_registration_key,
+        user.id,
+        hub.now_ms(),
+        max_live=hub.limits.max_live_registration_keys,
+        origin=origin,
     )
     return {"registration_key": key, "expires_at": record.expires_at}
 
@@ -124,29 +136,34 @@ def _key(params: Mapping[str, Any]) -> str:
     return key
 
 
-def _regkey_extend(
+async def _regkey_extend(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
-    expires_at = hub.store.extend_registration_key(user.id, _key(params), hub.now_ms())
+    key = _key(params)
+    expires_at = await hub.store_call(hub.store.extend_registration_key, user.id, key, hub.now_ms())
     return {"expires_at": expires_at}
 
 
-def _regkey_revoke(
+async def _regkey_revoke(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     # The key itself, or its id (from regkey.list): either names it.
-    key_id = hub.store.revoke_registration_key_by_ref(
-        _key(params), hub.now_ms(), owner=user.id, origin=origin
+    key_id = await hub.store_call(
+        hub.store.revoke_registration_key_by_ref,
+        _key(params),
+        hub.now_ms(),
+        owner=user.id,
+        origin=origin,
     )
     return {"key_id": key_id}
 
 
-def _regkey_list(
+async def _regkey_list(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     _params(params)
     now = hub.now_ms()
-    keys = hub.store.list_registration_keys(now, include_expired=True)
+    keys = await hub.store_call(hub.store.list_registration_keys, now, include_expired=True)
     return {
         "keys": [
             {
@@ -162,19 +179,25 @@ def _regkey_list(
     }
 
 
-def _regkey_state(
+async def _regkey_state(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
-    return {"state": hub.store.registration_key_state(user.id, _key(params), hub.now_ms())}
+    key = _key(params)
+    state = await hub.store_call(hub.store.registration_key_state, user.id, key, hub.now_ms())
+    return {"state": state}
 
 
-def _worker_deregister(
+async def _worker_deregister(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
-        note = hub.store.deregister_worker(
-            worker_id, hub.now_ms(), requested_by=user.id, origin=origin
+        note = await hub.store_call(
+            hub.store.deregister_worker,
+            worker_id,
+            hub.now_ms(),
+            requested_by=user.id,
+            origin=origin,
         )
     except NotFound:
         # Missing and foreign workers are indistinguishable.
@@ -182,16 +205,16 @@ def _worker_deregister(
     return {
         "worker_id": worker_id,
         "status": "deregistering",
-        "notified": hub.notify_deregister(note),
+        "notified": await hub.notify_deregister(note),
     }
 
 
-def _worker_keys(
+async def _worker_keys(
     hub: HubContext, user: User, params: Mapping[str, Any], origin: Origin
 ) -> dict[str, Any]:
     worker_id: str = _params(params, worker_id=str)["worker_id"]
     try:
-        worker = hub.store.get_worker(worker_id)
+        worker = await hub.store_call(hub.store.get_worker, worker_id)
     except NotFound:
         worker = None
     if worker is None or worker.owner_id != user.id or worker.status is not WorkerStatus.ACTIVE:
@@ -235,7 +258,7 @@ _ERROR_CODES: Final[tuple[tuple[type[LeapcoreError], str], ...]] = (
 )
 
 
-def call(
+async def call(
     hub: HubContext,
     user: User,
     method: str,
@@ -251,7 +274,7 @@ def call(
     if impl is None:
         raise RequestError("invalid_argument", f"unknown method {method!r}")
     try:
-        return impl(hub, user, params, origin)
+        return await impl(hub, user, params, origin)
     except RequestError:
         raise
     except LeapcoreError as exc:

@@ -100,14 +100,24 @@ writer takes them round-robin across channels. A slow reader thus stalls
 only the senders of its own channels. A bad or out-of-order frame closes only
 its own link, after an ``error`` record.
 
-Store calls are small synchronous SQLite statements made on the event loop
-thread: ``SQLiteHubStore`` holds one connection that may only be used from the
-thread that opened it, so they are not moved to worker threads.
+**Store calls never block the event loop.** Every store call made while serving goes
+through :meth:`Hub.store_call`: it runs in a worker thread (``trio.to_thread``) under one
+:class:`trio.CapacityLimiter` per hub, sized by the store's ``max_concurrent_calls`` (1 for
+SQLite, whose one connection is thus never used by two threads at once). A slow query (a
+locked SQLite file, a slow database server) delays only the task that waits for it: the
+link whose sign-in, request or open needs the answer, and the store calls queued behind
+it; heartbeats (their times are written in batches, :meth:`Hub.flush_last_seen`) and
+relayed frames make no store call and go on. A store call is never abandoned: once its
+thread started, a cancellation of its caller waits until the call returns (its
+transaction committed or rolled back), then takes effect and the answer is dropped; a
+caller cancelled while it waits for the limiter never starts its call. The store is
+closed when :meth:`Hub.serve` ends, after every serving task, through the limiter.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import ssl
@@ -116,7 +126,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, ParamSpec, TypeVar
 
 import trio
 
@@ -163,6 +173,7 @@ from ..proto.limits import (
     GO_AWAY_DELAY,
     LAST_SEEN_FLUSH_INTERVAL,
     MAX_LINK_QUEUE_BYTES,
+    STORE_CALLS_AT_ONCE,
     HubLimits,
     validate_max_message_size,
 )
@@ -219,6 +230,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
 
 #: Control records queued per link before the peer counts as not reading (and is
 #: disconnected). Data frames are bounded by channel credit instead.
@@ -342,6 +356,10 @@ class _Link:
         #: A worker link's token rotation under way: the ``rotate_token`` request id and the
         #: new token, until the worker acknowledges it.
         self.rotation: tuple[int, str] | None = None
+        #: A ``rotate_token`` offer is being stored (at most one at a time).
+        self.offering = False
+        #: Its deregister is being sent (the store records the attempt first).
+        self.dereg_sending = False
         #: The queues of the channels whose frames come to this link, by channel id.
         self.flows: dict[int, _Flow] = {}
         #: The pipe's synchronous write and the flush of what it held (the WebSocket pipe's
@@ -573,6 +591,11 @@ class Hub:
                 store_path, pool_size=store_pool_size, max_workers_per_user=max_workers_per_user
             )
         self.store: HubStore = store
+        #: At most this many store calls run at once, each in a worker thread
+        #: (:meth:`store_call`): the store's ``max_concurrent_calls`` (1 for SQLite, the
+        #: pool's size for PostgreSQL).
+        calls = getattr(store, "max_concurrent_calls", STORE_CALLS_AT_ONCE)
+        self.store_limiter = trio.CapacityLimiter(calls)
         #: The largest message size forwarded in a ``channel_request``.
         self.max_message_size = max_message_size
         self.limits = limits
@@ -599,7 +622,11 @@ class Hub:
         self._seen_flushed = -math.inf  # (no trio clock before serve)
         #: Set when the store announces a change (PostgreSQL): check revocations now.
         self._store_changed = trio.Event()
+        #: A flush of the heartbeats' times is scheduled in :attr:`_nursery`.
+        self._flush_scheduled = False
         self._serve_scope: trio.CancelScope | None = None
+        #: The serving nursery (while :meth:`serve` runs): background store writes.
+        self._nursery: trio.Nursery | None = None
         #: Prometheus metrics, in this hub's own registry (served at ``/metrics``).
         self.metrics = HubMetrics()
         #: Worker changes, for the web page's event streams (:mod:`leapcore.hub.web`).
@@ -614,6 +641,20 @@ class Hub:
         self.server = LinkServer(self._on_link, routes=self._routes, limits=limits.server_limits())
         #: This hub's part in a cluster of hubs sharing its database, or None.
         self.cluster = Cluster(self, cluster) if cluster is not None else None
+
+    # -- the store ------------------------------------------------------------------------
+
+    async def store_call(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> _T:
+        """``fn(*args, **kwargs)`` (a store method) in a worker thread, at most
+        :attr:`store_limiter`'s many at once; the event loop goes on meanwhile. Never
+        abandoned: a cancellation that comes while the call runs waits for it to return
+        (so a write completes or does not happen, and no transaction is left open), then
+        takes effect; one that comes while the call waits for the limiter, before it starts,
+        takes effect at once and the call never runs."""
+        call = functools.partial(fn, *args, **kwargs)
+        return await trio.to_thread.run_sync(
+            call, limiter=self.store_limiter, abandon_on_cancel=False
+        )
 
     # -- what hubrpc needs ------------------------------------------------------------
 
@@ -630,13 +671,13 @@ class Hub:
     def online_workers(self) -> frozenset[str]:
         return self.router.online_workers
 
-    def notify_deregister(self, note: Notification) -> bool:
+    async def notify_deregister(self, note: Notification) -> bool:
         """The worker was deregistered on this hub: its live link stops working at once
         and is sent the deregister (True when it was)."""
         link = self.router.worker_link(note.worker_id)
         if link is None:
             return False
-        return self._retire(link, note)
+        return await self._retire(link, note)
 
     @property
     def open_channels(self) -> int:
@@ -681,8 +722,10 @@ class Hub:
             with trio.CancelScope() as scope:
                 self._serve_scope = scope
                 async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    self._seen_flushed = self._clock()  # the first batch 5 s from now
                     log.info("hub id %s (database %s)", self.store.hub_id, self.store.location)
-                    self.purge()
+                    await self.purge()
                     if self.cluster is not None:
                         await nursery.start(self.cluster.run)
                     nursery.start_soon(self._expire_opens)
@@ -703,8 +746,12 @@ class Hub:
                         self.web_bound = await nursery.start(self.web.serve, *web.listen)
                     task_status.started(bound)
         finally:
-            self.flush_last_seen()
-            self.store.close()
+            self._nursery = None
+            # Every serving task is over: the last heartbeats' times, then close (through
+            # the limiter, never while a call runs).
+            with trio.CancelScope(shield=True):
+                await self.flush_last_seen()
+                await self.store_call(self.store.close)
 
     async def shutdown(self) -> None:
         """Close every channel, tell every peer to come back in 10 s (at once when other hubs
@@ -743,21 +790,40 @@ class Hub:
         """A deadline on :attr:`_clock` as trio time."""
         return trio.current_time() + max(0.0, deadline - self._clock())
 
-    def flush_last_seen(self) -> None:
+    async def flush_last_seen(self) -> None:
         """Write the heartbeats' times kept since the last call, in one transaction (a failed
-        write keeps them for the next). Presence needs seconds, not one SQLite transaction
-        per heartbeat: this runs every :data:`LAST_SEEN_FLUSH_INTERVAL`, when a worker's
-        link ends, and when the hub stops."""
-        self._seen_flushed = -math.inf  # (no trio clock before serve)
+        or cancelled write keeps them for the next). Presence needs seconds, not one
+        transaction per heartbeat: this runs every :data:`LAST_SEEN_FLUSH_INTERVAL`, soon
+        after a worker's link ends, and when the hub stops. Two flushes may overlap: a time
+        never moves back (``record_last_seen`` keeps the later one)."""
+        self._seen_flushed = self._clock()
         if not self._seen:
             return
         seen, self._seen = self._seen, {}
         try:
-            self.store.record_last_seen(seen)
+            await self.store_call(self.store.record_last_seen, seen)
         except LeapcoreError as exc:
             log.error("last seen times not written: %s: %s", type(exc).__name__, exc)
-            for worker_id, at in seen.items():
-                self._seen[worker_id] = max(at, self._seen.get(worker_id, 0))
+            self._keep_seen(seen)
+        except BaseException:  # cancelled: perhaps not written; the next flush writes them
+            self._keep_seen(seen)
+            raise
+
+    def _keep_seen(self, seen: dict[str, int]) -> None:
+        for worker_id, at in seen.items():
+            self._seen[worker_id] = max(at, self._seen.get(worker_id, 0))
+
+    def _flush_soon(self) -> None:
+        """Flush the heartbeats' times in the background (a link ending never waits for
+        the store); the final flush in :meth:`serve` writes them when the hub stops."""
+        if self._flush_scheduled or self._nursery is None:
+            return
+        self._flush_scheduled = True
+        self._nursery.start_soon(self._flush_task)
+
+    async def _flush_task(self) -> None:
+        self._flush_scheduled = False
+        await self.flush_last_seen()
 
     async def _check_revocations_forever(self) -> None:
         while True:
@@ -765,13 +831,13 @@ class Hub:
                 await self._store_changed.wait()
             self._store_changed = trio.Event()
             if self._clock() - self._seen_flushed >= LAST_SEEN_FLUSH_INTERVAL:
-                self.flush_last_seen()
+                await self.flush_last_seen()
             try:
-                self.check_revocations()
+                await self.check_revocations()
             except LeapcoreError as exc:  # the store failed: try again next time
                 log.error("revocation check failed: %s: %s", type(exc).__name__, exc)
             for kind, count in self._signin_log.expired(self._clock()):
-                self._log_suppressed(kind, count)
+                await self._log_suppressed(kind, count)
 
     async def _watch_store_changes(self) -> None:
         """Check revocations as soon as any hub on this database announces a change
@@ -791,18 +857,20 @@ class Hub:
         finally:
             stop.set()  # the abandoned thread returns within the watch's check interval
 
-    def check_revocations(self) -> None:
+    async def check_revocations(self) -> None:
         """End the links whose credentials no longer hold, asking the store (the admin CLI
         or another hub may have changed them): a client whose API token was revoked (or
         whose user was deleted) gets ``error`` ``unauthenticated``; a worker that was
         deleted, ``worker_deleted``; a worker being deregistered stops serving and is sent
-        its deregister (:meth:`_retire`). Runs every ``revocation_check_interval``."""
+        its deregister (:meth:`_retire`). Runs every ``revocation_check_interval``; the links
+        that ended while the store answered are left alone."""
         links = [link for link in self._links if not link.ending]
         clients = [link for link in links if link.token_id is not None]
         if clients:
-            live = self.store.live_token_ids({link.token_id for link in clients if link.token_id})
+            token_ids = {link.token_id for link in clients if link.token_id}
+            live = await self.store_call(self.store.live_token_ids, token_ids)
             for link in clients:
-                if link.token_id not in live:
+                if link.token_id not in live and not link.ending:
                     security_event(
                         log,
                         "api_token_revoked",
@@ -817,9 +885,12 @@ class Hub:
                     link.end("unauthenticated", "the API token was revoked")
         workers = [link for link in links if link.worker is not None]
         if workers:
-            statuses = self.store.worker_statuses({w.worker.id for w in workers if w.worker})
+            worker_ids = {w.worker.id for w in workers if w.worker}
+            statuses = await self.store_call(self.store.worker_statuses, worker_ids)
             for link in workers:
                 assert link.worker is not None
+                if link.ending:
+                    continue
                 status = statuses.get(link.worker.id, WorkerStatus.DELETED)
                 if status is WorkerStatus.DELETED:
                     security_event(
@@ -834,9 +905,13 @@ class Hub:
                     self.metrics.link_closed("worker_deleted")
                     link.end("worker_deleted", WORKER_DELETED)
                 elif status is WorkerStatus.ACTIVE:
-                    self._offer_rotation(link)
+                    await self._offer_rotation(link)
                 elif status is WorkerStatus.DEREGISTERING and not self.router.is_retired(link):
-                    note = self.store.deregistration_notice(link.worker.id, self.now_ms())
+                    note = await self.store_call(
+                        self.store.deregistration_notice, link.worker.id, self.now_ms()
+                    )
+                    if link.ending or self.router.is_retired(link):
+                        continue  # gone, or retired by its own link meanwhile
                     security_event(
                         log,
                         "worker_deregistered",
@@ -847,20 +922,20 @@ class Hub:
                         peer=link.peer or "?",
                         worker_id=link.worker.id,
                     )
-                    self._retire(link, note)
+                    await self._retire(link, note)
 
     async def _purge_forever(self) -> None:
         while True:
             await trio.sleep(self.limits.purge_interval)
-            self.purge()
+            await self.purge()
 
-    def purge(self) -> None:
+    async def purge(self) -> None:
         """Delete the registration keys expired more than ``registration_key_retention`` ago
         and the audit events older than ``audit_retention_days`` (on the wall clock). Runs
         when the hub starts and every ``purge_interval``; a store failure is logged."""
         cutoff = self.now_ms() - int(self.limits.registration_key_retention * 1000)
         try:
-            purged = self.store.purge_expired_registration_keys(cutoff)
+            purged = await self.store_call(self.store.purge_expired_registration_keys, cutoff)
         except StorageError as exc:
             log.error("purging expired registration keys failed: %s", exc)
         else:
@@ -868,7 +943,7 @@ class Hub:
                 log.info("purged %d expired registration keys", purged)
         before = self._wall_clock() - self.limits.audit_retention_days * 86400.0
         try:
-            pruned = self.store.prune_audit(before)
+            pruned = await self.store_call(self.store.prune_audit, before)
         except StorageError as exc:
             log.error("pruning the audit trail failed: %s", exc)
         else:
@@ -879,7 +954,7 @@ class Hub:
                     self.limits.audit_retention_days,
                 )
 
-    def _audit(
+    async def _audit(
         self,
         link: _Link,
         kind: str,
@@ -889,9 +964,9 @@ class Hub:
     ) -> None:
         """Record an audit event of ``link`` that no store operation records (a refusal, a
         replaced link); never raises (:meth:`SQLiteHubStore.record_audit`)."""
-        self._record(link.origin, kind, worker_id=worker_id, detail=detail)
+        await self._record(link.origin, kind, worker_id=worker_id, detail=detail)
 
-    def _record(
+    async def _record(
         self,
         origin: Origin,
         kind: str,
@@ -899,11 +974,10 @@ class Hub:
         worker_id: str | None = None,
         detail: dict[str, str | int | bool | None] | None = None,
     ) -> None:
-        self.store.record_audit(
-            AuditEvent(
-                self._wall_clock(), kind, origin.actor, worker_id, origin.address, detail or {}
-            )
+        event = AuditEvent(
+            self._wall_clock(), kind, origin.actor, worker_id, origin.address, detail or {}
         )
+        await self.store_call(self.store.record_audit, event)
 
     # -- one link ---------------------------------------------------------------------------
 
@@ -941,7 +1015,7 @@ class Hub:
             published = link.worker is not None and self.router.worker_link(link.worker.id) is link
             self._apply(self.router.leave(link))
             if link.worker is not None and link.worker.id in self._seen:
-                self.flush_last_seen()  # its last heartbeat is on record when it goes
+                self._flush_soon()  # its last heartbeat is on record soon after it goes
             if published:
                 assert link.worker is not None
                 log.info("%s is offline", link.name)
@@ -976,7 +1050,13 @@ class Hub:
                     while (message := link.conn.next_relayed()) is not None:
                         if link.liveness is not None:
                             link.liveness.on_received(self._clock())
-                        if self._dispatch(link, message):
+                        if type(message) is RelayedData:  # the hot path: forwarded as it came
+                            self._apply(self.router.data(link, message))
+                            continue
+                        # A store call may take a while: the peer is not late meanwhile
+                        # (the deadline is set again before the next receive).
+                        waiting.deadline = math.inf
+                        if await self._dispatch(link, message):
                             return
             if waiting.cancelled_caught:
                 self._timed_out(link)
@@ -1015,29 +1095,34 @@ class Hub:
                 link.liveness.timeout,
             )
 
-    def _dispatch(self, link: _Link, message: LinkMessage | RelayedData) -> bool:
-        """Handle one message; True when the link should end."""
-        if type(message) is RelayedData:  # the hot path: forwarded as it came
-            self._apply(self.router.data(link, message))
-            return False
+    async def _dispatch(self, link: _Link, message: LinkMessage | RelayedData) -> bool:
+        """Handle one message (relayed data is forwarded by the reader itself); True when
+        the link should end."""
         assert not isinstance(message, RelayedData)
         if isinstance(message, Heartbeat):
-            return self._heartbeat(link, message)
+            return await self._heartbeat(link, message)
         if isinstance(message, HubRequest):
-            self._hub_request(link, message)
+            await self._hub_request(link, message)
             return False
         if isinstance(message, DeregisterAck):
-            return self._deregister_ack(link, message)
+            return await self._deregister_ack(link, message)
         if isinstance(message, RotateTokenAck):
-            return self._rotate_ack(link, message)
+            return await self._rotate_ack(link, message)
         if isinstance(message, Register):
-            return self._register(link, message)
+            return await self._register(link, message)
         if isinstance(message, Connect):
-            return self._connect(link, message)
+            return await self._connect(link, message)
         if isinstance(message, ClientHello):
-            return self._client_hello(link, message)
+            return await self._client_hello(link, message)
         if isinstance(message, OpenChannel):
-            self._apply(self.router.open_channel(link, message, self._clock()))
+            actions = self.router.open_channel(link, message, self._clock())
+            if len(actions) == 1 and isinstance(actions[0], Lookup):
+                lookup = actions[0]
+                if self.cluster is not None and self.cluster.routes(lookup):
+                    actions = []  # the cluster looks the worker up and answers the router
+                else:  # the rest of the checks need the store's word on the worker
+                    actions = self.router.found(lookup, await self._target(message.worker_id))
+            self._apply(actions)
             self._reset_open_timer()
             return False
         if isinstance(message, (ChannelAccept, ChannelReject, ChannelClose)):
@@ -1050,9 +1135,10 @@ class Hub:
 
     # -- registration -----------------------------------------------------------------------
 
-    def _register(self, link: _Link, message: Register) -> bool:
+    async def _register(self, link: _Link, message: Register) -> bool:
         try:
-            worker, token = self.store.register_worker(
+            worker, token = await self.store_call(
+                self.store.register_worker,
                 message.registration_key,
                 name=message.name,
                 version=message.version,
@@ -1065,7 +1151,7 @@ class Hub:
             raise
         except Unauthenticated as exc:
             self.metrics.registration("rejected")
-            self._sign_in_failed(link, "registration_key", str(exc))
+            await self._sign_in_failed(link, "registration_key", str(exc))
             link.fail("unauthenticated", str(exc))
             return True
         except QuotaExceeded as exc:
@@ -1088,46 +1174,43 @@ class Hub:
 
     # -- worker links -------------------------------------------------------------------------
 
-    def _connect(self, link: _Link, message: Connect) -> bool:
+    async def _connect(self, link: _Link, message: Connect) -> bool:
         if not message.auth_token:
-            self._sign_in_failed(link, "worker_token", "auth_token required")
+            await self._sign_in_failed(link, "worker_token", "auth_token required")
             link.fail("unauthenticated", "auth_token required")
             return True
         try:
-            worker = self.store.authenticate_worker(
-                message.auth_token, self.now_ms(), origin=link.origin
+            worker = await self.store_call(
+                self.store.authenticate_worker,
+                message.auth_token,
+                self.now_ms(),
+                origin=link.origin,
             )
         except TokenExpired as exc:
-            self._sign_in_failed(link, "worker_token_expired", str(exc))
+            await self._sign_in_failed(link, "worker_token_expired", str(exc))
             link.fail("token_expired", str(exc))
             return True
         except WorkerDeleted:
-            self._sign_in_failed(link, "worker_token", "token of a deleted worker")
+            await self._sign_in_failed(link, "worker_token", "token of a deleted worker")
             link.fail("worker_deleted", WORKER_DELETED)
             return True
         except Unauthenticated:
-            self._sign_in_failed(link, "worker_token", "invalid auth token")
+            await self._sign_in_failed(link, "worker_token", "invalid auth token")
             link.fail("unauthenticated", "invalid auth token")
             return True
         if worker.status is WorkerStatus.DEREGISTERING:
-            return self._connect_deregistering(link, worker)
-        cap = self.store.max_workers_per_user
-        owned = self.router.online_of(worker.owner_id)
-        live = len(owned) - (worker.id in owned)  # a reconnect replaces its own slot
-        if cap and live >= cap:
-            link.fail(
-                "quota_exceeded",
-                f"this account already has {live} workers connected, which is the configured "
-                "maximum (max_workers_per_user)",
-            )
+            return await self._connect_deregistering(link, worker)
+        if self._over_worker_cap(link, worker):
             return True
         try:
-            worker = self._update_profile(worker, message)
+            worker = await self._update_profile(worker, message)
         except AlreadyExists as exc:
             log.info("worker %s from %s: %s", worker.id, link.peer or "?", exc)
             link.fail("already_exists", str(exc))
             return True
-        if not self._admit_address(link):
+        # Checked again with nothing awaited from here to the publication: other links
+        # of the owner may have come online while the profile was written.
+        if self._over_worker_cap(link, worker) or not self._admit_address(link):
             return True
         link.worker = worker
         link.liveness = Liveness(self._clock())
@@ -1138,39 +1221,58 @@ class Hub:
         older = self.router.worker_link(worker.id)
         if older is not None:
             log.info("worker %s connected again; closing its older link", worker.id)
-            self._audit(
-                link,
-                "worker_replaced",
-                worker_id=worker.id,
-                detail={"previous_address": older.peer or None},
-            )
         self._apply(self.router.publish(link))
         if self.cluster is not None:
             self.cluster.worker_up(worker.id, worker.owner_id)
         log.info("%s is online (%s)", link.name, link.transport)
         self.presence.changed(worker.owner_id)
-        self._offer_rotation(link)
+        if older is not None:
+            await self._audit(
+                link,
+                "worker_replaced",
+                worker_id=worker.id,
+                detail={"previous_address": older.peer or None},
+            )
+        await self._offer_rotation(link)
         return False
 
-    def _offer_rotation(self, link: _Link) -> None:
+    def _over_worker_cap(self, link: _Link, worker: Worker) -> bool:
+        """The owner has ``max_workers_per_user`` workers online already (not counting this
+        one's older link, which it replaces): the link is refused."""
+        cap = self.store.max_workers_per_user
+        owned = self.router.online_of(worker.owner_id)
+        live = len(owned) - (worker.id in owned)  # a reconnect replaces its own slot
+        if cap and live >= cap:
+            link.fail(
+                "quota_exceeded",
+                f"this account already has {live} workers connected, which is the configured "
+                "maximum (max_workers_per_user)",
+            )
+            return True
+        return False
+
+    async def _offer_rotation(self, link: _Link) -> None:
         """Offer a published worker link a new token (``rotate_token``) when its token
         expires within ``token_rotation_window_days`` and no offer is under way on the link.
         The new token is stored as the worker's pending one: both authenticate until the
         worker acknowledges it (or connects with it). A store failure is logged and the offer
         made at a later check."""
         worker = link.worker
-        if worker is None or link.rotation is not None or link.ending:
+        if worker is None or link.rotation is not None or link.offering or link.ending:
             return
         if worker.token_expires_at is None or self.router.worker_link(worker.id) is not link:
             return
         now = self.now_ms()
         if worker.token_expires_at - now > self.limits.token_rotation_window_days * DAY_MS:
             return
+        link.offering = True  # one offer at a time (the reader and the checks both offer)
         try:
-            token, expires_at = self.store.offer_worker_token(worker.id, now)
+            token, expires_at = await self.store_call(self.store.offer_worker_token, worker.id, now)
         except LeapcoreError as exc:  # deregistered meanwhile, or the store failed: later
             log.warning("%s: no new token offered: %s", link.name, exc)
             return
+        finally:
+            link.offering = False
         request_id = self.router.next_request_id()
         if link.enqueue(RotateToken(request_id, token, expires_at)):
             link.rotation = (request_id, token)
@@ -1181,7 +1283,7 @@ class Hub:
                 utc_text(expires_at),
             )
 
-    def _rotate_ack(self, link: _Link, message: RotateTokenAck) -> bool:
+    async def _rotate_ack(self, link: _Link, message: RotateTokenAck) -> bool:
         """The worker saved its new token: it becomes the worker's token, the old one is
         retired (audited ``worker_token_rotated``)."""
         rotation = link.rotation
@@ -1189,14 +1291,18 @@ class Hub:
             raise LinkProtocolError(f"rotate_token_ack for unknown request {message.request_id}")
         link.rotation = None
         worker_id = link.worker.id
-        if self.store.promote_worker_token(
-            worker_id, rotation[1], self.now_ms(), origin=link.origin
+        if await self.store_call(
+            self.store.promote_worker_token,
+            worker_id,
+            rotation[1],
+            self.now_ms(),
+            origin=link.origin,
         ):
             log.info("%s saved its new token; the old one is retired", link.name)
-        link.worker = self.store.get_worker(worker_id)
+        link.worker = await self.store_call(self.store.get_worker, worker_id)
         return False
 
-    def _update_profile(self, worker: Worker, message: Connect) -> Worker:
+    async def _update_profile(self, worker: Worker, message: Connect) -> Worker:
         """Record the name, labels, capabilities, ``os`` and ``arch`` a ``connect`` carries
         (each may be absent: it stays as it was); :class:`AlreadyExists` when another of the
         owner's live workers has that name, and nothing changes. A profile that did not
@@ -1217,17 +1323,19 @@ class Hub:
             worker.arch,
         ):
             return worker
-        updated = self.store.update_worker_profile(
-            worker.id, name=name, labels=labels, capabilities=caps, os=os_name, arch=arch
+        change = self.store.update_worker_profile
+        updated = await self.store_call(
+            change, worker.id, name=name, labels=labels, capabilities=caps, os=os_name, arch=arch
         )
         if name != worker.name:
             log.info("worker %s is now called %r (was %r)", worker.id, name, worker.name)
         return updated
 
-    def _connect_deregistering(self, link: _Link, worker: Worker) -> bool:
+    async def _connect_deregistering(self, link: _Link, worker: Worker) -> bool:
         """A DEREGISTERING worker signs in: its connect is answered with its ``deregister``
         instead of a greeting (it never learns its owner again), and it is never published,
         counted or routed to; it may only heartbeat and acknowledge."""
+        note = await self.store_call(self.store.deregistration_notice, worker.id, self.now_ms())
         if not self._admit_address(link):
             return True
         link.worker = worker
@@ -1242,10 +1350,10 @@ class Hub:
             older.scope.cancel()
         self._retiring[worker.id] = link
         log.info("%s connected while deregistering; sending its deregister", link.name)
-        self._retire(link, self.store.deregistration_notice(worker.id, self.now_ms()))
+        await self._retire(link, note)
         return False
 
-    def _retire(self, link: _Link, note: Notification) -> bool:
+    async def _retire(self, link: _Link, note: Notification) -> bool:
         """A deregistering worker's link stops serving at once: out of the registry, its
         channels and opens closed, every request and open refused; it is sent ``note``
         (once) and ends after its ack, or after ``deregister_grace``. True if sent."""
@@ -1262,30 +1370,35 @@ class Hub:
                 link.waiting.deadline,
                 trio.current_time() + max(0.0, link.hard_deadline - self._clock()),
             )
-        if link.deregs:
+        if link.deregs or link.dereg_sending:
             return True
-        return self._send_deregister(link, note)
+        return await self._send_deregister(link, note)
 
-    def _send_deregister(self, link: _Link, note: Notification) -> bool:
+    async def _send_deregister(self, link: _Link, note: Notification) -> bool:
         if note.kind != "deregister":
             return False
         request_id = self.router.next_request_id()
-        self.store.notification_attempted(note.id)
+        link.dereg_sending = True  # once per link, whoever retires it meanwhile
+        try:
+            await self.store_call(self.store.notification_attempted, note.id)
+        except BaseException:
+            link.dereg_sending = False
+            raise
         if not link.enqueue(Deregister(request_id, note.reason)):
             return False
         link.deregs[request_id] = note.id
         return True
 
-    def _deregister_ack(self, link: _Link, message: DeregisterAck) -> bool:
+    async def _deregister_ack(self, link: _Link, message: DeregisterAck) -> bool:
         note_id = link.deregs.pop(message.request_id, None)
         if note_id is None:
             raise LinkProtocolError(f"deregister_ack for unknown request {message.request_id}")
-        self.store.notification_delivered(note_id, self.now_ms())
+        await self.store_call(self.store.notification_delivered, note_id, self.now_ms())
         self.metrics.link_closed("deregistered")
         log.info("%s acknowledged its deregistration; it is deleted", link.name)
         return True
 
-    def _heartbeat(self, link: _Link, beat: Heartbeat) -> bool:
+    async def _heartbeat(self, link: _Link, beat: Heartbeat) -> bool:
         if link.worker is not None:
             if beat.encryption_mode is not None:
                 assert beat.public_key is not None
@@ -1295,8 +1408,12 @@ class Hub:
                     beat.public_key, beat.mlkem_public_key, beat.slhdsa_public_key
                 )
                 link.mode = parse_encryption_mode(beat.encryption_mode)
-                self.store.record_heartbeat(
-                    link.worker.id, self.now_ms(), keys=keys, mode=link.mode
+                await self.store_call(
+                    self.store.record_heartbeat,
+                    link.worker.id,
+                    self.now_ms(),
+                    keys=keys,
+                    mode=link.mode,
                 )
                 self.presence.changed(link.worker.owner_id)
             else:
@@ -1325,17 +1442,17 @@ class Hub:
 
     # -- client links -------------------------------------------------------------------------
 
-    def _client_hello(self, link: _Link, message: ClientHello) -> bool:
+    async def _client_hello(self, link: _Link, message: ClientHello) -> bool:
         try:
-            user, token_id, expires_at = self.store.authenticate_client(
-                message.api_token, self.now_ms()
+            user, token_id, expires_at = await self.store_call(
+                self.store.authenticate_client, message.api_token, self.now_ms()
             )
         except TokenExpired as exc:
-            self._sign_in_failed(link, "api_token_expired", str(exc))
+            await self._sign_in_failed(link, "api_token_expired", str(exc))
             link.fail("token_expired", str(exc))
             return True
         except Unauthenticated as exc:
-            self._sign_in_failed(link, "api_token", str(exc))
+            await self._sign_in_failed(link, "api_token", str(exc))
             link.fail("unauthenticated", str(exc))
             return True
         count = len(self._user_links.get(user.id, ()))
@@ -1402,27 +1519,29 @@ class Hub:
                 if not links:
                     del self._user_links[link.user.id]
 
-    def _sign_in_failed(self, link: _Link, kind: str, reason: str) -> None:
+    async def _sign_in_failed(self, link: _Link, kind: str, reason: str) -> None:
         """Log a refused credential (never the credential), rate-limited per kind."""
-        self._refused(link.origin, link.peer, link.transport, kind, reason)
+        await self._refused(link.origin, link.peer, link.transport, kind, reason)
 
-    def web_sign_in_failed(self, peer: str, reason: str, *, expired: bool = False) -> None:
+    async def web_sign_in_failed(self, peer: str, reason: str, *, expired: bool = False) -> None:
         """The web page (:mod:`leapcore.hub.web`) refused an API token: logged, counted and
         audited (``token_refused``, or ``token_expired``, credential ``api_token``) like a
         link's bad token."""
         kind = "api_token_expired" if expired else "api_token"
-        self._refused(Origin(ANONYMOUS, peer or None), peer, "web", kind, reason)
+        await self._refused(Origin(ANONYMOUS, peer or None), peer, "web", kind, reason)
 
-    def _refused(self, origin: Origin, peer: str, transport: str, kind: str, reason: str) -> None:
+    async def _refused(
+        self, origin: Origin, peer: str, transport: str, kind: str, reason: str
+    ) -> None:
         self.metrics.sign_in_refused(kind)
         allowed, suppressed = self._signin_log.allow(kind, self._clock())
         if suppressed:
-            self._log_suppressed(kind, suppressed)
+            await self._log_suppressed(kind, suppressed)
         if allowed:
             # The audit trail takes what the log takes (rate-limited per kind), so that a
             # flood of bad credentials cannot fill the database; the rest are counted.
             audit_kind, detail = _SIGN_IN_AUDIT[kind]
-            self._record(origin, audit_kind, detail={**detail, "reason": reason})
+            await self._record(origin, audit_kind, detail={**detail, "reason": reason})
             security_event(
                 log,
                 _SIGN_IN_EVENTS[kind],
@@ -1436,16 +1555,15 @@ class Hub:
                 transport=transport,
             )
 
-    def _log_suppressed(self, kind: str, count: int) -> None:
+    async def _log_suppressed(self, kind: str, count: int) -> None:
         audit_kind, detail = _SIGN_IN_AUDIT[kind]
-        self.store.record_audit(
-            AuditEvent(
-                self._wall_clock(),
-                audit_kind,
-                ANONYMOUS,
-                detail={**detail, "reason": "rate limited", "suppressed": count},
-            )
+        event = AuditEvent(
+            self._wall_clock(),
+            audit_kind,
+            ANONYMOUS,
+            detail={**detail, "reason": "rate limited", "suppressed": count},
         )
+        await self.store_call(self.store.record_audit, event)
         security_event(
             log,
             "sign_ins_suppressed",
@@ -1458,7 +1576,7 @@ class Hub:
             count=count,
         )
 
-    def _hub_request(self, link: _Link, request: HubRequest) -> None:
+    async def _hub_request(self, link: _Link, request: HubRequest) -> None:
         if link.worker is not None:
             # A worker asks as its owner, and only about its siblings.
             denied = None
@@ -1478,7 +1596,7 @@ class Hub:
             assert link.user is not None
             user = link.user
         try:
-            result = call(self, user, request.method, request.params, link.origin)
+            result = await call(self, user, request.method, request.params, link.origin)
         except RequestError as exc:
             log.info("%s: %s failed: %s", link.name, request.method, exc.message)
             link.enqueue(
@@ -1551,9 +1669,9 @@ class Hub:
             self.metrics.channel_open(action.result)
         elif isinstance(action, Offer):
             self._apply(self.router.offered(action, action.link.enqueue(action.message)))
-        elif isinstance(action, Lookup):
+        elif isinstance(action, Lookup):  # (an open from another hub: a link's is awaited)
             if self.cluster is None or not self.cluster.routes(action):
-                self._apply(self.router.found(action, self._target(action.message.worker_id)))
+                self._look_up_soon(action)
         elif isinstance(action, ChannelGone):
             for end in action.ends:
                 end.flows.pop(action.channel_id, None)
@@ -1564,10 +1682,31 @@ class Hub:
         elif isinstance(action, FrameRejected):
             self.metrics.frame_rejected(action.reason)
 
-    def _target(self, worker_id: str) -> Target | None:
+    def _look_up_soon(self, lookup: Lookup[_Link]) -> None:
+        """Finish an open in the background once the store answers (an open that came
+        without a reader to wait for it: from another hub of the cluster)."""
+        if self._nursery is None:
+            self._apply(self.router.found(lookup, None))
+            return
+        self._nursery.start_soon(self._look_up, lookup)
+
+    async def _look_up(self, lookup: Lookup[_Link]) -> None:
+        try:
+            target = await self._target(lookup.message.worker_id)
+        except LeapcoreError as exc:  # the store failed: the open is refused, the hub goes on
+            log.error("looking worker %s up failed: %s", lookup.message.worker_id, exc)
+            target = None
+        try:
+            actions = self.router.found(lookup, target)
+        except LocalError:  # the opener left meanwhile
+            return
+        self._apply(actions)
+        self._reset_open_timer()
+
+    async def _target(self, worker_id: str) -> Target | None:
         """What the store says about the worker an open names (None: no such worker)."""
         try:
-            worker: Worker | None = self.store.get_worker(worker_id)
+            worker: Worker | None = await self.store_call(self.store.get_worker, worker_id)
         except NotFound:
             return None
         if worker is None:

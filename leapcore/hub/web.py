@@ -214,14 +214,16 @@ class WebServer:
     async def _check_sessions_forever(self) -> None:
         while True:
             await trio.sleep(self.hub.limits.revocation_check_interval)
-            self.check_sessions()
+            await self.check_sessions()
 
-    def check_sessions(self) -> None:
+    async def check_sessions(self) -> None:
         """End the sessions idle too long, or whose API token was revoked (their streams
         too)."""
         self.sessions.expire(trio.current_time())
         try:
-            live = self.hub.store.live_token_ids(self.sessions.token_ids())
+            live = await self.hub.store_call(
+                self.hub.store.live_token_ids, self.sessions.token_ids()
+            )
         except StorageError as exc:
             log.error("web: session check failed: %s", exc)
             return
@@ -282,7 +284,7 @@ class WebServer:
             await self._send(stream, _text(exc.status, exc.message + "\n"))
             return
         try:
-            answer = self.answer(request, peer)
+            answer = await self.answer(request, peer)
         except HttpRequestError as exc:
             answer = _json(exc.status, {"error": exc.message})
         except StorageError as exc:
@@ -299,7 +301,7 @@ class WebServer:
 
     # -- answers --------------------------------------------------------------------------
 
-    def answer(self, request: Request, peer: str) -> bytes | _EventStream:
+    async def answer(self, request: Request, peer: str) -> bytes | _EventStream:
         """The answer to one request (bytes), or the event stream to serve."""
         static = self._files.get(request.path)
         allowed = "GET" if static is not None else _API.get(request.path)
@@ -316,8 +318,8 @@ class WebServer:
                 log.info("web: %s from %s refused: %s", request.path, peer, why)
                 return _json(403, {"error": "cross-site request refused"})
         if request.path == "/api/sign-in":
-            return self._sign_in(request, peer)
-        session = self._session(request)
+            return await self._sign_in(request, peer)
+        session = await self._session(request)
         if session is None:
             return _json(401, {"error": "not signed in"})
         if request.method == "POST" and not csrf_ok(session, request.headers.get(CSRF_HEADER)):
@@ -332,14 +334,14 @@ class WebServer:
             cookie = clear_cookie(secure=self.ssl_context is not None)
             return response(204, headers=[("Set-Cookie", cookie)])
         if request.path == "/api/workers":
-            return _json(200, self.workers(session))
+            return _json(200, await self.workers(session))
         if request.path == "/api/events":
             return _EventStream(session)
         if request.path == "/api/regkey":
-            return self._mint(session, peer)
-        return self._keepalive(session, request)
+            return await self._mint(session, peer)
+        return await self._keepalive(session, request)
 
-    def _session(self, request: Request) -> Session | None:
+    async def _session(self, request: Request) -> Session | None:
         """The request's live session (its token still live), or None."""
         session_id = parse_cookies(request.headers.get("cookie", "")).get(COOKIE_NAME)
         if not session_id:
@@ -347,7 +349,7 @@ class WebServer:
         session = self.sessions.get(session_id, trio.current_time())
         if session is None:
             return None
-        if not self.hub.store.live_token_ids([session.token_id]):
+        if not await self.hub.store_call(self.hub.store.live_token_ids, [session.token_id]):
             self.sessions.remove(session.id)
             self._end_streams(session.id)
             return None
@@ -362,7 +364,7 @@ class WebServer:
             "regkey_keepalive": WEB_REGKEY_KEEPALIVE,
         }
 
-    def _sign_in(self, request: Request, peer: str) -> bytes:
+    async def _sign_in(self, request: Request, peer: str) -> bytes:
         # Before any session there is no CSRF token to check: the header must be there (a
         # cross-site page cannot add it without a preflight), and the Origin checked above.
         if not request.headers.get(CSRF_HEADER):
@@ -373,12 +375,14 @@ class WebServer:
         try:
             if not token:
                 raise Unauthenticated("no API token given")
-            user, token_id, _expires = self.hub.store.authenticate_client(token, self.hub.now_ms())
+            user, token_id, _expires = await self.hub.store_call(
+                self.hub.store.authenticate_client, token, self.hub.now_ms()
+            )
         except TokenExpired as exc:
-            self.hub.web_sign_in_failed(peer, str(exc), expired=True)
+            await self.hub.web_sign_in_failed(peer, str(exc), expired=True)
             return _json(401, {"error": str(exc)})
         except Unauthenticated as exc:
-            self.hub.web_sign_in_failed(peer, str(exc))
+            await self.hub.web_sign_in_failed(peer, str(exc))
             return _json(401, {"error": "this API token is not valid"})
         session = self.sessions.create(
             self._new_id,
@@ -393,26 +397,26 @@ class WebServer:
         body = json.dumps(self._session_view(session)).encode()
         return response(200, body, _JSON, [("Set-Cookie", cookie)])
 
-    def workers(self, session: Session) -> dict[str, Any]:
+    async def workers(self, session: Session) -> dict[str, Any]:
         """The session's worker list: its user's, or every active worker for an admin."""
         store = self.hub.store
         if session.is_admin:
-            views = [
-                {**worker_view(self.hub, w), "owner": w.owner_name} for w in store.list_workers()
-            ]
+            every = await self.hub.store_call(store.list_workers)
+            views = [{**worker_view(self.hub, w), "owner": w.owner_name} for w in every]
         else:
-            views = [worker_view(self.hub, w) for w in store.list_workers(owner_id=session.user_id)]
+            own = await self.hub.store_call(store.list_workers, owner_id=session.user_id)
+            views = [worker_view(self.hub, w) for w in own]
         return {"admin": session.is_admin, "workers": views}
 
     def _user(self, session: Session) -> tuple[User, Origin]:
         user = User(session.user_id, session.user_name, 0, session.is_admin)
         return user, Origin(user_actor(session.user_name), None)
 
-    def _mint(self, session: Session, peer: str) -> bytes:
+    async def _mint(self, session: Session, peer: str) -> bytes:
         user, origin = self._user(session)
         origin = Origin(origin.actor, peer if peer not in ("?", "local") else None)
         try:
-            result = call(self.hub, user, "regkey.create", {}, origin)
+            result = await call(self.hub, user, "regkey.create", {}, origin)
         except RequestError as exc:
             return _json(409 if exc.error_code == "quota_exceeded" else 400, {"error": exc.message})
         key = result["registration_key"]
@@ -426,7 +430,7 @@ class WebServer:
             },
         )
 
-    def _keepalive(self, session: Session, request: Request) -> bytes:
+    async def _keepalive(self, session: Session, request: Request) -> bytes:
         try:
             params = json.loads(request.body)
         except (UnicodeDecodeError, ValueError):
@@ -435,13 +439,12 @@ class WebServer:
             return _json(400, {"error": 'send exactly {"registration_key": KEY}'})
         user, origin = self._user(session)
         try:
-            state = call(self.hub, user, "regkey.state", params, origin)["state"]
+            state = (await call(self.hub, user, "regkey.state", params, origin))["state"]
             out: dict[str, Any] = {"state": state}
             if state == "live":
                 try:
-                    out["expires_at"] = call(self.hub, user, "regkey.extend", params, origin)[
-                        "expires_at"
-                    ]
+                    extended = await call(self.hub, user, "regkey.extend", params, origin)
+                    out["expires_at"] = extended["expires_at"]
                 except RequestError as exc:
                     if exc.error_code != "failed_precondition":  # not yet: more than 2 min left
                         raise
@@ -468,7 +471,7 @@ class WebServer:
             with scope, changes:
                 head = response(200, content_type="text/event-stream", stream=True)
                 await self._write(stream, head + f"retry: {_RETRY_MS}\n\n".encode())
-                await self._write(stream, self._workers_event(session))
+                await self._write(stream, await self._workers_event(session))
                 await self._stream_changes(stream, session, changes)
         finally:
             self.streams -= 1
@@ -502,15 +505,15 @@ class WebServer:
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
             if relevant:
-                await self._write(stream, self._workers_event(session))
+                await self._write(stream, await self._workers_event(session))
 
     @staticmethod
     def _concerns(session: Session, owner: str) -> bool:
         return session.is_admin or owner in (session.user_id, ALL)
 
-    def _workers_event(self, session: Session) -> bytes:
+    async def _workers_event(self, session: Session) -> bytes:
         try:
-            data = json.dumps(self.workers(session), separators=(",", ":"))
+            data = json.dumps(await self.workers(session), separators=(",", ":"))
         except LeapcoreError as exc:
             log.error("web: worker list failed: %s", exc)
             return b""

@@ -402,13 +402,19 @@ class HubRouter(Generic[L]):
 
     def open_channel(self, link: L, message: OpenChannel, now: float) -> list[Action[L]]:
         """The checks that need no store; a :class:`Lookup` of the worker if they pass."""
+        size = message.max_message_size
+        if max_message_size_problem(size) is not None:
+            return refused(link, message.request_id, message.worker_id, "size", size=size)
+        return self._open_checks(link, message) or [Lookup(link, message, now)]
+
+    def _open_checks(self, link: L, message: OpenChannel) -> list[Action[L]]:
+        """The refusal of an open by the checks that need no store (empty if they pass);
+        made again in :meth:`found`, since the driver may serve others while it asks."""
         peer = self._peer(link)
         asked = (link, message.request_id, message.worker_id)
-        size, limits = message.max_message_size, self.limits
+        limits = self.limits
         link_held = peer.opened + len(peer.opens)
         user_held = len(self._user_channels.get(peer.owner_id, ()))
-        if max_message_size_problem(size) is not None:
-            return refused(*asked, "size", size=size)
         if self.closing:
             return refused(*asked, "closing")
         if peer.retired:
@@ -419,7 +425,7 @@ class HubRouter(Generic[L]):
             return refused(*asked, "link_quota", held=link_held)
         if user_held >= limits.max_channels_per_user:
             return refused(*asked, "user_quota", held=user_held)
-        return [Lookup(link, message, now)]
+        return []
 
     def found(
         self, lookup: Lookup[L], target: Target | None, *, via: L | None = None
@@ -428,6 +434,9 @@ class HubRouter(Generic[L]):
         :class:`Offer` of the ``channel_request`` if they pass. ``via``: a joined link that
         serves the worker though it is not published here (another hub's)."""
         link, message = lookup.link, lookup.message
+        problem = self._open_checks(link, message)
+        if problem:
+            return problem
         peer = self._peer(link)
         asked = (link, message.request_id, message.worker_id)
         limits = self.limits

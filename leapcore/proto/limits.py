@@ -408,6 +408,9 @@ PURGE_INTERVAL: Final = 3600.0
 #: Seconds a worker's ``last_seen_at`` may wait in the hub's memory before it is written
 #: (heartbeats are batched into one transaction; a link's end writes at once).
 LAST_SEEN_FLUSH_INTERVAL: Final = 5.0
+#: Store calls a hub runs at once, each in a worker thread, when its store does not say
+#: (its ``max_concurrent_calls``): SQLite's one connection serves one call at a time.
+STORE_CALLS_AT_ONCE: Final = 1
 # Several hubs as one (leapcore.hub.cluster): a hub renews its lease and its workers'
 # presence leases every CLUSTER_RENEW_INTERVAL, in one transaction; a worker on a hub that
 # stopped renewing shows offline once its lease (CLUSTER_LEASE) ends.

@@ -156,17 +156,17 @@ async def test_a_failed_audit_write_never_fails_the_operation(tmp_path: Path) ->
         assert value(await scrape(env), "audit_write_failures_total") == 2
 
 
-def test_old_events_are_pruned_by_the_hubs_wall_clock(tmp_path: Path) -> None:
+async def test_old_events_are_pruned_by_the_hubs_wall_clock(tmp_path: Path) -> None:
     day = 86400.0
     wall = 2_000_000_000.0
     limits = HubLimits(audit_retention_days=2)
     hub = Hub(tmp_path / "hub.db", limits=limits, wall_clock=lambda: wall)
     for age in (3 * day, 2 * day + 1, 2 * day - 1, 0):
         assert hub.store.record_audit(AuditEvent(wall - age, "token_refused", ANONYMOUS))
-    hub.purge()
+    await hub.purge()
     assert sorted(wall - e.at for e in hub.store.list_audit()) == [0, 2 * day - 1]
     wall += day  # a day later, the next purge takes one more
-    hub.purge()
+    await hub.purge()
     assert [wall - e.at for e in hub.store.list_audit()] == [day]
     hub.store.close()
 

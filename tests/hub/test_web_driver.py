@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from support.threadclock import settle
 
 from leapcore.hub.presence import Presence
 from leapcore.hub.server import Hub
@@ -110,7 +111,7 @@ async def test_an_event_stream_that_is_not_read_is_closed_and_never_blocks_the_h
             f"GET /api/events HTTP/1.1\r\nHost: x\r\nCookie: leapcore_session={session.id}"
             "\r\n\r\n".encode()
         )
-        await trio.testing.wait_all_tasks_blocked()
+        await settle()  # its session is checked in a store thread
         assert web.streams == 1 and len(hub.presence) == 1
         for _ in range(hub.presence.queue + 1):  # never waits for the stream
             hub.presence.changed(user.id)

@@ -513,6 +513,32 @@ def test_shutdown_closes_everything_and_refuses_what_comes() -> None:
     assert router.channel_count == router.pending_count == 0
 
 
+def test_what_changed_while_the_store_was_asked_is_checked_again() -> None:
+    """The hub asks the store about an open's worker off the event loop: a shutdown, the
+    opener's retirement or its user's channel budget filled meanwhile refuses the open."""
+    router, net = hub(max_channels_per_user=1)
+    first = router.receive("c1", OpenChannel(1, "wa1", b"m1", SIZE), 0.0)
+    second = router.receive("c2", OpenChannel(1, "wa1", b"m1", SIZE), 0.0)
+    assert all(isinstance(a, Lookup) for a in [*first, *second])  # both asked the store
+    net.run(first)
+    [request] = net.take("w1")
+    assert isinstance(request, ChannelRequest)
+    net.run(second)  # c1's open holds alice's one channel now
+    assert refusal(net.take("c2"))[0] == "quota_exceeded"
+    router, net = hub()
+    router.join("w2", "alice", "wa2")
+    net.run(router.publish("w2"))
+    retiring = router.receive("w2", OpenChannel(2, "wa1", b"m1", SIZE), 0.0)
+    net.run(router.retire("w2"))
+    net.run(retiring)
+    assert refusal(net.take("w2"))[0] == "permission_denied"
+    late = router.receive("cb", OpenChannel(3, "wb1", b"m1", SIZE), 0.0)
+    net.run(router.shutdown())
+    net.take("cb")
+    net.run(late)
+    assert refusal(net.take("cb")) == ("unavailable", "hub is shutting down")
+
+
 def test_misuse_is_a_local_error() -> None:
     router, _ = hub()
     with pytest.raises(LocalError, match="joined already"):

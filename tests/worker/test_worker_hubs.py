@@ -121,7 +121,7 @@ async def test_a_hub_of_another_deployment_is_refused(
     data.mkdir(mode=0o700)
     home = Hub(tmp_path / "home.db")
     worker_id, _ = registered_worker(home, data, generated_keypair)
-    home.flush_last_seen()
+    await home.flush_last_seen()
     copy = tmp_path / "copy.db"
     with sqlite3.connect(tmp_path / "home.db") as src, sqlite3.connect(copy) as dst:
         src.backup(dst)
