@@ -1,10 +1,13 @@
-"""Three ``leapcore-hub`` processes on ONE database act as one (real processes on loopback,
-harness in ``support/procs.py``): each worker links to one of them, a client signed in to
+"""Three ``leapcore-hub`` processes on ONE PostgreSQL database act as one (real processes
+on loopback, harness in ``support/procs.py``, the session's PostgreSQL server): each worker
+links to one of them, a client signed in to
 the first sees every worker online and pings one linked to the third (an end-to-end
 channel through two hubs), and when a hub is killed with SIGKILL its worker shows offline
 once its presence lease ends while the others stay online — unless it knows another hub
 (several ``--hub`` URLs): then it is online there at once, the same worker, and channels
-to it open again. Leases are shortened
+to it open again. Then the database is restarted while a command streams through two
+hubs: the stream never notices, and afterwards every hub serves from the database again
+(presence, channels, a new registration) with nothing lost. Leases are shortened
 (``--cluster-lease``) so the test waits seconds, not the default 15 s; every wait is a
 bounded poll on a condition.
 """
@@ -13,12 +16,14 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Callable
 
 from support.hubpeer import now_ms
+from support.pgserver import PgServer
 from support.procs import Env, Proc, env_fixture, wait_for  # noqa: F401 (env_fixture)
 from support.secretlog import record_secret
 
-from leapcore.store.hubstore import SQLiteHubStore
+from leapcore.store.hubstore import open_hub_store
 
 LEASE = 2.0
 RENEW = 0.25
@@ -53,15 +58,22 @@ def start_hubs(env: Env, count: int) -> list[tuple[Proc, str]]:
     return out
 
 
-def test_three_hub_processes_share_one_database(env: Env) -> None:
-    hubs = start_hubs(env, 3)
-    urls = [url for _hub, url in hubs]
-    store = SQLiteHubStore(env.hub_dir / "hub.db", create=False)  # keys minted at once
+def mint_keys(pg_url: str, count: int) -> list[str]:
+    store = open_hub_store(pg_url)  # keys minted at once, straight in the database
     try:
         alice = store.get_user("alice")
-        keys = [record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in "1234"]
+        return [
+            record_secret(store.mint_registration_key(alice.id, now_ms())[1]) for _ in range(count)
+        ]
     finally:
         store.close()
+
+
+def test_three_hub_processes_share_one_database(env: Env, pg_server: PgServer, pg_url: str) -> None:
+    env.env["LEAPCORE_HUB_STORE"] = pg_url  # every hub and admin command
+    hubs = start_hubs(env, 3)
+    urls = [url for _hub, url in hubs]
+    keys = mint_keys(pg_url, 4)
     # w1, w2, w3 on h1, h2, h3; w3 also knows h1 (several --hub URLs: it moves on when its
     # hub fails); w4 knows only h3.
     placement = {"w1": [urls[0]], "w2": [urls[1]], "w3": [urls[2], urls[0]], "w4": [urls[2]]}
@@ -104,6 +116,50 @@ def test_three_hub_processes_share_one_database(env: Env) -> None:
         ("h3", 0, False),
     ]
     assert status["workers_online"] == 3
+
+    # The database restarts under load: a command streams from w2 (on h2) to the client
+    # (on h1) meanwhile; relayed frames need no database, so it never notices.
+    ticks = "for i in $(seq 40); do echo tick $i; sleep 0.1; done"
+    stream = env.start(
+        "stream",
+        "leapcore",
+        "remote",
+        "exec",
+        *env.client_flags(),
+        "--worker-id",
+        listed["w2"]["id"],
+        "--",
+        "sh",
+        "-c",
+        ticks,
+        LEAPCORE_HUB=env.url,
+    )
+
+    def printed(tick: int) -> Callable[[], bool | None]:
+        return lambda: f"tick {tick}\n" in stream.stdout() or None
+
+    wait_for(printed(3), "the stream started")
+    pg_server.stop()
+    wait_for(printed(10), "ticks relayed while the database is down")
+    pg_server.start()
+    assert stream.wait() == 0, stream.stderr()
+    assert "hub database error" in hubs[0][0].stderr()  # the hubs did lose the database
+    assert stream.stdout().splitlines() == [f"tick {i}" for i in range(1, 41)]
+
+    # Every hub serves from the database again, and nothing was lost.
+    def three_online() -> dict[str, dict[str, object]] | None:
+        now = env.workers()
+        return now if sum(bool(w["online"]) for w in now.values()) == 3 else None
+
+    again = wait_for(three_online, "three workers online after the restart", timeout=30)
+    assert {name: w["id"] for name, w in again.items()} == {n: w["id"] for n, w in after.items()}
+    ping = env.json("worker", "ping", "--count", "2", "--worker-id", listed["w2"]["id"])
+    assert ping["count"] == 2
+    (key,) = mint_keys(pg_url, 1)
+    env.url = urls[1]
+    env.start_worker("w5", key, flags=["--encryption-mode", "classic"])
+    env.url = urls[0]
+    assert env.wait_online("w5")["w5"]["online"]
 
 
 def test_bad_cluster_settings_are_usage_errors(env: Env) -> None:
