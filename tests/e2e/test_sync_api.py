@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import socketserver
 import subprocess
 import sys
 import textwrap
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 from support.gitkit import origin_with_branches
 from support.procs import TIMEOUT, Env, Proc, wait_for, worker_box
+from support.threadecho import echo_port_fixture  # noqa: F401 (the echo_port fixture)
 
 import leapcore
 from leapcore import sync
@@ -45,29 +45,6 @@ def box_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Env,
     """One hub and one worker ``box`` for the module."""
     with worker_box(tmp_path_factory.mktemp("sync")) as box:
         yield box
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        while data := sock.recv(65536):
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)  # the client's EOF, passed back once all is echoed
-
-
-@pytest.fixture(name="echo_port", scope="module")
-def echo_port_fixture() -> Iterator[int]:
-    """A TCP echo server on 127.0.0.1 in a plain thread: echoes until EOF, then EOF."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(TIMEOUT)
 
 
 def loop_threads() -> list[threading.Thread]:
