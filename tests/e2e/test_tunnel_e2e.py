@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import trio
 from support.procs import Env, Proc, env_fixture, wait_for  # noqa: F401 (env_fixture: the fixture)
+from support.threadecho import ThreadedServer, echo_port_fixture  # noqa: F401 (echo_port)
 
 from leapcore.proto.limits import SOCKS_MAX_PENDING_HANDSHAKES
 
@@ -33,35 +34,6 @@ MIB = 1024 * 1024
 
 
 # -- servers on the worker's side --------------------------------------------------------------
-
-
-class _Echo(socketserver.BaseRequestHandler):
-    def handle(self) -> None:
-        sock: socket.socket = self.request
-        try:
-            while data := sock.recv(65536):
-                sock.sendall(data)
-            sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            pass
-
-
-class _Server(socketserver.ThreadingTCPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 256
-
-
-@pytest.fixture(name="echo_port")
-def echo_port_fixture() -> Iterator[int]:
-    server = _Server(("127.0.0.1", 0), _Echo)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(name="http_port")
@@ -506,7 +478,7 @@ class _Source(socketserver.BaseRequestHandler):
 @pytest.fixture(name="source_port")
 def source_port_fixture() -> Iterator[int]:
     """A TCP server that sends :data:`BLOCK` over and over to each connection."""
-    server = _Server(("127.0.0.1", 0), _Source)
+    server = ThreadedServer(("127.0.0.1", 0), _Source)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

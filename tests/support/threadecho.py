@@ -16,16 +16,26 @@ from support.procs import TIMEOUT
 class _Echo(socketserver.BaseRequestHandler):
     def handle(self) -> None:
         sock: socket.socket = self.request
-        while data := sock.recv(65536):
-            sock.sendall(data)
-        sock.shutdown(socket.SHUT_WR)  # the client's EOF, passed back once all is echoed
+        try:
+            while data := sock.recv(65536):
+                sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)  # the client's EOF, passed back once all is echoed
+        except OSError:  # the client reset it: nothing to echo to
+            pass
+
+
+class ThreadedServer(socketserver.ThreadingTCPServer):
+    """A threaded TCP server for tests: daemon threads, a deep accept queue."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 256  # tests open a hundred connections at once
 
 
 @pytest.fixture(name="echo_port", scope="module")
 def echo_port_fixture() -> Iterator[int]:
     """Echoes until EOF, then EOF; its port."""
-    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Echo)
-    server.daemon_threads = True
+    server = ThreadedServer(("127.0.0.1", 0), _Echo)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
