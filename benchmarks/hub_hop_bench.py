@@ -1,7 +1,7 @@
 """The cost of the extra hub hop (issue 18 §3): one hub against two hubs of a cluster.
 
     .venv/bin/python benchmarks/hub_hop_bench.py [--rounds N] [--pings N] [--bulk-mib N] [--json]
-    .venv/bin/python benchmarks/hub_hop_bench.py --profile-dir /tmp/prof   # cProfile both hubs
+    .venv/bin/python benchmarks/hub_hop_bench.py --profile-dir /tmp/prof   # hub_a/hub_b/worker.prof
 
 Two real ``leapcore-hub serve`` processes, A and B, share one SQLite database and one cluster
 secret. One classic worker (its own process) links to B. This process is the client, signed
@@ -49,6 +49,8 @@ SIDES = ("one_hub", "a_to_b")
 CHUNK = 1 << 20
 GIB = 1024**3
 HUB = Path(sys.executable).with_name("leapcore-hub")
+#: ``python -c`` for the hub CLI when its script is not beside this Python.
+PLAIN_HUB = "import sys; from leapcore_cli.hub import main; sys.argv[0] = 'leapcore-hub'; main()"
 #: ``python -c`` for a hub under cProfile (cProfile.run writes the stats on SystemExit too).
 PROFILED_HUB = (
     "import cProfile, sys; from leapcore_cli.hub import main; "
@@ -99,7 +101,7 @@ class HubProc:
         serve += ["--cluster-listen", "127.0.0.1:0", "--cluster-secret-file", str(secret)]
         serve += ["--node-name", name]
         if profile_dir is None:
-            argv = [str(HUB), *serve]
+            argv = [str(HUB), *serve] if HUB.exists() else [sys.executable, "-c", PLAIN_HUB, *serve]
         else:
             out = os.path.join(profile_dir, f"{name}.prof")
             argv = [sys.executable, "-c", PROFILED_HUB, out, *serve]
@@ -366,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pings", type=int, default=200, help="pings per side per round")
     parser.add_argument("--bulk-mib", type=int, default=128, help="MiB per side per round")
     parser.add_argument("--json", action="store_true", help="print the report as JSON only")
-    parser.add_argument("--profile-dir", help="write cProfile stats of both hubs here")
+    parser.add_argument(
+        "--profile-dir", help="write cProfile stats of both hubs and the worker here"
+    )
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.pings < 1 or args.bulk_mib < 1:
         parser.error("--rounds, --pings and --bulk-mib must be at least 1")
