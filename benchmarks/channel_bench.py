@@ -148,7 +148,7 @@ def worker_main(
 async def _workers(
     conn: Connection, url: str, workers: dict[str, dict[str, str]], transport: str
 ) -> None:
-    from leapcore.peer.channel import CallContext
+    from leapcore.peer.channel import ByteStream, CallContext
     from leapcore.worker.daemon import Worker
     from leapcore.worker.signpool import SigningPool
 
@@ -158,7 +158,18 @@ async def _workers(
     async def echo(ctx: CallContext, payload: bytes) -> bytes:
         return payload
 
-    async with SigningPool(processes=2) as pool, trio.open_nursery() as nursery:
+    async def drain(ctx: CallContext, payload: bytes, stream: ByteStream) -> None:
+        """A byte stream read to its end; the answer is the count, 8 bytes big-endian."""
+        count = 0
+        while data := await stream.receive_some(1 << 20):
+            count += len(data)
+        await stream.send_all(count.to_bytes(8, "big"))
+        await stream.aclose()
+
+    # The signing pool only when a post-quantum worker needs it (its start-up is slow).
+    pq = any(name == "pq" for name in workers)
+    async with contextlib.AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        pool = await stack.enter_async_context(SigningPool(processes=2)) if pq else None
         daemons = []
         for name, info in workers.items():
             mode = "post-quantum" if name == "pq" else "classic"
@@ -172,6 +183,7 @@ async def _workers(
             )
             daemon.services.add_rpc("sink", sink)
             daemon.services.add_rpc("echo", echo)
+            daemon.services.add_byte_stream("drain", drain)
             nursery.start_soon(daemon.run)
             daemons.append(daemon)
         for daemon in daemons:
