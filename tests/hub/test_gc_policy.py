@@ -71,6 +71,11 @@ def test_frozen_cyclic_garbage_stays_until_enough_links_closed() -> None:
     assert state.step(4.0, open_links=15, closed_links=6) is False
 
 
+def test_the_interval_is_positive() -> None:
+    with pytest.raises(ValueError):
+        GcPolicy(interval=0)
+
+
 def test_a_small_hub_counts_at_least_min_links_and_a_period_reclaims_anyway() -> None:
     policy = GcPolicy(reclaim_min_links=256, reclaim_period=60.0)
     state = GcState(policy, last_reclaim=0.0)
