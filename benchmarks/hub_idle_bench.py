@@ -89,11 +89,15 @@ def hub_main(
     deadline: float,
     profile: str | None = None,
     settings: dict[str, Any] | None = None,
+    gc_policy: float | None = None,
 ) -> None:
     """Serve until told to stop (or ``deadline``, wall clock); report the hub-side figures.
-    ``settings``: more :class:`HubLimits` fields (an experiment's, never a default's)."""
+    ``settings``: more :class:`HubLimits` fields (an experiment's, never a default's).
+    ``gc_policy``: the hub runs a :class:`GcPolicy` with this interval (``leapcore-hub``'s
+    is the default's, 5 s)."""
     import trio
 
+    from leapcore.hub.gcpolicy import GcPolicy
     from leapcore.hub.server import Hub
     from leapcore.proto.limits import HubLimits
 
@@ -105,15 +109,18 @@ def hub_main(
             if "idle timeout" in record.getMessage():
                 dead.append((record.created, record.getMessage()))
 
-    # The cyclic garbage collector's pauses (wall clock at the end, generation, seconds).
-    collections: list[tuple[float, int, float]] = []
-    gc_start = [0.0]
+    # The cyclic garbage collector's pauses (wall clock at the end, generation, seconds, and
+    # the CPU seconds of the hub's thread in them: less when the process was not running).
+    collections: list[tuple[float, int, float, float]] = []
+    gc_start = [0.0, 0.0]
 
     def on_gc(phase: str, info: dict[str, int]) -> None:
         if phase == "start":
-            gc_start[0] = time.perf_counter()
+            gc_start[:] = time.perf_counter(), time.thread_time()
         else:
-            collections.append((time.time(), info["generation"], time.perf_counter() - gc_start[0]))
+            wall = time.perf_counter() - gc_start[0]
+            cpu = time.thread_time() - gc_start[1]
+            collections.append((time.time(), info["generation"], wall, cpu))
 
     gc.callbacks.append(on_gc)
     logger = logging.getLogger("leapcore.hub.server")
@@ -149,7 +156,12 @@ def hub_main(
             max_links_per_address=per_address,
             **(settings or {}),
         )
-        hub = TimedHub(db, max_workers_per_user=links, limits=limits)
+        hub = TimedHub(
+            db,
+            max_workers_per_user=links,
+            limits=limits,
+            gc_policy=None if gc_policy is None else GcPolicy(interval=gc_policy),
+        )
         hub.arrivals = {}
         hub.store_calls = []
         async with trio.open_nursery() as nursery:
@@ -168,7 +180,16 @@ def hub_main(
                         tracked[f"kind:{kind}"] = count
                 await trio.sleep(0.2)
             await hub.shutdown()
+        state = hub.gc_state
+        policy = None
+        if state is not None:
+            policy = {
+                "passes": state.passes,
+                "reclaims": state.reclaims,
+                "last_reclaim_s": state.last_reclaim_s,
+            }
         report = {
+            "gc_policy": policy,
             "arrivals": hub.arrivals,
             "dead": dead,
             "gc": collections,
@@ -366,12 +387,13 @@ def start_hub(
     children: list[Any],
     quiet: float = 1.0,
     settings: dict[str, Any] | None = None,
+    gc_policy: float | None = None,
 ) -> tuple[Any, Any, int, int]:
     """The hub process (in ``children``), its pipe, its port and its RSS (KiB) before any
     link, ``quiet`` seconds after one ``/healthz`` request (its imports and buffers)."""
     hub_conn, hub_child = ctx.Pipe()
     hub = ctx.Process(
-        target=hub_main, args=(str(db), links, hub_child, deadline, profile, settings)
+        target=hub_main, args=(str(db), links, hub_child, deadline, profile, settings, gc_policy)
     )
     hub.start()
     children.append(hub)

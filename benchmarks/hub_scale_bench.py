@@ -82,6 +82,8 @@ from hub_idle_bench import (
     workers_online,
 )
 
+from leapcore.hub.gcpolicy import GcPolicy
+
 #: Seconds between a link's end and its next dial (uniform in this range).
 REDIAL = (1.0, 2.0)
 #: Descriptors a process needs beyond its links (listeners, pipes, the database, imports).
@@ -547,6 +549,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             children,
             quiet=0.3,
             settings=settings,
+            gc_policy=None if args.no_gc_policy else args.gc_interval,
         )
         for _, c in sims:
             expect(c, "loaded", 60)
@@ -608,6 +611,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "nofile_soft_limit": [old_soft, new_soft],
         "hub_settings_changed": settings,
         "hub_gc_frozen_after_ramp": args.gc_freeze,
+        # The hub runs leapcore-hub's garbage-collector policy (leapcore.hub.gcpolicy), unless
+        # --no-gc-policy: passes made, reclaims (full pauses) and the last one's length.
+        "hub_gc_policy": hub_report["gc_policy"],
         # With --gc-freeze: objects the collector tracked once every link was up, per link
         # over those tracked before any link.
         "hub_gc_tracked_per_link": (
@@ -657,6 +663,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # Until the simulators were told to stop; a hub far behind may time out more links
         # while they close (counted apart).
         "hub_gc_in_window": gc_pauses(hub_report["gc"], win_start, win_end),
+        # Every full (generation 2) collection of the run: (seconds after every link was up,
+        # negative during the ramp; pause in seconds), and the phases' counts.
+        "hub_gc_full": [
+            (round(t - ramp_end, 1), round(d, 3)) for t, g, d, _ in hub_report["gc"] if g == 2
+        ],
+        "hub_gc_by_phase": {
+            phase: gc_pauses(hub_report["gc"], a, b)["gen2"]
+            for phase, (a, b) in {
+                "ramp": (ramp_start, ramp_end),
+                "settle": (ramp_end, win_start),
+                "window": (win_start, win_end),
+            }.items()
+        },
         "hub_declared_dead": sum(1 for t, _ in hub_report["dead"] if t <= stop_sent),
         "hub_declared_dead_at_teardown": sum(1 for t, _ in hub_report["dead"] if t > stop_sent),
         "hub_declared_dead_in_ramp": sum(1 for t, _ in hub_report["dead"] if t <= ramp_end),
@@ -679,17 +698,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def gc_pauses(
-    collections: list[tuple[float, int, float]], start: float, end: float
+    collections: list[tuple[float, int, float, float]], start: float, end: float
 ) -> dict[str, Any]:
     """The hub's garbage collections ending in [start, end]: per generation, how many, the
-    longest pause and the total (seconds)."""
+    longest pause and the total (seconds), and the CPU seconds the hub spent in them."""
     out: dict[str, Any] = {}
     for generation in (0, 1, 2):
-        pauses = [d for t, g, d in collections if g == generation and start <= t <= end]
+        pauses = [(d, c) for t, g, d, c in collections if g == generation and start <= t <= end]
         out[f"gen{generation}"] = {
             "count": len(pauses),
-            "max_s": round(max(pauses, default=0.0), 4),
-            "total_s": round(sum(pauses), 4),
+            "max_s": round(max((d for d, _ in pauses), default=0.0), 4),
+            "total_s": round(sum(d for d, _ in pauses), 4),
+            "cpu_total_s": round(sum(c for _, c in pauses), 4),
         }
     return out
 
@@ -720,6 +740,18 @@ def main() -> int:
         type=float,
         metavar="S",
         help="an experiment: the hub's revocation check every S s (default: the hub's, 0.5)",
+    )
+    parser.add_argument(
+        "--no-gc-policy",
+        action="store_true",
+        help="the hub runs without leapcore-hub's garbage-collector policy (the 'before')",
+    )
+    parser.add_argument(
+        "--gc-interval",
+        type=float,
+        default=GcPolicy().interval,
+        metavar="S",
+        help="an experiment: the GC policy's interval (default: leapcore-hub's, 5)",
     )
     parser.add_argument(
         "--gc-freeze",
@@ -765,6 +797,7 @@ def main() -> int:
             f"re-dials {result['redials']} {result['drop_reasons'] or ''}"
         )
         print(f"hub garbage collections:  {result['hub_gc_in_window']}")
+        print(f"hub full collections (s after all up, pause s): {result['hub_gc_full']}")
         print(f"targets: {result['targets']}")
     return 0 if all(v is not False for v in result["targets"].values()) else 1
 

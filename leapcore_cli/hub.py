@@ -33,6 +33,7 @@ import trio
 
 from leapcore.errors import ConfigError, LocalError
 from leapcore.hub.cluster import ClusterOptions, read_secret_file
+from leapcore.hub.gcpolicy import GcPolicy
 from leapcore.hub.server import Hub, url_of
 from leapcore.hub.web import WebOptions
 from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
@@ -326,6 +327,8 @@ def serve(args: argparse.Namespace) -> int:
         max_message_size=settings["max_message_size"],
         limits=HubLimits.from_settings(settings),
         cluster=cluster_options(settings),
+        # This process is the hub and nothing else: bounded collector pauses.
+        gc_policy=GcPolicy(),
     )
     if created and isinstance(db, Path):
         print(

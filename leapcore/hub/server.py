@@ -217,6 +217,7 @@ from ..store.hubstore import (
 )
 from ..store.sqldb import DEFAULT_POOL_SIZE
 from .cluster import Cluster, ClusterOptions
+from .gcpolicy import GcPolicy, GcState, run_gc_policy
 from .metrics import CONTENT_TYPE, HubMetrics, Snapshot
 from .presence import Presence
 from .rpc import WORKER_METHODS, call
@@ -578,13 +579,16 @@ class Hub:
         limits: HubLimits = DEFAULT_LIMITS,
         store_pool_size: int = DEFAULT_POOL_SIZE,
         cluster: ClusterOptions | None = None,
+        gc_policy: GcPolicy | None = None,
     ) -> None:
         """``store_path``: an SQLite file, or a ``postgresql://`` URL (at most
         ``store_pool_size`` connections; :func:`~leapcore.store.hubstore.open_hub_store`).
         ``store`` replaces the store opened at ``store_path`` (solo mode passes one that
         protects its own worker); the hub closes it when :meth:`serve` returns. ``limits``
         are the budgets of :class:`~leapcore.proto.limits.HubLimits`. ``cluster``: this hub
-        is one of several sharing the database (:mod:`leapcore.hub.cluster`)."""
+        is one of several sharing the database (:mod:`leapcore.hub.cluster`). ``gc_policy``:
+        :meth:`serve` runs it (:mod:`leapcore.hub.gcpolicy`; for a process that is this hub
+        and nothing else)."""
         validate_max_message_size(max_message_size)
         if store is None:
             store = open_hub_store(
@@ -602,6 +606,11 @@ class Hub:
         self._clock = clock
         self._wall_clock = wall_clock
         self._links: set[_Link] = set()
+        #: Links that have ended since this hub was made (the GC policy's measure of churn).
+        self.links_closed = 0
+        self.gc_policy = gc_policy
+        #: The policy's state while :meth:`serve` runs it.
+        self.gc_state: GcState | None = None
         #: The routing core: published workers, pending opens, channels, credit.
         self.router: HubRouter[_Link] = HubRouter(limits, max_message_size)
         #: Worker id -> the link it connected with while deregistering (at most one each).
@@ -728,6 +737,12 @@ class Hub:
                     await self.purge()
                     if self.cluster is not None:
                         await nursery.start(self.cluster.run)
+                    if self.gc_policy is not None:
+                        self.gc_state = await nursery.start(
+                            functools.partial(
+                                run_gc_policy, self.gc_policy, self._link_counts, clock=self._clock
+                            )
+                        )
                     nursery.start_soon(self._expire_opens)
                     nursery.start_soon(self._check_revocations_forever)
                     if self.store.announces_changes:
@@ -1011,6 +1026,7 @@ class Hub:
         finally:
             link.ending = True
             self._links.discard(link)
+            self.links_closed += 1
             self._signed_out(link)
             published = link.worker is not None and self.router.worker_link(link.worker.id) is link
             self._apply(self.router.leave(link))
@@ -1028,6 +1044,9 @@ class Hub:
                 self.cluster.worker_down(link.worker.id)
             if link.worker is not None and self._retiring.get(link.worker.id) is link:
                 del self._retiring[link.worker.id]
+
+    def _link_counts(self) -> tuple[int, int]:
+        return len(self._links), self.links_closed
 
     async def _serve_link(self, link: _Link) -> None:
         first_deadline = self._clock() + self.limits.signin_timeout
