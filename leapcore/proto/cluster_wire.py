@@ -317,7 +317,15 @@ def proof(
 ) -> bytes:
     """The proof of knowing ``secret`` that the dialling (``dialler``) or the listening hub
     gives, over both nonces and both node ids, each as (dialler's, listener's)."""
-    mac = hmac.new(secret, _DIALLER if dialler else _LISTENER, hashlib.sha256)
+    return _transcript_mac(secret, _DIALLER if dialler else _LISTENER, nonces, nodes)
+
+
+def _transcript_mac(
+    secret: bytes, label: bytes, nonces: tuple[bytes, bytes], nodes: tuple[str, str]
+) -> bytes:
+    """``HMAC-SHA256(secret, label || L(nonce_d) || L(nonce_l) || L(node_d) || L(node_l))``,
+    ``L(x) = len(x):u32be || x``."""
+    mac = hmac.new(secret, label, hashlib.sha256)
     for part in (*nonces, *(n.encode() for n in nodes)):
         mac.update(_LENGTH.pack(len(part)))
         mac.update(part)
@@ -342,14 +350,10 @@ def session_keys(
 ) -> tuple[bytes, bytes]:
     """The sealing keys of one signed-in link: (dialler -> listener, listener -> dialler),
     each an HMAC-SHA256 of the sign-in transcript under the secret with its own label."""
-    keys = []
-    for label in (b"keys " + _DIALLER, b"keys " + _LISTENER):
-        mac = hmac.new(secret, label, hashlib.sha256)
-        for part in (*nonces, *(n.encode() for n in nodes)):
-            mac.update(_LENGTH.pack(len(part)))
-            mac.update(part)
-        keys.append(mac.digest())
-    return keys[0], keys[1]
+    return (
+        _transcript_mac(secret, b"keys " + _DIALLER, nonces, nodes),
+        _transcript_mac(secret, b"keys " + _LISTENER, nonces, nodes),
+    )
 
 
 class SealedRecords:

@@ -389,9 +389,11 @@ class HubStore:
         lives ``worker_token_lifetime_days``, or ``api_token_lifetime_days`` (the hub
         settings of those names; the attributes :attr:`worker_token_lifetime_ms` and
         :attr:`api_token_lifetime_ms` may be changed). ``db`` is closed when this fails."""
-        if max_workers_per_user < 0:
+        try:
+            _check_worker_cap(max_workers_per_user)
+        except LocalError:
             db.close()
-            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+            raise
         self._db = db
         #: Where the data is, for messages (a path, or a URL without its password).
         self.location = db.location
@@ -1505,6 +1507,11 @@ class ClusterTick:
     peers: dict[str, ClusterNode]
 
 
+def _check_worker_cap(max_workers_per_user: int) -> None:
+    if max_workers_per_user < 0:
+        raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+
+
 class SQLiteHubStore(HubStore):
     """The hub's state in one SQLite file (WAL; :mod:`leapcore.store.sqlitedb`)."""
 
@@ -1526,8 +1533,7 @@ class SQLiteHubStore(HubStore):
         SQLite database of another application, is refused untouched. ``timeout`` is how
         long a write waits for another connection's write lock; every SQLite failure is a
         :class:`StorageError`. The rest: :class:`HubStore`."""
-        if max_workers_per_user < 0:
-            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+        _check_worker_cap(max_workers_per_user)  # before anything is opened or created
         self.path = Path(path)
         super().__init__(
             SQLiteDatabase(self.path, create=create, timeout=timeout),
@@ -1554,8 +1560,7 @@ class PostgresHubStore(HubStore):
         """Connect to ``url`` (``postgresql://…``) with at most ``pool_size`` connections,
         and migrate. The database must exist; it must be empty or a leapcore hub database.
         The rest: :class:`HubStore`."""
-        if max_workers_per_user < 0:
-            raise LocalError("max_workers_per_user must be >= 0 (0 = unlimited)")
+        _check_worker_cap(max_workers_per_user)  # before anything is opened or created
         from .pgdb import PostgresDatabase  # psycopg is loaded only when it is used
 
         super().__init__(

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import trio
 from support.procs import Env, Proc, env_fixture, wait_for  # noqa: F401 (env_fixture: the fixture)
-from support.threadecho import ThreadedServer, echo_port_fixture  # noqa: F401 (echo_port)
+from support.threadecho import echo_port_fixture, serving  # noqa: F401 (echo_port)
 
 from leapcore.proto.limits import SOCKS_MAX_PENDING_HANDSHAKES
 
@@ -478,14 +478,8 @@ class _Source(socketserver.BaseRequestHandler):
 @pytest.fixture(name="source_port")
 def source_port_fixture() -> Iterator[int]:
     """A TCP server that sends :data:`BLOCK` over and over to each connection."""
-    server = ThreadedServer(("127.0.0.1", 0), _Source)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(_Source) as port:
+        yield port
 
 
 class Transfer:

@@ -7,6 +7,7 @@ import socket
 import socketserver
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -32,10 +33,11 @@ class ThreadedServer(socketserver.ThreadingTCPServer):
     request_queue_size = 256  # tests open a hundred connections at once
 
 
-@pytest.fixture(name="echo_port", scope="module")
-def echo_port_fixture() -> Iterator[int]:
-    """Echoes until EOF, then EOF; its port."""
-    server = ThreadedServer(("127.0.0.1", 0), _Echo)
+@contextmanager
+def serving(handler: type[socketserver.BaseRequestHandler]) -> Iterator[int]:
+    """A :class:`ThreadedServer` on 127.0.0.1 running ``handler`` in a thread; its port.
+    Stopped and closed when the block ends."""
+    server = ThreadedServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -44,3 +46,10 @@ def echo_port_fixture() -> Iterator[int]:
         server.shutdown()
         server.server_close()
         thread.join(TIMEOUT)
+
+
+@pytest.fixture(name="echo_port", scope="module")
+def echo_port_fixture() -> Iterator[int]:
+    """Echoes until EOF, then EOF; its port."""
+    with serving(_Echo) as port:
+        yield port
