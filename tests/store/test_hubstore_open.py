@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support.helpers import expect
 
-from leapcore.errors import NotFound, StorageError
+from leapcore.errors import LocalError, NotFound, StorageError
 from leapcore.store.hubstore import SCHEMA_VERSION, HubStore, SQLiteHubStore
 
 T = 1_700_000_000_000
@@ -238,3 +238,15 @@ def test_the_store_may_be_called_from_other_threads(tmp_path: Path) -> None:
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         users = list(pool.map(lambda n: store.create_user(f"u{n}", T)[0].name, range(8)))
     assert sorted(users) == sorted(u.name for u in store.list_users())
+
+
+def test_a_negative_worker_cap_is_refused_before_anything_is_made(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "hub.db"
+    expect(
+        LocalError,
+        "max_workers_per_user must be >= 0",
+        SQLiteHubStore,
+        path,
+        max_workers_per_user=-1,
+    )
+    assert not path.parent.exists()
