@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/tunnel_bench.py [--quick] [--json] [--check] [--only NAME]
     .venv/bin/python benchmarks/tunnel_bench.py --only bulk --size-mib 64 --rounds 3
     .venv/bin/python benchmarks/tunnel_bench.py --only bulk --profile-dir /tmp/prof
+    .venv/bin/python benchmarks/tunnel_bench.py --only connect --only socks --floor
 
 Every side forwards to the same target server process (loopback): a sink that reads a
 length-prefixed stream and answers one byte when it has it all, and an echo port. This
@@ -23,6 +24,10 @@ ssh -J      ``ssh -J`` through the same ``sshd`` as the jump host, forwarding at
             destination: the like-for-like relay hop (two encrypted hops).
 asyncssh    a process running asyncssh's ``forward_local_port`` against that ``sshd``
             (chacha20-poly1305).
+py floor    with ``--floor``, in ``connect`` and ``socks``: three bare trio processes
+            of leapcore's shape with no crypto, no flow control and no checks
+            (``benchmarks/relay_floor.py``): how fast any Python tunnel through a
+            relay can be here, so a target below it is known to be out of reach.
 ==========  =======================================================================
 
 ==============  ==============================================================  ==========
@@ -543,14 +548,14 @@ def show(result: dict[str, Any], size: int) -> None:
                 verdict = "PASS" if s["passed"] else "MISS"
                 line += f"  target {op} {s['target']}  {verdict}"
         print(line, flush=True)
-        if side == "leapcore":
+        if side in ("leapcore", "py floor"):
             unit = size / 2**30 if kind == "throughput" else 1e-3
             split = ", ".join(
                 f"{who} {x / unit:.2f}"
                 for who, x in zip(("client", "hub", "worker"), s["cpu_split"], strict=True)
             )
             per = "CPU-s/GiB" if kind == "throughput" else "CPU-ms/conn"
-            print(f"{'':18} leapcore CPU: {split} {per}")
+            print(f"{'':18} {side} CPU: {split} {per}")
 
 
 # -- orchestration -----------------------------------------------------------------------------
@@ -567,6 +572,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds per benchmark")
     parser.add_argument(
         "--profile-dir", help="write hub/worker/client cProfile stats (CPU time) here"
+    )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="add the side 'py floor' to connect and socks (benchmarks/relay_floor.py)",
     )
     args = parser.parse_args()
     only = args.only or NAMES
@@ -636,6 +646,20 @@ def main() -> int:
                 flush=True,
             )
             leap_pids = [fwd_pid, hub_pid, worker_pid]
+            floor: dict[str, int] = {}
+            floor_pids: list[int] = []
+            if args.floor:
+                import relay_floor
+
+                relay_conn, relay_pid = start(relay_floor.relay_main)
+                relay_port = relay_conn.recv()
+                floor_conn, floor_pid = start(relay_floor.forwarder_main, relay_port, echo_port)
+                dialer = ctx.Process(target=relay_floor.dialer_main, args=(relay_port,))
+                dialer.start()
+                procs.append((dialer, relay_conn))  # it ends when the relay's link does
+                assert dialer.pid is not None
+                floor = floor_conn.recv()
+                floor_pids = [floor_pid, relay_pid, dialer.pid]
 
             async def run() -> None:
                 if "bulk" in only:
@@ -659,6 +683,8 @@ def main() -> int:
                     }
                     if have_asyncssh:
                         sides["asyncssh"] = (lambda: connect_once(a_ports["echo"]), [a_pid, *sshd])
+                    if floor:
+                        sides["py floor"] = (lambda: connect_once(floor["echo"]), floor_pids)
                     r = await measure("connect", sides, rounds * 3, 20, "time")
                     show(r, size)
                     results.append(r)
@@ -667,6 +693,11 @@ def main() -> int:
                         "leapcore": (lambda: socks_once(leap["socks"], echo_port), leap_pids),
                         "ssh -D": (lambda: socks_once(D_port, echo_port), [D_pid, *sshd]),
                     }
+                    if floor:
+                        sides["py floor"] = (
+                            lambda: socks_once(floor["socks"], echo_port),
+                            floor_pids,
+                        )
                     r = await measure("socks", sides, rounds * 3, 20, "time")
                     show(r, size)
                     results.append(r)
