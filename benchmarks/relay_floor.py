@@ -1,7 +1,6 @@
 """The floor under any Python tunnel through a relay: three bare trio processes, no crypto.
 
-``tunnel_bench.py`` runs this as the side ``py floor`` of its ``connect`` and ``socks``
-benchmarks (``--floor``). It has leapcore's shape and nothing else: a forwarder process
+``tunnel_bench.py`` runs this as the side ``py floor`` of its benchmarks (``--floor``). It has leapcore's shape and nothing else: a forwarder process
 accepts local connections and multiplexes them over one TCP link to a relay process, which
 copies every frame to a dialer process over a second link; the dialer connects to the
 target and copies back. Frames are ``conn id (4 bytes) | kind (1) | length (4) | payload``:
@@ -21,6 +20,7 @@ import contextlib
 import itertools
 import socket
 import struct
+from functools import partial
 from multiprocessing.connection import Connection
 
 import trio
@@ -139,14 +139,14 @@ def dialer_main(port: int) -> None:
 # -- forwarder: a local forward and a SOCKS5 server --------------------------------------------
 
 
-async def _forwarder(conn: Connection, port: int, target: int) -> None:
+async def _forwarder(conn: Connection, port: int, targets: dict[str, int]) -> None:
     stream = await trio.open_tcp_stream("127.0.0.1", port)
     link = _Link(stream)
     conns: dict[int, trio.SocketStream] = {}
     opened: dict[int, trio.Event] = {}
     ids = itertools.count(1)
 
-    async def forward(local: trio.SocketStream) -> None:
+    async def forward(target: int, local: trio.SocketStream) -> None:
         cid = next(ids)
         conns[cid] = local
         early = b""
@@ -170,9 +170,13 @@ async def _forwarder(conn: Connection, port: int, target: int) -> None:
         await _copy_out(local, link, cid)
 
     async with trio.open_nursery() as nursery:
-        fwd = await nursery.start(trio.serve_tcp, forward, 0)
-        sx = await nursery.start(trio.serve_tcp, socks, 0)
-        conn.send({"echo": fwd[0].socket.getsockname()[1], "socks": sx[0].socket.getsockname()[1]})
+        ports = {}
+        for name, target in targets.items():
+            listeners = await nursery.start(trio.serve_tcp, partial(forward, target), 0)
+            ports[name] = listeners[0].socket.getsockname()[1]
+        listeners = await nursery.start(trio.serve_tcp, socks, 0)
+        ports["socks"] = listeners[0].socket.getsockname()[1]
+        conn.send(ports)
 
         async def stop() -> None:
             with contextlib.suppress(EOFError, OSError):
@@ -196,6 +200,8 @@ async def _forwarder(conn: Connection, port: int, target: int) -> None:
         nursery.cancel_scope.cancel()
 
 
-def forwarder_main(conn: Connection, port: int, target: int) -> None:
+def forwarder_main(conn: Connection, port: int, targets: dict[str, int]) -> None:
+    """A local forward per ``targets`` entry (name -> target port; the ports it bound are
+    sent back under the same names) and a SOCKS5 server (``"socks"``)."""
     with contextlib.suppress(EOFError, OSError, trio.BrokenResourceError):
-        trio.run(_forwarder, conn, port, target)
+        trio.run(_forwarder, conn, port, targets)

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/tunnel_bench.py [--quick] [--json] [--check] [--only NAME]
     .venv/bin/python benchmarks/tunnel_bench.py --only bulk --size-mib 64 --rounds 3
     .venv/bin/python benchmarks/tunnel_bench.py --only bulk --profile-dir /tmp/prof
-    .venv/bin/python benchmarks/tunnel_bench.py --only connect --only socks --floor
+    .venv/bin/python benchmarks/tunnel_bench.py --floor
 
 Every side forwards to the same target server process (loopback): a sink that reads a
 length-prefixed stream and answers one byte when it has it all, and an echo port. This
@@ -24,7 +24,7 @@ ssh -J      ``ssh -J`` through the same ``sshd`` as the jump host, forwarding at
             destination: the like-for-like relay hop (two encrypted hops).
 asyncssh    a process running asyncssh's ``forward_local_port`` against that ``sshd``
             (chacha20-poly1305).
-py floor    with ``--floor``, in ``connect`` and ``socks``: three bare trio processes
+py floor    with ``--floor``: three bare trio processes
             of leapcore's shape with no crypto, no flow control and no checks
             (``benchmarks/relay_floor.py``): how fast any Python tunnel through a
             relay can be here, so a target below it is known to be out of reach.
@@ -576,7 +576,7 @@ def main() -> int:
     parser.add_argument(
         "--floor",
         action="store_true",
-        help="add the side 'py floor' to connect and socks (benchmarks/relay_floor.py)",
+        help="add the side 'py floor' (benchmarks/relay_floor.py)",
     )
     args = parser.parse_args()
     only = args.only or NAMES
@@ -653,7 +653,7 @@ def main() -> int:
 
                 relay_conn, relay_pid = start(relay_floor.relay_main)
                 relay_port = relay_conn.recv()
-                floor_conn, floor_pid = start(relay_floor.forwarder_main, relay_port, echo_port)
+                floor_conn, floor_pid = start(relay_floor.forwarder_main, relay_port, targets)
                 dialer = ctx.Process(target=relay_floor.dialer_main, args=(relay_port,))
                 dialer.start()
                 procs.append((dialer, relay_conn))  # it ends when the relay's link does
@@ -673,6 +673,8 @@ def main() -> int:
                             lambda: bulk_once(a_ports["sink"], size),
                             [a_pid, *sshd],
                         )
+                    if floor:
+                        sides["py floor"] = (lambda: bulk_once(floor["sink"], size), floor_pids)
                     r = await measure("bulk", sides, rounds, 1, "throughput")
                     show(r, size)
                     results.append(r)

@@ -367,6 +367,13 @@ class _Link:
         #: ``send_now`` and ``flush``), if it has them.
         self._send_now: Callable[[bytes], int | None] | None = getattr(pipe, "send_now", None)
         self._flush_held: Callable[[], Awaitable[None]] | None = getattr(pipe, "flush", None)
+        #: Its batch form (``send_parts_now``), for the frames a reader queued: only on a
+        #: pipe that writes straight to its socket.
+        self._send_parts_now: Callable[[list[bytes]], int | None] | None = getattr(
+            pipe, "send_parts_now", None
+        )
+        if self._flush_held is None or not getattr(pipe, "writes_directly", False):
+            self._send_parts_now = None
         if self._flush_held is None:
             self._send_now = None
         #: ``send_now`` left bytes in the pipe: the writer flushes them.
@@ -449,9 +456,15 @@ class _Link:
         return self._put(data)
 
     def enqueue_data(
-        self, flow: _Flow, message: ChannelData | RelayedData | ChannelClose, cost: int
+        self,
+        flow: _Flow,
+        message: ChannelData | RelayedData | ChannelClose,
+        cost: int,
+        *,
+        wake: bool = True,
     ) -> bool:
-        """Queue ``message`` behind ``flow``'s frames (bounded by the channel's credit)."""
+        """Queue ``message`` behind ``flow``'s frames (bounded by the channel's credit).
+        Without ``wake``, the caller must call :meth:`flush_ready` before it next waits."""
         if self._closed:
             return False
         try:
@@ -463,8 +476,68 @@ class _Link:
         if not flow.scheduled:
             flow.scheduled = True
             self._ready.append(flow)
-        self._wake.set()
+        if wake:
+            self._wake.set()
         return True
+
+    def flush_ready(self) -> None:
+        """A reader queued frames for this link (``wake`` false) and is done with its read:
+        when the writer is idle with nothing else to write, they go out now, from here, in
+        one direct write (one scheduler pass and a wake-up less per write); else the writer
+        is woken for them."""
+        if (
+            self._idle
+            and self._send_parts_now is not None
+            and not self._control
+            and not self._held
+            and not self._closed
+        ):
+            taken: list[tuple[_Flow, bytes, int]] = []
+            size = 0
+            while size < WRITE_BATCH and (ready := self._pop_ready()) is not None:
+                taken.append(ready)
+                size += len(ready[1])
+            if taken:
+                held = self._send_parts_now([data for _, data, _ in taken])
+                if held is not None:
+                    self._after_write([(flow, cost) for flow, _, cost in taken])
+                    if held:  # the socket took part of it: the writer writes the rest
+                        self._held = True
+                        self._wake.set()
+                    if not self._ready:
+                        return
+                else:  # not written: back at the head of their flows, for the writer
+                    for flow, data, cost in reversed(taken):
+                        flow.frames.appendleft((data, cost))
+                        if not flow.scheduled:
+                            flow.scheduled = True
+                            self._ready.appendleft(flow)
+        if self._ready or self._control:
+            self._wake.set()
+
+    def _pop_ready(self) -> tuple[_Flow, bytes, int] | None:
+        """The next frame of the flows with frames waiting, round-robin; None if none."""
+        ready = self._ready
+        while ready:
+            flow = ready.popleft()
+            if not flow.frames:
+                flow.scheduled = False
+                continue
+            data, cost = flow.frames.popleft()
+            if flow.frames:
+                ready.append(flow)  # round-robin: to the back of the ring
+            else:
+                flow.scheduled = False
+            return flow, data, cost
+        return None
+
+    def _after_write(self, written: list[tuple[_Flow, int]]) -> None:
+        """Frames of these flows were handed to the transport: their credit comes back."""
+        for flow, cost in written:
+            flow.queued -= cost
+        if self._on_written is not None:
+            for flow, cost in written:
+                self._on_written(flow, cost)
 
     def enqueue_close(self, message: ChannelClose) -> bool:
         """Queue a ``channel_close``: after the channel's frames still waiting, if any."""
@@ -473,14 +546,15 @@ class _Link:
             return self.enqueue_data(flow, message, 0)
         return self.enqueue(message)
 
-    def forward(self, action: Forward[_Link]) -> None:
-        """Queue a data frame in its channel's flow to this link."""
+    def forward(self, action: Forward[_Link], *, wake: bool = True) -> None:
+        """Queue a data frame in its channel's flow to this link (``wake``: see
+        :meth:`enqueue_data`)."""
         flow = self.flows.get(action.frame.channel_id)
         if flow is None:
             flow = self.flows[action.frame.channel_id] = _Flow(
                 action.frame.channel_id, action.direction
             )
-        self.enqueue_data(flow, action.frame, action.cost)
+        self.enqueue_data(flow, action.frame, action.cost, wake=wake)
 
     def fail(self, code: str, message: str) -> None:
         """Queue an ``error`` record (naming this hub); the link ends after it."""
@@ -517,16 +591,8 @@ class _Link:
                             self._control_bytes -= len(item)
                             batch.append(item)
                             size += len(item)
-                    elif self._ready:
-                        flow = self._ready.popleft()
-                        if not flow.frames:
-                            flow.scheduled = False
-                            continue
-                        data, cost = flow.frames.popleft()
-                        if flow.frames:
-                            self._ready.append(flow)  # round-robin: to the back of the ring
-                        else:
-                            flow.scheduled = False
+                    elif (ready := self._pop_ready()) is not None:
+                        flow, data, cost = ready
                         batch.append(data)
                         size += len(data)
                         written.append((flow, cost))
@@ -535,12 +601,11 @@ class _Link:
                 if batch:
                     try:
                         await send_joined(self.pipe, batch)
-                    finally:
+                    except BaseException:
                         for flow, cost in written:
                             flow.queued -= cost
-                    if self._on_written is not None:
-                        for flow, cost in written:
-                            self._on_written(flow, cost)
+                        raise
+                    self._after_write(written)
                 for event in flushed:
                     event.set()
                 if batch or flushed:
@@ -1050,6 +1115,8 @@ class Hub:
 
     async def _serve_link(self, link: _Link) -> None:
         first_deadline = self._clock() + self.limits.signin_timeout
+        #: The links this read queued frames for, not yet flushed (``_Link.flush_ready``).
+        touched: list[_Link] = []
         try:
             # One scope for the whole loop, its deadline moved as messages arrive (a scope
             # per receive costs more than relaying a small frame).
@@ -1066,17 +1133,22 @@ class Hub:
                     waiting.deadline = trio.current_time() + max(0.0, deadline - self._clock())
                     data = await link.pipe.receive()
                     link.conn.receive_data(data)
-                    while (message := link.conn.next_relayed()) is not None:
-                        if link.liveness is not None:
-                            link.liveness.on_received(self._clock())
-                        if type(message) is RelayedData:  # the hot path: forwarded as it came
-                            self._apply(self.router.data(link, message))
-                            continue
-                        # A store call may take a while: the peer is not late meanwhile
-                        # (the deadline is set again before the next receive).
-                        waiting.deadline = math.inf
-                        if await self._dispatch(link, message):
-                            return
+                    try:
+                        while (message := link.conn.next_relayed()) is not None:
+                            if link.liveness is not None:
+                                link.liveness.on_received(self._clock())
+                            if type(message) is RelayedData:  # the hot path: as it came
+                                self._relay(link, message, touched)
+                                continue
+                            _flush_touched(touched)
+                            # A store call may take a while: the peer is not late meanwhile
+                            # (the deadline is set again before the next receive).
+                            waiting.deadline = math.inf
+                            if await self._dispatch(link, message):
+                                return
+                    finally:
+                        # what this read queued goes out before the reader waits again
+                        _flush_touched(touched)
             if waiting.cancelled_caught:
                 self._timed_out(link)
         except LinkClosed:
@@ -1091,6 +1163,18 @@ class Hub:
                 "internal",
                 "hub storage error" if isinstance(exc, StorageError) else "internal error",
             )
+
+    def _relay(self, link: _Link, message: RelayedData, touched: list[_Link]) -> None:
+        """Carry out the router's answer to a data frame; a frame forwarded is queued
+        without waking the receiver's writer: the reader flushes ``touched`` after its read."""
+        for action in self.router.data(link, message):
+            # (a frame to another hub of the cluster is its link's to forward)
+            if isinstance(action, Forward) and type(receiver := action.link) is _Link:
+                receiver.forward(action, wake=False)
+                if receiver not in touched:
+                    touched.append(receiver)
+            else:
+                self._act(action)
 
     def _timed_out(self, link: _Link) -> None:
         if self._clock() >= link.hard_deadline:
@@ -1751,6 +1835,12 @@ class Hub:
             channels=self.router.channel_count,
         )
         return 200, CONTENT_TYPE, self.metrics.render(snapshot)
+
+
+def _flush_touched(touched: list[_Link]) -> None:
+    for receiver in touched:
+        receiver.flush_ready()
+    touched.clear()
 
 
 def _address(peer: str) -> str | None:

@@ -175,13 +175,17 @@ class WebSocketPipe:
         under way, the socket full or broken): nothing was written, send it as usual. Else
         the bytes the socket did not take (0: all went out), held to go first in the next
         write: :meth:`flush` writes them."""
+        return self.send_parts_now((data,))
+
+    def send_parts_now(self, parts: Sequence[bytes]) -> int | None:
+        """:meth:`send_now` of the ``parts`` joined (joined while framing them)."""
         if (
             self._closing
             or self._protocol.state is not OPEN
             or self._write_lock.locked()
             or self._owed
             or self._frames
-            or len(data) > SEND_CHUNK
+            or sum(map(len, parts)) > SEND_CHUNK
         ):
             return None
         fd = self._direct_fd()
@@ -191,7 +195,7 @@ class WebSocketPipe:
         if owed:
             self._owe(owed)
             return None
-        frame = binary_frame((data,), mask=not self._masked)
+        frame = binary_frame(parts, mask=not self._masked)
         try:
             sent = os.write(fd, frame)
         except OSError:  # full, or broken: the usual path waits, or says so
@@ -199,6 +203,11 @@ class WebSocketPipe:
         if sent < len(frame):
             self._frames.append(frame[sent:])
         return len(frame) - sent
+
+    @property
+    def writes_directly(self) -> bool:
+        """Whether :meth:`send_now` can ever write (a plain TCP socket on POSIX)."""
+        return self._direct_fd() >= 0
 
     async def flush(self) -> None:
         """Write what :meth:`send_now` held (and anything owed)."""

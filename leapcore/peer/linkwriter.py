@@ -56,7 +56,9 @@ class LinkWriter:
         self._conn = conn
         self.queue_size = queue_size
         self._on_queued = on_queued
-        self._queue: collections.deque[bytes] = collections.deque()
+        #: Encoded messages; the messages of one :meth:`send_many` as one list (joined only
+        #: when framed for the transport: one copy less than joining them here).
+        self._queue: collections.deque[bytes | list[bytes]] = collections.deque()
         self._room = trio.lowlevel.ParkingLot()
         self._work = trio.lowlevel.ParkingLot()
         self._closing = False
@@ -82,7 +84,7 @@ class LinkWriter:
         if self._closing:
             raise LinkClosed("the link is closing")
 
-    def _append(self, data: bytes) -> None:
+    def _append(self, data: bytes | list[bytes]) -> None:
         self._queue.append(data)
         self._work.unpark_all()
         if self._on_queued is not None:
@@ -97,7 +99,7 @@ class LinkWriter:
         if not messages:
             return
         conn = self._conn
-        await self._put(b"".join([conn.send(message) for message in messages]))
+        await self._put([conn.send(message) for message in messages])
 
     def send_nowait(self, message: LinkMessage) -> bool:
         """Queue ``message`` if there is room now; False (nothing queued) if there is not."""
@@ -112,7 +114,7 @@ class LinkWriter:
         self._check()
         self._append(self._conn.send(message))
 
-    async def _put(self, data: bytes) -> None:
+    async def _put(self, data: bytes | list[bytes]) -> None:
         self._check()
         while len(self._queue) >= self.queue_size:
             await self._room.park()
@@ -142,12 +144,16 @@ class LinkWriter:
                         return
                     await self._work.park()
                     continue
-                first = queue.popleft()
-                batch, size = [first], len(first)
+                batch: list[bytes] = []
+                size = 0
                 while queue and size < WRITE_BATCH:
-                    more = queue.popleft()
-                    batch.append(more)
-                    size += len(more)
+                    item = queue.popleft()
+                    if isinstance(item, list):
+                        batch += item
+                        size += sum(map(len, item))
+                    else:
+                        batch.append(item)
+                        size += len(item)
                 self._room.unpark_all()
                 await send_joined(self._pipe, batch)
                 self.written += size

@@ -38,7 +38,7 @@ async def test_relay_floor_forwards_and_answers_socks() -> None:
         echo_port = listeners[0].socket.getsockname()[1]
         nursery.start_soon(relay_floor._relay, child)
         relay_port = await trio.to_thread.run_sync(parent.recv)
-        nursery.start_soon(relay_floor._forwarder, child, relay_port, echo_port)
+        nursery.start_soon(relay_floor._forwarder, child, relay_port, {"echo": echo_port})
         nursery.start_soon(relay_floor._dialer, relay_port)
         ports = await trio.to_thread.run_sync(parent.recv)
         with trio.fail_after(30):  # a hang fails the test; not a speed check
