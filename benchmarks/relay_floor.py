@@ -1,13 +1,14 @@
 """The floor under any Python tunnel through a relay: three bare trio processes, no crypto.
 
-``tunnel_bench.py`` runs this as the side ``py floor`` of its benchmarks (``--floor``). It has leapcore's shape and nothing else: a forwarder process
-accepts local connections and multiplexes them over one TCP link to a relay process, which
-copies every frame to a dialer process over a second link; the dialer connects to the
-target and copies back. Frames are ``conn id (4 bytes) | kind (1) | length (4) | payload``:
-no encryption, no authentication, no flow control, no limits, no validation. It is not a
-product and must never be: it only says how fast the three processes' event loops and
-system calls alone can be, so that a target below it is known to be out of reach for any
-design with a relay hop written in Python on trio.
+``tunnel_bench.py`` runs this as the side ``py floor`` of its benchmarks (``--floor``). It
+has leapcore's shape and nothing else: a forwarder process accepts local connections and
+multiplexes them over one TCP link to a relay process, which copies every frame to a dialer
+process over a second link; the dialer connects to the target and copies back. Frames are
+``conn id (4 bytes) | kind (1) | length (4) | payload``: no encryption, no authentication,
+no flow control, no limits, no validation. It is not a product and must never be: it only
+says how fast the three processes' event loops and system calls alone can be, so that a
+target below it is known to be out of reach for any design with a relay hop written in
+Python on trio.
 
 The data rides with the open (like leapcore's ``BYTES_OPEN_EARLY``), and for SOCKS5 the
 forwarder answers the CONNECT only after the dialer's connect succeeded (as leapcore and

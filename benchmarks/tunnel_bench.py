@@ -149,6 +149,9 @@ async def _wait_stop(conn: Connection) -> None:
 def _run_profiled(
     directory: str | None, name: str, fn: Callable[..., Awaitable[None]], *args: Any
 ) -> None:
+    from leapcore.net.allocator import tune_allocator
+
+    tune_allocator()  # as the CLIs' hub, worker and tunnel processes do
     with profiled(directory, name):
         trio.run(fn, *args)
 

@@ -41,11 +41,13 @@ _LAZY = {
     "forward_local": "leapcore.peer.tunnel",
     "serve_socks5": "leapcore.peer.socks5",
     "channel_pool": "leapcore.peer.tunnel",
+    "tune_allocator": "leapcore.net.allocator",
 }
 #: Submodules loaded on first use, as attributes: ``leapcore.sync`` (the blocking API).
 _LAZY_MODULES = {"sync": "leapcore.peer.sync"}
 
 if TYPE_CHECKING:
+    from .net.allocator import tune_allocator
     from .peer import sync
     from .peer.channel import ByteStream, CallContext, Channel, Services
     from .peer.connect import connect
@@ -95,4 +97,5 @@ __all__ = [
     "parse_encryption_mode",
     "serve_socks5",
     "sync",
+    "tune_allocator",
 ]

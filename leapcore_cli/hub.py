@@ -36,6 +36,7 @@ from leapcore.hub.cluster import ClusterOptions, read_secret_file
 from leapcore.hub.gcpolicy import GcPolicy
 from leapcore.hub.server import Hub, url_of
 from leapcore.hub.web import WebOptions
+from leapcore.net.allocator import tune_allocator
 from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 from leapcore.net.trioutil import single_exception
 from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
@@ -338,6 +339,7 @@ def serve(args: argparse.Namespace) -> int:
             flush=True,
         )
     unix_path = settings["listen_unix"] or None
+    tune_allocator()  # this process relays bulk data (leapcore.net.allocator)
     try:
         with single_exception():
             trio.run(
@@ -397,6 +399,7 @@ def serve_solo(args: argparse.Namespace) -> int:
             flush=True,
         )
     unix_path = settings["listen_unix"] or None
+    tune_allocator()  # this process relays bulk data (leapcore.net.allocator)
     try:
         with single_exception():
             trio.run(

@@ -29,6 +29,7 @@ from typing import Any
 import trio
 
 from leapcore.errors import ConfigError, LeapcoreError, LinkClosed, LocalError
+from leapcore.net.allocator import tune_allocator
 from leapcore.net.signals import run_until_signal
 from leapcore.peer.hubsession import HubSession
 from leapcore.peer.socks5 import serve_socks5
@@ -92,6 +93,7 @@ def _serve(args: argparse.Namespace, specs: list[ForwardSpec]) -> int:
     ref = worker_ref(args)
     timeout = _timeout(args)
     _verbose(args)
+    tune_allocator()  # this process relays bulk data (leapcore.net.allocator)
 
     async def body(session: HubSession) -> int:
         worker_id = await _resolved(session, ref)

@@ -16,6 +16,7 @@ from pathlib import Path
 import trio
 
 from leapcore.errors import ConfigError, LocalError
+from leapcore.net.allocator import tune_allocator
 from leapcore.net.signals import call_on_signal, run_until_signal
 from leapcore.proto.tunnel_policy import TunnelPolicy
 from leapcore.store.config import LOG_LEVELS, parse_pairs, worker_settings
@@ -252,6 +253,7 @@ def run_worker(args: argparse.Namespace) -> int:
             nursery.cancel_scope.cancel()
         return result
 
+    tune_allocator()  # this process relays bulk data (leapcore.net.allocator)
     result = trio.run(
         functools.partial(run_until_signal, start, worker.stop, default=WorkerExit.STOPPED)
     )
