@@ -18,6 +18,7 @@ from typing import Any
 
 import trio
 
+from leapcore.net.allocator import tune_allocator
 from leapcore.net.trioutil import single_exception
 from leapcore.peer.hubsession import hub_session
 from leapcore.solo import SoloHub
@@ -132,6 +133,7 @@ def run_demo(args: argparse.Namespace) -> int:
         )
         # The demo's own client pins in the demo's directory; other terminals use theirs.
         pins = PinStore(Path(tmp) / "demo-pins.json", hint="clear {worker_id}")
+        tune_allocator()  # this process relays bulk data (leapcore.net.allocator)
         with single_exception():
             trio.run(_demo, args, solo, pins)
         if solo.credentials is not None and args.data_dir is None:
