@@ -14,15 +14,17 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from leapcore.net.allocator import tune_allocator
 from leapcore.net.trioutil import single_exception
 from leapcore.peer.hubsession import hub_session
-from leapcore.solo import SoloHub
 from leapcore.store.pinstore import PinStore
+
+if TYPE_CHECKING:
+    from leapcore.solo import SoloHub
 
 from .common import EXIT_OK, emit_json
 
@@ -124,6 +126,9 @@ async def _demo(args: argparse.Namespace, solo: SoloHub, pins: PinStore) -> dict
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    # The hub and the worker load here, not when any `leapcore` command starts.
+    from leapcore.solo import SoloHub
+
     with tempfile.TemporaryDirectory(prefix="leapcore-demo-") as tmp:
         data_dir = args.data_dir if args.data_dir is not None else Path(tmp) / "hub"
         solo = SoloHub(

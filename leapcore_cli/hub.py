@@ -27,21 +27,19 @@ import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Final
-
-import trio
+from typing import TYPE_CHECKING, Any, Final
 
 from leapcore.errors import ConfigError, LocalError
-from leapcore.hub.cluster import ClusterOptions, read_secret_file
-from leapcore.hub.gcpolicy import GcPolicy
-from leapcore.hub.server import Hub, url_of
-from leapcore.hub.web import WebOptions
-from leapcore.net.allocator import tune_allocator
-from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
-from leapcore.net.trioutil import single_exception
 from leapcore.proto.limits import LIMIT_RANGES, HubLimits, describe
-from leapcore.solo import SoloHub
 from leapcore.store.config import hub_settings, hub_store_location
+
+# The hub itself (trio, the server, the cluster, solo mode) loads only for ``serve``: the
+# admin commands need the store alone and start several times faster without it.
+if TYPE_CHECKING:
+    from leapcore.hub.cluster import ClusterOptions
+    from leapcore.hub.server import Hub
+    from leapcore.hub.web import WebOptions
+    from leapcore.solo import SoloHub
 
 from . import completion, hubadmin
 from .common import EXIT_OK, Parser, make_parser, run
@@ -126,6 +124,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 def _web_options(settings: dict[str, Any]) -> WebOptions | None:
     """The web page's listener (``web_listen``), None when off. Over TLS when the hub has a
     certificate; a warning when it listens beyond loopback without."""
+    from leapcore.hub.web import WebOptions
+
     if not settings["web_listen"]:
         return None
     listen = parse_listen(settings["web_listen"])
@@ -146,6 +146,8 @@ def _web_options(settings: dict[str, Any]) -> WebOptions | None:
 def cluster_options(settings: dict[str, Any]) -> ClusterOptions | None:
     """The hub's cluster settings; None (a hub alone) when neither ``cluster_listen`` nor
     ``cluster_secret_file`` is set."""
+    from leapcore.hub.cluster import ClusterOptions, read_secret_file
+
     if not settings["cluster_listen"] and not settings["cluster_secret_file"]:
         if settings["cluster_advertise"] or settings["node_name"]:
             raise ConfigError("cluster_advertise and node_name need cluster_secret_file")
@@ -192,12 +194,17 @@ async def serve_until_signal(
     port: int,
     unix_path: str | None,
     ssl_context: ssl.SSLContext | None,
-    signals: Sequence[int] = DEFAULT_SIGNALS,
+    signals: Sequence[int] | None = None,
     web: WebOptions | None = None,
 ) -> None:
-    """Serve until a signal: the first one shuts the hub down gracefully (go-away to every
-    link) with :data:`~leapcore.proto.limits.STOP_GRACE` seconds to finish; a second one
-    cancels outright (:func:`leapcore.net.signals.run_until_signal`)."""
+    """Serve until a signal (``signals``: SIGINT and SIGTERM by default): the first one
+    shuts the hub down gracefully (go-away to every link) with
+    :data:`~leapcore.proto.limits.STOP_GRACE` seconds to finish; a second one cancels
+    outright (:func:`leapcore.net.signals.run_until_signal`)."""
+    import trio
+
+    from leapcore.hub.server import url_of
+    from leapcore.net.signals import DEFAULT_SIGNALS, run_until_signal
 
     async def main() -> None:
         # serve returns after shutdown: the run, and the watching, end with it.
@@ -225,7 +232,7 @@ async def serve_until_signal(
                     flush=True,
                 )
 
-    await run_until_signal(main, hub.shutdown, default=None, signals=signals)
+    await run_until_signal(main, hub.shutdown, default=None, signals=signals or DEFAULT_SIGNALS)
 
 
 async def solo_until_signal(
@@ -234,10 +241,11 @@ async def solo_until_signal(
     host: str,
     port: int,
     unix_path: str | None,
-    signals: Sequence[int] = DEFAULT_SIGNALS,
+    signals: Sequence[int] | None = None,
 ) -> None:
     """:func:`serve_until_signal` for a solo hub (:meth:`SoloHub.run_until_signal`): the first
     signal stops the worker, then the hub; a second one cancels outright."""
+    from leapcore.net.signals import DEFAULT_SIGNALS
 
     def listening(url: str) -> None:
         print(f"leapcore-hub listening on {url}", flush=True)
@@ -265,7 +273,7 @@ async def solo_until_signal(
         unix_path=unix_path,
         listening=listening,
         online=online,
-        signals=signals,
+        signals=signals or DEFAULT_SIGNALS,
     )
 
 
@@ -298,6 +306,13 @@ def _log_descriptor_limit() -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """``leapcore-hub serve``: settings, the database, then the hub until a signal."""
+    import trio
+
+    from leapcore.hub.gcpolicy import GcPolicy
+    from leapcore.hub.server import Hub
+    from leapcore.net.allocator import tune_allocator
+    from leapcore.net.trioutil import single_exception
+
     if _flag(args, "solo"):
         return serve_solo(args)
     for key in SOLO_FLAGS[1:]:
@@ -366,6 +381,12 @@ def serve(args: argparse.Namespace) -> int:
 
 def serve_solo(args: argparse.Namespace) -> int:
     """``leapcore-hub --solo``: the hub and its own worker in this process, until a signal."""
+    import trio
+
+    from leapcore.net.allocator import tune_allocator
+    from leapcore.net.trioutil import single_exception
+    from leapcore.solo import SoloHub
+
     given = {
         key: _flag(args, key)
         for key in (*SERVE_FLAGS, "config")
