@@ -137,6 +137,9 @@ class WorkspaceService:
         self._git_slots = trio.Semaphore(parallel)
         self._repo_locks: dict[str, trio.Lock] = {}
         self._records: dict[str, WorkspaceRecord] | None = None
+        #: Held while the records load: the root is prepared (and ``tmp/`` cleared of a
+        #: crash's leftovers) once, never while a clone is being made there.
+        self._loading = trio.Lock()
 
     def install(self, services: Services) -> None:
         services.add_rpc(OPEN_METHOD, self._open)
@@ -146,21 +149,20 @@ class WorkspaceService:
     # -- state ---------------------------------------------------------------------------
 
     async def _known(self) -> dict[str, WorkspaceRecord]:
-        if self._records is None:
-
-            def load() -> dict[str, WorkspaceRecord]:
-                self.tree.prepare()
-                return {r.id: r for r in self.tree.records()}
-
-            try:
-                records = await trio.to_thread.run_sync(load)
-            except (OSError, StorageError) as exc:
-                raise ServiceError(
-                    "git_failed", f"the workspace root {self.tree.root} is not usable: {exc}"
-                ) from None
+        async with self._loading:
             if self._records is None:
-                self._records = records
-        return self._records
+
+                def load() -> dict[str, WorkspaceRecord]:
+                    self.tree.prepare()
+                    return {r.id: r for r in self.tree.records()}
+
+                try:
+                    self._records = await trio.to_thread.run_sync(load)
+                except (OSError, StorageError) as exc:
+                    raise ServiceError(
+                        "git_failed", f"the workspace root {self.tree.root} is not usable: {exc}"
+                    ) from None
+            return self._records
 
     def _lock(self, repo: str) -> trio.Lock:
         return self._repo_locks.setdefault(repo_key(repo), trio.Lock())

@@ -341,3 +341,40 @@ async def test_a_hung_git_is_killed(tmp_path: Path) -> None:
     assert info.value.error_code == "git_failed"
     assert "timed out" in str(info.value)
     assert leftovers(tmp_path / "ws") == []
+
+
+async def test_the_root_is_prepared_once_however_many_opens_start_together(
+    tmp_path: Path,
+) -> None:
+    """Preparing the root clears ``tmp/`` (a crash's half-made clones): it must happen once,
+    before any clone, never while another open's clone is being made there. Four callers
+    that find nothing loaded yet start together; the root is prepared once, and a clone
+    staged after that is left alone by the others (the race CI once hit: "git remote add:
+    not a git repository" in a staging directory another open had just cleared)."""
+    root = tmp_path / "ws"
+    (root / "tmp").mkdir(parents=True)
+    (root / "tmp" / "left-by-a-crash").mkdir()
+    service = WorkspaceService(root)
+    prepared = 0
+    real_prepare = service.tree.prepare
+
+    def counting_prepare() -> None:
+        nonlocal prepared
+        prepared += 1
+        real_prepare()
+
+    service.tree.prepare = counting_prepare  # type: ignore[method-assign]
+    staged = root / "tmp" / "being-cloned"
+
+    async def open_one(first: bool) -> None:
+        await service._known()
+        if first:
+            staged.mkdir()  # a clone in progress once the records are loaded
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(open_one, True)
+        for _ in range(3):
+            nursery.start_soon(open_one, False)
+    assert prepared == 1
+    assert staged.is_dir()
+    assert not (root / "tmp" / "left-by-a-crash").exists()
