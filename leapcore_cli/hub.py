@@ -306,6 +306,8 @@ def _log_descriptor_limit() -> None:
 
 def serve(args: argparse.Namespace) -> int:
     """``leapcore-hub serve``: settings, the database, then the hub until a signal."""
+    if _flag(args, "solo"):
+        return serve_solo(args)
     import trio
 
     from leapcore.hub.gcpolicy import GcPolicy
@@ -313,8 +315,6 @@ def serve(args: argparse.Namespace) -> int:
     from leapcore.net.allocator import tune_allocator
     from leapcore.net.trioutil import single_exception
 
-    if _flag(args, "solo"):
-        return serve_solo(args)
     for key in SOLO_FLAGS[1:]:
         if _flag(args, key) is not None:
             raise ConfigError(f"--{key.replace('_', '-')} needs --solo")
